@@ -1,0 +1,332 @@
+//! The command line: clap definitions, output formatting, and the one place errors are rendered.
+//!
+//! Data goes to stdout (text or `--output json`), diagnostics and progress to stderr. Exit codes:
+//! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::catalog::{self, Catalog};
+use crate::manifest::diag::Diagnostic;
+use crate::manifest::{self, Kind};
+use crate::plan::{self, render};
+
+/// Exit code of a run that failed or of invalid input.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code of a usage error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code after Ctrl-C or SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kitt",
+    version,
+    about = "Declarative test harness for LLM inference engines"
+)]
+pub struct Cli {
+    /// Less output (no progress display).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum PlanOutput {
+    #[default]
+    Text,
+    Json,
+    Dot,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests (suites and templates): every error, with file:line:column.
+    Validate {
+        /// Manifest files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show what `apply` would run: the step graph with keys; nothing is executed.
+    Plan {
+        suite: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: PlanOutput,
+    },
+    /// Write the JSON Schemas of the manifest kinds (or print the Suite schema).
+    Schema {
+        /// Directory to write `<kind>.schema.json` files into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Which kind to print when --out is not given.
+        #[arg(long, default_value = "suite")]
+        kind: String,
+    },
+    /// The engine template catalog.
+    Engines {
+        #[command(subcommand)]
+        command: EnginesCommand,
+    },
+    /// Run kitt's OpenAI-compatible engine simulator.
+    Sim(crate::engine::sim::SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnginesCommand {
+    /// List the built-in engine templates.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    init_logging(cli.verbose, cli.quiet);
+    match cli.command {
+        Command::Validate { files, output } => validate(&files, output),
+        Command::Plan { suite, output } => plan_cmd(&suite, output),
+        Command::Schema { out, kind } => schema(out.as_deref(), &kind),
+        Command::Engines {
+            command: EnginesCommand::List { output },
+        } => engines_list(output),
+        Command::Sim(args) => sim(args),
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+/// Prints diagnostics on stderr, compiler style, reading each file's source to show the line.
+pub fn report(diags: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let source = d.file.as_deref().and_then(read_source);
+        let _ = write!(err, "{}", d.render(source.as_deref()));
+        let _ = writeln!(err);
+    }
+    let n = diags.len();
+    let _ = writeln!(err, "{n} error{}", if n == 1 { "" } else { "s" });
+}
+
+fn read_source(path: &Path) -> Option<String> {
+    if let Some(s) = catalog::builtin_source(path) {
+        return Some(s.to_string());
+    }
+    std::fs::read_to_string(path).ok()
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot serialize output: {e}"),
+    }
+}
+
+/// Validates one manifest file of any kind.
+pub fn validate_file(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    let raw = manifest::read_raw(path)?;
+    match raw.kind {
+        Kind::Suite => {
+            let plan = plan::compile::compile_file(path)?;
+            Ok(format!(
+                "Suite `{}`: {} cell(s), {} step(s)",
+                plan.suite.name,
+                plan.cells.len(),
+                plan.steps.len()
+            ))
+        }
+        _ => {
+            let checked = manifest::validate::template_file(&raw)?;
+            Ok(format!("{} `{}`", checked.kind.name(), checked.name))
+        }
+    }
+}
+
+fn validate(files: &[PathBuf], output: Output) -> i32 {
+    let mut all = Vec::new();
+    let mut results = Vec::new();
+    for f in files {
+        match validate_file(f) {
+            Ok(summary) => {
+                if output == Output::Text {
+                    println!("ok  {}: {summary}", f.display());
+                }
+                results.push(serde_json::json!({"file": f, "ok": true, "summary": summary}));
+            }
+            Err(diags) => {
+                results.push(serde_json::json!({"file": f, "ok": false, "errors": diags}));
+                all.extend(diags);
+            }
+        }
+    }
+    if output == Output::Json {
+        print_json(&results);
+    }
+    if all.is_empty() {
+        0
+    } else {
+        report(&all);
+        EXIT_FAILED
+    }
+}
+
+fn plan_cmd(suite: &Path, output: PlanOutput) -> i32 {
+    match plan::compile::compile_file(suite) {
+        Ok(plan) => {
+            match output {
+                PlanOutput::Text => print!("{}", render::text(&plan, &BTreeMap::new())),
+                PlanOutput::Json => print_json(&plan),
+                PlanOutput::Dot => print!("{}", render::dot(&plan)),
+            }
+            0
+        }
+        Err(diags) => {
+            report(&diags);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn schema(out: Option<&Path>, kind: &str) -> i32 {
+    let catalog = Catalog::builtin();
+    match out {
+        Some(dir) => {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("error: cannot create {}: {e}", dir.display());
+                return EXIT_FAILED;
+            }
+            for k in Kind::ALL {
+                let path = dir.join(manifest::schema::file_name(k));
+                if let Err(e) = std::fs::write(&path, manifest::schema::generate(k, catalog)) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return EXIT_FAILED;
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            0
+        }
+        None => match Kind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(kind))
+        {
+            Some(k) => {
+                print!("{}", manifest::schema::generate(k, catalog));
+                0
+            }
+            None => {
+                eprintln!(
+                    "error: unknown kind `{kind}`; expected suite, engine, benchmark or reporter"
+                );
+                EXIT_USAGE
+            }
+        },
+    }
+}
+
+fn engines_list(output: Output) -> i32 {
+    let catalog = Catalog::builtin();
+    let rows: Vec<serde_json::Value> = catalog
+        .engines
+        .iter()
+        .map(|(name, e)| {
+            let s = &e.manifest.spec;
+            let modes: Vec<&str> = [
+                s.container.as_ref().map(|_| "container"),
+                s.native.as_ref().map(|_| "native"),
+                Some("endpoint"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            serde_json::json!({
+                "name": name,
+                "description": e.manifest.metadata.description,
+                "image": s.image,
+                "default_port": s.default_port,
+                "modes": modes,
+                "params": s.params.keys().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    match output {
+        Output::Json => print_json(&rows),
+        Output::Text => {
+            println!("{:<10} {:<26} {:<52} params", "name", "modes", "image");
+            for r in &rows {
+                let modes: Vec<&str> = r["modes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+                    .unwrap_or_default();
+                let params: Vec<&str> = r["params"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<10} {:<26} {:<52} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    modes.join(","),
+                    r["image"].as_str().unwrap_or("-"),
+                    params.join(",")
+                );
+            }
+        }
+    }
+    0
+}
+
+fn sim(args: crate::engine::sim::SimArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let result = rt.block_on(crate::engine::sim::serve(args, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    }));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: simulator: {e}");
+            EXIT_FAILED
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! kitt: a declarative test harness for LLM inference engines.
+//!
+//! The module map is the data flow: `manifest` (YAML → typed, spanned documents) → `catalog`
+//! (built-in and suite-local templates) → `template` (typed rendering) → `plan` (matrix, steps,
+//! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report`.
+
+pub mod catalog;
+pub mod cli;
+pub mod engine;
+pub mod manifest;
+pub mod plan;
+pub mod template;

@@ -1,0 +1,198 @@
+//! The `load` section of a Benchmark template, decoded after rendering for one cell.
+//!
+//! Profiles are a closed set of mechanisms; their numbers come from params, so a sweep over
+//! `concurrency: [1, 4, 16]` is three renderings of one template.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::decode::{Cx, Decode, Dur, Fields};
+use super::diag::Diagnostic;
+use super::yaml::{Node, Value};
+use crate::string_enum;
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSpec {
+    /// Which engine call the requests use.
+    #[serde(default)]
+    pub api: ApiKind,
+    pub profile: Profile,
+    /// Stop after this many measured requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Stop after this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+    pub prompt: PromptSpec,
+    /// Ask the engine not to stop at end-of-sequence, so every request generates `max_tokens`.
+    #[serde(default = "yes")]
+    pub ignore_eos: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Decode for LoadSpec {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let api = f.opt(cx, "api").unwrap_or_default();
+        let profile = f.req(cx, "profile");
+        let requests: Option<u64> = f.opt(cx, "requests");
+        let duration: Option<Dur> = f.opt(cx, "duration");
+        let prompt = f.req(cx, "prompt");
+        let ignore_eos = f.opt(cx, "ignore_eos").unwrap_or(true);
+        f.finish(cx);
+        if requests.is_none() && duration.is_none() {
+            cx.error(
+                Diagnostic::new(node.pos, format!("{what}: no stop condition"))
+                    .help("set `requests:` (a count), `duration:` (e.g. `30s`), or both"),
+            );
+        }
+        if requests == Some(0) {
+            cx.error(Diagnostic::new(
+                node.pos,
+                format!("{what}: `requests` must be at least 1"),
+            ));
+        }
+        Some(LoadSpec {
+            api,
+            profile: profile?,
+            requests,
+            duration,
+            prompt: prompt?,
+            ignore_eos,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKind {
+    #[default]
+    Completion,
+    Chat,
+}
+string_enum!(ApiKind { "completion" => ApiKind::Completion, "chat" => ApiKind::Chat });
+
+/// How requests arrive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// One request at a time.
+    Synchronous,
+    /// A closed loop with N requests in flight.
+    Concurrency(u32),
+    /// Open loop at a fixed rate (requests per second).
+    Constant(f64),
+    /// Open loop with Poisson arrivals at a mean rate.
+    Poisson(f64),
+}
+
+impl Profile {
+    /// The most requests this profile keeps in flight, when bounded.
+    pub fn max_in_flight(&self) -> Option<u32> {
+        match self {
+            Profile::Synchronous => Some(1),
+            Profile::Concurrency(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl JsonSchema for Profile {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Profile".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`synchronous`, `{concurrency: N}`, `{constant: RATE}` or `{poisson: RATE}` (requests per second).",
+            "oneOf": [
+                {"const": "synchronous"},
+                {"type": "object", "properties": {"concurrency": {"type": ["integer", "string"], "minimum": 1}}, "required": ["concurrency"], "additionalProperties": false},
+                {"type": "object", "properties": {"constant": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["constant"], "additionalProperties": false},
+                {"type": "object", "properties": {"poisson": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["poisson"], "additionalProperties": false}
+            ]
+        })
+    }
+}
+
+impl Decode for Profile {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let help =
+            "write `synchronous`, `{concurrency: N}`, `{constant: RATE}` or `{poisson: RATE}`";
+        match &node.value {
+            Value::Str(s) if s == "synchronous" => Some(Profile::Synchronous),
+            Value::Map(entries) if entries.len() == 1 => {
+                let (key, value) = &entries[0];
+                match key.name.as_str() {
+                    "concurrency" => {
+                        let n = u32::decode(value, cx, "`concurrency`")?;
+                        if n == 0 {
+                            cx.error(Diagnostic::new(
+                                value.pos,
+                                "`concurrency` must be at least 1",
+                            ));
+                            return None;
+                        }
+                        Some(Profile::Concurrency(n))
+                    }
+                    "constant" | "poisson" => {
+                        let rate = f64::decode(value, cx, "rate")?;
+                        if rate <= 0.0 || !rate.is_finite() {
+                            cx.error(Diagnostic::new(
+                                value.pos,
+                                "a rate must be above 0 requests per second",
+                            ));
+                            return None;
+                        }
+                        Some(if key.name == "constant" {
+                            Profile::Constant(rate)
+                        } else {
+                            Profile::Poisson(rate)
+                        })
+                    }
+                    other => {
+                        cx.error(
+                            Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`"))
+                                .help(crate::manifest::diag::unknown_help(
+                                    other,
+                                    ["concurrency", "constant", "poisson"],
+                                )),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                cx.error(
+                    Diagnostic::new(node.pos, format!("{what}: not a load profile")).help(help),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum PromptSpec {
+    /// Generated prompts of an exact token length.
+    Synthetic { input_tokens: u32 },
+}
+
+impl Decode for PromptSpec {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "`prompt`")?;
+        let synthetic = f.req::<Node>(cx, "synthetic");
+        f.finish(cx);
+        let synthetic = synthetic?;
+        let mut s = Fields::open(&synthetic, cx, "`synthetic`")?;
+        let input_tokens = s.req(cx, "input_tokens");
+        s.finish(cx);
+        Some(PromptSpec::Synthetic {
+            input_tokens: input_tokens?,
+        })
+    }
+}

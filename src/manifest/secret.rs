@@ -1,0 +1,80 @@
+//! Values that may be secret: written inline, or read from the environment at run time.
+//!
+//! A `{from_env: NAME}` value is never resolved while compiling, so it cannot reach plan.json,
+//! the journal, logs, reports or keys; only its name and prefix do.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::decode::{Cx, Decode, Fields};
+use super::diag::Diagnostic;
+use super::yaml::{Node, Value};
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretOr {
+    /// A literal value, visible in the plan.
+    Plain(String),
+    /// Read from the environment variable when the step runs; never recorded.
+    FromEnv {
+        from_env: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+    },
+}
+
+impl Decode for SecretOr {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        match &node.value {
+            Value::Str(s) => Some(SecretOr::Plain(s.clone())),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                Some(SecretOr::Plain(node.to_json().to_string()))
+            }
+            Value::Map(_) => {
+                let mut f = Fields::open(node, cx, what)?;
+                let from_env = f.req(cx, "from_env");
+                let prefix = f.opt(cx, "prefix");
+                f.finish(cx);
+                Some(SecretOr::FromEnv {
+                    from_env: from_env?,
+                    prefix,
+                })
+            }
+            _ => {
+                cx.mismatch(node, "a string or `{from_env: NAME}`", what);
+                None
+            }
+        }
+    }
+}
+
+/// Names of headers and variables whose values are secrets and must come from the environment.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "token",
+        "secret",
+        "password",
+        "api-key",
+        "api_key",
+        "apikey",
+        "cookie",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// An error when a secret-looking entry is written inline.
+pub fn check_inline(name: &str, value: &SecretOr, pos: super::diag::Pos, cx: &mut Cx) {
+    if let SecretOr::Plain(_) = value
+        && looks_secret(name)
+    {
+        cx.error(
+                Diagnostic::new(pos, format!("secret `{name}` is written inline"))
+                    .help(format!(
+                        "read it from the environment instead: `{name}: {{from_env: MY_VAR}}` (secrets never enter plans, journals or reports)"
+                    )),
+            );
+    }
+}

@@ -1,0 +1,563 @@
+//! The `Suite` kind: what to test (models × engines × benchmarks) and how to run it.
+//!
+//! Engine and benchmark `params` stay raw nodes here: their types come from the template the
+//! instance names, which the catalog knows and the validator checks (a free-form map would let
+//! typos through, the defect DESIGN.md calls out).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::decode::{Cx, Decode, Dur, Fields, Spanned};
+use super::secret::SecretOr;
+use super::yaml::Node;
+use crate::string_enum;
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteSpec {
+    /// The models to test. Each becomes a column of the matrix.
+    pub models: Vec<Model>,
+    /// Engine instances: a template plus parameters and a way to run it.
+    pub engines: Vec<EngineInstance>,
+    /// Benchmark instances: a template plus parameters; list values sweep.
+    pub benchmarks: Vec<BenchmarkInstance>,
+    /// Suite-wide sampling defaults; a benchmark's params override them.
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// Repetitions of every cell (default 1).
+    #[serde(default = "one")]
+    pub runs: u32,
+    #[serde(default)]
+    pub matrix: Matrix,
+    #[serde(default)]
+    pub execution: Execution,
+    #[serde(default)]
+    pub warmup: Warmup,
+    /// Reporter names (built-in: json, csv, markdown, html).
+    #[serde(default)]
+    pub reporters: Vec<Spanned<String>>,
+    /// Suite-local template files or directories, relative to the suite file.
+    #[serde(default)]
+    pub templates: Vec<Spanned<String>>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Decode for SuiteSpec {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let models = f.req(cx, "models");
+        let engines = f.req(cx, "engines");
+        let benchmarks = f.req(cx, "benchmarks");
+        let sampling = f.opt(cx, "sampling").unwrap_or_default();
+        let runs = f.opt(cx, "runs").unwrap_or(1);
+        let matrix = f.opt(cx, "matrix").unwrap_or_default();
+        let execution = f.opt(cx, "execution").unwrap_or_default();
+        let warmup = f.opt(cx, "warmup").unwrap_or_default();
+        let reporters = f.opt(cx, "reporters").unwrap_or_default();
+        let templates = f.opt(cx, "templates").unwrap_or_default();
+        f.finish(cx);
+        Some(SuiteSpec {
+            models: models?,
+            engines: engines?,
+            benchmarks: benchmarks?,
+            sampling,
+            runs,
+            matrix,
+            execution,
+            warmup,
+            reporters,
+            templates,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Identity of the model in keys and reports.
+    pub name: Spanned<String>,
+    /// A model file or directory on the host, relative to the suite file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Spanned<String>>,
+    /// Where the model comes from when it is not a local path (e.g. `hf://org/repo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Spanned<String>>,
+    /// The model name sent in API requests (default: `name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_name: Option<Spanned<String>>,
+}
+
+impl Decode for Model {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "model")?;
+        let name: Option<Spanned<String>> = f.req(cx, "name");
+        if let Some(n) = &name {
+            f = Fields::open(node, cx, &format!("model `{}`", n.value))?;
+            f.node("name");
+        }
+        let path = f.opt(cx, "path");
+        let source = f.opt(cx, "source");
+        let served_name = f.opt(cx, "served_name");
+        f.finish(cx);
+        Some(Model {
+            name: name?,
+            path,
+            source,
+            served_name,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineInstance {
+    /// Instance name, unique in the suite.
+    pub name: Spanned<String>,
+    /// A built-in or suite-local Engine template.
+    pub template: Spanned<String>,
+    /// Values for the template's declared params; a list sweeps a scalar param.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub params: Option<Node>,
+    /// Replaces the template's image reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Spanned<String>>,
+    /// Image pull policy (default: the template's, else if-not-present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
+    /// Extra environment for the engine (container or host process).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Spanned<SecretOr>>,
+    /// Run as a container (the default when the template has a container section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerOverride>,
+    /// Run as a host process instead of a container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeOverride>,
+    /// Do not start anything: talk to a server that is already running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerOverride {
+    /// Replaces the template's container arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<Spanned<String>>>,
+    /// GPUs for the container: auto | all | none | device=0,1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Spanned<String>>,
+    /// Extra `docker run` arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<Spanned<String>>,
+}
+
+impl Decode for ContainerOverride {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let args = f.opt(cx, "args");
+        let gpus = f.opt(cx, "gpus");
+        let extra_args = f.opt(cx, "extra_args").unwrap_or_default();
+        f.finish(cx);
+        Some(ContainerOverride {
+            args,
+            gpus,
+            extra_args,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NativeOverride {
+    /// Replaces the template's native command (argv; never run through a shell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<Spanned<String>>>,
+    /// Working directory, relative to the suite file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<Spanned<String>>,
+}
+
+impl Decode for NativeOverride {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let command = f.opt(cx, "command");
+        let cwd = f.opt(cx, "cwd");
+        f.finish(cx);
+        Some(NativeOverride { command, cwd })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Base URL of the running server (http or https).
+    pub url: Spanned<String>,
+    /// Extra request headers; secret values must be `{from_env: NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Spanned<SecretOr>>,
+    /// A CA bundle (PEM) to trust, relative to the suite file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Spanned<String>>,
+    /// Skip TLS verification (reported loudly).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Skip the health check before the first benchmark.
+    #[serde(default)]
+    pub skip_health: bool,
+}
+
+impl Decode for Endpoint {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let url = f.req(cx, "url");
+        let headers = f.opt(cx, "headers").unwrap_or_default();
+        let ca_file = f.opt(cx, "ca_file");
+        let insecure = f.opt(cx, "insecure").unwrap_or(false);
+        let skip_health = f.opt(cx, "skip_health").unwrap_or(false);
+        f.finish(cx);
+        Some(Endpoint {
+            url: url?,
+            headers,
+            ca_file,
+            insecure,
+            skip_health,
+        })
+    }
+}
+
+impl Decode for EngineInstance {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "engine")?;
+        let name: Option<Spanned<String>> = f.req(cx, "name");
+        if let Some(n) = &name {
+            f = Fields::open(node, cx, &format!("engine `{}`", n.value))?;
+            f.node("name");
+        }
+        let template = f.req(cx, "template");
+        let params: Option<Node> = f.opt(cx, "params");
+        if let Some(p) = &params
+            && !matches!(p.value, super::yaml::Value::Map(_))
+        {
+            cx.mismatch(p, "a mapping", &format!("`params` in {}", f.what()));
+        }
+        let image = f.opt(cx, "image");
+        let pull = f.opt(cx, "pull");
+        let env = f.opt(cx, "env").unwrap_or_default();
+        let container = f.opt(cx, "container");
+        let native = f.opt(cx, "native");
+        let endpoint = f.opt(cx, "endpoint");
+        f.finish(cx);
+        Some(EngineInstance {
+            name: name?,
+            template: template?,
+            params,
+            image,
+            pull,
+            env,
+            container,
+            native,
+            endpoint,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    IfNotPresent,
+    Always,
+    Never,
+}
+string_enum!(PullPolicy { "if-not-present" => PullPolicy::IfNotPresent, "always" => PullPolicy::Always, "never" => PullPolicy::Never });
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkInstance {
+    /// Instance name, unique in the suite.
+    pub name: Spanned<String>,
+    /// A built-in or suite-local Benchmark template.
+    pub template: Spanned<String>,
+    /// Values for the template's declared params and sampling keys; a list sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub params: Option<Node>,
+}
+
+impl Decode for BenchmarkInstance {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "benchmark")?;
+        let name: Option<Spanned<String>> = f.req(cx, "name");
+        if let Some(n) = &name {
+            f = Fields::open(node, cx, &format!("benchmark `{}`", n.value))?;
+            f.node("name");
+        }
+        let template = f.req(cx, "template");
+        let params: Option<Node> = f.opt(cx, "params");
+        if let Some(p) = &params
+            && !matches!(p.value, super::yaml::Value::Map(_))
+        {
+            cx.mismatch(p, "a mapping", &format!("`params` in {}", f.what()));
+        }
+        f.finish(cx);
+        Some(BenchmarkInstance {
+            name: name?,
+            template: template?,
+            params,
+        })
+    }
+}
+
+/// Sampling values sent with every request. Unset values are left out of request bodies.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+}
+
+/// The sampling keys and their param types; benchmark params may set any of them.
+pub const SAMPLING_KEYS: &[(&str, super::template_kind::ParamType)] = {
+    use super::template_kind::ParamType::*;
+    &[
+        ("temperature", Number),
+        ("top_p", Number),
+        ("top_k", Integer),
+        ("min_p", Number),
+        ("max_tokens", Integer),
+        ("seed", Integer),
+        ("presence_penalty", Number),
+        ("frequency_penalty", Number),
+        ("repetition_penalty", Number),
+        ("stop", List),
+    ]
+};
+
+impl Sampling {
+    /// The set values as JSON, keyed by sampling key.
+    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
+impl Decode for Sampling {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, &format!("`sampling` ({what})"))?;
+        let s = Sampling {
+            temperature: f.opt(cx, "temperature"),
+            top_p: f.opt(cx, "top_p"),
+            top_k: f.opt(cx, "top_k"),
+            min_p: f.opt(cx, "min_p"),
+            max_tokens: f.opt(cx, "max_tokens"),
+            seed: f.opt(cx, "seed"),
+            presence_penalty: f.opt(cx, "presence_penalty"),
+            frequency_penalty: f.opt(cx, "frequency_penalty"),
+            repetition_penalty: f.opt(cx, "repetition_penalty"),
+            stop: f.opt(cx, "stop"),
+        };
+        f.finish(cx);
+        Some(s)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Matrix {
+    /// Cells to leave out; each entry matches cells on every field it sets.
+    #[serde(default)]
+    pub exclude: Vec<Exclude>,
+}
+
+impl Decode for Matrix {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "`matrix`")?;
+        let exclude = f.opt(cx, "exclude").unwrap_or_default();
+        f.finish(cx);
+        Some(Matrix { exclude })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exclude {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub benchmark: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub params: BTreeMap<String, Spanned<Node>>,
+    #[serde(skip)]
+    pub pos: super::diag::Pos,
+}
+
+impl Decode for Exclude {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "a matrix exclude")?;
+        let e = Exclude {
+            model: f.opt(cx, "model"),
+            engine: f.opt(cx, "engine"),
+            benchmark: f.opt(cx, "benchmark"),
+            params: f.opt(cx, "params").unwrap_or_default(),
+            pos: node.pos,
+        };
+        f.finish(cx);
+        Some(e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Measuring steps hold a machine-wide lock shared by every kitt process.
+    #[default]
+    Host,
+    /// Measuring steps are exclusive per engine only.
+    Engine,
+    /// No leases.
+    None,
+}
+string_enum!(Isolation { "host" => Isolation::Host, "engine" => Isolation::Engine, "none" => Isolation::None });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Run the remaining cells; the run still exits 1.
+    #[default]
+    Continue,
+    /// Stop starting new steps after the first failed cell.
+    Stop,
+}
+string_enum!(OnFailure { "continue" => OnFailure::Continue, "stop" => OnFailure::Stop });
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Execution {
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Most steps running at once (leases still apply).
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    /// Re-runs of a failed step.
+    #[serde(default)]
+    pub retries: u32,
+    /// Longest a step may run before it fails (default 30m).
+    #[serde(default = "default_step_timeout")]
+    #[schemars(with = "Dur")]
+    pub step_timeout: Dur,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// A cell whose share of failed requests exceeds this fails (default 0.05).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+}
+
+fn default_step_timeout() -> Dur {
+    Execution::default().step_timeout
+}
+
+fn default_max_error_rate() -> f64 {
+    Execution::default().max_error_rate
+}
+
+fn default_warmup_requests() -> u32 {
+    Warmup::default().requests
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Execution {
+            isolation: Isolation::Host,
+            max_parallel: 1,
+            retries: 0,
+            step_timeout: Dur(std::time::Duration::from_secs(30 * 60)),
+            on_failure: OnFailure::Continue,
+            max_error_rate: 0.05,
+        }
+    }
+}
+
+impl Decode for Execution {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let d = Execution::default();
+        let mut f = Fields::open(node, cx, "`execution`")?;
+        let max_parallel: Option<Spanned<u32>> = f.opt(cx, "max_parallel");
+        let max_error_rate: Option<Spanned<f64>> = f.opt(cx, "max_error_rate");
+        let e = Execution {
+            isolation: f.opt(cx, "isolation").unwrap_or(d.isolation),
+            max_parallel: max_parallel.as_ref().map_or(d.max_parallel, |m| m.value),
+            retries: f.opt(cx, "retries").unwrap_or(d.retries),
+            step_timeout: f.opt(cx, "step_timeout").unwrap_or(d.step_timeout),
+            on_failure: f.opt(cx, "on_failure").unwrap_or(d.on_failure),
+            max_error_rate: max_error_rate
+                .as_ref()
+                .map_or(d.max_error_rate, |m| m.value),
+        };
+        f.finish(cx);
+        if let Some(m) = max_parallel.filter(|m| m.value == 0) {
+            cx.error(super::diag::Diagnostic::new(
+                m.pos,
+                "`max_parallel` must be at least 1",
+            ));
+        }
+        if let Some(r) = max_error_rate.filter(|r| !(0.0..=1.0).contains(&r.value)) {
+            cx.error(
+                super::diag::Diagnostic::new(r.pos, "`max_error_rate` must be between 0 and 1")
+                    .help("write a share: 0.05 means 5 %"),
+            );
+        }
+        Some(e)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Untimed requests sent to each engine after it starts (0 disables warmup; default 5).
+    #[serde(default = "default_warmup_requests")]
+    pub requests: u32,
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup { requests: 5 }
+    }
+}
+
+impl Decode for Warmup {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "`warmup`")?;
+        let requests = f.opt(cx, "requests").unwrap_or(Warmup::default().requests);
+        f.finish(cx);
+        Some(Warmup { requests })
+    }
+}

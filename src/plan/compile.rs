@@ -1,0 +1,1214 @@
+//! Compiling a suite into a plan: resolve templates, type params, expand the matrix, render,
+//! and lay out the step graph with keys.
+//!
+//! Every semantic error is collected (not just the first), each with the file and position of
+//! the text that caused it; `kitt validate` is this function with the plan thrown away.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::catalog::{Catalog, Entry};
+use crate::manifest::decode::{Cx, Decode, Spanned};
+use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
+use crate::manifest::load::{ApiKind, LoadSpec, Profile};
+use crate::manifest::secret::{SecretOr, check_inline};
+use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Isolation, Model, SAMPLING_KEYS};
+use crate::manifest::template_kind::{
+    ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType, ReportFormat,
+};
+use crate::manifest::yaml::{Node, Value};
+use crate::manifest::{self, Kind, Suite, SuiteSpec};
+use crate::template::{Renderer, placeholder};
+
+/// Reads and decodes a suite file.
+pub fn load_suite(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
+    let raw = manifest::read_raw(path)?;
+    raw.expect_kind(Kind::Suite)?;
+    raw.decode::<SuiteSpec>()
+}
+
+/// Reads a suite file, builds its catalog and compiles it.
+pub fn compile_file(path: &Path) -> Result<Plan, Vec<Diagnostic>> {
+    let suite = load_suite(path)?;
+    let dir = suite_dir(path);
+    let catalog = Catalog::with_local(&dir, &suite.spec.templates, path)?;
+    compile(&suite, &catalog)
+}
+
+/// The absolute directory of a suite file.
+pub fn suite_dir(path: &Path) -> PathBuf {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+/// Suite identity: canonical path of its file + metadata.name.
+pub fn suite_identity(path: &Path, name: &str) -> String {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    key_of(&json!({"suite": canonical.to_string_lossy(), "name": name}))
+}
+
+struct Compiler<'a> {
+    suite: &'a Suite,
+    catalog: &'a Catalog,
+    renderer: Renderer,
+    errors: Vec<Diagnostic>,
+    not_executable: Vec<NotExecutable>,
+}
+
+/// One engine instance after its sweeps are expanded.
+struct EngineVariant<'a> {
+    instance: &'a EngineInstance,
+    template: &'a Entry<EngineSpec>,
+    name: String,
+    params: BTreeMap<String, Json>,
+}
+
+/// One benchmark instance × one combination of swept values.
+struct BenchVariant<'a> {
+    instance: &'a BenchmarkInstance,
+    entry: &'a Entry<crate::manifest::template_kind::BenchmarkSpec>,
+    params: BTreeMap<String, Json>,
+    swept: BTreeMap<String, Json>,
+    sampling: BTreeMap<String, Json>,
+}
+
+/// Compiles a decoded suite against a catalog.
+pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>> {
+    let mut c = Compiler {
+        suite,
+        catalog,
+        renderer: Renderer::default(),
+        errors: Vec::new(),
+        not_executable: Vec::new(),
+    };
+    let plan = c.run();
+    let mut errors = c.errors;
+    for e in &mut errors {
+        e.file.get_or_insert_with(|| suite.file.clone());
+    }
+    manifest::sort(&mut errors);
+    match plan {
+        Some(plan) if errors.is_empty() => Ok(plan),
+        _ => Err(errors),
+    }
+}
+
+impl<'a> Compiler<'a> {
+    fn err(&mut self, d: Diagnostic) {
+        self.errors.push(d);
+    }
+
+    fn not_executable(&mut self, what: String, file: &Path, pos: Pos) {
+        self.not_executable.push(NotExecutable {
+            what,
+            file: file.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+        });
+    }
+
+    fn run(&mut self) -> Option<Plan> {
+        let spec = &self.suite.spec;
+        self.check_unique("model", spec.models.iter().map(|m| &m.name));
+        self.check_unique("engine", spec.engines.iter().map(|e| &e.name));
+        self.check_unique("benchmark", spec.benchmarks.iter().map(|b| &b.name));
+        if spec.runs == 0 {
+            self.err(Diagnostic::new(Pos::START, "`runs` must be at least 1"));
+        }
+        for (what, list) in [
+            ("models", spec.models.len()),
+            ("engines", spec.engines.len()),
+            ("benchmarks", spec.benchmarks.len()),
+        ] {
+            if list == 0 {
+                self.err(
+                    Diagnostic::new(Pos::START, format!("the suite lists no {what}"))
+                        .help(format!("add at least one entry under `{what}:`")),
+                );
+            }
+        }
+        let reporters = self.reporters();
+        let engines = self.engine_variants();
+        let benches = self.bench_variants();
+
+        let mut groups = Vec::new();
+        let mut cells = Vec::new();
+        let mut exclude_hits = vec![0usize; spec.matrix.exclude.len()];
+        for ev in &engines {
+            for model in &spec.models {
+                let Some(group) = self.group(ev, model) else {
+                    continue;
+                };
+                let gi = groups.len();
+                for bv in &benches {
+                    for run_index in 0..spec.runs {
+                        let excluded = self.excluded(model, ev, bv, &mut exclude_hits);
+                        if excluded {
+                            continue;
+                        }
+                        if let Some(cell) = self.cell(gi, &group, ev, model, bv, run_index) {
+                            cells.push(cell);
+                        }
+                    }
+                }
+                groups.push(group);
+            }
+        }
+        for (hits, ex) in exclude_hits.iter().zip(&spec.matrix.exclude) {
+            if *hits == 0 {
+                self.err(
+                    Diagnostic::new(ex.pos, "this matrix exclude matches no cell")
+                        .help("check the model, engine and benchmark names and param values; remove the entry if it is stale"),
+                );
+            }
+        }
+        if !self.errors.is_empty() {
+            return None;
+        }
+        let steps = layout(&groups, &cells, spec.execution.isolation, &reporters);
+        let mut templates: Vec<TemplateRef> = Vec::new();
+        for (kind, name) in spec
+            .engines
+            .iter()
+            .map(|e| (Kind::Engine, &e.template.value))
+            .chain(
+                spec.benchmarks
+                    .iter()
+                    .map(|b| (Kind::Benchmark, &b.template.value)),
+            )
+            .chain(reporters.iter().map(|r| (Kind::Reporter, &r.name)))
+        {
+            if templates
+                .iter()
+                .any(|t| t.kind == kind.name() && &t.name == name)
+            {
+                continue;
+            }
+            if let Some(origin) = self.catalog.origin_of(kind, name) {
+                templates.push(TemplateRef {
+                    kind: kind.name().to_string(),
+                    name: name.clone(),
+                    origin: origin.to_string(),
+                });
+            }
+        }
+        let file = self.suite.file.clone();
+        Some(Plan {
+            format: PLAN_FORMAT,
+            suite: SuiteRef {
+                name: self.suite.metadata.name.value.clone(),
+                identity: suite_identity(&file, &self.suite.metadata.name.value),
+                dir: suite_dir(&file),
+                file,
+            },
+            execution: spec.execution.clone(),
+            groups,
+            cells,
+            steps,
+            reporters,
+            templates,
+            not_executable: std::mem::take(&mut self.not_executable),
+        })
+    }
+
+    fn check_unique<'s>(&mut self, what: &str, names: impl Iterator<Item = &'s Spanned<String>>) {
+        let mut seen: Vec<&Spanned<String>> = Vec::new();
+        for n in names {
+            if let Some(first) = seen.iter().find(|s| s.value == n.value) {
+                let line = first.pos.line;
+                self.err(
+                    Diagnostic::new(
+                        n.pos,
+                        format!(
+                            "duplicate {what} name `{}` (first used at line {line})",
+                            n.value
+                        ),
+                    )
+                    .help(format!(
+                        "{what} names must be unique in a suite; rename one"
+                    )),
+                );
+            } else {
+                seen.push(n);
+            }
+        }
+    }
+
+    fn reporters(&mut self) -> Vec<ReporterRef> {
+        let mut out = Vec::new();
+        for r in &self.suite.spec.reporters {
+            match self.catalog.reporters.get(&r.value) {
+                Some(entry) => {
+                    let spec = &entry.manifest.spec;
+                    if spec.format == ReportFormat::Template {
+                        self.not_executable(
+                            format!("reporter `{}` (templated reports)", r.value),
+                            &self.suite.file.clone(),
+                            r.pos,
+                        );
+                    }
+                    out.push(ReporterRef {
+                        name: r.value.clone(),
+                        format: spec.format,
+                        output: spec.output.clone(),
+                    });
+                }
+                None => {
+                    let help =
+                        unknown_help(&r.value, self.catalog.reporters.keys().map(String::as_str));
+                    self.err(
+                        Diagnostic::new(r.pos, format!("unknown reporter `{}`", r.value))
+                            .help(help),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Types an instance's params against the template's declarations (plus, for benchmarks,
+    /// the sampling keys) and returns each set param with its values (several when swept).
+    fn typed_params(
+        &mut self,
+        params: Option<&Node>,
+        decls: &BTreeMap<String, Spanned<ParamDecl>>,
+        with_sampling: bool,
+        what: &str,
+    ) -> Vec<(String, Vec<Json>, bool)> {
+        let Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) = params
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, node) in entries {
+            let sampling_ty = with_sampling
+                .then(|| SAMPLING_KEYS.iter().find(|(k, _)| *k == key.name))
+                .flatten();
+            let decl: ParamDecl = match (decls.get(&key.name), sampling_ty) {
+                (Some(d), _) => d.value.clone(),
+                (None, Some((_, ty))) => ParamDecl {
+                    ty: *ty,
+                    default: None,
+                    description: None,
+                    minimum: None,
+                    maximum: None,
+                    choices: None,
+                },
+                (None, None) => {
+                    let mut names: Vec<&str> = decls.keys().map(String::as_str).collect();
+                    if with_sampling {
+                        names.extend(SAMPLING_KEYS.iter().map(|(k, _)| *k));
+                    }
+                    let help = if names.is_empty() {
+                        format!("{what} declares no params")
+                    } else {
+                        unknown_help(&key.name, names)
+                    };
+                    self.err(
+                        Diagnostic::new(
+                            key.pos,
+                            format!("unknown param `{}` for {what}", key.name),
+                        )
+                        .help(help),
+                    );
+                    continue;
+                }
+            };
+            let value = node.to_json();
+            let sweep = match (&value, decl.ty) {
+                (Json::Array(items), ParamType::List) => {
+                    items.iter().all(Json::is_array) && !items.is_empty()
+                }
+                (Json::Array(_), _) => true,
+                _ => false,
+            };
+            let values = if sweep {
+                value.as_array().cloned().unwrap_or_default()
+            } else {
+                vec![value]
+            };
+            if sweep && values.is_empty() {
+                self.err(
+                    Diagnostic::new(
+                        node.pos,
+                        format!("param `{}`: an empty list sweeps nothing", key.name),
+                    )
+                    .help("give at least one value"),
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (i, v) in values.iter().enumerate() {
+                if let Err(problem) = decl.check(v) {
+                    let pos = match (&node.value, sweep) {
+                        (Value::Seq(items), true) => items.get(i).map_or(node.pos, |n| n.pos),
+                        _ => node.pos,
+                    };
+                    let help = match decl.ty {
+                        ParamType::List => {
+                            "a list param takes a list; a list of lists sweeps it".to_string()
+                        }
+                        t => format!("write {} (or a list of them to sweep)", t.name()),
+                    };
+                    self.err(
+                        Diagnostic::new(pos, format!("param `{}` for {what}: {problem}", key.name))
+                            .help(help),
+                    );
+                    ok = false;
+                }
+            }
+            if ok {
+                out.push((key.name.clone(), values, sweep));
+            }
+        }
+        out
+    }
+
+    fn engine_variants(&mut self) -> Vec<EngineVariant<'a>> {
+        let mut out = Vec::new();
+        let suite_file = self.suite.file.clone();
+        for inst in &self.suite.spec.engines {
+            let Some(template) = self.catalog.engines.get(&inst.template.value) else {
+                let help = unknown_help(
+                    &inst.template.value,
+                    self.catalog.engines.keys().map(String::as_str),
+                );
+                self.err(
+                    Diagnostic::new(
+                        inst.template.pos,
+                        format!("unknown engine template `{}`", inst.template.value),
+                    )
+                    .help(help),
+                );
+                continue;
+            };
+            let mut cx = Cx::default();
+            for (name, v) in &inst.env {
+                check_inline(name, &v.value, v.pos, &mut cx);
+            }
+            if let Some(ep) = &inst.endpoint {
+                for (name, v) in &ep.headers {
+                    check_inline(name, &v.value, v.pos, &mut cx);
+                }
+                if !(ep.url.value.starts_with("http://") || ep.url.value.starts_with("https://")) {
+                    cx.error(
+                        Diagnostic::new(
+                            ep.url.pos,
+                            format!("endpoint URL `{}` is not http(s)", ep.url.value),
+                        )
+                        .help("write it as `http://host:port` or `https://host:port`"),
+                    );
+                }
+            }
+            let modes = [
+                inst.container.is_some(),
+                inst.native.is_some(),
+                inst.endpoint.is_some(),
+            ];
+            if modes.iter().filter(|m| **m).count() > 1 {
+                cx.error(
+                    Diagnostic::new(
+                        inst.name.pos,
+                        format!(
+                            "engine `{}` sets more than one of `container`, `native`, `endpoint`",
+                            inst.name.value
+                        ),
+                    )
+                    .help("choose one way to run it"),
+                );
+            }
+            if inst.native.is_some()
+                && template.manifest.spec.native.is_none()
+                && inst.native.as_ref().is_some_and(|n| n.command.is_none())
+            {
+                cx.error(
+                    Diagnostic::new(
+                        inst.name.pos,
+                        format!(
+                            "engine template `{}` has no native command",
+                            inst.template.value
+                        ),
+                    )
+                    .help("give one: `native: {command: [BINARY, ARGS…]}`"),
+                );
+            }
+            if inst.container.is_some() && template.manifest.spec.container.is_none() {
+                cx.error(Diagnostic::new(
+                    inst.name.pos,
+                    format!(
+                        "engine template `{}` has no container section",
+                        inst.template.value
+                    ),
+                ));
+            }
+            self.errors.extend(cx.errors);
+            let what = format!("engine template `{}`", inst.template.value);
+            let set = self.typed_params(
+                inst.params.as_ref(),
+                &template.manifest.spec.params,
+                false,
+                &what,
+            );
+            let Some(base) = self.resolve_params(
+                &template.manifest.spec.params,
+                &set,
+                &BTreeMap::new(),
+                &what,
+                inst.name.pos,
+            ) else {
+                continue;
+            };
+            for combo in combinations(&set) {
+                let mut params = base.clone();
+                let mut label = Vec::new();
+                for (k, v, swept) in &combo {
+                    params.insert(k.clone(), v.clone());
+                    if *swept {
+                        label.push(format!("{k}={}", crate::template::scalar_text(v)));
+                    }
+                }
+                let name = if label.is_empty() {
+                    inst.name.value.clone()
+                } else {
+                    format!("{}[{}]", inst.name.value, label.join(","))
+                };
+                out.push(EngineVariant {
+                    instance: inst,
+                    template,
+                    name,
+                    params,
+                });
+            }
+            let _ = &suite_file;
+        }
+        out
+    }
+
+    /// The value of every declared param: the instance's, else the suite's sampling value (for
+    /// sampling keys), else the template default; a param with none of them is an error.
+    fn resolve_params(
+        &mut self,
+        decls: &BTreeMap<String, Spanned<ParamDecl>>,
+        set: &[(String, Vec<Json>, bool)],
+        sampling: &BTreeMap<String, Json>,
+        what: &str,
+        pos: Pos,
+    ) -> Option<BTreeMap<String, Json>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (name, decl) in decls {
+            if let Some((_, values, _)) = set.iter().find(|(k, _, _)| k == name) {
+                out.insert(name.clone(), values[0].clone());
+            } else if let Some(v) = sampling.get(name) {
+                out.insert(name.clone(), v.clone());
+            } else if let Some(d) = &decl.value.default {
+                out.insert(name.clone(), d.clone());
+            } else {
+                self.err(
+                    Diagnostic::new(
+                        pos,
+                        format!("param `{name}` of {what} has no default and is not set"),
+                    )
+                    .help(format!("set it: `params: {{{name}: …}}`")),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn bench_variants(&mut self) -> Vec<BenchVariant<'a>> {
+        let mut out = Vec::new();
+        let suite_sampling: BTreeMap<String, Json> =
+            self.suite.spec.sampling.to_map().into_iter().collect();
+        for inst in &self.suite.spec.benchmarks {
+            let Some(entry) = self.catalog.benchmarks.get(&inst.template.value) else {
+                let help = unknown_help(
+                    &inst.template.value,
+                    self.catalog.benchmarks.keys().map(String::as_str),
+                );
+                self.err(
+                    Diagnostic::new(
+                        inst.template.pos,
+                        format!("unknown benchmark template `{}`", inst.template.value),
+                    )
+                    .help(help),
+                );
+                continue;
+            };
+            let what = format!("benchmark template `{}`", inst.template.value);
+            let set = self.typed_params(
+                inst.params.as_ref(),
+                &entry.manifest.spec.params,
+                true,
+                &what,
+            );
+            let Some(base) = self.resolve_params(
+                &entry.manifest.spec.params,
+                &set,
+                &suite_sampling,
+                &what,
+                inst.name.pos,
+            ) else {
+                continue;
+            };
+            if entry.manifest.spec.mechanism == Mechanism::Eval {
+                self.not_executable(
+                    format!("benchmark `{}` (eval mechanism)", inst.name.value),
+                    &self.suite.file.clone(),
+                    inst.template.pos,
+                );
+            }
+            for combo in combinations(&set) {
+                let mut params = base.clone();
+                let mut swept = BTreeMap::new();
+                for (k, v, is_swept) in &combo {
+                    params.insert(k.clone(), v.clone());
+                    if *is_swept {
+                        swept.insert(k.clone(), v.clone());
+                    }
+                }
+                // Sampling: suite values, overridden by any sampling key among the params.
+                let mut sampling = suite_sampling.clone();
+                for (k, _) in SAMPLING_KEYS {
+                    if let Some(v) = params.get(*k) {
+                        sampling.insert((*k).to_string(), v.clone());
+                    }
+                }
+                out.push(BenchVariant {
+                    instance: inst,
+                    entry,
+                    params,
+                    swept,
+                    sampling,
+                });
+            }
+        }
+        out
+    }
+
+    fn model_context(&self, model: &Model) -> Json {
+        let served = model
+            .served_name
+            .as_ref()
+            .unwrap_or(&model.name)
+            .value
+            .clone();
+        let mut m = json!({"name": model.name.value, "served_name": served});
+        if let Some(p) = &model.path {
+            let path = Path::new(&p.value);
+            let dir = path
+                .parent()
+                .map(|d| d.to_string_lossy().to_string())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| ".".into());
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default();
+            m["path"] = p.value.clone().into();
+            m["dir"] = dir.into();
+            m["file"] = file.into();
+        }
+        m
+    }
+
+    fn engine_context(&self, ev: &EngineVariant, model: &Model) -> Json {
+        json!({
+            "model": self.model_context(model),
+            "engine": {"name": ev.name, "template": ev.instance.template.value},
+            "params": ev.params,
+            "run": {"id": placeholder("run.id")},
+            "port": placeholder("port"),
+            "kitt": {"exe": placeholder("kitt.exe")},
+        })
+    }
+
+    /// A render error, rewritten when it is a model without a path.
+    fn render_error(
+        &self,
+        d: Diagnostic,
+        file: &Path,
+        model: &Model,
+        template: &str,
+    ) -> Diagnostic {
+        let needs_path = ["model.path", "model.dir", "model.file"]
+            .iter()
+            .any(|v| d.message == format!("unknown template variable `{v}`"));
+        if needs_path && model.path.is_none() {
+            return Diagnostic::new(model.name.pos, format!("engine template `{template}` needs a model file, but model `{}` has no `path`", model.name.value))
+                .help("add `path:` to the model (a file or directory relative to the suite), or use an engine that needs none")
+                .in_file(&self.suite.file);
+        }
+        d.in_file(file)
+    }
+
+    fn group(&mut self, ev: &EngineVariant, model: &Model) -> Option<EngineGroup> {
+        let ctx = self.engine_context(ev, model);
+        let spec = &ev.template.manifest.spec;
+        let tfile = ev.template.manifest.file.clone();
+        let inst = ev.instance;
+        let r = &self.renderer;
+        let mut errors: Vec<Diagnostic> = Vec::new();
+        let mut text = |s: &Spanned<String>, file: &Path| -> String {
+            r.render_text(&s.value, &ctx, s.pos).unwrap_or_else(|d| {
+                errors.push(d.in_file(file));
+                String::new()
+            })
+        };
+        let suite_file = self.suite.file.clone();
+        let mut pending_not_executable: Vec<String> = Vec::new();
+        let env_of = |env: &BTreeMap<String, Spanned<SecretOr>>,
+                      file: &Path,
+                      text: &mut dyn FnMut(&Spanned<String>, &Path) -> String|
+         -> BTreeMap<String, SecretOr> {
+            env.iter()
+                .map(|(k, v)| {
+                    let value = match &v.value {
+                        SecretOr::Plain(s) => {
+                            SecretOr::Plain(text(&Spanned::new(v.pos, s.clone()), file))
+                        }
+                        other => other.clone(),
+                    };
+                    (k.clone(), value)
+                })
+                .collect()
+        };
+        let mode = if let Some(ep) = &inst.endpoint {
+            pending_not_executable.push(format!("engine `{}` (endpoint mode)", inst.name.value));
+            Mode::Endpoint {
+                url: ep.url.value.trim_end_matches('/').to_string(),
+                headers: ep
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+                ca_file: ep.ca_file.as_ref().map(|c| c.value.clone()),
+                insecure: ep.insecure,
+                skip_health: ep.skip_health,
+            }
+        } else if inst.native.is_some() || (spec.container.is_none() && inst.container.is_none()) {
+            let native = inst.native.clone().unwrap_or_default();
+            let (command, file) = match (&native.command, &spec.native) {
+                (Some(c), _) => (c.clone(), suite_file.clone()),
+                (None, Some(n)) => (n.command.clone(), tfile.clone()),
+                (None, None) => (Vec::new(), tfile.clone()),
+            };
+            let argv: Vec<String> = command.iter().map(|a| text(a, &file)).collect();
+            let mut env = spec
+                .native
+                .as_ref()
+                .map(|n| env_of(&n.env, &tfile, &mut text))
+                .unwrap_or_default();
+            env.extend(env_of(&inst.env, &suite_file, &mut text));
+            Mode::Native {
+                argv,
+                env,
+                cwd: native.cwd.map(|c| c.value),
+            }
+        } else {
+            let c = spec.container.as_ref();
+            let over = inst.container.clone().unwrap_or_default();
+            let image = inst
+                .image
+                .as_ref()
+                .map(|i| i.value.clone())
+                .or_else(|| spec.image.clone())
+                .unwrap_or_default();
+            pending_not_executable.push(format!("engine `{}` (container mode)", inst.name.value));
+            let args: Vec<String> = match &over.args {
+                Some(a) => a.iter().map(|s| text(s, &suite_file)).collect(),
+                None => c
+                    .map(|c| c.args.iter().map(|s| text(s, &tfile)).collect())
+                    .unwrap_or_default(),
+            };
+            let mut env = c
+                .map(|c| env_of(&c.env, &tfile, &mut text))
+                .unwrap_or_default();
+            env.extend(env_of(&inst.env, &suite_file, &mut text));
+            let mounts = c
+                .map(|c| {
+                    c.mounts
+                        .iter()
+                        .map(|m| MountRef {
+                            source: text(&m.source, &tfile),
+                            target: text(&m.target, &tfile),
+                            readonly: m.readonly,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let gpus = over
+                .gpus
+                .clone()
+                .or_else(|| c.and_then(|c| c.gpus.clone()))
+                .map_or_else(|| "auto".to_string(), |g| g.value);
+            let mut extra_args: Vec<String> = c
+                .map(|c| c.extra_args.iter().map(|s| text(s, &tfile)).collect())
+                .unwrap_or_default();
+            extra_args.extend(over.extra_args.iter().map(|s| text(s, &suite_file)));
+            Mode::Container {
+                image,
+                pull: inst.pull.or(spec.pull).unwrap_or(PullPolicy::IfNotPresent),
+                args,
+                env,
+                mounts,
+                gpus,
+                shm_size: c.and_then(|c| c.shm_size.clone()),
+                extra_args,
+            }
+        };
+        let mut setup = Vec::new();
+        for call in &spec.setup {
+            let body = call.body.as_ref().and_then(|b| {
+                r.render(b, &ctx)
+                    .map_err(|d| errors.push(d.in_file(&tfile)))
+                    .ok()
+                    .flatten()
+            });
+            setup.push(HttpRequest {
+                method: call.method.clone(),
+                path: call.path.clone(),
+                body,
+            });
+        }
+        let tokenize = spec.tokenize.as_ref().map(|t| HttpRequest {
+            method: "POST".into(),
+            path: t.path.clone(),
+            body: {
+                let mut tctx = ctx.clone();
+                tctx["prompt"] = placeholder("prompt").into();
+                r.render(&t.body, &tctx)
+                    .map_err(|d| errors.push(d.in_file(&tfile)))
+                    .ok()
+                    .flatten()
+            },
+        });
+        // Warmup uses the suite's sampling with a short, fixed output.
+        let warmup_req = self.suite.spec.warmup.requests;
+        let warmup = if warmup_req > 0 {
+            let mut sampling: BTreeMap<String, Json> =
+                self.suite.spec.sampling.to_map().into_iter().collect();
+            sampling.insert("max_tokens".into(), json!(16));
+            let (kind, call) = match (&spec.api.completion, &spec.api.chat) {
+                (Some(c), _) => (ApiKind::Completion, c),
+                (None, Some(c)) => (ApiKind::Chat, c),
+                (None, None) => unreachable_api(),
+            };
+            match self.request(&ctx, &sampling, true, kind, call) {
+                Ok(request) => Some(Warmup {
+                    requests: warmup_req,
+                    input_tokens: 32,
+                    request,
+                }),
+                Err(d) => {
+                    errors.push(d.in_file(&tfile));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for what in pending_not_executable {
+            if !self.not_executable.iter().any(|n| n.what == what) {
+                self.not_executable(what, &suite_file, inst.name.pos);
+            }
+        }
+        let errors: Vec<Diagnostic> = errors
+            .into_iter()
+            .map(|d| self.render_error(d, &tfile, model, &inst.template.value))
+            .collect();
+        let had_errors = !errors.is_empty();
+        for d in errors {
+            if !self.errors.contains(&d) {
+                self.errors.push(d);
+            }
+        }
+        if had_errors {
+            return None;
+        }
+        let served = model
+            .served_name
+            .as_ref()
+            .unwrap_or(&model.name)
+            .value
+            .clone();
+        let model_ref = ModelRef {
+            name: model.name.value.clone(),
+            path: model.path.as_ref().map(|p| p.value.clone()),
+            source: model.source.as_ref().map(|s| s.value.clone()),
+            served_name: served,
+        };
+        let health = Health {
+            path: spec.health.path.clone(),
+            timeout: spec.health.timeout,
+            initial_interval: spec.health.initial_interval,
+            max_interval: spec.health.max_interval,
+        };
+        let key = key_of(&json!({
+            "kind": "engine",
+            "template": inst.template.value,
+            "engine": ev.name,
+            "model": model_ref,
+            "params": ev.params,
+            "mode": mode,
+            "health": health,
+            "setup": setup,
+            "warmup": warmup,
+        }));
+        Some(EngineGroup {
+            id: format!("{}/{}", ev.name, model.name.value),
+            engine: ev.name.clone(),
+            template: inst.template.value.clone(),
+            model: model_ref,
+            params: ev.params.clone(),
+            mode,
+            health,
+            version: spec.version.clone(),
+            setup,
+            warmup,
+            tokenize,
+            tokenize_pointer: spec.tokenize.as_ref().map(|t| t.tokens.clone()),
+            metrics_path: spec.metrics.as_ref().map(|m| m.path.clone()),
+            restart_on_retry: spec.restart_on_retry,
+            key,
+        })
+    }
+
+    /// Renders an engine call for one sampling configuration.
+    fn request(
+        &self,
+        engine_ctx: &Json,
+        sampling: &BTreeMap<String, Json>,
+        ignore_eos: bool,
+        _kind: ApiKind,
+        call: &ApiCall,
+    ) -> Result<RequestTemplate, Diagnostic> {
+        let mut ctx = engine_ctx.clone();
+        for (k, _) in SAMPLING_KEYS {
+            ctx[*k] = sampling.get(*k).cloned().unwrap_or(Json::Null);
+        }
+        ctx["sampling"] = json!(sampling);
+        ctx["ignore_eos"] = ignore_eos.into();
+        ctx["prompt"] = placeholder("prompt").into();
+        ctx["messages"] = placeholder("messages").into();
+        let body = self
+            .renderer
+            .render(&call.body, &ctx)?
+            .unwrap_or(Json::Null);
+        Ok(RequestTemplate {
+            method: call.method.clone(),
+            path: call.path.clone(),
+            body,
+            stream: call.stream,
+            text: call.text.clone(),
+            reasoning: call.reasoning.clone(),
+            done: call.done.clone(),
+            done_field: call.done_field.clone(),
+            usage: call.usage.clone(),
+        })
+    }
+
+    fn excluded(
+        &self,
+        model: &Model,
+        ev: &EngineVariant,
+        bv: &BenchVariant,
+        hits: &mut [usize],
+    ) -> bool {
+        let mut any = false;
+        for (i, ex) in self.suite.spec.matrix.exclude.iter().enumerate() {
+            let m = ex
+                .model
+                .as_ref()
+                .is_none_or(|m| m.value == model.name.value);
+            let e = ex
+                .engine
+                .as_ref()
+                .is_none_or(|e| e.value == ev.instance.name.value || e.value == ev.name);
+            let b = ex
+                .benchmark
+                .as_ref()
+                .is_none_or(|b| b.value == bv.instance.name.value);
+            let p = ex.params.iter().all(|(k, v)| {
+                let want = v.value.to_json();
+                bv.params.get(k).or_else(|| ev.params.get(k)) == Some(&want)
+            });
+            if m && e && b && p {
+                hits[i] += 1;
+                any = true;
+            }
+        }
+        any
+    }
+
+    fn cell(
+        &mut self,
+        gi: usize,
+        group: &EngineGroup,
+        ev: &EngineVariant,
+        model: &Model,
+        bv: &BenchVariant,
+        run_index: u32,
+    ) -> Option<Cell> {
+        let spec = &bv.entry.manifest.spec;
+        let bfile = bv.entry.manifest.file.clone();
+        let mut cell = Cell {
+            group: gi,
+            model: model.name.value.clone(),
+            engine: ev.name.clone(),
+            benchmark: bv.instance.name.value.clone(),
+            template: bv.instance.template.value.clone(),
+            params: bv.params.clone(),
+            swept: bv.swept.clone(),
+            run_index,
+            sampling: bv.sampling.clone(),
+            load: None,
+            request: None,
+        };
+        if spec.mechanism != Mechanism::Load {
+            return Some(cell);
+        }
+        let load_node = spec.load.as_ref()?;
+        let ctx = json!({
+            "params": bv.params,
+            "sampling": bv.sampling,
+            "model": self.model_context(model),
+            "engine": {"name": ev.name, "template": ev.instance.template.value},
+            "run": {"index": run_index},
+        });
+        let rendered = match self.renderer.render_node(load_node, &ctx) {
+            Ok(n) => n,
+            Err(d) => {
+                let d = d.in_file(&bfile);
+                if !self.errors.contains(&d) {
+                    self.err(d);
+                }
+                return None;
+            }
+        };
+        let mut cx = Cx::default();
+        let load = LoadSpec::decode(
+            &rendered,
+            &mut cx,
+            &format!("`load` of benchmark `{}`", bv.instance.name.value),
+        );
+        if !cx.errors.is_empty() {
+            for d in cx.errors {
+                let d = d.in_file(&bfile);
+                if !self.errors.contains(&d) {
+                    self.err(d);
+                }
+            }
+            return None;
+        }
+        let load = load?;
+        if matches!(load.profile, Profile::Constant(_) | Profile::Poisson(_)) {
+            let what = format!(
+                "benchmark `{}` (open-loop rate profiles)",
+                bv.instance.name.value
+            );
+            if !self.not_executable.iter().any(|n| n.what == what) {
+                self.not_executable(what, &self.suite.file.clone(), bv.instance.template.pos);
+            }
+        }
+        let api = &ev.template.manifest.spec.api;
+        let call = match load.api {
+            ApiKind::Completion => api.completion.as_ref(),
+            ApiKind::Chat => api.chat.as_ref(),
+        };
+        let Some(call) = call else {
+            let kind = if load.api == ApiKind::Chat {
+                "chat"
+            } else {
+                "completion"
+            };
+            let d = Diagnostic::new(bv.instance.name.pos, format!("benchmark `{}` uses the `{kind}` API, which engine template `{}` does not declare", bv.instance.name.value, ev.instance.template.value))
+                .help("use a benchmark with the other `api:`, or add the call to the engine template");
+            if !self.errors.contains(&d) {
+                self.err(d);
+            }
+            return None;
+        };
+        let ectx = self.engine_context(ev, model);
+        match self.request(&ectx, &bv.sampling, load.ignore_eos, load.api, call) {
+            Ok(mut req) => {
+                if let Json::Object(_) = req.body {
+                    // run.index is known per cell; nothing else in the body is late apart from prompt/messages.
+                }
+                req.path = req.path.clone();
+                cell.request = Some(req);
+            }
+            Err(d) => {
+                let d = self.render_error(
+                    d,
+                    &ev.template.manifest.file,
+                    model,
+                    &ev.instance.template.value,
+                );
+                if !self.errors.contains(&d) {
+                    self.err(d);
+                }
+                return None;
+            }
+        }
+        cell.load = Some(load);
+        let _ = group;
+        Some(cell)
+    }
+}
+
+fn unreachable_api() -> ! {
+    // EngineSpec decoding rejects an `api` without any call, so a catalog entry always has one.
+    panic!("engine template without an api call passed decoding")
+}
+
+/// Every combination of the swept values, in declaration order (the first param varies slowest).
+fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, bool)>> {
+    let mut out: Vec<Vec<(String, Json, bool)>> = vec![Vec::new()];
+    for (name, values, swept) in set {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for prefix in &out {
+            for v in values {
+                let mut c = prefix.clone();
+                c.push((name.clone(), v.clone(), *swept));
+                next.push(c);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Lays out the step DAG: per group pull → start → setup → warmup → benchmark → collect → stop,
+/// then one report after everything.
+fn layout(
+    groups: &[EngineGroup],
+    cells: &[Cell],
+    isolation: Isolation,
+    reporters: &[ReporterRef],
+) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    let push = |steps: &mut Vec<Step>,
+                kind: StepKind,
+                key: StepKey,
+                group: Option<usize>,
+                cell: Option<usize>,
+                deps: Vec<usize>|
+     -> usize {
+        let id = steps.len();
+        let measures = kind.measures();
+        steps.push(Step {
+            id,
+            kind,
+            key,
+            group,
+            cell,
+            deps,
+            service: kind == StepKind::Start,
+            lease: Lease {
+                engine: measures && isolation != Isolation::None,
+                host: measures && isolation == Isolation::Host,
+            },
+        });
+        id
+    };
+    let mut previous_stop: Option<usize> = None;
+    let mut all_ends = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let gk = |kind: &str| key_of(&json!({"kind": kind, "group": g.key}));
+        let mut ready: Vec<usize> = Vec::new();
+        let mut start = None;
+        if let Mode::Container { image, pull, .. } = &g.mode {
+            let pk = key_of(&json!({"kind": "pull", "image": image, "policy": pull}));
+            ready = vec![push(&mut steps, StepKind::Pull, pk, Some(gi), None, vec![])];
+        }
+        if !matches!(g.mode, Mode::Endpoint { .. }) {
+            let mut deps = ready.clone();
+            if isolation == Isolation::Host {
+                deps.extend(previous_stop);
+            }
+            let s = push(
+                &mut steps,
+                StepKind::Start,
+                gk("start"),
+                Some(gi),
+                None,
+                deps,
+            );
+            start = Some(s);
+            ready = vec![s];
+        }
+        if !g.setup.is_empty() {
+            ready = vec![push(
+                &mut steps,
+                StepKind::Setup,
+                gk("setup"),
+                Some(gi),
+                None,
+                ready.clone(),
+            )];
+        }
+        if g.warmup.is_some() {
+            ready = vec![push(
+                &mut steps,
+                StepKind::Warmup,
+                gk("warmup"),
+                Some(gi),
+                None,
+                ready.clone(),
+            )];
+        }
+        let mut collects = Vec::new();
+        for (ci, cell) in cells.iter().enumerate().filter(|(_, c)| c.group == gi) {
+            let bkey = key_of(&json!({
+                "kind": "benchmark",
+                "group": g.key,
+                "cell": {"model": cell.model, "engine": cell.engine, "benchmark": cell.benchmark, "template": cell.template,
+                         "params": cell.params, "run_index": cell.run_index},
+                "sampling": cell.sampling,
+                "load": cell.load,
+                "request": cell.request,
+            }));
+            let ckey = key_of(&json!({"kind": "collect", "benchmark": bkey}));
+            let b = push(
+                &mut steps,
+                StepKind::Benchmark,
+                bkey,
+                Some(gi),
+                Some(ci),
+                ready.clone(),
+            );
+            collects.push(push(
+                &mut steps,
+                StepKind::Collect,
+                ckey,
+                Some(gi),
+                Some(ci),
+                vec![b],
+            ));
+        }
+        if let Some(s) = start {
+            let mut deps = vec![s];
+            deps.extend(&collects);
+            let stop = push(&mut steps, StepKind::Stop, gk("stop"), Some(gi), None, deps);
+            previous_stop = Some(stop);
+            all_ends.push(stop);
+        } else {
+            all_ends.extend(&collects);
+        }
+    }
+    let names: Vec<&str> = reporters.iter().map(|r| r.name.as_str()).collect();
+    let rk = key_of(&json!({"kind": "report", "reporters": names}));
+    push(&mut steps, StepKind::Report, rk, None, None, all_ends);
+    steps
+}

@@ -1,0 +1,341 @@
+//! The plan: the compiled, executable value of a suite.
+//!
+//! A `Plan` is plain data — engine groups, cells and a DAG of steps with static content keys —
+//! that can be printed, diffed, hashed and tested without running anything. The executor
+//! consumes exactly this value; `plan.json` is its serialization (secrets are `{from_env}`
+//! references, never values, because the compiler never reads the environment).
+//!
+//! Keys (DESIGN "Keys are static"): sha256 of canonical JSON (sorted keys) with a key-format
+//! version. Engine lifecycle steps are keyed by their engine group alone; a benchmark step by its
+//! cell and its group; `report` by the reporters only, since it always re-runs.
+
+pub mod compile;
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::decode::Dur;
+use crate::manifest::load::LoadSpec;
+use crate::manifest::secret::SecretOr;
+use crate::manifest::suite::{Execution, PullPolicy};
+use crate::manifest::template_kind::{Probe, StreamFormat, UsagePointers};
+
+pub use compile::compile;
+
+/// Version of the key derivation; bump it and every key changes.
+pub const KEY_FORMAT: u32 = 1;
+/// Version of the plan's JSON shape.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// A step's content key: hex sha256 of its canonical inputs.
+pub type StepKey = String;
+
+/// sha256 over the canonical JSON of `value` (serde_json sorts object keys), versioned.
+pub fn key_of(value: &Json) -> StepKey {
+    let mut h = Sha256::new();
+    h.update(format!("kitt-key-v{KEY_FORMAT}\n").as_bytes());
+    h.update(value.to_string().as_bytes());
+    let digest = h.finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub format: u32,
+    pub suite: SuiteRef,
+    pub execution: Execution,
+    pub groups: Vec<EngineGroup>,
+    pub cells: Vec<Cell>,
+    pub steps: Vec<Step>,
+    pub reporters: Vec<ReporterRef>,
+    /// Every template the suite uses and the file it came from.
+    pub templates: Vec<TemplateRef>,
+    /// Keys that validate but that this kitt cannot execute yet (DESIGN decision 6).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_executable: Vec<NotExecutable>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteRef {
+    pub name: String,
+    /// The suite file as given on the command line.
+    pub file: PathBuf,
+    /// The directory relative model paths and templates resolve against (absolute).
+    pub dir: PathBuf,
+    /// Canonical path of the suite file + metadata.name, hashed: which runs belong to it.
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateRef {
+    pub kind: String,
+    pub name: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NotExecutable {
+    pub what: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReporterRef {
+    pub name: String,
+    pub format: crate::manifest::template_kind::ReportFormat,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    /// As written, relative to the suite file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub served_name: String,
+}
+
+/// One engine instance serving one model: the unit of engine lifecycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineGroup {
+    /// `engine/model`.
+    pub id: String,
+    /// The engine instance name (with its swept params, e.g. `llama[ctx_size=4096]`).
+    pub engine: String,
+    pub template: String,
+    pub model: ModelRef,
+    pub params: BTreeMap<String, Json>,
+    pub mode: Mode,
+    pub health: Health,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<Probe>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<HttpRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenize: Option<HttpRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenize_pointer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_path: Option<String>,
+    pub restart_on_retry: bool,
+    /// The group's identity key; every step of the group hashes it.
+    pub key: StepKey,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Container {
+        image: String,
+        pull: PullPolicy,
+        args: Vec<String>,
+        env: BTreeMap<String, SecretOr>,
+        mounts: Vec<MountRef>,
+        gpus: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shm_size: Option<String>,
+        extra_args: Vec<String>,
+    },
+    Native {
+        argv: Vec<String>,
+        env: BTreeMap<String, SecretOr>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
+    Endpoint {
+        url: String,
+        headers: BTreeMap<String, SecretOr>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_file: Option<String>,
+        insecure: bool,
+        skip_health: bool,
+    },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Container { .. } => "container",
+            Mode::Native { .. } => "native",
+            Mode::Endpoint { .. } => "endpoint",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MountRef {
+    pub source: String,
+    pub target: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub path: String,
+    pub timeout: Dur,
+    pub initial_interval: Dur,
+    pub max_interval: Dur,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Json>,
+}
+
+/// A rendered engine call: the body still holds the per-request placeholders
+/// `{{prompt}}` / `{{messages}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestTemplate {
+    pub method: String,
+    pub path: String,
+    pub body: Json,
+    pub stream: StreamFormat,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done_field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsagePointers>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Warmup {
+    pub requests: u32,
+    pub input_tokens: u32,
+    pub request: RequestTemplate,
+}
+
+/// One point of the matrix: model × engine instance × benchmark × params × run index.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub group: usize,
+    pub model: String,
+    pub engine: String,
+    pub benchmark: String,
+    pub template: String,
+    /// Every param of the benchmark after precedence (instance > suite sampling > default).
+    pub params: BTreeMap<String, Json>,
+    /// The params whose value came from a sweep (what tells sibling cells apart).
+    pub swept: BTreeMap<String, Json>,
+    pub run_index: u32,
+    /// The effective sampling values sent with each request.
+    pub sampling: BTreeMap<String, Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestTemplate>,
+}
+
+impl Cell {
+    /// `tput concurrency=4 run=1`: a short human label.
+    pub fn label(&self) -> String {
+        let mut s = self.benchmark.clone();
+        for (k, v) in &self.swept {
+            s.push_str(&format!(" {k}={}", crate::template::scalar_text(v)));
+        }
+        s.push_str(&format!(" run={}", self.run_index));
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Pull,
+    Start,
+    Setup,
+    Warmup,
+    Benchmark,
+    Collect,
+    Stop,
+    Report,
+}
+
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Pull => "pull",
+            StepKind::Start => "start",
+            StepKind::Setup => "setup",
+            StepKind::Warmup => "warmup",
+            StepKind::Benchmark => "benchmark",
+            StepKind::Collect => "collect",
+            StepKind::Stop => "stop",
+            StepKind::Report => "report",
+        }
+    }
+
+    /// Steps that measure: they hold the engine (and, with host isolation, the machine).
+    pub fn measures(self) -> bool {
+        matches!(self, StepKind::Warmup | StepKind::Benchmark)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub id: usize,
+    pub kind: StepKind,
+    pub key: StepKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<usize>,
+    pub deps: Vec<usize>,
+    /// A service lives while a dependent still has to run (engine starts).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
+    pub lease: Lease,
+}
+
+/// What a step holds exclusively while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// Its engine group (no other measuring step on the same engine).
+    pub engine: bool,
+    /// The machine (a lock shared by every kitt process on the host).
+    pub host: bool,
+}
+
+impl Plan {
+    pub fn step_label(&self, step: &Step) -> String {
+        match (step.cell, step.group) {
+            (Some(c), _) => self.cells[c].label(),
+            (None, Some(g)) => self.groups[g].id.clone(),
+            _ => self
+                .reporters
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// The petgraph form of the step DAG (ids are node indices).
+    pub fn graph(&self) -> petgraph::graph::DiGraph<usize, ()> {
+        let mut g = petgraph::graph::DiGraph::with_capacity(self.steps.len(), self.steps.len() * 2);
+        let nodes: Vec<_> = self.steps.iter().map(|s| g.add_node(s.id)).collect();
+        for s in &self.steps {
+            for d in &s.deps {
+                g.add_edge(nodes[*d], nodes[s.id], ());
+            }
+        }
+        g
+    }
+}

@@ -1,0 +1,264 @@
+//! Typed rendering of template trees.
+//!
+//! A template tree is a YAML node whose string leaves may hold handlebars expressions. Rendering
+//! never builds JSON by pasting strings: a leaf that is exactly one expression (`"{{max_tokens}}"`)
+//! takes the value's own type (a number stays a number, a list stays a list); any other string
+//! leaf is rendered as text by handlebars in strict mode, where a missing variable is an error.
+//! A leaf that is exactly one sampling expression whose value is unset is left out (DESIGN
+//! decision 1), so engines receive only the sampling values a suite sets.
+//!
+//! Late-bound variables (`port`, `run.id`, `kitt.exe`, and per request `prompt`, `messages`)
+//! render to themselves (`{{port}}`) so keys hash placeholders; the runner binds them with
+//! `bind_late` when the values exist.
+
+use handlebars::{Handlebars, RenderErrorReason};
+use serde_json::{Map, Value as Json};
+
+use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
+use crate::manifest::suite::SAMPLING_KEYS;
+use crate::manifest::yaml::{Node, Value};
+
+/// Variables whose values only exist while running; they render to `{{name}}`.
+pub const LATE_BOUND: &[&str] = &["port", "run.id", "kitt.exe", "prompt", "messages"];
+
+/// The placeholder a late-bound variable renders to.
+pub fn placeholder(name: &str) -> String {
+    format!("{{{{{name}}}}}")
+}
+
+/// A strict handlebars registry with no HTML escaping.
+pub struct Renderer {
+    hb: Handlebars<'static>,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        Renderer { hb }
+    }
+}
+
+/// The single variable path of a leaf that is exactly `{{ path }}`.
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
+    let ok = !inner.is_empty()
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    ok.then_some(inner)
+}
+
+/// Looks up a dotted path in a JSON context.
+pub fn lookup<'a>(ctx: &'a Json, path: &str) -> Option<&'a Json> {
+    path.split('.').try_fold(ctx, |v, part| v.get(part))
+}
+
+fn is_sampling_path(path: &str) -> bool {
+    let key = path.strip_prefix("sampling.").unwrap_or(path);
+    SAMPLING_KEYS.iter().any(|(k, _)| *k == key)
+}
+
+/// Every dotted leaf path of a context (for "did you mean" suggestions).
+fn known_paths(ctx: &Json) -> Vec<String> {
+    fn walk(v: &Json, prefix: &str, out: &mut Vec<String>) {
+        if let Json::Object(m) = v {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(v, &p, out);
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(ctx, "", &mut out);
+    out
+}
+
+impl Renderer {
+    /// Renders one string; `pos` locates it for errors.
+    pub fn render_str(&self, s: &str, ctx: &Json, pos: Pos) -> Result<Option<Json>, Diagnostic> {
+        if !s.contains("{{") {
+            return Ok(Some(Json::String(s.to_string())));
+        }
+        if let Some(path) = single_expression(s) {
+            return match lookup(ctx, path) {
+                Some(Json::Null) | None if is_sampling_path(path) => Ok(None),
+                Some(v) => Ok(Some(v.clone())),
+                None => Err(unknown_variable(path, ctx, pos)),
+            };
+        }
+        match self.hb.render_template(s, ctx) {
+            Ok(text) => Ok(Some(Json::String(text))),
+            Err(e) => Err(match e.reason() {
+                RenderErrorReason::MissingVariable(Some(path)) => unknown_variable(path, ctx, pos),
+                _ => Diagnostic::new(pos, format!("template error in `{s}`: {}", e.reason()))
+                    .help("see the handlebars syntax: `{{name}}`, `{{#if x}}…{{/if}}`"),
+            }),
+        }
+    }
+
+    /// Renders a template tree; `None` when the whole tree is an unset sampling leaf.
+    pub fn render(&self, node: &Node, ctx: &Json) -> Result<Option<Json>, Diagnostic> {
+        Ok(match &node.value {
+            Value::Str(s) => return self.render_str(s, ctx, node.pos),
+            Value::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    if let Some(v) = self.render(item, ctx)? {
+                        out.push(v);
+                    }
+                }
+                Some(Json::Array(out))
+            }
+            Value::Map(entries) => {
+                let mut out = Map::new();
+                for (k, v) in entries {
+                    if let Some(v) = self.render(v, ctx)? {
+                        out.insert(k.name.clone(), v);
+                    }
+                }
+                Some(Json::Object(out))
+            }
+            _ => Some(node.to_json()),
+        })
+    }
+
+    /// Renders a tree into a new node tree that keeps every position (for decoding afterwards).
+    pub fn render_node(&self, node: &Node, ctx: &Json) -> Result<Node, Diagnostic> {
+        Ok(match &node.value {
+            Value::Str(s) => match self.render_str(s, ctx, node.pos)? {
+                Some(v) => Node::from_json(&v, node.pos),
+                None => Node {
+                    pos: node.pos,
+                    value: Value::Null,
+                },
+            },
+            Value::Seq(items) => Node {
+                pos: node.pos,
+                value: Value::Seq(
+                    items
+                        .iter()
+                        .map(|i| self.render_node(i, ctx))
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
+            Value::Map(entries) => Node {
+                pos: node.pos,
+                value: Value::Map(
+                    entries
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), self.render_node(v, ctx)?)))
+                        .collect::<Result<_, Diagnostic>>()?,
+                ),
+            },
+            _ => node.clone(),
+        })
+    }
+
+    /// Renders a string that must stay a string (argv elements, paths).
+    pub fn render_text(&self, s: &str, ctx: &Json, pos: Pos) -> Result<String, Diagnostic> {
+        Ok(match self.render_str(s, ctx, pos)? {
+            Some(Json::String(s)) => s,
+            Some(other) => scalar_text(&other),
+            None => String::new(),
+        })
+    }
+}
+
+/// The text of a scalar JSON value, as it would appear on a command line.
+pub fn scalar_text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn unknown_variable(path: &str, ctx: &Json, pos: Pos) -> Diagnostic {
+    let known = known_paths(ctx);
+    let help = unknown_help(
+        path,
+        known
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.contains('.') || !p.is_empty()),
+    );
+    Diagnostic::new(pos, format!("unknown template variable `{path}`")).help(help)
+}
+
+/// Binds late variables in a rendered tree: a string that is exactly a placeholder takes the
+/// value's type; placeholders inside longer strings are replaced as text.
+pub fn bind_late(value: &Json, vars: &[(&str, Json)]) -> Json {
+    match value {
+        Json::String(s) if s.contains("{{") => {
+            for (name, v) in vars {
+                if *s == placeholder(name) {
+                    return v.clone();
+                }
+            }
+            let mut out = s.clone();
+            for (name, v) in vars {
+                out = out.replace(&placeholder(name), &scalar_text(v));
+            }
+            Json::String(out)
+        }
+        Json::Array(items) => Json::Array(items.iter().map(|i| bind_late(i, vars)).collect()),
+        Json::Object(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), bind_late(v, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(yaml: &str) -> Node {
+        crate::manifest::yaml::parse(yaml).unwrap()
+    }
+
+    #[test]
+    fn single_expressions_keep_their_type() {
+        let r = Renderer::default();
+        let ctx = json!({"max_tokens": 128, "stop": ["a", "b"], "model": {"name": "m"}, "temperature": null});
+        let out = r
+            .render(&node("{n: '{{max_tokens}}', s: '{{stop}}', t: 'x-{{model.name}}', u: '{{temperature}}', v: '{{top_p}}'}"), &ctx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, json!({"n": 128, "s": ["a", "b"], "t": "x-m"}));
+    }
+
+    #[test]
+    fn unknown_variables_are_errors_with_suggestions() {
+        let r = Renderer::default();
+        let ctx = json!({"params": {"concurrency": 4}});
+        let e = r
+            .render(&node("a: '{{params.concurency}}'"), &ctx)
+            .unwrap_err();
+        assert_eq!(e.message, "unknown template variable `params.concurency`");
+        assert_eq!(
+            e.help.as_deref(),
+            Some("did you mean `params.concurrency`?")
+        );
+        let e = r
+            .render(&node("a: 'x {{params.nope}} y'"), &ctx)
+            .unwrap_err();
+        assert!(e.message.contains("params.nope"), "{}", e.message);
+    }
+
+    #[test]
+    fn late_binding() {
+        let v = json!({"port": "{{port}}", "url": "http://127.0.0.1:{{port}}/x"});
+        let b = bind_late(&v, &[("port", json!(8123))]);
+        assert_eq!(b, json!({"port": 8123, "url": "http://127.0.0.1:8123/x"}));
+    }
+}
