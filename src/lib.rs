@@ -4,6 +4,8 @@
 //! (built-in and suite-local templates) → `template` (typed rendering) → `plan` (matrix, steps,
 //! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report`.
 
+pub mod cancel;
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod engine;

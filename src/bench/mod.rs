@@ -1,0 +1,1 @@
+//! Benchmark mechanisms. `load`: a streaming load generator and its metrics.
