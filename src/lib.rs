@@ -4,11 +4,13 @@
 //! (built-in and suite-local templates) → `template` (typed rendering) → `plan` (matrix, steps,
 //! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report`.
 
-pub mod cancel;
 pub mod bench;
+pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod engine;
 pub mod manifest;
 pub mod plan;
+pub mod report;
+pub mod run;
 pub mod template;

@@ -21,11 +21,7 @@ fn expectations(source: &str) -> (Vec<Expect>, bool) {
         if let Some(rest) = line.strip_prefix("# expect: ") {
             let (pos, message) = rest.split_once(' ').expect("`# expect: L:C message`");
             let (l, c) = pos.split_once(':').expect("L:C");
-            out.push(Expect {
-                line: l.parse().unwrap(),
-                col: c.parse().unwrap(),
-                message: message.to_string(),
-            });
+            out.push(Expect { line: l.parse().unwrap(), col: c.parse().unwrap(), message: message.to_string() });
         }
         if line.trim() == "# schema: reject" {
             schema_reject = true;
@@ -41,18 +37,13 @@ fn validate(path: &Path) -> Result<String, Vec<Diagnostic>> {
     std::thread::spawn(move || {
         let _ = tx.send(kitt::cli::validate_file(&p));
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{} hung or panicked", path.display()))
+    rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("{} hung or panicked", path.display()))
 }
 
 fn check(path: &Path, failures: &mut Vec<String>) {
     let source = std::fs::read_to_string(path).unwrap_or_default();
     let (expected, _) = expectations(&source);
-    assert!(
-        !expected.is_empty(),
-        "{} has no `# expect:` header",
-        path.display()
-    );
+    assert!(!expected.is_empty(), "{} has no `# expect:` header", path.display());
     let diags = match validate(path) {
         Ok(summary) => {
             failures.push(format!("{}: accepted ({summary})", path.display()));
@@ -60,10 +51,7 @@ fn check(path: &Path, failures: &mut Vec<String>) {
         }
         Err(d) => d,
     };
-    let got: Vec<String> = diags
-        .iter()
-        .map(|d| format!("{}:{} {}", d.pos.line, d.pos.col, d.message))
-        .collect();
+    let got: Vec<String> = diags.iter().map(|d| format!("{}:{} {}", d.pos.line, d.pos.col, d.message)).collect();
     let ok = diags.len() == expected.len()
         && diags.iter().zip(&expected).all(|(d, e)| {
             d.pos.line == e.line
@@ -72,20 +60,11 @@ fn check(path: &Path, failures: &mut Vec<String>) {
                 && d.file.as_deref() == Some(path)
         });
     if !ok {
-        let want: Vec<String> = expected
-            .iter()
-            .map(|e| format!("{}:{} {}", e.line, e.col, e.message))
-            .collect();
-        failures.push(format!(
-            "{}:\n  expected {want:#?}\n  got      {got:#?}",
-            path.display()
-        ));
+        let want: Vec<String> = expected.iter().map(|e| format!("{}:{} {}", e.line, e.col, e.message)).collect();
+        failures.push(format!("{}:\n  expected {want:#?}\n  got      {got:#?}", path.display()));
     }
     for d in &diags {
-        assert!(
-            d.help.is_some() || !d.message.is_empty(),
-            "empty diagnostic"
-        );
+        assert!(d.help.is_some() || !d.message.is_empty(), "empty diagnostic");
     }
 }
 
@@ -103,11 +82,7 @@ fn corpus() -> Vec<PathBuf> {
 #[test]
 fn every_broken_manifest_reports_exactly_its_errors() {
     let files = corpus();
-    assert!(
-        files.len() >= 30,
-        "the corpus needs at least 30 files, has {}",
-        files.len()
-    );
+    assert!(files.len() >= 30, "the corpus needs at least 30 files, has {}", files.len());
     let mut failures = Vec::new();
     for f in &files {
         check(f, &mut failures);
@@ -143,13 +118,7 @@ fn errors_render_with_the_line_and_a_caret() {
     let diags = validate(&path).unwrap_err();
     let source = std::fs::read_to_string(&path).unwrap();
     let text = diags[0].render(Some(&source));
-    assert!(
-        text.contains("error: unknown param `concurency` for benchmark template `throughput`"),
-        "{text}"
-    );
-    assert!(
-        text.contains("12 |       params: {concurency: 4}\n   |                ^^^^^^^^^^"),
-        "{text}"
-    );
+    assert!(text.contains("error: unknown param `concurency` for benchmark template `throughput`"), "{text}");
+    assert!(text.contains("12 |       params: {concurency: 4}\n   |                ^^^^^^^^^^"), "{text}");
     assert!(text.contains("help: did you mean `concurrency`?"), "{text}");
 }

@@ -24,15 +24,10 @@ fn every_example_and_suite_validates_and_plans() {
     let files = shipped();
     assert!(files.len() >= 4);
     for f in files {
-        let plan =
-            plan::compile::compile_file(&f).unwrap_or_else(|e| panic!("{}: {e:#?}", f.display()));
+        let plan = plan::compile::compile_file(&f).unwrap_or_else(|e| panic!("{}: {e:#?}", f.display()));
         assert!(!plan.cells.is_empty(), "{} has no cells", f.display());
         let graph = plan.graph();
-        assert!(
-            !petgraph::algo::is_cyclic_directed(&graph),
-            "{} has a cycle",
-            f.display()
-        );
+        assert!(!petgraph::algo::is_cyclic_directed(&graph), "{} has a cycle", f.display());
     }
 }
 
@@ -41,10 +36,7 @@ fn example_plans_snapshot() {
     for f in shipped().into_iter().filter(|f| f.starts_with("examples")) {
         let plan = plan::compile::compile_file(&f).unwrap();
         let name = f.file_stem().unwrap().to_string_lossy().to_string();
-        insta::assert_snapshot!(
-            format!("{name}.text"),
-            plan::render::text(&plan, &BTreeMap::new())
-        );
+        insta::assert_snapshot!(format!("{name}.text"), plan::render::text(&plan, &BTreeMap::new()));
         insta::assert_json_snapshot!(format!("{name}.json"), plan, {".suite.dir" => "[dir]", ".suite.identity" => "[identity]"});
     }
 }
@@ -113,10 +105,7 @@ fn keys_are_stable_across_runs_and_directories() {
 fn changing_one_benchmark_param_changes_exactly_that_cells_keys() {
     let t = tempfile::tempdir().unwrap();
     let before = compile(t.path(), SUITE);
-    let after = compile(
-        t.path(),
-        &SUITE.replace("params: {requests: 10}", "params: {requests: 11}"),
-    );
+    let after = compile(t.path(), &SUITE.replace("params: {requests: 10}", "params: {requests: 11}"));
     assert_eq!(before.steps.len(), after.steps.len());
     let changed: Vec<(StepKind, String, String)> = before
         .steps
@@ -144,10 +133,7 @@ fn changing_one_benchmark_param_changes_exactly_that_cells_keys() {
 fn changing_an_image_changes_every_key_of_that_engine_only() {
     let t = tempfile::tempdir().unwrap();
     let before = compile(t.path(), SUITE);
-    let after = compile(
-        t.path(),
-        &SUITE.replace("vllm/vllm-openai:v0.6.0", "vllm/vllm-openai:v0.6.1"),
-    );
+    let after = compile(t.path(), &SUITE.replace("vllm/vllm-openai:v0.6.0", "vllm/vllm-openai:v0.6.1"));
     for (a, b) in before.steps.iter().zip(&after.steps) {
         let on_a = a.group.is_some_and(|g| before.groups[g].engine == "a");
         match a.kind {
@@ -178,8 +164,5 @@ spec:
 metadata: {name: keys}
 apiVersion: kitt/v1
 "#;
-    assert_eq!(
-        keys(&compile(&t.path().join("x"), SUITE)),
-        keys(&compile(&t.path().join("y"), reordered))
-    );
+    assert_eq!(keys(&compile(&t.path().join("x"), SUITE)), keys(&compile(&t.path().join("y"), reordered)));
 }

@@ -1,1 +1,4 @@
 //! Benchmark mechanisms. `load`: a streaming load generator and its metrics.
+
+pub mod load;
+pub mod metrics;

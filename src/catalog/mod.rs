@@ -40,10 +40,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
 /// The source of a built-in file, for diagnostics.
 pub fn builtin_source(path: &Path) -> Option<&'static str> {
     let rel = path.strip_prefix(BUILTIN).ok()?;
-    BUILTIN_FILES
-        .iter()
-        .find(|(p, _)| Path::new(p) == rel)
-        .map(|(_, s)| *s)
+    BUILTIN_FILES.iter().find(|(p, _)| Path::new(p) == rel).map(|(_, s)| *s)
 }
 
 /// Where a template came from.
@@ -62,14 +59,8 @@ impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Builtin => write!(f, "built-in"),
-            Origin::Local {
-                file,
-                overrides: false,
-            } => write!(f, "{}", file.display()),
-            Origin::Local {
-                file,
-                overrides: true,
-            } => write!(f, "{} (overrides built-in)", file.display()),
+            Origin::Local { file, overrides: false } => write!(f, "{}", file.display()),
+            Origin::Local { file, overrides: true } => write!(f, "{} (overrides built-in)", file.display()),
         }
     }
 }
@@ -97,9 +88,7 @@ impl Catalog {
                 .iter()
                 .filter_map(|(p, src)| {
                     let path = Path::new(BUILTIN).join(p);
-                    manifest::parse_raw(src, &path)
-                        .ok()
-                        .map(|r| (r, Origin::Builtin))
+                    manifest::parse_raw(src, &path).ok().map(|r| (r, Origin::Builtin))
                 })
                 .collect();
             // A broken built-in is caught by the catalog tests; here it is simply absent.
@@ -129,12 +118,9 @@ impl Catalog {
                 Ok(f) => f,
                 Err(e) => {
                     errors.push(
-                        Diagnostic::new(
-                            p.pos,
-                            format!("cannot read templates at `{}`: {e}", p.value),
-                        )
-                        .help("`templates:` lists files or directories relative to the suite file")
-                        .in_file(suite_file),
+                        Diagnostic::new(p.pos, format!("cannot read templates at `{}`: {e}", p.value))
+                            .help("`templates:` lists files or directories relative to the suite file")
+                            .in_file(suite_file),
                     );
                     continue;
                 }
@@ -152,17 +138,8 @@ impl Catalog {
                                 && r.kind == raw.kind
                                 && r.metadata.name.value == raw.metadata.name.value
                         });
-                        raws.retain(|(r, _)| {
-                            !(r.kind == raw.kind
-                                && r.metadata.name.value == raw.metadata.name.value)
-                        });
-                        raws.push((
-                            raw,
-                            Origin::Local {
-                                file: file.clone(),
-                                overrides,
-                            },
-                        ));
+                        raws.retain(|(r, _)| !(r.kind == raw.kind && r.metadata.name.value == raw.metadata.name.value));
+                        raws.push((raw, Origin::Local { file: file.clone(), overrides }));
                     }
                     Err(e) => errors.extend(e),
                 }
@@ -217,48 +194,26 @@ fn build(raws: Vec<(RawManifest, Origin)>) -> Result<Catalog, (Catalog, Vec<Diag
         match raw.kind {
             Kind::Engine => match raw.decode_node::<EngineSpec>(&spec) {
                 Ok(m) => {
-                    catalog.engines.insert(
-                        name,
-                        Entry {
-                            manifest: m,
-                            origin,
-                        },
-                    );
+                    catalog.engines.insert(name, Entry { manifest: m, origin });
                 }
                 Err(e) => errors.extend(e),
             },
             Kind::Benchmark => match raw.decode_node::<BenchmarkSpec>(&spec) {
                 Ok(m) => {
-                    catalog.benchmarks.insert(
-                        name,
-                        Entry {
-                            manifest: m,
-                            origin,
-                        },
-                    );
+                    catalog.benchmarks.insert(name, Entry { manifest: m, origin });
                 }
                 Err(e) => errors.extend(e),
             },
             Kind::Reporter => match raw.decode_node::<ReporterSpec>(&spec) {
                 Ok(m) => {
-                    catalog.reporters.insert(
-                        name,
-                        Entry {
-                            manifest: m,
-                            origin,
-                        },
-                    );
+                    catalog.reporters.insert(name, Entry { manifest: m, origin });
                 }
                 Err(e) => errors.extend(e),
             },
             Kind::Suite => {}
         }
     }
-    if errors.is_empty() {
-        Ok(catalog)
-    } else {
-        Err((catalog, errors))
-    }
+    if errors.is_empty() { Ok(catalog) } else { Err((catalog, errors)) }
 }
 
 /// The spec of `raw` merged over its `base` chain; a cycle or unknown base is an error.
@@ -266,41 +221,23 @@ pub fn resolve_base(raw: &RawManifest, all: &[(RawManifest, Origin)]) -> Result<
     let mut chain = vec![raw];
     let mut current = raw;
     while let Some((base_name, pos)) = base_of(&current.spec) {
-        let Some((base, _)) = all
-            .iter()
-            .find(|(r, _)| r.kind == raw.kind && r.metadata.name.value == base_name)
-        else {
-            let names = all
-                .iter()
-                .filter(|(r, _)| r.kind == raw.kind)
-                .map(|(r, _)| r.metadata.name.value.as_str());
-            return Err(Diagnostic::new(
-                pos,
-                format!("unknown base {} template `{base_name}`", raw.kind.name()),
-            )
-            .help(crate::manifest::diag::unknown_help(&base_name, names))
-            .in_file(&current.file));
+        let Some((base, _)) = all.iter().find(|(r, _)| r.kind == raw.kind && r.metadata.name.value == base_name) else {
+            let names = all.iter().filter(|(r, _)| r.kind == raw.kind).map(|(r, _)| r.metadata.name.value.as_str());
+            return Err(Diagnostic::new(pos, format!("unknown base {} template `{base_name}`", raw.kind.name()))
+                .help(crate::manifest::diag::unknown_help(&base_name, names))
+                .in_file(&current.file));
         };
         if chain.iter().any(|c| std::ptr::eq(*c, base)) {
-            let mut names: Vec<&str> = chain
-                .iter()
-                .map(|c| c.metadata.name.value.as_str())
-                .collect();
+            let mut names: Vec<&str> = chain.iter().map(|c| c.metadata.name.value.as_str()).collect();
             names.push(&base.metadata.name.value);
-            return Err(Diagnostic::new(
-                pos,
-                format!("template inheritance cycle: {}", names.join(" → ")),
-            )
-            .help("remove one `base:` so the chain ends")
-            .in_file(&current.file));
+            return Err(Diagnostic::new(pos, format!("template inheritance cycle: {}", names.join(" → ")))
+                .help("remove one `base:` so the chain ends")
+                .in_file(&current.file));
         }
         chain.push(base);
         current = base;
     }
-    let mut merged = chain
-        .last()
-        .map(|r| r.spec.clone())
-        .unwrap_or_else(|| raw.spec.clone());
+    let mut merged = chain.last().map(|r| r.spec.clone()).unwrap_or_else(|| raw.spec.clone());
     for child in chain.iter().rev().skip(1) {
         merged = merge(merged, child.spec.clone());
     }
@@ -316,13 +253,10 @@ fn base_of(spec: &Node) -> Option<(String, Pos)> {
     let Value::Map(entries) = &spec.value else {
         return None;
     };
-    entries
-        .iter()
-        .find(|(k, _)| k.name == "base")
-        .and_then(|(_, v)| match &v.value {
-            Value::Str(s) => Some((s.clone(), v.pos)),
-            _ => None,
-        })
+    entries.iter().find(|(k, _)| k.name == "base").and_then(|(_, v)| match &v.value {
+        Value::Str(s) => Some((s.clone(), v.pos)),
+        _ => None,
+    })
 }
 
 /// `over` merged onto `under`: mappings merge key by key, anything else is replaced.
@@ -343,14 +277,8 @@ fn merge(under: Node, over: Node) -> Node {
                     None => base.push((k, v)),
                 }
             }
-            Node {
-                pos: over.pos,
-                value: Value::Map(base),
-            }
+            Node { pos: over.pos, value: Value::Map(base) }
         }
-        (_, value) => Node {
-            pos: over.pos,
-            value,
-        },
+        (_, value) => Node { pos: over.pos, value },
     }
 }

@@ -3,6 +3,8 @@
 //! Data goes to stdout (text or `--output json`), diagnostics and progress to stderr. Exit codes:
 //! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
 
+pub mod apply;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -22,11 +24,7 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "kitt",
-    version,
-    about = "Declarative test harness for LLM inference engines"
-)]
+#[command(name = "kitt", version, about = "Declarative test harness for LLM inference engines")]
 pub struct Cli {
     /// Less output (no progress display).
     #[arg(short, long, global = true)]
@@ -69,6 +67,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: PlanOutput,
     },
+    /// Run a suite (or resume its unfinished run): start engines, benchmark, report.
+    Apply {
+        suite: PathBuf,
+        #[command(flatten)]
+        flags: apply::RunFlags,
+    },
+    /// Run a ready suite on one model and engine given as flags (a suite built in memory).
+    Run(apply::RunArgs),
+    /// Runs in the runs directory.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Write the JSON Schemas of the manifest kinds (or print the Suite schema).
     Schema {
         /// Directory to write `<kind>.schema.json` files into.
@@ -88,6 +99,25 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Every run, oldest first, with its status.
+    List {
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The steps of one run and where each stands.
+    Show {
+        run: String,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EnginesCommand {
     /// List the built-in engine templates.
     List {
@@ -102,10 +132,16 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output } => plan_cmd(&suite, output),
+        Command::Apply { suite, flags } => apply::apply(&suite, &flags, cli.quiet),
+        Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
+        Command::Runs { command: RunsCommand::List { runs_dir, output } } => {
+            apply::runs_list(runs_dir.as_deref(), output)
+        }
+        Command::Runs { command: RunsCommand::Show { run, runs_dir, output } } => {
+            apply::runs_show(runs_dir.as_deref(), &run, output)
+        }
         Command::Schema { out, kind } => schema(out.as_deref(), &kind),
-        Command::Engines {
-            command: EnginesCommand::List { output },
-        } => engines_list(output),
+        Command::Engines { command: EnginesCommand::List { output } } => engines_list(output),
         Command::Sim(args) => sim(args),
     }
 }
@@ -145,7 +181,7 @@ fn read_source(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: cannot serialize output: {e}"),
@@ -158,12 +194,7 @@ pub fn validate_file(path: &Path) -> Result<String, Vec<Diagnostic>> {
     match raw.kind {
         Kind::Suite => {
             let plan = plan::compile::compile_file(path)?;
-            Ok(format!(
-                "Suite `{}`: {} cell(s), {} step(s)",
-                plan.suite.name,
-                plan.cells.len(),
-                plan.steps.len()
-            ))
+            Ok(format!("Suite `{}`: {} cell(s), {} step(s)", plan.suite.name, plan.cells.len(), plan.steps.len()))
         }
         _ => {
             let checked = manifest::validate::template_file(&raw)?;
@@ -225,9 +256,14 @@ fn schema(out: Option<&Path>, kind: &str) -> i32 {
                 eprintln!("error: cannot create {}: {e}", dir.display());
                 return EXIT_FAILED;
             }
-            for k in Kind::ALL {
-                let path = dir.join(manifest::schema::file_name(k));
-                if let Err(e) = std::fs::write(&path, manifest::schema::generate(k, catalog)) {
+            let mut files: Vec<(String, String)> = Kind::ALL
+                .iter()
+                .map(|k| (manifest::schema::file_name(*k), manifest::schema::generate(*k, catalog)))
+                .collect();
+            files.push(("result.schema.json".into(), crate::report::schema()));
+            for (name, text) in files {
+                let path = dir.join(name);
+                if let Err(e) = std::fs::write(&path, text) {
                     eprintln!("error: cannot write {}: {e}", path.display());
                     return EXIT_FAILED;
                 }
@@ -235,18 +271,13 @@ fn schema(out: Option<&Path>, kind: &str) -> i32 {
             }
             0
         }
-        None => match Kind::ALL
-            .into_iter()
-            .find(|k| k.name().eq_ignore_ascii_case(kind))
-        {
+        None => match Kind::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(kind)) {
             Some(k) => {
                 print!("{}", manifest::schema::generate(k, catalog));
                 0
             }
             None => {
-                eprintln!(
-                    "error: unknown kind `{kind}`; expected suite, engine, benchmark or reporter"
-                );
+                eprintln!("error: unknown kind `{kind}`; expected suite, engine, benchmark or reporter");
                 EXIT_USAGE
             }
         },
@@ -260,14 +291,11 @@ fn engines_list(output: Output) -> i32 {
         .iter()
         .map(|(name, e)| {
             let s = &e.manifest.spec;
-            let modes: Vec<&str> = [
-                s.container.as_ref().map(|_| "container"),
-                s.native.as_ref().map(|_| "native"),
-                Some("endpoint"),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
+            let modes: Vec<&str> =
+                [s.container.as_ref().map(|_| "container"), s.native.as_ref().map(|_| "native"), Some("endpoint")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
             serde_json::json!({
                 "name": name,
                 "description": e.manifest.metadata.description,
@@ -283,14 +311,10 @@ fn engines_list(output: Output) -> i32 {
         Output::Text => {
             println!("{:<10} {:<26} {:<52} params", "name", "modes", "image");
             for r in &rows {
-                let modes: Vec<&str> = r["modes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
-                    .unwrap_or_default();
-                let params: Vec<&str> = r["params"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
-                    .unwrap_or_default();
+                let modes: Vec<&str> =
+                    r["modes"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+                let params: Vec<&str> =
+                    r["params"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
                 println!(
                     "{:<10} {:<26} {:<52} {}",
                     r["name"].as_str().unwrap_or(""),
@@ -305,10 +329,7 @@ fn engines_list(output: Output) -> i32 {
 }
 
 fn sim(args: crate::engine::sim::SimArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

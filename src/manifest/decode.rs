@@ -27,10 +27,7 @@ impl Cx {
 
     /// An "expected X, found Y" error at `node`.
     pub fn mismatch(&mut self, node: &Node, expected: &str, what: &str) {
-        self.error(Diagnostic::new(
-            node.pos,
-            format!("{what}: expected {expected}, found {}", node.type_name()),
-        ));
+        self.error(Diagnostic::new(node.pos, format!("{what}: expected {expected}, found {}", node.type_name())));
     }
 }
 
@@ -72,10 +69,7 @@ impl<T: JsonSchema> JsonSchema for Spanned<T> {
 
 impl<T: Decode> Decode for Spanned<T> {
     fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
-        T::decode(node, cx, what).map(|value| Spanned {
-            pos: node.pos,
-            value,
-        })
+        T::decode(node, cx, what).map(|value| Spanned { pos: node.pos, value })
     }
 }
 
@@ -248,12 +242,7 @@ impl<'a> Fields<'a> {
     /// Starts reading `node` as a mapping; records an error and returns `None` otherwise.
     pub fn open(node: &'a Node, cx: &mut Cx, what: &str) -> Option<Fields<'a>> {
         match &node.value {
-            Value::Map(entries) => Some(Fields {
-                node,
-                entries,
-                asked: Vec::new(),
-                what: what.to_string(),
-            }),
+            Value::Map(entries) => Some(Fields { node, entries, asked: Vec::new(), what: what.to_string() }),
             _ => {
                 cx.mismatch(node, "a mapping", what);
                 None
@@ -268,18 +257,12 @@ impl<'a> Fields<'a> {
     /// The raw node under `key`, if present.
     pub fn node(&mut self, key: &'static str) -> Option<&'a Node> {
         self.asked.push(key);
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == key)
-            .map(|(_, v)| v)
+        self.entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
     }
 
     /// The position of the key `key` itself, if present.
     pub fn key_pos(&self, key: &str) -> Option<Pos> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == key)
-            .map(|(k, _)| k.pos)
+        self.entries.iter().find(|(k, _)| k.name == key).map(|(k, _)| k.pos)
     }
 
     /// An optional field; `null` counts as absent.
@@ -294,16 +277,11 @@ impl<'a> Fields<'a> {
     /// A required field; a missing one is an error at the mapping's position.
     pub fn req<T: Decode>(&mut self, cx: &mut Cx, key: &'static str) -> Option<T> {
         match self.node(key) {
-            Some(node) if node.value != Value::Null => {
-                T::decode(node, cx, &format!("`{key}` in {}", self.what))
-            }
+            Some(node) if node.value != Value::Null => T::decode(node, cx, &format!("`{key}` in {}", self.what)),
             _ => {
                 cx.error(
-                    Diagnostic::new(
-                        self.node.pos,
-                        format!("missing key `{key}` in {}", self.what),
-                    )
-                    .help(format!("add `{key}:`")),
+                    Diagnostic::new(self.node.pos, format!("missing key `{key}` in {}", self.what))
+                        .help(format!("add `{key}:`")),
                 );
                 None
             }
@@ -315,11 +293,8 @@ impl<'a> Fields<'a> {
         for (key, _) in self.entries {
             if !self.asked.contains(&key.name.as_str()) {
                 cx.error(
-                    Diagnostic::new(
-                        key.pos,
-                        format!("unknown key `{}` in {}", key.name, self.what),
-                    )
-                    .help(unknown_help(&key.name, self.asked.iter().copied())),
+                    Diagnostic::new(key.pos, format!("unknown key `{}` in {}", key.name, self.what))
+                        .help(unknown_help(&key.name, self.asked.iter().copied())),
                 );
             }
         }
@@ -327,20 +302,14 @@ impl<'a> Fields<'a> {
 }
 
 /// A string-valued enum: the accepted spellings and the values they map to.
-pub fn decode_choice<T: Copy>(
-    node: &Node,
-    cx: &mut Cx,
-    what: &str,
-    choices: &[(&'static str, T)],
-) -> Option<T> {
+pub fn decode_choice<T: Copy>(node: &Node, cx: &mut Cx, what: &str, choices: &[(&'static str, T)]) -> Option<T> {
     let names = choices.iter().map(|(n, _)| *n);
     match &node.value {
         Value::Str(s) => match choices.iter().find(|(n, _)| n == s) {
             Some((_, v)) => Some(*v),
             None => {
                 cx.error(
-                    Diagnostic::new(node.pos, format!("{what}: unknown value `{s}`"))
-                        .help(unknown_help(s, names)),
+                    Diagnostic::new(node.pos, format!("{what}: unknown value `{s}`")).help(unknown_help(s, names)),
                 );
                 None
             }

@@ -39,12 +39,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(pos: Pos, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            file: None,
-            pos,
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { file: None, pos, message: message.into(), help: None }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Diagnostic {
@@ -98,14 +93,9 @@ fn token_width(line: &str, col: usize) -> usize {
     let quoted = matches!(rest.first(), Some('"') | Some('\''));
     let width = if quoted {
         let q = rest[0];
-        rest.iter()
-            .skip(1)
-            .position(|c| *c == q)
-            .map_or(rest.len(), |p| p + 2)
+        rest.iter().skip(1).position(|c| *c == q).map_or(rest.len(), |p| p + 2)
     } else {
-        rest.iter()
-            .position(|c| c.is_whitespace() || matches!(c, ':' | ',' | ']' | '}' | '#'))
-            .unwrap_or(rest.len())
+        rest.iter().position(|c| c.is_whitespace() || matches!(c, ':' | ',' | ']' | '}' | '#')).unwrap_or(rest.len())
     };
     width.max(1)
 }
@@ -129,10 +119,7 @@ pub fn one_of<'a>(candidates: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 /// Help for an unknown name: a suggestion when one is close, else the list of valid names.
-pub fn unknown_help<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str> + Clone,
-) -> String {
+pub fn unknown_help<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str> + Clone) -> String {
     suggest(word, candidates.clone()).unwrap_or_else(|| one_of(candidates))
 }
 
@@ -154,10 +141,7 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(
-            suggest("concurency", ["concurrency", "requests"]).as_deref(),
-            Some("did you mean `concurrency`?")
-        );
+        assert_eq!(suggest("concurency", ["concurrency", "requests"]).as_deref(), Some("did you mean `concurrency`?"));
         assert_eq!(suggest("zzz", ["concurrency"]), None);
     }
 }

@@ -51,19 +51,9 @@ impl Decode for LoadSpec {
             );
         }
         if requests == Some(0) {
-            cx.error(Diagnostic::new(
-                node.pos,
-                format!("{what}: `requests` must be at least 1"),
-            ));
+            cx.error(Diagnostic::new(node.pos, format!("{what}: `requests` must be at least 1")));
         }
-        Some(LoadSpec {
-            api,
-            profile: profile?,
-            requests,
-            duration,
-            prompt: prompt?,
-            ignore_eos,
-        })
+        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos })
     }
 }
 
@@ -120,8 +110,7 @@ impl JsonSchema for Profile {
 
 impl Decode for Profile {
     fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
-        let help =
-            "write `synchronous`, `{concurrency: N}`, `{constant: RATE}` or `{poisson: RATE}`";
+        let help = "write `synchronous`, `{concurrency: N}`, `{constant: RATE}` or `{poisson: RATE}`";
         match &node.value {
             Value::Str(s) if s == "synchronous" => Some(Profile::Synchronous),
             Value::Map(entries) if entries.len() == 1 => {
@@ -130,10 +119,7 @@ impl Decode for Profile {
                     "concurrency" => {
                         let n = u32::decode(value, cx, "`concurrency`")?;
                         if n == 0 {
-                            cx.error(Diagnostic::new(
-                                value.pos,
-                                "`concurrency` must be at least 1",
-                            ));
+                            cx.error(Diagnostic::new(value.pos, "`concurrency` must be at least 1"));
                             return None;
                         }
                         Some(Profile::Concurrency(n))
@@ -141,34 +127,23 @@ impl Decode for Profile {
                     "constant" | "poisson" => {
                         let rate = f64::decode(value, cx, "rate")?;
                         if rate <= 0.0 || !rate.is_finite() {
-                            cx.error(Diagnostic::new(
-                                value.pos,
-                                "a rate must be above 0 requests per second",
-                            ));
+                            cx.error(Diagnostic::new(value.pos, "a rate must be above 0 requests per second"));
                             return None;
                         }
-                        Some(if key.name == "constant" {
-                            Profile::Constant(rate)
-                        } else {
-                            Profile::Poisson(rate)
-                        })
+                        Some(if key.name == "constant" { Profile::Constant(rate) } else { Profile::Poisson(rate) })
                     }
                     other => {
                         cx.error(
-                            Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`"))
-                                .help(crate::manifest::diag::unknown_help(
-                                    other,
-                                    ["concurrency", "constant", "poisson"],
-                                )),
+                            Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`")).help(
+                                crate::manifest::diag::unknown_help(other, ["concurrency", "constant", "poisson"]),
+                            ),
                         );
                         None
                     }
                 }
             }
             _ => {
-                cx.error(
-                    Diagnostic::new(node.pos, format!("{what}: not a load profile")).help(help),
-                );
+                cx.error(Diagnostic::new(node.pos, format!("{what}: not a load profile")).help(help));
                 None
             }
         }
@@ -191,8 +166,6 @@ impl Decode for PromptSpec {
         let mut s = Fields::open(&synthetic, cx, "`synthetic`")?;
         let input_tokens = s.req(cx, "input_tokens");
         s.finish(cx);
-        Some(PromptSpec::Synthetic {
-            input_tokens: input_tokens?,
-        })
+        Some(PromptSpec::Synthetic { input_tokens: input_tokens? })
     }
 }

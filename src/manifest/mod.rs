@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod diag;
+pub mod emit;
 pub mod load;
 pub mod schema;
 pub mod secret;
@@ -69,36 +70,19 @@ pub type Suite = Manifest<SuiteSpec>;
 
 /// Reads a manifest file and checks its envelope.
 pub fn read_raw(path: &Path) -> Result<RawManifest, Vec<Diagnostic>> {
-    let fail =
-        |msg: String, help: &str| vec![Diagnostic::new(Pos::START, msg).help(help).in_file(path)];
-    let meta = std::fs::metadata(path).map_err(|e| {
-        fail(
-            format!("cannot read {}: {e}", path.display()),
-            "check the path",
-        )
-    })?;
+    let fail = |msg: String, help: &str| vec![Diagnostic::new(Pos::START, msg).help(help).in_file(path)];
+    let meta =
+        std::fs::metadata(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display()), "check the path"))?;
     if meta.len() > yaml::MAX_BYTES as u64 {
         return Err(fail(
-            format!(
-                "manifest is {} bytes, over the limit of {} bytes (8 MiB)",
-                meta.len(),
-                yaml::MAX_BYTES
-            ),
+            format!("manifest is {} bytes, over the limit of {} bytes (8 MiB)", meta.len(), yaml::MAX_BYTES),
             "split the suite, or move large data (prompts, datasets) into files it references",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        fail(
-            format!("cannot read {}: {e}", path.display()),
-            "check the path",
-        )
-    })?;
-    let source = String::from_utf8(bytes).map_err(|_| {
-        fail(
-            "manifest is not valid UTF-8".into(),
-            "save the file as UTF-8",
-        )
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display()), "check the path"))?;
+    let source =
+        String::from_utf8(bytes).map_err(|_| fail("manifest is not valid UTF-8".into(), "save the file as UTF-8"))?;
     parse_raw(&source, path)
 }
 
@@ -109,12 +93,9 @@ pub fn parse_raw(source: &str, file: &Path) -> Result<RawManifest, Vec<Diagnosti
     let raw = envelope(&root, &mut cx);
     let mut errors = cx.errors;
     match raw {
-        Some((kind, metadata, spec)) if errors.is_empty() => Ok(RawManifest {
-            kind,
-            metadata,
-            spec,
-            file: file.to_path_buf(),
-        }),
+        Some((kind, metadata, spec)) if errors.is_empty() => {
+            Ok(RawManifest { kind, metadata, spec, file: file.to_path_buf() })
+        }
         _ => {
             for e in &mut errors {
                 e.file.get_or_insert_with(|| file.to_path_buf());
@@ -128,8 +109,9 @@ pub fn parse_raw(source: &str, file: &Path) -> Result<RawManifest, Vec<Diagnosti
 fn envelope(root: &Node, cx: &mut Cx) -> Option<(Kind, Metadata, Node)> {
     if root.value == Value::Null {
         cx.error(
-            Diagnostic::new(root.pos, "empty manifest")
-                .help("a manifest starts with `apiVersion: kitt/v1` and `kind: Suite` (or Engine, Benchmark, Reporter)"),
+            Diagnostic::new(root.pos, "empty manifest").help(
+                "a manifest starts with `apiVersion: kitt/v1` and `kind: Suite` (or Engine, Benchmark, Reporter)",
+            ),
         );
         return None;
     }
@@ -172,11 +154,9 @@ impl RawManifest {
         let what = format!("{} `{}`", self.kind.name(), self.metadata.name.value);
         let decoded = S::decode(spec, &mut cx, &what);
         match decoded {
-            Some(spec) if cx.errors.is_empty() => Ok(Manifest {
-                metadata: self.metadata.clone(),
-                spec,
-                file: self.file.clone(),
-            }),
+            Some(spec) if cx.errors.is_empty() => {
+                Ok(Manifest { metadata: self.metadata.clone(), spec, file: self.file.clone() })
+            }
             _ => {
                 let mut errors = cx.errors;
                 for e in &mut errors {
@@ -193,15 +173,8 @@ impl RawManifest {
             return Ok(());
         }
         Err(vec![
-            Diagnostic::new(
-                Pos::START,
-                format!(
-                    "expected a {} manifest, found a {}",
-                    kind.name(),
-                    self.kind.name()
-                ),
-            )
-            .in_file(&self.file),
+            Diagnostic::new(Pos::START, format!("expected a {} manifest, found a {}", kind.name(), self.kind.name()))
+                .in_file(&self.file),
         ])
     }
 }

@@ -66,29 +66,15 @@ pub fn generate(kind: Kind, catalog: &Catalog) -> String {
             .engines
             .iter()
             .map(|(name, e)| {
-                (
-                    name.clone(),
-                    params_schema(
-                        e.manifest
-                            .spec
-                            .params
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), v.value.clone())),
-                    ),
-                )
+                (name.clone(), params_schema(e.manifest.spec.params.iter().map(|(k, v)| (k.as_str(), v.value.clone()))))
             })
             .collect();
         let benchmarks: Vec<(String, Json)> = catalog
             .benchmarks
             .iter()
             .map(|(name, b)| {
-                let mut decls: Vec<(&str, ParamDecl)> = b
-                    .manifest
-                    .spec
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.value.clone()))
-                    .collect();
+                let mut decls: Vec<(&str, ParamDecl)> =
+                    b.manifest.spec.params.iter().map(|(k, v)| (k.as_str(), v.value.clone())).collect();
                 for (k, ty) in SAMPLING_KEYS {
                     if !decls.iter().any(|(d, _)| d == k) {
                         decls.push((
@@ -138,9 +124,7 @@ fn templatable(schema: &mut Json) {
             let scalar = |t: &Json| matches!(t.as_str(), Some("integer" | "number" | "boolean"));
             match map.get_mut("type") {
                 Some(t @ Json::String(_)) if scalar(t) => *t = json!([t.clone(), "string"]),
-                Some(Json::Array(types))
-                    if types.iter().any(scalar) && !types.iter().any(|t| t == "string") =>
-                {
+                Some(Json::Array(types)) if types.iter().any(scalar) && !types.iter().any(|t| t == "string") => {
                     types.push("string".into())
                 }
                 _ => {}
@@ -159,9 +143,7 @@ fn to_json(schema: schemars::Schema) -> Json {
 }
 
 fn params_schema<'a>(decls: impl Iterator<Item = (&'a str, ParamDecl)>) -> Json {
-    let props: serde_json::Map<String, Json> = decls
-        .map(|(k, d)| (k.to_string(), d.suite_schema()))
-        .collect();
+    let props: serde_json::Map<String, Json> = decls.map(|(k, d)| (k.to_string(), d.suite_schema())).collect();
     json!({"type": "object", "properties": props, "additionalProperties": false})
 }
 

@@ -27,18 +27,13 @@ impl Decode for SecretOr {
     fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
         match &node.value {
             Value::Str(s) => Some(SecretOr::Plain(s.clone())),
-            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                Some(SecretOr::Plain(node.to_json().to_string()))
-            }
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(SecretOr::Plain(node.to_json().to_string())),
             Value::Map(_) => {
                 let mut f = Fields::open(node, cx, what)?;
                 let from_env = f.req(cx, "from_env");
                 let prefix = f.opt(cx, "prefix");
                 f.finish(cx);
-                Some(SecretOr::FromEnv {
-                    from_env: from_env?,
-                    prefix,
-                })
+                Some(SecretOr::FromEnv { from_env: from_env?, prefix })
             }
             _ => {
                 cx.mismatch(node, "a string or `{from_env: NAME}`", what);
@@ -51,18 +46,9 @@ impl Decode for SecretOr {
 /// Names of headers and variables whose values are secrets and must come from the environment.
 pub fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    [
-        "authorization",
-        "token",
-        "secret",
-        "password",
-        "api-key",
-        "api_key",
-        "apikey",
-        "cookie",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
+    ["authorization", "token", "secret", "password", "api-key", "api_key", "apikey", "cookie"]
+        .iter()
+        .any(|s| n.contains(s))
 }
 
 /// An error when a secret-looking entry is written inline.

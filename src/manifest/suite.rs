@@ -104,12 +104,7 @@ impl Decode for Model {
         let source = f.opt(cx, "source");
         let served_name = f.opt(cx, "served_name");
         f.finish(cx);
-        Some(Model {
-            name: name?,
-            path,
-            source,
-            served_name,
-        })
+        Some(Model { name: name?, path, source, served_name })
     }
 }
 
@@ -165,11 +160,7 @@ impl Decode for ContainerOverride {
         let gpus = f.opt(cx, "gpus");
         let extra_args = f.opt(cx, "extra_args").unwrap_or_default();
         f.finish(cx);
-        Some(ContainerOverride {
-            args,
-            gpus,
-            extra_args,
-        })
+        Some(ContainerOverride { args, gpus, extra_args })
     }
 }
 
@@ -222,13 +213,7 @@ impl Decode for Endpoint {
         let insecure = f.opt(cx, "insecure").unwrap_or(false);
         let skip_health = f.opt(cx, "skip_health").unwrap_or(false);
         f.finish(cx);
-        Some(Endpoint {
-            url: url?,
-            headers,
-            ca_file,
-            insecure,
-            skip_health,
-        })
+        Some(Endpoint { url: url?, headers, ca_file, insecure, skip_health })
     }
 }
 
@@ -254,17 +239,7 @@ impl Decode for EngineInstance {
         let native = f.opt(cx, "native");
         let endpoint = f.opt(cx, "endpoint");
         f.finish(cx);
-        Some(EngineInstance {
-            name: name?,
-            template: template?,
-            params,
-            image,
-            pull,
-            env,
-            container,
-            native,
-            endpoint,
-        })
+        Some(EngineInstance { name: name?, template: template?, params, image, pull, env, container, native, endpoint })
     }
 }
 
@@ -306,11 +281,7 @@ impl Decode for BenchmarkInstance {
             cx.mismatch(p, "a mapping", &format!("`params` in {}", f.what()));
         }
         f.finish(cx);
-        Some(BenchmarkInstance {
-            name: name?,
-            template: template?,
-            params,
-        })
+        Some(BenchmarkInstance { name: name?, template: template?, params })
     }
 }
 
@@ -518,16 +489,11 @@ impl Decode for Execution {
             retries: f.opt(cx, "retries").unwrap_or(d.retries),
             step_timeout: f.opt(cx, "step_timeout").unwrap_or(d.step_timeout),
             on_failure: f.opt(cx, "on_failure").unwrap_or(d.on_failure),
-            max_error_rate: max_error_rate
-                .as_ref()
-                .map_or(d.max_error_rate, |m| m.value),
+            max_error_rate: max_error_rate.as_ref().map_or(d.max_error_rate, |m| m.value),
         };
         f.finish(cx);
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {
-            cx.error(super::diag::Diagnostic::new(
-                m.pos,
-                "`max_parallel` must be at least 1",
-            ));
+            cx.error(super::diag::Diagnostic::new(m.pos, "`max_parallel` must be at least 1"));
         }
         if let Some(r) = max_error_rate.filter(|r| !(0.0..=1.0).contains(&r.value)) {
             cx.error(

@@ -54,9 +54,7 @@ impl ParamType {
             ParamType::Integer => v.is_i64() || v.is_u64(),
             ParamType::Number => v.is_number(),
             ParamType::Boolean => v.is_boolean(),
-            ParamType::List => v
-                .as_array()
-                .is_some_and(|a| a.iter().all(|x| !x.is_array() && !x.is_object())),
+            ParamType::List => v.as_array().is_some_and(|a| a.iter().all(|x| !x.is_array() && !x.is_object())),
         }
     }
 
@@ -102,11 +100,7 @@ impl ParamDecl {
     /// Checks one (non-sweep) value; returns the problem in words.
     pub fn check(&self, v: &serde_json::Value) -> Result<(), String> {
         if !self.ty.accepts(v) {
-            return Err(format!(
-                "expected {}, found {}",
-                self.ty.name(),
-                json_type(v)
-            ));
+            return Err(format!("expected {}, found {}", self.ty.name(), json_type(v)));
         }
         if let Some(x) = v.as_f64() {
             if let Some(min) = self.minimum.filter(|m| x < *m) {
@@ -169,9 +163,7 @@ impl Decode for ParamDecl {
             description: f.opt(cx, "description"),
             minimum: f.opt(cx, "minimum"),
             maximum: f.opt(cx, "maximum"),
-            choices: f
-                .opt::<Vec<Node>>(cx, "enum")
-                .map(|v| v.iter().map(Node::to_json).collect()),
+            choices: f.opt::<Vec<Node>>(cx, "enum").map(|v| v.iter().map(Node::to_json).collect()),
         };
         f.finish(cx);
         if let (Some(node), Some(value)) = (&default, &d.default)
@@ -206,22 +198,13 @@ impl Decode for Metadata {
         let labels = f.opt(cx, "labels").unwrap_or_default();
         f.finish(cx);
         let name = name?;
-        if name.value.is_empty()
-            || !name
-                .value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if name.value.is_empty() || !name.value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             cx.error(
                 Diagnostic::new(name.pos, format!("invalid name `{}`", name.value))
                     .help("use letters, digits, `-`, `_` and `.` only"),
             );
         }
-        Some(Metadata {
-            name,
-            description,
-            labels,
-        })
+        Some(Metadata { name, description, labels })
     }
 }
 
@@ -285,21 +268,17 @@ impl Decode for EngineSpec {
         let metrics = f.opt(cx, "metrics");
         let api = f.req(cx, "api");
         if container.is_none() && native.is_none() {
-            cx.error(
-                Diagnostic::new(node.pos, format!("{what} has neither `container` nor `native`"))
-                    .help("say how to start the engine: a `container:` section (with `image:`), a `native:` command, or both"),
-            );
+            cx.error(Diagnostic::new(node.pos, format!("{what} has neither `container` nor `native`")).help(
+                "say how to start the engine: a `container:` section (with `image:`), a `native:` command, or both",
+            ));
         }
         let (container, image): (Option<ContainerSpec>, Option<String>) = (container, image);
         if let (Some(_), None) = (&container, &image)
             && let Some(pos) = f.key_pos("container")
         {
             cx.error(
-                Diagnostic::new(
-                    pos,
-                    format!("{what} has a `container` section but no `image`"),
-                )
-                .help("add `image: REPOSITORY:TAG`"),
+                Diagnostic::new(pos, format!("{what} has a `container` section but no `image`"))
+                    .help("add `image: REPOSITORY:TAG`"),
             );
         }
         f.finish(cx);
@@ -377,11 +356,7 @@ impl Decode for Mount {
         let target = f.req(cx, "target");
         let readonly = f.opt(cx, "readonly").unwrap_or(true);
         f.finish(cx);
-        Some(Mount {
-            source: source?,
-            target: target?,
-            readonly,
-        })
+        Some(Mount { source: source?, target: target?, readonly })
     }
 }
 
@@ -400,10 +375,7 @@ impl Decode for NativeSpec {
         let command = f.req(cx, "command");
         let env = f.opt(cx, "env").unwrap_or_default();
         f.finish(cx);
-        Some(NativeSpec {
-            command: command?,
-            env,
-        })
+        Some(NativeSpec { command: command?, env })
     }
 }
 
@@ -432,15 +404,9 @@ impl Decode for HealthSpec {
         let path = f.req(cx, "path");
         let h = HealthSpec {
             path: path?,
-            timeout: f
-                .opt(cx, "timeout")
-                .unwrap_or(Dur(Duration::from_secs(300))),
-            initial_interval: f
-                .opt(cx, "initial_interval")
-                .unwrap_or(Dur(Duration::from_millis(100))),
-            max_interval: f
-                .opt(cx, "max_interval")
-                .unwrap_or(Dur(Duration::from_secs(10))),
+            timeout: f.opt(cx, "timeout").unwrap_or(Dur(Duration::from_secs(300))),
+            initial_interval: f.opt(cx, "initial_interval").unwrap_or(Dur(Duration::from_millis(100))),
+            max_interval: f.opt(cx, "max_interval").unwrap_or(Dur(Duration::from_secs(10))),
         };
         f.finish(cx);
         Some(h)
@@ -462,10 +428,7 @@ impl Decode for Probe {
         let path = f.req(cx, "path");
         let pointer = f.req(cx, "pointer");
         f.finish(cx);
-        Some(Probe {
-            path: path?,
-            pointer: pointer?,
-        })
+        Some(Probe { path: path?, pointer: pointer? })
     }
 }
 
@@ -487,11 +450,7 @@ impl Decode for Tokenize {
         let body = f.req(cx, "body");
         let tokens = f.req(cx, "tokens");
         f.finish(cx);
-        Some(Tokenize {
-            path: path?,
-            body: body?,
-            tokens: tokens?,
-        })
+        Some(Tokenize { path: path?, body: body?, tokens: tokens? })
     }
 }
 
@@ -532,11 +491,7 @@ impl Decode for HttpCall {
         let path = f.req(cx, "path");
         let body = f.opt(cx, "body");
         f.finish(cx);
-        Some(HttpCall {
-            method,
-            path: path?,
-            body,
-        })
+        Some(HttpCall { method, path: path?, body })
     }
 }
 
@@ -559,10 +514,7 @@ impl Decode for ApiSpec {
         let declared = f.key_pos("completion").is_some() || f.key_pos("chat").is_some();
         f.finish(cx);
         if !declared {
-            cx.error(
-                Diagnostic::new(node.pos, "`api` declares no call")
-                    .help("add `completion:` or `chat:`"),
-            );
+            cx.error(Diagnostic::new(node.pos, "`api` declares no call").help("add `completion:` or `chat:`"));
         }
         Some(ApiSpec { completion, chat })
     }
@@ -651,10 +603,7 @@ impl Decode for UsagePointers {
         let prompt_tokens = f.opt(cx, "prompt_tokens");
         let c = f.req(cx, "completion_tokens");
         f.finish(cx);
-        Some(UsagePointers {
-            prompt_tokens,
-            completion_tokens: c?,
-        })
+        Some(UsagePointers { prompt_tokens, completion_tokens: c? })
     }
 }
 
@@ -704,26 +653,14 @@ impl Decode for BenchmarkSpec {
             );
         }
         for (name, p) in &params {
-            if crate::manifest::suite::SAMPLING_KEYS
-                .iter()
-                .any(|(k, _)| k == name)
-            {
+            if crate::manifest::suite::SAMPLING_KEYS.iter().any(|(k, _)| k == name) {
                 continue;
             }
             if ["requests", "duration"].contains(&name.as_str()) && p.value.ty == ParamType::List {
-                cx.error(Diagnostic::new(
-                    p.pos,
-                    format!("param `{name}` cannot be a list"),
-                ));
+                cx.error(Diagnostic::new(p.pos, format!("param `{name}` cannot be a list")));
             }
         }
-        Some(BenchmarkSpec {
-            base,
-            mechanism: mechanism?,
-            params,
-            load,
-            eval,
-        })
+        Some(BenchmarkSpec { base, mechanism: mechanism?, params, load, eval })
     }
 }
 
@@ -761,17 +698,10 @@ impl Decode for ReporterSpec {
         f.finish(cx);
         if format == Some(ReportFormat::Template) && template.is_none() {
             cx.error(
-                Diagnostic::new(
-                    node.pos,
-                    format!("{what}: `format: template` needs `template:`"),
-                )
-                .help("name the handlebars file, e.g. `template: markdown.md.hbs`"),
+                Diagnostic::new(node.pos, format!("{what}: `format: template` needs `template:`"))
+                    .help("name the handlebars file, e.g. `template: markdown.md.hbs`"),
             );
         }
-        Some(ReporterSpec {
-            format: format?,
-            template,
-            output: output?,
-        })
+        Some(ReporterSpec { format: format?, template, output: output? })
     }
 }

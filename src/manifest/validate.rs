@@ -70,10 +70,7 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
     let dir = raw.file.parent().unwrap_or(Path::new("."));
     let local = crate::manifest::decode::Spanned::new(
         Pos::START,
-        raw.file
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default(),
+        raw.file.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
     );
     let catalog = Catalog::with_local(dir, std::slice::from_ref(&local), &raw.file)?;
     let name = raw.metadata.name.value.clone();
@@ -88,33 +85,25 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
     match raw.kind {
         Kind::Engine => {
             let Some(e) = catalog.engines.get(&name).filter(|e| is_local(&e.origin)) else {
-                return Ok(Checked {
-                    kind: raw.kind,
-                    name,
-                });
+                return Ok(Checked { kind: raw.kind, name });
             };
             let spec = &e.manifest.spec;
-            let params = spec
-                .params
-                .iter()
-                .map(|(k, d)| (k.clone(), sample(&d.value)))
-                .collect();
+            let params = spec.params.iter().map(|(k, d)| (k.clone(), sample(&d.value))).collect();
             let ctx = full_context(params);
             let file = &e.manifest.file;
-            let strings =
-                |v: &[crate::manifest::decode::Spanned<String>]| -> crate::manifest::yaml::Node {
-                    crate::manifest::yaml::Node {
-                        pos: Pos::START,
-                        value: crate::manifest::yaml::Value::Seq(
-                            v.iter()
-                                .map(|s| crate::manifest::yaml::Node {
-                                    pos: s.pos,
-                                    value: crate::manifest::yaml::Value::Str(s.value.clone()),
-                                })
-                                .collect(),
-                        ),
-                    }
-                };
+            let strings = |v: &[crate::manifest::decode::Spanned<String>]| -> crate::manifest::yaml::Node {
+                crate::manifest::yaml::Node {
+                    pos: Pos::START,
+                    value: crate::manifest::yaml::Value::Seq(
+                        v.iter()
+                            .map(|s| crate::manifest::yaml::Node {
+                                pos: s.pos,
+                                value: crate::manifest::yaml::Value::Str(s.value.clone()),
+                            })
+                            .collect(),
+                    ),
+                }
+            };
             if let Some(c) = &spec.container {
                 check(&strings(&c.args), &ctx, file);
                 check(&strings(&c.extra_args), &ctx, file);
@@ -138,22 +127,11 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
             }
         }
         Kind::Benchmark => {
-            let Some(b) = catalog
-                .benchmarks
-                .get(&name)
-                .filter(|b| is_local(&b.origin))
-            else {
-                return Ok(Checked {
-                    kind: raw.kind,
-                    name,
-                });
+            let Some(b) = catalog.benchmarks.get(&name).filter(|b| is_local(&b.origin)) else {
+                return Ok(Checked { kind: raw.kind, name });
             };
             let spec = &b.manifest.spec;
-            let params = spec
-                .params
-                .iter()
-                .map(|(k, d)| (k.clone(), sample(&d.value)))
-                .collect();
+            let params = spec.params.iter().map(|(k, d)| (k.clone(), sample(&d.value))).collect();
             let ctx = full_context(params);
             if let (Mechanism::Load, Some(load)) = (spec.mechanism, &spec.load) {
                 match r.render_node(load, &ctx) {
@@ -168,8 +146,7 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
         }
         Kind::Reporter => {
             if let Some(rep) = catalog.reporters.get(&name).filter(|r| is_local(&r.origin))
-                && let (ReportFormat::Template, Some(t)) =
-                    (rep.manifest.spec.format, &rep.manifest.spec.template)
+                && let (ReportFormat::Template, Some(t)) = (rep.manifest.spec.format, &rep.manifest.spec.template)
                 && !dir.join(&t.value).is_file()
             {
                 errors.push(
@@ -182,10 +159,7 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
         Kind::Suite => {}
     }
     if errors.is_empty() {
-        Ok(Checked {
-            kind: raw.kind,
-            name,
-        })
+        Ok(Checked { kind: raw.kind, name })
     } else {
         crate::manifest::sort(&mut errors);
         Err(errors)

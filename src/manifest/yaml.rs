@@ -75,16 +75,14 @@ impl Node {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => (*b).into(),
             Value::Int(i) => (*i).into(),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Value::Str(s) => s.clone().into(),
             Value::Seq(items) => items.iter().map(Node::to_json).collect(),
-            Value::Map(entries) => entries
-                .iter()
-                .map(|(k, v)| (k.name.clone(), v.to_json()))
-                .collect::<serde_json::Map<_, _>>()
-                .into(),
+            Value::Map(entries) => {
+                entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect::<serde_json::Map<_, _>>().into()
+            }
         }
     }
 
@@ -98,22 +96,10 @@ impl Node {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(items) => {
-                Value::Seq(items.iter().map(|v| Node::from_json(v, pos)).collect())
+            serde_json::Value::Array(items) => Value::Seq(items.iter().map(|v| Node::from_json(v, pos)).collect()),
+            serde_json::Value::Object(map) => {
+                Value::Map(map.iter().map(|(k, v)| (Key { pos, name: k.clone() }, Node::from_json(v, pos))).collect())
             }
-            serde_json::Value::Object(map) => Value::Map(
-                map.iter()
-                    .map(|(k, v)| {
-                        (
-                            Key {
-                                pos,
-                                name: k.clone(),
-                            },
-                            Node::from_json(v, pos),
-                        )
-                    })
-                    .collect(),
-            ),
         };
         Node { pos, value }
     }
@@ -124,20 +110,13 @@ pub fn parse(source: &str) -> Result<Node, Diagnostic> {
     if source.len() > MAX_BYTES {
         return Err(Diagnostic::new(
             Pos::START,
-            format!(
-                "manifest is {} bytes, over the limit of {} bytes (8 MiB)",
-                source.len(),
-                MAX_BYTES
-            ),
+            format!("manifest is {} bytes, over the limit of {} bytes (8 MiB)", source.len(), MAX_BYTES),
         )
         .help("split the suite, or move large data (prompts, datasets) into files it references"));
     }
     if let Some((line, col)) = find_tab_indent(source) {
-        return Err(Diagnostic::new(
-            Pos { line, col },
-            "tab character used for indentation".to_string(),
-        )
-        .help("YAML indents with spaces only; replace the tab with spaces"));
+        return Err(Diagnostic::new(Pos { line, col }, "tab character used for indentation".to_string())
+            .help("YAML indents with spaces only; replace the tab with spaces"));
     }
     let mut builder = Builder::default();
     // The parser's own nesting limits match ours, so deep input stops early in the scanner
@@ -151,44 +130,28 @@ pub fn parse(source: &str) -> Result<Node, Diagnostic> {
     while let Some(item) = parser.next_event() {
         let (event, span) = item.map_err(|e| {
             let m = e.marker();
-            let pos = Pos {
-                line: m.line(),
-                col: m.col() + 1,
-            };
+            let pos = Pos { line: m.line(), col: m.col() + 1 };
             if matches!(e.kind(), granit_parser::ErrorKind::RecursionLimitExceeded) {
                 return Diagnostic::new(pos, format!("nesting deeper than {MAX_DEPTH} levels"))
                     .help("a kitt manifest never needs this depth; flatten the structure");
             }
             Diagnostic::new(pos, format!("YAML syntax error: {}", e.kind()))
         })?;
-        let pos = Pos {
-            line: span.start.line(),
-            col: span.start.col() + 1,
-        };
+        let pos = Pos { line: span.start.line(), col: span.start.col() + 1 };
         match event {
             Event::DocumentStart(..) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(Diagnostic::new(
-                        pos,
-                        "more than one YAML document in a manifest".to_string(),
-                    )
-                    .help("put each manifest in its own file (remove the second `---`)"));
+                    return Err(Diagnostic::new(pos, "more than one YAML document in a manifest".to_string())
+                        .help("put each manifest in its own file (remove the second `---`)"));
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
-                let node = Node {
-                    pos,
-                    value: resolve_scalar(&text, style),
-                };
+                let node = Node { pos, value: resolve_scalar(&text, style) };
                 builder.push(node, anchor)?;
             }
-            Event::SequenceStart(_, anchor, _) => {
-                builder.open(pos, anchor, Value::Seq(Vec::new()))?
-            }
-            Event::MappingStart(_, anchor, _) => {
-                builder.open(pos, anchor, Value::Map(Vec::new()))?
-            }
+            Event::SequenceStart(_, anchor, _) => builder.open(pos, anchor, Value::Seq(Vec::new()))?,
+            Event::MappingStart(_, anchor, _) => builder.open(pos, anchor, Value::Map(Vec::new()))?,
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(done) = builder.close()? {
                     root = Some(done);
@@ -203,10 +166,7 @@ pub fn parse(source: &str) -> Result<Node, Diagnostic> {
             root = Some(node);
         }
     }
-    Ok(root.unwrap_or(Node {
-        pos: Pos::START,
-        value: Value::Null,
-    }))
+    Ok(root.unwrap_or(Node { pos: Pos::START, value: Value::Null }))
 }
 
 /// The first line whose indentation contains a tab, outside block scalars we cannot tell apart
@@ -249,9 +209,7 @@ fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
         return Value::Int(i);
     }
     let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b".eE+-".contains(&b));
+        && digits.bytes().all(|b| b.is_ascii_digit() || b".eE+-".contains(&b));
     if looks_numeric && let Ok(f) = text.parse::<f64>() {
         return Value::Float(f);
     }
@@ -278,17 +236,10 @@ struct Frame {
 impl Builder {
     fn open(&mut self, pos: Pos, anchor: usize, value: Value) -> Result<(), Diagnostic> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(
-                Diagnostic::new(pos, format!("nesting deeper than {MAX_DEPTH} levels"))
-                    .help("a kitt manifest never needs this depth; flatten the structure"),
-            );
+            return Err(Diagnostic::new(pos, format!("nesting deeper than {MAX_DEPTH} levels"))
+                .help("a kitt manifest never needs this depth; flatten the structure"));
         }
-        self.stack.push(Frame {
-            node: Node { pos, value },
-            anchor,
-            pending_key: None,
-            merged: Vec::new(),
-        });
+        self.stack.push(Frame { node: Node { pos, value }, anchor, pending_key: None, merged: Vec::new() });
         Ok(())
     }
 
@@ -312,18 +263,12 @@ impl Builder {
 
     fn alias(&mut self, id: usize, pos: Pos) -> Result<(), Diagnostic> {
         let Some(target) = self.anchors.get(&id) else {
-            return Err(Diagnostic::new(
-                pos,
-                "alias refers to an unknown anchor".to_string(),
-            ));
+            return Err(Diagnostic::new(pos, "alias refers to an unknown anchor".to_string()));
         };
         self.alias_nodes += count_nodes(target, MAX_ALIAS_NODES + 1);
         if self.alias_nodes > MAX_ALIAS_NODES {
-            return Err(Diagnostic::new(
-                pos,
-                format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
-            )
-            .help("this looks like an alias bomb; write the values out or use fewer aliases"));
+            return Err(Diagnostic::new(pos, format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"))
+                .help("this looks like an alias bomb; write the values out or use fewer aliases"));
         }
         let mut node = target.clone();
         node.pos = pos;
@@ -346,10 +291,7 @@ impl Builder {
                         Value::Float(f) => f.to_string(),
                         Value::Null => "null".to_string(),
                         Value::Seq(_) | Value::Map(_) => {
-                            return Err(Diagnostic::new(
-                                node.pos,
-                                "mapping keys must be plain strings".to_string(),
-                            ));
+                            return Err(Diagnostic::new(node.pos, "mapping keys must be plain strings".to_string()));
                         }
                     };
                     if let Some(i) = parent.merged.iter().position(|m| *m == name) {
@@ -359,25 +301,17 @@ impl Builder {
                     if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
                         return Err(Diagnostic::new(
                             node.pos,
-                            format!(
-                                "duplicate key `{name}` (first defined at line {})",
-                                first.pos.line
-                            ),
+                            format!("duplicate key `{name}` (first defined at line {})", first.pos.line),
                         )
                         .help("remove one of the two; YAML does not merge repeated keys"));
                     }
-                    parent.pending_key = Some(Key {
-                        pos: node.pos,
-                        name,
-                    });
+                    parent.pending_key = Some(Key { pos: node.pos, name });
                 }
                 Some(key) => {
                     if key.name == "<<" {
                         let before = entries.len();
                         merge_into(entries, node)?;
-                        parent
-                            .merged
-                            .extend(entries[before..].iter().map(|(k, _)| k.name.clone()));
+                        parent.merged.extend(entries[before..].iter().map(|(k, _)| k.name.clone()));
                     } else {
                         entries.push((key, node));
                     }
@@ -401,10 +335,7 @@ fn merge_into(entries: &mut Vec<(Key, Node)>, node: Node) -> Result<(), Diagnost
             })
             .collect(),
         _ => {
-            return Err(Diagnostic::new(
-                node.pos,
-                "merge key `<<` needs a mapping".to_string(),
-            ));
+            return Err(Diagnostic::new(node.pos, "merge key `<<` needs a mapping".to_string()));
         }
     };
     for source in sources {
@@ -450,9 +381,7 @@ mod tests {
         let n = parse("a: 1\nb:\n  c: [x, 2.5]\n").unwrap();
         let Value::Map(m) = &n.value else { panic!() };
         assert_eq!(m[1].0.pos, Pos { line: 2, col: 1 });
-        let Value::Map(inner) = &m[1].1.value else {
-            panic!()
-        };
+        let Value::Map(inner) = &m[1].1.value else { panic!() };
         assert_eq!(inner[0].0.pos, Pos { line: 3, col: 3 });
         assert_eq!(inner[0].1.to_json(), serde_json::json!(["x", 2.5]));
     }
@@ -460,10 +389,7 @@ mod tests {
     #[test]
     fn core_schema_not_yaml_1_1() {
         let n = parse("a: yes\nb: 'true'\nc: true\nd: 012\n").unwrap();
-        assert_eq!(
-            n.to_json(),
-            serde_json::json!({"a": "yes", "b": "true", "c": true, "d": 12})
-        );
+        assert_eq!(n.to_json(), serde_json::json!({"a": "yes", "b": "true", "c": true, "d": 12}));
     }
 
     #[test]
@@ -484,7 +410,9 @@ mod tests {
         let mut s = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         let mut prev = 'a';
         for c in "bcdefghi".chars() {
-            s.push_str(&format!("{c}: &{c} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+            s.push_str(&format!(
+                "{c}: &{c} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
             prev = c;
         }
         let e = parse(&s).unwrap_err();

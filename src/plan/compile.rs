@@ -16,9 +16,7 @@ use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile};
 use crate::manifest::secret::{SecretOr, check_inline};
 use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Isolation, Model, SAMPLING_KEYS};
-use crate::manifest::template_kind::{
-    ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType, ReportFormat,
-};
+use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType, ReportFormat};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
 use crate::template::{Renderer, placeholder};
@@ -33,17 +31,27 @@ pub fn load_suite(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
 /// Reads a suite file, builds its catalog and compiles it.
 pub fn compile_file(path: &Path) -> Result<Plan, Vec<Diagnostic>> {
     let suite = load_suite(path)?;
+    compile_with_catalog(&suite, path)
+}
+
+/// Compiles suite text that has no file of its own (`kitt run`); `path` names it and its
+/// directory anchors relative paths.
+pub fn compile_source(source: &str, path: &Path) -> Result<Plan, Vec<Diagnostic>> {
+    let raw = manifest::parse_raw(source, path)?;
+    raw.expect_kind(Kind::Suite)?;
+    let suite = raw.decode::<SuiteSpec>()?;
+    compile_with_catalog(&suite, path)
+}
+
+fn compile_with_catalog(suite: &Suite, path: &Path) -> Result<Plan, Vec<Diagnostic>> {
     let dir = suite_dir(path);
     let catalog = Catalog::with_local(&dir, &suite.spec.templates, path)?;
-    compile(&suite, &catalog)
+    compile(suite, &catalog)
 }
 
 /// The absolute directory of a suite file.
 pub fn suite_dir(path: &Path) -> PathBuf {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
 }
 
@@ -80,13 +88,8 @@ struct BenchVariant<'a> {
 
 /// Compiles a decoded suite against a catalog.
 pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>> {
-    let mut c = Compiler {
-        suite,
-        catalog,
-        renderer: Renderer::default(),
-        errors: Vec::new(),
-        not_executable: Vec::new(),
-    };
+    let mut c =
+        Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new(), not_executable: Vec::new() };
     let plan = c.run();
     let mut errors = c.errors;
     for e in &mut errors {
@@ -105,12 +108,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn not_executable(&mut self, what: String, file: &Path, pos: Pos) {
-        self.not_executable.push(NotExecutable {
-            what,
-            file: file.to_path_buf(),
-            line: pos.line,
-            col: pos.col,
-        });
+        self.not_executable.push(NotExecutable { what, file: file.to_path_buf(), line: pos.line, col: pos.col });
     }
 
     fn run(&mut self) -> Option<Plan> {
@@ -121,11 +119,9 @@ impl<'a> Compiler<'a> {
         if spec.runs == 0 {
             self.err(Diagnostic::new(Pos::START, "`runs` must be at least 1"));
         }
-        for (what, list) in [
-            ("models", spec.models.len()),
-            ("engines", spec.engines.len()),
-            ("benchmarks", spec.benchmarks.len()),
-        ] {
+        for (what, list) in
+            [("models", spec.models.len()), ("engines", spec.engines.len()), ("benchmarks", spec.benchmarks.len())]
+        {
             if list == 0 {
                 self.err(
                     Diagnostic::new(Pos::START, format!("the suite lists no {what}"))
@@ -162,10 +158,9 @@ impl<'a> Compiler<'a> {
         }
         for (hits, ex) in exclude_hits.iter().zip(&spec.matrix.exclude) {
             if *hits == 0 {
-                self.err(
-                    Diagnostic::new(ex.pos, "this matrix exclude matches no cell")
-                        .help("check the model, engine and benchmark names and param values; remove the entry if it is stale"),
-                );
+                self.err(Diagnostic::new(ex.pos, "this matrix exclude matches no cell").help(
+                    "check the model, engine and benchmark names and param values; remove the entry if it is stale",
+                ));
             }
         }
         if !self.errors.is_empty() {
@@ -177,17 +172,10 @@ impl<'a> Compiler<'a> {
             .engines
             .iter()
             .map(|e| (Kind::Engine, &e.template.value))
-            .chain(
-                spec.benchmarks
-                    .iter()
-                    .map(|b| (Kind::Benchmark, &b.template.value)),
-            )
+            .chain(spec.benchmarks.iter().map(|b| (Kind::Benchmark, &b.template.value)))
             .chain(reporters.iter().map(|r| (Kind::Reporter, &r.name)))
         {
-            if templates
-                .iter()
-                .any(|t| t.kind == kind.name() && &t.name == name)
-            {
+            if templates.iter().any(|t| t.kind == kind.name() && &t.name == name) {
                 continue;
             }
             if let Some(origin) = self.catalog.origin_of(kind, name) {
@@ -223,16 +211,8 @@ impl<'a> Compiler<'a> {
             if let Some(first) = seen.iter().find(|s| s.value == n.value) {
                 let line = first.pos.line;
                 self.err(
-                    Diagnostic::new(
-                        n.pos,
-                        format!(
-                            "duplicate {what} name `{}` (first used at line {line})",
-                            n.value
-                        ),
-                    )
-                    .help(format!(
-                        "{what} names must be unique in a suite; rename one"
-                    )),
+                    Diagnostic::new(n.pos, format!("duplicate {what} name `{}` (first used at line {line})", n.value))
+                        .help(format!("{what} names must be unique in a suite; rename one")),
                 );
             } else {
                 seen.push(n);
@@ -253,19 +233,11 @@ impl<'a> Compiler<'a> {
                             r.pos,
                         );
                     }
-                    out.push(ReporterRef {
-                        name: r.value.clone(),
-                        format: spec.format,
-                        output: spec.output.clone(),
-                    });
+                    out.push(ReporterRef { name: r.value.clone(), format: spec.format, output: spec.output.clone() });
                 }
                 None => {
-                    let help =
-                        unknown_help(&r.value, self.catalog.reporters.keys().map(String::as_str));
-                    self.err(
-                        Diagnostic::new(r.pos, format!("unknown reporter `{}`", r.value))
-                            .help(help),
-                    );
+                    let help = unknown_help(&r.value, self.catalog.reporters.keys().map(String::as_str));
+                    self.err(Diagnostic::new(r.pos, format!("unknown reporter `{}`", r.value)).help(help));
                 }
             }
         }
@@ -281,28 +253,17 @@ impl<'a> Compiler<'a> {
         with_sampling: bool,
         what: &str,
     ) -> Vec<(String, Vec<Json>, bool)> {
-        let Some(Node {
-            value: Value::Map(entries),
-            ..
-        }) = params
-        else {
+        let Some(Node { value: Value::Map(entries), .. }) = params else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for (key, node) in entries {
-            let sampling_ty = with_sampling
-                .then(|| SAMPLING_KEYS.iter().find(|(k, _)| *k == key.name))
-                .flatten();
+            let sampling_ty = with_sampling.then(|| SAMPLING_KEYS.iter().find(|(k, _)| *k == key.name)).flatten();
             let decl: ParamDecl = match (decls.get(&key.name), sampling_ty) {
                 (Some(d), _) => d.value.clone(),
-                (None, Some((_, ty))) => ParamDecl {
-                    ty: *ty,
-                    default: None,
-                    description: None,
-                    minimum: None,
-                    maximum: None,
-                    choices: None,
-                },
+                (None, Some((_, ty))) => {
+                    ParamDecl { ty: *ty, default: None, description: None, minimum: None, maximum: None, choices: None }
+                }
                 (None, None) => {
                     let mut names: Vec<&str> = decls.keys().map(String::as_str).collect();
                     if with_sampling {
@@ -313,36 +274,21 @@ impl<'a> Compiler<'a> {
                     } else {
                         unknown_help(&key.name, names)
                     };
-                    self.err(
-                        Diagnostic::new(
-                            key.pos,
-                            format!("unknown param `{}` for {what}", key.name),
-                        )
-                        .help(help),
-                    );
+                    self.err(Diagnostic::new(key.pos, format!("unknown param `{}` for {what}", key.name)).help(help));
                     continue;
                 }
             };
             let value = node.to_json();
             let sweep = match (&value, decl.ty) {
-                (Json::Array(items), ParamType::List) => {
-                    items.iter().all(Json::is_array) && !items.is_empty()
-                }
+                (Json::Array(items), ParamType::List) => items.iter().all(Json::is_array) && !items.is_empty(),
                 (Json::Array(_), _) => true,
                 _ => false,
             };
-            let values = if sweep {
-                value.as_array().cloned().unwrap_or_default()
-            } else {
-                vec![value]
-            };
+            let values = if sweep { value.as_array().cloned().unwrap_or_default() } else { vec![value] };
             if sweep && values.is_empty() {
                 self.err(
-                    Diagnostic::new(
-                        node.pos,
-                        format!("param `{}`: an empty list sweeps nothing", key.name),
-                    )
-                    .help("give at least one value"),
+                    Diagnostic::new(node.pos, format!("param `{}`: an empty list sweeps nothing", key.name))
+                        .help("give at least one value"),
                 );
                 continue;
             }
@@ -354,15 +300,10 @@ impl<'a> Compiler<'a> {
                         _ => node.pos,
                     };
                     let help = match decl.ty {
-                        ParamType::List => {
-                            "a list param takes a list; a list of lists sweeps it".to_string()
-                        }
+                        ParamType::List => "a list param takes a list; a list of lists sweeps it".to_string(),
                         t => format!("write {} (or a list of them to sweep)", t.name()),
                     };
-                    self.err(
-                        Diagnostic::new(pos, format!("param `{}` for {what}: {problem}", key.name))
-                            .help(help),
-                    );
+                    self.err(Diagnostic::new(pos, format!("param `{}` for {what}: {problem}", key.name)).help(help));
                     ok = false;
                 }
             }
@@ -378,16 +319,10 @@ impl<'a> Compiler<'a> {
         let suite_file = self.suite.file.clone();
         for inst in &self.suite.spec.engines {
             let Some(template) = self.catalog.engines.get(&inst.template.value) else {
-                let help = unknown_help(
-                    &inst.template.value,
-                    self.catalog.engines.keys().map(String::as_str),
-                );
+                let help = unknown_help(&inst.template.value, self.catalog.engines.keys().map(String::as_str));
                 self.err(
-                    Diagnostic::new(
-                        inst.template.pos,
-                        format!("unknown engine template `{}`", inst.template.value),
-                    )
-                    .help(help),
+                    Diagnostic::new(inst.template.pos, format!("unknown engine template `{}`", inst.template.value))
+                        .help(help),
                 );
                 continue;
             };
@@ -401,27 +336,17 @@ impl<'a> Compiler<'a> {
                 }
                 if !(ep.url.value.starts_with("http://") || ep.url.value.starts_with("https://")) {
                     cx.error(
-                        Diagnostic::new(
-                            ep.url.pos,
-                            format!("endpoint URL `{}` is not http(s)", ep.url.value),
-                        )
-                        .help("write it as `http://host:port` or `https://host:port`"),
+                        Diagnostic::new(ep.url.pos, format!("endpoint URL `{}` is not http(s)", ep.url.value))
+                            .help("write it as `http://host:port` or `https://host:port`"),
                     );
                 }
             }
-            let modes = [
-                inst.container.is_some(),
-                inst.native.is_some(),
-                inst.endpoint.is_some(),
-            ];
+            let modes = [inst.container.is_some(), inst.native.is_some(), inst.endpoint.is_some()];
             if modes.iter().filter(|m| **m).count() > 1 {
                 cx.error(
                     Diagnostic::new(
                         inst.name.pos,
-                        format!(
-                            "engine `{}` sets more than one of `container`, `native`, `endpoint`",
-                            inst.name.value
-                        ),
+                        format!("engine `{}` sets more than one of `container`, `native`, `endpoint`", inst.name.value),
                     )
                     .help("choose one way to run it"),
                 );
@@ -433,10 +358,7 @@ impl<'a> Compiler<'a> {
                 cx.error(
                     Diagnostic::new(
                         inst.name.pos,
-                        format!(
-                            "engine template `{}` has no native command",
-                            inst.template.value
-                        ),
+                        format!("engine template `{}` has no native command", inst.template.value),
                     )
                     .help("give one: `native: {command: [BINARY, ARGS…]}`"),
                 );
@@ -444,27 +366,15 @@ impl<'a> Compiler<'a> {
             if inst.container.is_some() && template.manifest.spec.container.is_none() {
                 cx.error(Diagnostic::new(
                     inst.name.pos,
-                    format!(
-                        "engine template `{}` has no container section",
-                        inst.template.value
-                    ),
+                    format!("engine template `{}` has no container section", inst.template.value),
                 ));
             }
             self.errors.extend(cx.errors);
             let what = format!("engine template `{}`", inst.template.value);
-            let set = self.typed_params(
-                inst.params.as_ref(),
-                &template.manifest.spec.params,
-                false,
-                &what,
-            );
-            let Some(base) = self.resolve_params(
-                &template.manifest.spec.params,
-                &set,
-                &BTreeMap::new(),
-                &what,
-                inst.name.pos,
-            ) else {
+            let set = self.typed_params(inst.params.as_ref(), &template.manifest.spec.params, false, &what);
+            let Some(base) =
+                self.resolve_params(&template.manifest.spec.params, &set, &BTreeMap::new(), &what, inst.name.pos)
+            else {
                 continue;
             };
             for combo in combinations(&set) {
@@ -481,12 +391,7 @@ impl<'a> Compiler<'a> {
                 } else {
                     format!("{}[{}]", inst.name.value, label.join(","))
                 };
-                out.push(EngineVariant {
-                    instance: inst,
-                    template,
-                    name,
-                    params,
-                });
+                out.push(EngineVariant { instance: inst, template, name, params });
             }
             let _ = &suite_file;
         }
@@ -514,11 +419,8 @@ impl<'a> Compiler<'a> {
                 out.insert(name.clone(), d.clone());
             } else {
                 self.err(
-                    Diagnostic::new(
-                        pos,
-                        format!("param `{name}` of {what} has no default and is not set"),
-                    )
-                    .help(format!("set it: `params: {{{name}: …}}`")),
+                    Diagnostic::new(pos, format!("param `{name}` of {what} has no default and is not set"))
+                        .help(format!("set it: `params: {{{name}: …}}`")),
                 );
                 ok = false;
             }
@@ -528,37 +430,21 @@ impl<'a> Compiler<'a> {
 
     fn bench_variants(&mut self) -> Vec<BenchVariant<'a>> {
         let mut out = Vec::new();
-        let suite_sampling: BTreeMap<String, Json> =
-            self.suite.spec.sampling.to_map().into_iter().collect();
+        let suite_sampling: BTreeMap<String, Json> = self.suite.spec.sampling.to_map().into_iter().collect();
         for inst in &self.suite.spec.benchmarks {
             let Some(entry) = self.catalog.benchmarks.get(&inst.template.value) else {
-                let help = unknown_help(
-                    &inst.template.value,
-                    self.catalog.benchmarks.keys().map(String::as_str),
-                );
+                let help = unknown_help(&inst.template.value, self.catalog.benchmarks.keys().map(String::as_str));
                 self.err(
-                    Diagnostic::new(
-                        inst.template.pos,
-                        format!("unknown benchmark template `{}`", inst.template.value),
-                    )
-                    .help(help),
+                    Diagnostic::new(inst.template.pos, format!("unknown benchmark template `{}`", inst.template.value))
+                        .help(help),
                 );
                 continue;
             };
             let what = format!("benchmark template `{}`", inst.template.value);
-            let set = self.typed_params(
-                inst.params.as_ref(),
-                &entry.manifest.spec.params,
-                true,
-                &what,
-            );
-            let Some(base) = self.resolve_params(
-                &entry.manifest.spec.params,
-                &set,
-                &suite_sampling,
-                &what,
-                inst.name.pos,
-            ) else {
+            let set = self.typed_params(inst.params.as_ref(), &entry.manifest.spec.params, true, &what);
+            let Some(base) =
+                self.resolve_params(&entry.manifest.spec.params, &set, &suite_sampling, &what, inst.name.pos)
+            else {
                 continue;
             };
             if entry.manifest.spec.mechanism == Mechanism::Eval {
@@ -584,25 +470,14 @@ impl<'a> Compiler<'a> {
                         sampling.insert((*k).to_string(), v.clone());
                     }
                 }
-                out.push(BenchVariant {
-                    instance: inst,
-                    entry,
-                    params,
-                    swept,
-                    sampling,
-                });
+                out.push(BenchVariant { instance: inst, entry, params, swept, sampling });
             }
         }
         out
     }
 
     fn model_context(&self, model: &Model) -> Json {
-        let served = model
-            .served_name
-            .as_ref()
-            .unwrap_or(&model.name)
-            .value
-            .clone();
+        let served = model.served_name.as_ref().unwrap_or(&model.name).value.clone();
         let mut m = json!({"name": model.name.value, "served_name": served});
         if let Some(p) = &model.path {
             let path = Path::new(&p.value);
@@ -611,10 +486,7 @@ impl<'a> Compiler<'a> {
                 .map(|d| d.to_string_lossy().to_string())
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| ".".into());
-            let file = path
-                .file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let file = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
             m["path"] = p.value.clone().into();
             m["dir"] = dir.into();
             m["file"] = file.into();
@@ -634,13 +506,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// A render error, rewritten when it is a model without a path.
-    fn render_error(
-        &self,
-        d: Diagnostic,
-        file: &Path,
-        model: &Model,
-        template: &str,
-    ) -> Diagnostic {
+    fn render_error(&self, d: Diagnostic, file: &Path, model: &Model, template: &str) -> Diagnostic {
         let needs_path = ["model.path", "model.dir", "model.file"]
             .iter()
             .any(|v| d.message == format!("unknown template variable `{v}`"));
@@ -674,9 +540,7 @@ impl<'a> Compiler<'a> {
             env.iter()
                 .map(|(k, v)| {
                     let value = match &v.value {
-                        SecretOr::Plain(s) => {
-                            SecretOr::Plain(text(&Spanned::new(v.pos, s.clone()), file))
-                        }
+                        SecretOr::Plain(s) => SecretOr::Plain(text(&Spanned::new(v.pos, s.clone()), file)),
                         other => other.clone(),
                     };
                     (k.clone(), value)
@@ -687,11 +551,7 @@ impl<'a> Compiler<'a> {
             pending_not_executable.push(format!("engine `{}` (endpoint mode)", inst.name.value));
             Mode::Endpoint {
                 url: ep.url.value.trim_end_matches('/').to_string(),
-                headers: ep
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.value.clone()))
-                    .collect(),
+                headers: ep.headers.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
                 ca_file: ep.ca_file.as_ref().map(|c| c.value.clone()),
                 insecure: ep.insecure,
                 skip_health: ep.skip_health,
@@ -704,36 +564,19 @@ impl<'a> Compiler<'a> {
                 (None, None) => (Vec::new(), tfile.clone()),
             };
             let argv: Vec<String> = command.iter().map(|a| text(a, &file)).collect();
-            let mut env = spec
-                .native
-                .as_ref()
-                .map(|n| env_of(&n.env, &tfile, &mut text))
-                .unwrap_or_default();
+            let mut env = spec.native.as_ref().map(|n| env_of(&n.env, &tfile, &mut text)).unwrap_or_default();
             env.extend(env_of(&inst.env, &suite_file, &mut text));
-            Mode::Native {
-                argv,
-                env,
-                cwd: native.cwd.map(|c| c.value),
-            }
+            Mode::Native { argv, env, cwd: native.cwd.map(|c| c.value) }
         } else {
             let c = spec.container.as_ref();
             let over = inst.container.clone().unwrap_or_default();
-            let image = inst
-                .image
-                .as_ref()
-                .map(|i| i.value.clone())
-                .or_else(|| spec.image.clone())
-                .unwrap_or_default();
+            let image = inst.image.as_ref().map(|i| i.value.clone()).or_else(|| spec.image.clone()).unwrap_or_default();
             pending_not_executable.push(format!("engine `{}` (container mode)", inst.name.value));
             let args: Vec<String> = match &over.args {
                 Some(a) => a.iter().map(|s| text(s, &suite_file)).collect(),
-                None => c
-                    .map(|c| c.args.iter().map(|s| text(s, &tfile)).collect())
-                    .unwrap_or_default(),
+                None => c.map(|c| c.args.iter().map(|s| text(s, &tfile)).collect()).unwrap_or_default(),
             };
-            let mut env = c
-                .map(|c| env_of(&c.env, &tfile, &mut text))
-                .unwrap_or_default();
+            let mut env = c.map(|c| env_of(&c.env, &tfile, &mut text)).unwrap_or_default();
             env.extend(env_of(&inst.env, &suite_file, &mut text));
             let mounts = c
                 .map(|c| {
@@ -752,9 +595,8 @@ impl<'a> Compiler<'a> {
                 .clone()
                 .or_else(|| c.and_then(|c| c.gpus.clone()))
                 .map_or_else(|| "auto".to_string(), |g| g.value);
-            let mut extra_args: Vec<String> = c
-                .map(|c| c.extra_args.iter().map(|s| text(s, &tfile)).collect())
-                .unwrap_or_default();
+            let mut extra_args: Vec<String> =
+                c.map(|c| c.extra_args.iter().map(|s| text(s, &tfile)).collect()).unwrap_or_default();
             extra_args.extend(over.extra_args.iter().map(|s| text(s, &suite_file)));
             Mode::Container {
                 image,
@@ -769,17 +611,11 @@ impl<'a> Compiler<'a> {
         };
         let mut setup = Vec::new();
         for call in &spec.setup {
-            let body = call.body.as_ref().and_then(|b| {
-                r.render(b, &ctx)
-                    .map_err(|d| errors.push(d.in_file(&tfile)))
-                    .ok()
-                    .flatten()
-            });
-            setup.push(HttpRequest {
-                method: call.method.clone(),
-                path: call.path.clone(),
-                body,
-            });
+            let body = call
+                .body
+                .as_ref()
+                .and_then(|b| r.render(b, &ctx).map_err(|d| errors.push(d.in_file(&tfile))).ok().flatten());
+            setup.push(HttpRequest { method: call.method.clone(), path: call.path.clone(), body });
         }
         let tokenize = spec.tokenize.as_ref().map(|t| HttpRequest {
             method: "POST".into(),
@@ -787,17 +623,13 @@ impl<'a> Compiler<'a> {
             body: {
                 let mut tctx = ctx.clone();
                 tctx["prompt"] = placeholder("prompt").into();
-                r.render(&t.body, &tctx)
-                    .map_err(|d| errors.push(d.in_file(&tfile)))
-                    .ok()
-                    .flatten()
+                r.render(&t.body, &tctx).map_err(|d| errors.push(d.in_file(&tfile))).ok().flatten()
             },
         });
         // Warmup uses the suite's sampling with a short, fixed output.
         let warmup_req = self.suite.spec.warmup.requests;
         let warmup = if warmup_req > 0 {
-            let mut sampling: BTreeMap<String, Json> =
-                self.suite.spec.sampling.to_map().into_iter().collect();
+            let mut sampling: BTreeMap<String, Json> = self.suite.spec.sampling.to_map().into_iter().collect();
             sampling.insert("max_tokens".into(), json!(16));
             let (kind, call) = match (&spec.api.completion, &spec.api.chat) {
                 (Some(c), _) => (ApiKind::Completion, c),
@@ -805,11 +637,7 @@ impl<'a> Compiler<'a> {
                 (None, None) => unreachable_api(),
             };
             match self.request(&ctx, &sampling, true, kind, call) {
-                Ok(request) => Some(Warmup {
-                    requests: warmup_req,
-                    input_tokens: 32,
-                    request,
-                }),
+                Ok(request) => Some(Warmup { requests: warmup_req, input_tokens: 32, request }),
                 Err(d) => {
                     errors.push(d.in_file(&tfile));
                     None
@@ -823,10 +651,8 @@ impl<'a> Compiler<'a> {
                 self.not_executable(what, &suite_file, inst.name.pos);
             }
         }
-        let errors: Vec<Diagnostic> = errors
-            .into_iter()
-            .map(|d| self.render_error(d, &tfile, model, &inst.template.value))
-            .collect();
+        let errors: Vec<Diagnostic> =
+            errors.into_iter().map(|d| self.render_error(d, &tfile, model, &inst.template.value)).collect();
         let had_errors = !errors.is_empty();
         for d in errors {
             if !self.errors.contains(&d) {
@@ -836,12 +662,7 @@ impl<'a> Compiler<'a> {
         if had_errors {
             return None;
         }
-        let served = model
-            .served_name
-            .as_ref()
-            .unwrap_or(&model.name)
-            .value
-            .clone();
+        let served = model.served_name.as_ref().unwrap_or(&model.name).value.clone();
         let model_ref = ModelRef {
             name: model.name.value.clone(),
             path: model.path.as_ref().map(|p| p.value.clone()),
@@ -901,10 +722,7 @@ impl<'a> Compiler<'a> {
         ctx["ignore_eos"] = ignore_eos.into();
         ctx["prompt"] = placeholder("prompt").into();
         ctx["messages"] = placeholder("messages").into();
-        let body = self
-            .renderer
-            .render(&call.body, &ctx)?
-            .unwrap_or(Json::Null);
+        let body = self.renderer.render(&call.body, &ctx)?.unwrap_or(Json::Null);
         Ok(RequestTemplate {
             method: call.method.clone(),
             path: call.path.clone(),
@@ -918,27 +736,12 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    fn excluded(
-        &self,
-        model: &Model,
-        ev: &EngineVariant,
-        bv: &BenchVariant,
-        hits: &mut [usize],
-    ) -> bool {
+    fn excluded(&self, model: &Model, ev: &EngineVariant, bv: &BenchVariant, hits: &mut [usize]) -> bool {
         let mut any = false;
         for (i, ex) in self.suite.spec.matrix.exclude.iter().enumerate() {
-            let m = ex
-                .model
-                .as_ref()
-                .is_none_or(|m| m.value == model.name.value);
-            let e = ex
-                .engine
-                .as_ref()
-                .is_none_or(|e| e.value == ev.instance.name.value || e.value == ev.name);
-            let b = ex
-                .benchmark
-                .as_ref()
-                .is_none_or(|b| b.value == bv.instance.name.value);
+            let m = ex.model.as_ref().is_none_or(|m| m.value == model.name.value);
+            let e = ex.engine.as_ref().is_none_or(|e| e.value == ev.instance.name.value || e.value == ev.name);
+            let b = ex.benchmark.as_ref().is_none_or(|b| b.value == bv.instance.name.value);
             let p = ex.params.iter().all(|(k, v)| {
                 let want = v.value.to_json();
                 bv.params.get(k).or_else(|| ev.params.get(k)) == Some(&want)
@@ -997,11 +800,7 @@ impl<'a> Compiler<'a> {
             }
         };
         let mut cx = Cx::default();
-        let load = LoadSpec::decode(
-            &rendered,
-            &mut cx,
-            &format!("`load` of benchmark `{}`", bv.instance.name.value),
-        );
+        let load = LoadSpec::decode(&rendered, &mut cx, &format!("`load` of benchmark `{}`", bv.instance.name.value));
         if !cx.errors.is_empty() {
             for d in cx.errors {
                 let d = d.in_file(&bfile);
@@ -1013,10 +812,7 @@ impl<'a> Compiler<'a> {
         }
         let load = load?;
         if matches!(load.profile, Profile::Constant(_) | Profile::Poisson(_)) {
-            let what = format!(
-                "benchmark `{}` (open-loop rate profiles)",
-                bv.instance.name.value
-            );
+            let what = format!("benchmark `{}` (open-loop rate profiles)", bv.instance.name.value);
             if !self.not_executable.iter().any(|n| n.what == what) {
                 self.not_executable(what, &self.suite.file.clone(), bv.instance.template.pos);
             }
@@ -1027,13 +823,15 @@ impl<'a> Compiler<'a> {
             ApiKind::Chat => api.chat.as_ref(),
         };
         let Some(call) = call else {
-            let kind = if load.api == ApiKind::Chat {
-                "chat"
-            } else {
-                "completion"
-            };
-            let d = Diagnostic::new(bv.instance.name.pos, format!("benchmark `{}` uses the `{kind}` API, which engine template `{}` does not declare", bv.instance.name.value, ev.instance.template.value))
-                .help("use a benchmark with the other `api:`, or add the call to the engine template");
+            let kind = if load.api == ApiKind::Chat { "chat" } else { "completion" };
+            let d = Diagnostic::new(
+                bv.instance.name.pos,
+                format!(
+                    "benchmark `{}` uses the `{kind}` API, which engine template `{}` does not declare",
+                    bv.instance.name.value, ev.instance.template.value
+                ),
+            )
+            .help("use a benchmark with the other `api:`, or add the call to the engine template");
             if !self.errors.contains(&d) {
                 self.err(d);
             }
@@ -1049,12 +847,7 @@ impl<'a> Compiler<'a> {
                 cell.request = Some(req);
             }
             Err(d) => {
-                let d = self.render_error(
-                    d,
-                    &ev.template.manifest.file,
-                    model,
-                    &ev.instance.template.value,
-                );
+                let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
                 if !self.errors.contains(&d) {
                     self.err(d);
                 }
@@ -1091,12 +884,7 @@ fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, boo
 
 /// Lays out the step DAG: per group pull → start → setup → warmup → benchmark → collect → stop,
 /// then one report after everything.
-fn layout(
-    groups: &[EngineGroup],
-    cells: &[Cell],
-    isolation: Isolation,
-    reporters: &[ReporterRef],
-) -> Vec<Step> {
+fn layout(groups: &[EngineGroup], cells: &[Cell], isolation: Isolation, reporters: &[ReporterRef]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let push = |steps: &mut Vec<Step>,
                 kind: StepKind,
@@ -1137,36 +925,15 @@ fn layout(
             if isolation == Isolation::Host {
                 deps.extend(previous_stop);
             }
-            let s = push(
-                &mut steps,
-                StepKind::Start,
-                gk("start"),
-                Some(gi),
-                None,
-                deps,
-            );
+            let s = push(&mut steps, StepKind::Start, gk("start"), Some(gi), None, deps);
             start = Some(s);
             ready = vec![s];
         }
         if !g.setup.is_empty() {
-            ready = vec![push(
-                &mut steps,
-                StepKind::Setup,
-                gk("setup"),
-                Some(gi),
-                None,
-                ready.clone(),
-            )];
+            ready = vec![push(&mut steps, StepKind::Setup, gk("setup"), Some(gi), None, ready.clone())];
         }
         if g.warmup.is_some() {
-            ready = vec![push(
-                &mut steps,
-                StepKind::Warmup,
-                gk("warmup"),
-                Some(gi),
-                None,
-                ready.clone(),
-            )];
+            ready = vec![push(&mut steps, StepKind::Warmup, gk("warmup"), Some(gi), None, ready.clone())];
         }
         let mut collects = Vec::new();
         for (ci, cell) in cells.iter().enumerate().filter(|(_, c)| c.group == gi) {
@@ -1180,22 +947,8 @@ fn layout(
                 "request": cell.request,
             }));
             let ckey = key_of(&json!({"kind": "collect", "benchmark": bkey}));
-            let b = push(
-                &mut steps,
-                StepKind::Benchmark,
-                bkey,
-                Some(gi),
-                Some(ci),
-                ready.clone(),
-            );
-            collects.push(push(
-                &mut steps,
-                StepKind::Collect,
-                ckey,
-                Some(gi),
-                Some(ci),
-                vec![b],
-            ));
+            let b = push(&mut steps, StepKind::Benchmark, bkey, Some(gi), Some(ci), ready.clone());
+            collects.push(push(&mut steps, StepKind::Collect, ckey, Some(gi), Some(ci), vec![b]));
         }
         if let Some(s) = start {
             let mut deps = vec![s];

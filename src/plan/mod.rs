@@ -255,7 +255,7 @@ impl Cell {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     Pull,
@@ -318,12 +318,7 @@ impl Plan {
         match (step.cell, step.group) {
             (Some(c), _) => self.cells[c].label(),
             (None, Some(g)) => self.groups[g].id.clone(),
-            _ => self
-                .reporters
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            _ => self.reporters.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
         }
     }
 

@@ -38,13 +38,7 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
     );
     out.push_str("templates:\n");
     for t in &plan.templates {
-        let _ = writeln!(
-            out,
-            "  {:<9} {:<12} {}",
-            t.kind.to_lowercase(),
-            t.name,
-            t.origin
-        );
+        let _ = writeln!(out, "  {:<9} {:<12} {}", t.kind.to_lowercase(), t.name, t.origin);
     }
     let reused = states.values().filter(|s| **s == StepState::Reused).count();
     if reused > 0 {
@@ -63,24 +57,11 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
             }
             Mode::Endpoint { url, .. } => format!("endpoint {url}"),
         };
-        let _ = writeln!(
-            out,
-            "\nengine group {} [{}, template {}] ({} steps)",
-            g.id,
-            how,
-            g.template,
-            steps.len()
-        );
+        let _ = writeln!(out, "\nengine group {} [{}, template {}] ({} steps)", g.id, how, g.template, steps.len());
         for s in steps {
             let detail = match s.kind {
-                StepKind::Benchmark | StepKind::Collect => {
-                    s.cell.map(|c| plan.cells[c].label()).unwrap_or_default()
-                }
-                StepKind::Warmup => g
-                    .warmup
-                    .as_ref()
-                    .map(|w| format!("{} requests", w.requests))
-                    .unwrap_or_default(),
+                StepKind::Benchmark | StepKind::Collect => s.cell.map(|c| plan.cells[c].label()).unwrap_or_default(),
+                StepKind::Warmup => g.warmup.as_ref().map(|w| format!("{} requests", w.requests)).unwrap_or_default(),
                 StepKind::Start => match &g.mode {
                     Mode::Native { argv, .. } => argv.join(" "),
                     Mode::Container { args, .. } => args.join(" "),
@@ -100,19 +81,8 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
             if states.get(&s.key) == Some(&StepState::Reused) {
                 flags.push("reused");
             }
-            let flags = if flags.is_empty() {
-                String::new()
-            } else {
-                format!("  [{}]", flags.join(", "))
-            };
-            let _ = writeln!(
-                out,
-                "  {:<9} {}  {}{}",
-                s.kind.name(),
-                &s.key[..12],
-                detail,
-                flags
-            );
+            let flags = if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) };
+            let _ = writeln!(out, "  {:<9} {}  {}{}", s.kind.name(), &s.key[..12], detail, flags);
         }
     }
     if let Some(r) = plan.steps.iter().find(|s| s.kind == StepKind::Report) {
@@ -121,14 +91,7 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
     if !plan.not_executable.is_empty() {
         out.push_str("\nnot executable by this kitt yet (`kitt apply` refuses):\n");
         for n in &plan.not_executable {
-            let _ = writeln!(
-                out,
-                "  {}:{}:{}: {}",
-                n.file.display(),
-                n.line,
-                n.col,
-                n.what
-            );
+            let _ = writeln!(out, "  {}:{}:{}: {}", n.file.display(), n.line, n.col, n.what);
         }
     }
     out
@@ -136,15 +99,9 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
 
 /// Graphviz DOT of the step graph, one cluster per engine group.
 pub fn dot(plan: &Plan) -> String {
-    let mut out = String::from(
-        "digraph plan {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
-    );
+    let mut out = String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
     for (gi, g) in plan.groups.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  subgraph cluster_{gi} {{\n    label=\"{}\";",
-            escape(&g.id)
-        );
+        let _ = writeln!(out, "  subgraph cluster_{gi} {{\n    label=\"{}\";", escape(&g.id));
         for s in plan.steps.iter().filter(|s| s.group == Some(gi)) {
             let label = match s.cell {
                 Some(c) => format!("{}\\n{}", s.kind.name(), escape(&plan.cells[c].label())),

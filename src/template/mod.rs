@@ -43,10 +43,7 @@ impl Default for Renderer {
 /// The single variable path of a leaf that is exactly `{{ path }}`.
 fn single_expression(s: &str) -> Option<&str> {
     let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
-    let ok = !inner.is_empty()
-        && inner
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    let ok = !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
     ok.then_some(inner)
 }
 
@@ -65,11 +62,7 @@ fn known_paths(ctx: &Json) -> Vec<String> {
     fn walk(v: &Json, prefix: &str, out: &mut Vec<String>) {
         if let Json::Object(m) = v {
             for (k, v) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 walk(v, &p, out);
                 out.push(p);
             }
@@ -134,19 +127,11 @@ impl Renderer {
         Ok(match &node.value {
             Value::Str(s) => match self.render_str(s, ctx, node.pos)? {
                 Some(v) => Node::from_json(&v, node.pos),
-                None => Node {
-                    pos: node.pos,
-                    value: Value::Null,
-                },
+                None => Node { pos: node.pos, value: Value::Null },
             },
             Value::Seq(items) => Node {
                 pos: node.pos,
-                value: Value::Seq(
-                    items
-                        .iter()
-                        .map(|i| self.render_node(i, ctx))
-                        .collect::<Result<_, _>>()?,
-                ),
+                value: Value::Seq(items.iter().map(|i| self.render_node(i, ctx)).collect::<Result<_, _>>()?),
             },
             Value::Map(entries) => Node {
                 pos: node.pos,
@@ -181,13 +166,7 @@ pub fn scalar_text(v: &Json) -> String {
 
 fn unknown_variable(path: &str, ctx: &Json, pos: Pos) -> Diagnostic {
     let known = known_paths(ctx);
-    let help = unknown_help(
-        path,
-        known
-            .iter()
-            .map(String::as_str)
-            .filter(|p| p.contains('.') || !p.is_empty()),
-    );
+    let help = unknown_help(path, known.iter().map(String::as_str).filter(|p| p.contains('.') || !p.is_empty()));
     Diagnostic::new(pos, format!("unknown template variable `{path}`")).help(help)
 }
 
@@ -208,11 +187,7 @@ pub fn bind_late(value: &Json, vars: &[(&str, Json)]) -> Json {
             Json::String(out)
         }
         Json::Array(items) => Json::Array(items.iter().map(|i| bind_late(i, vars)).collect()),
-        Json::Object(m) => Json::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), bind_late(v, vars)))
-                .collect(),
-        ),
+        Json::Object(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), bind_late(v, vars))).collect()),
         other => other.clone(),
     }
 }
@@ -231,7 +206,12 @@ mod tests {
         let r = Renderer::default();
         let ctx = json!({"max_tokens": 128, "stop": ["a", "b"], "model": {"name": "m"}, "temperature": null});
         let out = r
-            .render(&node("{n: '{{max_tokens}}', s: '{{stop}}', t: 'x-{{model.name}}', u: '{{temperature}}', v: '{{top_p}}'}"), &ctx)
+            .render(
+                &node(
+                    "{n: '{{max_tokens}}', s: '{{stop}}', t: 'x-{{model.name}}', u: '{{temperature}}', v: '{{top_p}}'}",
+                ),
+                &ctx,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(out, json!({"n": 128, "s": ["a", "b"], "t": "x-m"}));
@@ -241,17 +221,10 @@ mod tests {
     fn unknown_variables_are_errors_with_suggestions() {
         let r = Renderer::default();
         let ctx = json!({"params": {"concurrency": 4}});
-        let e = r
-            .render(&node("a: '{{params.concurency}}'"), &ctx)
-            .unwrap_err();
+        let e = r.render(&node("a: '{{params.concurency}}'"), &ctx).unwrap_err();
         assert_eq!(e.message, "unknown template variable `params.concurency`");
-        assert_eq!(
-            e.help.as_deref(),
-            Some("did you mean `params.concurrency`?")
-        );
-        let e = r
-            .render(&node("a: 'x {{params.nope}} y'"), &ctx)
-            .unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("did you mean `params.concurrency`?"));
+        let e = r.render(&node("a: 'x {{params.nope}} y'"), &ctx).unwrap_err();
         assert!(e.message.contains("params.nope"), "{}", e.message);
     }
 

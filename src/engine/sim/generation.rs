@@ -86,19 +86,10 @@ const SALT_WORD: u64 = 0x776f_7264_5f5f_5f5f;
 
 /// Decides the answer to a `/v1/completions` or `/v1/chat/completions` body; `Err` is a 400 message.
 pub(super) fn plan(endpoint: Endpoint, body: &[u8], args: &SimArgs) -> Result<Generation, String> {
-    let req: GenerateRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let req: GenerateRequest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let prompt_tokens = match endpoint {
-        Endpoint::Completions => req
-            .prompt
-            .as_ref()
-            .map(Prompt::tokens)
-            .ok_or("`prompt` is required")?,
-        Endpoint::Chat => req
-            .messages
-            .as_deref()
-            .map(message_tokens)
-            .ok_or("`messages` is required")?,
+        Endpoint::Completions => req.prompt.as_ref().map(Prompt::tokens).ok_or("`prompt` is required")?,
+        Endpoint::Chat => req.messages.as_deref().map(message_tokens).ok_or("`messages` is required")?,
     };
     let max = match endpoint {
         Endpoint::Completions => req.max_tokens,
@@ -123,11 +114,7 @@ pub(super) fn plan(endpoint: Endpoint, body: &[u8], args: &SimArgs) -> Result<Ge
         reasoning: args.reasoning_tokens.min(total),
         finish_reason: if total == max { "length" } else { "stop" },
         stream: req.stream.unwrap_or(false),
-        stream_usage: args.usage
-            && req
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+        stream_usage: args.usage && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         usage: args.usage,
         fails: unit(mix(hash ^ SALT_ERROR)) < args.error_rate,
     })
@@ -135,19 +122,13 @@ pub(super) fn plan(endpoint: Endpoint, body: &[u8], args: &SimArgs) -> Result<Ge
 
 /// `/tokenize` in both shapes: vLLM's `{"prompt"}` (or `{"messages"}`) and llama.cpp's `{"content"}`.
 pub(super) fn tokenize(body: &[u8]) -> Result<Value, String> {
-    let req: GenerateRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let req: GenerateRequest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let tokens: Vec<u32> = match (&req.prompt, &req.content, &req.messages) {
-        (Some(Prompt::Text(text)), _, _) | (None, Some(text), _) => {
-            text.split_whitespace().map(word_id).collect()
-        }
+        (Some(Prompt::Text(text)), _, _) | (None, Some(text), _) => text.split_whitespace().map(word_id).collect(),
         (Some(Prompt::Ids(ids)), _, _) => ids.clone(),
-        (None, None, Some(messages)) => messages
-            .iter()
-            .flat_map(Message::texts)
-            .flat_map(str::split_whitespace)
-            .map(word_id)
-            .collect(),
+        (None, None, Some(messages)) => {
+            messages.iter().flat_map(Message::texts).flat_map(str::split_whitespace).map(word_id).collect()
+        }
         (None, None, None) => {
             return Err("one of `prompt`, `content` or `messages` is required".into());
         }
@@ -171,18 +152,13 @@ impl Message {
             Some(Content::Text(text)) => (Some(text.as_str()), &[][..]),
             Some(Content::Parts(parts)) => (None, parts.as_slice()),
         };
-        text.into_iter()
-            .chain(parts.iter().filter_map(|p| p.text.as_deref()))
+        text.into_iter().chain(parts.iter().filter_map(|p| p.text.as_deref()))
     }
 }
 
 /// Joining the contents with spaces and counting words is the sum of the per-text counts.
 fn message_tokens(messages: &[Message]) -> u32 {
-    messages
-        .iter()
-        .flat_map(Message::texts)
-        .map(words)
-        .fold(0, u32::saturating_add)
+    messages.iter().flat_map(Message::texts).map(words).fold(0, u32::saturating_add)
 }
 
 fn words(text: &str) -> u32 {
@@ -195,17 +171,13 @@ fn saturate(n: usize) -> u32 {
 
 /// The sim tokenizer's id for one word: FNV-1a, stable across builds and platforms.
 fn word_id(word: &str) -> u32 {
-    let hash = word.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash =
+        word.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     (hash % 32_000) as u32
 }
 
 fn request_hash(seed: u64, body: &[u8]) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(body)
-        .finalize();
+    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(body).finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]); // a SHA-256 digest is 32 bytes
     u64::from_le_bytes(first)
@@ -236,11 +208,7 @@ impl Generation {
 
     /// Tokens in the first streamed event; the pacing of every later event counts from it.
     pub fn first_event(&self, tokens_per_chunk: u32) -> u32 {
-        let phase_end = if self.reasoning > 0 {
-            self.reasoning
-        } else {
-            self.total
-        };
+        let phase_end = if self.reasoning > 0 { self.reasoning } else { self.total };
         tokens_per_chunk.min(phase_end)
     }
 

@@ -108,10 +108,7 @@ pub async fn bind(args: &SimArgs) -> io::Result<TcpListener> {
 }
 
 /// Binds and serves until `shutdown` resolves.
-pub async fn serve(
-    args: SimArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+pub async fn serve(args: SimArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
     let listener = bind(&args).await?;
     serve_on(listener, args, shutdown).await
 }
@@ -164,9 +161,7 @@ pub async fn serve_on(
     }
     drop(listener);
     let _ = stop.send(true); // cannot fail: `stopped` still holds a receiver here
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    });
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} });
     if drained.await.is_err() {
         connections.abort_all();
     }
@@ -192,43 +187,26 @@ impl Sim {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
         for (name, ms) in [("--ttft-ms", args.ttft_ms), ("--itl-ms", args.itl_ms)] {
             if !(ms.is_finite() && ms >= 0.0) {
-                return Err(invalid(format!(
-                    "{name} must be a finite number ≥ 0, got {ms}"
-                )));
+                return Err(invalid(format!("{name} must be a finite number ≥ 0, got {ms}")));
             }
         }
         if !(0.0..=1.0).contains(&args.error_rate) {
-            return Err(invalid(format!(
-                "--error-rate must be within 0..=1, got {}",
-                args.error_rate
-            )));
+            return Err(invalid(format!("--error-rate must be within 0..=1, got {}", args.error_rate)));
         }
         if args.tokens_per_chunk == 0 {
             return Err(invalid("--tokens-per-chunk must be at least 1".into()));
         }
-        let server = HeaderValue::from_str(&args.server_version).map_err(|_| {
-            invalid(format!(
-                "--server-version {:?} is not a valid header value",
-                args.server_version
-            ))
-        })?;
+        let server = HeaderValue::from_str(&args.server_version)
+            .map_err(|_| invalid(format!("--server-version {:?} is not a valid header value", args.server_version)))?;
         let log = match &args.request_log {
             None => None,
             Some(path) => {
                 let file = File::options().create(true).append(true).open(path)?;
-                Some(Mutex::new(RequestLog {
-                    seq: 0,
-                    out: BufWriter::new(file),
-                }))
+                Some(Mutex::new(RequestLog { seq: 0, out: BufWriter::new(file) }))
             }
         };
         let model_json = Value::from(args.model.as_str()).to_string();
-        Ok(Sim {
-            args,
-            model_json,
-            server,
-            log,
-        })
+        Ok(Sim { args, model_json, server, log })
     }
 
     fn record(&self, method: &Method, path: &str, body: &[u8]) {
@@ -247,18 +225,10 @@ impl Sim {
         }
     }
 
-    async fn route(
-        &self,
-        method: &Method,
-        path: &str,
-        body: &[u8],
-        start: Instant,
-    ) -> Response<SimBody> {
+    async fn route(&self, method: &Method, path: &str, body: &[u8], start: Instant) -> Response<SimBody> {
         match (method, path) {
             (&Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
-            (&Method::GET, "/version") => {
-                json_response(StatusCode::OK, json!({"version": self.args.server_version}))
-            }
+            (&Method::GET, "/version") => json_response(StatusCode::OK, json!({"version": self.args.server_version})),
             (&Method::GET, "/v1/models") => json_response(
                 StatusCode::OK,
                 json!({"object": "list", "data": [
@@ -267,37 +237,15 @@ impl Sim {
             ),
             (&Method::POST, "/tokenize") => match generation::tokenize(body) {
                 Ok(tokens) => json_response(StatusCode::OK, tokens),
-                Err(message) => {
-                    error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message)
-                }
+                Err(message) => error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message),
             },
-            (&Method::POST, "/v1/completions") => {
-                self.generate(Endpoint::Completions, body, start).await
-            }
-            (&Method::POST, "/v1/chat/completions") => {
-                self.generate(Endpoint::Chat, body, start).await
-            }
-            (
-                _,
-                "/health"
-                | "/version"
-                | "/v1/models"
-                | "/tokenize"
-                | "/v1/completions"
-                | "/v1/chat/completions",
-            ) => {
+            (&Method::POST, "/v1/completions") => self.generate(Endpoint::Completions, body, start).await,
+            (&Method::POST, "/v1/chat/completions") => self.generate(Endpoint::Chat, body, start).await,
+            (_, "/health" | "/version" | "/v1/models" | "/tokenize" | "/v1/completions" | "/v1/chat/completions") => {
                 let message = format!("method {method} is not allowed on {path}");
-                error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "invalid_request_error",
-                    &message,
-                )
+                error_response(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", &message)
             }
-            _ => error_response(
-                StatusCode::NOT_FOUND,
-                "not_found_error",
-                &format!("no route for {method} {path}"),
-            ),
+            _ => error_response(StatusCode::NOT_FOUND, "not_found_error", &format!("no route for {method} {path}")),
         }
     }
 
@@ -309,40 +257,21 @@ impl Sim {
             }
         };
         if generation.fails {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "simulated failure",
-            );
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "simulated failure");
         }
         // Wall clock only labels the answer (`created`); timing uses the monotonic `start`.
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let pacing = Pacing::new(start, self.args.ttft_ms, self.args.itl_ms);
         if generation.stream {
-            let events = EventStream::new(
-                generation,
-                &self.model_json,
-                created,
-                self.args.tokens_per_chunk,
-                pacing,
-            );
-            return response(
-                StatusCode::OK,
-                "text/event-stream",
-                SimBody::Events(Box::new(events)),
-            );
+            let events = EventStream::new(generation, &self.model_json, created, self.args.tokens_per_chunk, pacing);
+            return response(StatusCode::OK, "text/event-stream", SimBody::Events(Box::new(events)));
         }
         if let Some(pacing) = pacing {
             // The whole answer is due when its last streamed event would have been.
             let first = generation.first_event(self.args.tokens_per_chunk);
             tokio::time::sleep_until(pacing.deadline(generation.total, first)).await;
         }
-        json_response(
-            StatusCode::OK,
-            generation.response(&self.args.model, created),
-        )
+        json_response(StatusCode::OK, generation.response(&self.args.model, created))
     }
 }
 
@@ -353,16 +282,11 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBod
         Ok(body) => {
             let body = body.to_bytes();
             sim.record(&parts.method, parts.uri.path(), &body);
-            sim.route(&parts.method, parts.uri.path(), &body, start)
-                .await
+            sim.route(&parts.method, parts.uri.path(), &body, start).await
         }
         Err(e) => {
             sim.record(&parts.method, parts.uri.path(), &[]);
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("cannot read the body: {e}"),
-            )
+            error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("cannot read the body: {e}"))
         }
     };
     response.headers_mut().insert(SERVER, sim.server.clone());
@@ -372,9 +296,7 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBod
 fn response(status: StatusCode, content_type: &'static str, body: SimBody) -> Response<SimBody> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

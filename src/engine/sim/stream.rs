@@ -28,11 +28,7 @@ pub(super) struct Pacing {
 impl Pacing {
     /// `None` when both delays are zero: the zero-latency sim never touches a timer.
     pub fn new(start: Instant, ttft_ms: f64, itl_ms: f64) -> Option<Self> {
-        (ttft_ms > 0.0 || itl_ms > 0.0).then_some(Pacing {
-            start,
-            ttft_ms,
-            itl_ms,
-        })
+        (ttft_ms > 0.0 || itl_ms > 0.0).then_some(Pacing { start, ttft_ms, itl_ms })
     }
 
     /// Due time of the event that brings the count of sent tokens to `through`, when the first event
@@ -74,10 +70,8 @@ impl EventStream {
             Endpoint::Completions => "text_completion",
             Endpoint::Chat => "chat.completion.chunk",
         };
-        let head = format!(
-            r#"{{"id":"{}","object":"{object}","created":{created},"model":{model_json},"#,
-            generation.id()
-        );
+        let head =
+            format!(r#"{{"id":"{}","object":"{object}","created":{created},"model":{model_json},"#, generation.id());
         EventStream {
             first: generation.first_event(tokens_per_chunk),
             generation,
@@ -91,11 +85,8 @@ impl EventStream {
 
     /// Size of the next event: events never mix reasoning and content tokens.
     fn next_size(&self) -> u32 {
-        let phase_end = if self.sent < self.generation.reasoning {
-            self.generation.reasoning
-        } else {
-            self.generation.total
-        };
+        let phase_end =
+            if self.sent < self.generation.reasoning { self.generation.reasoning } else { self.generation.total };
         self.tokens_per_chunk.min(phase_end - self.sent)
     }
 
@@ -107,9 +98,7 @@ impl EventStream {
         if let Some(pacing) = &self.pacing {
             let deadline = pacing.deadline(self.sent + size, self.first);
             if Instant::now() < deadline {
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.deadline() != deadline {
                     sleep.as_mut().reset(deadline);
                 }
@@ -173,10 +162,7 @@ impl Body for SimBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             SimBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             SimBody::Events(events) => events.poll_event(cx).map(|e| e.map(|d| Ok(Frame::data(d)))),
@@ -192,9 +178,7 @@ impl Body for SimBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            SimBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            SimBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             SimBody::Events(_) => SizeHint::default(),
         }
     }

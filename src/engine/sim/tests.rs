@@ -24,12 +24,7 @@ async fn start(flags: &[&str]) -> String {
 
 async fn post(url: &str, path: &str, body: &Value) -> reqwest::Response {
     let request = reqwest::Client::new().post(format!("{url}{path}"));
-    request
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+    request.header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
 }
 
 async fn json_of(response: reqwest::Response) -> Value {
@@ -41,15 +36,9 @@ async fn events(url: &str, path: &str, body: &Value) -> Vec<Value> {
     let response = post(url, path, body).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = response.text().await.unwrap();
-    let mut payloads: Vec<&str> = text
-        .split_terminator("\n\n")
-        .map(|e| e.strip_prefix("data: ").unwrap())
-        .collect();
+    let mut payloads: Vec<&str> = text.split_terminator("\n\n").map(|e| e.strip_prefix("data: ").unwrap()).collect();
     assert_eq!(payloads.pop(), Some("[DONE]"), "{text}");
-    payloads
-        .into_iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect()
+    payloads.into_iter().map(|p| serde_json::from_str(p).unwrap()).collect()
 }
 
 fn words(value: &Value) -> usize {
@@ -58,70 +47,37 @@ fn words(value: &Value) -> usize {
 
 fn completion(max_tokens: u32, extra: Value) -> Value {
     let mut body = json!({"model": "sim", "prompt": "one two three", "max_tokens": max_tokens, "stream": true});
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     body
 }
 
 #[tokio::test]
 async fn streamed_chunks_group_tokens_and_usage_counts_them() {
     let url = start(&["--tokens-per-chunk", "4"]).await;
-    let body = completion(
-        10,
-        json!({"ignore_eos": true, "stream_options": {"include_usage": true}}),
-    );
+    let body = completion(10, json!({"ignore_eos": true, "stream_options": {"include_usage": true}}));
     let events = events(&url, "/v1/completions", &body).await;
     let (usage, tokens) = events.split_last().unwrap();
-    let sizes: Vec<usize> = tokens
-        .iter()
-        .map(|e| words(&e["choices"][0]["text"]))
-        .collect();
+    let sizes: Vec<usize> = tokens.iter().map(|e| words(&e["choices"][0]["text"])).collect();
     assert_eq!(sizes, [4, 4, 2]);
-    let finishes: Vec<&Value> = tokens
-        .iter()
-        .map(|e| &e["choices"][0]["finish_reason"])
-        .collect();
+    let finishes: Vec<&Value> = tokens.iter().map(|e| &e["choices"][0]["finish_reason"]).collect();
     assert_eq!(finishes, [&Value::Null, &Value::Null, &json!("length")]);
     assert_eq!(tokens[0]["object"], "text_completion");
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(
-        usage["usage"],
-        json!({"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13})
-    );
+    assert_eq!(usage["usage"], json!({"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13}));
 }
 
 #[tokio::test]
 async fn usage_chunk_only_when_asked_and_allowed() {
     let url = start(&[]).await;
     let plain = events(&url, "/v1/completions", &completion(5, json!({}))).await;
-    assert!(
-        plain
-            .iter()
-            .all(|e| e.get("usage").is_none() && e["choices"] != json!([]))
-    );
+    assert!(plain.iter().all(|e| e.get("usage").is_none() && e["choices"] != json!([])));
     let asked = completion(5, json!({"stream_options": {"include_usage": true}}));
-    assert!(
-        events(&url, "/v1/completions", &asked)
-            .await
-            .last()
-            .unwrap()
-            .get("usage")
-            .is_some()
-    );
+    assert!(events(&url, "/v1/completions", &asked).await.last().unwrap().get("usage").is_some());
 
     let no_usage = start(&["--usage", "false"]).await;
     let streamed = events(&no_usage, "/v1/completions", &asked).await;
     assert!(streamed.iter().all(|e| e.get("usage").is_none()));
-    let whole = json_of(
-        post(
-            &no_usage,
-            "/v1/completions",
-            &completion(5, json!({"stream": false})),
-        )
-        .await,
-    )
-    .await;
+    let whole = json_of(post(&no_usage, "/v1/completions", &completion(5, json!({"stream": false}))).await).await;
     assert!(whole.get("usage").is_none() && whole["choices"][0]["text"].is_string());
 }
 
@@ -131,15 +87,9 @@ async fn reasoning_deltas_come_first_and_stay_out_of_content() {
     let body = json!({"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 8,
         "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
     let events = events(&url, "/v1/chat/completions", &body).await;
-    assert_eq!(
-        events[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""})
-    );
+    assert_eq!(events[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
     assert_eq!(events[0]["object"], "chat.completion.chunk");
-    let deltas: Vec<&Value> = events[1..events.len() - 1]
-        .iter()
-        .map(|e| &e["choices"][0]["delta"])
-        .collect();
+    let deltas: Vec<&Value> = events[1..events.len() - 1].iter().map(|e| &e["choices"][0]["delta"]).collect();
     let kinds: Vec<(bool, usize)> = deltas
         .iter()
         .map(|d| match (d.get("reasoning_content"), d.get("content")) {
@@ -148,10 +98,7 @@ async fn reasoning_deltas_come_first_and_stay_out_of_content() {
             _ => panic!("a delta mixes reasoning and content: {d}"),
         })
         .collect();
-    assert_eq!(
-        kinds,
-        [(true, 2), (true, 1), (false, 2), (false, 2), (false, 1)]
-    );
+    assert_eq!(kinds, [(true, 2), (true, 1), (false, 2), (false, 2), (false, 1)]);
     assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 8);
 
     let whole = completion(8, json!({"ignore_eos": true, "stream": false}));
@@ -162,24 +109,14 @@ async fn reasoning_deltas_come_first_and_stay_out_of_content() {
 
 #[tokio::test]
 async fn answers_depend_only_on_seed_and_body() {
-    let (a, b, other_seed) = (
-        start(&["--seed", "7"]).await,
-        start(&["--seed", "7"]).await,
-        start(&[]).await,
-    );
+    let (a, b, other_seed) = (start(&["--seed", "7"]).await, start(&["--seed", "7"]).await, start(&[]).await);
     let bodies: Vec<Value> = (0..8)
         .map(|i| json!({"prompt": format!("prompt {i}"), "max_tokens": 40, "min_tokens": 5, "stream": true}))
         .collect();
     let answer = |url: String, body: Value| async move {
         let events = events(&url, "/v1/completions", &body).await;
-        let text: String = events
-            .iter()
-            .filter_map(|e| e["choices"][0]["text"].as_str())
-            .collect();
-        (
-            text,
-            events.last().unwrap()["choices"][0]["finish_reason"].clone(),
-        )
+        let text: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+        (text, events.last().unwrap()["choices"][0]["finish_reason"].clone())
     };
     let mut first = Vec::new();
     for body in &bodies {
@@ -191,45 +128,20 @@ async fn answers_depend_only_on_seed_and_body() {
         assert!((5..=40).contains(&length), "{length}");
         assert_eq!(expected.1, if length == 40 { "length" } else { "stop" });
     }
-    assert!(
-        first
-            .windows(2)
-            .any(|w| w[0].0.split_whitespace().count() != w[1].0.split_whitespace().count())
-    );
+    assert!(first.windows(2).any(|w| w[0].0.split_whitespace().count() != w[1].0.split_whitespace().count()));
     assert_ne!(answer(other_seed, bodies[0].clone()).await, first[0]);
 }
 
 #[tokio::test]
 async fn delays_follow_ttft_then_itl_per_token() {
-    let url = start(&[
-        "--ttft-ms",
-        "50",
-        "--itl-ms",
-        "10",
-        "--tokens-per-chunk",
-        "2",
-    ])
-    .await;
+    let url = start(&["--ttft-ms", "50", "--itl-ms", "10", "--tokens-per-chunk", "2"]).await;
     let sent = Instant::now();
-    let response = post(
-        &url,
-        "/v1/completions",
-        &completion(6, json!({"ignore_eos": true})),
-    )
-    .await;
+    let response = post(&url, "/v1/completions", &completion(6, json!({"ignore_eos": true}))).await;
     let mut body = response.bytes_stream();
     body.next().await.unwrap().unwrap();
-    assert!(
-        sent.elapsed() >= Duration::from_millis(50),
-        "{:?}",
-        sent.elapsed()
-    );
+    assert!(sent.elapsed() >= Duration::from_millis(50), "{:?}", sent.elapsed());
     while body.next().await.is_some() {}
-    assert!(
-        sent.elapsed() >= Duration::from_millis(90),
-        "{:?}",
-        sent.elapsed()
-    );
+    assert!(sent.elapsed() >= Duration::from_millis(90), "{:?}", sent.elapsed());
 }
 
 #[tokio::test]
@@ -237,8 +149,7 @@ async fn error_rate_fails_a_deterministic_share() {
     let url = start(&["--error-rate", "1.0"]).await;
     let response = post(&url, "/v1/completions", &completion(5, json!({}))).await;
     assert_eq!(response.status(), 500);
-    let error =
-        json!({"error": {"message": "simulated failure", "type": "server_error", "code": 500}});
+    let error = json!({"error": {"message": "simulated failure", "type": "server_error", "code": 500}});
     assert_eq!(json_of(response).await, error);
 
     let half = start(&["--error-rate", "0.5"]).await;
@@ -249,10 +160,7 @@ async fn error_rate_fails_a_deterministic_share() {
         assert_eq!(post(&half, "/v1/completions", &body).await.status(), status);
         failed.push(status == 500);
     }
-    assert!(
-        failed.contains(&true) && failed.contains(&false),
-        "{failed:?}"
-    );
+    assert!(failed.contains(&true) && failed.contains(&false), "{failed:?}");
 }
 
 #[tokio::test]
@@ -262,16 +170,9 @@ async fn request_log_has_one_line_per_request() {
     let url = start(&["--request-log", log.to_str().unwrap()]).await;
     reqwest::get(format!("{url}/health")).await.unwrap();
     let body = completion(3, json!({"stream": false}));
-    post(&url, "/v1/completions", &body)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    post(&url, "/v1/completions", &body).await.bytes().await.unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
         lines,
         [
@@ -288,24 +189,14 @@ async fn tokenize_counts_words_in_both_shapes() {
     let llama = json_of(post(&url, "/tokenize", &json!({"content": "a b  c\nd a"})).await).await;
     assert_eq!(vllm, llama);
     assert_eq!(vllm["count"], 5);
-    let tokens: Vec<u64> = vllm["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
+    let tokens: Vec<u64> = vllm["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
     assert!(tokens[0] == tokens[4] && tokens[0] != tokens[1] && tokens.iter().all(|&t| t < 32_000));
 }
 
 #[tokio::test]
 async fn non_streaming_answers_have_the_openai_shape() {
     let url = start(&["--server-version", "sim 9", "--model", "m"]).await;
-    let response = post(
-        &url,
-        "/v1/completions",
-        &completion(7, json!({"ignore_eos": true, "stream": false})),
-    )
-    .await;
+    let response = post(&url, "/v1/completions", &completion(7, json!({"ignore_eos": true, "stream": false}))).await;
     assert_eq!(response.headers()["server"], "sim 9");
     assert_eq!(response.headers()["content-type"], "application/json");
     let mut answer = json_of(response).await;
@@ -313,24 +204,15 @@ async fn non_streaming_answers_have_the_openai_shape() {
     assert_eq!(words(&answer["choices"][0]["text"].take()), 7);
     assert_eq!(answer["object"], "text_completion");
     assert_eq!(answer["model"], "m");
-    assert_eq!(
-        answer["choices"],
-        json!([{"index": 0, "text": null, "logprobs": null, "finish_reason": "length"}])
-    );
-    assert_eq!(
-        answer["usage"],
-        json!({"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10})
-    );
+    assert_eq!(answer["choices"], json!([{"index": 0, "text": null, "logprobs": null, "finish_reason": "length"}]));
+    assert_eq!(answer["usage"], json!({"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}));
 
     let chat = json!({"messages": [{"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "say hi"}]}], "max_completion_tokens": 4, "ignore_eos": true});
     let mut answer = json_of(post(&url, "/v1/chat/completions", &chat).await).await;
     assert_eq!(answer["object"], "chat.completion");
     assert_eq!(words(&answer["choices"][0]["message"]["content"].take()), 4);
-    assert_eq!(
-        answer["choices"][0]["message"],
-        json!({"role": "assistant", "content": null})
-    );
+    assert_eq!(answer["choices"][0]["message"], json!({"role": "assistant", "content": null}));
     assert_eq!(answer["usage"]["prompt_tokens"], 4);
 }
 
@@ -338,15 +220,10 @@ async fn non_streaming_answers_have_the_openai_shape() {
 async fn routes_and_request_errors() {
     let url = start(&["--server-version", "v2", "--model", "m"]).await;
     let get = |path: &str| reqwest::get(format!("{url}{path}"));
-    assert_eq!(
-        json_of(get("/health").await.unwrap()).await,
-        json!({"status": "ok"})
-    );
-    assert_eq!(
-        json_of(get("/version").await.unwrap()).await,
-        json!({"version": "v2"})
-    );
-    let models = json!({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "kitt-sim"}]});
+    assert_eq!(json_of(get("/health").await.unwrap()).await, json!({"status": "ok"}));
+    assert_eq!(json_of(get("/version").await.unwrap()).await, json!({"version": "v2"}));
+    let models =
+        json!({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "kitt-sim"}]});
     assert_eq!(json_of(get("/v1/models").await.unwrap()).await, models);
     let missing = get("/nope").await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -354,26 +231,12 @@ async fn routes_and_request_errors() {
     assert_eq!(get("/v1/completions").await.unwrap().status(), 405);
 
     let client = reqwest::Client::new();
-    let malformed = client
-        .post(format!("{url}/v1/completions"))
-        .body("{\"prompt\": ")
-        .send()
-        .await
-        .unwrap();
+    let malformed = client.post(format!("{url}/v1/completions")).body("{\"prompt\": ").send().await.unwrap();
     assert_eq!(malformed.status(), 400);
     let error = json_of(malformed).await;
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid JSON body: EOF"),
-        "{error}"
-    );
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("invalid JSON body: EOF"), "{error}");
     let no_prompt = post(&url, "/v1/completions", &json!({"max_tokens": 3})).await;
-    assert_eq!(
-        json_of(no_prompt).await["error"]["message"],
-        "`prompt` is required"
-    );
+    assert_eq!(json_of(no_prompt).await["error"]["message"], "`prompt` is required");
 }
 
 #[tokio::test]
@@ -384,9 +247,5 @@ async fn serve_returns_when_shutdown_resolves() {
         let _ = stopped.await;
     }));
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }

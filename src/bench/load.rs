@@ -1,0 +1,296 @@
+//! The load generator: sends a cell's requests under its profile and keeps one record per request.
+//!
+//! Owns the measured window and nothing around it: it never starts engines, writes files or
+//! computes metrics (`metrics` does, from the records). Everything that costs time but is not the
+//! engine's doing happens outside the window: prompts are built and sized with the engine's
+//! tokenizer and every body is serialized to `Bytes` before the first request; tokens of the answers
+//! are counted after the last one.
+//!
+//! The hot path is oha's (STYLE anchors): one pooled client, workers that each keep their own
+//! records (no channel, no lock per request; merged and sorted by index at the end), a shared
+//! atomic counter handing out request indices, and a body that is a refcount bump to send.
+//! Arrivals are a [`Schedule`]: closed loops (synchronous, fixed concurrency) send when a worker is
+//! free, so a request's scheduled time is its send time; open-loop profiles will add scheduled
+//! times to the same record.
+//!
+//! Cancellation drops every request in flight and returns `Cancelled`: a partial window is never
+//! reported as a result.
+//!
+//! Token counts (DESIGN "Traps": usage is not always there, and a chunk is not a token): after the
+//! window, every successful answer's text is counted with the engine's tokenizer when the engine has
+//! one. That is the exact fallback where `usage` is missing, and a cross-check where it is not.
+
+mod prompts;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::cancel::Cancel;
+use crate::engine::client::{ClientError, EngineClient, RequestRecord};
+use crate::manifest::load::{ApiKind, LoadSpec, Profile, PromptSpec};
+use crate::plan::{HttpRequest, RequestTemplate};
+
+/// Prompts built for a run bounded only by `duration`, per worker (at least `DURATION_POOL_MIN`);
+/// beyond it, prompts are reused (with a warning).
+const DURATION_POOL_PER_WORKER: u64 = 64;
+const DURATION_POOL_MIN: u64 = 1024;
+/// Most prompts built for one cell, whatever its request count.
+const POOL_MAX: u64 = 50_000;
+/// Tokenize calls in flight while counting answers after the window.
+const COUNT_PARALLEL: usize = 16;
+
+/// What one load run needs.
+pub struct LoadInput {
+    pub client: EngineClient,
+    pub call: RequestTemplate,
+    pub load: LoadSpec,
+    /// Which placeholder the body has: `{{prompt}}` (completion) or `{{messages}}` (chat).
+    pub api: ApiKind,
+    /// The engine's tokenizer: its request (body with `{{prompt}}`) and the pointer to the tokens.
+    pub tokenize: Option<(HttpRequest, String)>,
+    /// Prompt seed: a request's prompt depends only on `(seed, index)`.
+    pub seed: u64,
+    /// Completed requests, updated as they finish (for a progress display).
+    pub progress: Arc<AtomicU64>,
+    pub cancel: Cancel,
+}
+
+/// A finished run: one record per request, sorted by index.
+pub struct LoadOutcome {
+    pub records: Vec<RequestRecord>,
+    /// The measured window: first send → last end.
+    pub window_ns: u64,
+    /// Every prompt has exactly `input_tokens` tokens by the engine's tokenizer.
+    pub prompts_exact: bool,
+    /// The requested prompt length (for chat, of the user message's content: the engine's chat
+    /// template adds its own tokens, which `usage` counts).
+    pub input_tokens: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the load run was cancelled")]
+    Cancelled,
+    #[error("cannot build the prompts: {0}")]
+    Prompt(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Runs the load described by `input`; on cancellation every request in flight is dropped.
+pub async fn run(input: LoadInput) -> Result<LoadOutcome, LoadError> {
+    let cancel = input.cancel.clone();
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(LoadError::Cancelled),
+        outcome = run_uncancelled(input) => outcome,
+    }
+}
+
+/// Builds the body of one request: binds `{{prompt}}` (completion) or `{{messages}}` (chat, one
+/// user message) in the call's body, serialized once.
+pub fn body_for(call: &RequestTemplate, api: ApiKind, prompt: &str) -> Bytes {
+    let var = match api {
+        ApiKind::Completion => ("prompt", Value::String(prompt.to_string())),
+        ApiKind::Chat => ("messages", json!([{"role": "user", "content": prompt}])),
+    };
+    Bytes::from(crate::template::bind_late(&call.body, &[var]).to_string())
+}
+
+async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
+    let workers = match input.load.profile {
+        Profile::Synchronous => 1,
+        Profile::Concurrency(n) => n.max(1) as usize,
+        Profile::Constant(_) | Profile::Poisson(_) => {
+            return Err(LoadError::Unsupported(
+                "open-loop profiles (`constant`, `poisson`) are not executable by this kitt yet; \
+                 use `synchronous` or `{concurrency: N}`"
+                    .into(),
+            ));
+        }
+    };
+    let PromptSpec::Synthetic { input_tokens } = input.load.prompt;
+    let duration = input.load.duration.as_ref().map(|d| d.0);
+    let pool = match (input.load.requests, duration) {
+        (Some(n), _) => n.clamp(1, POOL_MAX),
+        (None, Some(_)) => (workers as u64 * DURATION_POOL_PER_WORKER).clamp(DURATION_POOL_MIN, POOL_MAX),
+        (None, None) => {
+            return Err(LoadError::Unsupported("a load needs `requests` or `duration` to stop".into()));
+        }
+    };
+
+    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed, pool, input_tokens)
+        .await
+        .map_err(|e| LoadError::Prompt(format!("sizing them with the engine's tokenizer: {e}")))?;
+    let prompts_exact = input.tokenize.is_some() && prompts.iter().all(|p| p.exact);
+    let bodies: Vec<Bytes> = prompts.iter().map(|p| body_for(&input.call, input.api, &p.text)).collect();
+    let lengths: Vec<u64> = prompts.iter().map(|p| p.tokens).collect();
+    drop(prompts);
+    tracing::debug!(prompts = bodies.len(), exact = prompts_exact, "prompts built");
+
+    let origin = Instant::now();
+    let shared = Arc::new(Shared {
+        client: input.client.clone(),
+        call: input.call,
+        bodies,
+        lengths,
+        schedule: Schedule::closed(input.load.requests, duration.map(|d| origin + d)),
+        origin,
+        progress: input.progress,
+    });
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        set.spawn(worker(Arc::clone(&shared), input.load.requests, workers));
+    }
+    let mut records = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(mut mine) => records.append(&mut mine),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(LoadError::Cancelled),
+        }
+    }
+    records.sort_unstable_by_key(|r| r.index);
+    let first_send = records.iter().map(|r| r.sent_ns).min().unwrap_or(0);
+    let last_end = records.iter().map(|r| r.end_ns).max().unwrap_or(0);
+    if records.len() as u64 > pool {
+        tracing::warn!(
+            "{} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster",
+            records.len()
+        );
+    }
+
+    if let Some((req, pointer)) = &input.tokenize {
+        count_output(&input.client, req, pointer, &mut records).await;
+    }
+    Ok(LoadOutcome { records, window_ns: last_end.saturating_sub(first_send), prompts_exact, input_tokens })
+}
+
+/// What every worker reads.
+struct Shared {
+    client: EngineClient,
+    call: RequestTemplate,
+    /// Serialized bodies, one per prompt; request `i` sends `bodies[i % len]`.
+    bodies: Vec<Bytes>,
+    /// Each prompt's length as built.
+    lengths: Vec<u64>,
+    schedule: Schedule,
+    origin: Instant,
+    progress: Arc<AtomicU64>,
+}
+
+/// When requests go out. Closed loop: a free worker takes the next index at once; no index after
+/// the deadline or past the count. (Open-loop arrivals will add a scheduled time per index.)
+struct Schedule {
+    next: AtomicU64,
+    limit: Option<u64>,
+    deadline: Option<Instant>,
+}
+
+/// One request to send: its index and when it was meant to go (ns since the origin).
+struct Ticket {
+    index: u64,
+    scheduled_ns: u64,
+}
+
+impl Schedule {
+    fn closed(limit: Option<u64>, deadline: Option<Instant>) -> Self {
+        Schedule { next: AtomicU64::new(0), limit, deadline }
+    }
+
+    fn next(&self, origin: Instant) -> Option<Ticket> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.limit.is_some_and(|n| index >= n) {
+            return None;
+        }
+        Some(Ticket { index, scheduled_ns: since(origin) })
+    }
+}
+
+async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<RequestRecord> {
+    let capacity = limit.map_or(256, |n| n.div_ceil(workers as u64).min(4096) as usize);
+    let mut records = Vec::with_capacity(capacity);
+    while let Some(ticket) = shared.schedule.next(shared.origin) {
+        // `bodies` is never empty (at least one prompt is built), so the slot is in range.
+        let slot = (ticket.index % shared.bodies.len() as u64) as usize;
+        let mut record = RequestRecord {
+            index: ticket.index,
+            scheduled_ns: ticket.scheduled_ns,
+            input_tokens: shared.lengths[slot],
+            ..RequestRecord::default()
+        };
+        let body = shared.bodies[slot].clone();
+        shared.client.send(&shared.call, body, shared.origin, &mut record).await;
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+        records.push(record);
+    }
+    records
+}
+
+/// Counts each successful answer's text with the engine's tokenizer (`counted_output_tokens`).
+/// The count of an empty text is subtracted: tokenizers that add a BOS token add it to every text.
+async fn count_output(client: &EngineClient, req: &HttpRequest, pointer: &str, records: &mut [RequestRecord]) {
+    let baseline = client.count_tokens(req, pointer, "").await.unwrap_or(0);
+    // A plain loop over owned indices: combinator closures over borrowed records make the future
+    // lose `Send` (rust-lang/rust#64552).
+    let todo: Vec<usize> = (0..records.len()).filter(|&i| records[i].ok() && !records[i].text.is_empty()).collect();
+    let mut counts = Vec::with_capacity(todo.len());
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = 0;
+    loop {
+        while in_flight.len() < COUNT_PARALLEL && next < todo.len() {
+            let i = todo[next];
+            in_flight.push(count_one(client, req, pointer, i, &records[i].text));
+            next += 1;
+        }
+        match in_flight.next().await {
+            Some(done) => counts.push(done),
+            None => break,
+        }
+    }
+    drop(in_flight);
+    let mut failed = 0usize;
+    let mut example = None;
+    for (i, count) in counts {
+        match count {
+            Ok(n) => records[i].counted_output_tokens = Some(n.saturating_sub(baseline)),
+            Err(e) => {
+                failed += 1;
+                example.get_or_insert(e);
+            }
+        }
+    }
+    for r in records.iter_mut().filter(|r| r.ok() && r.text.is_empty()) {
+        r.counted_output_tokens = Some(0);
+    }
+    if let Some(e) = example {
+        tracing::warn!("could not count the output of {failed} requests with the engine's tokenizer: {e}");
+    }
+}
+
+async fn count_one(
+    client: &EngineClient,
+    req: &HttpRequest,
+    pointer: &str,
+    index: usize,
+    text: &str,
+) -> (usize, Result<u64, ClientError>) {
+    (index, client.count_tokens(req, pointer, text).await)
+}
+
+/// Nanoseconds since `origin`.
+fn since(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,195 @@
+//! Synthetic prompts of an exact token length, built before the measured window.
+//!
+//! Owns what a synthetic prompt says. Each prompt starts with a word unique to its request index,
+//! so no two requests share a prefix an engine could cache (peers.md §8: "random" prompts that hit
+//! the prefix cache inflate results), followed by words from a fixed vocabulary drawn by a small
+//! PRNG seeded from `(seed, index)`, so a cell's prompts are the same on every run (DESIGN
+//! decision 7). Lengths are measured with the engine's own tokenizer (DESIGN decision 9): the word
+//! count is adjusted until the tokenizer says exactly N, or the closest count below N where a word
+//! boundary makes N unreachable.
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
+
+use crate::engine::client::{ClientError, EngineClient};
+use crate::plan::HttpRequest;
+
+/// Common English words; most are one token with a leading space in BPE vocabularies, which keeps
+/// the word count close to the token count and the sizing search short.
+const VOCABULARY: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her",
+    "it", "an", "are", "were", "which", "be", "this", "had", "not", "but", "or", "have", "one", "they", "their", "all",
+    "new", "time", "first", "after", "two", "when", "there", "also", "more", "who", "can", "into", "year", "city",
+    "world", "state", "school", "water", "music", "river", "house", "light", "story", "early", "night", "small",
+    "large", "power", "field", "north", "south", "market", "garden", "letter", "number", "morning", "island", "paper",
+    "window", "silver", "winter", "summer", "forest", "bridge", "engine", "signal", "answer", "season", "figure",
+    "voice", "table", "stone", "green", "clear", "ready", "quiet", "simple", "travel", "follow", "report", "listen",
+    "mountain", "history", "village", "station", "picture", "question", "language", "kitchen", "evening", "weather",
+    "machine",
+];
+
+/// Tokenize calls at most per prompt before settling for the closest count below N.
+const MAX_TRIES: usize = 12;
+/// Prompts sized at once (tokenize calls in flight).
+const PARALLEL: usize = 8;
+
+/// One built prompt.
+pub(crate) struct Prompt {
+    pub text: String,
+    /// Its length: the tokenizer's count, or the word count without a tokenizer.
+    pub tokens: u64,
+    /// The tokenizer confirmed exactly the requested length.
+    pub exact: bool,
+}
+
+/// The first `words` words of request `index`'s prompt.
+pub(crate) fn prompt_text(seed: u64, index: u64, words: usize) -> String {
+    let mut text = String::with_capacity(words * 7);
+    if words == 0 {
+        return text;
+    }
+    text.push_str(&index.to_string());
+    text.push('.');
+    let mut state = mix(seed ^ mix(index.wrapping_add(0x5eed)));
+    for _ in 1..words {
+        state = mix(state);
+        text.push(' ');
+        text.push_str(VOCABULARY[(state % VOCABULARY.len() as u64) as usize]);
+    }
+    text
+}
+
+/// splitmix64's finaliser: a tiny, good-enough PRNG step.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Builds prompts `0..count` of `n` tokens each: sized with the tokenizer when there is one,
+/// otherwise `n` words (not exact).
+pub(crate) async fn build(
+    client: &EngineClient,
+    tokenize: Option<&(HttpRequest, String)>,
+    seed: u64,
+    count: u64,
+    n: u32,
+) -> Result<Vec<Prompt>, ClientError> {
+    let Some((req, pointer)) = tokenize else {
+        return Ok((0..count)
+            .map(|i| Prompt { text: prompt_text(seed, i, n as usize), tokens: u64::from(n), exact: false })
+            .collect());
+    };
+    let sizer = Sizer { client, req, pointer, seed, n: u64::from(n) };
+    // The first prompt finds the words-per-token ratio; the rest start from its word count.
+    let first = sizer.size(0, n as usize).await?;
+    let guess = if first.text.is_empty() { 0 } else { first.text.split(' ').count() };
+    let mut prompts = Vec::with_capacity(count as usize);
+    prompts.push(first);
+    // A plain loop rather than stream combinators, which make the future lose `Send`
+    // (rust-lang/rust#64552).
+    let mut in_flight = FuturesOrdered::new();
+    let mut next = 1;
+    loop {
+        while in_flight.len() < PARALLEL && next < count {
+            in_flight.push_back(sizer.size(next, guess));
+            next += 1;
+        }
+        match in_flight.next().await {
+            Some(prompt) => prompts.push(prompt?),
+            None => break,
+        }
+    }
+    Ok(prompts)
+}
+
+struct Sizer<'a> {
+    client: &'a EngineClient,
+    req: &'a HttpRequest,
+    pointer: &'a str,
+    seed: u64,
+    n: u64,
+}
+
+impl Sizer<'_> {
+    async fn count(&self, text: &str) -> Result<u64, ClientError> {
+        self.client.count_tokens(self.req, self.pointer, text).await
+    }
+
+    /// Searches the word count whose prompt has exactly `n` tokens, starting at `words`.
+    async fn size(&self, index: u64, mut words: usize) -> Result<Prompt, ClientError> {
+        let n = self.n;
+        // Closest below (most words with fewer tokens) and closest above (fewest with more).
+        let mut below: Option<(usize, u64)> = None;
+        let mut above: Option<(usize, u64)> = None;
+        for _ in 0..MAX_TRIES {
+            let text = prompt_text(self.seed, index, words);
+            let tokens = self.count(&text).await?;
+            if tokens == n {
+                return Ok(Prompt { text, tokens, exact: true });
+            }
+            if tokens < n {
+                below = below.max(Some((words, tokens)));
+            } else if above.is_none_or(|(w, _)| words < w) {
+                above = Some((words, tokens));
+            }
+            let next = next_guess(words, tokens, n, below, above);
+            match next {
+                Some(next) => words = next,
+                None => break,
+            }
+        }
+        // N is not reachable at a word boundary (or the search ran out): closest below, else above.
+        let (words, tokens) = below.or(above).unwrap_or((words, 0));
+        Ok(Prompt { text: prompt_text(self.seed, index, words), tokens, exact: false })
+    }
+}
+
+/// The next word count to try, or `None` when the bracket has no word count left inside it.
+fn next_guess(
+    words: usize,
+    tokens: u64,
+    n: u64,
+    below: Option<(usize, u64)>,
+    above: Option<(usize, u64)>,
+) -> Option<usize> {
+    let low = below.map_or(0, |(w, _)| w + 1);
+    let high = above.map_or(usize::MAX, |(w, _)| w.saturating_sub(1));
+    if low > high || (above.is_some_and(|(w, _)| w == 0) && below.is_none()) {
+        return None;
+    }
+    // Secant step on the tokens-per-word ratio seen so far.
+    let per_word = if words == 0 { 1.0 } else { (tokens.max(1) as f64) / words as f64 };
+    let step = ((n as f64 - tokens as f64) / per_word).round() as i64;
+    let step = if step == 0 { if tokens < n { 1 } else { -1 } } else { step };
+    let guess = (words as i64 + step).max(0) as usize;
+    Some(guess.clamp(low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_deterministic_unique_and_prefix_stable() {
+        let a = prompt_text(7, 3, 20);
+        assert_eq!(a, prompt_text(7, 3, 20));
+        assert_eq!(a.split(' ').count(), 20);
+        assert!(a.starts_with("3. "));
+        assert!(prompt_text(7, 3, 25).starts_with(&a));
+        assert_ne!(prompt_text(7, 4, 20)[3..], a[3..]);
+        assert_ne!(prompt_text(8, 3, 20), a);
+        assert_eq!(prompt_text(7, 3, 0), "");
+        assert_eq!(prompt_text(7, 3, 1), "3.");
+    }
+
+    #[test]
+    fn guesses_stay_inside_the_bracket() {
+        // 2 tokens per word, want 9: 4 words → 8, 5 words → 10: unreachable.
+        assert_eq!(next_guess(4, 8, 9, Some((4, 8)), None), Some(5));
+        assert_eq!(next_guess(5, 10, 9, Some((4, 8)), Some((5, 10))), None);
+        assert_eq!(next_guess(10, 20, 9, None, Some((10, 20))), Some(4));
+        assert_eq!(next_guess(0, 1, 0, None, Some((0, 1))), None);
+    }
+}

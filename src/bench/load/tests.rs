@@ -1,0 +1,219 @@
+//! The load generator and its metrics against the real simulator.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::*;
+use crate::bench::metrics::summarize;
+use crate::engine::client::ErrorKind;
+use crate::engine::client::tests::{chat_call, completion_call, start_sim, tokenize_call};
+use crate::manifest::decode::Dur;
+
+fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec {
+    LoadSpec {
+        api: ApiKind::Completion,
+        profile,
+        requests,
+        duration: None,
+        prompt: PromptSpec::Synthetic { input_tokens },
+        ignore_eos: true,
+    }
+}
+
+fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> LoadInput {
+    let workers = load.profile.max_in_flight().unwrap_or(1) as usize;
+    LoadInput {
+        client: EngineClient::new(url, vec![], workers).unwrap(),
+        call,
+        api: load.api,
+        load,
+        tokenize: tokenizer.then(tokenize_call),
+        seed: 1,
+        progress: Arc::new(AtomicU64::new(0)),
+        cancel: Cancel::default(),
+    }
+}
+
+#[tokio::test]
+async fn concurrency_runs_every_request_once() {
+    let url = start_sim(&[]).await;
+    let load = spec(Profile::Concurrency(4), Some(40), 8);
+    let input = input(&url, completion_call(16), load, true);
+    let progress = Arc::clone(&input.progress);
+    let outcome = run(input).await.unwrap();
+    assert_eq!(outcome.records.len(), 40);
+    assert_eq!(progress.load(Ordering::Relaxed), 40);
+    for (i, r) in outcome.records.iter().enumerate() {
+        assert_eq!(r.index, i as u64);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.output_tokens(), 16);
+        assert_eq!(r.usage_prompt_tokens, Some(8));
+        assert_eq!(r.scheduled_ns, r.scheduled_ns.min(r.sent_ns));
+    }
+    let m = summarize(&outcome);
+    assert_eq!((m.requests, m.ok, m.errors), (40, 40, 0));
+    assert!(m.request_throughput > 0.0 && m.output_token_throughput > 0.0);
+    assert_eq!(m.output_tokens.total, 640);
+    assert_eq!(m.input_tokens.total, 320);
+    assert_eq!(m.ttft_ms.as_ref().unwrap().count, 40);
+    assert_eq!(m.itl_ms.as_ref().unwrap().count, 40 * 15);
+    assert_eq!(m.e2e_ms.as_ref().unwrap().count, 40);
+    assert_eq!(m.tpot_ms.as_ref().unwrap().count, 40);
+}
+
+#[tokio::test]
+async fn without_usage_the_tokenizer_counts_exactly() {
+    let url = start_sim(&["--tokens-per-chunk", "4", "--usage", "false"]).await;
+    let load = spec(Profile::Concurrency(2), Some(6), 4);
+    let outcome = run(input(&url, completion_call(16), load, true)).await.unwrap();
+    for r in &outcome.records {
+        assert_eq!(r.usage_completion_tokens, None);
+        assert_eq!(r.counted_output_tokens, Some(16), "{r:?}");
+        assert_eq!(r.content_events, 4);
+        assert_eq!(r.output_tokens(), 16);
+    }
+    let m = summarize(&outcome);
+    assert_eq!(m.output_tokens.source, "tokenizer");
+    assert_eq!((m.output_tokens.total, m.output_tokens.events_total), (96, 24));
+    assert_eq!(m.usage_agrees, None);
+
+    let url = start_sim(&["--tokens-per-chunk", "4"]).await;
+    let load = spec(Profile::Concurrency(2), Some(6), 4);
+    let outcome = run(input(&url, completion_call(16), load, true)).await.unwrap();
+    for r in &outcome.records {
+        assert_eq!(r.usage_completion_tokens, Some(16));
+        assert_eq!(r.counted_output_tokens, Some(16));
+        assert_eq!(r.content_events, 4);
+    }
+    let m = summarize(&outcome);
+    assert_eq!(m.usage_agrees, Some(true));
+    assert_eq!(m.output_tokens.source, "usage");
+    assert_eq!(m.output_tokens.counted_total, Some(96));
+}
+
+#[tokio::test]
+async fn ttft_includes_the_engines_delay() {
+    let url = start_sim(&["--ttft-ms", "30"]).await;
+    let load = spec(Profile::Concurrency(2), Some(6), 4);
+    let outcome = run(input(&url, completion_call(4), load, false)).await.unwrap();
+    let m = summarize(&outcome);
+    let ttft = m.ttft_ms.unwrap();
+    assert!(ttft.p50 >= 30.0 && ttft.min >= 30.0, "{ttft:?}");
+    assert!(m.e2e_ms.unwrap().min >= 30.0);
+}
+
+#[tokio::test]
+async fn reasoning_comes_before_content_and_is_not_ttft() {
+    let url = start_sim(&["--reasoning-tokens", "3", "--itl-ms", "2"]).await;
+    let mut load = spec(Profile::Synchronous, Some(3), 4);
+    load.api = ApiKind::Chat;
+    let outcome = run(input(&url, chat_call(8), load, true)).await.unwrap();
+    for r in &outcome.records {
+        assert!(r.ok(), "{r:?}");
+        let (reasoning, content) = (r.first_reasoning_ns.unwrap(), r.first_content_ns.unwrap());
+        assert!(reasoning < content, "{r:?}");
+        assert_eq!((r.reasoning_events, r.content_events), (3, 5));
+        assert_eq!(r.counted_output_tokens, Some(5));
+    }
+    let m = summarize(&outcome);
+    let (ttft, ttfrt) = (m.ttft_ms.unwrap(), m.ttfrt_ms.unwrap());
+    // Three reasoning tokens at 2 ms each come between the first reasoning and first content token.
+    assert!(ttft.min >= ttfrt.min + 5.0, "{ttft:?} {ttfrt:?}");
+    assert_eq!(m.usage_agrees, None); // usage counts reasoning; the text holds only content
+}
+
+#[tokio::test]
+async fn prompts_have_the_exact_length_and_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let url = start_sim(&["--request-log", log.to_str().unwrap()]).await;
+    let load = spec(Profile::Concurrency(3), Some(12), 37);
+    let outcome = run(input(&url, completion_call(2), load, true)).await.unwrap();
+    assert!(outcome.prompts_exact);
+    assert_eq!(outcome.input_tokens, 37);
+    assert!(outcome.records.iter().all(|r| r.input_tokens == 37));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let prompts: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["path"] == "/v1/completions")
+        .map(|l| l["body"]["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.len(), 12);
+    for p in &prompts {
+        assert_eq!(p.split_whitespace().count(), 37, "{p}");
+    }
+    assert_eq!(prompts.iter().collect::<HashSet<_>>().len(), 12);
+    let firsts: HashSet<&str> = prompts.iter().map(|p| p.split(' ').next().unwrap()).collect();
+    assert_eq!(firsts.len(), 12, "every prompt starts differently");
+
+    // Without a tokenizer: N words, not claimed exact.
+    let load = spec(Profile::Synchronous, Some(2), 5);
+    let outcome = run(input(&url, completion_call(2), load, false)).await.unwrap();
+    assert!(!outcome.prompts_exact);
+    assert_eq!(outcome.records[0].usage_prompt_tokens, Some(5));
+}
+
+#[tokio::test]
+async fn every_failure_is_counted_by_kind() {
+    let url = start_sim(&["--error-rate", "1.0"]).await;
+    let load = spec(Profile::Concurrency(2), Some(10), 4);
+    let outcome = run(input(&url, completion_call(4), load, true)).await.unwrap();
+    assert!(outcome.records.iter().all(|r| r.error == Some(ErrorKind::Status(500))));
+    let m = summarize(&outcome);
+    assert_eq!(m.error_rate, 1.0);
+    assert_eq!(m.errors_by_kind.get("http_500"), Some(&10));
+    assert_eq!(m.ok, 0);
+    assert!(m.ttft_ms.is_none());
+}
+
+#[tokio::test]
+async fn a_duration_ends_the_run() {
+    let url = start_sim(&["--itl-ms", "1"]).await;
+    let mut load = spec(Profile::Concurrency(2), None, 4);
+    load.duration = Some(Dur(Duration::from_millis(300)));
+    let run = run(input(&url, completion_call(16), load, false));
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the run ends").unwrap();
+    assert!(!outcome.records.is_empty());
+    assert!(outcome.records.iter().all(|r| r.ok()));
+    // No request starts after the deadline.
+    assert!(outcome.records.iter().all(|r| r.scheduled_ns < 300_000_000 + 50_000_000));
+}
+
+#[tokio::test]
+async fn cancelling_returns_cancelled() {
+    let url = start_sim(&["--itl-ms", "5"]).await;
+    let load = spec(Profile::Concurrency(2), Some(1000), 4);
+    let input = input(&url, completion_call(64), load, false);
+    let cancel = input.cancel.clone();
+    let progress = Arc::clone(&input.progress);
+    let task = tokio::spawn(run(input));
+    while progress.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    let result =
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("cancel stops the run at once").unwrap();
+    assert!(matches!(result, Err(LoadError::Cancelled)));
+}
+
+#[tokio::test]
+async fn open_loop_profiles_are_refused_for_now() {
+    let load = spec(Profile::Poisson(5.0), Some(3), 4);
+    let url = "http://127.0.0.1:9";
+    let err = run(input(url, completion_call(2), load, false)).await.err().unwrap();
+    assert!(matches!(err, LoadError::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn bodies_bind_the_prompt_or_the_messages() {
+    let body: Value = serde_json::from_slice(&body_for(&completion_call(3), ApiKind::Completion, "a b")).unwrap();
+    assert_eq!(body["prompt"], "a b");
+    assert_eq!(body["max_tokens"], 3);
+    let body: Value = serde_json::from_slice(&body_for(&chat_call(3), ApiKind::Chat, "a b")).unwrap();
+    assert_eq!(body["messages"], serde_json::json!([{"role": "user", "content": "a b"}]));
+}

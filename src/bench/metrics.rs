@@ -1,0 +1,355 @@
+//! Metrics of a load run, derived from its request records and nothing else.
+//!
+//! Owns the formulas. Peer tools give one name to different quantities (peers.md §2: GuideLLM's
+//! "TPOT" includes the first token, vLLM's "ITL" pools every chunk gap), so each field documents
+//! exactly what it measures. Only successful requests enter latencies and token counts; every
+//! request enters the error counts. Reasoning is not content (DESIGN decision 9): TTFT is the
+//! first content event; the first reasoning event has its own metric.
+//!
+//! Percentiles come from an HDR histogram (nanoseconds, 3 significant digits, so within 0.1 %);
+//! count, mean, min, max and standard deviation are computed exactly from the samples.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::load::LoadOutcome;
+use crate::engine::client::RequestRecord;
+
+/// Significant digits the percentile histograms keep.
+const SIGFIG: u8 = 3;
+
+/// A summary of samples; latencies are in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Distribution {
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Population standard deviation (divides by `count`).
+    pub stddev: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+impl Distribution {
+    /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
+    pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        const MS: f64 = 1e6;
+        let n = samples.len() as f64;
+        let mean = samples.iter().sum::<f64>() / n;
+        let variance = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
+        let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // SIGFIG is within the 0..=5 hdrhistogram accepts, so creation cannot fail.
+        let mut h = Histogram::<u64>::new(SIGFIG).ok()?;
+        for s in samples {
+            let ns = s.max(0.0).round() as u64;
+            // `new` histograms grow to fit; `saturating_record` alone would clamp to the initial range.
+            if h.record(ns).is_err() {
+                h.saturating_record(ns);
+            }
+        }
+        let q = |quantile: f64| h.value_at_quantile(quantile) as f64 / MS;
+        Some(Distribution {
+            count: samples.len() as u64,
+            mean: mean / MS,
+            min: min / MS,
+            max: max / MS,
+            stddev: variance.sqrt() / MS,
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+        })
+    }
+}
+
+/// Token totals over the successful requests, by each way of counting them.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenCounts {
+    /// Sum over requests of the best count each has: output — the engine's `usage`, else the
+    /// tokenizer's count of the text, else content events; input — `usage`, else the prompt's
+    /// length as built.
+    pub total: u64,
+    /// `total` / successful requests.
+    pub mean: f64,
+    /// Sum of the engine's `usage` counts, when every successful request had one.
+    pub usage_total: Option<u64>,
+    /// Sum of the tokenizer's counts, when every successful request had one (input: when every
+    /// prompt was sized exactly with the engine's tokenizer).
+    pub counted_total: Option<u64>,
+    /// Sum of content events (a chunk may carry several tokens); 0 for input.
+    pub events_total: u64,
+    /// Where `total` comes from: `usage`, `tokenizer`, `events` (output), `words` (input sized
+    /// without a tokenizer), `mixed` (requests differ) or `none` (no successful request).
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadMetrics {
+    /// Requests sent in the window.
+    pub requests: u64,
+    /// Requests that completed without error.
+    pub ok: u64,
+    pub errors: u64,
+    /// `errors / requests` (0 without requests).
+    pub error_rate: f64,
+    /// Failed requests by kind: `connect`, `http_<status>`, `timeout`, `stream`, `decode`.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// The window: first send → last end, over all requests.
+    pub duration_s: f64,
+    /// `ok / duration_s`.
+    pub request_throughput: f64,
+    /// `output_tokens.total / duration_s`.
+    pub output_token_throughput: f64,
+    /// `(input_tokens.total + output_tokens.total) / duration_s`.
+    pub total_token_throughput: f64,
+    pub input_tokens: TokenCounts,
+    pub output_tokens: TokenCounts,
+    /// Time to first token: first content event − send, per request with content.
+    pub ttft_ms: Option<Distribution>,
+    /// First event of any kind (a role-only chunk, reasoning) − send.
+    pub ttft_first_event_ms: Option<Distribution>,
+    /// Time to first reasoning token: first reasoning event − send, per request with reasoning.
+    pub ttfrt_ms: Option<Distribution>,
+    /// Inter-token latency: the gap between consecutive content events of a request, pooled over
+    /// all requests (a per-event gap: with several tokens per event it spans several tokens).
+    pub itl_ms: Option<Distribution>,
+    /// Time per output token after the first: `(e2e − ttft) / (n − 1)` per request, `n` its output
+    /// tokens; only requests with `n > 1` and a content event.
+    pub tpot_ms: Option<Distribution>,
+    /// End-to-end latency: end of the answer − send.
+    pub e2e_ms: Option<Distribution>,
+    /// Whether the engine's `usage` equals the tokenizer's count of the text on every request that
+    /// has both and no reasoning (`usage` counts reasoning tokens too); `None` where none has both.
+    pub usage_agrees: Option<bool>,
+}
+
+/// Derives the metrics of a finished run.
+pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
+    let records = &outcome.records;
+    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
+    let requests = records.len() as u64;
+    let errors = requests - ok.len() as u64;
+    let mut errors_by_kind = BTreeMap::new();
+    for kind in records.iter().filter_map(|r| r.error) {
+        *errors_by_kind.entry(kind.to_string()).or_insert(0) += 1;
+    }
+    let duration_s = outcome.window_ns as f64 / 1e9;
+    let per_s = |x: f64| {
+        if duration_s > 0.0 { x / duration_s } else { 0.0 }
+    };
+
+    let input_tokens = input_counts(&ok, outcome.prompts_exact);
+    let output_tokens = output_counts(&ok);
+
+    let from_send = |at: fn(&RequestRecord) -> Option<u64>| -> Vec<f64> {
+        ok.iter().filter_map(|r| at(r).map(|t| t.saturating_sub(r.sent_ns) as f64)).collect()
+    };
+    let ttft = from_send(|r| r.first_content_ns);
+    let first_event = from_send(|r| r.first_event_ns);
+    let ttfrt = from_send(|r| r.first_reasoning_ns);
+    let e2e = from_send(|r| Some(r.end_ns));
+    let itl: Vec<f64> =
+        ok.iter().flat_map(|r| r.content_event_ns.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64)).collect();
+    let tpot: Vec<f64> = ok
+        .iter()
+        .filter_map(|r| {
+            let n = r.output_tokens();
+            let first = r.first_content_ns?;
+            (n > 1).then(|| r.end_ns.saturating_sub(first) as f64 / (n - 1) as f64)
+        })
+        .collect();
+
+    let both: Vec<(u64, u64)> = ok
+        .iter()
+        .filter(|r| r.reasoning_events == 0)
+        .filter_map(|r| Some((r.usage_completion_tokens?, r.counted_output_tokens?)))
+        .collect();
+    let usage_agrees = (!both.is_empty()).then(|| both.iter().all(|(u, c)| u == c));
+
+    LoadMetrics {
+        requests,
+        ok: ok.len() as u64,
+        errors,
+        error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
+        errors_by_kind,
+        duration_s,
+        request_throughput: per_s(ok.len() as f64),
+        output_token_throughput: per_s(output_tokens.total as f64),
+        total_token_throughput: per_s((input_tokens.total + output_tokens.total) as f64),
+        input_tokens,
+        output_tokens,
+        ttft_ms: Distribution::of_ns(&ttft),
+        ttft_first_event_ms: Distribution::of_ns(&first_event),
+        ttfrt_ms: Distribution::of_ns(&ttfrt),
+        itl_ms: Distribution::of_ns(&itl),
+        tpot_ms: Distribution::of_ns(&tpot),
+        e2e_ms: Distribution::of_ns(&e2e),
+        usage_agrees,
+    }
+}
+
+fn output_counts(ok: &[&RequestRecord]) -> TokenCounts {
+    let source = |r: &RequestRecord| match (r.usage_completion_tokens, r.counted_output_tokens) {
+        (Some(_), _) => "usage",
+        (None, Some(_)) => "tokenizer",
+        (None, None) => "events",
+    };
+    counts(
+        ok,
+        |r| r.output_tokens(),
+        |r| r.usage_completion_tokens,
+        ok.iter().map(|r| r.counted_output_tokens).sum::<Option<u64>>(),
+        ok.iter().map(|r| u64::from(r.content_events)).sum(),
+        source,
+    )
+}
+
+fn input_counts(ok: &[&RequestRecord], prompts_exact: bool) -> TokenCounts {
+    let built = if prompts_exact { "tokenizer" } else { "words" };
+    counts(
+        ok,
+        |r| r.usage_prompt_tokens.unwrap_or(r.input_tokens),
+        |r| r.usage_prompt_tokens,
+        prompts_exact.then(|| ok.iter().map(|r| r.input_tokens).sum()),
+        0,
+        |r| {
+            if r.usage_prompt_tokens.is_some() { "usage" } else { built }
+        },
+    )
+}
+
+fn counts(
+    ok: &[&RequestRecord],
+    best: impl Fn(&RequestRecord) -> u64,
+    usage: impl Fn(&RequestRecord) -> Option<u64>,
+    counted_total: Option<u64>,
+    events_total: u64,
+    source: impl Fn(&RequestRecord) -> &'static str,
+) -> TokenCounts {
+    let total: u64 = ok.iter().map(|r| best(r)).sum();
+    let mut sources = ok.iter().map(|r| source(r));
+    let first = sources.next();
+    let source = match first {
+        None => "none",
+        Some(s) if sources.all(|o| o == s) => s,
+        Some(_) => "mixed",
+    };
+    let nonempty = !ok.is_empty();
+    TokenCounts {
+        total,
+        mean: if nonempty { total as f64 / ok.len() as f64 } else { 0.0 },
+        usage_total: ok.iter().map(|r| usage(r)).sum::<Option<u64>>().filter(|_| nonempty),
+        counted_total: counted_total.filter(|_| nonempty),
+        events_total,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::client::ErrorKind;
+
+    const MS: u64 = 1_000_000;
+
+    fn record(index: u64, sent_ms: u64, content_ms: &[u64], end_ms: u64) -> RequestRecord {
+        RequestRecord {
+            index,
+            sent_ns: sent_ms * MS,
+            first_event_ns: content_ms.first().map(|t| t * MS),
+            first_content_ns: content_ms.first().map(|t| t * MS),
+            content_event_ns: content_ms.iter().map(|t| t * MS).collect(),
+            content_events: content_ms.len() as u32,
+            end_ns: end_ms * MS,
+            input_tokens: 10,
+            status: Some(200),
+            ..Default::default()
+        }
+    }
+
+    fn outcome(records: Vec<RequestRecord>, window_ms: u64) -> LoadOutcome {
+        LoadOutcome { records, window_ns: window_ms * MS, prompts_exact: true, input_tokens: 10 }
+    }
+
+    #[test]
+    fn formulas_on_known_records() {
+        // Two requests: TTFT 10 and 20 ms; events every 5 ms; 4 tokens each by usage.
+        let mut a = record(0, 0, &[10, 15, 20, 25], 25);
+        a.usage_completion_tokens = Some(4);
+        a.counted_output_tokens = Some(4);
+        let mut b = record(1, 100, &[120, 125, 130, 135], 140);
+        b.usage_completion_tokens = Some(4);
+        b.counted_output_tokens = Some(4);
+        let mut failed = record(2, 5, &[], 6);
+        failed.error = Some(ErrorKind::Status(503));
+        let m = summarize(&outcome(vec![a, b, failed], 2000));
+        assert_eq!((m.requests, m.ok, m.errors), (3, 2, 1));
+        assert!((m.error_rate - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m.errors_by_kind, BTreeMap::from([("http_503".to_string(), 1)]));
+        assert_eq!(m.duration_s, 2.0);
+        assert_eq!(m.request_throughput, 1.0);
+        assert_eq!(m.output_token_throughput, 4.0);
+        assert_eq!(m.total_token_throughput, 14.0);
+        let ttft = m.ttft_ms.unwrap();
+        assert_eq!((ttft.count, ttft.mean, ttft.min, ttft.max, ttft.stddev), (2, 15.0, 10.0, 20.0, 5.0));
+        let itl = m.itl_ms.unwrap();
+        assert_eq!((itl.count, itl.mean), (6, 5.0));
+        // (e2e − ttft) / (n − 1): (25 − 10) / 3 = 5 and (40 − 20) / 3.
+        let tpot = m.tpot_ms.unwrap();
+        assert!((tpot.max - 20.0 / 3.0).abs() < 1e-9 && tpot.min == 5.0);
+        assert_eq!(m.e2e_ms.unwrap().max, 40.0);
+        assert!(m.ttfrt_ms.is_none());
+        assert_eq!(m.output_tokens.source, "usage");
+        assert_eq!(m.output_tokens.usage_total, Some(8));
+        assert_eq!(m.output_tokens.counted_total, Some(8));
+        assert_eq!(m.output_tokens.events_total, 8);
+        assert_eq!(m.input_tokens.source, "tokenizer");
+        assert_eq!(m.input_tokens.counted_total, Some(20));
+        assert_eq!(m.usage_agrees, Some(true));
+    }
+
+    #[test]
+    fn fallbacks_and_disagreement() {
+        let mut a = record(0, 0, &[1, 2], 3);
+        a.counted_output_tokens = Some(8); // 4 tokens per event, no usage
+        let b = record(1, 0, &[1, 2], 3);
+        let m = summarize(&outcome(vec![a.clone(), b], 1000));
+        assert_eq!(m.output_tokens.total, 10);
+        assert_eq!(m.output_tokens.source, "mixed");
+        assert_eq!(m.output_tokens.usage_total, None);
+        assert_eq!(m.output_tokens.counted_total, None);
+        assert_eq!(m.usage_agrees, None);
+        a.usage_completion_tokens = Some(9);
+        let m = summarize(&outcome(vec![a], 1000));
+        assert_eq!(m.usage_agrees, Some(false));
+        assert_eq!(m.output_tokens.total, 9);
+    }
+
+    #[test]
+    fn nothing_to_summarize() {
+        let m = summarize(&outcome(vec![], 0));
+        assert_eq!((m.requests, m.error_rate, m.request_throughput), (0, 0.0, 0.0));
+        assert!(m.ttft_ms.is_none() && m.e2e_ms.is_none());
+        assert_eq!(m.output_tokens.source, "none");
+        assert_eq!(m.output_tokens.usage_total, None);
+    }
+
+    #[test]
+    fn percentiles_are_within_the_histogram_precision() {
+        let samples: Vec<f64> = (1..=1000).map(|i| (i * MS) as f64).collect();
+        let d = Distribution::of_ns(&samples).unwrap();
+        for (got, want) in [(d.p50, 500.0), (d.p90, 900.0), (d.p95, 950.0), (d.p99, 990.0)] {
+            assert!((got - want).abs() <= want * 1e-3, "{got} vs {want}");
+        }
+        assert_eq!((d.min, d.max, d.mean), (1.0, 1000.0, 500.5));
+    }
+}

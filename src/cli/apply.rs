@@ -1,0 +1,372 @@
+//! `kitt apply`, `kitt run` and `kitt runs`: driving runs from the command line, with a live
+//! progress display on stderr and the summary on stdout.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{Value as Json, json};
+
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Output, print_json, report};
+use crate::cancel::Cancel;
+use crate::plan::{self, Plan};
+use crate::run::{self, ApplyOptions, dir, exec::Progress, journal};
+
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Where runs live (default: $KITT_RUNS_DIR, else ./.kitt/runs).
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    /// Start a new run even if this suite has an unfinished one.
+    #[arg(long, conflicts_with = "resume")]
+    pub fresh: bool,
+    /// Resume this run (an id from `kitt runs list`).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Continue a resume although observed facts (versions, machine) changed; cells are marked.
+    #[arg(long)]
+    pub accept_drift: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model: a name, or a path to a model file (its stem becomes the name).
+    #[arg(short, long)]
+    pub model: String,
+    /// Engine template (sim, llama_cpp, vllm, tgi, ollama, or a template of yours).
+    #[arg(short, long)]
+    pub engine: String,
+    /// Suite whose benchmarks to run: quick, standard, performance, or a suite file.
+    #[arg(short, long, default_value = "quick")]
+    pub suite: String,
+    /// Print the suite built from these flags (YAML) instead of running it.
+    #[arg(long)]
+    pub print_suite: bool,
+    #[command(flatten)]
+    pub flags: RunFlags,
+}
+
+/// The ready suites, embedded so `kitt run -s quick` works from any directory.
+const READY_SUITES: &[(&str, &str)] = &[
+    ("quick", include_str!("../../suites/quick.yaml")),
+    ("standard", include_str!("../../suites/standard.yaml")),
+    ("performance", include_str!("../../suites/performance.yaml")),
+];
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// First Ctrl-C/SIGTERM cancels gracefully, the second makes cleanup urgent.
+fn watch_signals(cancel: Cancel) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { if r.is_err() { return; } }
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            if cancel.is_cancelled() {
+                eprintln!("\ninterrupted again: stopping engines now");
+                cancel.escalate();
+                return;
+            }
+            eprintln!("\ninterrupting: no new steps; stopping engines (Ctrl-C again to skip graceful waits)");
+            cancel.escalate();
+        }
+    });
+}
+
+/// A progress display on stderr while the run goes, hidden when stderr is not a terminal.
+fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<tokio::task::JoinHandle<()>> {
+    // Test hook: SIGKILL ourselves once the running benchmark completed this many requests.
+    let kill_at: Option<u64> = std::env::var("KITT_TEST_KILL_IN_BENCHMARK").ok().and_then(|v| v.parse().ok());
+    let show = !quiet && std::io::stderr().is_terminal();
+    if !show && kill_at.is_none() {
+        return None;
+    }
+    let total = plan.steps.len() as u64;
+    Some(tokio::spawn(async move {
+        let bars = show.then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let steps = multi.add(indicatif::ProgressBar::new(total));
+            steps.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} steps {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            steps.set_prefix("run");
+            let cell = multi.add(indicatif::ProgressBar::new(0));
+            cell.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} requests {per_sec} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            cell.set_prefix("cell");
+            (multi, steps, cell)
+        });
+        let mut tick = tokio::time::interval(Duration::from_millis(if kill_at.is_some() { 2 } else { 100 }));
+        loop {
+            tick.tick().await;
+            let done = progress.requests.load(Ordering::Relaxed);
+            if let Some(n) = kill_at {
+                let label = progress.label.lock().map(|l| l.clone()).unwrap_or_default();
+                if done >= n && !label.starts_with("warmup") {
+                    // SAFETY: raising SIGKILL on ourselves (test hook).
+                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                }
+            }
+            if let Some((_, steps, cell)) = &bars {
+                steps.set_position(progress.steps_done.load(Ordering::Relaxed));
+                cell.set_length(progress.requests_total.load(Ordering::Relaxed));
+                cell.set_position(done);
+                if let Ok(l) = progress.label.lock() {
+                    cell.set_message(l.clone());
+                }
+            }
+        }
+    }))
+}
+
+/// Runs a compiled plan and prints the outcome; returns the exit code.
+fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
+    let Some(rt) = runtime() else {
+        return EXIT_FAILED;
+    };
+    let opts = ApplyOptions {
+        runs_dir: flags.runs_dir.clone(),
+        fresh: flags.fresh,
+        resume: flags.resume.clone(),
+        accept_drift: flags.accept_drift,
+    };
+    let output = flags.output;
+    rt.block_on(async move {
+        let cancel = Cancel::default();
+        watch_signals(cancel.clone());
+        let progress = Arc::new(Progress::default());
+        let display = spawn_progress(&plan, progress.clone(), quiet || output == Output::Json);
+        let result = run::apply(plan, &opts, &cancel, progress).await;
+        if let Some(d) = display {
+            d.abort();
+        }
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        if outcome.resumed && !quiet {
+            eprintln!("resumed run {} ({} finished step(s) reused)", outcome.run_id, outcome.reused_steps);
+        }
+        match output {
+            Output::Json => print_json(&json!({
+                "run_id": outcome.run_id, "run_dir": outcome.run_dir, "resumed": outcome.resumed,
+                "reused_steps": outcome.reused_steps, "failed_cells": outcome.failed_cells,
+                "interrupted": outcome.interrupted, "errors": outcome.errors, "report": outcome.report,
+            })),
+            Output::Text => {
+                if let Some(r) = &outcome.report {
+                    print!("{}", crate::report::summary(r));
+                }
+                for e in &outcome.errors {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("run {} in {}", outcome.run_id, outcome.run_dir.display());
+            }
+        }
+        if outcome.interrupted {
+            eprintln!("interrupted; run the same command again to resume");
+            EXIT_INTERRUPTED
+        } else if outcome.failed_cells > 0 || !outcome.errors.is_empty() {
+            EXIT_FAILED
+        } else {
+            0
+        }
+    })
+}
+
+pub fn apply(suite: &Path, flags: &RunFlags, quiet: bool) -> i32 {
+    match plan::compile::compile_file(suite) {
+        Ok(plan) => drive(plan, flags, quiet),
+        Err(diags) => {
+            report(&diags);
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The suite `kitt run` builds: the named suite's benchmarks, with this model and engine.
+pub fn suite_from_flags(args: &RunArgs) -> Result<(String, PathBuf), String> {
+    let (text, base) = match READY_SUITES.iter().find(|(n, _)| *n == args.suite) {
+        Some((name, text)) => (text.to_string(), format!("suites/{name}.yaml")),
+        None => {
+            let text = std::fs::read_to_string(&args.suite).map_err(|e| {
+                format!("cannot read suite `{}`: {e} (ready suites: quick, standard, performance)", args.suite)
+            })?;
+            (text, args.suite.clone())
+        }
+    };
+    let node = crate::manifest::yaml::parse(&text).map_err(|d| d.headline())?;
+    let mut suite = node.to_json();
+    let looks_like_path = args.model.contains('/') || args.model.ends_with(".gguf") || Path::new(&args.model).exists();
+    let model = if looks_like_path {
+        let stem = Path::new(&args.model)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        json!({"name": stem, "path": args.model})
+    } else {
+        json!({"name": args.model})
+    };
+    let model_name = model["name"].as_str().unwrap_or("model").to_string();
+    suite["spec"]["models"] = json!([model]);
+    suite["spec"]["engines"] = json!([{"name": args.engine, "template": args.engine}]);
+    let suite_name = suite["metadata"]["name"].as_str().unwrap_or("suite").to_string();
+    let name: String = format!("{suite_name}-{model_name}-{}", args.engine)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .collect();
+    suite["metadata"]["name"] = Json::String(name.clone());
+    suite["metadata"]["description"] =
+        Json::String(format!("built by `kitt run -m {} -e {} -s {}` from {base}", args.model, args.engine, args.suite));
+    let mut yaml = String::from("# yaml-language-server: $schema=https://kitt.dev/schemas/suite.schema.json\n");
+    yaml.push_str(&crate::manifest::emit::to_yaml(&json!({
+        "apiVersion": suite["apiVersion"], "kind": "Suite", "metadata": suite["metadata"], "spec": suite["spec"],
+    })));
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    Ok((yaml, cwd.join(format!("{name}.yaml"))))
+}
+
+pub fn run_from_flags(args: &RunArgs, quiet: bool) -> i32 {
+    let (yaml, path) = match suite_from_flags(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if args.print_suite {
+        print!("{yaml}");
+        return 0;
+    }
+    match plan::compile::compile_source(&yaml, &path) {
+        Ok(plan) => drive(plan, &args.flags, quiet),
+        Err(diags) => {
+            report(&diags);
+            EXIT_FAILED
+        }
+    }
+}
+
+pub fn runs_list(runs_dir: Option<&Path>, output: Output) -> i32 {
+    let root = dir::runs_root(runs_dir);
+    let runs = dir::list(&root);
+    match output {
+        Output::Json => print_json(&runs),
+        Output::Text => {
+            if runs.is_empty() {
+                eprintln!("no runs under {}", root.display());
+            }
+            println!("{:<24} {:<12} {:<24} {:>7}  created", "run", "status", "suite", "records");
+            for r in &runs {
+                let created = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_nanos(r.meta.created_unix_ns),
+                );
+                let status =
+                    serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                println!("{:<24} {:<12} {:<24} {:>7}  {created}", r.meta.id, status, r.meta.suite, r.records);
+            }
+        }
+    }
+    0
+}
+
+pub fn runs_show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
+    let root = dir::runs_root(runs_dir);
+    let Some(info) = dir::info(&root.join(id)) else {
+        eprintln!("error: no run `{id}` under {} (see `kitt runs list`)", root.display());
+        return EXIT_FAILED;
+    };
+    let plan: Json = std::fs::read(info.path.join("plan.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Json::Null);
+    let records = match journal::read(&info.path.join("journal.jsonl")) {
+        Ok(c) => c.records,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    // The last word on each step, by key.
+    let mut last: std::collections::HashMap<String, (String, Option<String>)> = std::collections::HashMap::new();
+    for r in &records {
+        let (key, state, detail) = match &r.event {
+            journal::Event::StepStarted { key, .. } => (key, "running", None),
+            journal::Event::StepFinished { key, .. } => (key, "done", None),
+            journal::Event::StepFailed { key, error, will_retry, .. } => {
+                (key, if *will_retry { "retrying" } else { "failed" }, Some(error.clone()))
+            }
+            journal::Event::StepSkipped { key, reason, .. } => (key, "skipped", Some(reason.clone())),
+            _ => continue,
+        };
+        last.insert(key.clone(), (state.to_string(), detail));
+    }
+    let steps: Vec<Json> = plan["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    let key = s["key"].as_str().unwrap_or_default();
+                    let (state, detail) = last.get(key).cloned().unwrap_or(("pending".into(), None));
+                    let label = match (s["cell"].as_u64(), s["group"].as_u64()) {
+                        (Some(c), _) => {
+                            let cell = &plan["cells"][c as usize];
+                            let swept: Vec<String> = cell["swept"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v))).collect()).unwrap_or_default();
+                            format!("{} {} {} run={}", cell["engine"].as_str().unwrap_or(""), cell["benchmark"].as_str().unwrap_or(""), swept.join(" "), cell["run_index"])
+                        }
+                        (None, Some(g)) => plan["groups"][g as usize]["id"].as_str().unwrap_or("").to_string(),
+                        _ => String::new(),
+                    };
+                    json!({"id": s["id"], "kind": s["kind"], "key": key, "label": label, "state": state, "detail": detail})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match output {
+        Output::Json => print_json(&json!({"run": info, "steps": steps})),
+        Output::Text => {
+            let status =
+                serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            println!(
+                "run {} of suite `{}` ({}): {status}, {} journal records",
+                info.meta.id,
+                info.meta.suite,
+                info.meta.file.display(),
+                info.records
+            );
+            for s in &steps {
+                let detail = s["detail"].as_str().map(|d| format!("  ({d})")).unwrap_or_default();
+                println!(
+                    "  {:<9} {:<9} {}  {}{detail}",
+                    s["kind"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    &s["key"].as_str().unwrap_or("")[..12.min(s["key"].as_str().unwrap_or("").len())],
+                    s["label"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    0
+}

@@ -1,0 +1,326 @@
+//! The engine client: the only place kitt speaks HTTP to engines.
+//!
+//! Owns connections (one pooled `reqwest` client per engine, sized to the load's concurrency),
+//! control calls (health, version, tokenize, setup) and the measured completion call, which reads
+//! SSE, NDJSON or a single JSON answer and timestamps every network chunk on arrival, before any
+//! framing or JSON decoding (DESIGN "Traps that make a toy"). It never decides what to send or how
+//! often: bodies arrive serialized, and the load generator owns the schedule.
+//!
+//! Requests never go through a proxy: an environment proxy in front of an engine would silently
+//! become part of every latency kitt reports.
+
+mod extract;
+mod framing;
+mod record;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::error::Error as _;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Response};
+use serde_json::Value;
+
+use crate::manifest::template_kind::StreamFormat;
+use crate::plan::{HttpRequest, RequestTemplate};
+use framing::{LineFramer, SseFramer};
+use record::{Events, excerpt};
+
+pub use record::{ErrorKind, RequestRecord};
+
+/// Control calls (not measured) give up after this long.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the end sentinel, how long the rest of the body may take to arrive: reading it to the end
+/// lets the connection go back to the pool, but a server that keeps the stream open must not stall
+/// the next request.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+/// Most of a failed answer's body that is read (and quoted from).
+const ERROR_BODY_LIMIT: usize = 64 << 10;
+
+/// A connection pool to one engine. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct EngineClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// Without a trailing `/`; paths start with one.
+    base: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid engine URL `{url}`: {reason}")]
+    Url { url: String, reason: String },
+    /// The header's value is never shown: it may be a secret.
+    #[error("invalid request header `{name}`: {reason}")]
+    Header { name: String, reason: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Build(String),
+    #[error("no answer from {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{url} answered HTTP {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("cannot decode the answer of {url}: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("the answer of {url} has nothing usable at `{pointer}`: {answer}")]
+    Pointer { url: String, pointer: String, answer: String },
+}
+
+impl EngineClient {
+    /// A client for the engine at `base_url` (`http://host:port`), sending `headers` with every
+    /// request and keeping up to `max_connections` idle connections for reuse.
+    pub fn new(base_url: &str, headers: Vec<(String, String)>, max_connections: usize) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let bad_url = |reason: String| ClientError::Url { url: base_url.to_string(), reason };
+        let url = reqwest::Url::parse(&base).map_err(|e| bad_url(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(bad_url("expected http://HOST:PORT or https://HOST:PORT".into()));
+        }
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            let bad = |reason: String| ClientError::Header { name: name.clone(), reason };
+            let key = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| bad("the value has characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            map.insert(key, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(map)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(max_connections.max(1))
+            .build()
+            .map_err(|e| ClientError::Build(chain(&e)))?;
+        Ok(EngineClient { inner: Arc::new(Inner { http, base }) })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.inner.base)
+    }
+
+    /// `GET path`: the status and body text, whatever the status (health checks read both).
+    pub async fn get(&self, path: &str, timeout: Duration) -> Result<(u16, String), ClientError> {
+        let url = self.url(path);
+        let sent = self.inner.http.get(&url).timeout(timeout).send().await;
+        let response = sent.map_err(|e| connect_error(&url, &e))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| connect_error(&url, &e))?;
+        Ok((status, text))
+    }
+
+    /// `GET path`, expecting a 2xx JSON answer.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        self.call_json(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, expecting a 2xx JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call_json(Method::POST, path, Some(body)).await
+    }
+
+    async fn call_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let mut request = self.inner.http.request(method, &url).timeout(CONTROL_TIMEOUT);
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body.to_string());
+        }
+        let response = request.send().await.map_err(|e| connect_error(&url, &e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| connect_error(&url, &e))?;
+        if !status.is_success() {
+            return Err(ClientError::Status { url, status: status.as_u16(), body: excerpt(&bytes) });
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode { reason: format!("{e}: {}", excerpt(&bytes)), url })
+    }
+
+    /// Token count of `text` with the engine's tokenizer: `req` is the template's tokenize call
+    /// (its body has `{{prompt}}`), `pointer` a JSON pointer to the token list (or a number) in
+    /// the answer.
+    pub async fn count_tokens(&self, req: &HttpRequest, pointer: &str, text: &str) -> Result<u64, ClientError> {
+        let method = Method::from_bytes(req.method.as_bytes()).map_err(|_| ClientError::Url {
+            url: self.url(&req.path),
+            reason: format!("`{}` is not an HTTP method", req.method),
+        })?;
+        let body =
+            req.body.as_ref().map(|b| crate::template::bind_late(b, &[("prompt", Value::String(text.to_string()))]));
+        let answer = self.call_json(method, &req.path, body.as_ref()).await?;
+        let found = answer.pointer(pointer);
+        if let Some(Value::Array(tokens)) = found {
+            return Ok(tokens.len() as u64);
+        }
+        found.and_then(Value::as_u64).ok_or_else(|| ClientError::Pointer {
+            url: self.url(&req.path),
+            pointer: pointer.to_string(),
+            answer: excerpt(answer.to_string().as_bytes()),
+        })
+    }
+
+    /// Sends one completion request and reads the whole (streamed) answer, timestamping as bytes
+    /// arrive. Stamps are nanoseconds since `origin`; failures are recorded, never returned.
+    pub async fn send(&self, call: &RequestTemplate, body: Bytes, origin: Instant, record: &mut RequestRecord) {
+        let url = self.url(&call.path);
+        let Ok(method) = Method::from_bytes(call.method.as_bytes()) else {
+            record.fail(ErrorKind::Connect, format!("`{}` is not an HTTP method", call.method));
+            return;
+        };
+        let request = self.inner.http.request(method, url).header(CONTENT_TYPE, "application/json").body(body);
+        record.sent_ns = since(origin);
+        let response = request.send().await;
+        let now = since(origin);
+        record.end_ns = match response {
+            Err(e) => {
+                let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connect };
+                record.fail(kind, chain(&e));
+                now
+            }
+            Ok(response) => {
+                record.headers_ns = Some(now);
+                let status = response.status();
+                record.status = Some(status.as_u16());
+                if status.is_success() {
+                    read_answer(response, call, origin, record).await
+                } else {
+                    let body = read_limited(response, ERROR_BODY_LIMIT).await;
+                    record.fail(ErrorKind::Status(status.as_u16()), excerpt(&body));
+                    since(origin)
+                }
+            }
+        };
+    }
+}
+
+/// Nanoseconds since `origin` (saturating: a u64 of nanoseconds lasts 584 years).
+fn since(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The framing state of one answer.
+enum Framing {
+    Sse(SseFramer),
+    Lines(LineFramer),
+    /// One JSON document: the body is gathered, then read as a single event.
+    Whole(Vec<u8>),
+}
+
+/// Reads a 2xx answer into `record`; returns when it ended (the chunk with the end marker, the end
+/// of the body, or the failure). A body that ends cleanly without the end marker is a complete
+/// answer: some servers (TGI's `generate_stream`) send none.
+async fn read_answer(
+    mut response: Response,
+    call: &RequestTemplate,
+    origin: Instant,
+    record: &mut RequestRecord,
+) -> u64 {
+    let mut framing = match call.stream {
+        StreamFormat::Sse => Framing::Sse(SseFramer::default()),
+        StreamFormat::Ndjson => Framing::Lines(LineFramer::default()),
+        StreamFormat::None => Framing::Whole(Vec::new()),
+    };
+    let mut events = Events::new(call, record);
+    let mut last = 0;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Stream };
+                events.record.fail(kind, chain(&e));
+                return since(origin);
+            }
+        };
+        // The arrival stamp comes first; parsing cannot delay it.
+        let t = since(origin);
+        last = t;
+        events.record.first_byte_ns.get_or_insert(t);
+        let mut on_event = |payload: &[u8]| events.event(payload, t);
+        let flow = match &mut framing {
+            Framing::Sse(f) => f.feed(&chunk, &mut on_event),
+            Framing::Lines(f) => f.feed(&chunk, &mut on_event),
+            Framing::Whole(buf) => {
+                buf.extend_from_slice(&chunk);
+                ControlFlow::Continue(())
+            }
+        };
+        if flow.is_break() {
+            if events.finished {
+                drain(response).await;
+            }
+            return t;
+        }
+    }
+    let end = since(origin);
+    let mut on_event = |payload: &[u8]| events.event(payload, last);
+    match &mut framing {
+        Framing::Sse(f) => f.finish(&mut on_event),
+        Framing::Lines(f) => f.finish(&mut on_event),
+        Framing::Whole(buf) => {
+            let _ = on_event(buf); // the answer is over either way
+        }
+    }
+    end
+}
+
+/// Reads what is left of a finished answer so its connection can be reused, within a grace.
+async fn drain(mut response: Response) {
+    let rest = async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            read += chunk.len();
+            if read > ERROR_BODY_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_GRACE, rest).await; // on timeout the connection is dropped
+}
+
+/// Up to `limit` bytes of a body; a read error ends it early (the status is the error).
+async fn read_limited(mut response: Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+fn connect_error(url: &str, e: &reqwest::Error) -> ClientError {
+    ClientError::Connect { url: url.to_string(), reason: chain(e) }
+}
+
+/// An error and its causes, without the URL (callers name it once).
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_body() {
+        "the answer broke off".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,180 @@
+//! The client against the real simulator; helpers here are shared with the load generator's tests.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::engine::sim::{SimArgs, bind, serve_on};
+use crate::manifest::template_kind::UsagePointers;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+/// Starts a simulator on a free port with these `kitt sim` flags; returns its base URL.
+pub(crate) async fn start_sim(flags: &[&str]) -> String {
+    let args = Cli::parse_from(["sim", "--port", "0"].iter().chain(flags)).sim;
+    let listener = bind(&args).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_on(listener, args, std::future::pending()));
+    url
+}
+
+fn usage() -> Option<UsagePointers> {
+    Some(UsagePointers {
+        prompt_tokens: Some("/usage/prompt_tokens".into()),
+        completion_tokens: "/usage/completion_tokens".into(),
+    })
+}
+
+/// suites/engines/vllm.yaml's completion call, rendered with `max_tokens` and `ignore_eos: true`.
+pub(crate) fn completion_call(max_tokens: u32) -> RequestTemplate {
+    RequestTemplate {
+        method: "POST".into(),
+        path: "/v1/completions".into(),
+        body: json!({"model": "sim", "prompt": "{{prompt}}", "max_tokens": max_tokens,
+            "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}),
+        stream: StreamFormat::Sse,
+        text: "/choices/0/text".into(),
+        reasoning: Some("/choices/0/reasoning_content".into()),
+        done: Some("[DONE]".into()),
+        done_field: None,
+        usage: usage(),
+    }
+}
+
+/// suites/engines/vllm.yaml's chat call, rendered likewise.
+pub(crate) fn chat_call(max_tokens: u32) -> RequestTemplate {
+    RequestTemplate {
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        body: json!({"model": "sim", "messages": "{{messages}}", "max_tokens": max_tokens,
+            "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}),
+        stream: StreamFormat::Sse,
+        text: "/choices/0/delta/content".into(),
+        reasoning: Some("/choices/0/delta/reasoning_content".into()),
+        done: Some("[DONE]".into()),
+        done_field: None,
+        usage: usage(),
+    }
+}
+
+/// suites/engines/vllm.yaml's tokenize call and pointer.
+pub(crate) fn tokenize_call() -> (HttpRequest, String) {
+    let req = HttpRequest {
+        method: "POST".into(),
+        path: "/tokenize".into(),
+        body: Some(json!({"model": "sim", "prompt": "{{prompt}}"})),
+    };
+    (req, "/tokens".into())
+}
+
+async fn send_one(url: &str, call: &RequestTemplate, body: Value) -> RequestRecord {
+    let client = EngineClient::new(url, vec![], 1).unwrap();
+    let mut record = RequestRecord::default();
+    let origin = Instant::now();
+    client.send(call, Bytes::from(body.to_string()), origin, &mut record).await;
+    record
+}
+
+fn completion_body(prompt: &str, max_tokens: u32) -> Value {
+    json!({"model": "sim", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": true,
+        "stream": true, "stream_options": {"include_usage": true}})
+}
+
+#[tokio::test]
+async fn a_streamed_completion_is_stamped_in_order() {
+    let url = start_sim(&["--ttft-ms", "20", "--itl-ms", "2"]).await;
+    let record = send_one(&url, &completion_call(8), completion_body("a b c", 8)).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!(record.status, Some(200));
+    assert_eq!((record.content_events, record.reasoning_events), (8, 0));
+    assert_eq!(record.content_event_ns.len(), 8);
+    assert_eq!(record.usage_prompt_tokens, Some(3));
+    assert_eq!(record.usage_completion_tokens, Some(8));
+    assert_eq!(record.text.split_whitespace().count(), 8);
+    let headers = record.headers_ns.unwrap();
+    let first = record.first_content_ns.unwrap();
+    assert!(record.sent_ns <= headers && headers <= record.first_byte_ns.unwrap());
+    assert!(record.first_event_ns.unwrap() <= first);
+    assert!(first - record.sent_ns >= 20_000_000, "{record:?}");
+    assert!(record.content_event_ns.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(record.last_event_ns, record.content_event_ns.last().copied());
+    assert!(record.last_event_ns.unwrap() <= record.end_ns);
+}
+
+#[tokio::test]
+async fn reasoning_is_not_content() {
+    let url = start_sim(&["--reasoning-tokens", "3", "--itl-ms", "2"]).await;
+    let body = json!({"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+    let record = send_one(&url, &chat_call(8), body).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!((record.reasoning_events, record.content_events), (3, 5));
+    assert!(record.first_reasoning_ns.unwrap() < record.first_content_ns.unwrap());
+    assert_eq!(record.first_event_ns, record.first_reasoning_ns); // role chunk shares the write
+    assert_eq!(record.text.split_whitespace().count(), 5);
+    assert_eq!(record.usage_completion_tokens, Some(8));
+}
+
+#[tokio::test]
+async fn a_plain_json_answer_is_one_event() {
+    let url = start_sim(&[]).await;
+    let mut call = completion_call(5);
+    call.stream = StreamFormat::None;
+    let body = json!({"model": "sim", "prompt": "x y", "max_tokens": 5, "ignore_eos": true});
+    let record = send_one(&url, &call, body).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!(record.content_events, 1);
+    assert_eq!(record.usage_completion_tokens, Some(5));
+    assert_eq!(record.text.split_whitespace().count(), 5);
+}
+
+#[tokio::test]
+async fn failures_are_recorded_by_kind() {
+    let url = start_sim(&["--error-rate", "1.0"]).await;
+    let record = send_one(&url, &completion_call(4), completion_body("a", 4)).await;
+    assert_eq!(record.error, Some(ErrorKind::Status(500)));
+    assert_eq!(record.status, Some(500));
+    assert!(record.error_detail.as_deref().unwrap().contains("simulated failure"));
+    assert!(!record.ok() && record.end_ns >= record.sent_ns);
+
+    // A port nobody listens on: bind one, then close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let record = send_one(&dead, &completion_call(4), completion_body("a", 4)).await;
+    assert_eq!(record.error, Some(ErrorKind::Connect), "{record:?}");
+
+    let url = start_sim(&[]).await;
+    let record = send_one(&url, &completion_call(4), json!({"prompt": 1})).await;
+    assert_eq!(record.error, Some(ErrorKind::Status(400)));
+}
+
+#[tokio::test]
+async fn control_calls() {
+    let url = start_sim(&[]).await;
+    let client = EngineClient::new(&format!("{url}/"), vec![("x-k".into(), "v".into())], 4).unwrap();
+    assert_eq!(client.base_url(), url);
+    let (status, body) = client.get("/health", Duration::from_secs(5)).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(client.get("/nope", Duration::from_secs(5)).await.unwrap().0, 404);
+    assert_eq!(client.get_json("/version").await.unwrap()["version"], "kitt-sim 0.1.0");
+    let (tokenize, pointer) = tokenize_call();
+    assert_eq!(client.count_tokens(&tokenize, &pointer, " a b  c").await.unwrap(), 3);
+    assert_eq!(client.count_tokens(&tokenize, "/count", "a b").await.unwrap(), 2);
+    let missing = client.count_tokens(&tokenize, "/nope", "a").await.unwrap_err();
+    assert!(matches!(missing, ClientError::Pointer { .. }), "{missing}");
+    let status = client.post_json("/v1/completions", &json!({})).await.unwrap_err();
+    assert!(status.to_string().starts_with(&format!("{url}/v1/completions answered HTTP 400")), "{status}");
+
+    let bad = EngineClient::new("localhost:8000", vec![], 1).err().unwrap();
+    assert!(bad.to_string().contains("invalid engine URL"), "{bad}");
+    let bad = EngineClient::new("http://h", vec![("a b".into(), "secret".into())], 1).err().unwrap();
+    assert!(!bad.to_string().contains("secret"), "{bad}");
+}

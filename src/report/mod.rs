@@ -1,0 +1,232 @@
+//! Results and reports.
+//!
+//! One documented, versioned result model (`CellResult`, `RunReport`; schema in
+//! schemas/result.schema.json) that every reporter and the results store read. `json` and `csv`
+//! are serializers in code, never string templates; the terminal summary is a view of the same
+//! model.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// Version of the result model; bump on any incompatible change.
+pub const RESULT_SCHEMA: &str = "kitt.result/v1";
+/// Version of the metric definitions (docs/metrics.md); an observed fact of every run.
+pub const METRICS_SCHEMA_VERSION: u32 = 1;
+
+/// What identifies a cell across runs (not its key, which changes with an image).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct CellIdentity {
+    pub model: String,
+    pub engine: String,
+    pub engine_template: String,
+    pub benchmark: String,
+    pub template: String,
+    pub params: BTreeMap<String, Json>,
+    pub swept: BTreeMap<String, Json>,
+    pub run_index: u32,
+    pub sampling: BTreeMap<String, Json>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CellStatus {
+    Ok,
+    /// The cell ran but broke its error budget, or could not run.
+    Failed,
+}
+
+/// Where a result came from and what was observed while producing it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Provenance {
+    pub run_id: String,
+    /// The benchmark step's key.
+    pub key: String,
+    /// 0 for the first try, n for the n-th retry.
+    pub attempt: u32,
+    /// Finished by an earlier kitt process of this run and reused on resume.
+    pub reused: bool,
+    pub started_unix_ns: u64,
+    pub finished_unix_ns: u64,
+    /// Observed facts: kitt and metrics versions, the machine, the engine's reported version.
+    pub facts: BTreeMap<String, String>,
+    /// Facts that changed during the run, accepted with `--accept-drift`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+    /// Whether every prompt had exactly the requested token count (engine tokenizer).
+    pub prompts_exact: bool,
+}
+
+/// The result of one cell.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct CellResult {
+    pub schema: String,
+    pub cell: CellIdentity,
+    pub status: CellStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The load metrics (see docs/metrics.md for every definition).
+    pub metrics: Json,
+    pub provenance: Provenance,
+}
+
+/// The report of a whole run: `report/result.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunReport {
+    pub schema: String,
+    pub run_id: String,
+    pub suite: String,
+    pub suite_file: String,
+    pub kitt_version: String,
+    pub facts: BTreeMap<String, String>,
+    pub cells: Vec<CellResult>,
+    pub failed_cells: usize,
+}
+
+/// The JSON Schema of `RunReport`, pretty, ending in a newline.
+pub fn schema() -> String {
+    let s = schemars::schema_for!(RunReport);
+    let mut v = serde_json::to_value(s).unwrap_or(Json::Null);
+    v["$id"] = "https://kitt.dev/schemas/result.schema.json".into();
+    v["title"] = format!("kitt run report ({RESULT_SCHEMA})").into();
+    let mut text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn metric(m: &Json, path: &str) -> Option<f64> {
+    m.pointer(path).and_then(Json::as_f64)
+}
+
+/// Columns of the CSV report and the terminal table: (header, JSON pointer into metrics).
+const COLUMNS: &[(&str, &str)] = &[
+    ("requests", "/requests"),
+    ("errors", "/errors"),
+    ("error_rate", "/error_rate"),
+    ("duration_s", "/duration_s"),
+    ("req_per_s", "/request_throughput"),
+    ("output_tok_per_s", "/output_token_throughput"),
+    ("ttft_p50_ms", "/ttft_ms/p50"),
+    ("ttft_p99_ms", "/ttft_ms/p99"),
+    ("itl_p50_ms", "/itl_ms/p50"),
+    ("itl_p99_ms", "/itl_ms/p99"),
+    ("tpot_p50_ms", "/tpot_ms/p50"),
+    ("e2e_p50_ms", "/e2e_ms/p50"),
+    ("e2e_p99_ms", "/e2e_ms/p99"),
+    ("output_tokens", "/output_tokens/total"),
+];
+
+fn params_text(p: &BTreeMap<String, Json>) -> String {
+    p.iter().map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v))).collect::<Vec<_>>().join(" ")
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// One row per cell (a serializer: every field escaped, numbers unformatted).
+pub fn csv(report: &RunReport) -> String {
+    let mut out = String::from("model,engine,benchmark,template,params,run_index,status,reused");
+    for (h, _) in COLUMNS {
+        out.push(',');
+        out.push_str(h);
+    }
+    out.push('\n');
+    for c in &report.cells {
+        let fields = [
+            c.cell.model.clone(),
+            c.cell.engine.clone(),
+            c.cell.benchmark.clone(),
+            c.cell.template.clone(),
+            params_text(&c.cell.params),
+            c.cell.run_index.to_string(),
+            format!("{:?}", c.status).to_lowercase(),
+            c.provenance.reused.to_string(),
+        ];
+        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        for (_, ptr) in COLUMNS {
+            out.push(',');
+            if let Some(v) = metric(&c.metrics, ptr) {
+                out.push_str(&v.to_string());
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The human summary table printed at the end of `kitt apply`.
+pub fn summary(report: &RunReport) -> String {
+    let mut rows: Vec<[String; 10]> = vec![[
+        "engine".into(),
+        "model".into(),
+        "cell".into(),
+        "status".into(),
+        "ok/total".into(),
+        "req/s".into(),
+        "out tok/s".into(),
+        "TTFT p50/p99 ms".into(),
+        "ITL p50 ms".into(),
+        "e2e p50 ms".into(),
+    ]];
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+    for c in &report.cells {
+        let m = &c.metrics;
+        let mut cell = c.cell.benchmark.clone();
+        for (k, v) in &c.cell.swept {
+            let _ = write!(cell, " {k}={}", crate::template::scalar_text(v));
+        }
+        let _ = write!(cell, " #{}", c.cell.run_index);
+        let status = match (c.status, c.provenance.reused) {
+            (CellStatus::Ok, true) => "ok (reused)".to_string(),
+            (CellStatus::Ok, false) => "ok".to_string(),
+            (CellStatus::Failed, _) => "FAILED".to_string(),
+        };
+        rows.push([
+            c.cell.engine.clone(),
+            c.cell.model.clone(),
+            cell,
+            status,
+            format!("{}/{}", f(metric(m, "/ok"), 0), f(metric(m, "/requests"), 0)),
+            f(metric(m, "/request_throughput"), 2),
+            f(metric(m, "/output_token_throughput"), 1),
+            format!("{}/{}", f(metric(m, "/ttft_ms/p50"), 1), f(metric(m, "/ttft_ms/p99"), 1)),
+            f(metric(m, "/itl_ms/p50"), 2),
+            f(metric(m, "/e2e_ms/p50"), 1),
+        ]);
+    }
+    let widths: Vec<usize> = (0..10).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (ri, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if ri == 0 {
+            let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        }
+    }
+    for c in report.cells.iter().filter(|c| c.status == CellStatus::Failed) {
+        let _ = writeln!(
+            out,
+            "FAILED {} {}: {}",
+            c.cell.engine,
+            c.cell.benchmark,
+            c.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_escapes_fields() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}

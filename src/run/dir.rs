@@ -1,0 +1,277 @@
+//! The filesystem layout of runs — the only place that knows it.
+//!
+//! ```text
+//! <runs dir>/<run-id>/
+//!   run.json        identity of the suite this run belongs to
+//!   lock            flock'd by the one kitt process driving the run (holder written inside)
+//!   plan.json       the compiled plan (secrets are references, never values)
+//!   journal.jsonl   append-only record of steps
+//!   steps/<key>/    per-step outputs
+//!   report/         rendered reports
+//! ```
+//! Files are written atomically (temp + fsync + rename + directory fsync).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::{self, Event};
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Where runs live: `--runs-dir`, else `KITT_RUNS_DIR`, else `./.kitt/runs`.
+pub fn runs_root(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KITT_RUNS_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".kitt/runs"))
+}
+
+/// `run.json`: which suite a run belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub id: String,
+    pub identity: String,
+    pub suite: String,
+    pub file: PathBuf,
+    pub created_unix_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every step ended and every cell succeeded.
+    Succeeded,
+    /// Every step ended; some cell failed.
+    Failed,
+    /// Stopped by a signal or a crash: `kitt apply` resumes it.
+    Unfinished,
+    /// A kitt process holds its lock right now.
+    Running,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    #[serde(flatten)]
+    pub meta: RunMeta,
+    pub path: PathBuf,
+    pub status: RunStatus,
+    pub records: usize,
+}
+
+/// Every run under `root`, oldest first.
+pub fn list(root: &Path) -> Vec<RunInfo> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<RunInfo> = entries.filter_map(|e| e.ok()).filter_map(|e| info(&e.path())).collect();
+    runs.sort_by(|a, b| (a.meta.created_unix_ns, &a.meta.id).cmp(&(b.meta.created_unix_ns, &b.meta.id)));
+    runs
+}
+
+/// What is known about the run at `path`, if it is one.
+pub fn info(path: &Path) -> Option<RunInfo> {
+    let meta: RunMeta = serde_json::from_slice(&std::fs::read(path.join("run.json")).ok()?).ok()?;
+    let contents = journal::read(&path.join("journal.jsonl")).ok();
+    let records = contents.as_ref().map_or(Vec::new(), |c| c.records.clone());
+    // Finished only if a RunFinished follows the last RunStarted.
+    let last_start = records.iter().rposition(|r| matches!(r.event, Event::RunStarted { .. }));
+    let finish = records.iter().enumerate().rev().find_map(|(i, r)| match r.event {
+        Event::RunFinished { ok, .. } => Some((i, ok)),
+        _ => None,
+    });
+    let status = match (finish, last_start) {
+        _ if LockFile::is_held(&path.join("lock")) => RunStatus::Running,
+        (Some((f, ok)), Some(s)) if f > s => {
+            if ok {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            }
+        }
+        _ => RunStatus::Unfinished,
+    };
+    Some(RunInfo { meta, path: path.to_path_buf(), status, records: records.len() })
+}
+
+/// A new run id: UTC time plus a few random hex digits.
+pub fn new_run_id() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now.chars().filter(|c| c.is_ascii_digit()).take(14).collect();
+    let nanos = journal::unix_ns();
+    format!("{}-{}-{:04x}", &stamp[..8], &stamp[8..], (nanos ^ (std::process::id() as u64) << 7) & 0xffff)
+}
+
+/// A run directory, locked by this process.
+pub struct RunDir {
+    pub id: String,
+    pub path: PathBuf,
+    _lock: LockFile,
+}
+
+impl RunDir {
+    /// Creates a new run directory and locks it.
+    pub fn create(root: &Path, meta: &RunMeta) -> Result<RunDir, LockError> {
+        let path = root.join(&meta.id);
+        std::fs::create_dir_all(path.join("steps")).map_err(|e| LockError::Io(path.clone(), e))?;
+        let lock = LockFile::acquire(&path.join("lock"))?;
+        let json = serde_json::to_vec_pretty(meta).unwrap_or_default();
+        write_atomic(&path.join("run.json"), &json).map_err(|e| LockError::Io(path.clone(), e))?;
+        Ok(RunDir { id: meta.id.clone(), path, _lock: lock })
+    }
+
+    /// Locks an existing run directory.
+    pub fn open(info: &RunInfo) -> Result<RunDir, LockError> {
+        let lock = LockFile::acquire(&info.path.join("lock"))?;
+        Ok(RunDir { id: info.meta.id.clone(), path: info.path.clone(), _lock: lock })
+    }
+
+    pub fn plan_path(&self) -> PathBuf {
+        self.path.join("plan.json")
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.join("journal.jsonl")
+    }
+
+    /// The output directory of the step with `key` (created).
+    pub fn step_dir(&self, key: &str) -> io::Result<PathBuf> {
+        let d = self.path.join("steps").join(key);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    pub fn report_dir(&self) -> PathBuf {
+        self.path.join("report")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{0} is in use by another kitt ({1}); wait for it to finish or stop it")]
+    Held(PathBuf, String),
+    #[error("cannot use {0}: {1}")]
+    Io(PathBuf, io::Error),
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process dies).
+pub struct LockFile {
+    file: File,
+}
+
+/// Who holds a lock, written into the lock file.
+pub fn holder_description() -> String {
+    format!("pid {}, started {}", std::process::id(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()))
+}
+
+impl LockFile {
+    /// Takes the lock or fails at once naming the holder.
+    pub fn acquire(path: &Path) -> Result<LockFile, LockError> {
+        match Self::try_acquire(path)? {
+            Some(lock) => Ok(lock),
+            None => {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                let holder =
+                    if holder.trim().is_empty() { "unknown holder".to_string() } else { holder.trim().to_string() };
+                Err(LockError::Held(path.parent().unwrap_or(path).to_path_buf(), holder))
+            }
+        }
+    }
+
+    /// Takes the lock if it is free; `None` when another holder has it.
+    pub fn try_acquire(path: &Path) -> Result<Option<LockFile>, LockError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| LockError::Io(path.to_path_buf(), e))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| LockError::Io(path.to_path_buf(), e))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(LockError::Io(path.to_path_buf(), err));
+        }
+        let _ = file.set_len(0);
+        let _ = file.write_all(holder_description().as_bytes());
+        let _ = file.sync_data();
+        Ok(Some(LockFile { file }))
+    }
+
+    /// Whether some process holds the lock at `path` now.
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().read(true).open(path) else {
+            return false;
+        };
+        // SAFETY: flock on a file descriptor we own; released at once.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Rewrites the holder description (e.g. to add the run being measured).
+    pub fn describe(&mut self, text: &str) {
+        let _ = self.file.set_len(0);
+        use std::io::Seek as _;
+        let _ = self.file.seek(io::SeekFrom::Start(0));
+        let _ = self.file.write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn a_held_lock_names_its_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let _held = LockFile::acquire(&p).unwrap();
+        assert!(LockFile::is_held(&p));
+        match LockFile::acquire(&p) {
+            Err(LockError::Held(_, holder)) => {
+                assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}")
+            }
+            other => panic!("expected Held, got {:?}", other.err()),
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! What each step of a real run does: start and stop engines, warm them up, run benchmark
+//! cells, assemble results and write reports.
+//!
+//! Every resource a step creates has an owner: engine processes live in `engines` until their
+//! stop step (or `shutdown`, on every other path) ends them, and an `EngineProcess` dropped
+//! unstopped kills its process group.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::journal::{Facts, unix_ns};
+use super::scheduler::{Executor, StepError, StepFuture};
+use crate::bench::{load, metrics};
+use crate::cancel::Cancel;
+use crate::engine::client::EngineClient;
+use crate::engine::native::{EngineProcess, free_port};
+use crate::manifest::load::{ApiKind, LoadSpec, Profile, PromptSpec};
+use crate::manifest::secret::SecretOr;
+use crate::plan::{EngineGroup, Mode, Plan, StepKind};
+use crate::report::{CellIdentity, CellResult, CellStatus, Provenance, RESULT_SCHEMA, RunReport};
+use crate::template::{bind_late, scalar_text};
+
+/// A started engine.
+struct Engine {
+    process: Option<EngineProcess>,
+    client: EngineClient,
+    facts: Facts,
+}
+
+/// Live progress, read by the display.
+#[derive(Default)]
+pub struct Progress {
+    /// Requests completed in the running measuring step.
+    pub requests: Arc<AtomicU64>,
+    /// Requests the running measuring step will send (0 when bounded by time).
+    pub requests_total: AtomicU64,
+    /// Label of the running measuring step.
+    pub label: Mutex<String>,
+    pub steps_done: AtomicU64,
+}
+
+pub struct RunExecutor {
+    pub plan: Plan,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub kitt_exe: String,
+    /// Run-level observed facts.
+    pub facts: Facts,
+    /// Engine facts recorded by earlier attempts of this run, by group id.
+    pub previous_engine_facts: HashMap<String, Facts>,
+    pub accept_drift: bool,
+    pub max_error_rate: f64,
+    /// Collect keys finished by earlier attempts (their results are marked reused).
+    pub reused: HashSet<String>,
+    pub progress: Arc<Progress>,
+    engines: tokio::sync::Mutex<HashMap<usize, Engine>>,
+    drift: Mutex<HashMap<usize, Vec<String>>>,
+}
+
+fn err(e: impl std::fmt::Display) -> StepError {
+    StepError::new(e.to_string())
+}
+
+impl RunExecutor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        plan: Plan,
+        run_id: String,
+        run_dir: PathBuf,
+        facts: Facts,
+        previous_engine_facts: HashMap<String, Facts>,
+        accept_drift: bool,
+        reused: HashSet<String>,
+        progress: Arc<Progress>,
+    ) -> RunExecutor {
+        let kitt_exe =
+            std::env::current_exe().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|_| "kitt".into());
+        let max_error_rate = plan.execution.max_error_rate;
+        RunExecutor {
+            plan,
+            run_id,
+            run_dir,
+            kitt_exe,
+            facts,
+            previous_engine_facts,
+            accept_drift,
+            max_error_rate,
+            reused,
+            progress,
+            engines: tokio::sync::Mutex::new(HashMap::new()),
+            drift: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn step_dir(&self, key: &str) -> Result<PathBuf, StepError> {
+        let d = self.run_dir.join("steps").join(key);
+        std::fs::create_dir_all(&d).map_err(|e| err(format!("cannot create {}: {e}", d.display())))?;
+        Ok(d)
+    }
+
+    fn write(&self, path: PathBuf, value: &impl serde::Serialize) -> Result<(), StepError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(err)?;
+        super::dir::write_atomic(&path, &bytes).map_err(|e| err(format!("cannot write {}: {e}", path.display())))
+    }
+
+    fn late(&self, port: u16) -> Vec<(&'static str, Json)> {
+        vec![("port", json!(port)), ("run.id", json!(self.run_id)), ("kitt.exe", json!(self.kitt_exe))]
+    }
+
+    fn secret(name: &str, v: &SecretOr, late: &[(&str, Json)]) -> Result<String, StepError> {
+        match v {
+            SecretOr::Plain(s) => Ok(scalar_text(&bind_late(&json!(s), late))),
+            SecretOr::FromEnv { from_env, prefix } => match std::env::var(from_env) {
+                Ok(value) => Ok(format!("{}{value}", prefix.as_deref().unwrap_or(""))),
+                Err(_) => Err(err(format!("`{name}` reads the environment variable `{from_env}`, which is not set"))),
+            },
+        }
+    }
+
+    async fn start(&self, gi: usize, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+        let g = &self.plan.groups[gi];
+        let Mode::Native { argv, env, cwd } = &g.mode else {
+            return Err(err(format!("engine `{}`: {} mode is not executable by this kitt", g.engine, g.mode.name())));
+        };
+        let port = free_port().map_err(|e| err(format!("cannot allocate a port: {e}")))?;
+        let late = self.late(port);
+        let argv: Vec<String> = argv.iter().map(|a| scalar_text(&bind_late(&json!(a), &late))).collect();
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| Ok((k.clone(), Self::secret(k, v, &late)?))).collect::<Result<_, StepError>>()?;
+        let dir = match cwd {
+            Some(c) => self.plan.suite.dir.join(c),
+            None => self.plan.suite.dir.clone(),
+        };
+        let log = self.step_dir(key)?.join("engine.log");
+        let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
+        let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
+        if let Err(e) = wait_healthy(g, &client, &mut process, cancel).await {
+            process.stop(Duration::from_secs(2), true).await;
+            return Err(e);
+        }
+        let mut facts = Facts::new();
+        if let Some(probe) = &g.version {
+            match client.get_json(&probe.path).await {
+                Ok(v) => {
+                    let version = v.pointer(&probe.pointer).map(scalar_text).unwrap_or_default();
+                    facts.insert("engine.version".into(), version);
+                }
+                Err(e) => tracing::warn!("engine `{}`: cannot read its version: {e}", g.id),
+            }
+        }
+        if let Some(previous) = self.previous_engine_facts.get(&g.id) {
+            let changed: Vec<String> = previous
+                .iter()
+                .filter(|(k, v)| facts.get(*k).is_some_and(|now| now != *v))
+                .map(|(k, v)| format!("{k} of engine `{}` was `{v}`, now `{}`", g.id, facts[k]))
+                .collect();
+            if !changed.is_empty() {
+                if !self.accept_drift {
+                    process.stop(Duration::from_secs(2), false).await;
+                    return Err(StepError::abort(format!(
+                        "drift: {}; resuming would mix results from different engines. Rerun with --accept-drift to continue (the cells are marked), or --fresh to start over",
+                        changed.join("; ")
+                    )));
+                }
+                if let Ok(mut d) = self.drift.lock() {
+                    d.insert(gi, changed);
+                }
+            }
+        }
+        let pid = process.pid();
+        self.engines.lock().await.insert(gi, Engine { process: Some(process), client, facts: facts.clone() });
+        Ok(json!({"port": port, "pid": pid, "facts": facts}))
+    }
+
+    async fn client(&self, gi: usize) -> Result<EngineClient, StepError> {
+        let engines = self.engines.lock().await;
+        engines
+            .get(&gi)
+            .map(|e| e.client.clone())
+            .ok_or_else(|| err(format!("engine `{}` is not running", self.plan.groups[gi].id)))
+    }
+
+    async fn setup(&self, gi: usize) -> Result<Json, StepError> {
+        let client = self.client(gi).await?;
+        for call in &self.plan.groups[gi].setup {
+            let body = call.body.clone().unwrap_or(Json::Null);
+            client.post_json(&call.path, &body).await.map_err(err)?;
+        }
+        Ok(json!({"requests": self.plan.groups[gi].setup.len()}))
+    }
+
+    fn tokenizer(g: &EngineGroup) -> Option<(crate::plan::HttpRequest, String)> {
+        Some((g.tokenize.clone()?, g.tokenize_pointer.clone()?))
+    }
+
+    async fn measure(
+        &self,
+        gi: usize,
+        call: &crate::plan::RequestTemplate,
+        spec: &LoadSpec,
+        label: String,
+        cancel: &Cancel,
+    ) -> Result<load::LoadOutcome, StepError> {
+        let g = &self.plan.groups[gi];
+        let client = self.client(gi).await?;
+        self.progress.requests.store(0, Ordering::Relaxed);
+        self.progress.requests_total.store(spec.requests.unwrap_or(0), Ordering::Relaxed);
+        if let Ok(mut l) = self.progress.label.lock() {
+            *l = label;
+        }
+        let input = load::LoadInput {
+            client,
+            call: call.clone(),
+            load: spec.clone(),
+            api: spec.api,
+            tokenize: Self::tokenizer(g),
+            seed: 0,
+            progress: self.progress.requests.clone(),
+            cancel: cancel.clone(),
+        };
+        load::run(input).await.map_err(|e| match e {
+            load::LoadError::Cancelled => StepError::cancelled(),
+            other => err(other),
+        })
+    }
+
+    async fn warmup(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
+        let g = &self.plan.groups[gi];
+        let Some(w) = &g.warmup else {
+            return Ok(Json::Null);
+        };
+        let spec = LoadSpec {
+            api: if w.request.path.contains("chat") { ApiKind::Chat } else { ApiKind::Completion },
+            profile: Profile::Synchronous,
+            requests: Some(w.requests as u64),
+            duration: None,
+            prompt: PromptSpec::Synthetic { input_tokens: w.input_tokens },
+            ignore_eos: true,
+        };
+        let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel).await?;
+        let failed = outcome.records.iter().filter(|r| !r.ok()).count();
+        if failed == outcome.records.len() && failed > 0 {
+            let detail = outcome.records.iter().find_map(|r| r.error_detail.clone()).unwrap_or_default();
+            return Err(err(format!("every warmup request failed: {detail}")));
+        }
+        Ok(json!({"requests": outcome.records.len(), "failed": failed}))
+    }
+
+    async fn benchmark(&self, step: usize, attempt: u32, cancel: &Cancel) -> Result<Json, StepError> {
+        let s = &self.plan.steps[step];
+        let ci = s.cell.ok_or_else(|| err("benchmark step without a cell"))?;
+        let cell = &self.plan.cells[ci];
+        let (Some(spec), Some(call)) = (&cell.load, &cell.request) else {
+            return Err(err(format!("benchmark `{}`: its mechanism is not executable by this kitt", cell.benchmark)));
+        };
+        let started = unix_ns();
+        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel).await?;
+        let finished = unix_ns();
+        let m = metrics::summarize(&outcome);
+        let dir = self.step_dir(&s.key)?;
+        let mut lines = Vec::with_capacity(outcome.records.len() * 256);
+        for r in &outcome.records {
+            serde_json::to_writer(&mut lines, r).map_err(err)?;
+            lines.push(b'\n');
+        }
+        super::dir::write_atomic(&dir.join("requests.jsonl"), &lines).map_err(err)?;
+        let error = if m.requests > 0 && m.ok == 0 {
+            Some(format!("every request failed ({})", summary_errors(&m)))
+        } else if m.error_rate > self.max_error_rate {
+            Some(format!(
+                "error rate {:.1} % is above the budget of {:.1} % ({})",
+                m.error_rate * 100.0,
+                self.max_error_rate * 100.0,
+                summary_errors(&m)
+            ))
+        } else {
+            None
+        };
+        let record = json!({
+            "metrics": m, "prompts_exact": outcome.prompts_exact, "attempt": attempt,
+            "started_unix_ns": started, "finished_unix_ns": finished, "error": error,
+        });
+        self.write(dir.join("benchmark.json"), &record)?;
+        match error {
+            Some(e) => Err(err(e)),
+            None => {
+                Ok(json!({"requests": m.requests, "ok": m.ok, "output_token_throughput": m.output_token_throughput}))
+            }
+        }
+    }
+
+    fn identity(&self, ci: usize) -> CellIdentity {
+        let c = &self.plan.cells[ci];
+        CellIdentity {
+            model: c.model.clone(),
+            engine: c.engine.clone(),
+            engine_template: self.plan.groups[c.group].template.clone(),
+            benchmark: c.benchmark.clone(),
+            template: c.template.clone(),
+            params: c.params.clone(),
+            swept: c.swept.clone(),
+            run_index: c.run_index,
+            sampling: c.sampling.clone(),
+        }
+    }
+
+    async fn collect(&self, step: usize) -> Result<Json, StepError> {
+        let s = &self.plan.steps[step];
+        let ci = s.cell.ok_or_else(|| err("collect step without a cell"))?;
+        let bench_step =
+            s.deps.first().map(|d| &self.plan.steps[*d]).ok_or_else(|| err("collect step without its benchmark"))?;
+        let path = self.run_dir.join("steps").join(&bench_step.key).join("benchmark.json");
+        let raw: Json = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| err(format!("cannot read {}", path.display())))?;
+        let gi = self.plan.cells[ci].group;
+        let mut facts = self.facts.clone();
+        if let Some(e) = self.engines.lock().await.get(&gi) {
+            facts.extend(e.facts.clone());
+        }
+        let drift = self.drift.lock().ok().and_then(|d| d.get(&gi).cloned()).unwrap_or_default();
+        let result = CellResult {
+            schema: RESULT_SCHEMA.into(),
+            cell: self.identity(ci),
+            status: CellStatus::Ok,
+            error: None,
+            metrics: raw["metrics"].clone(),
+            provenance: Provenance {
+                run_id: self.run_id.clone(),
+                key: bench_step.key.clone(),
+                attempt: raw["attempt"].as_u64().unwrap_or(0) as u32,
+                reused: false,
+                started_unix_ns: raw["started_unix_ns"].as_u64().unwrap_or(0),
+                finished_unix_ns: raw["finished_unix_ns"].as_u64().unwrap_or(0),
+                facts,
+                drift,
+                prompts_exact: raw["prompts_exact"].as_bool().unwrap_or(false),
+            },
+        };
+        self.write(self.step_dir(&s.key)?.join("result.json"), &result)?;
+        Ok(json!({"status": "ok"}))
+    }
+
+    async fn stop(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
+        let engine = self.engines.lock().await.remove(&gi);
+        let status = match engine.and_then(|e| e.process) {
+            Some(p) => p.stop(Duration::from_secs(5), cancel.is_urgent()).await.map(|s| s.to_string()),
+            None => None,
+        };
+        Ok(json!({"exit": status}))
+    }
+
+    /// Stops every engine still running (every ending path calls this).
+    pub async fn shutdown(&self, urgent: bool) {
+        let engines: Vec<Engine> = self.engines.lock().await.drain().map(|(_, e)| e).collect();
+        for e in engines {
+            if let Some(p) = e.process {
+                p.stop(Duration::from_secs(5), urgent).await;
+            }
+        }
+    }
+
+    /// The result of every cell: finished ones from their step directories, the rest failed.
+    pub fn report(&self) -> RunReport {
+        let mut cells = Vec::new();
+        for s in self.plan.steps.iter().filter(|s| s.kind == StepKind::Collect) {
+            let Some(ci) = s.cell else { continue };
+            let path = self.run_dir.join("steps").join(&s.key).join("result.json");
+            let result: Option<CellResult> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let cell = match result {
+                Some(mut r) => {
+                    r.provenance.reused = self.reused.contains(&s.key);
+                    r
+                }
+                None => {
+                    let bench = s.deps.first().map(|d| &self.plan.steps[*d]);
+                    let raw: Option<Json> = bench
+                        .and_then(|b| {
+                            std::fs::read(self.run_dir.join("steps").join(&b.key).join("benchmark.json")).ok()
+                        })
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    let error = raw
+                        .as_ref()
+                        .and_then(|r| r["error"].as_str().map(String::from))
+                        .unwrap_or_else(|| "did not run (see `kitt runs show`)".into());
+                    CellResult {
+                        schema: RESULT_SCHEMA.into(),
+                        cell: self.identity(ci),
+                        status: CellStatus::Failed,
+                        error: Some(error),
+                        metrics: raw.map(|r| r["metrics"].clone()).unwrap_or(Json::Null),
+                        provenance: Provenance {
+                            run_id: self.run_id.clone(),
+                            key: bench.map(|b| b.key.clone()).unwrap_or_default(),
+                            attempt: 0,
+                            reused: false,
+                            started_unix_ns: 0,
+                            finished_unix_ns: 0,
+                            facts: self.facts.clone(),
+                            drift: Vec::new(),
+                            prompts_exact: false,
+                        },
+                    }
+                }
+            };
+            cells.push(cell);
+        }
+        let failed_cells = cells.iter().filter(|c| c.status == CellStatus::Failed).count();
+        RunReport {
+            schema: "kitt.report/v1".into(),
+            run_id: self.run_id.clone(),
+            suite: self.plan.suite.name.clone(),
+            suite_file: self.plan.suite.file.to_string_lossy().to_string(),
+            kitt_version: env!("CARGO_PKG_VERSION").into(),
+            facts: self.facts.clone(),
+            cells,
+            failed_cells,
+        }
+    }
+
+    fn write_reports(&self) -> Result<Json, StepError> {
+        let report = self.report();
+        let dir = self.run_dir.join("report");
+        // result.json is the canonical result model: always written; reporters add formats.
+        let canonical = serde_json::to_vec_pretty(&report).map_err(err)?;
+        super::dir::write_atomic(&dir.join("result.json"), &canonical).map_err(err)?;
+        let mut files = vec!["result.json".to_string()];
+        for r in &self.plan.reporters {
+            let bytes = match r.format {
+                crate::manifest::template_kind::ReportFormat::Json => {
+                    serde_json::to_vec_pretty(&report).map_err(err)?
+                }
+                crate::manifest::template_kind::ReportFormat::Csv => crate::report::csv(&report).into_bytes(),
+                crate::manifest::template_kind::ReportFormat::Template => continue,
+            };
+            let path = dir.join(&r.output);
+            if files.contains(&r.output) {
+                continue;
+            }
+            super::dir::write_atomic(&path, &bytes)
+                .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+            files.push(r.output.clone());
+        }
+        Ok(json!({"files": files}))
+    }
+}
+
+fn summary_errors(m: &metrics::LoadMetrics) -> String {
+    m.errors_by_kind.iter().map(|(k, v)| format!("{v}× {k}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Polls the health path with exponential backoff until it answers 2xx; fails at once if the
+/// process exits, and on timeout says what was polled and what it last answered.
+async fn wait_healthy(
+    g: &EngineGroup,
+    client: &EngineClient,
+    process: &mut EngineProcess,
+    cancel: &Cancel,
+) -> Result<(), StepError> {
+    let h = &g.health;
+    let started = std::time::Instant::now();
+    let mut interval = h.initial_interval.0.max(Duration::from_millis(5));
+    let mut last = String::from("no answer yet");
+    loop {
+        if let Some(status) = process.exited() {
+            return Err(err(format!(
+                "engine `{}` exited ({status}) before it was healthy; last log lines:\n{}",
+                g.id,
+                process.last_log_lines(50)
+            )));
+        }
+        match client.get(&h.path, Duration::from_secs(5)).await {
+            Ok((code, _)) if (200..300).contains(&code) => {
+                // The answer must come from our process, which must still be alive.
+                if process.exited().is_none() {
+                    return Ok(());
+                }
+            }
+            Ok((code, body)) => last = format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
+            Err(e) => last = e.to_string(),
+        }
+        if started.elapsed() >= h.timeout.0 {
+            return Err(err(format!(
+                "engine `{}` was not healthy after {}: polled {}{}, last answer: {last}",
+                g.id,
+                humantime::format_duration(h.timeout.0),
+                client.base_url(),
+                h.path
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return Err(StepError::cancelled()),
+        }
+        interval = (interval * 2).min(h.max_interval.0);
+    }
+}
+
+impl Executor for RunExecutor {
+    fn run(self: Arc<Self>, step: usize, attempt: u32, cancel: Cancel) -> StepFuture {
+        Box::pin(async move {
+            let s = &self.plan.steps[step];
+            let group = s.group;
+            let g = || group.ok_or_else(|| err("step without an engine group"));
+            let result = match s.kind {
+                StepKind::Pull => Err(err("container engines are not executable by this kitt")),
+                StepKind::Start => self.start(g()?, &s.key, &cancel).await,
+                StepKind::Setup => self.setup(g()?).await,
+                StepKind::Warmup => self.warmup(g()?, &cancel).await,
+                StepKind::Benchmark => self.benchmark(step, attempt, &cancel).await,
+                StepKind::Collect => self.collect(step).await,
+                StepKind::Stop => self.stop(g()?, &cancel).await,
+                StepKind::Report => self.write_reports(),
+            };
+            if result.is_ok() {
+                self.progress.steps_done.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        })
+    }
+
+    fn restart(self: Arc<Self>, group: usize, cancel: Cancel) -> StepFuture {
+        Box::pin(async move {
+            self.stop(group, &cancel).await?;
+            let key = self
+                .plan
+                .steps
+                .iter()
+                .find(|s| s.kind == StepKind::Start && s.group == Some(group))
+                .map(|s| s.key.clone())
+                .unwrap_or_default();
+            self.start(group, &key, &cancel).await?;
+            self.warmup(group, &cancel).await
+        })
+    }
+}

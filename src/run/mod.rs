@@ -1,0 +1,239 @@
+//! Running a plan: the run directory, the journal, locks and the scheduler.
+//!
+//! Owns the filesystem layout of runs and the order in which steps execute; what a step does
+//! lives in `exec`, which calls into `engine` and `bench`.
+
+pub mod dir;
+pub mod exec;
+pub mod hostlock;
+pub mod journal;
+pub mod scheduler;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::cancel::Cancel;
+use crate::plan::{NotExecutable, Plan, StepKind};
+use crate::report::RunReport;
+use dir::{LockError, RunDir, RunMeta, RunStatus};
+use journal::{Event, Facts, Journal, JournalError};
+
+pub struct ApplyOptions {
+    pub runs_dir: Option<PathBuf>,
+    /// Start a new run even if an unfinished one exists.
+    pub fresh: bool,
+    /// Resume this run id.
+    pub resume: Option<String>,
+    pub accept_drift: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("this suite uses what this kitt cannot execute yet:\n{}", list(.0))]
+    NotExecutable(Vec<NotExecutable>),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("no run `{0}` under {1}")]
+    NoSuchRun(String, PathBuf),
+    #[error("drift since this run started: {}. Resuming would mix results; rerun with --accept-drift to continue (cells are marked) or --fresh to start over", .0.join("; "))]
+    Drift(Vec<String>),
+    #[error("run {run} stopped: {reason}")]
+    Stopped { run: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+fn list(items: &[NotExecutable]) -> String {
+    items
+        .iter()
+        .map(|n| format!("  {}:{}:{}: {}", n.file.display(), n.line, n.col, n.what))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct ApplyOutcome {
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub resumed: bool,
+    pub reused_steps: usize,
+    pub failed_cells: usize,
+    pub interrupted: bool,
+    pub errors: Vec<String>,
+    pub report: Option<RunReport>,
+}
+
+/// The run-level observed facts of this process.
+pub fn observed_facts() -> Facts {
+    let mut f = Facts::new();
+    f.insert("kitt.version".into(), env!("CARGO_PKG_VERSION").into());
+    f.insert("metrics.schema".into(), crate::report::METRICS_SCHEMA_VERSION.to_string());
+    // Placeholder until the hardware fingerprint lands: enough to notice a different machine.
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    f.insert("machine".into(), format!("{host} {}-{} {cpus} cpus", std::env::consts::OS, std::env::consts::ARCH));
+    f
+}
+
+/// Chooses the run to drive: `--resume`, else the latest unfinished run of this suite, else new.
+fn select_run(plan: &Plan, root: &Path, opts: &ApplyOptions) -> Result<(RunDir, bool), ApplyError> {
+    if let Some(id) = &opts.resume {
+        let info = dir::info(&root.join(id)).ok_or_else(|| ApplyError::NoSuchRun(id.clone(), root.to_path_buf()))?;
+        return Ok((RunDir::open(&info)?, true));
+    }
+    if !opts.fresh {
+        let latest = dir::list(root).into_iter().rev().find(|r| r.meta.identity == plan.suite.identity);
+        if let Some(info) = latest {
+            match info.status {
+                RunStatus::Unfinished => return Ok((RunDir::open(&info)?, true)),
+                // Fails fast with the holder's name, as two kitt processes must never share a run.
+                RunStatus::Running => return Ok((RunDir::open(&info)?, true)),
+                _ => {}
+            }
+        }
+    }
+    let meta = RunMeta {
+        id: dir::new_run_id(),
+        identity: plan.suite.identity.clone(),
+        suite: plan.suite.name.clone(),
+        file: plan.suite.file.clone(),
+        created_unix_ns: journal::unix_ns(),
+    };
+    Ok((RunDir::create(root, &meta)?, false))
+}
+
+/// Runs (or resumes) `plan` to the end or until `cancel`.
+pub async fn apply(
+    plan: Plan,
+    opts: &ApplyOptions,
+    cancel: &Cancel,
+    progress: Arc<exec::Progress>,
+) -> Result<ApplyOutcome, ApplyError> {
+    if !plan.not_executable.is_empty() {
+        return Err(ApplyError::NotExecutable(plan.not_executable.clone()));
+    }
+    let root = dir::runs_root(opts.runs_dir.as_deref());
+    let (run, resumed) = select_run(&plan, &root, opts)?;
+    let contents = journal::read(&run.journal_path())?;
+    let facts = observed_facts();
+    // Facts and finished keys from earlier attempts of this run.
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut engine_facts: HashMap<String, Facts> = HashMap::new();
+    let mut previous_run_facts: Option<Facts> = None;
+    let mut attempt = 0;
+    let start_keys: HashMap<&str, &str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Start)
+        .filter_map(|s| s.group.map(|g| (s.key.as_str(), plan.groups[g].id.as_str())))
+        .collect();
+    for r in &contents.records {
+        match &r.event {
+            Event::RunStarted { facts, .. } => {
+                attempt += 1;
+                previous_run_facts = Some(facts.clone());
+            }
+            Event::StepFinished { key, kind, outputs, .. } => {
+                if matches!(kind, StepKind::Benchmark | StepKind::Collect) {
+                    finished.insert(key.clone());
+                }
+                if *kind == StepKind::Start
+                    && let (Some(group), Some(f)) = (start_keys.get(key.as_str()), outputs.get("facts"))
+                    && let Ok(f) = serde_json::from_value::<Facts>(f.clone())
+                {
+                    engine_facts.insert(group.to_string(), f);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(prev) = &previous_run_facts {
+        let drift: Vec<String> = prev
+            .iter()
+            .filter(|(k, v)| facts.get(*k).is_some_and(|now| now != *v))
+            .map(|(k, v)| format!("{k} was `{v}`, now `{}`", facts[k]))
+            .collect();
+        if !drift.is_empty() && !opts.accept_drift {
+            return Err(ApplyError::Drift(drift));
+        }
+    }
+    // A collect is only reusable together with its benchmark.
+    let reusable: HashSet<String> = plan
+        .steps
+        .iter()
+        .filter(|s| finished.contains(&s.key))
+        .filter(|s| s.kind != StepKind::Collect || s.deps.iter().all(|d| finished.contains(&plan.steps[*d].key)))
+        .map(|s| s.key.clone())
+        .collect();
+    let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| ApplyError::Io(e.to_string()))?;
+    dir::write_atomic(&run.plan_path(), &plan_json)
+        .map_err(|e| ApplyError::Io(format!("cannot write {}: {e}", run.plan_path().display())))?;
+    let mut j = Journal::open(&run.journal_path(), &contents)?;
+    j.append(Event::RunStarted {
+        attempt,
+        kitt_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        facts: facts.clone(),
+        accept_drift: opts.accept_drift,
+    })?;
+    let j = Arc::new(Mutex::new(j));
+
+    let sched_opts = scheduler::Options {
+        max_parallel: plan.execution.max_parallel as usize,
+        retries: plan.execution.retries,
+        step_timeout: plan.execution.step_timeout.0,
+        on_failure: plan.execution.on_failure,
+        isolation: plan.execution.isolation,
+        max_error_rate: plan.execution.max_error_rate,
+        host_lock: hostlock::default_path(),
+        holder: format!("{} (run {})", dir::holder_description(), run.id),
+    };
+    let reused_collects: HashSet<String> = reusable.clone();
+    let exec = Arc::new(exec::RunExecutor::new(
+        plan.clone(),
+        run.id.clone(),
+        run.path.clone(),
+        facts,
+        engine_facts,
+        opts.accept_drift,
+        reused_collects,
+        progress,
+    ));
+    let reused_steps = plan.steps.iter().filter(|s| reusable.contains(&s.key)).count();
+    let outcome = scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel).await;
+    exec.shutdown(cancel.is_urgent()).await;
+    let event = if let Some(reason) = &outcome.aborted {
+        Event::RunStopped { reason: reason.clone() }
+    } else if outcome.interrupted {
+        Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
+    } else {
+        Event::RunFinished {
+            ok: outcome.failed_cells == 0 && outcome.errors.is_empty(),
+            failed_cells: outcome.failed_cells,
+        }
+    };
+    if let Ok(mut j) = j.lock() {
+        j.append(event)?;
+    }
+    if let Some(reason) = outcome.aborted {
+        return Err(ApplyError::Stopped { run: run.id.clone(), reason });
+    }
+    let report = (!outcome.interrupted).then(|| exec.report());
+    let errors = outcome
+        .errors
+        .iter()
+        .map(|(id, e)| format!("{} `{}`: {e}", plan.steps[*id].kind.name(), plan.step_label(&plan.steps[*id])))
+        .collect();
+    Ok(ApplyOutcome {
+        run_id: run.id.clone(),
+        run_dir: run.path.clone(),
+        resumed,
+        reused_steps,
+        failed_cells: outcome.failed_cells,
+        interrupted: outcome.interrupted,
+        errors,
+        report,
+    })
+}
