@@ -45,7 +45,10 @@ fn checked_in_schemas_are_not_stale() {
         assert!(on_disk == generated, "{} is stale: run `cargo run -- schema --out schemas/`", path.display());
     }
     let result = std::fs::read_to_string(root().join("schemas/result.schema.json")).unwrap_or_default();
-    assert!(result == kitt::report::schema(), "schemas/result.schema.json is stale: run `cargo run -- schema --out schemas/`");
+    assert!(
+        result == kitt::report::schema(),
+        "schemas/result.schema.json is stale: run `cargo run -- schema --out schemas/`"
+    );
 }
 
 #[test]
