@@ -66,6 +66,9 @@ pub enum Command {
         suite: PathBuf,
         #[arg(long, value_enum, default_value_t)]
         output: PlanOutput,
+        /// Where runs live, to mark the steps an unfinished run would reuse.
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
     },
     /// Run a suite (or resume its unfinished run): start engines, benchmark, report.
     Apply {
@@ -131,7 +134,7 @@ pub fn run(cli: Cli) -> i32 {
     init_logging(cli.verbose, cli.quiet);
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
-        Command::Plan { suite, output } => plan_cmd(&suite, output),
+        Command::Plan { suite, output, runs_dir } => plan_cmd(&suite, output, runs_dir.as_deref()),
         Command::Apply { suite, flags } => apply::apply(&suite, &flags, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Runs { command: RunsCommand::List { runs_dir, output } } => {
@@ -158,7 +161,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -231,11 +234,22 @@ fn validate(files: &[PathBuf], output: Output) -> i32 {
     }
 }
 
-fn plan_cmd(suite: &Path, output: PlanOutput) -> i32 {
+fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>) -> i32 {
     match plan::compile::compile_file(suite) {
         Ok(plan) => {
+            let mut states = BTreeMap::new();
+            if let Some((run, reused)) = crate::run::pending_resume(&plan, runs_dir) {
+                if output == PlanOutput::Text {
+                    println!("unfinished run {run}: `kitt apply` resumes it");
+                }
+                for s in &plan.steps {
+                    let state =
+                        if reused.contains(&s.key) { render::StepState::Reused } else { render::StepState::Pending };
+                    states.insert(s.key.clone(), state);
+                }
+            }
             match output {
-                PlanOutput::Text => print!("{}", render::text(&plan, &BTreeMap::new())),
+                PlanOutput::Text => print!("{}", render::text(&plan, &states)),
                 PlanOutput::Json => print_json(&plan),
                 PlanOutput::Dot => print!("{}", render::dot(&plan)),
             }

@@ -77,6 +77,37 @@ pub fn observed_facts() -> Facts {
     f
 }
 
+/// The steps of `plan` that a resume reuses, given the keys an earlier attempt finished: cell
+/// steps only (engine lifecycle steps re-run with their engine), and a collect only together
+/// with its benchmark.
+pub fn reusable_keys(plan: &Plan, finished: &HashSet<String>) -> HashSet<String> {
+    plan.steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Benchmark | StepKind::Collect) && finished.contains(&s.key))
+        .filter(|s| s.kind != StepKind::Collect || s.deps.iter().all(|d| finished.contains(&plan.steps[*d].key)))
+        .map(|s| s.key.clone())
+        .collect()
+}
+
+/// What `kitt apply` would reuse now: the latest unfinished run of this suite and its reusable
+/// steps (for `kitt plan`).
+pub fn pending_resume(plan: &Plan, runs_dir: Option<&Path>) -> Option<(String, HashSet<String>)> {
+    let root = dir::runs_root(runs_dir);
+    let info = dir::list(&root).into_iter().rev().find(|r| r.meta.identity == plan.suite.identity)?;
+    if !matches!(info.status, RunStatus::Unfinished | RunStatus::Running) {
+        return None;
+    }
+    let records = journal::read(&info.path.join("journal.jsonl")).ok()?.records;
+    let finished: HashSet<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::StepFinished { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    Some((info.meta.id, reusable_keys(plan, &finished)))
+}
+
 /// Chooses the run to drive: `--resume`, else the latest unfinished run of this suite, else new.
 fn select_run(plan: &Plan, root: &Path, opts: &ApplyOptions) -> Result<(RunDir, bool), ApplyError> {
     if let Some(id) = &opts.resume {
@@ -159,14 +190,7 @@ pub async fn apply(
             return Err(ApplyError::Drift(drift));
         }
     }
-    // A collect is only reusable together with its benchmark.
-    let reusable: HashSet<String> = plan
-        .steps
-        .iter()
-        .filter(|s| finished.contains(&s.key))
-        .filter(|s| s.kind != StepKind::Collect || s.deps.iter().all(|d| finished.contains(&plan.steps[*d].key)))
-        .map(|s| s.key.clone())
-        .collect();
+    let reusable = reusable_keys(&plan, &finished);
     let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| ApplyError::Io(e.to_string()))?;
     dir::write_atomic(&run.plan_path(), &plan_json)
         .map_err(|e| ApplyError::Io(format!("cannot write {}: {e}", run.plan_path().display())))?;
@@ -202,7 +226,13 @@ pub async fn apply(
         progress,
     ));
     let reused_steps = plan.steps.iter().filter(|s| reusable.contains(&s.key)).count();
-    let outcome = scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel).await;
+    exec.progress.steps_done.store(reused_steps as u64, std::sync::atomic::Ordering::Relaxed);
+    let span = tracing::info_span!("run", id = %run.id, suite = %plan.suite.name, resumed);
+    let outcome = tracing::Instrument::instrument(
+        scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel),
+        span,
+    )
+    .await;
     exec.shutdown(cancel.is_urgent()).await;
     let event = if let Some(reason) = &outcome.aborted {
         Event::RunStopped { reason: reason.clone() }

@@ -279,7 +279,8 @@ pub async fn run<E: Executor>(
             let restart = (attempt > 0 && measures && group.is_some_and(|g| plan.groups[g].restart_on_retry))
                 .then_some(group)
                 .flatten();
-            tasks.spawn(async move {
+            let span = tracing::info_span!("step", kind = kind.name(), key = %key, label = %label, attempt);
+            tasks.spawn(tracing::Instrument::instrument(async move {
                 if let Some(g) = restart
                     && let Err(e) = exec.clone().restart(g, c.clone()).await {
                         return (id, attempt, Err(StepError::new(format!("restarting the engine before the retry failed: {}", e.message))));
@@ -303,8 +304,9 @@ pub async fn run<E: Executor>(
                     // Cleanup steps (stop) finish even when cancelled; measuring steps stop at once.
                     _ = c.cancelled(), if kind != StepKind::Stop => Err(StepError::cancelled()),
                 };
+                tracing::debug!(ok = result.is_ok(), "step ended");
                 (id, attempt, result)
-            });
+            }, span));
         }
 
         if running == 0 {
