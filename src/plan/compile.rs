@@ -142,13 +142,14 @@ impl<'a> Compiler<'a> {
                     continue;
                 };
                 let gi = groups.len();
+                let ectx = self.engine_context(ev, model);
                 for bv in &benches {
                     for run_index in 0..spec.runs {
                         let excluded = self.excluded(model, ev, bv, &mut exclude_hits);
                         if excluded {
                             continue;
                         }
-                        if let Some(cell) = self.cell(gi, &group, ev, model, bv, run_index) {
+                        if let Some(cell) = self.cell(gi, &ectx, ev, model, bv, run_index) {
                             cells.push(cell);
                         }
                     }
@@ -206,16 +207,16 @@ impl<'a> Compiler<'a> {
     }
 
     fn check_unique<'s>(&mut self, what: &str, names: impl Iterator<Item = &'s Spanned<String>>) {
-        let mut seen: Vec<&Spanned<String>> = Vec::new();
+        let mut seen: std::collections::HashMap<&str, Pos> = std::collections::HashMap::new();
         for n in names {
-            if let Some(first) = seen.iter().find(|s| s.value == n.value) {
-                let line = first.pos.line;
+            if let Some(first) = seen.get(n.value.as_str()) {
+                let line = first.line;
                 self.err(
                     Diagnostic::new(n.pos, format!("duplicate {what} name `{}` (first used at line {line})", n.value))
                         .help(format!("{what} names must be unique in a suite; rename one")),
                 );
             } else {
-                seen.push(n);
+                seen.insert(&n.value, n.pos);
             }
         }
     }
@@ -757,7 +758,7 @@ impl<'a> Compiler<'a> {
     fn cell(
         &mut self,
         gi: usize,
-        group: &EngineGroup,
+        ectx: &Json,
         ev: &EngineVariant,
         model: &Model,
         bv: &BenchVariant,
@@ -837,8 +838,7 @@ impl<'a> Compiler<'a> {
             }
             return None;
         };
-        let ectx = self.engine_context(ev, model);
-        match self.request(&ectx, &bv.sampling, load.ignore_eos, load.api, call) {
+        match self.request(ectx, &bv.sampling, load.ignore_eos, load.api, call) {
             Ok(mut req) => {
                 if let Json::Object(_) = req.body {
                     // run.index is known per cell; nothing else in the body is late apart from prompt/messages.
@@ -855,7 +855,6 @@ impl<'a> Compiler<'a> {
             }
         }
         cell.load = Some(load);
-        let _ = group;
         Some(cell)
     }
 }
@@ -880,6 +879,22 @@ fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, boo
         out = next;
     }
     out
+}
+
+/// What a benchmark step's key hashes (field order is part of the key format).
+#[derive(serde::Serialize)]
+struct BenchmarkKey<'a> {
+    kind: &'static str,
+    group: &'a str,
+    model: &'a str,
+    engine: &'a str,
+    benchmark: &'a str,
+    template: &'a str,
+    params: &'a BTreeMap<String, Json>,
+    run_index: u32,
+    sampling: &'a BTreeMap<String, Json>,
+    load: &'a Option<LoadSpec>,
+    request: &'a Option<RequestTemplate>,
 }
 
 /// Lays out the step DAG: per group pull → start → setup → warmup → benchmark → collect → stop,
@@ -937,15 +952,19 @@ fn layout(groups: &[EngineGroup], cells: &[Cell], isolation: Isolation, reporter
         }
         let mut collects = Vec::new();
         for (ci, cell) in cells.iter().enumerate().filter(|(_, c)| c.group == gi) {
-            let bkey = key_of(&json!({
-                "kind": "benchmark",
-                "group": g.key,
-                "cell": {"model": cell.model, "engine": cell.engine, "benchmark": cell.benchmark, "template": cell.template,
-                         "params": cell.params, "run_index": cell.run_index},
-                "sampling": cell.sampling,
-                "load": cell.load,
-                "request": cell.request,
-            }));
+            let bkey = key_of(&BenchmarkKey {
+                kind: "benchmark",
+                group: &g.key,
+                model: &cell.model,
+                engine: &cell.engine,
+                benchmark: &cell.benchmark,
+                template: &cell.template,
+                params: &cell.params,
+                run_index: cell.run_index,
+                sampling: &cell.sampling,
+                load: &cell.load,
+                request: &cell.request,
+            });
             let ckey = key_of(&json!({"kind": "collect", "benchmark": bkey}));
             let b = push(&mut steps, StepKind::Benchmark, bkey, Some(gi), Some(ci), ready.clone());
             collects.push(push(&mut steps, StepKind::Collect, ckey, Some(gi), Some(ci), vec![b]));

@@ -28,20 +28,38 @@ use crate::manifest::template_kind::{Probe, StreamFormat, UsagePointers};
 pub use compile::compile;
 
 /// Version of the key derivation; bump it and every key changes.
-pub const KEY_FORMAT: u32 = 1;
+pub const KEY_FORMAT: u32 = 2;
 /// Version of the plan's JSON shape.
 pub const PLAN_FORMAT: u32 = 1;
 
 /// A step's content key: hex sha256 of its canonical inputs.
 pub type StepKey = String;
 
-/// sha256 over the canonical JSON of `value` (serde_json sorts object keys), versioned.
-pub fn key_of(value: &Json) -> StepKey {
-    let mut h = Sha256::new();
-    h.update(format!("kitt-key-v{KEY_FORMAT}\n").as_bytes());
-    h.update(value.to_string().as_bytes());
-    let digest = h.finalize();
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+/// sha256 over the canonical JSON of `value`, versioned. Canonical because maps are sorted
+/// (serde_json's `Value` and `BTreeMap`) and struct fields serialize in declaration order; the
+/// JSON is streamed into the hasher, never built as a string.
+pub fn key_of(value: &impl Serialize) -> StepKey {
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = HashWriter(Sha256::new());
+    h.0.update(format!("kitt-key-v{KEY_FORMAT}\n").as_bytes());
+    // Serializing plain data into a writer that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut h, value);
+    let digest = h.0.finalize();
+    let mut out = String::with_capacity(32);
+    for b in digest.iter().take(16) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]

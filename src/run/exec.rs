@@ -6,7 +6,7 @@
 //! unstopped kills its process group.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -136,6 +136,15 @@ impl RunExecutor {
             Some(c) => self.plan.suite.dir.join(c),
             None => self.plan.suite.dir.clone(),
         };
+        // A relative program path (`../bin/llama-server`) means relative to the working directory,
+        // not to wherever kitt was started; a bare name is looked up on PATH.
+        let mut argv = argv;
+        if let Some(program) = argv.first_mut()
+            && program.contains('/')
+            && Path::new(program.as_str()).is_relative()
+        {
+            *program = dir.join(&*program).to_string_lossy().to_string();
+        }
         let log = self.step_dir(key)?.join("engine.log");
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;

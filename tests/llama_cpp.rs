@@ -1,0 +1,126 @@
+//! A real llama.cpp server (llama-server, built by scripts/llama-cpp.sh) run natively by kitt.
+//!
+//! These tests need the build: `scripts/llama-cpp.sh --link .kitt/llama.cpp` (CI runs it; the
+//! build is cached outside the repository). Under CI (`CI=true`) a missing build is a failure;
+//! elsewhere the tests say what is missing and pass without running.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// (llama-server, tiny model) from the repository's links, if built.
+fn build() -> Option<(PathBuf, PathBuf)> {
+    let dir = root().join(".kitt/llama.cpp");
+    let server = dir.join("bin/llama-server");
+    let model = dir.join("models/tiny.gguf");
+    if server.exists() && model.exists() {
+        return Some((server, model));
+    }
+    let msg = "llama-server is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+fn kitt(runs: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
+    c.env("KITT_RUNS_DIR", runs)
+        .env("KITT_HOST_LOCK", runs.join("host.lock"))
+        .env_remove("KITT_TEST_KILL_IN_BENCHMARK");
+    c
+}
+
+fn report(runs: &Path) -> Json {
+    let run = std::fs::read_dir(runs).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn serial_the_llama_cpp_example_runs_on_a_real_server() {
+    let Some(_) = build() else { return };
+    let runs = tempfile::tempdir().unwrap();
+    let out = kitt(runs.path()).arg("apply").arg(root().join("examples/llama-cpp-native.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r = report(runs.path());
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 3);
+    for c in cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        let m = &c["metrics"];
+        let requests = m["requests"].as_u64().unwrap();
+        let max_tokens = c["cell"]["sampling"]["max_tokens"].as_u64().unwrap();
+        // ignore_eos reached llama.cpp: every request generated exactly max_tokens.
+        assert_eq!(m["output_tokens"]["total"].as_u64().unwrap(), requests * max_tokens, "{m}");
+        // llama.cpp's usage and its own tokenizer agree; prompts were sized with /tokenize.
+        assert_eq!(m["usage_agrees"], true, "{m}");
+        assert_eq!(c["provenance"]["prompts_exact"], true);
+        assert_eq!(
+            m["input_tokens"]["total"].as_u64().unwrap(),
+            requests * c["cell"]["params"]["input_tokens"].as_u64().unwrap()
+        );
+        assert!(m["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(
+            !c["provenance"]["facts"]["engine.version"].as_str().unwrap_or("").is_empty(),
+            "llama.cpp reported its build"
+        );
+    }
+}
+
+fn llama_servers(alias: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmd.contains("llama-server") && cmd.contains(alias) && !stat.contains(") Z ")
+        })
+        .count()
+}
+
+#[test]
+fn serial_kill_9_mid_benchmark_leaves_no_llama_server_and_the_rerun_finishes() {
+    let Some((server, model)) = build() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let alias = format!("killed-{}", std::process::id());
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: llama-kill}}
+spec:
+  models: [{{name: tiny, path: "{}", served_name: "{alias}"}}]
+  engines: [{{name: llama, template: llama_cpp, params: {{binary: "{}", ctx_size: 2048, parallel: 2}}, native: {{}}}}]
+  benchmarks: [{{name: tput, template: throughput, params: {{concurrency: 2, requests: 40, input_tokens: 16, max_tokens: 16}}}}]
+  warmup: {{requests: 1}}
+"#,
+            model.display(),
+            server.display()
+        ),
+    )
+    .unwrap();
+    let runs = d.path().join("runs");
+    let out = kitt(&runs).arg("apply").arg(&suite).env("KITT_TEST_KILL_IN_BENCHMARK", "5").output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while llama_servers(&alias) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(llama_servers(&alias), 0, "llama-server outlived kill -9 of kitt");
+    let out = kitt(&runs).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report(&runs)["cells"][0]["metrics"]["requests"], 40);
+    assert_eq!(llama_servers(&alias), 0);
+}
