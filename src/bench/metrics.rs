@@ -103,6 +103,9 @@ pub struct LoadMetrics {
     pub error_rate: f64,
     /// Failed requests by kind: `connect`, `http_<status>`, `timeout`, `stream`, `decode`.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Requests resent once because their kept-alive connection had been closed by the server
+    /// before it answered (the engine never saw the first send).
+    pub connection_retries: u64,
     /// The window: first send → last end, over all requests.
     pub duration_s: f64,
     /// `ok / duration_s`.
@@ -181,6 +184,7 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         errors,
         error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
         errors_by_kind,
+        connection_retries: records.iter().map(|r| u64::from(r.connection_retries)).sum(),
         duration_s,
         request_throughput: per_s(ok.len() as f64),
         output_token_throughput: per_s(output_tokens.total as f64),

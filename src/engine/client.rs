@@ -175,9 +175,22 @@ impl EngineClient {
             record.fail(ErrorKind::Connect, format!("`{}` is not an HTTP method", call.method));
             return;
         };
-        let request = self.inner.http.request(method, url).header(CONTENT_TYPE, "application/json").body(body);
-        record.sent_ns = since(origin);
-        let response = request.send().await;
+        let response = loop {
+            let request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            record.sent_ns = since(origin);
+            match request.send().await {
+                // A kept-alive connection the server had already closed (llama.cpp's HTTP server
+                // advertises keep-alive, then closes after a streamed answer): the request never
+                // reached the engine, so it goes out once more on a fresh connection.
+                Err(e) if record.connection_retries == 0 && stale_connection(&e) => record.connection_retries += 1,
+                other => break other,
+            }
+        };
         let now = since(origin);
         record.end_ns = match response {
             Err(e) => {
@@ -199,6 +212,18 @@ impl EngineClient {
             }
         };
     }
+}
+
+/// Whether `e` is a pooled connection found closed before any answer arrived.
+fn stale_connection(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Nanoseconds since `origin` (saturating: a u64 of nanoseconds lasts 584 years).

@@ -50,11 +50,19 @@ pub struct RequestRecord {
     /// The prompt's length as the load generator built it.
     pub input_tokens: u64,
     pub status: Option<u16>,
+    /// Times the request was resent because the pooled connection it went out on had been
+    /// closed by the server before answering (the server never saw it; curl does the same).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connection_retries: u32,
     pub error: Option<ErrorKind>,
     pub error_detail: Option<String>,
     /// The content text, kept for counting its tokens exactly.
     #[serde(skip)]
     pub text: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl RequestRecord {

@@ -178,3 +178,42 @@ async fn control_calls() {
     let bad = EngineClient::new("http://h", vec![("a b".into(), "secret".into())], 1).err().unwrap();
     assert!(!bad.to_string().contains("secret"), "{bad}");
 }
+
+/// A server like llama.cpp's: it advertises keep-alive, answers one request per connection, then
+/// closes it. The second request goes out on the pooled (dead) connection and must be resent.
+#[tokio::test]
+async fn a_connection_closed_after_keep_alive_is_resent_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let body = "data: {\"choices\":[{\"text\":\" w1\"}]}\n\ndata: [DONE]\n\n";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                // The next request on this connection is read and dropped: the connection closes
+                // without an answer, as llama.cpp's server does after a streamed answer.
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    let call = completion_call(1);
+    let client = EngineClient::new(&url, Vec::new(), 4).unwrap();
+    let origin = Instant::now();
+    let mut first = RequestRecord::default();
+    client.send(&call, Bytes::from_static(b"{}"), origin, &mut first).await;
+    assert!(first.ok(), "{first:?}");
+    let mut second = RequestRecord::default();
+    client.send(&call, Bytes::from_static(b"{}"), origin, &mut second).await;
+    assert!(second.ok(), "{second:?}");
+    assert_eq!(second.connection_retries, 1);
+    assert_eq!(second.content_events, 1);
+}
