@@ -112,6 +112,11 @@ fn main() {
         t.as_secs_f64() * 1e3,
         "< 100 ms"
     );
+    let text = std::fs::read_to_string(&wide).unwrap();
+    let (t, _) = best(5, || kitt::manifest::yaml::parse(&text).unwrap());
+    println!("{:<58} {:>11.1} ms {:>12}", "validate: of which YAML parsing", t.as_secs_f64() * 1e3, "-");
+    let (t, _) = best(5, || kitt::plan::compile::load_suite(&wide).unwrap());
+    println!("{:<58} {:>11.1} ms {:>12}", "validate: of which parsing + decoding", t.as_secs_f64() * 1e3, "-");
 
     // 3. Resume: read a 10,000-record journal and decide what is left.
     let jpath = dir.path().join("journal.jsonl");
