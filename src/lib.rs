@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cancel;
 pub mod catalog;
 pub mod cli;
+pub mod docker;
 pub mod engine;
 pub mod manifest;
 pub mod plan;

@@ -31,6 +31,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/engines/llama_cpp.yaml",
     "suites/engines/ollama.yaml",
     "suites/engines/sim.yaml",
+    "suites/engines/mlx.yaml",
     "suites/benchmarks/throughput.yaml",
     "suites/benchmarks/latency.yaml",
     "reporters/json.yaml",

@@ -97,6 +97,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EnginesCommand,
     },
+    /// Stop engine processes that a killed kitt left behind (only those whose run is not live).
+    Gc {
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
     /// Run kitt's OpenAI-compatible engine simulator.
     Sim(crate::engine::sim::SimArgs),
 }
@@ -127,6 +132,18 @@ pub enum EnginesCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Whether an engine can run here: its image (container mode) or its binary (--native).
+    Check {
+        name: String,
+        /// Check the native binary (the template's `binary` param) instead of the image.
+        #[arg(long)]
+        native: bool,
+        /// A binary to check instead of the template's default.
+        #[arg(long)]
+        binary: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -145,6 +162,19 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Schema { out, kind } => schema(out.as_deref(), &kind),
         Command::Engines { command: EnginesCommand::List { output } } => engines_list(output),
+        Command::Engines { command: EnginesCommand::Check { name, native, binary, output } } => {
+            engines_check(&name, native, binary.as_deref(), output)
+        }
+        Command::Gc { runs_dir } => {
+            let stopped = crate::run::pidfile::sweep(&crate::run::dir::runs_root(runs_dir.as_deref()));
+            for s in &stopped {
+                println!("stopped {s}");
+            }
+            if stopped.is_empty() {
+                eprintln!("nothing to clean up");
+            }
+            0
+        }
         Command::Sim(args) => sim(args),
     }
 }
@@ -340,6 +370,64 @@ fn engines_list(output: Output) -> i32 {
         }
     }
     0
+}
+
+/// Finds `program` the way the engine will be started: a path as is, a bare name on PATH.
+fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+fn engines_check(name: &str, native: bool, binary: Option<&str>, output: Output) -> i32 {
+    let catalog = Catalog::builtin();
+    let Some(entry) = catalog.engines.get(name) else {
+        let help = manifest::diag::unknown_help(name, catalog.engines.keys().map(String::as_str));
+        eprintln!("error: unknown engine template `{name}`; {help}");
+        return EXIT_FAILED;
+    };
+    let spec = &entry.manifest.spec;
+    let (ok, what, detail) = if native || spec.container.is_none() {
+        let default = spec.params.get("binary").and_then(|p| p.value.default.as_ref()).and_then(|d| d.as_str());
+        let first = spec.native.as_ref().and_then(|n| n.command.first()).map(|c| c.value.clone());
+        let program = binary.or(default).map(String::from).or_else(|| match first {
+            // The simulator is kitt itself.
+            Some(c) if c == "{{kitt.exe}}" => std::env::current_exe().ok().map(|p| p.to_string_lossy().to_string()),
+            Some(c) if !c.contains("{{") => Some(c),
+            _ => None,
+        });
+        match program {
+            Some(p) => match find_program(&p) {
+                Some(found) => (true, format!("native binary `{p}`"), found.display().to_string()),
+                None => (
+                    false,
+                    format!("native binary `{p}`"),
+                    "not found: install it, put it on PATH, or set `params: {binary: /path/to/it}`".into(),
+                ),
+            },
+            None => (false, "native binary".to_string(), format!("template `{name}` has no native command")),
+        }
+    } else {
+        let image = spec.image.clone().unwrap_or_default();
+        match crate::docker::image_id(&image) {
+            Ok(Some(id)) => (true, format!("image `{image}`"), id),
+            Ok(None) => (false, format!("image `{image}`"), "not present locally".into()),
+            Err(e) => (false, format!("image `{image}`"), format!("Docker is not usable: {e}")),
+        }
+    };
+    match output {
+        Output::Json => print_json(&serde_json::json!({"engine": name, "ok": ok, "what": what, "detail": detail})),
+        Output::Text => println!("{} {name}: {what}: {detail}", if ok { "ok  " } else { "FAIL" }),
+    }
+    if ok { 0 } else { EXIT_FAILED }
 }
 
 fn sim(args: crate::engine::sim::SimArgs) -> i32 {

@@ -8,15 +8,23 @@
 //!
 //! Requests never go through a proxy: an environment proxy in front of an engine would silently
 //! become part of every latency kitt reports.
+//!
+//! Engines kitt did not start may sit behind HTTPS (`tls`) and want credentials in headers. Header
+//! values are secrets: they are marked sensitive (hidden from `Debug`) and no error, record or log
+//! line ever quotes one.
 
 mod extract;
 mod framing;
 mod record;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::error::Error as _;
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,8 @@ use framing::{LineFramer, SseFramer};
 use record::{Events, excerpt};
 
 pub use record::{ErrorKind, RequestRecord};
+pub use tls::TlsOptions;
+pub(crate) use tls::crypto_provider;
 
 /// Control calls (not measured) give up after this long.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,6 +70,8 @@ pub enum ClientError {
     /// The header's value is never shown: it may be a secret.
     #[error("invalid request header `{name}`: {reason}")]
     Header { name: String, reason: String },
+    #[error("cannot use the CA file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
     #[error("cannot set up the HTTP client: {0}")]
     Build(String),
     #[error("no answer from {url}: {reason}")]
@@ -73,9 +85,20 @@ pub enum ClientError {
 }
 
 impl EngineClient {
-    /// A client for the engine at `base_url` (`http://host:port`), sending `headers` with every
-    /// request and keeping up to `max_connections` idle connections for reuse.
+    /// A client for the engine at `base_url` (`http://host:port` or `https://host:port`), sending
+    /// `headers` with every request and keeping up to `max_connections` idle connections for reuse.
+    /// `https` engines must present a certificate the system trusts.
     pub fn new(base_url: &str, headers: Vec<(String, String)>, max_connections: usize) -> Result<Self, ClientError> {
+        Self::with_tls(base_url, headers, max_connections, &TlsOptions::default())
+    }
+
+    /// [`EngineClient::new`], checking an `https` engine's certificate as `tls` says.
+    pub fn with_tls(
+        base_url: &str,
+        headers: Vec<(String, String)>,
+        max_connections: usize,
+        tls: &TlsOptions,
+    ) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_string();
         let bad_url = |reason: String| ClientError::Url { url: base_url.to_string(), reason };
         let url = reqwest::Url::parse(&base).map_err(|e| bad_url(e.to_string()))?;
@@ -91,11 +114,12 @@ impl EngineClient {
             value.set_sensitive(true);
             map.insert(key, value);
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(map)
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(max_connections.max(1))
+            .pool_max_idle_per_host(max_connections.max(1));
+        let http = tls::configure(builder, url.scheme() == "https", tls)?
             .build()
             .map_err(|e| ClientError::Build(chain(&e)))?;
         Ok(EngineClient { inner: Arc::new(Inner { http, base }) })

@@ -202,3 +202,49 @@ mod tests {
         assert!(e.to_string().contains("cannot start `/nonexistent/engine`"), "{e}");
     }
 }
+
+/// Who listens on TCP `port` of this machine: "pid N (command)", when it can be found.
+pub fn port_holder(port: u16) -> Option<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 is the inode.
+            let listening = f.get(3) == Some(&"0A");
+            let local_port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if listening && local_port == Some(port) {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_dir in std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
+        let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else { continue };
+        for fd in fds.filter_map(|e| e.ok()) {
+            let target = std::fs::read_link(fd.path()).map(|t| t.to_string_lossy().to_string()).unwrap_or_default();
+            if inodes.contains(&target) {
+                let cmd = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string();
+                return Some(format!("pid {pid} ({cmd})"));
+            }
+        }
+    }
+    Some("a process this user cannot see".to_string())
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn finds_who_listens() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let who = super::port_holder(port).unwrap();
+        assert!(who.contains(&format!("pid {}", std::process::id())), "{who}");
+        drop(l);
+        assert!(super::port_holder(port).is_none());
+    }
+}

@@ -479,6 +479,8 @@ impl<'a> Compiler<'a> {
 
     fn model_context(&self, model: &Model) -> Json {
         let served = model.served_name.as_ref().unwrap_or(&model.name).value.clone();
+        // `auto`: the name the endpoint serves, looked up at run time (an observed fact).
+        let served = if served == "auto" { placeholder("model.served_name") } else { served };
         let mut m = json!({"name": model.name.value, "served_name": served});
         if let Some(p) = &model.path {
             let path = Path::new(&p.value);
@@ -524,6 +526,18 @@ impl<'a> Compiler<'a> {
         let spec = &ev.template.manifest.spec;
         let tfile = ev.template.manifest.file.clone();
         let inst = ev.instance;
+        if inst.endpoint.is_none()
+            && let Some(s) = model.served_name.as_ref().filter(|s| s.value == "auto")
+        {
+            self.errors.push(
+                Diagnostic::new(
+                    s.pos,
+                    format!("`served_name: auto` asks the server, but engine `{}` is not an endpoint", inst.name.value),
+                )
+                .help("write the served model name, or use `endpoint:` for a server that is already running")
+                .in_file(&self.suite.file),
+            );
+        }
         let r = &self.renderer;
         let mut errors: Vec<Diagnostic> = Vec::new();
         let mut text = |s: &Spanned<String>, file: &Path| -> String {
@@ -549,7 +563,6 @@ impl<'a> Compiler<'a> {
                 .collect()
         };
         let mode = if let Some(ep) = &inst.endpoint {
-            pending_not_executable.push(format!("engine `{}` (endpoint mode)", inst.name.value));
             Mode::Endpoint {
                 url: ep.url.value.trim_end_matches('/').to_string(),
                 headers: ep.headers.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
@@ -935,7 +948,10 @@ fn layout(groups: &[EngineGroup], cells: &[Cell], isolation: Isolation, reporter
             let pk = key_of(&json!({"kind": "pull", "image": image, "policy": pull}));
             ready = vec![push(&mut steps, StepKind::Pull, pk, Some(gi), None, vec![])];
         }
-        if !matches!(g.mode, Mode::Endpoint { .. }) {
+        if matches!(g.mode, Mode::Endpoint { .. }) {
+            // Nothing to start or stop: check the server and record what it says about itself.
+            ready = vec![push(&mut steps, StepKind::Connect, gk("connect"), Some(gi), None, ready.clone())];
+        } else {
             let mut deps = ready.clone();
             if isolation == Isolation::Host {
                 deps.extend(previous_stop);

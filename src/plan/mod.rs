@@ -278,6 +278,8 @@ impl Cell {
 pub enum StepKind {
     Pull,
     Start,
+    /// An endpoint engine (one kitt does not start): health check and observed facts.
+    Connect,
     Setup,
     Warmup,
     Benchmark,
@@ -291,6 +293,7 @@ impl StepKind {
         match self {
             StepKind::Pull => "pull",
             StepKind::Start => "start",
+            StepKind::Connect => "connect",
             StepKind::Setup => "setup",
             StepKind::Warmup => "warmup",
             StepKind::Benchmark => "benchmark",

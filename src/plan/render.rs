@@ -62,6 +62,13 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
             let detail = match s.kind {
                 StepKind::Benchmark | StepKind::Collect => s.cell.map(|c| plan.cells[c].label()).unwrap_or_default(),
                 StepKind::Warmup => g.warmup.as_ref().map(|w| format!("{} requests", w.requests)).unwrap_or_default(),
+                StepKind::Connect => match &g.mode {
+                    Mode::Endpoint { url, headers, .. } => {
+                        let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+                        if names.is_empty() { url.clone() } else { format!("{url} (headers: {})", names.join(", ")) }
+                    }
+                    _ => String::new(),
+                },
                 StepKind::Start => match &g.mode {
                     Mode::Native { argv, .. } => argv.join(" "),
                     Mode::Container { args, .. } => args.join(" "),

@@ -17,7 +17,7 @@ use super::journal::{Facts, unix_ns};
 use super::scheduler::{Executor, StepError, StepFuture};
 use crate::bench::{load, metrics};
 use crate::cancel::Cancel;
-use crate::engine::client::EngineClient;
+use crate::engine::client::{EngineClient, TlsOptions};
 use crate::engine::native::{EngineProcess, free_port};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile, PromptSpec};
 use crate::manifest::secret::SecretOr;
@@ -30,6 +30,8 @@ struct Engine {
     process: Option<EngineProcess>,
     client: EngineClient,
     facts: Facts,
+    /// The served model name learned from an endpoint (`served_name: auto`).
+    served: Option<String>,
 }
 
 /// Live progress, read by the display.
@@ -148,10 +150,26 @@ impl RunExecutor {
         let log = self.step_dir(key)?.join("engine.log");
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
-        if let Err(e) = wait_healthy(g, &client, &mut process, cancel).await {
+        if let Err(e) = wait_healthy(g, &client, Some(&mut process), cancel).await {
             process.stop(Duration::from_secs(2), true).await;
             return Err(e);
         }
+        let facts = self.observe(g, &client).await;
+        if let Err(e) = self.check_drift(gi, &facts) {
+            process.stop(Duration::from_secs(2), false).await;
+            return Err(e);
+        }
+        super::pidfile::write(&self.run_dir, &g.key, process.pid());
+        let pid = process.pid();
+        self.engines
+            .lock()
+            .await
+            .insert(gi, Engine { process: Some(process), client, facts: facts.clone(), served: None });
+        Ok(json!({"port": port, "pid": pid, "facts": facts}))
+    }
+
+    /// What the server reports about itself: its version (an observed fact).
+    async fn observe(&self, g: &EngineGroup, client: &EngineClient) -> Facts {
         let mut facts = Facts::new();
         if let Some(probe) = &g.version {
             match client.get_json(&probe.path).await {
@@ -162,35 +180,94 @@ impl RunExecutor {
                 Err(e) => tracing::warn!("engine `{}`: cannot read its version: {e}", g.id),
             }
         }
-        if let Some(previous) = self.previous_engine_facts.get(&g.id) {
-            let changed: Vec<String> = previous
-                .iter()
-                .filter(|(k, v)| facts.get(*k).is_some_and(|now| now != *v))
-                .map(|(k, v)| format!("{k} of engine `{}` was `{v}`, now `{}`", g.id, facts[k]))
-                .collect();
-            if !changed.is_empty() {
-                if !self.accept_drift {
-                    process.stop(Duration::from_secs(2), false).await;
-                    return Err(StepError::abort(format!(
-                        "drift: {}; resuming would mix results from different engines. Rerun with --accept-drift to continue (the cells are marked), or --fresh to start over",
-                        changed.join("; ")
-                    )));
-                }
-                if let Ok(mut d) = self.drift.lock() {
-                    d.insert(gi, changed);
-                }
-            }
+        facts
+    }
+
+    /// Compares the facts just observed with what earlier attempts of this run recorded.
+    fn check_drift(&self, gi: usize, facts: &Facts) -> Result<(), StepError> {
+        let g = &self.plan.groups[gi];
+        let Some(previous) = self.previous_engine_facts.get(&g.id) else { return Ok(()) };
+        let changed: Vec<String> = previous
+            .iter()
+            .filter(|(k, v)| facts.get(*k).is_some_and(|now| now != *v))
+            .map(|(k, v)| format!("{k} of engine `{}` was `{v}`, now `{}`", g.id, facts[k]))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
         }
-        let pid = process.pid();
-        self.engines.lock().await.insert(gi, Engine { process: Some(process), client, facts: facts.clone() });
-        Ok(json!({"port": port, "pid": pid, "facts": facts}))
+        if !self.accept_drift {
+            return Err(StepError::abort(format!(
+                "drift: {}; resuming would mix results from different engines. Rerun with --accept-drift to continue (the cells are marked), or --fresh to start over",
+                changed.join("; ")
+            )));
+        }
+        if let Ok(mut d) = self.drift.lock() {
+            d.insert(gi, changed);
+        }
+        Ok(())
+    }
+
+    /// An endpoint engine: nothing to start; check its health, learn what it serves, record facts.
+    async fn connect(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
+        let g = &self.plan.groups[gi];
+        let Mode::Endpoint { url, headers, ca_file, insecure, skip_health } = &g.mode else {
+            return Err(err(format!("engine `{}` is not an endpoint", g.id)));
+        };
+        let headers: Vec<(String, String)> =
+            headers.iter().map(|(k, v)| Ok((k.clone(), Self::secret(k, v, &[])?))).collect::<Result<_, StepError>>()?;
+        let tls = TlsOptions { ca_file: ca_file.as_ref().map(|c| self.plan.suite.dir.join(c)), insecure: *insecure };
+        let client = EngineClient::with_tls(url, headers, 256, &tls).map_err(err)?;
+        if !skip_health {
+            wait_healthy(g, &client, None, cancel).await?;
+        }
+        let mut facts = self.observe(g, &client).await;
+        facts.insert("endpoint.url".into(), url.clone());
+        if *insecure {
+            tracing::warn!("engine `{}`: TLS certificates of {url} are NOT verified (insecure: true)", g.id);
+            facts.insert("endpoint.tls".into(), "INSECURE: certificate not verified".into());
+        }
+        // The models the server serves are an observed fact; `served_name: auto` picks from them.
+        let served_models: Vec<String> = match client.get_json("/v1/models").await {
+            Ok(v) => v["data"]
+                .as_array()
+                .map(|d| d.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        if !served_models.is_empty() {
+            facts.insert("endpoint.models".into(), served_models.join(","));
+        }
+        let served = if g.model.served_name == "auto" {
+            let pick = match served_models.as_slice() {
+                [one] => one.clone(),
+                many => many.iter().find(|m| **m == g.model.name).cloned().ok_or_else(|| {
+                    err(format!(
+                        "model `{}` has `served_name: auto`, but {url}/v1/models lists {}; set `served_name:` to one of them",
+                        g.model.name,
+                        if many.is_empty() { "no model".to_string() } else { many.join(", ") }
+                    ))
+                })?,
+            };
+            facts.insert("engine.served_model".into(), pick.clone());
+            Some(pick)
+        } else {
+            None
+        };
+        self.check_drift(gi, &facts)?;
+        self.engines.lock().await.insert(gi, Engine { process: None, client, facts: facts.clone(), served });
+        Ok(json!({"facts": facts}))
     }
 
     async fn client(&self, gi: usize) -> Result<EngineClient, StepError> {
+        Ok(self.engine_handle(gi).await?.0)
+    }
+
+    /// The client of a running engine and the model name it serves, when learned at run time.
+    async fn engine_handle(&self, gi: usize) -> Result<(EngineClient, Option<String>), StepError> {
         let engines = self.engines.lock().await;
         engines
             .get(&gi)
-            .map(|e| e.client.clone())
+            .map(|e| (e.client.clone(), e.served.clone()))
             .ok_or_else(|| err(format!("engine `{}` is not running", self.plan.groups[gi].id)))
     }
 
@@ -201,6 +278,10 @@ impl RunExecutor {
             client.post_json(&call.path, &body).await.map_err(err)?;
         }
         Ok(json!({"requests": self.plan.groups[gi].setup.len()}))
+    }
+
+    async fn served_name(&self, gi: usize) -> Option<String> {
+        self.engines.lock().await.get(&gi).and_then(|e| e.served.clone())
     }
 
     fn tokenizer(g: &EngineGroup) -> Option<(crate::plan::HttpRequest, String)> {
@@ -216,7 +297,15 @@ impl RunExecutor {
         cancel: &Cancel,
     ) -> Result<load::LoadOutcome, StepError> {
         let g = &self.plan.groups[gi];
-        let client = self.client(gi).await?;
+        let (client, served) = self.engine_handle(gi).await?;
+        let mut call = call.clone();
+        if let Some(name) = served {
+            call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);
+        }
+        let mut tokenize = Self::tokenizer(g);
+        if let (Some((req, _)), Some(name)) = (tokenize.as_mut(), self.served_name(gi).await) {
+            req.body = req.body.as_ref().map(|b| bind_late(b, &[("model.served_name", json!(name))]));
+        }
         self.progress.requests.store(0, Ordering::Relaxed);
         self.progress.requests_total.store(spec.requests.unwrap_or(0), Ordering::Relaxed);
         if let Ok(mut l) = self.progress.label.lock() {
@@ -224,10 +313,10 @@ impl RunExecutor {
         }
         let input = load::LoadInput {
             client,
-            call: call.clone(),
+            call,
             load: spec.clone(),
             api: spec.api,
-            tokenize: Self::tokenizer(g),
+            tokenize,
             seed: 0,
             progress: self.progress.requests.clone(),
             cancel: cancel.clone(),
@@ -362,16 +451,19 @@ impl RunExecutor {
             Some(p) => p.stop(Duration::from_secs(5), cancel.is_urgent()).await.map(|s| s.to_string()),
             None => None,
         };
+        // Only once the process is gone: a kill meanwhile leaves the pid file for the sweep.
+        super::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
         Ok(json!({"exit": status}))
     }
 
     /// Stops every engine still running (every ending path calls this).
     pub async fn shutdown(&self, urgent: bool) {
-        let engines: Vec<Engine> = self.engines.lock().await.drain().map(|(_, e)| e).collect();
-        for e in engines {
+        let engines: Vec<(usize, Engine)> = self.engines.lock().await.drain().collect();
+        for (gi, e) in engines {
             if let Some(p) = e.process {
                 p.stop(Duration::from_secs(5), urgent).await;
             }
+            super::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
         }
     }
 
@@ -469,7 +561,7 @@ fn summary_errors(m: &metrics::LoadMetrics) -> String {
 async fn wait_healthy(
     g: &EngineGroup,
     client: &EngineClient,
-    process: &mut EngineProcess,
+    mut process: Option<&mut EngineProcess>,
     cancel: &Cancel,
 ) -> Result<(), StepError> {
     let h = &g.health;
@@ -477,21 +569,46 @@ async fn wait_healthy(
     let mut interval = h.initial_interval.0.max(Duration::from_millis(5));
     let mut last = String::from("no answer yet");
     loop {
-        if let Some(status) = process.exited() {
+        if let Some(p) = process.as_deref_mut()
+            && let Some(status) = p.exited()
+        {
+            let port = client.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            let holder = port
+                .and_then(crate::engine::native::port_holder)
+                .map(|h| format!("; port {} is held by {h}", port.unwrap_or(0)))
+                .unwrap_or_default();
             return Err(err(format!(
-                "engine `{}` exited ({status}) before it was healthy; last log lines:\n{}",
+                "engine `{}` exited ({status}) before it was healthy{holder}; last log lines:\n{}",
                 g.id,
-                process.last_log_lines(50)
+                p.last_log_lines(50)
             )));
         }
         match client.get(&h.path, Duration::from_secs(5)).await {
             Ok((code, _)) if (200..300).contains(&code) => {
                 // The answer must come from our process, which must still be alive.
-                if process.exited().is_none() {
+                if process.as_deref_mut().is_none_or(|p| p.exited().is_none()) {
                     return Ok(());
                 }
             }
+            Ok((code @ (401 | 403), _)) => {
+                // Credentials do not fix themselves by waiting.
+                return Err(err(format!(
+                    "engine `{}` refused kitt's credentials: HTTP {code} from {}{}; check the endpoint's `headers:`",
+                    g.id,
+                    client.base_url(),
+                    h.path
+                )));
+            }
             Ok((code, body)) => last = format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
+            // An untrusted certificate does not become trusted by waiting either.
+            Err(e) if e.to_string().to_lowercase().contains("certificate") => {
+                return Err(err(format!(
+                    "engine `{}`: TLS failed at {}{}: {e}; trust its CA with `ca_file:` (or, knowingly, `insecure: true`)",
+                    g.id,
+                    client.base_url(),
+                    h.path
+                )));
+            }
             Err(e) => last = e.to_string(),
         }
         if started.elapsed() >= h.timeout.0 {
@@ -520,6 +637,7 @@ impl Executor for RunExecutor {
             let result = match s.kind {
                 StepKind::Pull => Err(err("container engines are not executable by this kitt")),
                 StepKind::Start => self.start(g()?, &s.key, &cancel).await,
+                StepKind::Connect => self.connect(g()?, &cancel).await,
                 StepKind::Setup => self.setup(g()?).await,
                 StepKind::Warmup => self.warmup(g()?, &cancel).await,
                 StepKind::Benchmark => self.benchmark(step, attempt, &cancel).await,

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod exec;
 pub mod hostlock;
 pub mod journal;
+pub mod pidfile;
 pub mod scheduler;
 
 use std::collections::{HashMap, HashSet};
@@ -146,6 +147,9 @@ pub async fn apply(
         return Err(ApplyError::NotExecutable(plan.not_executable.clone()));
     }
     let root = dir::runs_root(opts.runs_dir.as_deref());
+    for what in pidfile::sweep(&root) {
+        tracing::warn!("stopped {what}");
+    }
     let (run, resumed) = select_run(&plan, &root, opts)?;
     let contents = journal::read(&run.journal_path())?;
     let facts = observed_facts();

@@ -144,8 +144,10 @@ pub async fn run<E: Executor>(
         }
     }
     for s in &plan.steps {
-        let lifecycle =
-            matches!(s.kind, StepKind::Pull | StepKind::Start | StepKind::Setup | StepKind::Warmup | StepKind::Stop);
+        let lifecycle = matches!(
+            s.kind,
+            StepKind::Pull | StepKind::Start | StepKind::Connect | StepKind::Setup | StepKind::Warmup | StepKind::Stop
+        );
         if let (Some(g), true) = (s.group, lifecycle)
             && !needed[g]
         {

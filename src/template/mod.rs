@@ -19,7 +19,7 @@ use crate::manifest::suite::SAMPLING_KEYS;
 use crate::manifest::yaml::{Node, Value};
 
 /// Variables whose values only exist while running; they render to `{{name}}`.
-pub const LATE_BOUND: &[&str] = &["port", "run.id", "kitt.exe", "prompt", "messages"];
+pub const LATE_BOUND: &[&str] = &["port", "run.id", "kitt.exe", "prompt", "messages", "model.served_name"];
 
 /// The placeholder a late-bound variable renders to.
 pub fn placeholder(name: &str) -> String {

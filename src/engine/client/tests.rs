@@ -16,11 +16,13 @@ struct Cli {
     sim: SimArgs,
 }
 
-/// Starts a simulator on a free port with these `kitt sim` flags; returns its base URL.
+/// Starts a simulator on a free port with these `kitt sim` flags; returns its base URL (`https`
+/// with `--tls-cert`).
 pub(crate) async fn start_sim(flags: &[&str]) -> String {
     let args = Cli::parse_from(["sim", "--port", "0"].iter().chain(flags)).sim;
     let listener = bind(&args).await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     tokio::spawn(serve_on(listener, args, std::future::pending()));
     url
 }
@@ -82,7 +84,7 @@ async fn send_one(url: &str, call: &RequestTemplate, body: Value) -> RequestReco
     record
 }
 
-fn completion_body(prompt: &str, max_tokens: u32) -> Value {
+pub(crate) fn completion_body(prompt: &str, max_tokens: u32) -> Value {
     json!({"model": "sim", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": true,
         "stream": true, "stream_options": {"include_usage": true}})
 }

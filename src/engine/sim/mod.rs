@@ -11,8 +11,10 @@
 //! tokens itself; `--reasoning-tokens` sends reasoning deltas that must not count as the first content
 //! token; `--error-rate` fails a deterministic share of requests; `--server-version` lets a test change
 //! the reported engine version between runs. With zero delays the sim never sleeps, so the client's own
-//! overhead can be measured against it.
+//! overhead can be measured against it. `--tls-cert`/`--tls-key` and `--require-header` make it look
+//! like a protected deployment, for kitt's endpoint mode (`access`).
 
+mod access;
 mod generation;
 mod stream;
 #[cfg(test)]
@@ -35,10 +37,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use access::RequiredHeader;
 use generation::Endpoint;
 use stream::{EventStream, Pacing, SimBody};
 
@@ -95,6 +99,16 @@ pub struct SimArgs {
     /// Append one JSON line per request received to this file.
     #[arg(long, env = "KITT_SIM_REQUEST_LOG")]
     pub request_log: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM), instead of HTTP; needs `--tls-key`.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Answer HTTP 401 to every request (`/health` too) without this header and exact value, as
+    /// `'NAME: VALUE'`; repeatable.
+    #[arg(long = "require-header", value_name = "NAME: VALUE", value_parser = access::RequiredHeaderParser)]
+    pub require_headers: Vec<RequiredHeader>,
 }
 
 /// Largest request body read; a bigger one is answered 400.
@@ -120,7 +134,8 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let sim = Arc::new(Sim::new(args)?);
-    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let scheme = if sim.tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -142,18 +157,17 @@ pub async fn serve_on(
                 let sim = Arc::clone(&sim);
                 let mut stopped = stopped.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&sim), req));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    let mut conn = std::pin::pin!(conn);
-                    let result = tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
+                    let Some(acceptor) = sim.tls.clone() else {
+                        return serve_connection(stream, sim, stopped).await;
                     };
-                    if let Err(e) = result {
-                        tracing::debug!("connection ended: {e}");
+                    // The handshake runs here, not in the accept loop: a slow client delays only itself.
+                    let handshake = tokio::select! {
+                        handshake = acceptor.accept(stream) => handshake,
+                        () = async { drop(stopped.wait_for(|stop| *stop).await) } => return,
+                    };
+                    match handshake {
+                        Ok(stream) => serve_connection(stream, sim, stopped).await,
+                        Err(e) => tracing::debug!("TLS handshake failed: {e}"),
                     }
                 });
             }
@@ -168,6 +182,26 @@ pub async fn serve_on(
     Ok(())
 }
 
+/// Serves HTTP/1.1 on one connection until it closes or `stopped` turns true, then closes it gracefully.
+async fn serve_connection<S>(stream: S, sim: Arc<Sim>, mut stopped: tokio::sync::watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(Arc::clone(&sim), req));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
 /// The server's configuration, checked once, plus the request log.
 struct Sim {
     args: SimArgs,
@@ -175,6 +209,8 @@ struct Sim {
     model_json: String,
     server: HeaderValue,
     log: Option<Mutex<RequestLog>>,
+    /// Present when serving HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 struct RequestLog {
@@ -205,8 +241,9 @@ impl Sim {
                 Some(Mutex::new(RequestLog { seq: 0, out: BufWriter::new(file) }))
             }
         };
+        let tls = access::acceptor(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
         let model_json = Value::from(args.model.as_str()).to_string();
-        Ok(Sim { args, model_json, server, log })
+        Ok(Sim { args, model_json, server, log, tls })
     }
 
     fn record(&self, method: &Method, path: &str, body: &[u8]) {
@@ -278,14 +315,17 @@ impl Sim {
 async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let mut response = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(body) => {
-            let body = body.to_bytes();
-            sim.record(&parts.method, parts.uri.path(), &body);
-            sim.route(&parts.method, parts.uri.path(), &body, start).await
+    let body = Limited::new(body, MAX_BODY).collect().await.map(|body| body.to_bytes());
+    let path = parts.uri.path();
+    sim.record(&parts.method, path, body.as_deref().unwrap_or_default());
+    // A protected server refuses before looking at the request, an unreadable body included.
+    let mut response = match (access::missing(&sim.args.require_headers, &parts.headers), body) {
+        (Some(name), _) => {
+            let message = format!("missing or wrong {name} header");
+            error_response(StatusCode::UNAUTHORIZED, "authentication_error", &message)
         }
-        Err(e) => {
-            sim.record(&parts.method, parts.uri.path(), &[]);
+        (None, Ok(body)) => sim.route(&parts.method, path, &body, start).await,
+        (None, Err(e)) => {
             error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("cannot read the body: {e}"))
         }
     };

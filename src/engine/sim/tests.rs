@@ -15,6 +15,7 @@ struct Cli {
 
 /// Starts a simulator on a free port with these `kitt sim` flags; returns its base URL.
 async fn start(flags: &[&str]) -> String {
+    crate::engine::client::crypto_provider(); // reqwest's test clients need the process-wide one
     let args = Cli::parse_from(["sim", "--port", "0"].iter().chain(flags)).sim;
     let listener = bind(&args).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -248,4 +249,56 @@ async fn serve_returns_when_shutdown_resolves() {
     }));
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_required_header_guards_every_route_and_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let flags = ["--require-header", "Authorization: Bearer s3cret", "--require-header", "X-Tenant:a"];
+    let url = start(&[&flags[..], &["--request-log", log.to_str().unwrap()]].concat()).await;
+    let client = reqwest::Client::new();
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = client.get(format!("{url}/health"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let unauthorized = |name: &str| {
+        let message = format!("missing or wrong {name} header");
+        json!({"error": {"message": message, "type": "authentication_error", "code": 401}})
+    };
+    let anonymous = get(&[]).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(json_of(anonymous).await, unauthorized("Authorization"));
+    let wrong = get(&[("authorization", "Bearer s3cre"), ("x-tenant", "a")]).await.unwrap();
+    assert_eq!(json_of(wrong).await, unauthorized("Authorization"));
+    let half = get(&[("authorization", "Bearer s3cret")]).await.unwrap();
+    assert_eq!(json_of(half).await, unauthorized("X-Tenant"));
+    let allowed = get(&[("authorization", "Bearer s3cret"), ("x-tenant", "a")]).await.unwrap();
+    assert_eq!(json_of(allowed).await, json!({"status": "ok"}));
+    let refused = post(&url, "/v1/completions", &completion(3, json!({"stream": false}))).await;
+    assert_eq!(refused.status(), 401);
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.lines().count(), 5, "{logged}");
+    assert!(!logged.contains("s3cret"), "{logged}");
+
+    let args = Cli::parse_from(["sim"].iter().chain(&flags)).sim;
+    assert_eq!(args.require_headers.len(), 2);
+    assert!(!format!("{args:?}").contains("s3cret"), "{args:?}");
+    for bad in ["Authorization Bearer s3cret", "Author ization: s3cret", "Authorization: s3cret\u{7f}", "X-Key: "] {
+        let error = Cli::try_parse_from(["sim", "--require-header", bad]).err().unwrap().to_string();
+        assert!(error.contains("invalid --require-header") && !error.contains("s3cret"), "{error}");
+    }
+}
+
+#[test]
+fn tls_needs_both_a_certificate_and_a_key_that_exist() {
+    let error = Cli::try_parse_from(["sim", "--tls-cert", "c.pem"]).err().unwrap();
+    assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{error}");
+    let args = Cli::parse_from(["sim", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "k.pem"]).sim;
+    let error = Sim::new(args).err().unwrap().to_string();
+    assert!(error.starts_with("cannot read --tls-cert /nonexistent/c.pem: "), "{error}");
 }

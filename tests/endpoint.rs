@@ -1,0 +1,248 @@
+//! Endpoint engines (a server kitt does not start) and argv safety of native engines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clap::Parser;
+use serde_json::Value as Json;
+
+#[derive(Parser)]
+struct SimCli {
+    #[command(flatten)]
+    sim: kitt::engine::sim::SimArgs,
+}
+
+/// Starts the simulator in this process on a free port; returns its base URL.
+fn start_sim(flags: &[&str]) -> String {
+    let args = SimCli::parse_from(["sim", "--port", "0"].iter().chain(flags)).sim;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = kitt::engine::sim::bind(&args).await.unwrap();
+            let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+            tx.send(format!("{scheme}://{}", listener.local_addr().unwrap())).unwrap();
+            kitt::engine::sim::serve_on(listener, args, std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn kitt(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
+    c.env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_HOST_LOCK", dir.join("host.lock"))
+        .env_remove("KITT_SIM_REQUEST_LOG");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!("{:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+fn endpoint_suite(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    let p = dir.join("suite.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: remote}}
+spec:
+  models: [{{name: remote-model, served_name: auto}}]
+  engines:
+    - name: prod
+      template: vllm
+      endpoint:
+        url: {url}
+        headers: {{Authorization: {{from_env: KITT_TEST_TOKEN, prefix: "Bearer "}}, X-Team: bench}}
+{extra}
+  benchmarks: [{{name: lat, template: latency, params: {{requests: 4, max_tokens: 5, input_tokens: 8}}}}]
+  warmup: {{requests: 1}}
+  reporters: [json, csv]
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+const SECRET: &str = "s3cret-token-4f1c";
+
+#[test]
+fn an_endpoint_with_a_secret_header_runs_and_the_secret_is_written_nowhere() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("sim-requests.jsonl");
+    let url = start_sim(&[
+        "--model",
+        "served-x",
+        "--require-header",
+        &format!("Authorization: Bearer {SECRET}"),
+        "--request-log",
+        log.to_str().unwrap(),
+    ]);
+    let suite = endpoint_suite(d.path(), &url, "");
+    // The plan has no pull, start or stop for an endpoint: it connects.
+    let plan = kitt(d.path()).args(["plan", "--output", "json"]).arg(&suite).output().unwrap();
+    let plan: Json = serde_json::from_slice(&plan.stdout).unwrap();
+    let kinds: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["connect", "warmup", "benchmark", "collect", "report"]);
+    let out = kitt(d.path()).arg("apply").arg(&suite).env("KITT_TEST_TOKEN", SECRET).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // `served_name: auto` found the server's model, and it reached every request.
+    let bodies: Vec<Json> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .filter(|r| r["path"] == "/v1/completions")
+        .map(|r| r["body"].clone())
+        .collect();
+    assert_eq!(bodies.len(), 1 + 4);
+    assert!(bodies.iter().all(|b| b["model"] == "served-x"), "{bodies:?}");
+    // The secret is in no file kitt wrote, nor in its output.
+    let runs = d.path().join("runs");
+    for f in files_under(&runs) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(SECRET), "the secret leaked into {}", f.display());
+    }
+    assert!(!text(&out).contains(SECRET));
+    let run = files_under(&runs).into_iter().find(|f| f.ends_with("report/result.json")).unwrap();
+    let report: Json = serde_json::from_slice(&std::fs::read(run).unwrap()).unwrap();
+    let facts = &report["cells"][0]["provenance"]["facts"];
+    assert_eq!(facts["engine.served_model"], "served-x");
+    assert_eq!(facts["endpoint.models"], "served-x");
+}
+
+#[test]
+fn a_missing_secret_or_a_wrong_one_is_a_clear_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let url = start_sim(&["--model", "served-x", "--require-header", &format!("Authorization: Bearer {SECRET}")]);
+    let suite = endpoint_suite(d.path(), &url, "");
+    let out = kitt(d.path()).arg("apply").arg(&suite).env_remove("KITT_TEST_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("KITT_TEST_TOKEN"), "{}", text(&out));
+    let out = kitt(d.path()).arg("apply").arg(&suite).arg("--fresh").env("KITT_TEST_TOKEN", "wrong").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("401"), "{}", text(&out));
+    assert!(!text(&out).contains(SECRET));
+}
+
+#[test]
+fn a_native_argument_with_spaces_quotes_and_flags_stays_one_argument() {
+    let d = tempfile::tempdir().unwrap();
+    let weird = r#"we ird "name" --usage false"#;
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        format!(
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: argv}}\nspec:\n  models: [{{name: m, served_name: '{weird}'}}]\n  engines: [{{name: s, template: sim}}]\n  benchmarks: [{{name: lat, template: latency, params: {{requests: 3, max_tokens: 4}}}}]\n  warmup: {{requests: 0}}\n"
+        ),
+    )
+    .unwrap();
+    let plan: Json =
+        serde_json::from_slice(&kitt(d.path()).args(["plan", "--output", "json"]).arg(&suite).output().unwrap().stdout)
+            .unwrap();
+    let argv: Vec<&str> =
+        plan["groups"][0]["mode"]["native"]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let i = argv.iter().position(|a| *a == "--model").unwrap();
+    assert_eq!(argv[i + 1], weird, "one argv element");
+    let out = kitt(d.path()).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = files_under(&d.path().join("runs")).into_iter().find(|f| f.ends_with("report/result.json")).unwrap();
+    let report: Json = serde_json::from_slice(&std::fs::read(run).unwrap()).unwrap();
+    // Had `--usage false` become a flag of its own, the simulator would have sent no usage.
+    assert_eq!(report["cells"][0]["metrics"]["output_tokens"]["source"], "usage");
+    assert_eq!(report["cells"][0]["status"], "ok");
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command line.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kitt test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn an_https_endpoint_is_trusted_through_its_ca_file_or_loudly_not_at_all() {
+    let d = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(d.path());
+    let url =
+        start_sim(&["--model", "tls-model", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(url.starts_with("https://"));
+    // Without the CA the server is not trusted: the connect step fails and says why.
+    let suite = endpoint_suite(d.path(), &url, "");
+    let out = kitt(d.path()).arg("apply").arg(&suite).env("KITT_TEST_TOKEN", "t").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).to_lowercase().contains("certificate"), "{}", text(&out));
+    // With the CA file it runs.
+    let suite = endpoint_suite(d.path(), &url, &format!("        ca_file: {}", ca.display()));
+    let out = kitt(d.path()).arg("apply").arg(&suite).arg("--fresh").env("KITT_TEST_TOKEN", "t").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // `insecure: true` runs too, and every result says so.
+    let suite = endpoint_suite(d.path(), &url, "        insecure: true");
+    let out = kitt(d.path())
+        .args(["apply", "--output", "json", "--fresh"])
+        .arg(&suite)
+        .env("KITT_TEST_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["report"]["cells"][0]["provenance"]["facts"]["endpoint.tls"], "INSECURE: certificate not verified");
+}

@@ -1,0 +1,54 @@
+//! `kitt engines check` for native binaries, and `kitt gc` for engines a killed kitt left behind.
+
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+
+fn kitt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kitt"))
+}
+
+#[test]
+fn engines_check_finds_native_binaries_or_says_what_to_do() {
+    let ok = kitt().args(["engines", "check", "sim", "--native"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = kitt()
+        .args([
+            "engines",
+            "check",
+            "llama_cpp",
+            "--native",
+            "--binary",
+            "/nonexistent/llama-server",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["detail"].as_str().unwrap().contains("params: {binary:"), "{v}");
+    let on_path = kitt().args(["engines", "check", "llama_cpp", "--native", "--binary", "sh"]).output().unwrap();
+    assert!(on_path.status.success(), "a name on PATH is found");
+    let unknown = kitt().args(["engines", "check", "lama_cpp"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("did you mean `llama_cpp`?"));
+}
+
+#[test]
+fn gc_stops_an_engine_left_by_a_dead_run_and_nothing_else() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("20260101-000000-dead");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut orphan = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
+    kitt::run::pidfile::write(&run, "groupkey", orphan.id());
+    let mut bystander = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
+    let out = kitt().arg("gc").arg("--runs-dir").arg(d.path()).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("stopped engine process {}", orphan.id())));
+    assert!(orphan.wait().is_ok(), "the orphan was stopped");
+    assert!(bystander.try_wait().unwrap().is_none(), "a process nobody recorded is never touched");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let again = kitt().arg("gc").arg("--runs-dir").arg(d.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to clean up"));
+}
