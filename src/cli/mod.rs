@@ -226,7 +226,9 @@ pub fn validate_file(path: &Path) -> Result<String, Vec<Diagnostic>> {
     let raw = manifest::read_raw(path)?;
     match raw.kind {
         Kind::Suite => {
-            let plan = plan::compile::compile_file(path)?;
+            // Parsed once: the envelope told the kind, the same tree decodes the suite.
+            let suite = raw.decode::<manifest::SuiteSpec>()?;
+            let plan = plan::compile::compile_with_catalog(&suite, path)?;
             Ok(format!("Suite `{}`: {} cell(s), {} step(s)", plan.suite.name, plan.cells.len(), plan.steps.len()))
         }
         _ => {

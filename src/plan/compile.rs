@@ -43,7 +43,8 @@ pub fn compile_source(source: &str, path: &Path) -> Result<Plan, Vec<Diagnostic>
     compile_with_catalog(&suite, path)
 }
 
-fn compile_with_catalog(suite: &Suite, path: &Path) -> Result<Plan, Vec<Diagnostic>> {
+/// Builds the suite's catalog (its local templates included) and compiles it.
+pub fn compile_with_catalog(suite: &Suite, path: &Path) -> Result<Plan, Vec<Diagnostic>> {
     let dir = suite_dir(path);
     let catalog = Catalog::with_local(&dir, &suite.spec.templates, path)?;
     compile(suite, &catalog)
