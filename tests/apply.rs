@@ -521,3 +521,21 @@ fn kitt_run_builds_a_suite_from_flags_and_prints_it() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("throughput"));
 }
+
+#[test]
+fn serial_the_open_loop_example_keeps_its_schedule() {
+    let env = Env::new();
+    let out = env.apply(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rate.yaml"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&env.only_run());
+    for c in r["cells"].as_array().unwrap() {
+        let a = &c["metrics"]["arrivals"];
+        let rate = c["cell"]["params"]["rate"].as_f64().unwrap();
+        assert_eq!(a["scheduled"], 60);
+        assert!((a["offered_rate"].as_f64().unwrap() - rate).abs() < 1e-6, "{a}");
+        // Wide slack: shared machines; the tight numbers come from `cargo bench`.
+        assert!((a["delivered_rate"].as_f64().unwrap() / rate - 1.0).abs() < 0.2, "{a}");
+        assert!(a["schedule_lag_ms"]["p50"].is_number() && a["client_queue_ms"]["p50"].is_number());
+        assert_eq!(c["metrics"]["ok"], 60);
+    }
+}

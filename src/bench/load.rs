@@ -20,13 +20,14 @@
 //! window, every successful answer's text is counted with the engine's tokenizer when the engine has
 //! one. That is the exact fallback where `usage` is missing, and a cross-check where it is not.
 
+mod arrivals;
 mod prompts;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -74,7 +75,12 @@ pub struct LoadOutcome {
     /// The requested prompt length (for chat, of the user message's content: the engine's chat
     /// template adds its own tokens, which `usage` counts).
     pub input_tokens: u32,
+    /// Arrivals followed a precomputed schedule (constant or Poisson), not free workers.
+    pub open_loop: bool,
 }
+
+/// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
+const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -107,23 +113,37 @@ pub fn body_for(call: &RequestTemplate, api: ApiKind, prompt: &str) -> Bytes {
 }
 
 async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
+    let duration = input.load.duration.as_ref().map(|d| d.0);
+    let max_open = input.load.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY).max(1) as usize;
+    // Open loop: every arrival time is known before the window opens.
+    let arrivals = match input.load.profile {
+        Profile::Synchronous | Profile::Concurrency(_) => None,
+        Profile::Constant(rate) => Some(arrivals::schedule(
+            rate,
+            arrivals::Spacing::Constant,
+            input.seed,
+            input.load.requests,
+            duration.map(|d| d.as_nanos() as u64),
+        )),
+        Profile::Poisson { rate, burstiness } => Some(arrivals::schedule(
+            rate,
+            arrivals::Spacing::Gamma(burstiness),
+            input.seed,
+            input.load.requests,
+            duration.map(|d| d.as_nanos() as u64),
+        )),
+    };
     let workers = match input.load.profile {
         Profile::Synchronous => 1,
         Profile::Concurrency(n) => n.max(1) as usize,
-        Profile::Constant(_) | Profile::Poisson(_) => {
-            return Err(LoadError::Unsupported(
-                "open-loop profiles (`constant`, `poisson`) are not executable by this kitt yet; \
-                 use `synchronous` or `{concurrency: N}`"
-                    .into(),
-            ));
-        }
+        Profile::Constant(_) | Profile::Poisson { .. } => max_open,
     };
     let PromptSpec::Synthetic { input_tokens } = input.load.prompt;
-    let duration = input.load.duration.as_ref().map(|d| d.0);
-    let pool = match (input.load.requests, duration) {
-        (Some(n), _) => n.clamp(1, POOL_MAX),
-        (None, Some(_)) => (workers as u64 * DURATION_POOL_PER_WORKER).clamp(DURATION_POOL_MIN, POOL_MAX),
-        (None, None) => {
+    let pool = match (&arrivals, input.load.requests, duration) {
+        (Some(a), _, _) => (a.len() as u64).clamp(1, POOL_MAX),
+        (None, Some(n), _) => n.clamp(1, POOL_MAX),
+        (None, None, Some(_)) => (workers as u64 * DURATION_POOL_PER_WORKER).clamp(DURATION_POOL_MIN, POOL_MAX),
+        (None, None, None) => {
             return Err(LoadError::Unsupported("a load needs `requests` or `duration` to stop".into()));
         }
     };
@@ -147,18 +167,25 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         origin,
         progress: input.progress,
     });
-    let mut set = JoinSet::new();
-    for _ in 0..workers {
-        set.spawn(worker(Arc::clone(&shared), input.load.requests, workers));
-    }
-    let mut records = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(mut mine) => records.append(&mut mine),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(LoadError::Cancelled),
+    let open_loop = arrivals.is_some();
+    let mut records = match arrivals {
+        Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers).await?,
+        None => {
+            let mut set = JoinSet::new();
+            for _ in 0..workers {
+                set.spawn(worker(Arc::clone(&shared), input.load.requests, workers));
+            }
+            let mut records = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok(mut mine) => records.append(&mut mine),
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return Err(LoadError::Cancelled),
+                }
+            }
+            records
         }
-    }
+    };
     records.sort_unstable_by_key(|r| r.index);
     let first_send = records.iter().map(|r| r.sent_ns).min().unwrap_or(0);
     let last_end = records.iter().map(|r| r.end_ns).max().unwrap_or(0);
@@ -172,7 +199,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     if let Some((req, pointer)) = &input.tokenize {
         count_output(&input.client, req, pointer, &mut records).await;
     }
-    Ok(LoadOutcome { records, window_ns: last_end.saturating_sub(first_send), prompts_exact, input_tokens })
+    Ok(LoadOutcome { records, window_ns: last_end.saturating_sub(first_send), prompts_exact, input_tokens, open_loop })
 }
 
 /// What every worker reads.
@@ -237,6 +264,70 @@ async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<
         records.push(record);
     }
     records
+}
+
+/// Waits until `target` on an absolute clock: the timer for most of the way (it has millisecond
+/// granularity), then yields until the instant, so arrivals are not late by a timer tick.
+async fn wait_until(target: Instant) {
+    const SPIN: Duration = Duration::from_micros(1500);
+    loop {
+        let now = Instant::now();
+        if now >= target {
+            return;
+        }
+        if target - now > SPIN {
+            tokio::time::sleep_until((target - SPIN).into()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Open loop: one dispatcher releases each request at its scheduled time, whatever is in flight;
+/// each request then waits for one of `max_in_flight` slots (client queue time) and goes out.
+/// The dispatcher never waits for a slot, so its lateness is pure schedule lag.
+async fn open_loop_run(
+    shared: Arc<Shared>,
+    arrivals: Vec<u64>,
+    max_in_flight: usize,
+) -> Result<Vec<RequestRecord>, LoadError> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let mut set = JoinSet::new();
+    let mut records = Vec::with_capacity(arrivals.len());
+    for (index, offset) in arrivals.into_iter().enumerate() {
+        wait_until(shared.origin + Duration::from_nanos(offset)).await;
+        let dispatched = since(shared.origin);
+        let shared = Arc::clone(&shared);
+        let slots = Arc::clone(&slots);
+        set.spawn(async move {
+            // The semaphore is never closed, so acquiring only waits.
+            let permit = slots.acquire_owned().await.ok();
+            let slot = index % shared.bodies.len();
+            let mut record = RequestRecord {
+                index: index as u64,
+                scheduled_ns: offset,
+                dispatched_ns: Some(dispatched),
+                input_tokens: shared.lengths[slot],
+                ..RequestRecord::default()
+            };
+            shared.client.send(&shared.call, shared.bodies[slot].clone(), shared.origin, &mut record).await;
+            drop(permit);
+            shared.progress.fetch_add(1, Ordering::Relaxed);
+            record
+        });
+        // Collect what finished, so memory follows what is in flight, not the whole run.
+        while let Some(done) = set.try_join_next() {
+            records.push(done.map_err(|_| LoadError::Cancelled)?);
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(r) => records.push(r),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(LoadError::Cancelled),
+        }
+    }
+    Ok(records)
 }
 
 /// Counts each successful answer's text with the engine's tokenizer (`counted_output_tokens`).

@@ -103,6 +103,9 @@ pub struct LoadMetrics {
     pub error_rate: f64,
     /// Failed requests by kind: `connect`, `http_<status>`, `timeout`, `stream`, `decode`.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Open-loop profiles only: how faithfully the schedule was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<Arrivals>,
     /// Requests resent once because their kept-alive connection had been closed by the server
     /// before it answered (the engine never saw the first send).
     pub connection_retries: u64,
@@ -133,6 +136,52 @@ pub struct LoadMetrics {
     /// Whether the engine's `usage` equals the tokenizer's count of the text on every request that
     /// has both and no reasoning (`usage` counts reasoning tokens too); `None` where none has both.
     pub usage_agrees: Option<bool>,
+}
+
+/// How an open-loop schedule was kept: every scheduled request was sent (none is dropped), so
+/// the question is only how late.
+#[derive(Debug, Clone, Serialize)]
+pub struct Arrivals {
+    /// Requests the schedule held (all of them were sent).
+    pub scheduled: u64,
+    /// `(n − 1) / (last scheduled − first scheduled)`: the rate the schedule asked for.
+    pub offered_rate: f64,
+    /// `(n − 1) / (last dispatched − first dispatched)`: the rate the client kept.
+    pub delivered_rate: f64,
+    /// Dispatch − scheduled time, per request: how late the client released it.
+    pub schedule_lag_ms: Option<Distribution>,
+    /// Sent − dispatch time, per request: waiting for a `max_concurrency` slot.
+    pub client_queue_ms: Option<Distribution>,
+    /// Schedule lag p99 above max(1 ms, 10 % of the mean inter-arrival time): the client, not the
+    /// engine, limited this step, and its latencies understate what users would see.
+    pub client_limited: bool,
+}
+
+fn arrivals(records: &[RequestRecord]) -> Arrivals {
+    let n = records.len();
+    let rate = |first: Option<u64>, last: Option<u64>| match (first, last) {
+        (Some(a), Some(b)) if b > a && n > 1 => (n - 1) as f64 / ((b - a) as f64 / 1e9),
+        _ => 0.0,
+    };
+    let scheduled: Vec<u64> = records.iter().map(|r| r.scheduled_ns).collect();
+    let dispatched: Vec<u64> = records.iter().filter_map(|r| r.dispatched_ns).collect();
+    let offered_rate = rate(scheduled.iter().min().copied(), scheduled.iter().max().copied());
+    let delivered_rate = rate(dispatched.iter().min().copied(), dispatched.iter().max().copied());
+    let lag: Vec<f64> =
+        records.iter().filter_map(|r| r.dispatched_ns.map(|d| d.saturating_sub(r.scheduled_ns) as f64)).collect();
+    let queue: Vec<f64> =
+        records.iter().filter_map(|r| r.dispatched_ns.map(|d| r.sent_ns.saturating_sub(d) as f64)).collect();
+    let schedule_lag_ms = Distribution::of_ns(&lag);
+    let mean_gap_ms = if offered_rate > 0.0 { 1e3 / offered_rate } else { 0.0 };
+    let client_limited = schedule_lag_ms.as_ref().is_some_and(|l| l.p99 > (0.1 * mean_gap_ms).max(1.0));
+    Arrivals {
+        scheduled: n as u64,
+        offered_rate,
+        delivered_rate,
+        schedule_lag_ms,
+        client_queue_ms: Distribution::of_ns(&queue),
+        client_limited,
+    }
 }
 
 /// Derives the metrics of a finished run.
@@ -185,6 +234,7 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
         errors_by_kind,
         connection_retries: records.iter().map(|r| u64::from(r.connection_retries)).sum(),
+        arrivals: outcome.open_loop.then(|| arrivals(records)),
         duration_s,
         request_throughput: per_s(ok.len() as f64),
         output_token_throughput: per_s(output_tokens.total as f64),
@@ -281,7 +331,7 @@ mod tests {
     }
 
     fn outcome(records: Vec<RequestRecord>, window_ms: u64) -> LoadOutcome {
-        LoadOutcome { records, window_ns: window_ms * MS, prompts_exact: true, input_tokens: 10 }
+        LoadOutcome { records, window_ns: window_ms * MS, prompts_exact: true, input_tokens: 10, open_loop: false }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/engines/mlx.yaml",
     "suites/benchmarks/throughput.yaml",
     "suites/benchmarks/latency.yaml",
+    "suites/benchmarks/rate.yaml",
     "reporters/json.yaml",
     "reporters/csv.yaml",
 );

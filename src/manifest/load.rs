@@ -28,6 +28,10 @@ pub struct LoadSpec {
     /// Ask the engine not to stop at end-of-sequence, so every request generates `max_tokens`.
     #[serde(default = "yes")]
     pub ignore_eos: bool,
+    /// Open-loop profiles: most requests in flight; an arrival beyond it waits (client queue time,
+    /// reported). Default 1024.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -43,7 +47,11 @@ impl Decode for LoadSpec {
         let duration: Option<Dur> = f.opt(cx, "duration");
         let prompt = f.req(cx, "prompt");
         let ignore_eos = f.opt(cx, "ignore_eos").unwrap_or(true);
+        let max_concurrency: Option<u32> = f.opt(cx, "max_concurrency");
         f.finish(cx);
+        if max_concurrency == Some(0) {
+            cx.error(Diagnostic::new(node.pos, format!("{what}: `max_concurrency` must be at least 1")));
+        }
         if requests.is_none() && duration.is_none() {
             cx.error(
                 Diagnostic::new(node.pos, format!("{what}: no stop condition"))
@@ -53,7 +61,7 @@ impl Decode for LoadSpec {
         if requests == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `requests` must be at least 1")));
         }
-        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos })
+        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos, max_concurrency })
     }
 }
 
@@ -76,8 +84,9 @@ pub enum Profile {
     Concurrency(u32),
     /// Open loop at a fixed rate (requests per second).
     Constant(f64),
-    /// Open loop with Poisson arrivals at a mean rate.
-    Poisson(f64),
+    /// Open loop with gamma-distributed gaps at a mean rate: `burstiness` is the gamma shape
+    /// (1 = Poisson, below 1 burstier, above 1 more regular).
+    Poisson { rate: f64, burstiness: f64 },
 }
 
 impl Profile {
@@ -97,15 +106,28 @@ impl JsonSchema for Profile {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "`synchronous`, `{concurrency: N}`, `{constant: RATE}` or `{poisson: RATE}` (requests per second).",
+            "description": "`synchronous`, `{concurrency: N}`, `{constant: RATE}`, `{poisson: RATE}` or `{poisson: {rate: RATE, burstiness: SHAPE}}` (requests per second).",
             "oneOf": [
                 {"const": "synchronous"},
                 {"type": "object", "properties": {"concurrency": {"type": ["integer", "string"], "minimum": 1}}, "required": ["concurrency"], "additionalProperties": false},
                 {"type": "object", "properties": {"constant": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["constant"], "additionalProperties": false},
-                {"type": "object", "properties": {"poisson": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["poisson"], "additionalProperties": false}
+                {"type": "object", "properties": {"poisson": {"anyOf": [
+                    {"type": ["number", "string"], "exclusiveMinimum": 0},
+                    {"type": "object", "properties": {"rate": {"type": ["number", "string"]}, "burstiness": {"type": ["number", "string"]}}, "required": ["rate"], "additionalProperties": false}
+                ]}}, "required": ["poisson"], "additionalProperties": false}
             ]
         })
     }
+}
+
+/// A positive, finite number (a rate or a shape).
+fn rate(node: &Node, cx: &mut Cx) -> Option<f64> {
+    let r = f64::decode(node, cx, "rate")?;
+    if r <= 0.0 || !r.is_finite() {
+        cx.error(Diagnostic::new(node.pos, "a rate must be above 0 requests per second"));
+        return None;
+    }
+    Some(r)
 }
 
 impl Decode for Profile {
@@ -124,14 +146,27 @@ impl Decode for Profile {
                         }
                         Some(Profile::Concurrency(n))
                     }
-                    "constant" | "poisson" => {
-                        let rate = f64::decode(value, cx, "rate")?;
-                        if rate <= 0.0 || !rate.is_finite() {
-                            cx.error(Diagnostic::new(value.pos, "a rate must be above 0 requests per second"));
-                            return None;
+                    "constant" => Some(Profile::Constant(rate(value, cx)?)),
+                    "poisson" => match &value.value {
+                        Value::Map(_) => {
+                            let mut f = Fields::open(value, cx, "`poisson`")?;
+                            let r: Option<Node> = f.req(cx, "rate");
+                            let b: Option<Node> = f.opt(cx, "burstiness");
+                            f.finish(cx);
+                            let burstiness = match b {
+                                Some(b) => rate(&b, cx).or_else(|| {
+                                    cx.error(Diagnostic::new(
+                                        b.pos,
+                                        "`burstiness` is a gamma shape above 0 (1 = Poisson)",
+                                    ));
+                                    None
+                                })?,
+                                None => 1.0,
+                            };
+                            Some(Profile::Poisson { rate: rate(&r?, cx)?, burstiness })
                         }
-                        Some(if key.name == "constant" { Profile::Constant(rate) } else { Profile::Poisson(rate) })
-                    }
+                        _ => Some(Profile::Poisson { rate: rate(value, cx)?, burstiness: 1.0 }),
+                    },
                     other => {
                         cx.error(
                             Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`")).help(

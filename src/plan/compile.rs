@@ -13,7 +13,7 @@ use super::*;
 use crate::catalog::{Catalog, Entry};
 use crate::manifest::decode::{Cx, Decode, Spanned};
 use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
-use crate::manifest::load::{ApiKind, LoadSpec, Profile};
+use crate::manifest::load::{ApiKind, LoadSpec};
 use crate::manifest::secret::{SecretOr, check_inline};
 use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Isolation, Model, SAMPLING_KEYS};
 use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType, ReportFormat};
@@ -826,12 +826,6 @@ impl<'a> Compiler<'a> {
             return None;
         }
         let load = load?;
-        if matches!(load.profile, Profile::Constant(_) | Profile::Poisson(_)) {
-            let what = format!("benchmark `{}` (open-loop rate profiles)", bv.instance.name.value);
-            if !self.not_executable.iter().any(|n| n.what == what) {
-                self.not_executable(what, &self.suite.file.clone(), bv.instance.template.pos);
-            }
-        }
         let api = &ev.template.manifest.spec.api;
         let call = match load.api {
             ApiKind::Completion => api.completion.as_ref(),

@@ -339,6 +339,7 @@ impl RunExecutor {
             duration: None,
             prompt: PromptSpec::Synthetic { input_tokens: w.input_tokens },
             ignore_eos: true,
+            max_concurrency: None,
         };
         let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel).await?;
         let failed = outcome.records.iter().filter(|r| !r.ok()).count();

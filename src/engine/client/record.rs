@@ -38,6 +38,11 @@ pub struct RequestRecord {
     pub last_event_ns: Option<u64>,
     /// The answer was complete (end sentinel, end field, or end of body) or failed.
     pub end_ns: u64,
+    /// Open loop: when the scheduler released the request (≥ `scheduled_ns`; the gap is schedule
+    /// lag); it was sent at `sent_ns` once admitted under `max_concurrency` (the gap is client
+    /// queue time). `None` in closed loops, where a request is sent when a worker is free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_ns: Option<u64>,
     /// Arrival of every content event, in order (inter-token latencies).
     pub content_event_ns: Vec<u64>,
     pub content_events: u32,
