@@ -43,6 +43,27 @@ fn report(runs: &Path) -> Json {
     serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
 }
 
+/// Every request of every cell: client TTFT ≥ llama.cpp's `timings.prompt_ms`.
+fn check_each_request_against_server_timings(runs: &Path) {
+    let run = std::fs::read_dir(runs).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    let mut checked = 0;
+    for step in std::fs::read_dir(run.join("steps")).unwrap().filter_map(|e| e.ok()) {
+        let Ok(lines) = std::fs::read_to_string(step.path().join("requests.jsonl")) else { continue };
+        for line in lines.lines() {
+            let r: Json = serde_json::from_str(line).unwrap();
+            let ttft_ns = r["first_content_ns"].as_u64().unwrap() - r["sent_ns"].as_u64().unwrap();
+            let server_ns = r["server_prompt_ms"].as_f64().unwrap() * 1e6;
+            assert!(
+                ttft_ns as f64 >= server_ns,
+                "request {}: TTFT {ttft_ns} ns < server prompt {server_ns} ns",
+                r["index"]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16 + 16 + 8);
+}
+
 #[test]
 fn serial_the_llama_cpp_example_runs_on_a_real_server() {
     let Some(_) = build() else { return };
@@ -50,6 +71,7 @@ fn serial_the_llama_cpp_example_runs_on_a_real_server() {
     let out = kitt(runs.path()).arg("apply").arg(root().join("examples/llama-cpp-native.yaml")).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let r = report(runs.path());
+    check_each_request_against_server_timings(runs.path());
     let cells = r["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 3);
     for c in cells {
@@ -73,6 +95,10 @@ fn serial_the_llama_cpp_example_runs_on_a_real_server() {
         assert_eq!(m["input_tokens"]["counted_total"].as_u64().unwrap(), requests * n, "{m}");
         assert_eq!(m["input_tokens"]["usage_total"].as_u64().unwrap(), requests * (n + 1), "{m}");
         assert!(m["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+        // The client's TTFT includes the server's own prompt time: never below it.
+        let gap = &m["ttft_minus_server_prompt_ms"];
+        assert_eq!(gap["count"].as_u64().unwrap(), requests, "{m}");
+        assert!(gap["min"].as_f64().unwrap() >= 0.0, "client TTFT below the server's prompt time: {gap}");
         assert!(
             !c["provenance"]["facts"]["engine.version"].as_str().unwrap_or("").is_empty(),
             "llama.cpp reported its build"

@@ -103,6 +103,11 @@ pub struct LoadMetrics {
     pub error_rate: f64,
     /// Failed requests by kind: `connect`, `http_<status>`, `timeout`, `stream`, `decode`.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Client TTFT − the server's own prompt time, per request, where the engine reports the
+    /// latter (llama.cpp `timings.prompt_ms`): network, HTTP and queueing outside the engine's
+    /// prompt processing. Never negative for a correct client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_minus_server_prompt_ms: Option<Distribution>,
     /// Open-loop profiles only: how faithfully the schedule was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arrivals: Option<Arrivals>,
@@ -235,6 +240,14 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         errors_by_kind,
         connection_retries: records.iter().map(|r| u64::from(r.connection_retries)).sum(),
         arrivals: outcome.open_loop.then(|| arrivals(records)),
+        ttft_minus_server_prompt_ms: Distribution::of_ns(
+            &ok.iter()
+                .filter_map(|r| {
+                    let ttft = r.first_content_ns?.saturating_sub(r.sent_ns) as f64;
+                    Some(ttft - r.server_prompt_ms? * 1e6)
+                })
+                .collect::<Vec<_>>(),
+        ),
         duration_s,
         request_throughput: per_s(ok.len() as f64),
         output_token_throughput: per_s(output_tokens.total as f64),

@@ -555,6 +555,10 @@ pub struct ApiCall {
     pub done_field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsagePointers>,
+    /// JSON pointer to the server's own prompt-processing time in milliseconds (llama.cpp:
+    /// `/timings/prompt_ms`), to compare with the client's TTFT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_prompt_ms: Option<String>,
 }
 
 impl Decode for ApiCall {
@@ -569,6 +573,7 @@ impl Decode for ApiCall {
         let done = f.opt(cx, "done");
         let done_field = f.opt(cx, "done_field");
         let usage = f.opt(cx, "usage");
+        let server_prompt_ms = f.opt(cx, "server_prompt_ms");
         f.finish(cx);
         if let Some(b) = &body
             && !matches!(b.value, Value::Map(_))
@@ -585,6 +590,7 @@ impl Decode for ApiCall {
             done,
             done_field,
             usage,
+            server_prompt_ms,
         })
     }
 }

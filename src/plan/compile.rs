@@ -748,6 +748,7 @@ impl<'a> Compiler<'a> {
             done: call.done.clone(),
             done_field: call.done_field.clone(),
             usage: call.usage.clone(),
+            server_prompt_ms: call.server_prompt_ms.clone(),
         })
     }
 

@@ -231,6 +231,8 @@ pub struct RequestTemplate {
     pub done_field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsagePointers>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_prompt_ms: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

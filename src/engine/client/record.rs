@@ -54,6 +54,9 @@ pub struct RequestRecord {
     pub counted_output_tokens: Option<u64>,
     /// The prompt's length as the load generator built it.
     pub input_tokens: u64,
+    /// The server's own prompt-processing time, when the engine reports it (llama.cpp `timings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_prompt_ms: Option<f64>,
     pub status: Option<u16>,
     /// Times the request was resent because the pooled connection it went out on had been
     /// closed by the server before answering (the server never saw it; curl does the same).
@@ -127,6 +130,7 @@ const USAGE_PROMPT: usize = 2;
 const USAGE_COMPLETION: usize = 3;
 const DONE_FIELD: usize = 4;
 const ERROR: usize = 5;
+const SERVER_PROMPT_MS: usize = 6;
 /// Where engines put an error inside a stream (`{"error": …}`: OpenAI, vLLM, TGI, Ollama).
 const ERROR_POINTER: &str = "/error";
 /// How much of a bad event the error detail quotes.
@@ -151,6 +155,7 @@ impl<'a> Events<'a> {
         pointers[USAGE_COMPLETION] = usage.map(|u| u.completion_tokens.as_str());
         pointers[DONE_FIELD] = call.done_field.as_deref();
         pointers[ERROR] = Some(ERROR_POINTER);
+        pointers[SERVER_PROMPT_MS] = call.server_prompt_ms.as_deref();
         Events { done: call.done.as_deref().map(str::as_bytes), pointers, record, finished: false }
     }
 
@@ -181,6 +186,11 @@ impl<'a> Events<'a> {
         }
         if let Some(n) = picked[USAGE_COMPLETION].as_ref().and_then(Leaf::as_count) {
             r.usage_completion_tokens = Some(n);
+        }
+        match &picked[SERVER_PROMPT_MS] {
+            Some(Leaf::Float(ms)) => r.server_prompt_ms = Some(*ms),
+            Some(Leaf::Int(ms)) => r.server_prompt_ms = Some(*ms as f64),
+            _ => {}
         }
         if let Some(Leaf::Str(s)) = &picked[REASONING]
             && !s.is_empty()
@@ -235,6 +245,7 @@ mod tests {
                 prompt_tokens: Some("/usage/prompt_tokens".into()),
                 completion_tokens: "/usage/completion_tokens".into(),
             }),
+            server_prompt_ms: None,
         }
     }
 

@@ -47,6 +47,7 @@ pub(crate) fn completion_call(max_tokens: u32) -> RequestTemplate {
         done: Some("[DONE]".into()),
         done_field: None,
         usage: usage(),
+        server_prompt_ms: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub(crate) fn chat_call(max_tokens: u32) -> RequestTemplate {
         done: Some("[DONE]".into()),
         done_field: None,
         usage: usage(),
+        server_prompt_ms: None,
     }
 }
 
