@@ -78,6 +78,63 @@ impl Executor for Noop {
     }
 }
 
+#[derive(clap::Parser)]
+struct SimCli {
+    #[command(flatten)]
+    sim: kitt::engine::sim::SimArgs,
+}
+
+/// Runs one open-loop load against an in-process zero-latency simulator; returns its metrics.
+fn open_loop(
+    rt: &tokio::runtime::Runtime,
+    profile: kitt::manifest::load::Profile,
+    requests: u64,
+) -> kitt::bench::metrics::LoadMetrics {
+    use clap::Parser as _;
+    use kitt::manifest::load::{ApiKind, LoadSpec, PromptSpec};
+    rt.block_on(async move {
+        let args = SimCli::parse_from(["sim", "--port", "0"]).sim;
+        let listener = kitt::engine::sim::bind(&args).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(kitt::engine::sim::serve_on(listener, args, std::future::pending()));
+        let call = kitt::plan::RequestTemplate {
+            method: "POST".into(),
+            path: "/v1/completions".into(),
+            body: serde_json::json!({"model": "sim", "prompt": "{{prompt}}", "max_tokens": 4, "ignore_eos": true,
+                "stream": true, "stream_options": {"include_usage": true}}),
+            stream: kitt::manifest::template_kind::StreamFormat::Sse,
+            text: "/choices/0/text".into(),
+            reasoning: None,
+            done: Some("[DONE]".into()),
+            done_field: None,
+            usage: None,
+            server_prompt_ms: None,
+        };
+        let load = LoadSpec {
+            api: ApiKind::Completion,
+            profile,
+            requests: Some(requests),
+            duration: None,
+            prompt: PromptSpec::Synthetic { input_tokens: 8 },
+            ignore_eos: true,
+            max_concurrency: None,
+        };
+        let input = kitt::bench::load::LoadInput {
+            client: kitt::engine::client::EngineClient::new(&url, Vec::new(), 256).unwrap(),
+            call,
+            api: ApiKind::Completion,
+            load,
+            tokenize: None,
+            seed: 1,
+            progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            cancel: Cancel::default(),
+        };
+        let outcome = kitt::bench::load::run(input).await.unwrap();
+        server.abort();
+        kitt::bench::metrics::summarize(&outcome)
+    })
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("{:<58} {:>14} {:>12}", "benchmark", "measured", "target");
@@ -186,6 +243,38 @@ fn main() {
         t.as_secs_f64() * 1e6 / n as f64,
         "< 100 µs"
     );
+    // 5. Open-loop fidelity against an in-process zero-latency simulator.
+    use kitt::manifest::load::Profile;
+    for (name, profile, n) in [
+        ("constant 100 req/s", Profile::Constant(100.0), 500),
+        ("constant 1,000 req/s", Profile::Constant(1000.0), 5000),
+        ("poisson 100 req/s", Profile::Poisson { rate: 100.0, burstiness: 1.0 }, 500),
+        ("poisson 1,000 req/s", Profile::Poisson { rate: 1000.0, burstiness: 1.0 }, 5000),
+    ] {
+        let m = open_loop(&rt, profile, n);
+        let a = m.arrivals.unwrap();
+        println!(
+            "{:<58} {:>11.2} %  {:>12}",
+            format!("open loop {name}: delivered vs offered rate"),
+            (a.delivered_rate / a.offered_rate - 1.0) * 100.0,
+            "within 2 %"
+        );
+    }
+    let m = open_loop(&rt, Profile::Constant(5000.0), 25_000);
+    let a = m.arrivals.unwrap();
+    println!(
+        "{:<58} {:>11.1} µs {:>12}",
+        format!("open loop 5,000 req/s: schedule lag p99 ({} ok)", m.ok),
+        a.schedule_lag_ms.map_or(f64::NAN, |l| l.p99 * 1e3),
+        "< 1000 µs"
+    );
+    println!(
+        "{:<58} {:>11.1} µs {:>12}",
+        "open loop 5,000 req/s: dispatch → send (client queue) p99",
+        a.client_queue_ms.map_or(f64::NAN, |l| l.p99 * 1e3),
+        "-"
+    );
+
     // The durable part: one fsynced journal record on the disk the runs live on.
     let p = dir.path().join("fsync.jsonl");
     let mut j = Journal::open(&p, &journal::read(&p).unwrap()).unwrap();

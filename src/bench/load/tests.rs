@@ -260,3 +260,82 @@ fn bodies_bind_the_prompt_or_the_messages() {
     let body: Value = serde_json::from_slice(&body_for(&chat_call(3), ApiKind::Chat, "a b")).unwrap();
     assert_eq!(body["messages"], serde_json::json!([{"role": "user", "content": "a b"}]));
 }
+
+/// One timing profile of the simulator and what an honest client must measure for it.
+struct Truth {
+    ttft_ms: f64,
+    itl_ms: f64,
+    per_chunk: u64,
+    reasoning: u64,
+}
+
+/// Fidelity against the simulator's known timings. The slack is wide (shared, noisy machines):
+/// TTFT may only be late, never early, and by less than `SLACK_MS`; mean ITL and TPOT within
+/// 25 % (or 2 ms) of the truth; token counts exact.
+async fn fidelity(truth: Truth) {
+    const SLACK_MS: f64 = 25.0;
+    const N: u64 = 16;
+    let flags = [
+        "--ttft-ms".to_string(),
+        truth.ttft_ms.to_string(),
+        "--itl-ms".into(),
+        truth.itl_ms.to_string(),
+        "--tokens-per-chunk".into(),
+        truth.per_chunk.to_string(),
+        "--reasoning-tokens".into(),
+        truth.reasoning.to_string(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let url = start_sim(&flags).await;
+    let chat = truth.reasoning > 0;
+    let mut load = spec(Profile::Concurrency(2), Some(8), 8);
+    let call = if chat {
+        load.api = ApiKind::Chat;
+        chat_call(N as u32)
+    } else {
+        completion_call(N as u32)
+    };
+    let outcome = run(input(&url, call, load, true)).await.unwrap();
+    // Content starts after the reasoning tokens, each costing one inter-token interval.
+    let content_ttft = truth.ttft_ms + truth.reasoning as f64 * truth.itl_ms;
+    for r in &outcome.records {
+        assert!(r.ok(), "{r:?}");
+        let ttft = (r.first_content_ns.unwrap() - r.sent_ns) as f64 / 1e6;
+        assert!(ttft >= content_ttft, "TTFT {ttft} ms is below the truth {content_ttft} ms");
+        assert!(ttft < content_ttft + SLACK_MS, "TTFT {ttft} ms, truth {content_ttft} ms");
+        if chat {
+            let ttfrt = (r.first_reasoning_ns.unwrap() - r.sent_ns) as f64 / 1e6;
+            assert!(ttfrt >= truth.ttft_ms && ttfrt < truth.ttft_ms + SLACK_MS, "TTFRT {ttfrt}");
+        }
+        // Exact counts: usage and the tokenizer agree with what was asked.
+        assert_eq!(r.usage_completion_tokens, Some(N));
+        assert_eq!(r.counted_output_tokens, Some(N - truth.reasoning));
+    }
+    let m = summarize(&outcome);
+    let close = |got: f64, want: f64| (got - want).abs() <= (want * 0.25).max(2.0);
+    let itl_truth = truth.per_chunk as f64 * truth.itl_ms;
+    let itl = m.itl_ms.unwrap().mean;
+    assert!(close(itl, itl_truth), "mean ITL {itl} ms, truth {itl_truth} ms");
+    if !chat {
+        // (e2e − TTFT) spans the content events after the first: (N/k − 1) events of k·ITL each.
+        let events = N.div_ceil(truth.per_chunk);
+        let tpot_truth = (events - 1) as f64 * itl_truth / (N - 1) as f64;
+        let tpot = m.tpot_ms.unwrap().mean;
+        assert!(close(tpot, tpot_truth), "mean TPOT {tpot} ms, truth {tpot_truth} ms");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_fidelity_slow_first_token_one_token_per_chunk() {
+    fidelity(Truth { ttft_ms: 40.0, itl_ms: 2.0, per_chunk: 1, reasoning: 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_fidelity_fast_first_token_four_tokens_per_chunk() {
+    fidelity(Truth { ttft_ms: 5.0, itl_ms: 6.0, per_chunk: 4, reasoning: 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_fidelity_reasoning_first_stream() {
+    fidelity(Truth { ttft_ms: 10.0, itl_ms: 3.0, per_chunk: 2, reasoning: 4 }).await;
+}
