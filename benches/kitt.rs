@@ -118,6 +118,7 @@ fn open_loop(
             prompt: PromptSpec::Synthetic { input_tokens: 8 },
             ignore_eos: true,
             max_concurrency: None,
+            slo: None,
         };
         let input = kitt::bench::load::LoadInput {
             client: kitt::engine::client::EngineClient::new(&url, Vec::new(), 256).unwrap(),
@@ -128,6 +129,7 @@ fn open_loop(
             seed: 1,
             progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             cancel: Cancel::default(),
+            expected_output_tokens: None,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();

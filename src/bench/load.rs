@@ -62,6 +62,8 @@ pub struct LoadInput {
     pub seed: u64,
     /// Completed requests, updated as they finish (for a progress display).
     pub progress: Arc<AtomicU64>,
+    /// Output tokens each request must generate (`max_tokens` with `ignore_eos`), to flag early stops.
+    pub expected_output_tokens: Option<u64>,
     pub cancel: Cancel,
 }
 
@@ -77,6 +79,10 @@ pub struct LoadOutcome {
     pub input_tokens: u32,
     /// Arrivals followed a precomputed schedule (constant or Poisson), not free workers.
     pub open_loop: bool,
+    /// The benchmark's SLOs, for goodput.
+    pub slo: Option<crate::manifest::load::Slo>,
+    /// Output tokens every request was asked to generate without stopping early (`ignore_eos`).
+    pub expected_output_tokens: Option<u64>,
 }
 
 /// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
@@ -199,7 +205,15 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     if let Some((req, pointer)) = &input.tokenize {
         count_output(&input.client, req, pointer, &mut records).await;
     }
-    Ok(LoadOutcome { records, window_ns: last_end.saturating_sub(first_send), prompts_exact, input_tokens, open_loop })
+    Ok(LoadOutcome {
+        records,
+        window_ns: last_end.saturating_sub(first_send),
+        prompts_exact,
+        input_tokens,
+        open_loop,
+        slo: input.load.slo.clone(),
+        expected_output_tokens: input.expected_output_tokens,
+    })
 }
 
 /// What every worker reads.

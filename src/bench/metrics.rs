@@ -33,6 +33,7 @@ pub struct Distribution {
     pub p90: f64,
     pub p95: f64,
     pub p99: f64,
+    pub p99_9: f64,
 }
 
 impl Distribution {
@@ -67,6 +68,7 @@ impl Distribution {
             p90: q(0.90),
             p95: q(0.95),
             p99: q(0.99),
+            p99_9: q(0.999),
         })
     }
 }
@@ -141,6 +143,28 @@ pub struct LoadMetrics {
     /// Whether the engine's `usage` equals the tokenizer's count of the text on every request that
     /// has both and no reasoning (`usage` counts reasoning tokens too); `None` where none has both.
     pub usage_agrees: Option<bool>,
+    /// Prompt tokens processed per second of time to first token, over successful requests:
+    /// `Σ input tokens / Σ TTFT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_throughput: Option<f64>,
+    /// Successful requests that generated fewer tokens than asked for although the engine was told
+    /// not to stop (`ignore_eos`): a cell with any is flagged, since early stops look faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<u64>,
+    /// Requests that met every SLO the benchmark sets, per second of the window (`slo:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<Goodput>,
+}
+
+/// Goodput against the benchmark's SLOs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goodput {
+    /// Successful requests meeting every SLO set (TTFT, TPOT, e2e latency).
+    pub requests: u64,
+    /// `requests / duration_s`.
+    pub rate: f64,
+    /// `requests / all requests`.
+    pub share: f64,
 }
 
 /// How an open-loop schedule was kept: every scheduled request was sent (none is dropped), so
@@ -261,6 +285,41 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         tpot_ms: Distribution::of_ns(&tpot),
         e2e_ms: Distribution::of_ns(&e2e),
         usage_agrees,
+        prefill_throughput: {
+            let (tokens, secs) = ok
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.usage_prompt_tokens.unwrap_or(r.input_tokens),
+                        r.first_content_ns?.saturating_sub(r.sent_ns) as f64 / 1e9,
+                    ))
+                })
+                .fold((0u64, 0.0f64), |(t, s), (a, b)| (t + a, s + b));
+            (secs > 0.0).then(|| tokens as f64 / secs)
+        },
+        stopped_early: outcome
+            .expected_output_tokens
+            .map(|want| ok.iter().filter(|r| r.output_tokens() < want).count() as u64),
+        goodput: outcome.slo.as_ref().map(|slo| {
+            let met = ok
+                .iter()
+                .filter(|r| {
+                    let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+                    let ttft = r.first_content_ns.map(|f| ms(f, r.sent_ns));
+                    let e2e = ms(r.end_ns, r.sent_ns);
+                    let n = r.output_tokens();
+                    let tpot = r.first_content_ns.filter(|_| n > 1).map(|f| ms(r.end_ns, f) / (n - 1) as f64);
+                    slo.ttft_ms.is_none_or(|max| ttft.is_some_and(|t| t <= max))
+                        && slo.tpot_ms.is_none_or(|max| tpot.is_none_or(|t| t <= max))
+                        && slo.e2e_ms.is_none_or(|max| e2e <= max)
+                })
+                .count() as u64;
+            Goodput {
+                requests: met,
+                rate: per_s(met as f64),
+                share: if requests > 0 { met as f64 / requests as f64 } else { 0.0 },
+            }
+        }),
     }
 }
 
@@ -344,7 +403,15 @@ mod tests {
     }
 
     fn outcome(records: Vec<RequestRecord>, window_ms: u64) -> LoadOutcome {
-        LoadOutcome { records, window_ns: window_ms * MS, prompts_exact: true, input_tokens: 10, open_loop: false }
+        LoadOutcome {
+            records,
+            window_ns: window_ms * MS,
+            prompts_exact: true,
+            input_tokens: 10,
+            open_loop: false,
+            slo: None,
+            expected_output_tokens: None,
+        }
     }
 
     #[test]
@@ -418,5 +485,29 @@ mod tests {
             assert!((got - want).abs() <= want * 1e-3, "{got} vs {want}");
         }
         assert_eq!((d.min, d.max, d.mean), (1.0, 1000.0, 500.5));
+    }
+
+    #[test]
+    fn goodput_early_stops_and_prefill() {
+        // Three requests: TTFT 10 ms each; 4, 4 and 2 content events (tokens); e2e 40, 100, 20 ms.
+        let records = vec![
+            record(0, 0, &[10, 20, 30, 40], 40),
+            record(1, 0, &[10, 40, 70, 100], 100),
+            record(2, 0, &[10, 20], 20),
+        ];
+        let mut o = outcome(records, 100);
+        o.slo = Some(crate::manifest::load::Slo { ttft_ms: Some(15.0), tpot_ms: None, e2e_ms: Some(50.0) });
+        o.expected_output_tokens = Some(4);
+        let m = summarize(&o);
+        let g = m.goodput.unwrap();
+        assert_eq!(g.requests, 2, "request 1 breaks the e2e SLO");
+        assert!((g.rate - 20.0).abs() < 1e-9 && (g.share - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(m.stopped_early, Some(1), "request 2 generated 2 of 4 tokens");
+        // 3 × 10 input tokens over 3 × 10 ms of TTFT.
+        assert!((m.prefill_throughput.unwrap() - 1000.0).abs() < 1e-6);
+        let tpot_slo = crate::manifest::load::Slo { ttft_ms: None, tpot_ms: Some(10.0), e2e_ms: None };
+        o.slo = Some(tpot_slo);
+        // TPOT: (40−10)/3 = 10, (100−10)/3 = 30, (20−10)/1 = 10.
+        assert_eq!(summarize(&o).goodput.unwrap().requests, 2);
     }
 }

@@ -32,6 +32,30 @@ pub struct LoadSpec {
     /// reported). Default 1024.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Service-level objectives: goodput counts the requests that meet all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+/// Latency objectives for goodput, in milliseconds; unset ones do not apply.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpot_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_ms: Option<f64>,
+}
+
+impl Decode for Slo {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "`slo`")?;
+        let slo = Slo { ttft_ms: f.opt(cx, "ttft_ms"), tpot_ms: f.opt(cx, "tpot_ms"), e2e_ms: f.opt(cx, "e2e_ms") };
+        f.finish(cx);
+        Some(slo)
+    }
 }
 
 fn yes() -> bool {
@@ -48,6 +72,7 @@ impl Decode for LoadSpec {
         let prompt = f.req(cx, "prompt");
         let ignore_eos = f.opt(cx, "ignore_eos").unwrap_or(true);
         let max_concurrency: Option<u32> = f.opt(cx, "max_concurrency");
+        let slo = f.opt(cx, "slo");
         f.finish(cx);
         if max_concurrency == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `max_concurrency` must be at least 1")));
@@ -61,7 +86,7 @@ impl Decode for LoadSpec {
         if requests == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `requests` must be at least 1")));
         }
-        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos, max_concurrency })
+        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos, max_concurrency, slo })
     }
 }
 

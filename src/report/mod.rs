@@ -207,6 +207,15 @@ pub fn summary(report: &RunReport) -> String {
             let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
         }
     }
+    for c in &report.cells {
+        if let Some(n) = c.metrics.pointer("/stopped_early").and_then(Json::as_u64).filter(|n| *n > 0) {
+            let _ = writeln!(
+                out,
+                "WARNING {} {}: {n} request(s) generated fewer tokens than asked although told not to stop; its speed is not comparable",
+                c.cell.engine, c.cell.benchmark
+            );
+        }
+    }
     for c in report.cells.iter().filter(|c| c.status == CellStatus::Failed) {
         let _ = writeln!(
             out,

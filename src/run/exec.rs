@@ -295,6 +295,7 @@ impl RunExecutor {
         spec: &LoadSpec,
         label: String,
         cancel: &Cancel,
+        expected_output_tokens: Option<u64>,
     ) -> Result<load::LoadOutcome, StepError> {
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
@@ -320,6 +321,7 @@ impl RunExecutor {
             seed: 0,
             progress: self.progress.requests.clone(),
             cancel: cancel.clone(),
+            expected_output_tokens,
         };
         load::run(input).await.map_err(|e| match e {
             load::LoadError::Cancelled => StepError::cancelled(),
@@ -340,8 +342,9 @@ impl RunExecutor {
             prompt: PromptSpec::Synthetic { input_tokens: w.input_tokens },
             ignore_eos: true,
             max_concurrency: None,
+            slo: None,
         };
-        let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel).await?;
+        let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel, None).await?;
         let failed = outcome.records.iter().filter(|r| !r.ok()).count();
         if failed == outcome.records.len() && failed > 0 {
             let detail = outcome.records.iter().find_map(|r| r.error_detail.clone()).unwrap_or_default();
@@ -358,7 +361,8 @@ impl RunExecutor {
             return Err(err(format!("benchmark `{}`: its mechanism is not executable by this kitt", cell.benchmark)));
         };
         let started = unix_ns();
-        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel).await?;
+        let expected = if spec.ignore_eos { cell.sampling.get("max_tokens").and_then(Json::as_u64) } else { None };
+        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel, expected).await?;
         let finished = unix_ns();
         let m = metrics::summarize(&outcome);
         let dir = self.step_dir(&s.key)?;

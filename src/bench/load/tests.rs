@@ -22,6 +22,7 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         prompt: PromptSpec::Synthetic { input_tokens },
         ignore_eos: true,
         max_concurrency: None,
+        slo: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         seed: 1,
         progress: Arc::new(AtomicU64::new(0)),
         cancel: Cancel::default(),
+        expected_output_tokens: None,
     }
 }
 
