@@ -119,6 +119,8 @@ fn open_loop(
             ignore_eos: true,
             max_concurrency: None,
             slo: None,
+            warmup: None,
+            cold_requests: None,
         };
         let input = kitt::bench::load::LoadInput {
             client: kitt::engine::client::EngineClient::new(&url, Vec::new(), 256).unwrap(),

@@ -83,6 +83,10 @@ pub struct LoadOutcome {
     pub slo: Option<crate::manifest::load::Slo>,
     /// Output tokens every request was asked to generate without stopping early (`ignore_eos`).
     pub expected_output_tokens: Option<u64>,
+    /// Requests sent before the window by the benchmark's own `warmup` (not in `records`).
+    pub warmup_requests: u64,
+    /// Warmup analysis: how many first requests count as cold.
+    pub cold_requests: Option<u64>,
 }
 
 /// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
@@ -163,6 +167,10 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     drop(prompts);
     tracing::debug!(prompts = bodies.len(), exact = prompts_exact, "prompts built");
 
+    let warmup_requests = match &input.load.warmup {
+        Some(w) => warm_up(&input, w, workers.min(64), input_tokens).await?,
+        None => 0,
+    };
     let origin = Instant::now();
     let shared = Arc::new(Shared {
         client: input.client.clone(),
@@ -213,6 +221,8 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         open_loop,
         slo: input.load.slo.clone(),
         expected_output_tokens: input.expected_output_tokens,
+        warmup_requests,
+        cold_requests: input.load.cold_requests,
     })
 }
 
@@ -278,6 +288,39 @@ async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<
         records.push(record);
     }
     records
+}
+
+/// The benchmark's own warmup: a closed loop over prompts of its own (another seed), before the
+/// window; its records are dropped. Returns how many requests it sent.
+async fn warm_up(
+    input: &LoadInput,
+    w: &crate::manifest::load::LoadWarmup,
+    workers: usize,
+    input_tokens: u32,
+) -> Result<u64, LoadError> {
+    let pool = w.requests.unwrap_or(DURATION_POOL_MIN).clamp(1, POOL_MAX);
+    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, input_tokens)
+        .await
+        .map_err(|e| LoadError::Prompt(format!("sizing the warmup prompts with the engine's tokenizer: {e}")))?;
+    let origin = Instant::now();
+    let shared = Arc::new(Shared {
+        client: input.client.clone(),
+        call: input.call.clone(),
+        bodies: prompts.iter().map(|p| body_for(&input.call, input.api, &p.text)).collect(),
+        lengths: prompts.iter().map(|p| p.tokens).collect(),
+        schedule: Schedule::closed(w.requests, w.duration.map(|d| origin + d.0)),
+        origin,
+        progress: Arc::new(AtomicU64::new(0)),
+    });
+    let mut set = JoinSet::new();
+    for _ in 0..workers.max(1) {
+        set.spawn(worker(Arc::clone(&shared), w.requests, workers.max(1)));
+    }
+    let mut sent = 0u64;
+    while let Some(joined) = set.join_next().await {
+        sent += joined.map_err(|_| LoadError::Cancelled)?.len() as u64;
+    }
+    Ok(sent)
 }
 
 /// Waits until `target` on an absolute clock: the timer for most of the way (it has millisecond

@@ -98,6 +98,8 @@ pub struct TokenCounts {
 pub struct LoadMetrics {
     /// Requests sent in the window.
     pub requests: u64,
+    /// Requests of the benchmark's own warmup, before the window and excluded from everything else.
+    pub warmup_requests: u64,
     /// Requests that completed without error.
     pub ok: u64,
     pub errors: u64,
@@ -151,9 +153,58 @@ pub struct LoadMetrics {
     /// not to stop (`ignore_eos`): a cell with any is flagged, since early stops look faster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<u64>,
+    /// Warmup analysis (`cold_requests:`): the first requests against the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_vs_warm: Option<ColdVsWarm>,
     /// Requests that met every SLO the benchmark sets, per second of the window (`slo:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goodput: Option<Goodput>,
+}
+
+/// The first `cold` requests (in send order) against the rest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdVsWarm {
+    pub cold_requests: u64,
+    /// Mean end-to-end latency of the cold requests and of the rest.
+    pub cold_e2e_ms: f64,
+    pub warm_e2e_ms: f64,
+    pub cold_ttft_ms: f64,
+    pub warm_ttft_ms: f64,
+    /// `(cold − warm) / cold × 100` of the mean e2e latency.
+    pub e2e_reduction_pct: f64,
+    /// The first request index from which every e2e latency stays within 10 % of the warm
+    /// median: where the engine settled.
+    pub stable_from: Option<u64>,
+}
+
+fn cold_vs_warm(ok: &[&RequestRecord], cold: u64) -> Option<ColdVsWarm> {
+    let mut by_index: Vec<&&RequestRecord> = ok.iter().collect();
+    by_index.sort_by_key(|r| r.index);
+    let k = (cold as usize).min(by_index.len());
+    if k == 0 || k == by_index.len() {
+        return None;
+    }
+    let e2e = |r: &RequestRecord| r.end_ns.saturating_sub(r.sent_ns) as f64 / 1e6;
+    let ttft = |r: &RequestRecord| r.first_content_ns.map_or(0.0, |f| f.saturating_sub(r.sent_ns) as f64 / 1e6);
+    let mean = |rs: &[&&RequestRecord], f: &dyn Fn(&RequestRecord) -> f64| {
+        rs.iter().map(|r| f(r)).sum::<f64>() / rs.len() as f64
+    };
+    let (c, w) = by_index.split_at(k);
+    let (cold_e2e, warm_e2e) = (mean(c, &e2e), mean(w, &e2e));
+    let mut warm_sorted: Vec<f64> = w.iter().map(|r| e2e(r)).collect();
+    warm_sorted.sort_by(f64::total_cmp);
+    let median = warm_sorted[warm_sorted.len() / 2];
+    let within = |r: &RequestRecord| (e2e(r) - median).abs() <= 0.1 * median;
+    let stable_from = (0..by_index.len()).find(|&i| by_index[i..].iter().all(|r| within(r))).map(|i| by_index[i].index);
+    Some(ColdVsWarm {
+        cold_requests: k as u64,
+        cold_e2e_ms: cold_e2e,
+        warm_e2e_ms: warm_e2e,
+        cold_ttft_ms: mean(c, &ttft),
+        warm_ttft_ms: mean(w, &ttft),
+        e2e_reduction_pct: if cold_e2e > 0.0 { (cold_e2e - warm_e2e) / cold_e2e * 100.0 } else { 0.0 },
+        stable_from,
+    })
 }
 
 /// Goodput against the benchmark's SLOs.
@@ -258,6 +309,7 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
 
     LoadMetrics {
         requests,
+        warmup_requests: outcome.warmup_requests,
         ok: ok.len() as u64,
         errors,
         error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
@@ -297,6 +349,7 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
                 .fold((0u64, 0.0f64), |(t, s), (a, b)| (t + a, s + b));
             (secs > 0.0).then(|| tokens as f64 / secs)
         },
+        cold_vs_warm: outcome.cold_requests.and_then(|k| cold_vs_warm(&ok, k)),
         stopped_early: outcome
             .expected_output_tokens
             .map(|want| ok.iter().filter(|r| r.output_tokens() < want).count() as u64),
@@ -411,6 +464,8 @@ mod tests {
             open_loop: false,
             slo: None,
             expected_output_tokens: None,
+            warmup_requests: 0,
+            cold_requests: None,
         }
     }
 
@@ -509,5 +564,19 @@ mod tests {
         o.slo = Some(tpot_slo);
         // TPOT: (40−10)/3 = 10, (100−10)/3 = 30, (20−10)/1 = 10.
         assert_eq!(summarize(&o).goodput.unwrap().requests, 2);
+    }
+
+    #[test]
+    fn cold_requests_against_the_rest() {
+        // e2e: 100 ms (cold), then 52, 50, 50, 49, 51.
+        let e2e = [100, 52, 50, 50, 49, 51];
+        let records: Vec<RequestRecord> = e2e.iter().enumerate().map(|(i, e)| record(i as u64, 0, &[10], *e)).collect();
+        let mut o = outcome(records, 400);
+        o.cold_requests = Some(1);
+        let c = summarize(&o).cold_vs_warm.unwrap();
+        assert_eq!(c.cold_requests, 1);
+        assert!((c.cold_e2e_ms - 100.0).abs() < 1e-9 && (c.warm_e2e_ms - 50.4).abs() < 1e-9);
+        assert!((c.e2e_reduction_pct - 49.6).abs() < 1e-9);
+        assert_eq!(c.stable_from, Some(1));
     }
 }

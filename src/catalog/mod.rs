@@ -35,6 +35,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/benchmarks/throughput.yaml",
     "suites/benchmarks/latency.yaml",
     "suites/benchmarks/rate.yaml",
+    "suites/benchmarks/warmup_analysis.yaml",
     "reporters/json.yaml",
     "reporters/csv.yaml",
 );
@@ -282,5 +283,26 @@ fn merge(under: Node, over: Node) -> Node {
             Node { pos: over.pos, value: Value::Map(base) }
         }
         (_, value) => Node { pos: over.pos, value },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_template_decodes() {
+        let raws: Vec<(RawManifest, Origin)> = BUILTIN_FILES
+            .iter()
+            .map(|(p, src)| {
+                let raw =
+                    manifest::parse_raw(src, &Path::new(BUILTIN).join(p)).unwrap_or_else(|e| panic!("{p}: {e:?}"));
+                (raw, Origin::Builtin)
+            })
+            .collect();
+        let catalog = build(raws).unwrap_or_else(|(_, e)| panic!("{e:#?}"));
+        let total = catalog.engines.len() + catalog.benchmarks.len() + catalog.reporters.len();
+        assert_eq!(total, BUILTIN_FILES.len());
+        assert_eq!(Catalog::builtin().engines.len(), catalog.engines.len());
     }
 }

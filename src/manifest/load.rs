@@ -35,6 +35,35 @@ pub struct LoadSpec {
     /// Service-level objectives: goodput counts the requests that meet all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
+    /// Requests sent before the measured window (a count and/or a duration), with prompts of
+    /// their own so that they warm the engine without warming a prefix cache for the measured
+    /// requests; they are excluded from every metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<LoadWarmup>,
+    /// Compare the first `cold` requests with the rest (warmup analysis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_requests: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadWarmup {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+}
+
+impl Decode for LoadWarmup {
+    fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, "`warmup`")?;
+        let w = LoadWarmup { requests: f.opt(cx, "requests"), duration: f.opt(cx, "duration") };
+        f.finish(cx);
+        if w.requests.is_none() && w.duration.is_none() {
+            cx.error(Diagnostic::new(node.pos, "`warmup` needs `requests:` and/or `duration:`"));
+        }
+        Some(w)
+    }
 }
 
 /// Latency objectives for goodput, in milliseconds; unset ones do not apply.
@@ -73,6 +102,8 @@ impl Decode for LoadSpec {
         let ignore_eos = f.opt(cx, "ignore_eos").unwrap_or(true);
         let max_concurrency: Option<u32> = f.opt(cx, "max_concurrency");
         let slo = f.opt(cx, "slo");
+        let warmup = f.opt(cx, "warmup");
+        let cold_requests = f.opt(cx, "cold_requests");
         f.finish(cx);
         if max_concurrency == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `max_concurrency` must be at least 1")));
@@ -86,7 +117,18 @@ impl Decode for LoadSpec {
         if requests == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `requests` must be at least 1")));
         }
-        Some(LoadSpec { api, profile: profile?, requests, duration, prompt: prompt?, ignore_eos, max_concurrency, slo })
+        Some(LoadSpec {
+            api,
+            profile: profile?,
+            requests,
+            duration,
+            prompt: prompt?,
+            ignore_eos,
+            max_concurrency,
+            slo,
+            warmup,
+            cold_requests,
+        })
     }
 }
 

@@ -343,6 +343,8 @@ impl RunExecutor {
             ignore_eos: true,
             max_concurrency: None,
             slo: None,
+            warmup: None,
+            cold_requests: None,
         };
         let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel, None).await?;
         let failed = outcome.records.iter().filter(|r| !r.ok()).count();

@@ -23,6 +23,8 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         ignore_eos: true,
         max_concurrency: None,
         slo: None,
+        warmup: None,
+        cold_requests: None,
     }
 }
 
@@ -340,4 +342,28 @@ async fn serial_fidelity_fast_first_token_four_tokens_per_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_fidelity_reasoning_first_stream() {
     fidelity(Truth { ttft_ms: 10.0, itl_ms: 3.0, per_chunk: 2, reasoning: 4 }).await;
+}
+
+#[tokio::test]
+async fn a_benchmark_warmup_runs_first_on_prompts_of_its_own_and_is_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let url = start_sim(&["--request-log", log.to_str().unwrap()]).await;
+    let mut load = spec(Profile::Concurrency(2), Some(6), 8);
+    load.warmup = Some(crate::manifest::load::LoadWarmup { requests: Some(4), duration: None });
+    let outcome = run(input(&url, completion_call(2), load, true)).await.unwrap();
+    assert_eq!(outcome.records.len(), 6, "only measured requests are recorded");
+    assert_eq!(outcome.warmup_requests, 4);
+    assert_eq!(summarize(&outcome).warmup_requests, 4);
+    let prompts: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["path"] == "/v1/completions")
+        .map(|r| r["body"]["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.len(), 10);
+    // The warmup went first, and no measured prompt was seen during the warmup.
+    let (warm, measured) = prompts.split_at(4);
+    assert!(warm.iter().all(|p| !measured.contains(p)), "warmup prompts overlap the measured ones");
 }
