@@ -539,3 +539,16 @@ fn serial_the_open_loop_example_keeps_its_schedule() {
         assert_eq!(c["metrics"]["ok"], 60);
     }
 }
+
+#[test]
+fn resume_refuses_a_run_of_another_suite() {
+    let env = Env::new();
+    let a = env.suite("a.yaml", &small_suite("suitea", "", 4).replace("name: small", "name: a"));
+    let b = env.suite("b.yaml", &small_suite("suiteb", "", 4).replace("name: small", "name: b"));
+    assert!(env.apply(&a, &[]).status.success());
+    let run = env.only_run();
+    let id = run.file_name().unwrap().to_string_lossy().to_string();
+    let out = env.apply(&b, &["--resume", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to suite `a`"), "{}", text(&out));
+}

@@ -10,6 +10,7 @@
 //! cell and its group; `report` by the reporters only, since it always re-runs.
 
 pub mod compile;
+pub mod layout;
 pub mod render;
 
 use std::collections::BTreeMap;

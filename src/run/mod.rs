@@ -41,6 +41,8 @@ pub enum ApplyError {
     NoSuchRun(String, PathBuf),
     #[error("drift since this run started: {}. Resuming would mix results; rerun with --accept-drift to continue (cells are marked) or --fresh to start over", .0.join("; "))]
     Drift(Vec<String>),
+    #[error("run {run} belongs to suite {theirs}, not to this one; resume it with that suite file, or use --fresh")]
+    OtherSuite { run: String, theirs: String },
     #[error("run {run} stopped: {reason}")]
     Stopped { run: String, reason: String },
     #[error("{0}")]
@@ -113,6 +115,12 @@ pub fn pending_resume(plan: &Plan, runs_dir: Option<&Path>) -> Option<(String, H
 fn select_run(plan: &Plan, root: &Path, opts: &ApplyOptions) -> Result<(RunDir, bool), ApplyError> {
     if let Some(id) = &opts.resume {
         let info = dir::info(&root.join(id)).ok_or_else(|| ApplyError::NoSuchRun(id.clone(), root.to_path_buf()))?;
+        if info.meta.identity != plan.suite.identity {
+            return Err(ApplyError::OtherSuite {
+                run: id.clone(),
+                theirs: format!("`{}` ({})", info.meta.suite, info.meta.file.display()),
+            });
+        }
         return Ok((RunDir::open(&info)?, true));
     }
     if !opts.fresh {
