@@ -159,9 +159,13 @@ fn quickstart_runs_end_to_end_and_every_sampling_value_reaches_the_sim() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("tput concurrency=4 #0") && stdout.contains("latency #0"), "{stdout}");
     let run = env.only_run();
-    for f in ["run.json", "plan.json", "journal.jsonl", "lock", "report/result.json"] {
+    for f in ["run.json", "plan.json", "journal.jsonl", "lock", "report/result.json", "report/report.md"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    // The markdown reporter (a template over the result model) has a row per cell.
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(md.contains("| sim | tiny | concurrency=4 | 0 | ok | 32/32 |"), "{md}");
+    assert!(md.contains("## latency (latency)"), "{md}");
     let r = report(&run);
     let cells = r["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 3);

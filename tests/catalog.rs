@@ -99,3 +99,40 @@ fn a_broken_local_template_is_reported_in_its_own_file() {
     assert!(errors[0].message.contains("unknown key `helth`"), "{}", errors[0].message);
     assert_eq!(errors[0].help.as_deref(), Some("did you mean `health`?"));
 }
+
+#[test]
+fn a_reporter_of_your_own_is_a_manifest_and_a_template_file() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    write(
+        d.path(),
+        "templates/brief.yaml",
+        "apiVersion: kitt/v1\nkind: Reporter\nmetadata: {name: brief}\nspec: {format: template, template: brief.txt.hbs, output: brief.txt}\n",
+    );
+    write(
+        d.path(),
+        "templates/brief.txt.hbs",
+        "{{#each cells}}{{cell.benchmark}} {{params cell.swept}}: {{fixed metrics.request_throughput 0}} req/s\n{{/each}}",
+    );
+    let suite = std::fs::read_to_string(d.path().join("suite.yaml"))
+        .unwrap()
+        .replace("  warmup:", "  reporters: [brief]\n  warmup:");
+    write(d.path(), "suite.yaml", &suite);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
+        .arg("apply")
+        .arg(d.path().join("suite.yaml"))
+        .env("KITT_RUNS_DIR", d.path().join("runs"))
+        .env("KITT_HOST_LOCK", d.path().join("host.lock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(d.path().join("runs")).unwrap().next().unwrap().unwrap().path();
+    let brief = std::fs::read_to_string(run.join("report/brief.txt")).unwrap();
+    let lines: Vec<&str> = brief.lines().collect();
+    assert_eq!(lines.len(), 2, "{brief}");
+    assert!(lines[0].starts_with("t users=1: ") && lines[0].ends_with(" req/s"), "{brief}");
+    // A template that does not parse is an error before anything runs.
+    write(d.path(), "templates/brief.txt.hbs", "{{#each cells}}unclosed");
+    let errors = kitt::plan::compile::compile_file(&d.path().join("suite.yaml")).unwrap_err();
+    assert!(errors[0].message.contains("does not parse"), "{errors:?}");
+}

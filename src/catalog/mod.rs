@@ -38,7 +38,31 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/benchmarks/warmup_analysis.yaml",
     "reporters/json.yaml",
     "reporters/csv.yaml",
+    "reporters/markdown.yaml",
 );
+
+/// Template files the built-in reporters name (not manifests).
+pub const BUILTIN_TEXTS: &[(&str, &str)] = builtin_files!("reporters/markdown.md.hbs");
+
+/// The text of a templated reporter's template file: embedded for built-ins, read next to the
+/// reporter manifest for local ones.
+pub fn reporter_template(entry: &Entry<ReporterSpec>) -> Result<Option<String>, Diagnostic> {
+    let Some(t) = &entry.manifest.spec.template else { return Ok(None) };
+    let dir = entry.manifest.file.parent().unwrap_or(Path::new("."));
+    let path = dir.join(&t.value);
+    if let Ok(rel) = path.strip_prefix(BUILTIN) {
+        return match BUILTIN_TEXTS.iter().find(|(p, _)| Path::new(p) == rel) {
+            Some((_, text)) => Ok(Some(text.to_string())),
+            None => Err(Diagnostic::new(t.pos, format!("built-in template file `{}` is missing", t.value))
+                .in_file(&entry.manifest.file)),
+        };
+    }
+    std::fs::read_to_string(&path).map(Some).map_err(|e| {
+        Diagnostic::new(t.pos, format!("cannot read the template file `{}`: {e}", t.value))
+            .help("the path is relative to the reporter file")
+            .in_file(&entry.manifest.file)
+    })
+}
 
 /// The source of a built-in file, for diagnostics.
 pub fn builtin_source(path: &Path) -> Option<&'static str> {

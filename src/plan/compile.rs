@@ -17,7 +17,7 @@ use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::load::{ApiKind, LoadSpec};
 use crate::manifest::secret::{SecretOr, check_inline};
 use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, SAMPLING_KEYS};
-use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType, ReportFormat};
+use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
 use crate::template::{Renderer, placeholder};
@@ -229,14 +229,32 @@ impl<'a> Compiler<'a> {
             match self.catalog.reporters.get(&r.value) {
                 Some(entry) => {
                     let spec = &entry.manifest.spec;
-                    if spec.format == ReportFormat::Template {
-                        self.not_executable(
-                            format!("reporter `{}` (templated reports)", r.value),
-                            &self.suite.file.clone(),
-                            r.pos,
-                        );
+                    let template = match crate::catalog::reporter_template(entry) {
+                        Ok(t) => t,
+                        Err(d) => {
+                            self.err(d);
+                            None
+                        }
+                    };
+                    if let Some(text) = &template {
+                        // A template that does not parse is found now, not after a long run.
+                        if let Err(e) = handlebars::Template::compile(text) {
+                            let file = entry.manifest.spec.template.as_ref().map_or(String::new(), |t| t.value.clone());
+                            self.err(
+                                Diagnostic::new(
+                                    r.pos,
+                                    format!("reporter `{}`: its template `{file}` does not parse: {e}", r.value),
+                                )
+                                .help("fix the handlebars syntax in the template file"),
+                            );
+                        }
                     }
-                    out.push(ReporterRef { name: r.value.clone(), format: spec.format, output: spec.output.clone() });
+                    out.push(ReporterRef {
+                        name: r.value.clone(),
+                        format: spec.format,
+                        output: spec.output.clone(),
+                        template,
+                    });
                 }
                 None => {
                     let help = unknown_help(&r.value, self.catalog.reporters.keys().map(String::as_str));

@@ -110,6 +110,9 @@ pub struct ReporterRef {
     pub name: String,
     pub format: crate::manifest::template_kind::ReportFormat,
     pub output: String,
+    /// The handlebars text of a templated reporter (not in plan.json: it is data, not a decision).
+    #[serde(skip)]
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -228,6 +228,71 @@ pub fn summary(report: &RunReport) -> String {
     out
 }
 
+/// Renders a templated reporter over the result model.
+///
+/// The template sees the `RunReport` fields, `cell_count`, and `benchmarks`: the cells grouped
+/// by benchmark instance, in order. Helpers: `fixed VALUE DIGITS` (a number with that many decimals, `-` when
+/// absent) and `params MAP` (`k=v k2=v2`). Missing values render empty rather than failing: a
+/// failed cell has no latencies, and the report must still be written.
+pub fn render_template(template: &str, report: &RunReport) -> Result<String, String> {
+    let mut hb = handlebars::Handlebars::new();
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_helper(
+        "fixed",
+        Box::new(
+            |h: &handlebars::Helper,
+             _: &handlebars::Handlebars,
+             _: &handlebars::Context,
+             _: &mut handlebars::RenderContext,
+             out: &mut dyn handlebars::Output|
+             -> handlebars::HelperResult {
+                let digits = h.param(1).and_then(|p| p.value().as_u64()).unwrap_or(2) as usize;
+                let text = match h.param(0).and_then(|p| p.value().as_f64()) {
+                    Some(v) => format!("{v:.digits$}"),
+                    None => "-".to_string(),
+                };
+                out.write(&text)?;
+                Ok(())
+            },
+        ),
+    );
+    hb.register_helper(
+        "params",
+        Box::new(
+            |h: &handlebars::Helper,
+             _: &handlebars::Handlebars,
+             _: &handlebars::Context,
+             _: &mut handlebars::RenderContext,
+             out: &mut dyn handlebars::Output|
+             -> handlebars::HelperResult {
+                let text = match h.param(0).map(|p| p.value()) {
+                    Some(Json::Object(m)) => m
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    _ => String::new(),
+                };
+                out.write(&text)?;
+                Ok(())
+            },
+        ),
+    );
+    let mut benchmarks: Vec<Json> = Vec::new();
+    for c in &report.cells {
+        let cell = serde_json::to_value(c).map_err(|e| e.to_string())?;
+        match benchmarks.iter_mut().find(|b| b["name"] == c.cell.benchmark.as_str()) {
+            Some(b) => b["cells"].as_array_mut().map_or((), |a| a.push(cell)),
+            None => benchmarks
+                .push(serde_json::json!({"name": c.cell.benchmark, "template": c.cell.template, "cells": [cell]})),
+        }
+    }
+    let mut data = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    data["benchmarks"] = Json::Array(benchmarks);
+    data["cell_count"] = report.cells.len().into();
+    hb.render_template(template, &data).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

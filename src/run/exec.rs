@@ -545,7 +545,12 @@ impl RunExecutor {
                     serde_json::to_vec_pretty(&report).map_err(err)?
                 }
                 crate::manifest::template_kind::ReportFormat::Csv => crate::report::csv(&report).into_bytes(),
-                crate::manifest::template_kind::ReportFormat::Template => continue,
+                crate::manifest::template_kind::ReportFormat::Template => match &r.template {
+                    Some(t) => crate::report::render_template(t, &report)
+                        .map_err(|e| err(format!("reporter `{}`: {e}", r.name)))?
+                        .into_bytes(),
+                    None => continue,
+                },
             };
             let path = dir.join(&r.output);
             if files.contains(&r.output) {
