@@ -246,3 +246,19 @@ fn an_https_endpoint_is_trusted_through_its_ca_file_or_loudly_not_at_all() {
     let v: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["report"]["cells"][0]["provenance"]["facts"]["endpoint.tls"], "INSECURE: certificate not verified");
 }
+
+#[test]
+fn the_endpoint_example_runs_against_a_local_server() {
+    let d = tempfile::tempdir().unwrap();
+    let url = start_sim(&["--model", "example-model", "--require-header", "Authorization: Bearer example-token"]);
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/endpoint.yaml")).unwrap();
+    assert!(example.contains("url: http://127.0.0.1:8000"));
+    // The example as shipped, pointed at this test's server instead of port 8000.
+    let suite = d.path().join("endpoint.yaml");
+    std::fs::write(&suite, example.replace("http://127.0.0.1:8000", &url)).unwrap();
+    let out = kitt(d.path()).arg("apply").arg(&suite).env("KITT_ENDPOINT_TOKEN", "example-token").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("latency #0") && stdout.contains("tput concurrency=8 #0"), "{stdout}");
+}
