@@ -748,15 +748,18 @@ impl<'a> Compiler<'a> {
         _kind: ApiKind,
         call: &ApiCall,
     ) -> Result<RequestTemplate, Diagnostic> {
-        let mut ctx = engine_ctx.clone();
+        // The per-cell variables over the engine's context, which is shared and never cloned.
+        let mut top = serde_json::Map::new();
         for (k, _) in SAMPLING_KEYS {
-            ctx[*k] = sampling.get(*k).cloned().unwrap_or(Json::Null);
+            top.insert((*k).to_string(), sampling.get(*k).cloned().unwrap_or(Json::Null));
         }
-        ctx["sampling"] = json!(sampling);
-        ctx["ignore_eos"] = ignore_eos.into();
-        ctx["prompt"] = placeholder("prompt").into();
-        ctx["messages"] = placeholder("messages").into();
-        let body = self.renderer.render(&call.body, &ctx)?.unwrap_or(Json::Null);
+        top.insert("sampling".into(), json!(sampling));
+        top.insert("ignore_eos".into(), ignore_eos.into());
+        top.insert("prompt".into(), placeholder("prompt").into());
+        top.insert("messages".into(), placeholder("messages").into());
+        let top = Json::Object(top);
+        let layers = crate::template::Layers { top: &top, base: engine_ctx };
+        let body = self.renderer.render_layered(&call.body, layers)?.unwrap_or(Json::Null);
         Ok(RequestTemplate {
             method: call.method.clone(),
             path: call.path.clone(),

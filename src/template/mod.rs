@@ -73,19 +73,50 @@ fn known_paths(ctx: &Json) -> Vec<String> {
     out
 }
 
+/// A context in layers: `top` (small, per cell) over `base` (shared, never cloned on the common
+/// path). A variable is looked up in `top` first.
+#[derive(Clone, Copy)]
+pub struct Layers<'a> {
+    pub top: &'a Json,
+    pub base: &'a Json,
+}
+
+impl Layers<'_> {
+    fn lookup(&self, path: &str) -> Option<&Json> {
+        lookup(self.top, path).or_else(|| lookup(self.base, path))
+    }
+
+    /// Both layers as one value (only for text templates, which handlebars renders whole).
+    fn merged(&self) -> Json {
+        let mut out = self.base.clone();
+        if let (Json::Object(o), Json::Object(t)) = (&mut out, self.top) {
+            for (k, v) in t {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+}
+
 impl Renderer {
     /// Renders one string; `pos` locates it for errors.
     pub fn render_str(&self, s: &str, ctx: &Json, pos: Pos) -> Result<Option<Json>, Diagnostic> {
+        self.render_str_in(s, Layers { top: &Json::Null, base: ctx }, pos)
+    }
+
+    fn render_str_in(&self, s: &str, layers: Layers, pos: Pos) -> Result<Option<Json>, Diagnostic> {
         if !s.contains("{{") {
             return Ok(Some(Json::String(s.to_string())));
         }
         if let Some(path) = single_expression(s) {
-            return match lookup(ctx, path) {
+            return match layers.lookup(path) {
                 Some(Json::Null) | None if is_sampling_path(path) => Ok(None),
                 Some(v) => Ok(Some(v.clone())),
-                None => Err(unknown_variable(path, ctx, pos)),
+                None => Err(unknown_variable(path, &layers.merged(), pos)),
             };
         }
+        let ctx = layers.merged();
+        let ctx = &ctx;
         match self.hb.render_template(s, ctx) {
             Ok(text) => Ok(Some(Json::String(text))),
             Err(e) => Err(match e.reason() {
@@ -98,12 +129,17 @@ impl Renderer {
 
     /// Renders a template tree; `None` when the whole tree is an unset sampling leaf.
     pub fn render(&self, node: &Node, ctx: &Json) -> Result<Option<Json>, Diagnostic> {
+        self.render_layered(node, Layers { top: &Json::Null, base: ctx })
+    }
+
+    /// Renders a template tree in a layered context.
+    pub fn render_layered(&self, node: &Node, layers: Layers) -> Result<Option<Json>, Diagnostic> {
         Ok(match &node.value {
-            Value::Str(s) => return self.render_str(s, ctx, node.pos),
+            Value::Str(s) => return self.render_str_in(s, layers, node.pos),
             Value::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    if let Some(v) = self.render(item, ctx)? {
+                    if let Some(v) = self.render_layered(item, layers)? {
                         out.push(v);
                     }
                 }
@@ -112,7 +148,7 @@ impl Renderer {
             Value::Map(entries) => {
                 let mut out = Map::new();
                 for (k, v) in entries {
-                    if let Some(v) = self.render(v, ctx)? {
+                    if let Some(v) = self.render_layered(v, layers)? {
                         out.insert(k.name.clone(), v);
                     }
                 }
