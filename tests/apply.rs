@@ -556,3 +556,21 @@ fn resume_refuses_a_run_of_another_suite() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to suite `a`"), "{}", text(&out));
 }
+
+#[test]
+fn no_two_cells_send_the_same_prompt() {
+    let env = Env::new();
+    let out = env.apply(&env.suite("s.yaml", &small_suite("prompts", "", 8)), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let prompts: Vec<String> = env
+        .sim_requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/completions")
+        .map(|r| r["body"]["prompt"].as_str().unwrap().to_string())
+        .collect();
+    let mut unique = prompts.clone();
+    unique.sort();
+    unique.dedup();
+    // Warmup and every cell: a prefix cache never sees a prompt twice.
+    assert_eq!(unique.len(), prompts.len(), "{} prompts, {} distinct", prompts.len(), unique.len());
+}

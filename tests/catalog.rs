@@ -9,6 +9,17 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
+/// `kitt apply suite.yaml` in `dir`, with its own runs directory and host lock.
+fn apply(dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
+        .arg("apply")
+        .arg(dir.join("suite.yaml"))
+        .env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_HOST_LOCK", dir.join("host.lock"))
+        .output()
+        .unwrap()
+}
+
 fn setup(dir: &Path) {
     write(
         dir,
@@ -71,13 +82,7 @@ fn local_templates_extend_and_override_and_the_plan_names_their_files() {
 fn a_suite_with_local_templates_runs() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
-        .arg("apply")
-        .arg(d.path().join("suite.yaml"))
-        .env("KITT_RUNS_DIR", d.path().join("runs"))
-        .env("KITT_HOST_LOCK", d.path().join("host.lock"))
-        .output()
-        .unwrap();
+    let out = apply(d.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("t users=1 #0") && stdout.contains("t users=3 #0"), "{stdout}");
@@ -118,13 +123,7 @@ fn a_reporter_of_your_own_is_a_manifest_and_a_template_file() {
         .unwrap()
         .replace("  warmup:", "  reporters: [brief]\n  warmup:");
     write(d.path(), "suite.yaml", &suite);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
-        .arg("apply")
-        .arg(d.path().join("suite.yaml"))
-        .env("KITT_RUNS_DIR", d.path().join("runs"))
-        .env("KITT_HOST_LOCK", d.path().join("host.lock"))
-        .output()
-        .unwrap();
+    let out = apply(d.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = std::fs::read_dir(d.path().join("runs")).unwrap().next().unwrap().unwrap().path();
     let brief = std::fs::read_to_string(run.join("report/brief.txt")).unwrap();

@@ -228,6 +228,37 @@ pub fn summary(report: &RunReport) -> String {
     out
 }
 
+/// A handlebars helper that writes the text `f` makes of its parameters.
+fn text_helper(f: fn(&handlebars::Helper) -> String) -> Box<dyn handlebars::HelperDef + Send + Sync> {
+    Box::new(
+        move |h: &handlebars::Helper,
+              _: &handlebars::Handlebars,
+              _: &handlebars::Context,
+              _: &mut handlebars::RenderContext,
+              out: &mut dyn handlebars::Output|
+              -> handlebars::HelperResult {
+            out.write(&f(h))?;
+            Ok(())
+        },
+    )
+}
+
+/// `fixed VALUE DIGITS`: a number with that many decimals, `-` when absent.
+fn fixed(h: &handlebars::Helper) -> String {
+    let digits = h.param(1).and_then(|p| p.value().as_u64()).unwrap_or(2) as usize;
+    h.param(0).and_then(|p| p.value().as_f64()).map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// `params MAP`: `k=v k2=v2`.
+fn params(h: &handlebars::Helper) -> String {
+    match h.param(0).map(|p| p.value()) {
+        Some(Json::Object(m)) => {
+            m.iter().map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v))).collect::<Vec<_>>().join(" ")
+        }
+        _ => String::new(),
+    }
+}
+
 /// Renders a templated reporter over the result model.
 ///
 /// The template sees the `RunReport` fields, `cell_count`, and `benchmarks`: the cells grouped
@@ -237,47 +268,8 @@ pub fn summary(report: &RunReport) -> String {
 pub fn render_template(template: &str, report: &RunReport) -> Result<String, String> {
     let mut hb = handlebars::Handlebars::new();
     hb.register_escape_fn(handlebars::no_escape);
-    hb.register_helper(
-        "fixed",
-        Box::new(
-            |h: &handlebars::Helper,
-             _: &handlebars::Handlebars,
-             _: &handlebars::Context,
-             _: &mut handlebars::RenderContext,
-             out: &mut dyn handlebars::Output|
-             -> handlebars::HelperResult {
-                let digits = h.param(1).and_then(|p| p.value().as_u64()).unwrap_or(2) as usize;
-                let text = match h.param(0).and_then(|p| p.value().as_f64()) {
-                    Some(v) => format!("{v:.digits$}"),
-                    None => "-".to_string(),
-                };
-                out.write(&text)?;
-                Ok(())
-            },
-        ),
-    );
-    hb.register_helper(
-        "params",
-        Box::new(
-            |h: &handlebars::Helper,
-             _: &handlebars::Handlebars,
-             _: &handlebars::Context,
-             _: &mut handlebars::RenderContext,
-             out: &mut dyn handlebars::Output|
-             -> handlebars::HelperResult {
-                let text = match h.param(0).map(|p| p.value()) {
-                    Some(Json::Object(m)) => m
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v)))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    _ => String::new(),
-                };
-                out.write(&text)?;
-                Ok(())
-            },
-        ),
-    );
+    hb.register_helper("fixed", text_helper(fixed));
+    hb.register_helper("params", text_helper(params));
     let mut benchmarks: Vec<Json> = Vec::new();
     for c in &report.cells {
         let cell = serde_json::to_value(c).map_err(|e| e.to_string())?;

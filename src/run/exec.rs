@@ -296,6 +296,7 @@ impl RunExecutor {
         label: String,
         cancel: &Cancel,
         expected_output_tokens: Option<u64>,
+        seed: u64,
     ) -> Result<load::LoadOutcome, StepError> {
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
@@ -318,7 +319,7 @@ impl RunExecutor {
             load: spec.clone(),
             api: spec.api,
             tokenize,
-            seed: 0,
+            seed,
             progress: self.progress.requests.clone(),
             cancel: cancel.clone(),
             expected_output_tokens,
@@ -346,7 +347,8 @@ impl RunExecutor {
             warmup: None,
             cold_requests: None,
         };
-        let outcome = self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel, None).await?;
+        let outcome =
+            self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel, None, prompt_seed(&g.key)).await?;
         let failed = outcome.records.iter().filter(|r| !r.ok()).count();
         if failed == outcome.records.len() && failed > 0 {
             let detail = outcome.records.iter().find_map(|r| r.error_detail.clone()).unwrap_or_default();
@@ -364,7 +366,9 @@ impl RunExecutor {
         };
         let started = unix_ns();
         let expected = if spec.ignore_eos { cell.sampling.get("max_tokens").and_then(Json::as_u64) } else { None };
-        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel, expected).await?;
+        // Each cell's prompts come from its own key: two cells never send the same prompts, so an
+        // engine's prefix cache cannot make a later cell look faster.
+        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel, expected, prompt_seed(&s.key)).await?;
         let finished = unix_ns();
         let m = metrics::summarize(&outcome);
         let dir = self.step_dir(&s.key)?;
@@ -562,6 +566,11 @@ impl RunExecutor {
         }
         Ok(json!({"files": files}))
     }
+}
+
+/// A prompt seed from a key (hex): stable across runs and resumes, different between cells.
+fn prompt_seed(key: &str) -> u64 {
+    u64::from_str_radix(&key[..key.len().min(16)], 16).unwrap_or(0)
 }
 
 fn summary_errors(m: &metrics::LoadMetrics) -> String {
