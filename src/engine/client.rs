@@ -136,7 +136,10 @@ impl EngineClient {
     /// `GET path`: the status and body text, whatever the status (health checks read both).
     pub async fn get(&self, path: &str, timeout: Duration) -> Result<(u16, String), ClientError> {
         let url = self.url(path);
-        let sent = self.inner.http.get(&url).timeout(timeout).send().await;
+        let sent = match self.inner.http.get(&url).timeout(timeout).send().await {
+            Err(e) if stale_connection(&e) => self.inner.http.get(&url).timeout(timeout).send().await,
+            other => other,
+        };
         let response = sent.map_err(|e| connect_error(&url, &e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| connect_error(&url, &e))?;
@@ -155,11 +158,20 @@ impl EngineClient {
 
     async fn call_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         let url = self.url(path);
-        let mut request = self.inner.http.request(method, &url).timeout(CONTROL_TIMEOUT);
-        if let Some(body) = body {
-            request = request.header(CONTENT_TYPE, "application/json").body(body.to_string());
+        let body = body.map(|b| b.to_string());
+        let send = || {
+            let mut request = self.inner.http.request(method.clone(), &url).timeout(CONTROL_TIMEOUT);
+            if let Some(body) = &body {
+                request = request.header(CONTENT_TYPE, "application/json").body(body.clone());
+            }
+            request.send()
+        };
+        // The same stale kept-alive connection as in `send`: resend once on a fresh one.
+        let response = match send().await {
+            Err(e) if stale_connection(&e) => send().await,
+            other => other,
         }
-        let response = request.send().await.map_err(|e| connect_error(&url, &e))?;
+        .map_err(|e| connect_error(&url, &e))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| connect_error(&url, &e))?;
         if !status.is_success() {

@@ -288,16 +288,8 @@ impl RunExecutor {
         Some((g.tokenize.clone()?, g.tokenize_pointer.clone()?))
     }
 
-    async fn measure(
-        &self,
-        gi: usize,
-        call: &crate::plan::RequestTemplate,
-        spec: &LoadSpec,
-        label: String,
-        cancel: &Cancel,
-        expected_output_tokens: Option<u64>,
-        seed: u64,
-    ) -> Result<load::LoadOutcome, StepError> {
+    async fn measure(&self, gi: usize, m: Measurement<'_>, cancel: &Cancel) -> Result<load::LoadOutcome, StepError> {
+        let Measurement { call, spec, label, expected_output_tokens, seed } = m;
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
         let mut call = call.clone();
@@ -347,8 +339,14 @@ impl RunExecutor {
             warmup: None,
             cold_requests: None,
         };
-        let outcome =
-            self.measure(gi, &w.request, &spec, format!("warmup {}", g.id), cancel, None, prompt_seed(&g.key)).await?;
+        let m = Measurement {
+            call: &w.request,
+            spec: &spec,
+            label: format!("warmup {}", g.id),
+            expected_output_tokens: None,
+            seed: prompt_seed(&g.key),
+        };
+        let outcome = self.measure(gi, m, cancel).await?;
         let failed = outcome.records.iter().filter(|r| !r.ok()).count();
         if failed == outcome.records.len() && failed > 0 {
             let detail = outcome.records.iter().find_map(|r| r.error_detail.clone()).unwrap_or_default();
@@ -368,7 +366,14 @@ impl RunExecutor {
         let expected = if spec.ignore_eos { cell.sampling.get("max_tokens").and_then(Json::as_u64) } else { None };
         // Each cell's prompts come from its own key: two cells never send the same prompts, so an
         // engine's prefix cache cannot make a later cell look faster.
-        let outcome = self.measure(cell.group, call, spec, cell.label(), cancel, expected, prompt_seed(&s.key)).await?;
+        let m = Measurement {
+            call,
+            spec,
+            label: cell.label(),
+            expected_output_tokens: expected,
+            seed: prompt_seed(&s.key),
+        };
+        let outcome = self.measure(cell.group, m, cancel).await?;
         let finished = unix_ns();
         let m = metrics::summarize(&outcome);
         let dir = self.step_dir(&s.key)?;
@@ -566,6 +571,17 @@ impl RunExecutor {
         }
         Ok(json!({"files": files}))
     }
+}
+
+/// One measured load: what to send and how to judge it.
+struct Measurement<'a> {
+    call: &'a crate::plan::RequestTemplate,
+    spec: &'a LoadSpec,
+    label: String,
+    /// `max_tokens` when the engine was told not to stop early.
+    expected_output_tokens: Option<u64>,
+    /// Prompt seed: the prompts depend only on it.
+    seed: u64,
 }
 
 /// A prompt seed from a key (hex): stable across runs and resumes, different between cells.

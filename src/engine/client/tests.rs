@@ -221,3 +221,34 @@ async fn a_connection_closed_after_keep_alive_is_resent_once() {
     assert_eq!(second.connection_retries, 1);
     assert_eq!(second.content_events, 1);
 }
+
+/// Control calls (tokenize, version, health) meet the same closed kept-alive connections.
+#[tokio::test]
+async fn control_calls_resend_on_a_connection_the_server_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let body = r#"{"tokens":[1,2,3]}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    let client = EngineClient::new(&url, Vec::new(), 4).unwrap();
+    let (req, pointer) = tokenize_call();
+    for _ in 0..3 {
+        assert_eq!(client.count_tokens(&req, &pointer, "a b c").await.unwrap(), 3);
+        assert_eq!(client.get("/health", Duration::from_secs(2)).await.unwrap().0, 200);
+    }
+}
