@@ -574,3 +574,33 @@ fn no_two_cells_send_the_same_prompt() {
     // Warmup and every cell: a prefix cache never sees a prompt twice.
     assert_eq!(unique.len(), prompts.len(), "{} prompts, {} distinct", prompts.len(), unique.len());
 }
+
+#[test]
+fn runs_list_and_show_say_what_ran_and_what_is_left() {
+    let env = Env::new();
+    let suite = env.suite("s.yaml", &small_suite("listing", "", 6));
+    // An interrupted run first (killed after its first cell), then the same suite to the end.
+    let out = env.cmd().arg("apply").arg(&suite).env("KITT_TEST_KILL_AFTER_RECORD", "8").output().unwrap();
+    assert!(!out.status.success());
+    let run = env.only_run();
+    let id = run.file_name().unwrap().to_string_lossy().to_string();
+    let show = |id: &str| -> Json {
+        let out = env.cmd().args(["runs", "show", id, "--output", "json"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let list: Json = serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "unfinished");
+    let before = show(&id);
+    let states: Vec<&str> = before["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert!(states.contains(&"done") && states.contains(&"pending"), "{states:?}");
+    assert!(env.apply(&suite, &[]).status.success());
+    let list: Json = serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(list[0]["status"], "succeeded");
+    let after = show(&id);
+    assert!(after["steps"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{after}");
+    // Text output names the run and its suite.
+    let text_out = env.cmd().args(["runs", "show", &id]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text_out.stdout).contains(&format!("run {id} of suite `small`")));
+}
