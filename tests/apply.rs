@@ -589,14 +589,16 @@ fn runs_list_and_show_say_what_ran_and_what_is_left() {
         assert!(out.status.success(), "{}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let list: Json = serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
+    let list: Json =
+        serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["status"], "unfinished");
     let before = show(&id);
     let states: Vec<&str> = before["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert!(states.contains(&"done") && states.contains(&"pending"), "{states:?}");
     assert!(env.apply(&suite, &[]).status.success());
-    let list: Json = serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
+    let list: Json =
+        serde_json::from_slice(&env.cmd().args(["runs", "list", "--output", "json"]).output().unwrap().stdout).unwrap();
     assert_eq!(list[0]["status"], "succeeded");
     let after = show(&id);
     assert!(after["steps"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{after}");

@@ -74,8 +74,8 @@ pub struct LoadOutcome {
     pub window_ns: u64,
     /// Every prompt has exactly `input_tokens` tokens by the engine's tokenizer.
     pub prompts_exact: bool,
-    /// The requested prompt length (for chat, of the user message's content: the engine's chat
-    /// template adds its own tokens, which `usage` counts).
+    /// The nominal requested prompt length, the mean of a distribution (for chat, of the user
+    /// message's content: the engine's chat template adds its own tokens, which `usage` counts).
     pub input_tokens: u32,
     /// Arrivals followed a precomputed schedule (constant or Poisson), not free workers.
     pub open_loop: bool,
@@ -148,7 +148,8 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         Profile::Concurrency(n) => n.max(1) as usize,
         Profile::Constant(_) | Profile::Poisson { .. } => max_open,
     };
-    let PromptSpec::Synthetic { input_tokens } = input.load.prompt;
+    let PromptSpec::Synthetic { input_tokens: length } = input.load.prompt;
+    let input_tokens = length.nominal();
     let pool = match (&arrivals, input.load.requests, duration) {
         (Some(a), _, _) => (a.len() as u64).clamp(1, POOL_MAX),
         (None, Some(n), _) => n.clamp(1, POOL_MAX),
@@ -158,7 +159,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         }
     };
 
-    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed, pool, input_tokens)
+    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed, pool, &length)
         .await
         .map_err(|e| LoadError::Prompt(format!("sizing them with the engine's tokenizer: {e}")))?;
     let prompts_exact = input.tokenize.is_some() && prompts.iter().all(|p| p.exact);
@@ -168,7 +169,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     tracing::debug!(prompts = bodies.len(), exact = prompts_exact, "prompts built");
 
     let warmup_requests = match &input.load.warmup {
-        Some(w) => warm_up(&input, w, workers.min(64), input_tokens).await?,
+        Some(w) => warm_up(&input, w, workers.min(64), &length).await?,
         None => 0,
     };
     let origin = Instant::now();
@@ -296,10 +297,10 @@ async fn warm_up(
     input: &LoadInput,
     w: &crate::manifest::load::LoadWarmup,
     workers: usize,
-    input_tokens: u32,
+    length: &crate::manifest::load::Length,
 ) -> Result<u64, LoadError> {
     let pool = w.requests.unwrap_or(DURATION_POOL_MIN).clamp(1, POOL_MAX);
-    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, input_tokens)
+    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, length)
         .await
         .map_err(|e| LoadError::Prompt(format!("sizing the warmup prompts with the engine's tokenizer: {e}")))?;
     let origin = Instant::now();

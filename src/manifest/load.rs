@@ -255,8 +255,132 @@ impl Decode for Profile {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum PromptSpec {
-    /// Generated prompts of an exact token length.
-    Synthetic { input_tokens: u32 },
+    /// Generated prompts of exact token lengths.
+    Synthetic { input_tokens: Length },
+}
+
+/// Prompt lengths in tokens: one for all, or drawn per request from a seeded distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Length {
+    Fixed(u32),
+    /// Uniform over `[min, max]`.
+    Uniform(u32, u32),
+    /// Normal, rounded and clamped to at least 1.
+    Normal {
+        mean: f64,
+        stddev: f64,
+    },
+}
+
+impl Length {
+    /// The length of request `index`: depends only on `(seed, index)`.
+    pub fn at(&self, seed: u64, index: u64) -> u32 {
+        let mut z = seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x4c45_4e47;
+        let mut next = || {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        match *self {
+            Length::Fixed(n) => n,
+            Length::Uniform(lo, hi) => lo + (next() % u64::from(hi - lo + 1)) as u32,
+            Length::Normal { mean, stddev } => {
+                let unit = |v: u64| ((v >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                let (u, v) = (unit(next()), unit(next()));
+                let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                (mean + stddev * z).round().max(1.0) as u32
+            }
+        }
+    }
+
+    /// The nominal length (the mean), for labels.
+    pub fn nominal(&self) -> u32 {
+        match *self {
+            Length::Fixed(n) => n,
+            Length::Uniform(lo, hi) => (lo + hi) / 2,
+            Length::Normal { mean, .. } => mean.round().max(1.0) as u32,
+        }
+    }
+}
+
+/// Written as it is in a manifest: `N`, `{uniform: [MIN, MAX]}`, `{normal: {mean, stddev}}`.
+impl Serialize for Length {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Length::Fixed(n) => s.serialize_u32(n),
+            Length::Uniform(lo, hi) => serde_json::json!({"uniform": [lo, hi]}).serialize(s),
+            Length::Normal { mean, stddev } => {
+                serde_json::json!({"normal": {"mean": mean, "stddev": stddev}}).serialize(s)
+            }
+        }
+    }
+}
+
+impl JsonSchema for Length {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Length".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Tokens per prompt: N, `{uniform: [MIN, MAX]}` or `{normal: {mean: M, stddev: S}}`.",
+            "anyOf": [
+                {"type": ["integer", "string"], "minimum": 1},
+                {"type": "object", "properties": {"uniform": {"type": "array", "items": {"type": ["integer", "string"]}, "minItems": 2, "maxItems": 2}}, "required": ["uniform"], "additionalProperties": false},
+                {"type": "object", "properties": {"normal": {"type": "object", "properties": {"mean": {"type": ["number", "string"]}, "stddev": {"type": ["number", "string"]}}, "required": ["mean", "stddev"], "additionalProperties": false}}, "required": ["normal"], "additionalProperties": false}
+            ]
+        })
+    }
+}
+
+impl Decode for Length {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let positive = |n: u32, pos, cx: &mut Cx| {
+            if n == 0 {
+                cx.error(Diagnostic::new(pos, format!("{what}: a prompt needs at least 1 token")));
+            }
+        };
+        match &node.value {
+            Value::Int(_) => {
+                let n = u32::decode(node, cx, what)?;
+                positive(n, node.pos, cx);
+                Some(Length::Fixed(n))
+            }
+            Value::Map(entries) if entries.len() == 1 && entries[0].0.name == "uniform" => {
+                let v: Vec<u32> = Vec::decode(&entries[0].1, cx, "`uniform`")?;
+                match v.as_slice() {
+                    [lo, hi] if 1 <= *lo && lo <= hi => Some(Length::Uniform(*lo, *hi)),
+                    _ => {
+                        cx.error(
+                            Diagnostic::new(entries[0].1.pos, "`uniform` takes `[MIN, MAX]` with 1 ≤ MIN ≤ MAX")
+                                .help("for example `{uniform: [64, 256]}`"),
+                        );
+                        None
+                    }
+                }
+            }
+            Value::Map(entries) if entries.len() == 1 && entries[0].0.name == "normal" => {
+                let mut f = Fields::open(&entries[0].1, cx, "`normal`")?;
+                let mean: Option<f64> = f.req(cx, "mean");
+                let stddev: Option<f64> = f.req(cx, "stddev");
+                f.finish(cx);
+                let (mean, stddev) = (mean?, stddev?);
+                if mean < 1.0 || stddev < 0.0 {
+                    cx.error(Diagnostic::new(entries[0].1.pos, "`normal` needs `mean` ≥ 1 and `stddev` ≥ 0"));
+                    return None;
+                }
+                Some(Length::Normal { mean, stddev })
+            }
+            _ => {
+                cx.error(
+                    Diagnostic::new(node.pos, format!("{what}: not a prompt length"))
+                        .help("write N, `{uniform: [MIN, MAX]}` or `{normal: {mean: M, stddev: S}}`"),
+                );
+                None
+            }
+        }
+    }
 }
 
 impl Decode for PromptSpec {
@@ -266,8 +390,48 @@ impl Decode for PromptSpec {
         f.finish(cx);
         let synthetic = synthetic?;
         let mut s = Fields::open(&synthetic, cx, "`synthetic`")?;
-        let input_tokens = s.req(cx, "input_tokens");
+        let input_tokens: Option<Length> = s.req(cx, "input_tokens");
         s.finish(cx);
         Some(PromptSpec::Synthetic { input_tokens: input_tokens? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_seeded_and_bounded() {
+        let u = Length::Uniform(64, 256);
+        let xs: Vec<u32> = (0..2000).map(|i| u.at(7, i)).collect();
+        assert!(xs.iter().all(|x| (64..=256).contains(x)));
+        assert!(xs.contains(&64) && xs.contains(&256), "both ends are reachable");
+        assert_eq!(xs, (0..2000).map(|i| u.at(7, i)).collect::<Vec<_>>());
+        let n = Length::Normal { mean: 128.0, stddev: 16.0 };
+        let ys: Vec<f64> = (0..4000).map(|i| f64::from(n.at(3, i))).collect();
+        let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+        let sd = (ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / ys.len() as f64).sqrt();
+        assert!((mean - 128.0).abs() < 1.5 && (sd - 16.0).abs() < 1.5, "mean {mean}, sd {sd}");
+        assert_eq!(
+            Length::Normal { mean: 2.0, stddev: 50.0 }.at(1, 5).max(1),
+            Length::Normal { mean: 2.0, stddev: 50.0 }.at(1, 5)
+        );
+        assert_eq!(Length::Fixed(9).at(1, 2), 9);
+    }
+
+    #[test]
+    fn lengths_decode_with_positions_on_errors() {
+        let parse = |y: &str| {
+            let node = crate::manifest::yaml::parse(y).unwrap();
+            let mut cx = Cx::default();
+            (Length::decode(&node, &mut cx, "`input_tokens`"), cx.errors)
+        };
+        assert_eq!(parse("128").0, Some(Length::Fixed(128)));
+        assert_eq!(parse("{uniform: [8, 16]}").0, Some(Length::Uniform(8, 16)));
+        assert_eq!(parse("{normal: {mean: 100, stddev: 5}}").0, Some(Length::Normal { mean: 100.0, stddev: 5.0 }));
+        let (_, errors) = parse("{uniform: [16, 8]}");
+        assert!(errors[0].message.contains("1 ≤ MIN ≤ MAX"), "{errors:?}");
+        let (_, errors) = parse("lots");
+        assert!(errors[0].help.as_deref().unwrap().contains("uniform"));
     }
 }

@@ -332,7 +332,7 @@ impl RunExecutor {
             profile: Profile::Synchronous,
             requests: Some(w.requests as u64),
             duration: None,
-            prompt: PromptSpec::Synthetic { input_tokens: w.input_tokens },
+            prompt: PromptSpec::Synthetic { input_tokens: crate::manifest::load::Length::Fixed(w.input_tokens) },
             ignore_eos: true,
             max_concurrency: None,
             slo: None,

@@ -12,6 +12,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 
 use crate::engine::client::{ClientError, EngineClient};
+use crate::manifest::load::Length;
 use crate::plan::HttpRequest;
 
 /// Common English words; most are one token with a leading space in BPE vocabularies, which keeps
@@ -67,24 +68,27 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Builds prompts `0..count` of `n` tokens each: sized with the tokenizer when there is one,
-/// otherwise `n` words (not exact).
+/// Builds prompts `0..count`, prompt `i` of `length.at(seed, i)` tokens: sized with the tokenizer
+/// when there is one, otherwise that many words (not exact).
 pub(crate) async fn build(
     client: &EngineClient,
     tokenize: Option<&(HttpRequest, String)>,
     seed: u64,
     count: u64,
-    n: u32,
+    length: &Length,
 ) -> Result<Vec<Prompt>, ClientError> {
+    let target = |i: u64| u64::from(length.at(seed, i));
     let Some((req, pointer)) = tokenize else {
         return Ok((0..count)
-            .map(|i| Prompt { text: prompt_text(seed, i, n as usize), tokens: u64::from(n), exact: false })
+            .map(|i| Prompt { text: prompt_text(seed, i, target(i) as usize), tokens: target(i), exact: false })
             .collect());
     };
-    let sizer = Sizer { client, req, pointer, seed, n: u64::from(n) };
-    // The first prompt finds the words-per-token ratio; the rest start from its word count.
-    let first = sizer.size(0, n as usize).await?;
-    let guess = if first.text.is_empty() { 0 } else { first.text.split(' ').count() };
+    let sizer = Sizer { client, req, pointer, seed };
+    // The first prompt finds the words-per-token ratio; the rest start from it.
+    let n0 = target(0);
+    let first = sizer.size(0, n0 as usize, n0).await?;
+    let words0 = if first.text.is_empty() { 0 } else { first.text.split(' ').count() };
+    let guess = |n: u64| (words0 as u64 * n).div_ceil(n0.max(1)) as usize;
     let mut prompts = Vec::with_capacity(count as usize);
     prompts.push(first);
     // A plain loop rather than stream combinators, which make the future lose `Send`
@@ -93,7 +97,7 @@ pub(crate) async fn build(
     let mut next = 1;
     loop {
         while in_flight.len() < PARALLEL && next < count {
-            in_flight.push_back(sizer.size(next, guess));
+            in_flight.push_back(sizer.size(next, guess(target(next)), target(next)));
             next += 1;
         }
         match in_flight.next().await {
@@ -109,7 +113,6 @@ struct Sizer<'a> {
     req: &'a HttpRequest,
     pointer: &'a str,
     seed: u64,
-    n: u64,
 }
 
 impl Sizer<'_> {
@@ -118,8 +121,7 @@ impl Sizer<'_> {
     }
 
     /// Searches the word count whose prompt has exactly `n` tokens, starting at `words`.
-    async fn size(&self, index: u64, mut words: usize) -> Result<Prompt, ClientError> {
-        let n = self.n;
+    async fn size(&self, index: u64, mut words: usize, n: u64) -> Result<Prompt, ClientError> {
         // Closest below (most words with fewer tokens) and closest above (fewest with more).
         let mut below: Option<(usize, u64)> = None;
         let mut above: Option<(usize, u64)> = None;

@@ -19,7 +19,7 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         profile,
         requests,
         duration: None,
-        prompt: PromptSpec::Synthetic { input_tokens },
+        prompt: PromptSpec::Synthetic { input_tokens: crate::manifest::load::Length::Fixed(input_tokens) },
         ignore_eos: true,
         max_concurrency: None,
         slo: None,
@@ -366,4 +366,22 @@ async fn a_benchmark_warmup_runs_first_on_prompts_of_its_own_and_is_excluded() {
     // The warmup went first, and no measured prompt was seen during the warmup.
     let (warm, measured) = prompts.split_at(4);
     assert!(warm.iter().all(|p| !measured.contains(p)), "warmup prompts overlap the measured ones");
+}
+
+#[tokio::test]
+async fn prompt_lengths_follow_their_distribution_exactly() {
+    use crate::manifest::load::Length;
+    let url = start_sim(&[]).await;
+    let mut load = spec(Profile::Concurrency(4), Some(40), 8);
+    let length = Length::Uniform(4, 40);
+    load.prompt = PromptSpec::Synthetic { input_tokens: length };
+    let outcome = run(input(&url, completion_call(2), load, true)).await.unwrap();
+    assert!(outcome.prompts_exact);
+    let lengths: Vec<u64> = outcome.records.iter().map(|r| r.input_tokens).collect();
+    for r in &outcome.records {
+        assert_eq!(r.input_tokens, u64::from(length.at(1, r.index)), "request {}", r.index);
+        assert_eq!(r.usage_prompt_tokens, Some(r.input_tokens), "the engine saw exactly that many tokens");
+    }
+    let distinct: std::collections::BTreeSet<u64> = lengths.iter().copied().collect();
+    assert!(distinct.len() > 10, "{distinct:?}");
 }
