@@ -102,7 +102,7 @@ fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<t
             let multi = indicatif::MultiProgress::new();
             let steps = multi.add(indicatif::ProgressBar::new(total));
             steps.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} steps {elapsed}")
+                indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} steps {elapsed} {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             steps.set_prefix("run");
@@ -127,6 +127,9 @@ fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<t
             }
             if let Some((_, steps, cell)) = &bars {
                 steps.set_position(progress.steps_done.load(Ordering::Relaxed));
+                if let Ok(note) = progress.note.lock() {
+                    steps.set_message(note.clone());
+                }
                 cell.set_length(progress.requests_total.load(Ordering::Relaxed));
                 cell.set_position(done);
                 if let Ok(l) = progress.label.lock() {

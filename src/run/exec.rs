@@ -44,6 +44,8 @@ pub struct Progress {
     /// Label of the running measuring step.
     pub label: Mutex<String>,
     pub steps_done: AtomicU64,
+    /// What the run is: new, or resumed with how many steps reused (shown beside the steps).
+    pub note: Mutex<String>,
 }
 
 pub struct RunExecutor {

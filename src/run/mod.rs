@@ -239,6 +239,13 @@ pub async fn apply(
     ));
     let reused_steps = plan.steps.iter().filter(|s| reusable.contains(&s.key)).count();
     exec.progress.steps_done.store(reused_steps as u64, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut note) = exec.progress.note.lock() {
+        *note = if resumed {
+            format!("resumed {}: {reused_steps} reused, {} pending", run.id, plan.steps.len() - reused_steps)
+        } else {
+            format!("run {}", run.id)
+        };
+    }
     let span = tracing::info_span!("run", id = %run.id, suite = %plan.suite.name, resumed);
     let outcome = tracing::Instrument::instrument(
         scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel),
