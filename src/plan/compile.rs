@@ -337,7 +337,6 @@ impl<'a> Compiler<'a> {
 
     fn engine_variants(&mut self) -> Vec<EngineVariant<'a>> {
         let mut out = Vec::new();
-        let suite_file = self.suite.file.clone();
         for inst in &self.suite.spec.engines {
             let Some(template) = self.catalog.engines.get(&inst.template.value) else {
                 let help = unknown_help(&inst.template.value, self.catalog.engines.keys().map(String::as_str));
@@ -414,7 +413,6 @@ impl<'a> Compiler<'a> {
                 };
                 out.push(EngineVariant { instance: inst, template, name, params });
             }
-            let _ = &suite_file;
         }
         out
     }
@@ -665,13 +663,14 @@ impl<'a> Compiler<'a> {
         let warmup = if warmup_req > 0 {
             let mut sampling: BTreeMap<String, Json> = self.suite.spec.sampling.to_map().into_iter().collect();
             sampling.insert("max_tokens".into(), json!(16));
-            let (kind, call) = match (&spec.api.completion, &spec.api.chat) {
+            // The completion call when the engine has one, else chat (decoding guarantees one).
+            let (api, call) = match (&spec.api.completion, &spec.api.chat) {
                 (Some(c), _) => (ApiKind::Completion, c),
                 (None, Some(c)) => (ApiKind::Chat, c),
                 (None, None) => unreachable_api(),
             };
-            match self.request(&ctx, &sampling, true, kind, call) {
-                Ok(request) => Some(Warmup { requests: warmup_req, input_tokens: 32, request }),
+            match self.request(&ctx, &sampling, true, call) {
+                Ok(request) => Some(Warmup { requests: warmup_req, input_tokens: 32, api, request }),
                 Err(d) => {
                     errors.push(d.in_file(&tfile));
                     None
@@ -745,7 +744,6 @@ impl<'a> Compiler<'a> {
         engine_ctx: &Json,
         sampling: &BTreeMap<String, Json>,
         ignore_eos: bool,
-        _kind: ApiKind,
         call: &ApiCall,
     ) -> Result<RequestTemplate, Diagnostic> {
         // The per-cell variables over the engine's context, which is shared and never cloned.
@@ -869,14 +867,8 @@ impl<'a> Compiler<'a> {
             }
             return None;
         };
-        match self.request(ectx, &bv.sampling, load.ignore_eos, load.api, call) {
-            Ok(mut req) => {
-                if let Json::Object(_) = req.body {
-                    // run.index is known per cell; nothing else in the body is late apart from prompt/messages.
-                }
-                req.path = req.path.clone();
-                cell.request = Some(req);
-            }
+        match self.request(ectx, &bv.sampling, load.ignore_eos, call) {
+            Ok(req) => cell.request = Some(req),
             Err(d) => {
                 let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
                 if !self.errors.contains(&d) {

@@ -243,6 +243,8 @@ pub struct RequestTemplate {
 pub struct Warmup {
     pub requests: u32,
     pub input_tokens: u32,
+    /// Which call `request` is: completion (`{{prompt}}`) or chat (`{{messages}}`).
+    pub api: crate::manifest::load::ApiKind,
     pub request: RequestTemplate,
 }
 

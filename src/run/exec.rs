@@ -19,7 +19,7 @@ use crate::bench::{load, metrics};
 use crate::cancel::Cancel;
 use crate::engine::client::{EngineClient, TlsOptions};
 use crate::engine::native::{EngineProcess, free_port};
-use crate::manifest::load::{ApiKind, LoadSpec, Profile, PromptSpec};
+use crate::manifest::load::{LoadSpec, Profile, PromptSpec};
 use crate::manifest::secret::SecretOr;
 use crate::plan::{EngineGroup, Mode, Plan, StepKind};
 use crate::report::{CellIdentity, CellResult, CellStatus, Provenance, RESULT_SCHEMA, RunReport};
@@ -330,7 +330,7 @@ impl RunExecutor {
             return Ok(Json::Null);
         };
         let spec = LoadSpec {
-            api: if w.request.path.contains("chat") { ApiKind::Chat } else { ApiKind::Completion },
+            api: w.api,
             profile: Profile::Synchronous,
             requests: Some(w.requests as u64),
             duration: None,
