@@ -136,9 +136,12 @@ impl EngineClient {
     /// `GET path`: the status and body text, whatever the status (health checks read both).
     pub async fn get(&self, path: &str, timeout: Duration) -> Result<(u16, String), ClientError> {
         let url = self.url(path);
-        let sent = match self.inner.http.get(&url).timeout(timeout).send().await {
-            Err(e) if stale_connection(&e) => self.inner.http.get(&url).timeout(timeout).send().await,
-            other => other,
+        let mut tries = 0;
+        let sent = loop {
+            match self.inner.http.get(&url).timeout(timeout).send().await {
+                Err(e) if tries < STALE_RETRIES && stale_connection(&e) => tries += 1,
+                other => break other,
+            }
         };
         let response = sent.map_err(|e| connect_error(&url, &e))?;
         let status = response.status().as_u16();
@@ -167,9 +170,12 @@ impl EngineClient {
             request.send()
         };
         // The same stale kept-alive connection as in `send`: resend once on a fresh one.
-        let response = match send().await {
-            Err(e) if stale_connection(&e) => send().await,
-            other => other,
+        let mut tries = 0;
+        let response = loop {
+            match send().await {
+                Err(e) if tries < STALE_RETRIES && stale_connection(&e) => tries += 1,
+                other => break other,
+            }
         }
         .map_err(|e| connect_error(&url, &e))?;
         let status = response.status();
@@ -223,7 +229,11 @@ impl EngineClient {
                 // A kept-alive connection the server had already closed (llama.cpp's HTTP server
                 // advertises keep-alive, then closes after a streamed answer): the request never
                 // reached the engine, so it goes out once more on a fresh connection.
-                Err(e) if record.connection_retries == 0 && stale_connection(&e) => record.connection_retries += 1,
+                // Every idle connection in the pool may be one the server closed, so this can
+                // repeat, once per stale connection, up to a bound.
+                Err(e) if record.connection_retries < STALE_RETRIES && stale_connection(&e) => {
+                    record.connection_retries += 1
+                }
                 other => break other,
             }
         };
@@ -249,6 +259,10 @@ impl EngineClient {
         };
     }
 }
+
+/// Most resends of one request over stale kept-alive connections (each is dropped from the pool
+/// when found dead, so the pool empties of them quickly).
+const STALE_RETRIES: u32 = 16;
 
 /// Whether `e` is a pooled connection found closed before any answer arrived.
 fn stale_connection(e: &reqwest::Error) -> bool {

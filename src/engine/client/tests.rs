@@ -252,3 +252,52 @@ async fn control_calls_resend_on_a_connection_the_server_closed() {
         assert_eq!(client.get("/health", Duration::from_secs(2)).await.unwrap().0, 200);
     }
 }
+
+/// With several kept-alive connections all closed by the server, a request finds a live one.
+#[tokio::test]
+async fn many_dead_pooled_connections_are_skipped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                // Slow enough that four requests hold four connections at once.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let body = "data: {\"choices\":[{\"text\":\" w1\"}]}\n\ndata: [DONE]\n\n";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    let call = completion_call(1);
+    let client = EngineClient::new(&url, Vec::new(), 8).unwrap();
+    let origin = Instant::now();
+    // Four at once leave four kept-alive connections in the pool, all of which the server will
+    // close on their next request.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let (client, call) = (client.clone(), call.clone());
+        handles.push(tokio::spawn(async move {
+            let mut r = RequestRecord::default();
+            client.send(&call, Bytes::from_static(b"{}"), origin, &mut r).await;
+            r
+        }));
+    }
+    for h in handles {
+        assert!(h.await.unwrap().ok());
+    }
+    // One request alone then meets dead connections one after another before a fresh one.
+    let mut r = RequestRecord::default();
+    client.send(&call, Bytes::from_static(b"{}"), origin, &mut r).await;
+    assert!(r.ok(), "{r:?}");
+    assert!(r.connection_retries >= 2, "{r:?}");
+}
