@@ -183,10 +183,10 @@ async fn control_calls() {
     assert!(!bad.to_string().contains("secret"), "{bad}");
 }
 
-/// A server like llama.cpp's: it advertises keep-alive, answers one request per connection, then
-/// closes it. The second request goes out on the pooled (dead) connection and must be resent.
-#[tokio::test]
-async fn a_connection_closed_after_keep_alive_is_resent_once() {
+/// A server like llama.cpp's: it advertises keep-alive, answers one request per connection
+/// (after `delay`), then reads the next request on that connection and closes it unanswered.
+/// Returns its base URL.
+async fn closing_server(content_type: &'static str, body: &'static str, delay: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -196,19 +196,26 @@ async fn a_connection_closed_after_keep_alive_is_resent_once() {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let _ = sock.read(&mut buf).await;
-                let body = "data: {\"choices\":[{\"text\":\" w1\"}]}\n\ndata: [DONE]\n\n";
+                tokio::time::sleep(delay).await;
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 );
                 let _ = sock.write_all(head.as_bytes()).await;
                 let _ = sock.write_all(body.as_bytes()).await;
-                // The next request on this connection is read and dropped: the connection closes
-                // without an answer, as llama.cpp's server does after a streamed answer.
                 let _ = sock.read(&mut buf).await;
             });
         }
     });
+    url
+}
+
+const ONE_TOKEN_STREAM: &str = "data: {\"choices\":[{\"text\":\" w1\"}]}\n\ndata: [DONE]\n\n";
+
+/// The second request goes out on the pooled (dead) connection and must be resent.
+#[tokio::test]
+async fn a_connection_closed_after_keep_alive_is_resent_once() {
+    let url = closing_server("text/event-stream", ONE_TOKEN_STREAM, Duration::ZERO).await;
     let call = completion_call(1);
     let client = EngineClient::new(&url, Vec::new(), 4).unwrap();
     let origin = Instant::now();
@@ -225,26 +232,7 @@ async fn a_connection_closed_after_keep_alive_is_resent_once() {
 /// Control calls (tokenize, version, health) meet the same closed kept-alive connections.
 #[tokio::test]
 async fn control_calls_resend_on_a_connection_the_server_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let _ = sock.read(&mut buf).await;
-                let body = r#"{"tokens":[1,2,3]}"#;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-                let _ = sock.read(&mut buf).await;
-            });
-        }
-    });
+    let url = closing_server("application/json", r#"{"tokens":[1,2,3]}"#, Duration::ZERO).await;
     let client = EngineClient::new(&url, Vec::new(), 4).unwrap();
     let (req, pointer) = tokenize_call();
     for _ in 0..3 {
@@ -256,28 +244,8 @@ async fn control_calls_resend_on_a_connection_the_server_closed() {
 /// With several kept-alive connections all closed by the server, a request finds a live one.
 #[tokio::test]
 async fn many_dead_pooled_connections_are_skipped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let _ = sock.read(&mut buf).await;
-                // Slow enough that four requests hold four connections at once.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let body = "data: {\"choices\":[{\"text\":\" w1\"}]}\n\ndata: [DONE]\n\n";
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-                let _ = sock.read(&mut buf).await;
-            });
-        }
-    });
+    // Slow enough that four requests hold four connections at once.
+    let url = closing_server("text/event-stream", ONE_TOKEN_STREAM, Duration::from_millis(30)).await;
     let call = completion_call(1);
     let client = EngineClient::new(&url, Vec::new(), 8).unwrap();
     let origin = Instant::now();
