@@ -230,7 +230,6 @@ fn main() {
         step_timeout: Duration::from_secs(60),
         on_failure: OnFailure::Continue,
         isolation: Isolation::None,
-        max_error_rate: 0.05,
         host_lock: jdir.path().join("host.lock"),
         holder: "bench".into(),
     };

@@ -52,3 +52,18 @@ fn gc_stops_an_engine_left_by_a_dead_run_and_nothing_else() {
     let again = kitt().arg("gc").arg("--runs-dir").arg(d.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to clean up"));
 }
+
+#[test]
+fn engines_check_asks_docker_about_a_container_image() {
+    let out = kitt().args(["engines", "check", "vllm", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["what"], "image `vllm/vllm-openai:latest`");
+    let detail = v["detail"].as_str().unwrap();
+    // No registry is reachable here, so the image is never present; Docker itself must answer in CI.
+    if std::env::var("CI").is_ok_and(|c| c == "true") {
+        assert_eq!(detail, "not present locally", "{v}");
+    } else {
+        assert!(detail == "not present locally" || detail.starts_with("Docker is not usable"), "{v}");
+    }
+    assert_eq!(out.status.code(), Some(1));
+}

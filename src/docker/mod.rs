@@ -1,22 +1,9 @@
 //! The docker CLI — the only place kitt talks to Docker. Always argv, never a shell.
 //!
 //! Container lifecycle comes with container-mode execution; today this answers what the engine
-//! catalog needs to know: whether Docker answers, and whether an image is present.
+//! catalog needs to know: whether an image is present.
 
 use std::process::Command;
-
-/// Whether the Docker engine answers, with its server version.
-pub fn server_version() -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .map_err(|e| format!("cannot run `docker`: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
 
 /// The image's id when it is present locally, `None` when it is not.
 pub fn image_id(image: &str) -> Result<Option<String>, String> {

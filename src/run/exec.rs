@@ -58,7 +58,6 @@ pub struct RunExecutor {
     /// Engine facts recorded by earlier attempts of this run, by group id.
     pub previous_engine_facts: HashMap<String, Facts>,
     pub accept_drift: bool,
-    pub max_error_rate: f64,
     /// Collect keys finished by earlier attempts (their results are marked reused).
     pub reused: HashSet<String>,
     pub progress: Arc<Progress>,
@@ -84,7 +83,6 @@ impl RunExecutor {
     ) -> RunExecutor {
         let kitt_exe =
             std::env::current_exe().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|_| "kitt".into());
-        let max_error_rate = plan.execution.max_error_rate;
         RunExecutor {
             plan,
             run_id,
@@ -93,7 +91,6 @@ impl RunExecutor {
             facts,
             previous_engine_facts,
             accept_drift,
-            max_error_rate,
             reused,
             progress,
             engines: tokio::sync::Mutex::new(HashMap::new()),
@@ -387,11 +384,11 @@ impl RunExecutor {
         super::dir::write_atomic(&dir.join("requests.jsonl"), &lines).map_err(err)?;
         let error = if m.requests > 0 && m.ok == 0 {
             Some(format!("every request failed ({})", summary_errors(&m)))
-        } else if m.error_rate > self.max_error_rate {
+        } else if m.error_rate > self.plan.execution.max_error_rate {
             Some(format!(
                 "error rate {:.1} % is above the budget of {:.1} % ({})",
                 m.error_rate * 100.0,
-                self.max_error_rate * 100.0,
+                self.plan.execution.max_error_rate * 100.0,
                 summary_errors(&m)
             ))
         } else {

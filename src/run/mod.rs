@@ -222,7 +222,6 @@ pub async fn apply(
         step_timeout: plan.execution.step_timeout.0,
         on_failure: plan.execution.on_failure,
         isolation: plan.execution.isolation,
-        max_error_rate: plan.execution.max_error_rate,
         host_lock: hostlock::default_path(),
         holder: format!("{} (run {})", dir::holder_description(), run.id),
     };

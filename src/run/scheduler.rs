@@ -81,7 +81,6 @@ pub struct Options {
     pub step_timeout: Duration,
     pub on_failure: OnFailure,
     pub isolation: Isolation,
-    pub max_error_rate: f64,
     /// Path of the machine-wide lock (`isolation: host`).
     pub host_lock: PathBuf,
     /// Written into the host lock while this run holds it.

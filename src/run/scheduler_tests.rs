@@ -49,7 +49,6 @@ fn options(dir: &std::path::Path) -> Options {
         step_timeout: Duration::from_secs(10),
         on_failure: OnFailure::Continue,
         isolation: Isolation::Host,
-        max_error_rate: 0.05,
         host_lock: dir.join("host.lock"),
         holder: "test".into(),
     }

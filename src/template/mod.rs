@@ -7,9 +7,9 @@
 //! A leaf that is exactly one sampling expression whose value is unset is left out (DESIGN
 //! decision 1), so engines receive only the sampling values a suite sets.
 //!
-//! Late-bound variables (`port`, `run.id`, `kitt.exe`, and per request `prompt`, `messages`)
-//! render to themselves (`{{port}}`) so keys hash placeholders; the runner binds them with
-//! `bind_late` when the values exist.
+//! Late-bound variables (`port`, `run.id`, `kitt.exe`, per request `prompt` and `messages`, and
+//! an endpoint's `model.served_name` when it is `auto`) render to themselves (`{{port}}`) so keys
+//! hash placeholders; the runner binds them with `bind_late` when the values exist.
 
 use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::{Map, Value as Json};
@@ -17,9 +17,6 @@ use serde_json::{Map, Value as Json};
 use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::suite::SAMPLING_KEYS;
 use crate::manifest::yaml::{Node, Value};
-
-/// Variables whose values only exist while running; they render to `{{name}}`.
-pub const LATE_BOUND: &[&str] = &["port", "run.id", "kitt.exe", "prompt", "messages", "model.served_name"];
 
 /// The placeholder a late-bound variable renders to.
 pub fn placeholder(name: &str) -> String {
