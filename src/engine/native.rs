@@ -205,6 +205,20 @@ mod tests {
 
 /// Who listens on TCP `port` of this machine: "pid N (command)", when it can be found.
 pub fn port_holder(port: u16) -> Option<String> {
+    match listener_pids(port)? {
+        pids if pids.is_empty() => Some("a process this user cannot see".to_string()),
+        pids => {
+            let pid = pids[0];
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string();
+            Some(format!("pid {pid} ({cmd})"))
+        }
+    }
+}
+
+/// The processes listening on TCP `port` in this network namespace: `None` when nothing
+/// listens, an empty list when something listens that this user cannot see.
+pub fn listener_pids(port: u16) -> Option<Vec<u32>> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
@@ -221,19 +235,19 @@ pub fn port_holder(port: u16) -> Option<String> {
     if inodes.is_empty() {
         return None;
     }
+    let mut pids = Vec::new();
     for proc_dir in std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
         let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else { continue };
         for fd in fds.filter_map(|e| e.ok()) {
             let target = std::fs::read_link(fd.path()).map(|t| t.to_string_lossy().to_string()).unwrap_or_default();
             if inodes.contains(&target) {
-                let cmd = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string();
-                return Some(format!("pid {pid} ({cmd})"));
+                pids.push(pid);
+                break;
             }
         }
     }
-    Some("a process this user cannot see".to_string())
+    Some(pids)
 }
 
 #[cfg(test)]

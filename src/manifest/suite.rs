@@ -151,6 +151,12 @@ pub struct ContainerOverride {
     /// Extra `docker run` arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<Spanned<String>>,
+    /// host (default) or bridge with the port published on 127.0.0.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Size of /dev/shm (e.g. `8g`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
 }
 
 impl Decode for ContainerOverride {
@@ -159,8 +165,10 @@ impl Decode for ContainerOverride {
         let args = f.opt(cx, "args");
         let gpus = f.opt(cx, "gpus");
         let extra_args = f.opt(cx, "extra_args").unwrap_or_default();
+        let network = f.opt(cx, "network");
+        let shm_size = f.opt(cx, "shm_size");
         f.finish(cx);
-        Some(ContainerOverride { args, gpus, extra_args })
+        Some(ContainerOverride { args, gpus, extra_args, network, shm_size })
     }
 }
 
@@ -251,6 +259,19 @@ pub enum PullPolicy {
     Never,
 }
 string_enum!(PullPolicy { "if-not-present" => PullPolicy::IfNotPresent, "always" => PullPolicy::Always, "never" => PullPolicy::Never });
+
+/// How a container engine is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The container shares the host's network; the engine listens on 127.0.0.1:{{port}}.
+    #[default]
+    Host,
+    /// Docker's bridge network; the engine listens on 0.0.0.0:{{port}} inside, published on
+    /// 127.0.0.1:{{port}} of the host.
+    Bridge,
+}
+string_enum!(Network { "host" => Network::Host, "bridge" => Network::Bridge });
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -316,8 +316,12 @@ pub struct ContainerSpec {
     pub gpus: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
+    /// Extra `docker run` options (before the image).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<Spanned<String>>,
+    /// host (default) or bridge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::manifest::suite::Network>,
 }
 
 impl Decode for ContainerSpec {
@@ -330,6 +334,7 @@ impl Decode for ContainerSpec {
             gpus: f.opt(cx, "gpus"),
             shm_size: f.opt(cx, "shm_size"),
             extra_args: f.opt(cx, "extra_args").unwrap_or_default(),
+            network: f.opt(cx, "network"),
         };
         f.finish(cx);
         Some(c)

@@ -43,6 +43,7 @@ fn full_context(params: serde_json::Map<String, Json>) -> Json {
         "params": params,
         "run": {"id": placeholder("run.id"), "index": 0},
         "port": placeholder("port"),
+        "bind_host": "127.0.0.1",
         "kitt": {"exe": placeholder("kitt.exe")},
         "prompt": placeholder("prompt"),
         "messages": placeholder("messages"),

@@ -16,7 +16,7 @@ use crate::manifest::decode::{Cx, Decode, Spanned};
 use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::load::{ApiKind, LoadSpec};
 use crate::manifest::secret::{SecretOr, check_inline};
-use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, SAMPLING_KEYS};
+use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, Network, SAMPLING_KEYS};
 use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
@@ -516,7 +516,10 @@ impl<'a> Compiler<'a> {
     }
 
     fn engine_context(&self, ev: &EngineVariant, model: &Model) -> Json {
+        // Where the engine listens: inside a bridge-networked container only 0.0.0.0 is reachable.
+        let bind_host = if network_of(ev) == Network::Bridge { "0.0.0.0" } else { "127.0.0.1" };
         json!({
+            "bind_host": bind_host,
             "model": self.model_context(model),
             "engine": {"name": ev.name, "template": ev.instance.template.value},
             "params": ev.params,
@@ -558,6 +561,7 @@ impl<'a> Compiler<'a> {
         }
         let r = &self.renderer;
         let mut errors: Vec<Diagnostic> = Vec::new();
+        let mut gpu_errors: Vec<Diagnostic> = Vec::new();
         let mut text = |s: &Spanned<String>, file: &Path| -> String {
             r.render_text(&s.value, &ctx, s.pos).unwrap_or_else(|d| {
                 errors.push(d.in_file(file));
@@ -565,7 +569,6 @@ impl<'a> Compiler<'a> {
             })
         };
         let suite_file = self.suite.file.clone();
-        let mut pending_not_executable: Vec<String> = Vec::new();
         let env_of = |env: &BTreeMap<String, Spanned<SecretOr>>,
                       file: &Path,
                       text: &mut dyn FnMut(&Spanned<String>, &Path) -> String|
@@ -603,7 +606,6 @@ impl<'a> Compiler<'a> {
             let c = spec.container.as_ref();
             let over = inst.container.clone().unwrap_or_default();
             let image = inst.image.as_ref().map(|i| i.value.clone()).or_else(|| spec.image.clone()).unwrap_or_default();
-            pending_not_executable.push(format!("engine `{}` (container mode)", inst.name.value));
             let args: Vec<String> = match &over.args {
                 Some(a) => a.iter().map(|s| text(s, &suite_file)).collect(),
                 None => c.map(|c| c.args.iter().map(|s| text(s, &tfile)).collect()).unwrap_or_default(),
@@ -626,7 +628,15 @@ impl<'a> Compiler<'a> {
                 .gpus
                 .clone()
                 .or_else(|| c.and_then(|c| c.gpus.clone()))
-                .map_or_else(|| "auto".to_string(), |g| g.value);
+                .unwrap_or_else(|| Spanned::new(inst.name.pos, "auto".to_string()));
+            if !valid_gpus(&gpus.value) {
+                gpu_errors.push(
+                    Diagnostic::new(gpus.pos, format!("`gpus: {}` is not a GPU request", gpus.value))
+                        .help("write `auto` (GPUs when the NVIDIA runtime is present), `all`, `none`, or `device=0,1`")
+                        .in_file(&suite_file),
+                );
+            }
+            let gpus = gpus.value;
             let mut extra_args: Vec<String> =
                 c.map(|c| c.extra_args.iter().map(|s| text(s, &tfile)).collect()).unwrap_or_default();
             extra_args.extend(over.extra_args.iter().map(|s| text(s, &suite_file)));
@@ -637,10 +647,12 @@ impl<'a> Compiler<'a> {
                 env,
                 mounts,
                 gpus,
-                shm_size: c.and_then(|c| c.shm_size.clone()),
+                shm_size: over.shm_size.clone().or_else(|| c.and_then(|c| c.shm_size.clone())),
                 extra_args,
+                network: network_of(ev),
             }
         };
+        errors.append(&mut gpu_errors);
         let mut setup = Vec::new();
         for call in &spec.setup {
             let body = call
@@ -679,11 +691,6 @@ impl<'a> Compiler<'a> {
         } else {
             None
         };
-        for what in pending_not_executable {
-            if !self.not_executable.iter().any(|n| n.what == what) {
-                self.not_executable(what, &suite_file, inst.name.pos);
-            }
-        }
         let errors: Vec<Diagnostic> =
             errors.into_iter().map(|d| self.render_error(d, &tfile, model, &inst.template.value)).collect();
         let had_errors = !errors.is_empty();
@@ -902,4 +909,23 @@ fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, boo
         out = next;
     }
     out
+}
+
+/// The network a container engine uses: the instance's choice, else the template's, else host.
+fn network_of(ev: &EngineVariant) -> Network {
+    let i = ev.instance;
+    let container = i.container.is_some()
+        || (ev.template.manifest.spec.container.is_some() && i.native.is_none() && i.endpoint.is_none());
+    if !container {
+        return Network::Host;
+    }
+    let over = ev.instance.container.as_ref().and_then(|c| c.network);
+    over.or_else(|| ev.template.manifest.spec.container.as_ref().and_then(|c| c.network)).unwrap_or_default()
+}
+
+/// `auto`, `all`, `none`, `device=…` or a GPU count, as `docker run --gpus` takes them.
+fn valid_gpus(g: &str) -> bool {
+    matches!(g, "auto" | "all" | "none")
+        || g.strip_prefix("device=").is_some_and(|d| !d.is_empty() && d.split(',').all(|x| !x.trim().is_empty()))
+        || g.parse::<u32>().is_ok_and(|n| n > 0)
 }

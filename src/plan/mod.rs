@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::manifest::decode::Dur;
 use crate::manifest::load::LoadSpec;
 use crate::manifest::secret::SecretOr;
-use crate::manifest::suite::{Execution, PullPolicy};
+use crate::manifest::suite::{Execution, Network, PullPolicy};
 use crate::manifest::template_kind::{Probe, StreamFormat, UsagePointers};
 
 pub use compile::compile;
@@ -168,6 +168,7 @@ pub enum Mode {
         #[serde(skip_serializing_if = "Option::is_none")]
         shm_size: Option<String>,
         extra_args: Vec<String>,
+        network: Network,
     },
     Native {
         argv: Vec<String>,

@@ -17,10 +17,12 @@ use super::journal::{Facts, unix_ns};
 use super::scheduler::{Executor, StepError, StepFuture};
 use crate::bench::{load, metrics};
 use crate::cancel::Cancel;
+use crate::docker::{Container, RunSpec};
 use crate::engine::client::{EngineClient, TlsOptions};
 use crate::engine::native::{EngineProcess, free_port};
 use crate::manifest::load::{LoadSpec, Profile, PromptSpec};
 use crate::manifest::secret::SecretOr;
+use crate::manifest::suite::{Network, PullPolicy};
 use crate::plan::{EngineGroup, Mode, Plan, StepKind};
 use crate::report::{CellIdentity, CellResult, CellStatus, Provenance, RESULT_SCHEMA, RunReport};
 use crate::template::{bind_late, scalar_text};
@@ -28,6 +30,7 @@ use crate::template::{bind_late, scalar_text};
 /// A started engine.
 struct Engine {
     process: Option<EngineProcess>,
+    container: Option<Container>,
     client: EngineClient,
     facts: Facts,
     /// The served model name learned from an endpoint (`served_name: auto`).
@@ -62,6 +65,8 @@ pub struct RunExecutor {
     pub reused: HashSet<String>,
     pub progress: Arc<Progress>,
     engines: tokio::sync::Mutex<HashMap<usize, Engine>>,
+    /// Containers started so far (names are `kitt-<run id>-<group>-<n>`).
+    containers_started: AtomicU64,
     drift: Mutex<HashMap<usize, Vec<String>>>,
 }
 
@@ -94,6 +99,7 @@ impl RunExecutor {
             reused,
             progress,
             engines: tokio::sync::Mutex::new(HashMap::new()),
+            containers_started: AtomicU64::new(0),
             drift: Mutex::new(HashMap::new()),
         }
     }
@@ -125,8 +131,11 @@ impl RunExecutor {
 
     async fn start(&self, gi: usize, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
         let g = &self.plan.groups[gi];
+        if matches!(g.mode, Mode::Container { .. }) {
+            return self.start_container(gi, key, cancel).await;
+        }
         let Mode::Native { argv, env, cwd } = &g.mode else {
-            return Err(err(format!("engine `{}`: {} mode is not executable by this kitt", g.engine, g.mode.name())));
+            return Err(err(format!("engine `{}`: {} mode has nothing to start", g.engine, g.mode.name())));
         };
         let port = free_port().map_err(|e| err(format!("cannot allocate a port: {e}")))?;
         let late = self.late(port);
@@ -149,7 +158,7 @@ impl RunExecutor {
         let log = self.step_dir(key)?.join("engine.log");
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
-        if let Err(e) = wait_healthy(g, &client, Some(&mut process), cancel).await {
+        if let Err(e) = wait_healthy(g, &client, Watch::Process(&mut process), cancel).await {
             process.stop(Duration::from_secs(2), true).await;
             return Err(e);
         }
@@ -163,8 +172,145 @@ impl RunExecutor {
         self.engines
             .lock()
             .await
-            .insert(gi, Engine { process: Some(process), client, facts: facts.clone(), served: None });
+            .insert(gi, Engine { process: Some(process), container: None, client, facts: facts.clone(), served: None });
         Ok(json!({"port": port, "pid": pid, "facts": facts}))
+    }
+
+    /// Makes the image of a container engine present, by its pull policy; records its id.
+    async fn pull(&self, gi: usize) -> Result<Json, StepError> {
+        let g = &self.plan.groups[gi];
+        let Mode::Container { image, pull, .. } = &g.mode else {
+            return Err(err(format!("engine `{}` is not a container", g.id)));
+        };
+        let present = crate::docker::inspect_image(image).await.map_err(err)?;
+        let pulled = match (pull, present) {
+            (PullPolicy::Never, None) => {
+                return Err(err(format!(
+                    "engine `{}`: image `{image}` is not present and its pull policy is `never`; build or load it first{}",
+                    g.id,
+                    if g.template == "llama_cpp" {
+                        " (`kitt engines setup llama_cpp --local-build` builds a CPU llama.cpp image)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            (PullPolicy::IfNotPresent, Some(_)) | (PullPolicy::Never, Some(_)) => false,
+            (PullPolicy::Always, _) | (PullPolicy::IfNotPresent, None) => {
+                crate::docker::pull(image).await.map_err(|e| {
+                    err(format!("engine `{}`: cannot pull `{image}`: {e}; with no registry reachable, build or load the image and set `pull: never`", g.id))
+                })?;
+                true
+            }
+        };
+        let info = crate::docker::inspect_image(image)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| err(format!("image `{image}` is still not present after pulling")))?;
+        Ok(json!({"image": image, "id": info.id, "digests": info.digests, "pulled": pulled}))
+    }
+
+    /// A container engine: `docker run` it, wait until it is healthy and its own, record facts.
+    async fn start_container(&self, gi: usize, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+        let g = &self.plan.groups[gi];
+        let Mode::Container { image, args, env, mounts, gpus, shm_size, extra_args, network, .. } = &g.mode else {
+            return Err(err(format!("engine `{}` is not a container", g.id)));
+        };
+        let port = free_port().map_err(|e| err(format!("cannot allocate a port: {e}")))?;
+        let late = self.late(port);
+        let bind = |a: &String| scalar_text(&bind_late(&json!(a), &late));
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| Ok((k.clone(), Self::secret(k, v, &late)?))).collect::<Result<_, StepError>>()?;
+        let mut mount_refs = Vec::new();
+        for m in mounts {
+            let source = self.plan.suite.dir.join(bind(&m.source));
+            let source = std::path::absolute(&source).unwrap_or(source);
+            if !source.exists() {
+                return Err(err(format!(
+                    "engine `{}`: the mount source {} does not exist (mounts are host paths, relative to the suite file)",
+                    g.id,
+                    source.display()
+                )));
+            }
+            mount_refs.push(crate::plan::MountRef {
+                source: source.to_string_lossy().to_string(),
+                target: bind(&m.target),
+                readonly: m.readonly,
+            });
+        }
+        mount_refs.extend(self.symlinked_model(g, mounts));
+        let gpus = match gpus.as_str() {
+            "none" => None,
+            "auto" => crate::docker::nvidia_runtime().then(|| "all".to_string()),
+            other => Some(other.to_string()),
+        };
+        let n = self.containers_started.fetch_add(1, Ordering::Relaxed);
+        let spec = RunSpec {
+            name: format!("kitt-{}-{gi}-{n}", self.run_id),
+            image: image.clone(),
+            args: args.iter().map(bind).collect(),
+            env,
+            mounts: mount_refs,
+            gpus: gpus.clone(),
+            shm_size: shm_size.clone(),
+            network: *network,
+            port,
+            labels: vec![
+                ("kitt.run".into(), self.run_id.clone()),
+                ("kitt.step".into(), key.to_string()),
+                ("kitt.engine".into(), g.id.clone()),
+            ],
+            extra_args: extra_args.iter().map(bind).collect(),
+        };
+        let log = self.step_dir(key)?.join("engine.log");
+        let info = crate::docker::inspect_image(image).await.map_err(err)?;
+        let container = Container::run(&spec, &log).await.map_err(|e| err(format!("engine `{}`: {e}", g.id)))?;
+        let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
+        if let Err(e) = wait_healthy(g, &client, Watch::Container(&container, *network), cancel).await {
+            let _ = container.stop(Duration::from_secs(2), true).await;
+            return Err(e);
+        }
+        let mut facts = self.observe(g, &client).await;
+        facts.insert("engine.image".into(), image.clone());
+        if let Some(info) = &info {
+            facts.insert("engine.image_id".into(), info.id.clone());
+            if let Some(d) = info.digests.first() {
+                facts.insert("engine.image_digest".into(), d.clone());
+            }
+        }
+        if let Err(e) = self.check_drift(gi, &facts) {
+            let _ = container.stop(Duration::from_secs(2), false).await;
+            return Err(e);
+        }
+        let name = container.name.clone();
+        self.engines.lock().await.insert(
+            gi,
+            Engine { process: None, container: Some(container), client, facts: facts.clone(), served: None },
+        );
+        Ok(json!({"port": port, "container": name, "gpus": gpus, "facts": facts}))
+    }
+
+    /// A model file that is a symlink out of its directory (a cached download, say) does not
+    /// resolve inside the container: mount its target over the link's place.
+    fn symlinked_model(&self, g: &EngineGroup, mounts: &[crate::plan::MountRef]) -> Option<crate::plan::MountRef> {
+        let path = self.plan.suite.dir.join(g.model.path.as_ref()?);
+        if !path.symlink_metadata().ok()?.file_type().is_symlink() {
+            return None;
+        }
+        let target = std::fs::canonicalize(&path).ok()?;
+        let file = path.file_name()?.to_string_lossy().to_string();
+        let dir = path.parent()?.to_path_buf();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        // The mount whose source is the model's directory.
+        let m = mounts.iter().find(|m| {
+            let s = self.plan.suite.dir.join(&m.source);
+            std::path::absolute(&s).unwrap_or(s) == dir
+        })?;
+        Some(crate::plan::MountRef {
+            source: target.to_string_lossy().to_string(),
+            target: format!("{}/{file}", m.target.trim_end_matches('/')),
+            readonly: true,
+        })
     }
 
     /// What the server reports about itself: its version (an observed fact).
@@ -217,7 +363,7 @@ impl RunExecutor {
         let tls = TlsOptions { ca_file: ca_file.as_ref().map(|c| self.plan.suite.dir.join(c)), insecure: *insecure };
         let client = EngineClient::with_tls(url, headers, 256, &tls).map_err(err)?;
         if !skip_health {
-            wait_healthy(g, &client, None, cancel).await?;
+            wait_healthy(g, &client, Watch::Nothing, cancel).await?;
         }
         let mut facts = self.observe(g, &client).await;
         facts.insert("endpoint.url".into(), url.clone());
@@ -253,7 +399,10 @@ impl RunExecutor {
             None
         };
         self.check_drift(gi, &facts)?;
-        self.engines.lock().await.insert(gi, Engine { process: None, client, facts: facts.clone(), served });
+        self.engines
+            .lock()
+            .await
+            .insert(gi, Engine { process: None, container: None, client, facts: facts.clone(), served });
         Ok(json!({"facts": facts}))
     }
 
@@ -462,10 +611,20 @@ impl RunExecutor {
 
     async fn stop(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
         let engine = self.engines.lock().await.remove(&gi);
-        let status = match engine.and_then(|e| e.process) {
-            Some(p) => p.stop(Duration::from_secs(5), cancel.is_urgent()).await.map(|s| s.to_string()),
-            None => None,
-        };
+        let mut status = None;
+        if let Some(e) = engine {
+            if let Some(p) = e.process {
+                status = p.stop(Duration::from_secs(5), cancel.is_urgent()).await.map(|s| s.to_string());
+            }
+            if let Some(c) = e.container {
+                let name = c.name.clone();
+                status = Some(
+                    c.stop(Duration::from_secs(5), cancel.is_urgent())
+                        .await
+                        .map_err(|e| err(format!("cannot remove container {name}: {e}")))?,
+                );
+            }
+        }
         // Only once the process is gone: a kill meanwhile leaves the pid file for the sweep.
         super::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
         Ok(json!({"exit": status}))
@@ -477,6 +636,12 @@ impl RunExecutor {
         for (gi, e) in engines {
             if let Some(p) = e.process {
                 p.stop(Duration::from_secs(5), urgent).await;
+            }
+            if let Some(c) = e.container {
+                let name = c.name.clone();
+                if let Err(e) = c.stop(Duration::from_secs(5), urgent).await {
+                    tracing::error!("cannot remove container {name}: {e}");
+                }
             }
             super::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
         }
@@ -592,39 +757,96 @@ fn summary_errors(m: &metrics::LoadMetrics) -> String {
     m.errors_by_kind.iter().map(|(k, v)| format!("{v}× {k}")).collect::<Vec<_>>().join(", ")
 }
 
+/// What `wait_healthy` watches besides the health path: the engine must stay alive, and the
+/// server answering must be its own.
+enum Watch<'a> {
+    /// An endpoint: nothing of ours to watch.
+    Nothing,
+    Process(&'a mut EngineProcess),
+    Container(&'a Container, Network),
+}
+
+impl Watch<'_> {
+    /// Why the engine cannot become healthy any more, with its last log lines.
+    async fn dead(&mut self, g: &EngineGroup, client: &EngineClient) -> Option<String> {
+        match self {
+            Watch::Nothing => None,
+            Watch::Process(p) => {
+                let status = p.exited()?;
+                let port = client.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                let holder = port
+                    .and_then(crate::engine::native::port_holder)
+                    .map(|h| format!("; port {} is held by {h}", port.unwrap_or(0)))
+                    .unwrap_or_default();
+                Some(format!(
+                    "engine `{}` exited ({status}) before it was healthy{holder}; last log lines:\n{}",
+                    g.id,
+                    p.last_log_lines(50)
+                ))
+            }
+            Watch::Container(c, _) => {
+                let trouble = match c.state().await {
+                    Ok(state) => state.trouble()?,
+                    Err(e) => format!("cannot be inspected ({e})"),
+                };
+                Some(format!(
+                    "engine `{}`: container {} {trouble} before it was healthy; last log lines:\n{}",
+                    g.id,
+                    c.name,
+                    c.last_log_lines(50).await
+                ))
+            }
+        }
+    }
+
+    /// Whether the server that answered is ours: for a host-network container, the process
+    /// listening on the port must live in the container's pid namespace (another server that
+    /// took the port meanwhile would otherwise be benchmarked).
+    async fn owns(&mut self, g: &EngineGroup, client: &EngineClient) -> Result<(), String> {
+        let Watch::Container(c, Network::Host) = self else { return Ok(()) };
+        let Some(port) = client.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
+            return Ok(());
+        };
+        let state = c.state().await.map_err(|e| e.to_string())?;
+        let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let (Some(theirs), Some(pids)) = (ns(state.pid), crate::engine::native::listener_pids(port)) else {
+            // kitt itself runs in a container (sibling mode) and cannot see the engine's
+            // processes: the container being alive is all it can check.
+            return Ok(());
+        };
+        if pids.is_empty() || pids.iter().any(|p| ns(*p).as_ref() == Some(&theirs)) {
+            return Ok(());
+        }
+        Err(format!(
+            "engine `{}`: port {port} answers, but not from container {}: it is held by {}",
+            g.id,
+            c.name,
+            crate::engine::native::port_holder(port).unwrap_or_default()
+        ))
+    }
+}
+
 /// Polls the health path with exponential backoff until it answers 2xx; fails at once if the
-/// process exits, and on timeout says what was polled and what it last answered.
+/// engine exits, and on timeout says what was polled and what it last answered.
 async fn wait_healthy(
     g: &EngineGroup,
     client: &EngineClient,
-    mut process: Option<&mut EngineProcess>,
+    mut watch: Watch<'_>,
     cancel: &Cancel,
 ) -> Result<(), StepError> {
     let h = &g.health;
     let started = std::time::Instant::now();
     let mut interval = h.initial_interval.0.max(Duration::from_millis(5));
-    let mut last = String::from("no answer yet");
+    let mut last: String;
     loop {
-        if let Some(p) = process.as_deref_mut()
-            && let Some(status) = p.exited()
-        {
-            let port = client.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            let holder = port
-                .and_then(crate::engine::native::port_holder)
-                .map(|h| format!("; port {} is held by {h}", port.unwrap_or(0)))
-                .unwrap_or_default();
-            return Err(err(format!(
-                "engine `{}` exited ({status}) before it was healthy{holder}; last log lines:\n{}",
-                g.id,
-                p.last_log_lines(50)
-            )));
-        }
         match client.get(&h.path, Duration::from_secs(5)).await {
             Ok((code, _)) if (200..300).contains(&code) => {
-                // The answer must come from our process, which must still be alive.
-                if process.as_deref_mut().is_none_or(|p| p.exited().is_none()) {
-                    return Ok(());
+                // The answer must come from our engine, which must still be alive.
+                if let Some(dead) = watch.dead(g, client).await {
+                    return Err(err(dead));
                 }
+                watch.owns(g, client).await.map_err(err)?;
+                return Ok(());
             }
             Ok((code @ (401 | 403), _)) => {
                 // Credentials do not fix themselves by waiting.
@@ -646,6 +868,9 @@ async fn wait_healthy(
                 )));
             }
             Err(e) => last = e.to_string(),
+        }
+        if let Some(dead) = watch.dead(g, client).await {
+            return Err(err(dead));
         }
         if started.elapsed() >= h.timeout.0 {
             return Err(err(format!(
@@ -671,7 +896,7 @@ impl Executor for RunExecutor {
             let group = s.group;
             let g = || group.ok_or_else(|| err("step without an engine group"));
             let result = match s.kind {
-                StepKind::Pull => Err(err("container engines are not executable by this kitt")),
+                StepKind::Pull => self.pull(g()?).await,
                 StepKind::Start => self.start(g()?, &s.key, &cancel).await,
                 StepKind::Connect => self.connect(g()?, &cancel).await,
                 StepKind::Setup => self.setup(g()?).await,

@@ -158,6 +158,9 @@ pub async fn apply(
     for what in pidfile::sweep(&root) {
         tracing::warn!("stopped {what}");
     }
+    for what in tokio::task::spawn_blocking(crate::docker::sweep).await.unwrap_or_default() {
+        tracing::warn!("removed {what}");
+    }
     let (run, resumed) = select_run(&plan, &root, opts)?;
     let contents = journal::read(&run.journal_path())?;
     let facts = observed_facts();

@@ -24,11 +24,11 @@ pub struct Owner {
     pub start_time: u64,
 }
 
-fn boot_id() -> String {
+pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
 }
 
-fn pid_ns() -> String {
+pub fn pid_ns() -> String {
     std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().to_string()).unwrap_or_default()
 }
 
@@ -69,7 +69,7 @@ pub fn remove(run_dir: &Path, key: &str) {
 }
 
 /// Whether `owner` is still the very process that was recorded.
-fn still_running(owner: &Owner) -> bool {
+pub fn still_running(owner: &Owner) -> bool {
     owner.boot_id == boot_id() && owner.pid_ns == pid_ns() && start_time(owner.pid) == Some(owner.start_time)
 }
 

@@ -1,0 +1,375 @@
+//! Container engines through the real Docker engine: a real llama.cpp server in a locally built
+//! image, the vllm/tgi/ollama templates (with their real container arguments) against kitt's
+//! simulators packed into images, failures while waiting for health, and cleanup on every
+//! ending — success, SIGINT, SIGTERM, kill -9 followed by the next kitt command.
+//!
+//! Each test looks only at its own run's containers (label `kitt.run`), so tests and other runs
+//! on the same Docker do not disturb each other. Under CI (`CI=true`) a missing Docker or a
+//! missing llama.cpp image is a failure; elsewhere the tests say what is missing and pass.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn skip(msg: &str) -> bool {
+    if ci() {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    true
+}
+
+/// Whether Docker answers (a failure under CI when it does not).
+fn docker_missing() -> bool {
+    let ok = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    match ok {
+        Ok(o) if o.status.success() => false,
+        Ok(o) => skip(&format!("Docker is not usable: {}", String::from_utf8_lossy(&o.stderr))),
+        Err(e) => skip(&format!("no docker CLI: {e}")),
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Containers (running or not) of one run.
+fn containers_of(run_id: &str) -> Vec<String> {
+    docker(&["ps", "--all", "--filter", &format!("label=kitt.run={run_id}"), "--format", "{{.Names}}"])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// kitt packed into an image whose entrypoint mimics `engine`'s command line.
+fn sim_image(engine: &str) -> String {
+    let tag = format!("kitt-local/sim-{engine}:test");
+    let mut c = Command::new(root().join("scripts/pack-image.sh"));
+    c.arg(&tag).arg(env!("CARGO_BIN_EXE_kitt"));
+    if engine == "ollama" {
+        c.args(["--cmd", "serve"]);
+    }
+    c.args(["--", "sim", "--mimic", engine, "--"]);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "pack-image.sh: {}", String::from_utf8_lossy(&o.stderr));
+    tag
+}
+
+const LLAMA_IMAGE: &str = "kitt-local/llama.cpp:server-cpu";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn runs(&self) -> PathBuf {
+        self.path().join("runs")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
+        c.env("KITT_RUNS_DIR", self.runs())
+            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
+            .env_remove("KITT_TEST_KILL_AFTER_RECORD")
+            .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    fn suite(&self, yaml: &str) -> PathBuf {
+        let p = self.path().join("suite.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        std::fs::create_dir_all(self.path().join("models")).unwrap();
+        std::fs::write(self.path().join("models/weights.bin"), b"not a real model").unwrap();
+        p
+    }
+
+    fn only_run(&self) -> PathBuf {
+        let runs: Vec<PathBuf> = std::fs::read_dir(self.runs()).unwrap().map(|e| e.unwrap().path()).collect();
+        let runs: Vec<PathBuf> = runs.into_iter().filter(|p| p.is_dir()).collect();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        runs[0].clone()
+    }
+}
+
+fn run_id(run: &Path) -> String {
+    run.file_name().unwrap().to_string_lossy().to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn report(run: &Path) -> Json {
+    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
+}
+
+fn journal(run: &Path) -> Vec<Json> {
+    std::fs::read_to_string(run.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn wait_for_step(runs: &Path, kind: &str, timeout: Duration) -> PathBuf {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(run) =
+            std::fs::read_dir(runs).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path())
+            && journal(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == kind)
+        {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "no {kind} step started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A suite of one container engine of `template` on `image`.
+fn suite(template: &str, image: &str, engine_extra: &str, requests: u32) -> String {
+    format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: docker-{template}}}
+spec:
+  models: [{{name: tiny-model, path: models/weights.bin}}]
+  engines:
+    - name: e
+      template: {template}
+      image: {image}
+      pull: never
+{engine_extra}
+  benchmarks:
+    - name: tput
+      template: throughput
+      params: {{concurrency: 2, requests: {requests}, input_tokens: 16, max_tokens: 8}}
+  sampling: {{temperature: 0, seed: 1}}
+  warmup: {{requests: 1}}
+  reporters: [json]
+"#
+    )
+}
+
+#[test]
+fn serial_docker_llama_cpp_example_runs_end_to_end_in_a_container() {
+    if docker_missing() {
+        return;
+    }
+    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
+    if !present.status.success()
+        && skip(
+            "the llama.cpp image is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp --image kitt-local/llama.cpp:server-cpu`",
+        )
+    {
+        return;
+    }
+    let env = Env::new();
+    let out = env.cmd().arg("apply").arg(root().join("examples/llama-cpp-cpu.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let r = report(&run);
+    assert_eq!(r["failed_cells"], 0);
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 3);
+    for c in cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert!(c["metrics"]["output_tokens"]["total"].as_u64().unwrap() > 0, "{c}");
+        let facts = &c["provenance"]["facts"];
+        assert_eq!(facts["engine.image"], LLAMA_IMAGE, "{facts}");
+        assert!(facts["engine.image_id"].as_str().unwrap().starts_with("sha256:"), "{facts}");
+    }
+    // The container's logs were saved, and the container is gone.
+    let logs: Vec<PathBuf> = std::fs::read_dir(run.join("steps"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("engine.log"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(logs.len(), 1);
+    assert!(std::fs::read_to_string(&logs[0]).unwrap().contains("llama"), "the server's own output is kept");
+    assert!(containers_of(&run_id(&run)).is_empty());
+}
+
+#[test]
+fn serial_docker_vllm_tgi_and_ollama_templates_run_their_real_arguments_against_simulators() {
+    if docker_missing() {
+        return;
+    }
+    for template in ["vllm", "tgi", "ollama"] {
+        let image = sim_image(template);
+        let env = Env::new();
+        let s = env.suite(&suite(template, &image, "", 10));
+        let out = env.cmd().arg("apply").arg(&s).output().unwrap();
+        assert!(out.status.success(), "{template}: {}", text(&out));
+        let run = env.only_run();
+        let r = report(&run);
+        let c = &r["cells"][0];
+        assert_eq!(c["status"], "ok", "{template}: {c}");
+        assert_eq!(c["metrics"]["requests"], 10, "{template}");
+        assert_eq!(c["metrics"]["output_tokens"]["total"], 80, "{template}: every request gave max_tokens");
+        assert!(c["provenance"]["facts"]["engine.version"].as_str().is_some_and(|v| !v.is_empty()), "{template}: {c}");
+        assert!(containers_of(&run_id(&run)).is_empty(), "{template}");
+    }
+}
+
+#[test]
+fn serial_docker_a_container_that_exits_while_starting_fails_at_once_with_its_logs() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    let extra = r#"      container: {extra_args: ["--entrypoint", "/usr/local/bin/kitt"], args: ["no-such-command"]}"#;
+    let s = env.suite(&suite("vllm", &image, extra, 4));
+    let started = Instant::now();
+    let out = env.cmd().arg("apply").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exited with exit code 2") && err.contains("before it was healthy"), "{err}");
+    assert!(err.contains("no-such-command"), "the container's last log lines are shown: {err}");
+    assert!(started.elapsed() < Duration::from_secs(120), "not a health timeout (vllm waits 600 s)");
+    assert!(containers_of(&run_id(&env.only_run())).is_empty());
+}
+
+#[test]
+fn serial_docker_a_health_timeout_says_what_was_polled_and_answered() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    // A healthy simulator, but on another port than the one kitt polls.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let template = format!(
+        r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {{name: slow_vllm}}
+spec:
+  base: vllm
+  health: {{path: /health, timeout: 3s, initial_interval: 100ms, max_interval: 500ms}}
+  container:
+    extra_args: ["--entrypoint", "/usr/local/bin/kitt"]
+    args: ["sim", "--host", "127.0.0.1", "--port", "{other}"]
+"#
+    );
+    std::fs::write(env.path().join("slow.yaml"), template).unwrap();
+    let s = suite("slow_vllm", &image, "", 4).replace("spec:\n", "spec:\n  templates: [slow.yaml]\n");
+    let s = env.suite(&s);
+    let out = env.cmd().arg("apply").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was not healthy after 3s") && err.contains("/health, last answer:"), "{err}");
+    assert!(containers_of(&run_id(&env.only_run())).is_empty());
+}
+
+#[test]
+fn serial_docker_sigint_sigterm_and_kill_leave_no_container_behind() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let slow = "      env: {KITT_SIM_ITL_MS: \"20\"}";
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let env = Env::new();
+        let s = env.suite(&suite("vllm", &image, slow, 200));
+        let child = env.cmd().arg("apply").arg(&s).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let run = wait_for_step(&env.runs(), "benchmark", Duration::from_secs(60));
+        assert_eq!(containers_of(&run_id(&run)).len(), 1, "the engine runs during the benchmark");
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "signal {signal}: {}", text(&out));
+        assert!(containers_of(&run_id(&run)).is_empty(), "signal {signal}: the container was removed");
+    }
+    // kill -9 in the middle of the benchmark: the container outlives kitt, and the next kitt
+    // command (gc here, apply below) removes it, saving its logs into the run.
+    for next in ["gc", "apply"] {
+        let env = Env::new();
+        let s = env.suite(&suite("vllm", &image, slow, 200));
+        let out = env.cmd().arg("apply").arg(&s).env("KITT_TEST_KILL_IN_BENCHMARK", "5").output().unwrap();
+        assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+        let run = env.only_run();
+        let left = containers_of(&run_id(&run));
+        assert_eq!(left.len(), 1, "SIGKILL cannot be caught: the container is left");
+        let out = if next == "gc" {
+            env.cmd().arg("gc").output().unwrap()
+        } else {
+            env.cmd().arg("apply").arg(&s).env_remove("KITT_TEST_KILL_IN_BENCHMARK").output().unwrap()
+        };
+        assert!(out.status.success(), "{next}: {}", text(&out));
+        assert!(containers_of(&run_id(&run)).is_empty(), "{next} removed {left:?}");
+        if next == "gc" {
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed container {}", left[0])));
+        }
+    }
+}
+
+#[test]
+fn serial_docker_a_secret_reaches_the_container_and_no_file_of_the_run() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    let secret = "kitt-secret-5c0ffee-value";
+    let extra = "      env: {HF_TOKEN: {from_env: KITT_TEST_TOKEN}, KITT_SIM_ITL_MS: \"5\"}";
+    let s = env.suite(&suite("vllm", &image, extra, 60));
+    let child = env
+        .cmd()
+        .arg("apply")
+        .arg(&s)
+        .env("KITT_TEST_TOKEN", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = wait_for_step(&env.runs(), "benchmark", Duration::from_secs(60));
+    let name = containers_of(&run_id(&run)).pop().unwrap();
+    let container_env = docker(&["container", "inspect", "--format", "{{json .Config.Env}}", &name]);
+    assert!(container_env.contains(&format!("HF_TOKEN={secret}")), "{container_env}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(secret)
+            && !String::from_utf8_lossy(&out.stderr).contains(secret)
+    );
+    let mut files = 0;
+    let mut stack = vec![run.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&e).unwrap();
+                assert!(!String::from_utf8_lossy(&bytes).contains(secret), "the secret is in {}", e.display());
+            }
+        }
+    }
+    assert!(files > 5, "{files} files checked");
+}
