@@ -4,6 +4,7 @@
 //! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
 
 pub mod apply;
+pub mod fingerprint;
 mod engines;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,8 @@ pub enum Command {
     },
     /// Run kitt's OpenAI-compatible engine simulator.
     Sim(crate::engine::sim::SimArgs),
+    /// The machine (GPUs, CPU, memory, storage, OS): its identity string; -v for every field.
+    Fingerprint(fingerprint::FingerprintArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +204,7 @@ pub fn run(cli: Cli) -> i32 {
             0
         }
         Command::Sim(args) => sim(args),
+        Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
     }
 }
 
@@ -332,6 +336,7 @@ fn schema(out: Option<&Path>, kind: &str) -> i32 {
                 .map(|k| (manifest::schema::file_name(*k), manifest::schema::generate(*k, catalog)))
                 .collect();
             files.push(("result.schema.json".into(), crate::report::schema()));
+            files.push(("fingerprint.schema.json".into(), crate::fingerprint::schema()));
             for (name, text) in files {
                 let path = dir.join(name);
                 if let Err(e) = std::fs::write(&path, text) {
