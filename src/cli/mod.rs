@@ -4,8 +4,8 @@
 //! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
 
 pub mod apply;
-pub mod fingerprint;
 mod engines;
+pub mod fingerprint;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
