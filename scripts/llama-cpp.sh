@@ -64,7 +64,7 @@ if [ -n "$link" ]; then
 fi
 if [ -n "$image" ]; then
   # Same entrypoint as the upstream image (ghcr.io/ggml-org/llama.cpp:server): args follow it.
-  "$(dirname "$0")/pack-image.sh" "$image" "$server" --label "kitt.llama_cpp_version=$version" >&2
+  bash "$(dirname "$0")/pack-image.sh" "$image" "$server" --label "kitt.llama_cpp_version=$version" >&2
   echo "LLAMA_CPP_IMAGE=$image"
 fi
 

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cancel;
 pub mod catalog;
 pub mod cli;
+pub mod collect;
 pub mod docker;
 pub mod engine;
 pub mod fingerprint;

@@ -204,6 +204,13 @@ fn serial_docker_llama_cpp_example_runs_end_to_end_in_a_container() {
         let facts = &c["provenance"]["facts"];
         assert_eq!(facts["engine.image"], LLAMA_IMAGE, "{facts}");
         assert!(facts["engine.image_id"].as_str().unwrap().starts_with("sha256:"), "{facts}");
+        // The container's own memory and CPU (its cgroup), sampled during the window.
+        let res = &c["resources"];
+        assert!(res["engine_mem_mib"]["peak"].as_f64().unwrap() > 1.0, "{res}");
+        assert!(res["samples"].as_u64().unwrap() >= 2, "{res}");
+        // llama.cpp's --metrics counters over the window agree with kitt's own count.
+        let predicted = c["engine_metrics"]["counters"]["llamacpp:tokens_predicted_total"].as_f64().unwrap();
+        assert_eq!(predicted as u64, c["metrics"]["output_tokens"]["total"].as_u64().unwrap(), "{c}");
     }
     // The container's logs were saved, and the container is gone.
     let logs: Vec<PathBuf> = std::fs::read_dir(run.join("steps"))
@@ -372,4 +379,62 @@ fn serial_docker_a_secret_reaches_the_container_and_no_file_of_the_run() {
         }
     }
     assert!(files > 5, "{files} files checked");
+}
+
+#[test]
+fn serial_docker_bridge_network_publishes_the_port_on_loopback_only() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    let s = env.suite(&suite("vllm", &image, "      container: {network: bridge}", 20));
+    let child = env.cmd().arg("apply").arg(&s).env("KITT_SIM_ITL_MS", "1").output().unwrap();
+    assert!(child.status.success(), "{}", text(&child));
+    let run = env.only_run();
+    let start = journal(&run)
+        .into_iter()
+        .find(|r| r["event"] == "step_finished" && r["kind"] == "start")
+        .expect("a finished start step");
+    let port = start["outputs"]["port"].as_u64().unwrap();
+    assert!(port > 0);
+    // The engine was told to listen on 0.0.0.0 inside the container (the template's
+    // {{bind_host}}), and was reached through the port published on the host's loopback.
+    let plan: Json = serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();
+    let mode = &plan["groups"][0]["mode"]["container"];
+    assert_eq!(mode["network"], "bridge", "{mode}");
+    let args: Vec<&str> = mode["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.windows(2).any(|w| w == ["--host", "0.0.0.0"]), "{args:?}");
+    assert_eq!(report(&run)["cells"][0]["status"], "ok");
+    assert!(containers_of(&run_id(&run)).is_empty());
+}
+
+#[test]
+fn serial_docker_engines_setup_local_build_reuses_the_cached_build_and_image() {
+    if docker_missing() {
+        return;
+    }
+    let cache = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache/kitt/llama.cpp")).unwrap();
+    let built =
+        std::fs::read_dir(&cache).into_iter().flatten().flatten().any(|v| v.path().join("bin/llama-server").exists());
+    if !built && skip("llama.cpp is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`") {
+        return;
+    }
+    let links = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kitt"))
+        .args(["engines", "setup", "llama_cpp", "--local-build", "--link"])
+        .arg(links.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(60), "a cached build is not rebuilt");
+    assert!(links.path().join("bin/llama-server").exists() && links.path().join("models/tiny.gguf").exists());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(LLAMA_IMAGE));
+    let check = Command::new(env!("CARGO_BIN_EXE_kitt")).args(["engines", "check", "llama_cpp"]).output().unwrap();
+    // The template's own image is the upstream one, which is not here; the example names ours.
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let vllm_only =
+        Command::new(env!("CARGO_BIN_EXE_kitt")).args(["engines", "setup", "vllm", "--local-build"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&vllm_only.stderr).contains("builds llama_cpp only"), "{}", text(&vllm_only));
 }

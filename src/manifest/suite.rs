@@ -471,6 +471,14 @@ pub struct Execution {
     /// A cell whose share of failed requests exceeds this fails (default 0.05).
     #[serde(default = "default_max_error_rate")]
     pub max_error_rate: f64,
+    /// How often GPU, host and engine resources are sampled during a benchmark (default 200ms).
+    #[serde(default = "default_sample_interval")]
+    #[schemars(with = "Dur")]
+    pub sample_interval: Dur,
+}
+
+fn default_sample_interval() -> Dur {
+    Execution::default().sample_interval
 }
 
 fn default_step_timeout() -> Dur {
@@ -494,6 +502,7 @@ impl Default for Execution {
             step_timeout: Dur(std::time::Duration::from_secs(30 * 60)),
             on_failure: OnFailure::Continue,
             max_error_rate: 0.05,
+            sample_interval: Dur(std::time::Duration::from_millis(200)),
         }
     }
 }
@@ -511,6 +520,7 @@ impl Decode for Execution {
             step_timeout: f.opt(cx, "step_timeout").unwrap_or(d.step_timeout),
             on_failure: f.opt(cx, "on_failure").unwrap_or(d.on_failure),
             max_error_rate: max_error_rate.as_ref().map_or(d.max_error_rate, |m| m.value),
+            sample_interval: f.opt(cx, "sample_interval").unwrap_or(d.sample_interval),
         };
         f.finish(cx);
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {

@@ -70,6 +70,12 @@ pub struct CellResult {
     pub error: Option<String>,
     /// The load metrics (see docs/metrics.md for every definition).
     pub metrics: Json,
+    /// Host, engine and GPU resources sampled during the measuring window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::collect::ResourceSummary>,
+    /// What the engine's own Prometheus metrics say changed during the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_metrics: Option<crate::collect::prom::Delta>,
     pub provenance: Provenance,
 }
 
@@ -82,6 +88,9 @@ pub struct RunReport {
     pub suite_file: String,
     pub kitt_version: String,
     pub facts: BTreeMap<String, String>,
+    /// The machine the run measured on (`kitt fingerprint`; docs/hardware.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::fingerprint::Fingerprint>,
     pub cells: Vec<CellResult>,
     pub failed_cells: usize,
 }

@@ -17,6 +17,7 @@ use super::journal::{Facts, unix_ns};
 use super::scheduler::{Executor, StepError, StepFuture};
 use crate::bench::{load, metrics};
 use crate::cancel::Cancel;
+use crate::collect::{EngineTarget, Sampler};
 use crate::docker::{Container, RunSpec};
 use crate::engine::client::{EngineClient, TlsOptions};
 use crate::engine::native::{EngineProcess, free_port};
@@ -35,6 +36,8 @@ struct Engine {
     facts: Facts,
     /// The served model name learned from an endpoint (`served_name: auto`).
     served: Option<String>,
+    /// What the resource sampler reads for this engine.
+    target: EngineTarget,
 }
 
 /// Live progress, read by the display.
@@ -169,10 +172,17 @@ impl RunExecutor {
         }
         super::pidfile::write(&self.run_dir, &g.key, process.pid());
         let pid = process.pid();
-        self.engines
-            .lock()
-            .await
-            .insert(gi, Engine { process: Some(process), container: None, client, facts: facts.clone(), served: None });
+        self.engines.lock().await.insert(
+            gi,
+            Engine {
+                process: Some(process),
+                container: None,
+                client,
+                facts: facts.clone(),
+                served: None,
+                target: EngineTarget::Process(pid),
+            },
+        );
         Ok(json!({"port": port, "pid": pid, "facts": facts}))
     }
 
@@ -283,9 +293,13 @@ impl RunExecutor {
             return Err(e);
         }
         let name = container.name.clone();
+        let target = match container.state().await {
+            Ok(s) if s.pid > 0 => EngineTarget::container(s.pid),
+            _ => EngineTarget::None,
+        };
         self.engines.lock().await.insert(
             gi,
-            Engine { process: None, container: Some(container), client, facts: facts.clone(), served: None },
+            Engine { process: None, container: Some(container), client, facts: facts.clone(), served: None, target },
         );
         Ok(json!({"port": port, "container": name, "gpus": gpus, "facts": facts}))
     }
@@ -399,10 +413,10 @@ impl RunExecutor {
             None
         };
         self.check_drift(gi, &facts)?;
-        self.engines
-            .lock()
-            .await
-            .insert(gi, Engine { process: None, container: None, client, facts: facts.clone(), served });
+        self.engines.lock().await.insert(
+            gi,
+            Engine { process: None, container: None, client, facts: facts.clone(), served, target: EngineTarget::None },
+        );
         Ok(json!({"facts": facts}))
     }
 
@@ -521,10 +535,30 @@ impl RunExecutor {
             expected_output_tokens: expected,
             seed: prompt_seed(&s.key),
         };
-        let outcome = self.measure(cell.group, m, cancel).await?;
-        let finished = unix_ns();
-        let m = metrics::summarize(&outcome);
         let dir = self.step_dir(&s.key)?;
+        let (client, target) = {
+            let engines = self.engines.lock().await;
+            let e = engines.get(&cell.group);
+            (e.map(|e| e.client.clone()), e.map(|e| e.target.clone()).unwrap_or(EngineTarget::None))
+        };
+        let metrics_path = self.plan.groups[cell.group].metrics_path.clone();
+        let before = match (&client, &metrics_path) {
+            (Some(c), Some(p)) => scrape(c, p).await,
+            _ => None,
+        };
+        let sampler = Sampler::start(target, self.plan.execution.sample_interval.0);
+        let outcome = self.measure(cell.group, m, cancel).await;
+        let interval = sampler.interval();
+        let (samples, gpu_note) = sampler.finish();
+        let outcome = outcome?;
+        let finished = unix_ns();
+        let engine_metrics = match (&client, &metrics_path, &before) {
+            (Some(c), Some(p), Some(b)) => scrape(c, p).await.map(|a| crate::collect::prom::delta(b, &a)),
+            _ => None,
+        };
+        let resources = crate::collect::summarize(&samples, interval, gpu_note);
+        super::dir::write_atomic(&dir.join("samples.csv"), crate::collect::csv(&samples).as_bytes()).map_err(err)?;
+        let m = metrics::summarize(&outcome);
         let mut lines = Vec::with_capacity(outcome.records.len() * 256);
         for r in &outcome.records {
             serde_json::to_writer(&mut lines, r).map_err(err)?;
@@ -544,7 +578,8 @@ impl RunExecutor {
             None
         };
         let record = json!({
-            "metrics": m, "prompts_exact": outcome.prompts_exact, "attempt": attempt,
+            "metrics": m, "resources": resources, "engine_metrics": engine_metrics,
+            "prompts_exact": outcome.prompts_exact, "attempt": attempt,
             "started_unix_ns": started, "finished_unix_ns": finished, "error": error,
         });
         self.write(dir.join("benchmark.json"), &record)?;
@@ -593,6 +628,8 @@ impl RunExecutor {
             status: CellStatus::Ok,
             error: None,
             metrics: raw["metrics"].clone(),
+            resources: serde_json::from_value(raw["resources"].clone()).ok(),
+            engine_metrics: serde_json::from_value(raw["engine_metrics"].clone()).ok(),
             provenance: Provenance {
                 run_id: self.run_id.clone(),
                 key: bench_step.key.clone(),
@@ -676,6 +713,8 @@ impl RunExecutor {
                         status: CellStatus::Failed,
                         error: Some(error),
                         metrics: raw.map(|r| r["metrics"].clone()).unwrap_or(Json::Null),
+                        resources: None,
+                        engine_metrics: None,
                         provenance: Provenance {
                             run_id: self.run_id.clone(),
                             key: bench.map(|b| b.key.clone()).unwrap_or_default(),
@@ -700,6 +739,7 @@ impl RunExecutor {
             suite_file: self.plan.suite.file.to_string_lossy().to_string(),
             kitt_version: env!("CARGO_PKG_VERSION").into(),
             facts: self.facts.clone(),
+            hardware: Some(super::fingerprint().clone()),
             cells,
             failed_cells,
         }
@@ -746,6 +786,21 @@ struct Measurement<'a> {
     expected_output_tokens: Option<u64>,
     /// Prompt seed: the prompts depend only on it.
     seed: u64,
+}
+
+/// The engine's Prometheus metrics, when it answers.
+async fn scrape(client: &EngineClient, path: &str) -> Option<crate::collect::prom::Scrape> {
+    match client.get(path, Duration::from_secs(5)).await {
+        Ok((200, body)) => Some(crate::collect::prom::parse(&body)),
+        Ok((code, _)) => {
+            tracing::debug!("metrics {path}: HTTP {code}");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("metrics {path}: {e}");
+            None
+        }
+    }
 }
 
 /// A prompt seed from a key (hex): stable across runs and resumes, different between cells.

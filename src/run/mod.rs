@@ -73,11 +73,17 @@ pub fn observed_facts() -> Facts {
     let mut f = Facts::new();
     f.insert("kitt.version".into(), env!("CARGO_PKG_VERSION").into());
     f.insert("metrics.schema".into(), crate::report::METRICS_SCHEMA_VERSION.to_string());
-    // Placeholder until the hardware fingerprint lands: enough to notice a different machine.
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    f.insert("machine".into(), format!("{host} {}-{} {cpus} cpus", std::env::consts::OS, std::env::consts::ARCH));
+    // The machine by its stable hardware facts: a resume on other hardware is drift.
+    let fp = fingerprint();
+    f.insert("machine".into(), fp.identity().to_string());
+    f.insert("machine.hash".into(), fp.hash().to_string());
     f
+}
+
+/// This machine's fingerprint, read once per process.
+pub fn fingerprint() -> &'static crate::fingerprint::Fingerprint {
+    static FP: std::sync::OnceLock<crate::fingerprint::Fingerprint> = std::sync::OnceLock::new();
+    FP.get_or_init(crate::fingerprint::Fingerprint::detect)
 }
 
 /// The steps of `plan` that a resume reuses, given the keys an earlier attempt finished: cell
