@@ -1,24 +1,35 @@
-//! kitt's own engine simulator: an OpenAI-compatible HTTP server (`kitt sim`) that suites run on
-//! when no real engine is at hand, and that kitt's tests measure the client against.
+//! kitt's own engine simulator (`kitt sim`): an HTTP server that speaks the wire formats of the
+//! engines kitt tests — vLLM's OpenAI-compatible API (`--api openai`), text-generation-inference's
+//! (`--api tgi`) and Ollama's (`--api ollama`) — so that suites run when no real engine is at hand,
+//! and kitt's tests measure its client against byte-faithful answers.
 //!
-//! Owns the wire formats of the engines it imitates (vLLM's `/v1/completions`, `/v1/chat/completions`,
-//! `/tokenize`, `/health`, `/version`, `/v1/models`) and nothing else: it never reads a manifest or
-//! writes a run directory. Its answers depend only on `(seed, request body bytes)`, never on arrival
-//! order or time (DESIGN "Decisions" 7), so runs on the sim are comparable apart from timings.
+//! Owns those wire formats (one module per API: `openai`, `tgi`, `ollama`), the reading of a real
+//! engine's command line (`mimic`, so the sim can be a container image's program and kitt's built-in
+//! templates run through Docker with their real args), and the counters behind `/metrics`
+//! (`metrics`); nothing else: it never reads a manifest or writes a run directory. Its answers depend
+//! only on `(seed, request body bytes)` — and, for Ollama, on whether the model was pulled — never on
+//! arrival order or time (DESIGN "Decisions" 7), so runs on the sim are comparable apart from timings.
 //!
 //! The knobs exist so that the client's fallback paths run (DESIGN "Traps that make a toy"): several
-//! tokens per chunk (`--tokens-per-chunk`) and no `usage` (`--no-usage`) force the client to count
-//! tokens itself; `--reasoning-tokens` sends reasoning deltas that must not count as the first content
-//! token; `--error-rate` fails a deterministic share of requests; `--server-version` lets a test change
-//! the reported engine version between runs. With zero delays the sim never sleeps, so the client's own
-//! overhead can be measured against it. `--tls-cert`/`--tls-key` and `--require-header` make it look
-//! like a protected deployment, for kitt's endpoint mode (`access`).
+//! tokens per write (`--tokens-per-chunk`) and no engine counts (`--usage false`) force the client to
+//! count tokens itself; `--reasoning-tokens` sends reasoning deltas that must not count as the first
+//! content token; `--error-rate` fails a deterministic share of requests; `--server-version` lets a
+//! test change the reported engine version between runs. With zero delays the sim never sleeps, so the
+//! client's own overhead can be measured against it. `--tls-cert`/`--tls-key` and `--require-header`
+//! make it look like a protected deployment, for kitt's endpoint mode (`access`).
 
 mod access;
 mod generation;
+mod metrics;
+mod mimic;
+mod ollama;
+mod openai;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tgi;
+#[cfg(test)]
+mod wire_tests;
 
 use std::convert::Infallible;
 use std::fs::File;
@@ -43,57 +54,96 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use access::RequiredHeader;
-use generation::Endpoint;
-use stream::{EventStream, Pacing, SimBody};
+use generation::Generation;
+use metrics::Counters;
+pub use mimic::{Mimic, MimicError, Served, resolve};
+use stream::{EventStream, Pacing, SimBody, Wire};
 
 /// The API flavour the simulator speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SimApi {
-    /// OpenAI-compatible, as vLLM and llama.cpp serve it.
+    /// OpenAI-compatible, as vLLM serves it (and llama.cpp, near enough).
     Openai,
+    /// Hugging Face text-generation-inference: `/generate`, `/generate_stream`, `/info`, and its
+    /// OpenAI-compatible chat.
+    Tgi,
+    /// Ollama: `/api/generate`, `/api/chat` (NDJSON), `/api/pull`, `/api/tags`.
+    Ollama,
+}
+
+impl SimApi {
+    pub fn name(self) -> &'static str {
+        match self {
+            SimApi::Openai => "openai",
+            SimApi::Tgi => "tgi",
+            SimApi::Ollama => "ollama",
+        }
+    }
 }
 
 /// `kitt sim`: run the engine simulator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
-    /// API flavour to speak.
-    #[arg(long, value_enum, default_value = "openai")]
-    pub api: SimApi,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on; 0 picks any free port.
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-    /// The served model name.
-    #[arg(long, default_value = "sim")]
-    pub model: String,
+    /// API flavour to speak [default: openai; with --mimic, the engine's].
+    #[arg(long, value_enum)]
+    pub api: Option<SimApi>,
+    /// Imitate this engine's command line: the arguments after `--` are the engine's own (its
+    /// container args), read for where to listen and what to call the model; the rest are ignored.
+    /// Ollama reads `OLLAMA_HOST` from the environment.
+    #[arg(long, value_enum)]
+    pub mimic: Option<Mimic>,
+    /// With --mimic: the engine's own arguments, after `--`.
+    #[arg(last = true, value_name = "ENGINE_ARGS", requires = "mimic")]
+    pub engine_args: Vec<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, conflicts_with = "mimic")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks any free port [default: 8000].
+    #[arg(long, conflicts_with = "mimic")]
+    pub port: Option<u16>,
+    /// The served model name [default: sim]; with --api ollama, a model that is pulled from the start.
+    #[arg(long, conflicts_with = "mimic")]
+    pub model: Option<String>,
+    /// --api ollama: models that are pulled from the start (comma-separated, repeatable).
+    #[arg(long, env = "KITT_SIM_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Context length reported by `/tokenize` and `/v1/models` (vLLM) and `/info` (TGI's
+    /// `max_total_tokens`); TGI also refuses prompts that do not fit it.
+    #[arg(long, default_value_t = 4096)]
+    pub max_model_len: u32,
     /// Delay before the first token, in milliseconds.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KITT_SIM_TTFT_MS", default_value_t = 0.0)]
     pub ttft_ms: f64,
     /// Delay per token after the first chunk, in milliseconds (a chunk of k tokens waits k × itl).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KITT_SIM_ITL_MS", default_value_t = 0.0)]
     pub itl_ms: f64,
-    /// Tokens per streamed event (the last event may carry fewer).
-    #[arg(long, default_value_t = 1)]
+    /// Tokens per network write (the last may carry fewer). TGI still sends one event per token.
+    #[arg(long, env = "KITT_SIM_TOKENS_PER_CHUNK", default_value_t = 1)]
     pub tokens_per_chunk: u32,
-    /// Answer length when the request gives no `max_tokens`.
+    /// Answer length when the request gives no limit (`max_tokens`, `max_new_tokens`, `num_predict`).
     #[arg(long, default_value_t = 128)]
     pub output_tokens: u32,
-    /// Share of requests answered with HTTP 500, chosen deterministically from the request hash.
+    /// Run every answer to its token limit, as if each request set `ignore_eos`. Without it, an
+    /// answer whose request does not set `ignore_eos` (TGI and Ollama have no such field) may stop
+    /// early at a drawn end-of-sequence, as a real model does.
+    #[arg(long, env = "KITT_SIM_IGNORE_EOS")]
+    pub ignore_eos: bool,
+    /// Share of requests answered with a failure, chosen deterministically from the request hash.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
-    /// Reasoning-first mode: this many reasoning tokens before the content.
+    /// Reasoning-first mode: this many reasoning tokens before the content (OpenAI
+    /// `reasoning_content`, Ollama `thinking`; TGI has none).
     #[arg(long, default_value_t = 0)]
     pub reasoning_tokens: u32,
-    /// Send `usage` when a request asks for it; `--usage false` never sends it (forces clients
-    /// onto their fallback token counts).
+    /// Send the engine's own token counts (OpenAI `usage` when asked, TGI `details`, Ollama
+    /// `eval_count`); `--usage false` never sends them (forces clients onto their fallback counts).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub usage: bool,
     /// Seed mixed into every request hash.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Version reported by `GET /version` and the `server` response header.
+    /// Version reported by `GET /version` (TGI: `/info`, Ollama: `/api/version`) and the `server`
+    /// response header.
     #[arg(long, env = "KITT_SIM_VERSION", default_value = "kitt-sim 0.1.0")]
     pub server_version: String,
     /// Append one JSON line per request received to this file.
@@ -116,9 +166,16 @@ const MAX_BODY: usize = 64 << 20;
 /// How long in-flight answers may run on after shutdown before their connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Binds the listener `args` names; bind port 0 and read `local_addr` to learn the port.
+/// Binds the listener `args` names (with `--mimic`, the engine's argv and the process environment
+/// name it); bind port 0 and read `local_addr` to learn the port.
 pub async fn bind(args: &SimArgs) -> io::Result<TcpListener> {
-    TcpListener::bind((args.host.as_str(), args.port)).await
+    let served = served(args)?;
+    TcpListener::bind((served.host.as_str(), served.port)).await
+}
+
+/// [`resolve`] against the process environment, as an I/O error for the binary's one error path.
+fn served(args: &SimArgs) -> io::Result<Served> {
+    resolve(args, &|name| std::env::var(name).ok()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// Binds and serves until `shutdown` resolves.
@@ -135,7 +192,12 @@ pub async fn serve_on(
 ) -> io::Result<()> {
     let sim = Arc::new(Sim::new(args)?);
     let scheme = if sim.tls.is_some() { "https" } else { "http" };
-    tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
+    let api = sim.served.api.name();
+    tracing::info!("listening on {scheme}://{} ({api} API)", listener.local_addr()?);
+    if let (Some(mimic), false) = (sim.args.mimic, sim.served.ignored.is_empty()) {
+        // Once, at startup: the engine flags that mean nothing to a simulator.
+        tracing::warn!("imitating {}: ignoring {}", mimic.name(), sim.served.ignored.join(", "));
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -202,15 +264,21 @@ where
     }
 }
 
-/// The server's configuration, checked once, plus the request log.
+/// The server's configuration, checked once, plus what it has served.
 struct Sim {
     args: SimArgs,
-    /// The model name as a JSON string, spliced into every streamed chunk.
+    served: Served,
+    /// The first model name as a JSON string, spliced into streamed chunks.
     model_json: String,
     server: HeaderValue,
     log: Option<Mutex<RequestLog>>,
     /// Present when serving HTTPS.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    counters: Arc<Counters>,
+    /// Ollama: the models pulled so far, oldest first.
+    pulled: Mutex<Vec<ollama::Pulled>>,
+    /// Wall clock at startup, in seconds (labels such as vLLM's `created`).
+    started_secs: u64,
 }
 
 struct RequestLog {
@@ -232,6 +300,7 @@ impl Sim {
         if args.tokens_per_chunk == 0 {
             return Err(invalid("--tokens-per-chunk must be at least 1".into()));
         }
+        let served = served(&args)?;
         let server = HeaderValue::from_str(&args.server_version)
             .map_err(|_| invalid(format!("--server-version {:?} is not a valid header value", args.server_version)))?;
         let log = match &args.request_log {
@@ -242,8 +311,29 @@ impl Sim {
             }
         };
         let tls = access::acceptor(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
-        let model_json = Value::from(args.model.as_str()).to_string();
-        Ok(Sim { args, model_json, server, log, tls })
+        let model_json = Value::from(served.models.first().map_or("", String::as_str)).to_string();
+        let pulled = Mutex::new(if served.api == SimApi::Ollama { ollama::seed(&served.models) } else { Vec::new() });
+        Ok(Sim {
+            args,
+            served,
+            model_json,
+            server,
+            log,
+            tls,
+            counters: Arc::default(),
+            pulled,
+            started_secs: unix_secs(),
+        })
+    }
+
+    /// The model name answers carry (OpenAI and TGI always serve at least one).
+    fn model(&self) -> &str {
+        self.served.models.first().map_or("", String::as_str)
+    }
+
+    /// Wall clock now, in seconds: a label (`created`), never a measurement.
+    fn now_secs(&self) -> u64 {
+        unix_secs()
     }
 
     fn record(&self, method: &Method, path: &str, body: &[u8]) {
@@ -263,53 +353,52 @@ impl Sim {
     }
 
     async fn route(&self, method: &Method, path: &str, body: &[u8], start: Instant) -> Response<SimBody> {
-        match (method, path) {
-            (&Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
-            (&Method::GET, "/version") => json_response(StatusCode::OK, json!({"version": self.args.server_version})),
-            (&Method::GET, "/v1/models") => json_response(
-                StatusCode::OK,
-                json!({"object": "list", "data": [
-                    {"id": self.args.model, "object": "model", "created": 0, "owned_by": "kitt-sim"}
-                ]}),
-            ),
-            (&Method::POST, "/tokenize") => match generation::tokenize(body) {
-                Ok(tokens) => json_response(StatusCode::OK, tokens),
-                Err(message) => error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message),
-            },
-            (&Method::POST, "/v1/completions") => self.generate(Endpoint::Completions, body, start).await,
-            (&Method::POST, "/v1/chat/completions") => self.generate(Endpoint::Chat, body, start).await,
-            (_, "/health" | "/version" | "/v1/models" | "/tokenize" | "/v1/completions" | "/v1/chat/completions") => {
-                let message = format!("method {method} is not allowed on {path}");
-                error_response(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", &message)
-            }
-            _ => error_response(StatusCode::NOT_FOUND, "not_found_error", &format!("no route for {method} {path}")),
+        match self.served.api {
+            SimApi::Openai => openai::route(self, method, path, body, start).await,
+            SimApi::Tgi => tgi::route(self, method, path, body, start).await,
+            SimApi::Ollama => ollama::route(self, method, path, body, start).await,
         }
     }
 
-    async fn generate(&self, endpoint: Endpoint, body: &[u8], start: Instant) -> Response<SimBody> {
-        let generation = match generation::plan(endpoint, body, &self.args) {
-            Ok(generation) => generation,
-            Err(message) => {
-                return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
-            }
-        };
-        if generation.fails {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "simulated failure");
-        }
-        // Wall clock only labels the answer (`created`); timing uses the monotonic `start`.
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let pacing = Pacing::new(start, self.args.ttft_ms, self.args.itl_ms);
-        if generation.stream {
-            let events = EventStream::new(generation, &self.model_json, created, self.args.tokens_per_chunk, pacing);
-            return response(StatusCode::OK, "text/event-stream", SimBody::Events(Box::new(events)));
-        }
-        if let Some(pacing) = pacing {
-            // The whole answer is due when its last streamed event would have been.
+    fn pacing(&self, start: Instant) -> Option<Pacing> {
+        Pacing::new(start, self.args.ttft_ms, self.args.itl_ms)
+    }
+
+    /// Admits `generation` and streams it as `wire` writes it.
+    fn stream(
+        &self,
+        generation: Generation,
+        wire: Box<dyn Wire>,
+        content_type: &'static str,
+        start: Instant,
+    ) -> Response<SimBody> {
+        let flight = self.counters.admit(generation.prompt_tokens);
+        let events = EventStream::new(generation, wire, self.args.tokens_per_chunk, self.pacing(start), flight);
+        response(StatusCode::OK, content_type, SimBody::Events(Box::new(events)))
+    }
+
+    /// Admits `generation` and waits until the whole answer is due: when its last streamed event
+    /// would have been.
+    async fn settle(&self, generation: Generation, start: Instant) -> Generation {
+        let mut flight = self.counters.admit(generation.prompt_tokens);
+        if let Some(pacing) = self.pacing(start) {
             let first = generation.first_event(self.args.tokens_per_chunk);
             tokio::time::sleep_until(pacing.deadline(generation.total, first)).await;
         }
-        json_response(StatusCode::OK, generation.response(&self.args.model, created))
+        flight.sent(generation.total);
+        flight.finish(generation.length, generation.total);
+        generation
     }
+
+    /// When the first token of `generation` was due (now, without delays).
+    fn first_token_due(&self, generation: &Generation, start: Instant) -> Instant {
+        let first = generation.first_event(self.args.tokens_per_chunk);
+        self.pacing(start).map_or_else(Instant::now, |pacing| pacing.deadline(first, first).min(Instant::now()))
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
@@ -341,12 +430,20 @@ fn response(status: StatusCode, content_type: &'static str, body: SimBody) -> Re
 }
 
 fn json_response(status: StatusCode, value: Value) -> Response<SimBody> {
-    let body = SimBody::Full(Some(Bytes::from(value.to_string())));
-    response(status, "application/json", body)
+    text_response(status, "application/json", value.to_string())
 }
 
-/// OpenAI's error object.
+fn text_response(status: StatusCode, content_type: &'static str, text: String) -> Response<SimBody> {
+    response(status, content_type, SimBody::Full(Some(Bytes::from(text))))
+}
+
+/// OpenAI's error object (also the sim's own refusals, such as a missing required header).
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<SimBody> {
     let error = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
     json_response(status, error)
+}
+
+fn not_allowed(method: &Method, path: &str) -> Response<SimBody> {
+    let message = format!("method {method} is not allowed on {path}");
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", &message)
 }

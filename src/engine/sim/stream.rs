@@ -1,12 +1,14 @@
-//! The simulator's response bodies: a whole JSON document, or an SSE stream paced by deadlines.
+//! The simulator's response bodies: a whole document, or a stream of events paced by deadlines.
 //!
 //! The stream is a hand-written [`Body`] state machine rather than a task feeding a channel: with zero
 //! delays it formats each event straight into the connection's write path, which keeps the sim cheap
 //! enough to measure a client's own overhead against. Every event's send time is an absolute deadline
 //! from the request's start, so timer slack never accumulates across a long answer.
+//!
+//! What the bytes of a write look like (SSE chunks, TGI token events, Ollama NDJSON lines) is a
+//! [`Wire`]'s business; this module owns only when each write is due and how many tokens it carries.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -15,7 +17,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::generation::{Endpoint, Generation};
+use super::generation::Generation;
+use super::metrics::Flight;
 
 /// When a request's tokens are due: the first event `ttft` after `start`, then `itl` per later token.
 #[derive(Debug, Clone, Copy)]
@@ -40,61 +43,56 @@ impl Pacing {
     }
 }
 
+/// How one API writes a streamed answer.
+pub(super) trait Wire: Send {
+    /// Appends the bytes of the write that carries tokens `from..to` of `generation`; when `to` is
+    /// `generation.total` this write ends the answer and carries whatever the API sends last.
+    fn write(&mut self, generation: &Generation, from: u32, to: u32, out: &mut String);
+}
+
 pub(super) enum SimBody {
     Full(Option<Bytes>),
     Events(Box<EventStream>),
 }
 
-/// The SSE answer of one streaming request, one `poll_frame` per token event.
+/// The streamed answer of one request, one `poll_frame` per network write.
 pub(super) struct EventStream {
     generation: Generation,
-    /// `{"id":…,"object":…,"created":…,"model":…,` shared by every chunk of this answer.
-    head: String,
+    wire: Box<dyn Wire>,
     tokens_per_chunk: u32,
     /// Tokens in the first event: later events are due `itl` per token after it.
     first: u32,
     sent: u32,
     pacing: Option<Pacing>,
     sleep: Option<Pin<Box<Sleep>>>,
+    flight: Flight,
 }
 
 impl EventStream {
     pub fn new(
         generation: Generation,
-        model_json: &str,
-        created: u64,
+        wire: Box<dyn Wire>,
         tokens_per_chunk: u32,
         pacing: Option<Pacing>,
+        flight: Flight,
     ) -> Self {
-        let object = match generation.endpoint {
-            Endpoint::Completions => "text_completion",
-            Endpoint::Chat => "chat.completion.chunk",
-        };
-        let head =
-            format!(r#"{{"id":"{}","object":"{object}","created":{created},"model":{model_json},"#, generation.id());
         EventStream {
             first: generation.first_event(tokens_per_chunk),
             generation,
-            head,
+            wire,
             tokens_per_chunk,
             sent: 0,
             pacing,
             sleep: None,
+            flight,
         }
-    }
-
-    /// Size of the next event: events never mix reasoning and content tokens.
-    fn next_size(&self) -> u32 {
-        let phase_end =
-            if self.sent < self.generation.reasoning { self.generation.reasoning } else { self.generation.total };
-        self.tokens_per_chunk.min(phase_end - self.sent)
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.sent >= self.generation.total {
             return Poll::Ready(None);
         }
-        let size = self.next_size();
+        let size = self.generation.event_size(self.sent, self.tokens_per_chunk);
         if let Some(pacing) = &self.pacing {
             let deadline = pacing.deadline(self.sent + size, self.first);
             if Instant::now() < deadline {
@@ -105,56 +103,15 @@ impl EventStream {
                 ready!(sleep.as_mut().poll(cx));
             }
         }
-        let event = self.format_event(size);
+        let mut out = String::with_capacity(256 + 16 * size as usize);
+        self.wire.write(&self.generation, self.sent, self.sent + size, &mut out);
         self.sent += size;
-        Poll::Ready(Some(Bytes::from(event)))
-    }
-
-    /// One token event; the first also carries chat's role chunk, the last the usage chunk and `[DONE]`
-    /// (the same bytes a real server sends, in fewer writes).
-    fn format_event(&self, size: u32) -> String {
-        let generation = &self.generation;
-        let chat = generation.endpoint == Endpoint::Chat;
-        let mut out = String::with_capacity(2 * self.head.len() + 160 + 8 * size as usize);
-        if chat && self.sent == 0 {
-            out.push_str("data: ");
-            out.push_str(&self.head);
-            out.push_str(r#""choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#);
-            out.push_str("\n\n");
+        self.flight.sent(size);
+        if self.sent == self.generation.total {
+            // Counted before the bytes leave, so a client that read the whole answer sees it counted.
+            self.flight.finish(self.generation.length, self.generation.total);
         }
-        let reasoning = self.sent < generation.reasoning;
-        out.push_str("data: ");
-        out.push_str(&self.head);
-        out.push_str(match (chat, reasoning) {
-            (false, false) => r#""choices":[{"index":0,"text":""#,
-            (false, true) => r#""choices":[{"index":0,"text":"","reasoning_content":""#,
-            (true, false) => r#""choices":[{"index":0,"delta":{"content":""#,
-            (true, true) => r#""choices":[{"index":0,"delta":{"reasoning_content":""#,
-        });
-        generation.push_tokens(&mut out, self.sent, self.sent + size);
-        out.push_str(if chat { r#""},"# } else { r#"","# });
-        out.push_str(r#""logprobs":null,"finish_reason":"#);
-        let last = self.sent + size == generation.total;
-        if !last {
-            out.push_str("null}]}\n\n");
-            return out;
-        }
-        out.push('"');
-        out.push_str(generation.finish_reason);
-        out.push_str("\"}]}\n\n");
-        if generation.stream_usage {
-            out.push_str("data: ");
-            out.push_str(&self.head);
-            let (prompt, completion) = (generation.prompt_tokens, generation.total);
-            let total = u64::from(prompt) + u64::from(completion);
-            let _ = write!(
-                out,
-                r#""choices":[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}}}}"#
-            ); // writing to a String cannot fail
-            out.push_str("\n\n");
-        }
-        out.push_str("data: [DONE]\n\n");
-        out
+        Poll::Ready(Some(Bytes::from(out)))
     }
 }
 

@@ -8,13 +8,13 @@ use tokio::time::Instant;
 use super::*;
 
 #[derive(Parser)]
-struct Cli {
+pub(super) struct Cli {
     #[command(flatten)]
-    sim: SimArgs,
+    pub(super) sim: SimArgs,
 }
 
 /// Starts a simulator on a free port with these `kitt sim` flags; returns its base URL.
-async fn start(flags: &[&str]) -> String {
+pub(super) async fn start(flags: &[&str]) -> String {
     crate::engine::client::crypto_provider(); // reqwest's test clients need the process-wide one
     let args = Cli::parse_from(["sim", "--port", "0"].iter().chain(flags)).sim;
     let listener = bind(&args).await.unwrap();
@@ -23,12 +23,12 @@ async fn start(flags: &[&str]) -> String {
     url
 }
 
-async fn post(url: &str, path: &str, body: &Value) -> reqwest::Response {
+pub(super) async fn post(url: &str, path: &str, body: &Value) -> reqwest::Response {
     let request = reqwest::Client::new().post(format!("{url}{path}"));
     request.header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
 }
 
-async fn json_of(response: reqwest::Response) -> Value {
+pub(super) async fn json_of(response: reqwest::Response) -> Value {
     serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
 }
 
@@ -190,6 +190,7 @@ async fn tokenize_counts_words_in_both_shapes() {
     let llama = json_of(post(&url, "/tokenize", &json!({"content": "a b  c\nd a"})).await).await;
     assert_eq!(vllm, llama);
     assert_eq!(vllm["count"], 5);
+    assert_eq!((&vllm["max_model_len"], &vllm["token_strs"]), (&json!(4096), &Value::Null));
     let tokens: Vec<u64> = vllm["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
     assert!(tokens[0] == tokens[4] && tokens[0] != tokens[1] && tokens.iter().all(|&t| t < 32_000));
 }
@@ -197,7 +198,8 @@ async fn tokenize_counts_words_in_both_shapes() {
 #[tokio::test]
 async fn non_streaming_answers_have_the_openai_shape() {
     let url = start(&["--server-version", "sim 9", "--model", "m"]).await;
-    let response = post(&url, "/v1/completions", &completion(7, json!({"ignore_eos": true, "stream": false}))).await;
+    let body = completion(7, json!({"model": "m", "ignore_eos": true, "stream": false}));
+    let response = post(&url, "/v1/completions", &body).await;
     assert_eq!(response.headers()["server"], "sim 9");
     assert_eq!(response.headers()["content-type"], "application/json");
     let mut answer = json_of(response).await;
@@ -205,7 +207,8 @@ async fn non_streaming_answers_have_the_openai_shape() {
     assert_eq!(words(&answer["choices"][0]["text"].take()), 7);
     assert_eq!(answer["object"], "text_completion");
     assert_eq!(answer["model"], "m");
-    assert_eq!(answer["choices"], json!([{"index": 0, "text": null, "logprobs": null, "finish_reason": "length"}]));
+    let choice = json!({"index": 0, "text": null, "logprobs": null, "finish_reason": "length", "stop_reason": null});
+    assert_eq!(answer["choices"], json!([choice]));
     assert_eq!(answer["usage"], json!({"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}));
 
     let chat = json!({"messages": [{"role": "system", "content": "be brief"},
@@ -223,9 +226,11 @@ async fn routes_and_request_errors() {
     let get = |path: &str| reqwest::get(format!("{url}{path}"));
     assert_eq!(json_of(get("/health").await.unwrap()).await, json!({"status": "ok"}));
     assert_eq!(json_of(get("/version").await.unwrap()).await, json!({"version": "v2"}));
-    let models =
-        json!({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "kitt-sim"}]});
-    assert_eq!(json_of(get("/v1/models").await.unwrap()).await, models);
+    let mut models = json_of(get("/v1/models").await.unwrap()).await;
+    assert!(models["data"][0]["created"].take().is_u64());
+    let card = json!({"id": "m", "object": "model", "created": null, "owned_by": "vllm", "root": "m", "parent": null,
+        "max_model_len": 4096});
+    assert_eq!(models, json!({"object": "list", "data": [card]}));
     let missing = get("/nope").await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(json_of(missing).await["error"]["code"], 404);
@@ -238,6 +243,12 @@ async fn routes_and_request_errors() {
     assert!(error["error"]["message"].as_str().unwrap().starts_with("invalid JSON body: EOF"), "{error}");
     let no_prompt = post(&url, "/v1/completions", &json!({"max_tokens": 3})).await;
     assert_eq!(json_of(no_prompt).await["error"]["message"], "`prompt` is required");
+    // vLLM refuses a model it does not serve.
+    let other = post(&url, "/v1/completions", &completion(3, json!({"model": "other"}))).await;
+    assert_eq!(other.status(), 404);
+    let error =
+        json!({"error": {"message": "The model `other` does not exist.", "type": "NotFoundError", "code": 404}});
+    assert_eq!(json_of(other).await, error);
 }
 
 #[tokio::test]
