@@ -121,6 +121,7 @@ fn open_loop(
             slo: None,
             warmup: None,
             cold_requests: None,
+            ramp: None,
         };
         let input = kitt::bench::load::LoadInput {
             client: kitt::engine::client::EngineClient::new(&url, Vec::new(), 256).unwrap(),

@@ -231,7 +231,8 @@ fn serial_docker_vllm_tgi_and_ollama_templates_run_their_real_arguments_against_
     for template in ["vllm", "tgi", "ollama"] {
         let image = sim_image(template);
         let env = Env::new();
-        let s = env.suite(&suite(template, &image, "", 10));
+        // TGI and Ollama have no `ignore_eos`: the simulator, like them, may stop early unless told not to.
+        let s = env.suite(&suite(template, &image, "      env: {KITT_SIM_IGNORE_EOS: \"true\"}", 10));
         let out = env.cmd().arg("apply").arg(&s).output().unwrap();
         assert!(out.status.success(), "{template}: {}", text(&out));
         let run = env.only_run();
@@ -241,6 +242,17 @@ fn serial_docker_vllm_tgi_and_ollama_templates_run_their_real_arguments_against_
         assert_eq!(c["metrics"]["requests"], 10, "{template}");
         assert_eq!(c["metrics"]["output_tokens"]["total"], 80, "{template}: every request gave max_tokens");
         assert!(c["provenance"]["facts"]["engine.version"].as_str().is_some_and(|v| !v.is_empty()), "{template}: {c}");
+        if template == "vllm" {
+            // The simulator's Prometheus counters are exact: the window's delta is the cell's.
+            let counters = &c["engine_metrics"]["counters"];
+            let generated = r#"vllm:generation_tokens_total{model_name="tiny-model",engine="0"}"#;
+            assert_eq!(counters[generated], 80.0, "{counters}");
+            assert_eq!(
+                counters[r#"vllm:request_success_total{model_name="tiny-model",engine="0",finished_reason="length"}"#],
+                10.0,
+                "{counters}"
+            );
+        }
         assert!(containers_of(&run_id(&run)).is_empty(), "{template}");
     }
 }

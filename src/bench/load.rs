@@ -126,16 +126,19 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     let duration = input.load.duration.as_ref().map(|d| d.0);
     let max_open = input.load.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY).max(1) as usize;
     // Open loop: every arrival time is known before the window opens.
-    let arrivals = match input.load.profile {
+    let arrivals = match &input.load.profile {
+        Profile::Stages(_) | Profile::Sweep { .. } => {
+            return Err(LoadError::Unsupported("`stages` and `sweep` run stage by stage (see `run_stages`)".into()));
+        }
         Profile::Synchronous | Profile::Concurrency(_) => None,
-        Profile::Constant(rate) => Some(arrivals::schedule(
+        &Profile::Constant(rate) => Some(arrivals::schedule(
             rate,
             arrivals::Spacing::Constant,
             input.seed,
             input.load.requests,
             duration.map(|d| d.as_nanos() as u64),
         )),
-        Profile::Poisson { rate, burstiness } => Some(arrivals::schedule(
+        &Profile::Poisson { rate, burstiness } => Some(arrivals::schedule(
             rate,
             arrivals::Spacing::Gamma(burstiness),
             input.seed,
@@ -146,7 +149,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     let workers = match input.load.profile {
         Profile::Synchronous => 1,
         Profile::Concurrency(n) => n.max(1) as usize,
-        Profile::Constant(_) | Profile::Poisson { .. } => max_open,
+        Profile::Constant(_) | Profile::Poisson { .. } | Profile::Stages(_) | Profile::Sweep { .. } => max_open,
     };
     let PromptSpec::Synthetic { input_tokens: length } = input.load.prompt;
     let input_tokens = length.nominal();
@@ -187,8 +190,18 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers).await?,
         None => {
             let mut set = JoinSet::new();
-            for _ in 0..workers {
-                set.spawn(worker(Arc::clone(&shared), input.load.requests, workers));
+            let ramp = input.load.ramp.map(|r| r.0).unwrap_or_default();
+            for w in 0..workers {
+                // A ramp starts worker `w` at `w/workers` of it (absolute times, like arrivals).
+                let start = origin + ramp.mul_f64(w as f64 / workers as f64);
+                let shared = Arc::clone(&shared);
+                let limit = input.load.requests;
+                set.spawn(async move {
+                    if start > Instant::now() {
+                        wait_until(start).await;
+                    }
+                    worker(shared, limit, workers).await
+                });
             }
             let mut records = Vec::new();
             while let Some(joined) = set.join_next().await {

@@ -551,7 +551,12 @@ mod tests {
             record(2, 0, &[10, 20], 20),
         ];
         let mut o = outcome(records, 100);
-        o.slo = Some(crate::manifest::load::Slo { ttft_ms: Some(15.0), tpot_ms: None, e2e_ms: Some(50.0) });
+        o.slo = Some(crate::manifest::load::Slo {
+            ttft_ms: Some(15.0),
+            tpot_ms: None,
+            e2e_ms: Some(50.0),
+            attainment: None,
+        });
         o.expected_output_tokens = Some(4);
         let m = summarize(&o);
         let g = m.goodput.unwrap();
@@ -560,7 +565,8 @@ mod tests {
         assert_eq!(m.stopped_early, Some(1), "request 2 generated 2 of 4 tokens");
         // 3 × 10 input tokens over 3 × 10 ms of TTFT.
         assert!((m.prefill_throughput.unwrap() - 1000.0).abs() < 1e-6);
-        let tpot_slo = crate::manifest::load::Slo { ttft_ms: None, tpot_ms: Some(10.0), e2e_ms: None };
+        let tpot_slo =
+            crate::manifest::load::Slo { ttft_ms: None, tpot_ms: Some(10.0), e2e_ms: None, attainment: None };
         o.slo = Some(tpot_slo);
         // TPOT: (40−10)/3 = 10, (100−10)/3 = 30, (20−10)/1 = 10.
         assert_eq!(summarize(&o).goodput.unwrap().requests, 2);

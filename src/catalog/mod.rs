@@ -35,6 +35,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/benchmarks/throughput.yaml",
     "suites/benchmarks/latency.yaml",
     "suites/benchmarks/rate.yaml",
+    "suites/benchmarks/sweep.yaml",
     "suites/benchmarks/warmup_analysis.yaml",
     "reporters/json.yaml",
     "reporters/csv.yaml",

@@ -43,6 +43,9 @@ pub struct LoadSpec {
     /// Compare the first `cold` requests with the rest (warmup analysis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_requests: Option<u64>,
+    /// Closed loops: start the workers one by one, evenly over this long, instead of all at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Dur>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema, Default)]
@@ -76,13 +79,25 @@ pub struct Slo {
     pub tpot_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e_ms: Option<f64>,
+    /// `sweep`: the least share of requests that must meet every SLO for a rate to count as
+    /// sustained (default 0.9); the sweep stops at the first rate below it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attainment: Option<f64>,
 }
 
 impl Decode for Slo {
     fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
         let mut f = Fields::open(node, cx, "`slo`")?;
-        let slo = Slo { ttft_ms: f.opt(cx, "ttft_ms"), tpot_ms: f.opt(cx, "tpot_ms"), e2e_ms: f.opt(cx, "e2e_ms") };
+        let slo = Slo {
+            ttft_ms: f.opt(cx, "ttft_ms"),
+            tpot_ms: f.opt(cx, "tpot_ms"),
+            e2e_ms: f.opt(cx, "e2e_ms"),
+            attainment: f.opt(cx, "attainment"),
+        };
         f.finish(cx);
+        if let Some(a) = slo.attainment.filter(|a| !(0.0..=1.0).contains(a)) {
+            cx.error(Diagnostic::new(node.pos, format!("`attainment` is a share between 0 and 1, not {a}")));
+        }
         Some(slo)
     }
 }
@@ -104,11 +119,19 @@ impl Decode for LoadSpec {
         let slo = f.opt(cx, "slo");
         let warmup = f.opt(cx, "warmup");
         let cold_requests = f.opt(cx, "cold_requests");
+        let ramp: Option<Dur> = f.opt(cx, "ramp");
         f.finish(cx);
+        let staged = matches!(profile, Some(Profile::Stages(_)));
+        if ramp.is_some() && !matches!(profile, Some(Profile::Concurrency(_) | Profile::Stages(_)) | None) {
+            cx.error(Diagnostic::new(
+                node.pos,
+                format!("{what}: `ramp` applies to `concurrency` profiles (and `concurrency` stages) only"),
+            ));
+        }
         if max_concurrency == Some(0) {
             cx.error(Diagnostic::new(node.pos, format!("{what}: `max_concurrency` must be at least 1")));
         }
-        if requests.is_none() && duration.is_none() {
+        if requests.is_none() && duration.is_none() && !staged {
             cx.error(
                 Diagnostic::new(node.pos, format!("{what}: no stop condition"))
                     .help("set `requests:` (a count), `duration:` (e.g. `30s`), or both"),
@@ -128,6 +151,7 @@ impl Decode for LoadSpec {
             slo,
             warmup,
             cold_requests,
+            ramp,
         })
     }
 }
@@ -154,6 +178,50 @@ pub enum Profile {
     /// Open loop with gamma-distributed gaps at a mean rate: `burstiness` is the gamma shape
     /// (1 = Poisson, below 1 burstier, above 1 more regular).
     Poisson { rate: f64, burstiness: f64 },
+    /// One profile after another, each with its own stop; each stage is reported on its own.
+    Stages(Vec<Stage>),
+    /// Synchronous, then maximum throughput (a closed loop at `max_concurrency`), then `rates`
+    /// constant rates evenly between the two measured throughputs; every stage stops on the
+    /// benchmark's `requests`/`duration`. The sweep stops early at the first rate whose error rate
+    /// exceeds the budget or whose requests meet the SLOs less often than `slo.attainment`.
+    Sweep { rates: u32 },
+}
+
+/// One stage of a `stages` profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    pub profile: Profile,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+}
+
+impl Decode for Stage {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let mut f = Fields::open(node, cx, what)?;
+        let profile: Option<Profile> = f.req(cx, "profile");
+        let requests: Option<u64> = f.opt(cx, "requests");
+        let duration: Option<Dur> = f.opt(cx, "duration");
+        f.finish(cx);
+        if requests.is_none() && duration.is_none() {
+            cx.error(
+                Diagnostic::new(node.pos, format!("{what}: no stop condition"))
+                    .help("give each stage `requests:`, `duration:`, or both"),
+            );
+        }
+        if requests == Some(0) {
+            cx.error(Diagnostic::new(node.pos, format!("{what}: `requests` must be at least 1")));
+        }
+        if matches!(profile, Some(Profile::Stages(_) | Profile::Sweep { .. })) {
+            cx.error(Diagnostic::new(
+                node.pos,
+                format!("{what}: a stage is a single profile, not `stages` or `sweep`"),
+            ));
+            return None;
+        }
+        Some(Stage { profile: profile?, requests, duration })
+    }
 }
 
 impl Profile {
@@ -162,6 +230,7 @@ impl Profile {
         match self {
             Profile::Synchronous => Some(1),
             Profile::Concurrency(n) => Some(*n),
+            Profile::Stages(stages) => stages.iter().map(|s| s.profile.max_in_flight()).sum(),
             _ => None,
         }
     }
@@ -173,7 +242,7 @@ impl JsonSchema for Profile {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "`synchronous`, `{concurrency: N}`, `{constant: RATE}`, `{poisson: RATE}` or `{poisson: {rate: RATE, burstiness: SHAPE}}` (requests per second).",
+            "description": "`synchronous`, `{concurrency: N}`, `{constant: RATE}`, `{poisson: RATE}`, `{poisson: {rate: RATE, burstiness: SHAPE}}` (requests per second), `{stages: [{profile: P, requests: N, duration: D}, ...]}` or `{sweep: {rates: K}}`.",
             "oneOf": [
                 {"const": "synchronous"},
                 {"type": "object", "properties": {"concurrency": {"type": ["integer", "string"], "minimum": 1}}, "required": ["concurrency"], "additionalProperties": false},
@@ -181,7 +250,13 @@ impl JsonSchema for Profile {
                 {"type": "object", "properties": {"poisson": {"anyOf": [
                     {"type": ["number", "string"], "exclusiveMinimum": 0},
                     {"type": "object", "properties": {"rate": {"type": ["number", "string"]}, "burstiness": {"type": ["number", "string"]}}, "required": ["rate"], "additionalProperties": false}
-                ]}}, "required": ["poisson"], "additionalProperties": false}
+                ]}}, "required": ["poisson"], "additionalProperties": false},
+                {"type": "object", "properties": {"stages": {"type": "array", "minItems": 1, "items": {
+                    "type": "object",
+                    "properties": {"profile": {"$ref": "#/$defs/Profile"}, "requests": {"type": ["integer", "string"], "minimum": 1}, "duration": {"type": "string"}},
+                    "required": ["profile"], "additionalProperties": false
+                }}}, "required": ["stages"], "additionalProperties": false},
+                {"type": "object", "properties": {"sweep": {"type": "object", "properties": {"rates": {"type": ["integer", "string"], "minimum": 1}}, "required": ["rates"], "additionalProperties": false}}, "required": ["sweep"], "additionalProperties": false}
             ]
         })
     }
@@ -234,12 +309,32 @@ impl Decode for Profile {
                         }
                         _ => Some(Profile::Poisson { rate: rate(value, cx)?, burstiness: 1.0 }),
                     },
+                    "stages" => {
+                        let stages: Vec<Stage> = Vec::decode(value, cx, "stage")?;
+                        if stages.is_empty() {
+                            cx.error(Diagnostic::new(value.pos, "`stages` needs at least one stage"));
+                            return None;
+                        }
+                        Some(Profile::Stages(stages))
+                    }
+                    "sweep" => {
+                        let mut f = Fields::open(value, cx, "`sweep`")?;
+                        let rates: Option<u32> = f.req(cx, "rates");
+                        f.finish(cx);
+                        let rates = rates?;
+                        if rates == 0 {
+                            cx.error(Diagnostic::new(value.pos, "`sweep` needs `rates` of at least 1"));
+                            return None;
+                        }
+                        Some(Profile::Sweep { rates })
+                    }
                     other => {
-                        cx.error(
-                            Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`")).help(
-                                crate::manifest::diag::unknown_help(other, ["concurrency", "constant", "poisson"]),
+                        cx.error(Diagnostic::new(key.pos, format!("{what}: unknown profile `{other}`")).help(
+                            crate::manifest::diag::unknown_help(
+                                other,
+                                ["concurrency", "constant", "poisson", "stages", "sweep"],
                             ),
-                        );
+                        ));
                         None
                     }
                 }

@@ -55,7 +55,7 @@ pub fn generate(kind: Kind, catalog: &Catalog) -> String {
     }
     if kind == Kind::Benchmark {
         // `load` is a template tree: any scalar may be a `{{…}}` string rendered per cell.
-        for def in ["LoadSpec", "PromptSpec"] {
+        for def in ["LoadSpec", "PromptSpec", "Slo", "LoadWarmup"] {
             if let Some(d) = schema.get_mut("$defs").and_then(|d| d.get_mut(def)) {
                 templatable(d);
             }

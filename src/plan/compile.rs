@@ -182,11 +182,20 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             if let Some(origin) = self.catalog.origin_of(kind, name) {
-                templates.push(TemplateRef {
-                    kind: kind.name().to_string(),
-                    name: name.clone(),
-                    origin: origin.to_string(),
-                });
+                // A suite-local file, shown the way the suite file was named (not absolute).
+                let origin = match origin {
+                    crate::catalog::Origin::Local { file, overrides } => {
+                        let dir = suite_dir(&self.suite.file);
+                        let shown = match (file.strip_prefix(&dir), self.suite.file.parent()) {
+                            (Ok(rel), Some(parent)) => parent.join(rel),
+                            _ => file.clone(),
+                        };
+                        let o = crate::catalog::Origin::Local { file: shown, overrides: *overrides };
+                        o.to_string()
+                    }
+                    builtin => builtin.to_string(),
+                };
+                templates.push(TemplateRef { kind: kind.name().to_string(), name: name.clone(), origin });
             }
         }
         let file = self.suite.file.clone();

@@ -484,6 +484,75 @@ impl RunExecutor {
         })
     }
 
+    /// A benchmark's load: one measurement, or stage after stage for `stages` and `sweep`
+    /// (then the records of every stage, re-indexed in order, and each stage's own metrics).
+    async fn run_load(
+        &self,
+        gi: usize,
+        m: Measurement<'_>,
+        cancel: &Cancel,
+    ) -> Result<(load::LoadOutcome, Option<Vec<Json>>), StepError> {
+        if !matches!(m.spec.profile, Profile::Stages(_) | Profile::Sweep { .. }) {
+            return Ok((self.measure(gi, m, cancel).await?, None));
+        }
+        let Measurement { call, spec, label, expected_output_tokens, seed } = m;
+        let mut stages: Vec<Json> = Vec::new();
+        let mut throughputs: Vec<f64> = Vec::new();
+        let mut merged: Option<load::LoadOutcome> = None;
+        for i in 0.. {
+            let Some((name, profile, requests, duration)) = next_stage(spec, i, &throughputs) else { break };
+            let sub = LoadSpec {
+                profile: profile.clone(),
+                requests,
+                duration,
+                // The benchmark's warmup warms the engine once, before the first stage.
+                warmup: if i == 0 { spec.warmup.clone() } else { None },
+                ramp: if matches!(profile, Profile::Concurrency(_)) { spec.ramp } else { None },
+                ..spec.clone()
+            };
+            let stage_m = Measurement {
+                call,
+                spec: &sub,
+                label: format!("{label} · {name}"),
+                expected_output_tokens,
+                // Each stage sends prompts of its own.
+                seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            };
+            let outcome = self.measure(gi, stage_m, cancel).await?;
+            let sm = metrics::summarize(&outcome);
+            throughputs.push(sm.request_throughput);
+            let sustained = stage_sustained(spec, &sm, self.plan.execution.max_error_rate);
+            stages.push(json!({"stage": i, "name": name, "profile": profile, "metrics": sm}));
+            merged = Some(match merged.take() {
+                None => outcome,
+                Some(mut all) => {
+                    let offset = all.records.len() as u64;
+                    all.records.extend(outcome.records.into_iter().map(|mut r| {
+                        r.index += offset;
+                        r
+                    }));
+                    all.window_ns += outcome.window_ns;
+                    all.prompts_exact &= outcome.prompts_exact;
+                    all.warmup_requests += outcome.warmup_requests;
+                    all
+                }
+            });
+            // A sweep stops at the first rate it cannot sustain; the remaining rates are noted.
+            if let (Profile::Sweep { rates }, Err(why)) = (&spec.profile, sustained)
+                && i >= 2
+            {
+                let left = (*rates as usize + 2).saturating_sub(i + 1);
+                stages.push(json!({"stopped": why, "rates_not_run": left}));
+                break;
+            }
+        }
+        let mut all = merged.ok_or_else(|| err("a staged profile ran no stage"))?;
+        // Schedules of different stages have different origins: the arrival statistics belong to
+        // each stage's own metrics, not to the merged window.
+        all.open_loop = false;
+        Ok((all, Some(stages)))
+    }
+
     async fn warmup(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
         let g = &self.plan.groups[gi];
         let Some(w) = &g.warmup else {
@@ -500,6 +569,7 @@ impl RunExecutor {
             slo: None,
             warmup: None,
             cold_requests: None,
+            ramp: None,
         };
         let m = Measurement {
             call: &w.request,
@@ -547,10 +617,10 @@ impl RunExecutor {
             _ => None,
         };
         let sampler = Sampler::start(target, self.plan.execution.sample_interval.0);
-        let outcome = self.measure(cell.group, m, cancel).await;
+        let outcome = self.run_load(cell.group, m, cancel).await;
         let interval = sampler.interval();
         let (samples, gpu_note) = sampler.finish();
-        let outcome = outcome?;
+        let (outcome, stages) = outcome?;
         let finished = unix_ns();
         let engine_metrics = match (&client, &metrics_path, &before) {
             (Some(c), Some(p), Some(b)) => scrape(c, p).await.map(|a| crate::collect::prom::delta(b, &a)),
@@ -577,8 +647,12 @@ impl RunExecutor {
         } else {
             None
         };
+        let mut m_json = serde_json::to_value(&m).map_err(err)?;
+        if let Some(stages) = stages {
+            m_json["stages"] = Json::Array(stages);
+        }
         let record = json!({
-            "metrics": m, "resources": resources, "engine_metrics": engine_metrics,
+            "metrics": m_json, "resources": resources, "engine_metrics": engine_metrics,
             "prompts_exact": outcome.prompts_exact, "attempt": attempt,
             "started_unix_ns": started, "finished_unix_ns": finished, "error": error,
         });
@@ -786,6 +860,64 @@ struct Measurement<'a> {
     expected_output_tokens: Option<u64>,
     /// Prompt seed: the prompts depend only on it.
     seed: u64,
+}
+
+/// Stage `i` of a staged profile, given the request throughput of the stages before it:
+/// (name, profile, requests, duration). `None` when there is none left.
+fn next_stage(
+    spec: &LoadSpec,
+    i: usize,
+    throughputs: &[f64],
+) -> Option<(String, Profile, Option<u64>, Option<crate::manifest::decode::Dur>)> {
+    match &spec.profile {
+        Profile::Stages(stages) => {
+            let s = stages.get(i)?;
+            Some((format!("stage {}", i + 1), s.profile.clone(), s.requests, s.duration))
+        }
+        Profile::Sweep { rates } => {
+            let (profile, name) = match i {
+                0 => (Profile::Synchronous, "synchronous".to_string()),
+                1 => {
+                    let n = spec.max_concurrency.unwrap_or(64);
+                    (Profile::Concurrency(n), format!("throughput (concurrency {n})"))
+                }
+                _ => {
+                    let k = i - 1;
+                    if k > *rates as usize {
+                        return None;
+                    }
+                    let (lo, hi) = (throughputs[0], throughputs[1]);
+                    // Evenly between the synchronous and the maximum throughput, endpoints excluded.
+                    let rate = lo + (hi - lo).max(0.0) * k as f64 / (*rates as f64 + 1.0);
+                    if rate <= 0.0 {
+                        return None;
+                    }
+                    (Profile::Constant(rate), format!("rate {rate:.2}/s"))
+                }
+            };
+            Some((name, profile, spec.requests, spec.duration))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a stage held up: its error rate within the budget and, with SLOs, enough requests
+/// meeting them.
+fn stage_sustained(spec: &LoadSpec, m: &metrics::LoadMetrics, max_error_rate: f64) -> Result<(), String> {
+    if m.error_rate > max_error_rate {
+        return Err(format!(
+            "error rate {:.1} % above the budget of {:.1} %",
+            m.error_rate * 100.0,
+            max_error_rate * 100.0
+        ));
+    }
+    if let (Some(slo), Some(g)) = (&spec.slo, &m.goodput) {
+        let need = slo.attainment.unwrap_or(0.9);
+        if g.share < need {
+            return Err(format!("{:.1} % of requests met the SLOs, below {:.1} %", g.share * 100.0, need * 100.0));
+        }
+    }
+    Ok(())
 }
 
 /// The engine's Prometheus metrics, when it answers.

@@ -25,6 +25,7 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         slo: None,
         warmup: None,
         cold_requests: None,
+        ramp: None,
     }
 }
 
