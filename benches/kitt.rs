@@ -115,7 +115,7 @@ fn open_loop(
             profile,
             requests: Some(requests),
             duration: None,
-            prompt: PromptSpec::Synthetic { input_tokens: kitt::manifest::load::Length::Fixed(8) },
+            prompt: PromptSpec::fixed(8),
             ignore_eos: true,
             max_concurrency: None,
             slo: None,

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use crate::cancel::Cancel;
 use crate::engine::client::{ClientError, EngineClient, RequestRecord};
-use crate::manifest::load::{ApiKind, LoadSpec, Profile, PromptSpec};
+use crate::manifest::load::{ApiKind, LoadSpec, Profile};
 use crate::plan::{HttpRequest, RequestTemplate};
 
 /// Prompts built for a run bounded only by `duration`, per worker (at least `DURATION_POOL_MIN`);
@@ -151,8 +151,6 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         Profile::Concurrency(n) => n.max(1) as usize,
         Profile::Constant(_) | Profile::Poisson { .. } | Profile::Stages(_) | Profile::Sweep { .. } => max_open,
     };
-    let PromptSpec::Synthetic { input_tokens: length } = input.load.prompt;
-    let input_tokens = length.nominal();
     let pool = match (&arrivals, input.load.requests, duration) {
         (Some(a), _, _) => (a.len() as u64).clamp(1, POOL_MAX),
         (None, Some(n), _) => n.clamp(1, POOL_MAX),
@@ -162,9 +160,10 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         }
     };
 
-    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed, pool, &length)
-        .await
-        .map_err(|e| LoadError::Prompt(format!("sizing them with the engine's tokenizer: {e}")))?;
+    let (prompts, input_tokens) =
+        prompts::for_spec(&input.client, input.tokenize.as_ref(), input.seed, pool, &input.load.prompt)
+            .await
+            .map_err(LoadError::Prompt)?;
     let prompts_exact = input.tokenize.is_some() && prompts.iter().all(|p| p.exact);
     let bodies: Vec<Bytes> = prompts.iter().map(|p| body_for(&input.call, input.api, &p.text)).collect();
     let lengths: Vec<u64> = prompts.iter().map(|p| p.tokens).collect();
@@ -172,7 +171,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     tracing::debug!(prompts = bodies.len(), exact = prompts_exact, "prompts built");
 
     let warmup_requests = match &input.load.warmup {
-        Some(w) => warm_up(&input, w, workers.min(64), &length).await?,
+        Some(w) => warm_up(&input, w, workers.min(64)).await?,
         None => 0,
     };
     let origin = Instant::now();
@@ -310,12 +309,12 @@ async fn warm_up(
     input: &LoadInput,
     w: &crate::manifest::load::LoadWarmup,
     workers: usize,
-    length: &crate::manifest::load::Length,
 ) -> Result<u64, LoadError> {
     let pool = w.requests.unwrap_or(DURATION_POOL_MIN).clamp(1, POOL_MAX);
-    let prompts = prompts::build(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, length)
-        .await
-        .map_err(|e| LoadError::Prompt(format!("sizing the warmup prompts with the engine's tokenizer: {e}")))?;
+    let (prompts, _) =
+        prompts::for_spec(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, &input.load.prompt)
+            .await
+            .map_err(|e| LoadError::Prompt(format!("warmup: {e}")))?;
     let origin = Instant::now();
     let shared = Arc::new(Shared {
         client: input.client.clone(),

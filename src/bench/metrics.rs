@@ -37,6 +37,39 @@ pub struct Distribution {
 }
 
 impl Distribution {
+    /// Summarizes weighted samples `(value ns, weight)`: each value counts `weight` times.
+    pub(crate) fn of_weighted_ns(samples: &[(f64, u64)]) -> Option<Self> {
+        let n: u64 = samples.iter().map(|(_, w)| w).sum();
+        if n == 0 {
+            return None;
+        }
+        const MS: f64 = 1e6;
+        let mean = samples.iter().map(|(v, w)| v * *w as f64).sum::<f64>() / n as f64;
+        let variance = samples.iter().map(|(v, w)| (v - mean).powi(2) * *w as f64).sum::<f64>() / n as f64;
+        let min = samples.iter().filter(|(_, w)| *w > 0).map(|(v, _)| *v).fold(f64::INFINITY, f64::min);
+        let max = samples.iter().filter(|(_, w)| *w > 0).map(|(v, _)| *v).fold(f64::NEG_INFINITY, f64::max);
+        let mut h = Histogram::<u64>::new(SIGFIG).ok()?;
+        for (v, w) in samples {
+            let ns = v.max(0.0).round() as u64;
+            if h.record_n(ns, *w).is_err() {
+                h.saturating_record_n(ns, *w);
+            }
+        }
+        let q = |quantile: f64| h.value_at_quantile(quantile) as f64 / MS;
+        Some(Distribution {
+            count: n,
+            mean: mean / MS,
+            min: min / MS,
+            max: max / MS,
+            stddev: variance.sqrt() / MS,
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p99_9: q(0.999),
+        })
+    }
+
     /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
     pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
         if samples.is_empty() {
@@ -137,6 +170,10 @@ pub struct LoadMetrics {
     /// Inter-token latency: the gap between consecutive content events of a request, pooled over
     /// all requests (a per-event gap: with several tokens per event it spans several tokens).
     pub itl_ms: Option<Distribution>,
+    /// Token-weighted inter-token latency: each gap between content events divided by the tokens
+    /// it brought and counted once per token (tokens of a request spread evenly over its events
+    /// after the first). Equals `itl_ms` at one token per event.
+    pub itl_token_ms: Option<Distribution>,
     /// Time per output token after the first: `(e2e − ttft) / (n − 1)` per request, `n` its output
     /// tokens; only requests with `n > 1` and a content event.
     pub tpot_ms: Option<Distribution>,
@@ -291,6 +328,20 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
     let e2e = from_send(|r| Some(r.end_ns));
     let itl: Vec<f64> =
         ok.iter().flat_map(|r| r.content_event_ns.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64)).collect();
+    // Per token: each gap between content events shared by the tokens it brought, the tokens of a
+    // request spread evenly over its events after the first (exact when chunks are even).
+    let itl_token: Vec<(f64, u64)> = ok
+        .iter()
+        .flat_map(|r| {
+            let gaps = r.content_event_ns.len().saturating_sub(1);
+            let tokens = r.output_tokens().saturating_sub(1);
+            let per_gap = if gaps > 0 { tokens as f64 / gaps as f64 } else { 0.0 };
+            r.content_event_ns.windows(2).filter(move |_| per_gap > 0.0).map(move |w| {
+                let gap = w[1].saturating_sub(w[0]) as f64;
+                (gap / per_gap, per_gap.round().max(1.0) as u64)
+            })
+        })
+        .collect();
     let tpot: Vec<f64> = ok
         .iter()
         .filter_map(|r| {
@@ -334,6 +385,7 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         ttft_first_event_ms: Distribution::of_ns(&first_event),
         ttfrt_ms: Distribution::of_ns(&ttfrt),
         itl_ms: Distribution::of_ns(&itl),
+        itl_token_ms: Distribution::of_weighted_ns(&itl_token),
         tpot_ms: Distribution::of_ns(&tpot),
         e2e_ms: Distribution::of_ns(&e2e),
         usage_agrees,
@@ -467,6 +519,26 @@ mod tests {
             warmup_requests: 0,
             cold_requests: None,
         }
+    }
+
+    #[test]
+    fn token_weighted_itl_spreads_each_gap_over_its_tokens() {
+        // Events every 6 ms carrying 3 tokens each: 9 tokens, 3 events, 2 gaps of 8 tokens after
+        // the first (4 per gap): per token 1.5 ms, counted 8 times.
+        let mut a = record(0, 0, &[10, 16, 22], 22);
+        a.usage_completion_tokens = Some(9);
+        let m = summarize(&outcome(vec![a], 100));
+        let per_event = m.itl_ms.unwrap();
+        assert_eq!((per_event.count, per_event.mean), (2, 6.0));
+        let per_token = m.itl_token_ms.unwrap();
+        assert_eq!(per_token.count, 8);
+        assert!((per_token.mean - 1.5).abs() < 1e-9, "{per_token:?}");
+        assert!((per_token.p50 - 1.5).abs() < 0.01);
+        // At one token per event both agree.
+        let mut b = record(0, 0, &[10, 12, 14, 16], 16);
+        b.usage_completion_tokens = Some(4);
+        let m = summarize(&outcome(vec![b], 100));
+        assert_eq!(m.itl_ms.unwrap().mean, m.itl_token_ms.unwrap().mean);
     }
 
     #[test]

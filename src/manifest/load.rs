@@ -351,7 +351,60 @@ impl Decode for Profile {
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum PromptSpec {
     /// Generated prompts of exact token lengths.
-    Synthetic { input_tokens: Length },
+    Synthetic {
+        input_tokens: Length,
+        /// Warm prefixes: every prompt starts with one of `groups` shared prefixes of `tokens`
+        /// tokens (part of `input_tokens`), so a prefix cache can hit. Without it (the default),
+        /// every prompt starts with a word unique to its request: nothing can be cached.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shared_prefix: Option<SharedPrefix>,
+    },
+    /// Prompts from a file of one's own (ShareGPT JSON, or JSON/JSONL of objects or strings),
+    /// in a seeded order; each measured with the engine's tokenizer.
+    Dataset(DatasetPrompts),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedPrefix {
+    pub tokens: u32,
+    #[serde(default = "one_group")]
+    pub groups: u32,
+}
+
+fn one_group() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetPrompts {
+    /// A local file, relative to the suite file.
+    pub path: String,
+    /// `sharegpt` (the first human turn of each conversation), `jsonl` or `json`.
+    #[serde(default)]
+    pub format: DatasetFormat,
+    /// The field holding the prompt in `jsonl`/`json` objects (default `prompt`; a plain string
+    /// entry is the prompt itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    #[default]
+    Sharegpt,
+    Jsonl,
+    Json,
+}
+string_enum!(DatasetFormat { "sharegpt" => DatasetFormat::Sharegpt, "jsonl" => DatasetFormat::Jsonl, "json" => DatasetFormat::Json });
+
+impl PromptSpec {
+    /// Synthetic prompts of `n` tokens, all distinct.
+    pub fn fixed(n: u32) -> PromptSpec {
+        PromptSpec::Synthetic { input_tokens: Length::Fixed(n), shared_prefix: None }
+    }
 }
 
 /// Prompt lengths in tokens: one for all, or drawn per request from a seeded distribution.
@@ -480,14 +533,50 @@ impl Decode for Length {
 
 impl Decode for PromptSpec {
     fn decode(node: &Node, cx: &mut Cx, _: &str) -> Option<Self> {
+        if let Value::Map(entries) = &node.value
+            && entries.len() == 1
+            && entries[0].0.name == "dataset"
+        {
+            let d = &entries[0].1;
+            let mut f = Fields::open(d, cx, "`dataset`")?;
+            let path: Option<String> = f.req(cx, "path");
+            let format = f.opt(cx, "format").unwrap_or_default();
+            let field = f.opt(cx, "field");
+            f.finish(cx);
+            return Some(PromptSpec::Dataset(DatasetPrompts { path: path?, format, field }));
+        }
         let mut f = Fields::open(node, cx, "`prompt`")?;
         let synthetic = f.req::<Node>(cx, "synthetic");
         f.finish(cx);
         let synthetic = synthetic?;
         let mut s = Fields::open(&synthetic, cx, "`synthetic`")?;
         let input_tokens: Option<Length> = s.req(cx, "input_tokens");
+        let prefix: Option<Node> = s.opt(cx, "shared_prefix");
         s.finish(cx);
-        Some(PromptSpec::Synthetic { input_tokens: input_tokens? })
+        let shared_prefix = match prefix {
+            Some(p) => {
+                let mut pf = Fields::open(&p, cx, "`shared_prefix`")?;
+                let tokens: Option<u32> = pf.req(cx, "tokens");
+                let groups: u32 = pf.opt(cx, "groups").unwrap_or(1);
+                pf.finish(cx);
+                let tokens = tokens?;
+                if tokens == 0 || groups == 0 {
+                    cx.error(Diagnostic::new(p.pos, "`shared_prefix` needs `tokens` and `groups` of at least 1"));
+                    return None;
+                }
+                let input = input_tokens.as_ref().map(Length::nominal).unwrap_or(u32::MAX);
+                if tokens >= input {
+                    cx.error(
+                        Diagnostic::new(p.pos, format!("a shared prefix of {tokens} tokens leaves nothing of a {input}-token prompt"))
+                            .help("the prefix is part of `input_tokens`: make it shorter"),
+                    );
+                    return None;
+                }
+                Some(SharedPrefix { tokens, groups })
+            }
+            None => None,
+        };
+        Some(PromptSpec::Synthetic { input_tokens: input_tokens?, shared_prefix })
     }
 }
 

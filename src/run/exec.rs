@@ -467,10 +467,15 @@ impl RunExecutor {
         if let Ok(mut l) = self.progress.label.lock() {
             *l = label;
         }
+        let mut load = spec.clone();
+        // A dataset path is relative to the suite file.
+        if let PromptSpec::Dataset(d) = &mut load.prompt {
+            d.path = self.plan.suite.dir.join(&d.path).to_string_lossy().to_string();
+        }
         let input = load::LoadInput {
             client,
             call,
-            load: spec.clone(),
+            load,
             api: spec.api,
             tokenize,
             seed,
@@ -563,7 +568,7 @@ impl RunExecutor {
             profile: Profile::Synchronous,
             requests: Some(w.requests as u64),
             duration: None,
-            prompt: PromptSpec::Synthetic { input_tokens: crate::manifest::load::Length::Fixed(w.input_tokens) },
+            prompt: PromptSpec::fixed(w.input_tokens),
             ignore_eos: true,
             max_concurrency: None,
             slo: None,

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 
 use crate::engine::client::{ClientError, EngineClient};
-use crate::manifest::load::Length;
+use crate::manifest::load::{DatasetFormat, DatasetPrompts, Length, PromptSpec, SharedPrefix};
 use crate::plan::HttpRequest;
 
 /// Common English words; most are one token with a leading space in BPE vocabularies, which keeps
@@ -68,22 +68,64 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The prompts of a spec: `count` of them, in request order, and their nominal length.
+pub(crate) async fn for_spec(
+    client: &EngineClient,
+    tokenize: Option<&(HttpRequest, String)>,
+    seed: u64,
+    count: u64,
+    spec: &PromptSpec,
+) -> Result<(Vec<Prompt>, u32), String> {
+    match spec {
+        PromptSpec::Synthetic { input_tokens, shared_prefix } => {
+            let prompts = build(client, tokenize, seed, count, input_tokens, shared_prefix.as_ref())
+                .await
+                .map_err(|e| format!("sizing them with the engine's tokenizer: {e}"))?;
+            Ok((prompts, input_tokens.nominal()))
+        }
+        PromptSpec::Dataset(d) => {
+            let prompts = dataset(client, tokenize, seed, count, d).await?;
+            let nominal = prompts.iter().map(|p| p.tokens).sum::<u64>() / prompts.len().max(1) as u64;
+            Ok((prompts, nominal as u32))
+        }
+    }
+}
+
 /// Builds prompts `0..count`, prompt `i` of `length.at(seed, i)` tokens: sized with the tokenizer
-/// when there is one, otherwise that many words (not exact).
+/// when there is one, otherwise that many words (not exact). With a shared prefix, prompt `i`
+/// starts with prefix `i % groups` (itself sized to exactly its tokens).
 pub(crate) async fn build(
     client: &EngineClient,
     tokenize: Option<&(HttpRequest, String)>,
     seed: u64,
     count: u64,
     length: &Length,
+    shared: Option<&SharedPrefix>,
 ) -> Result<Vec<Prompt>, ClientError> {
     let target = |i: u64| u64::from(length.at(seed, i));
+    // Prefixes come from their own seed and index space, so they never equal a request's words.
+    let prefix_seed = seed ^ 0x5052_4546;
     let Some((req, pointer)) = tokenize else {
+        let prefixes: Vec<String> = shared
+            .map(|p| (0..u64::from(p.groups)).map(|g| prompt_text(prefix_seed, g, p.tokens as usize)).collect())
+            .unwrap_or_default();
+        let prefix_words = shared.map_or(0, |p| p.tokens as usize);
         return Ok((0..count)
-            .map(|i| Prompt { text: prompt_text(seed, i, target(i) as usize), tokens: target(i), exact: false })
+            .map(|i| {
+                let unique = prompt_text(seed, i, (target(i) as usize).saturating_sub(prefix_words).max(1));
+                let text = join(prefixes.get((i % prefixes.len().max(1) as u64) as usize).map(String::as_str), unique);
+                Prompt { text, tokens: target(i), exact: false }
+            })
             .collect());
     };
-    let sizer = Sizer { client, req, pointer, seed };
+    let mut prefixes = Vec::new();
+    if let Some(p) = shared {
+        let sizer = Sizer { client, req, pointer, seed: prefix_seed, prefixes: &[] };
+        for g in 0..u64::from(p.groups) {
+            prefixes.push(sizer.size(g, p.tokens as usize, u64::from(p.tokens)).await?.text);
+        }
+    }
+    let sizer = Sizer { client, req, pointer, seed, prefixes: &prefixes };
     // The first prompt finds the words-per-token ratio; the rest start from it.
     let n0 = target(0);
     let first = sizer.size(0, n0 as usize, n0).await?;
@@ -108,16 +150,135 @@ pub(crate) async fn build(
     Ok(prompts)
 }
 
+/// Reads the prompts of a dataset file.
+pub(crate) fn read_dataset(d: &DatasetPrompts) -> Result<Vec<String>, String> {
+    let path = std::path::Path::new(&d.path);
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the dataset {}: {e}", path.display()))?;
+    let field = d.field.as_deref().unwrap_or("prompt");
+    let pick = |v: &serde_json::Value| -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => o.get(field).and_then(|f| f.as_str()).map(String::from),
+            _ => None,
+        }
+    };
+    let mut out = Vec::new();
+    match d.format {
+        DatasetFormat::Jsonl => {
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), n + 1))?;
+                out.push(pick(&v).ok_or_else(|| {
+                    format!("{}:{}: no string `{field}` (set `field:` to the key holding the prompt)", path.display(), n + 1)
+                })?);
+            }
+        }
+        DatasetFormat::Json | DatasetFormat::Sharegpt => {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+            let items = v.as_array().ok_or_else(|| format!("{}: expected a JSON array", path.display()))?;
+            for (n, item) in items.iter().enumerate() {
+                let prompt = if d.format == DatasetFormat::Sharegpt {
+                    // The first turn a person wrote; conversations that start elsewhere are skipped.
+                    item["conversations"].as_array().and_then(|c| {
+                        c.iter()
+                            .find(|t| matches!(t["from"].as_str(), Some("human" | "user")))
+                            .and_then(|t| t["value"].as_str())
+                            .map(String::from)
+                    })
+                } else {
+                    Some(pick(item).ok_or_else(|| {
+                        format!("{}: entry {n}: no string `{field}` (set `field:`)", path.display())
+                    })?)
+                };
+                out.extend(prompt.filter(|p| !p.trim().is_empty()));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no prompts found (format `{:?}`)", path.display(), d.format).to_lowercase());
+    }
+    Ok(out)
+}
+
+/// `count` prompts from a dataset in a seeded order (cycling when it has fewer), each measured
+/// with the engine's tokenizer when there is one (else counted in words, not exact).
+async fn dataset(
+    client: &EngineClient,
+    tokenize: Option<&(HttpRequest, String)>,
+    seed: u64,
+    count: u64,
+    d: &DatasetPrompts,
+) -> Result<Vec<Prompt>, String> {
+    let mut all = read_dataset(d)?;
+    // Fisher–Yates with the prompt PRNG: the same order for the same seed.
+    let mut state = mix(seed ^ 0x4441_5441);
+    for i in (1..all.len()).rev() {
+        state = mix(state);
+        all.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    if (count as usize) > all.len() {
+        tracing::warn!(
+            "the dataset has {} prompts for {count} requests: prompts repeat, and a prefix cache may answer repeats faster",
+            all.len()
+        );
+    }
+    let take: Vec<String> = (0..count as usize).map(|i| all[i % all.len()].clone()).collect();
+    let mut out = Vec::with_capacity(take.len());
+    match tokenize {
+        Some((req, pointer)) => {
+            let mut in_flight = FuturesOrdered::new();
+            let mut texts = take.into_iter();
+            loop {
+                while in_flight.len() < PARALLEL {
+                    let Some(text) = texts.next() else { break };
+                    in_flight.push_back(async move {
+                        let n = client.count_tokens(req, pointer, &text).await;
+                        (text, n)
+                    });
+                }
+                match in_flight.next().await {
+                    Some((text, n)) => {
+                        let tokens = n.map_err(|e| format!("measuring the dataset's prompts with the engine's tokenizer: {e}"))?;
+                        out.push(Prompt { text, tokens, exact: true });
+                    }
+                    None => break,
+                }
+            }
+        }
+        None => out.extend(take.into_iter().map(|text| {
+            let tokens = text.split_whitespace().count() as u64;
+            Prompt { text, tokens, exact: false }
+        })),
+    }
+    Ok(out)
+}
+
 struct Sizer<'a> {
     client: &'a EngineClient,
     req: &'a HttpRequest,
     pointer: &'a str,
     seed: u64,
+    /// Shared prefixes: prompt `i` starts with `prefixes[i % len]`.
+    prefixes: &'a [String],
+}
+
+fn join(prefix: Option<&str>, unique: String) -> String {
+    match prefix {
+        Some(p) => format!("{p} {unique}"),
+        None => unique,
+    }
 }
 
 impl Sizer<'_> {
     async fn count(&self, text: &str) -> Result<u64, ClientError> {
         self.client.count_tokens(self.req, self.pointer, text).await
+    }
+
+    /// Request `index`'s prompt with `words` words after its prefix.
+    fn text(&self, index: u64, words: usize) -> String {
+        let prefix = (!self.prefixes.is_empty()).then(|| self.prefixes[(index % self.prefixes.len() as u64) as usize].as_str());
+        join(prefix, prompt_text(self.seed, index, words))
     }
 
     /// Searches the word count whose prompt has exactly `n` tokens, starting at `words`.
@@ -126,7 +287,7 @@ impl Sizer<'_> {
         let mut below: Option<(usize, u64)> = None;
         let mut above: Option<(usize, u64)> = None;
         for _ in 0..MAX_TRIES {
-            let text = prompt_text(self.seed, index, words);
+            let text = self.text(index, words);
             let tokens = self.count(&text).await?;
             if tokens == n {
                 return Ok(Prompt { text, tokens, exact: true });
@@ -144,7 +305,7 @@ impl Sizer<'_> {
         }
         // N is not reachable at a word boundary (or the search ran out): closest below, else above.
         let (words, tokens) = below.or(above).unwrap_or((words, 0));
-        Ok(Prompt { text: prompt_text(self.seed, index, words), tokens, exact: false })
+        Ok(Prompt { text: self.text(index, words), tokens, exact: false })
     }
 }
 

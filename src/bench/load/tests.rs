@@ -12,6 +12,7 @@ use crate::bench::metrics::summarize;
 use crate::engine::client::ErrorKind;
 use crate::engine::client::tests::{chat_call, completion_call, start_sim, tokenize_call};
 use crate::manifest::decode::Dur;
+use crate::manifest::load::PromptSpec;
 
 fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec {
     LoadSpec {
@@ -19,7 +20,7 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         profile,
         requests,
         duration: None,
-        prompt: PromptSpec::Synthetic { input_tokens: crate::manifest::load::Length::Fixed(input_tokens) },
+        prompt: PromptSpec::fixed(input_tokens),
         ignore_eos: true,
         max_concurrency: None,
         slo: None,
@@ -375,7 +376,7 @@ async fn prompt_lengths_follow_their_distribution_exactly() {
     let url = start_sim(&[]).await;
     let mut load = spec(Profile::Concurrency(4), Some(40), 8);
     let length = Length::Uniform(4, 40);
-    load.prompt = PromptSpec::Synthetic { input_tokens: length };
+    load.prompt = PromptSpec::Synthetic { input_tokens: length, shared_prefix: None };
     let outcome = run(input(&url, completion_call(2), load, true)).await.unwrap();
     assert!(outcome.prompts_exact);
     let lengths: Vec<u64> = outcome.records.iter().map(|r| r.input_tokens).collect();
@@ -385,4 +386,78 @@ async fn prompt_lengths_follow_their_distribution_exactly() {
     }
     let distinct: std::collections::BTreeSet<u64> = lengths.iter().copied().collect();
     assert!(distinct.len() > 10, "{distinct:?}");
+}
+
+#[tokio::test]
+async fn shared_prefixes_are_exact_shared_within_a_group_and_distinct_between_groups() {
+    let url = start_sim(&[]).await;
+    let client = EngineClient::new(&url, vec![], 4).unwrap();
+    let tok = tokenize_call();
+    let spec = PromptSpec::Synthetic {
+        input_tokens: crate::manifest::load::Length::Fixed(24),
+        shared_prefix: Some(crate::manifest::load::SharedPrefix { tokens: 10, groups: 2 }),
+    };
+    let (prompts, nominal) = prompts::for_spec(&client, Some(&tok), 3, 6, &spec).await.unwrap();
+    assert_eq!(nominal, 24);
+    assert!(prompts.iter().all(|p| p.exact && p.tokens == 24), "every prompt is exactly 24 tokens");
+    // The first 10 tokens (words, for the simulator's tokenizer) are the group's prefix.
+    let head = |i: usize| prompts[i].text.split(' ').take(10).collect::<Vec<_>>().join(" ");
+    assert_eq!(head(0), head(2));
+    assert_eq!(head(1), head(3));
+    assert_ne!(head(0), head(1));
+    // After the prefix every prompt is its own.
+    let tails: HashSet<String> = prompts.iter().map(|p| p.text.split(' ').skip(10).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(tails.len(), 6);
+    // Cold (the default): no two prompts share even their first word.
+    let cold = PromptSpec::fixed(24);
+    let (prompts, _) = prompts::for_spec(&client, Some(&tok), 3, 6, &cold).await.unwrap();
+    let firsts: HashSet<&str> = prompts.iter().map(|p| p.text.split(' ').next().unwrap()).collect();
+    assert_eq!(firsts.len(), 6);
+}
+
+#[tokio::test]
+async fn dataset_prompts_come_in_a_seeded_order_measured_by_the_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sharegpt = dir.path().join("sg.json");
+    std::fs::write(
+        &sharegpt,
+        r#"[
+  {"id": "a", "conversations": [{"from": "human", "value": "one two three"}, {"from": "gpt", "value": "x"}]},
+  {"id": "b", "conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "four five"}]},
+  {"id": "c", "conversations": [{"from": "gpt", "value": "no human turn"}]},
+  {"id": "d", "conversations": [{"from": "human", "value": "six seven eight nine"}]}
+]"#,
+    )
+    .unwrap();
+    let url = start_sim(&[]).await;
+    let client = EngineClient::new(&url, vec![], 4).unwrap();
+    let tok = tokenize_call();
+    let d = |format, path: &std::path::Path, field: Option<&str>| {
+        PromptSpec::Dataset(crate::manifest::load::DatasetPrompts {
+            path: path.to_string_lossy().to_string(),
+            format,
+            field: field.map(String::from),
+        })
+    };
+    let spec = d(crate::manifest::load::DatasetFormat::Sharegpt, &sharegpt, None);
+    let (a, _) = prompts::for_spec(&client, Some(&tok), 9, 3, &spec).await.unwrap();
+    let (b, _) = prompts::for_spec(&client, Some(&tok), 9, 3, &spec).await.unwrap();
+    let texts: Vec<&str> = a.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(texts, b.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(), "same seed, same order");
+    let mut sorted = texts.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["four five", "one two three", "six seven eight nine"], "the first human turns");
+    for p in &a {
+        assert!(p.exact);
+        assert_eq!(p.tokens, p.text.split(' ').count() as u64, "measured by the engine's tokenizer");
+    }
+    // JSONL with a field of one's own; a bad line names the file and line.
+    let jsonl = dir.path().join("p.jsonl");
+    std::fs::write(&jsonl, "{\"q\": \"alpha beta\"}\n\n{\"q\": \"gamma\"}\n").unwrap();
+    let spec = d(crate::manifest::load::DatasetFormat::Jsonl, &jsonl, Some("q"));
+    let (p, _) = prompts::for_spec(&client, None, 1, 2, &spec).await.unwrap();
+    assert_eq!(p.len(), 2);
+    std::fs::write(&jsonl, "{\"q\": \"alpha\"}\n{\"text\": \"no q\"}\n").unwrap();
+    let e = prompts::for_spec(&client, None, 1, 2, &spec).await.err().unwrap();
+    assert!(e.contains("p.jsonl:2: no string `q`"), "{e}");
 }
