@@ -450,3 +450,34 @@ fn serial_docker_engines_setup_local_build_reuses_the_cached_build_and_image() {
         Command::new(env!("CARGO_BIN_EXE_kitt")).args(["engines", "setup", "vllm", "--local-build"]).output().unwrap();
     assert!(String::from_utf8_lossy(&vllm_only.stderr).contains("builds llama_cpp only"), "{}", text(&vllm_only));
 }
+
+#[test]
+fn serial_docker_a_retry_restarts_a_killed_container_first() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    let yaml = suite("vllm", &image, "      env: {KITT_SIM_ITL_MS: \"10\"}", 60)
+        .replace("spec:\n", "spec:\n  execution: {retries: 1, max_error_rate: 0.0}\n");
+    let s = env.suite(&yaml);
+    let child = env.cmd().arg("apply").arg(&s).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run = wait_for_step(&env.runs(), "benchmark", Duration::from_secs(60));
+    let first = containers_of(&run_id(&run)).pop().unwrap();
+    // The engine dies in the middle of the measurement.
+    docker(&["kill", &first]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let j = journal(&run);
+    let attempts: Vec<u64> = j
+        .iter()
+        .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [0, 1], "the benchmark failed once and was retried");
+    let r = report(&run);
+    assert_eq!(r["cells"][0]["status"], "ok");
+    assert_eq!(r["cells"][0]["provenance"]["attempt"], 1);
+    assert_eq!(r["cells"][0]["metrics"]["requests"], 60, "the retry measured from zero on a fresh container");
+    assert!(containers_of(&run_id(&run)).is_empty());
+}
