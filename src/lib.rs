@@ -2,13 +2,15 @@
 //!
 //! The module map is the data flow: `manifest` (YAML → typed, spanned documents) → `catalog`
 //! (built-in and suite-local templates) → `template` (typed rendering) → `plan` (matrix, steps,
-//! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report`.
+//! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report` →
+//! `store` (the results database) and `compare` (repetitions, deltas, verdicts).
 
 pub mod bench;
 pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod collect;
+pub mod compare;
 pub mod docker;
 pub mod engine;
 pub mod fingerprint;
@@ -16,4 +18,5 @@ pub mod manifest;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod store;
 pub mod template;

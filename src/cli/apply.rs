@@ -29,6 +29,10 @@ pub struct RunFlags {
     /// Continue a resume although observed facts (versions, machine) changed; cells are marked.
     #[arg(long)]
     pub accept_drift: bool,
+    /// The results store a finished run is indexed into (default: $KITT_STORE, else
+    /// $XDG_DATA_HOME/kitt/results.db, else ~/.local/share/kitt/results.db; `off` skips it).
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -41,7 +45,7 @@ pub struct RunArgs {
     /// Engine template (sim, llama_cpp, vllm, tgi, ollama, or a template of yours).
     #[arg(short, long)]
     pub engine: String,
-    /// Suite whose benchmarks to run: quick, standard, performance, or a suite file.
+    /// Suite whose benchmarks to run: quick, standard, performance, memory, or a suite file.
     #[arg(short, long, default_value = "quick")]
     pub suite: String,
     /// Print the suite built from these flags (YAML) instead of running it.
@@ -56,6 +60,7 @@ const READY_SUITES: &[(&str, &str)] = &[
     ("quick", include_str!("../../suites/quick.yaml")),
     ("standard", include_str!("../../suites/standard.yaml")),
     ("performance", include_str!("../../suites/performance.yaml")),
+    ("memory", include_str!("../../suites/memory.yaml")),
 ];
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -171,11 +176,15 @@ fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
         if outcome.resumed && !quiet {
             eprintln!("resumed run {} ({} finished step(s) reused)", outcome.run_id, outcome.reused_steps);
         }
+        let stored = outcome.report.as_ref().map_or(Json::Null, |r| {
+            super::results::index_finished(flags.store.as_deref(), r, &outcome.run_dir, quiet || output == Output::Json)
+        });
         match output {
             Output::Json => print_json(&json!({
                 "run_id": outcome.run_id, "run_dir": outcome.run_dir, "resumed": outcome.resumed,
                 "reused_steps": outcome.reused_steps, "failed_cells": outcome.failed_cells,
                 "interrupted": outcome.interrupted, "errors": outcome.errors, "report": outcome.report,
+                "store": stored,
             })),
             Output::Text => {
                 if let Some(r) = &outcome.report {

@@ -1,11 +1,14 @@
 //! The command line: clap definitions, output formatting, and the one place errors are rendered.
 //!
 //! Data goes to stdout (text or `--output json`), diagnostics and progress to stderr. Exit codes:
-//! 0 success, 1 failed run or invalid input, 2 usage error, 130 interrupted.
+//! 0 success, 1 failed run or invalid input, 2 usage error, 3 a `kitt compare --fail-if` threshold
+//! failed, 130 interrupted.
 
 pub mod apply;
+mod compare;
 mod engines;
 pub mod fingerprint;
+mod results;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -111,6 +114,13 @@ pub enum Command {
     Sim(crate::engine::sim::SimArgs),
     /// The machine (GPUs, CPU, memory, storage, OS): its identity string; -v for every field.
     Fingerprint(fingerprint::FingerprintArgs),
+    /// The results store: every finished run's cell results (list, show, export, import).
+    Results {
+        #[command(subcommand)]
+        command: results::ResultsCommand,
+    },
+    /// Compare two runs (run ids, result ids or run directories): deltas, verdicts, --fail-if gates.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +215,8 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Sim(args) => sim(args),
         Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
+        Command::Results { command } => results::run(command),
+        Command::Compare(args) => compare::compare(&args),
     }
 }
 
