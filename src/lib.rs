@@ -13,6 +13,7 @@ pub mod collect;
 pub mod compare;
 pub mod docker;
 pub mod engine;
+pub mod eval;
 pub mod fingerprint;
 pub mod manifest;
 pub mod plan;
