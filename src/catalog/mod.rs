@@ -40,10 +40,11 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "reporters/json.yaml",
     "reporters/csv.yaml",
     "reporters/markdown.yaml",
+    "reporters/html.yaml",
 );
 
 /// Template files the built-in reporters name (not manifests).
-pub const BUILTIN_TEXTS: &[(&str, &str)] = builtin_files!("reporters/markdown.md.hbs");
+pub const BUILTIN_TEXTS: &[(&str, &str)] = builtin_files!("reporters/markdown.md.hbs", "reporters/html.html.hbs");
 
 /// The text of a templated reporter's template file: embedded for built-ins, read next to the
 /// reporter manifest for local ones.

@@ -686,8 +686,16 @@ pub enum ReportFormat {
     Csv,
     /// A handlebars template over the result model.
     Template,
+    /// A handlebars template over the result model that writes HTML: values are HTML-escaped and
+    /// the plot helpers draw inline SVG.
+    Html,
 }
-string_enum!(ReportFormat { "json" => ReportFormat::Json, "csv" => ReportFormat::Csv, "template" => ReportFormat::Template });
+string_enum!(ReportFormat {
+    "json" => ReportFormat::Json,
+    "csv" => ReportFormat::Csv,
+    "template" => ReportFormat::Template,
+    "html" => ReportFormat::Html,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -707,9 +715,12 @@ impl Decode for ReporterSpec {
         let template: Option<Spanned<String>> = f.opt(cx, "template");
         let output = f.req(cx, "output");
         f.finish(cx);
-        if format == Some(ReportFormat::Template) && template.is_none() {
+        if let Some(kind @ (ReportFormat::Template | ReportFormat::Html)) = format
+            && template.is_none()
+        {
+            let name = if kind == ReportFormat::Html { "html" } else { "template" };
             cx.error(
-                Diagnostic::new(node.pos, format!("{what}: `format: template` needs `template:`"))
+                Diagnostic::new(node.pos, format!("{what}: `format: {name}` needs `template:`"))
                     .help("name the handlebars file, e.g. `template: markdown.md.hbs`"),
             );
         }

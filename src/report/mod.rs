@@ -8,6 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+pub mod html;
+mod plots;
+mod svg;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -217,6 +221,24 @@ pub fn summary(report: &RunReport) -> String {
         }
     }
     for c in &report.cells {
+        let Some(e) = c.metrics.get("eval") else { continue };
+        let pct = |p: &str| e.pointer(p).and_then(Json::as_f64).map_or("-".into(), |v| format!("{:.1} %", v * 100.0));
+        let _ = writeln!(
+            out,
+            "EVAL {} {} #{}: accuracy {} ± {} over {} items{}, unparseable {}",
+            c.cell.engine,
+            c.cell.benchmark,
+            c.cell.run_index,
+            pct("/accuracy"),
+            pct("/stderr"),
+            e.pointer("/counts/scored").and_then(Json::as_u64).unwrap_or(0),
+            e.get("macro_accuracy")
+                .and_then(Json::as_f64)
+                .map_or(String::new(), |m| format!(" (macro {:.1} %)", m * 100.0)),
+            pct("/unparseable_share"),
+        );
+    }
+    for c in &report.cells {
         if let Some(n) = c.metrics.pointer("/stopped_early").and_then(Json::as_u64).filter(|n| *n > 0) {
             let _ = writeln!(
                 out,
@@ -237,16 +259,22 @@ pub fn summary(report: &RunReport) -> String {
     out
 }
 
-/// A handlebars helper that writes the text `f` makes of its parameters.
+/// A handlebars helper that writes the text `f` makes of its parameters, escaped like any
+/// `{{value}}` (HTML-escaped in an html reporter unless written `{{{…}}}`; as is in a template one).
 fn text_helper(f: fn(&handlebars::Helper) -> String) -> Box<dyn handlebars::HelperDef + Send + Sync> {
     Box::new(
         move |h: &handlebars::Helper,
-              _: &handlebars::Handlebars,
+              r: &handlebars::Handlebars,
               _: &handlebars::Context,
-              _: &mut handlebars::RenderContext,
+              rc: &mut handlebars::RenderContext,
               out: &mut dyn handlebars::Output|
               -> handlebars::HelperResult {
-            out.write(&f(h))?;
+            let text = f(h);
+            if rc.is_disable_escape() {
+                out.write(&text)?;
+            } else {
+                out.write(&r.get_escape_fn()(&text))?;
+            }
             Ok(())
         },
     )
@@ -258,40 +286,110 @@ fn fixed(h: &handlebars::Helper) -> String {
     h.param(0).and_then(|p| p.value().as_f64()).map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
 }
 
-/// `params MAP`: `k=v k2=v2`.
+/// `percent SHARE DIGITS`: a share (0.25) as a percentage (`25.0 %`), `-` when absent.
+fn percent(h: &handlebars::Helper) -> String {
+    let digits = h.param(1).and_then(|p| p.value().as_u64()).unwrap_or(1) as usize;
+    h.param(0).and_then(|p| p.value().as_f64()).map_or_else(|| "-".to_string(), |v| format!("{:.digits$} %", v * 100.0))
+}
+
+/// `bytes N`: a byte count in binary units (`23.5 GiB`), `-` when absent.
+fn bytes(h: &handlebars::Helper) -> String {
+    let Some(mut v) = h.param(0).and_then(|p| p.value().as_f64()) else { return "-".to_string() };
+    let mut unit = 0;
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{v} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// `params MAP`: `k=v k2=v2`; a scalar as itself (a stage's `synchronous` profile).
 fn params(h: &handlebars::Helper) -> String {
     match h.param(0).map(|p| p.value()) {
         Some(Json::Object(m)) => {
             m.iter().map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v))).collect::<Vec<_>>().join(" ")
         }
+        Some(v @ (Json::String(_) | Json::Number(_) | Json::Bool(_))) => crate::template::scalar_text(v),
         _ => String::new(),
     }
 }
 
-/// Renders a templated reporter over the result model.
-///
-/// The template sees the `RunReport` fields, `cell_count`, and `benchmarks`: the cells grouped
-/// by benchmark instance, in order. Helpers: `fixed VALUE DIGITS` (a number with that many decimals, `-` when
-/// absent) and `params MAP` (`k=v k2=v2`). Missing values render empty rather than failing: a
-/// failed cell has no latencies, and the report must still be written.
-pub fn render_template(template: &str, report: &RunReport) -> Result<String, String> {
+/// `join LIST SEPARATOR`: the items of a list as text (`", "` by default).
+fn join(h: &handlebars::Helper) -> String {
+    let sep = h.param(1).and_then(|p| p.value().as_str()).unwrap_or(", ");
+    match h.param(0).map(|p| p.value()) {
+        Some(Json::Array(items)) => items.iter().map(crate::template::scalar_text).collect::<Vec<_>>().join(sep),
+        _ => String::new(),
+    }
+}
+
+/// A registry with the report helpers; `escape` is the escaping of `{{value}}` output.
+fn report_registry(escape: fn(&str) -> String) -> handlebars::Handlebars<'static> {
     let mut hb = handlebars::Handlebars::new();
-    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_escape_fn(escape);
     hb.register_helper("fixed", text_helper(fixed));
+    hb.register_helper("percent", text_helper(percent));
+    hb.register_helper("bytes", text_helper(bytes));
     hb.register_helper("params", text_helper(params));
+    hb.register_helper("join", text_helper(join));
+    hb
+}
+
+/// What a report template sees: the report's own fields (a `RunReport` as JSON), `cell_count`,
+/// `benchmarks` (the cells grouped by benchmark instance, in order: `name`, `template`, `cells`,
+/// and whether any of its cells `has_stages`, `has_resources`, `has_engine_metrics`,
+/// `has_eval`), and the distinct `engines` (`name`, `template`) and `models` (names) in order of
+/// appearance. A cell's eval score is its `eval` (also when a result keeps it in `metrics.eval`).
+fn template_context(mut data: Json) -> Json {
     let mut benchmarks: Vec<Json> = Vec::new();
-    for c in &report.cells {
-        let cell = serde_json::to_value(c).map_err(|e| e.to_string())?;
-        match benchmarks.iter_mut().find(|b| b["name"] == c.cell.benchmark.as_str()) {
-            Some(b) => b["cells"].as_array_mut().map_or((), |a| a.push(cell)),
-            None => benchmarks
-                .push(serde_json::json!({"name": c.cell.benchmark, "template": c.cell.template, "cells": [cell]})),
+    let mut engines: Vec<Json> = Vec::new();
+    let mut models: Vec<Json> = Vec::new();
+    if let Some(cells) = data["cells"].as_array_mut() {
+        for c in cells.iter_mut().filter(|c| !c["eval"].is_object() && c["metrics"]["eval"].is_object()) {
+            c["eval"] = c["metrics"]["eval"].clone();
         }
     }
-    let mut data = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    let cells = data["cells"].as_array().cloned().unwrap_or_default();
+    for cell in &cells {
+        let id = &cell["cell"];
+        match benchmarks.iter_mut().find(|b| b["name"] == id["benchmark"]) {
+            Some(b) => b["cells"].as_array_mut().map_or((), |a| a.push(cell.clone())),
+            None => benchmarks
+                .push(serde_json::json!({"name": id["benchmark"], "template": id["template"], "cells": [cell]})),
+        }
+        if !engines.iter().any(|e| e["name"] == id["engine"]) {
+            engines.push(serde_json::json!({"name": id["engine"], "template": id["engine_template"]}));
+        }
+        if !models.contains(&id["model"]) {
+            models.push(id["model"].clone());
+        }
+    }
+    for b in &mut benchmarks {
+        let cells = b["cells"].as_array().cloned().unwrap_or_default();
+        let any = |f: &dyn Fn(&Json) -> bool| Json::Bool(cells.iter().any(f));
+        b["has_stages"] = any(&|c| c["metrics"]["stages"].as_array().is_some_and(|s| !s.is_empty()));
+        b["has_resources"] = any(&|c| c["resources"].is_object());
+        b["has_engine_metrics"] = any(&|c| c["engine_metrics"].is_object());
+        b["has_eval"] = any(&|c| c["eval"].is_object());
+    }
+    data["cell_count"] = cells.len().into();
     data["benchmarks"] = Json::Array(benchmarks);
-    data["cell_count"] = report.cells.len().into();
-    hb.render_template(template, &data).map_err(|e| e.to_string())
+    data["engines"] = Json::Array(engines);
+    data["models"] = Json::Array(models);
+    data
+}
+
+/// Renders a templated reporter over the result model.
+///
+/// The template sees what `template_context` builds. Helpers: `fixed VALUE DIGITS` (a number
+/// with that many decimals, `-` when absent), `percent SHARE DIGITS`, `bytes N`, `params MAP`
+/// (`k=v k2=v2`) and `join LIST SEP`. Output is not escaped (a template reporter writes any
+/// text format; the `html` format escapes, see `html::render`). Missing values render empty
+/// rather than failing: a failed cell has no latencies, and the report must still be written.
+pub fn render_template(template: &str, report: &RunReport) -> Result<String, String> {
+    let data = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    report_registry(handlebars::no_escape).render_template(template, &template_context(data)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -843,6 +843,12 @@ impl RunExecutor {
                         .into_bytes(),
                     None => continue,
                 },
+                crate::manifest::template_kind::ReportFormat::Html => match &r.template {
+                    Some(t) => crate::report::html::render(t, &report)
+                        .map_err(|e| err(format!("reporter `{}`: {e}", r.name)))?
+                        .into_bytes(),
+                    None => continue,
+                },
             };
             let path = dir.join(&r.output);
             if files.contains(&r.output) {
