@@ -27,6 +27,7 @@ impl Env {
     fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
         c.env("KITT_RUNS_DIR", self.runs())
+            .env("KITT_STORE", "off")
             .env("KITT_HOST_LOCK", self.path().join("host.lock"))
             .env("KITT_SIM_REQUEST_LOG", self.path().join("requests.jsonl"))
             .env_remove("KITT_TEST_KILL_AFTER_RECORD")

@@ -15,6 +15,7 @@ fn apply(dir: &Path) -> std::process::Output {
         .arg("apply")
         .arg(dir.join("suite.yaml"))
         .env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_STORE", "off")
         .env("KITT_HOST_LOCK", dir.join("host.lock"))
         .output()
         .unwrap()

@@ -90,6 +90,7 @@ impl Env {
     fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
         c.env("KITT_RUNS_DIR", self.runs())
+            .env("KITT_STORE", "off")
             .env("KITT_HOST_LOCK", self.path().join("host.lock"))
             .env_remove("KITT_TEST_KILL_AFTER_RECORD")
             .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
@@ -479,5 +480,46 @@ fn serial_docker_a_retry_restarts_a_killed_container_first() {
     assert_eq!(r["cells"][0]["status"], "ok");
     assert_eq!(r["cells"][0]["provenance"]["attempt"], 1);
     assert_eq!(r["cells"][0]["metrics"]["requests"], 60, "the retry measured from zero on a fresh container");
+    assert!(containers_of(&run_id(&run)).is_empty());
+}
+
+#[test]
+fn serial_docker_the_evals_example_scores_every_item_in_the_llama_cpp_container() {
+    if docker_missing() {
+        return;
+    }
+    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
+    if !present.status.success()
+        && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
+    {
+        return;
+    }
+    // The example reads its datasets from .kitt/datasets (its comment says how to provide them).
+    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
+    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
+        return;
+    }
+    let link = root().join(".kitt/datasets");
+    if !link.exists() {
+        std::fs::create_dir_all(root().join(".kitt")).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(std::fs::canonicalize(&data).unwrap(), &link).unwrap();
+    }
+    let env = Env::new();
+    let out = env.cmd().arg("apply").arg(root().join("examples/evals.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let r = report(&run);
+    let expected = [("mmlu", 20), ("gsm8k", 5), ("truthfulqa", 20)];
+    for (c, (name, n)) in r["cells"].as_array().unwrap().iter().zip(expected) {
+        assert_eq!(c["cell"]["benchmark"], name);
+        assert_eq!(c["status"], "ok", "{c}");
+        let e = &c["metrics"]["eval"];
+        assert_eq!(e["counts"]["scored"], n, "{name}: {e}");
+        let acc = e["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EVAL llama mmlu #0: accuracy"), "{}", text(&out));
+    assert!(run.join("report/report.md").exists());
     assert!(containers_of(&run_id(&run)).is_empty());
 }

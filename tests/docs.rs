@@ -116,6 +116,7 @@ fn documented_read_only_commands_succeed() {
             .args(&words)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("KITT_RUNS_DIR", std::env::temp_dir().join("kitt-docs-test-runs-none"))
+            .env("KITT_STORE", "off")
             .output()
             .unwrap();
         assert!(out.status.success(), "{file}: `{cmd}` failed:\n{}", String::from_utf8_lossy(&out.stderr));

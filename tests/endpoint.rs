@@ -31,6 +31,7 @@ fn start_sim(flags: &[&str]) -> String {
 fn kitt(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
     c.env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_STORE", "off")
         .env("KITT_HOST_LOCK", dir.join("host.lock"))
         .env_remove("KITT_SIM_REQUEST_LOG");
     c

@@ -33,6 +33,7 @@ fn build() -> Option<(PathBuf, PathBuf)> {
 fn kitt(runs: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
     c.env("KITT_RUNS_DIR", runs)
+        .env("KITT_STORE", "off")
         .env("KITT_HOST_LOCK", runs.join("host.lock"))
         .env_remove("KITT_TEST_KILL_IN_BENCHMARK");
     c
@@ -155,4 +156,98 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report(&runs)["cells"][0]["metrics"]["requests"], 40);
     assert_eq!(llama_servers(&alias), 0);
+}
+
+fn test_data() -> Option<PathBuf> {
+    let dir = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
+    if dir.join("mmlu/data/test").exists() {
+        return Some(dir);
+    }
+    let msg = format!("the test datasets are not at {} (set KITT_TEST_DATA)", dir.display());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// An MMLU eval on the real server (random weights: the score is near chance, the pipeline is
+/// real), killed in the middle and resumed from its checkpoint to the uninterrupted score.
+#[test]
+fn serial_an_mmlu_eval_on_llama_cpp_resumes_mid_eval_to_the_same_score() {
+    let Some((server, model)) = build() else { return };
+    let Some(data) = test_data() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: llama-mmlu}}
+spec:
+  models: [{{name: tiny, path: "{}"}}]
+  engines: [{{name: llama, template: llama_cpp, params: {{binary: "{}", ctx_size: 4096, parallel: 4}}, native: {{}}}}]
+  benchmarks:
+    - name: mmlu
+      template: mmlu
+      params:
+        source: "{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv"
+        subjects: [abstract_algebra, astronomy]
+        k: 2
+        sample_size: 40
+        max_tokens: 2
+  sampling: {{temperature: 0, seed: 1}}
+  warmup: {{requests: 1}}
+"#,
+            model.display(),
+            server.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let out = kitt(whole.path()).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r = report(whole.path());
+    let cell = &r["cells"][0];
+    assert_eq!(cell["status"], "ok", "{cell}");
+    let eval = &cell["metrics"]["eval"];
+    assert_eq!(eval["counts"]["total"], 40, "{eval}");
+    assert_eq!(eval["counts"]["scored"], 40);
+    assert_eq!(eval["groups"].as_object().unwrap().len(), 2, "per-subject accuracy: {eval}");
+    let accuracy = eval["accuracy"].as_f64().unwrap();
+    let items = std::fs::read_dir(
+        std::fs::read_dir(whole.path()).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path().join("steps"),
+    )
+    .unwrap()
+    .flatten()
+    .filter_map(|e| std::fs::read_to_string(e.path().join("items.jsonl")).ok())
+    .next()
+    .expect("items.jsonl");
+    assert_eq!(items.lines().count(), 40, "every item's prompt, answer and verdict");
+
+    // Killed after 20 answers, then resumed: the checkpoint carries the answers given.
+    let killed = tempfile::tempdir().unwrap();
+    let out = kitt(killed.path()).arg("apply").arg(&suite).env("KITT_TEST_KILL_IN_BENCHMARK", "20").output().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoints: Vec<PathBuf> = std::fs::read_dir(killed.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|run| std::fs::read_dir(run.path().join("steps")).unwrap().flatten())
+        .map(|s| s.path().join("eval-checkpoint.json"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "the eval checkpointed before the kill");
+    let out = kitt(killed.path()).arg("apply").arg(&suite).env("RUST_LOG", "kitt=info").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("eval resumes from its checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = report(killed.path());
+    assert_eq!(resumed["cells"][0]["metrics"]["eval"]["accuracy"].as_f64().unwrap(), accuracy, "the same score");
 }

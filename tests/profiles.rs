@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 fn kitt(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
     c.env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_STORE", "off")
         .env("KITT_HOST_LOCK", dir.join("host.lock"))
         .env_remove("KITT_TEST_KILL_AFTER_RECORD")
         .env_remove("KITT_TEST_KILL_IN_BENCHMARK");

@@ -305,11 +305,7 @@ async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<
 
 /// The benchmark's own warmup: a closed loop over prompts of its own (another seed), before the
 /// window; its records are dropped. Returns how many requests it sent.
-async fn warm_up(
-    input: &LoadInput,
-    w: &crate::manifest::load::LoadWarmup,
-    workers: usize,
-) -> Result<u64, LoadError> {
+async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, workers: usize) -> Result<u64, LoadError> {
     let pool = w.requests.unwrap_or(DURATION_POOL_MIN).clamp(1, POOL_MAX);
     let (prompts, _) =
         prompts::for_spec(&input.client, input.tokenize.as_ref(), input.seed ^ 0x5741_524d, pool, &input.load.prompt)

@@ -45,7 +45,7 @@ pub struct RunArgs {
     /// Engine template (sim, llama_cpp, vllm, tgi, ollama, or a template of yours).
     #[arg(short, long)]
     pub engine: String,
-    /// Suite whose benchmarks to run: quick, standard, performance, or a suite file.
+    /// Suite whose benchmarks to run: quick, standard, performance, memory, or a suite file.
     #[arg(short, long, default_value = "quick")]
     pub suite: String,
     /// Print the suite built from these flags (YAML) instead of running it.
@@ -60,6 +60,7 @@ const READY_SUITES: &[(&str, &str)] = &[
     ("quick", include_str!("../../suites/quick.yaml")),
     ("standard", include_str!("../../suites/standard.yaml")),
     ("performance", include_str!("../../suites/performance.yaml")),
+    ("memory", include_str!("../../suites/memory.yaml")),
 ];
 
 fn runtime() -> Option<tokio::runtime::Runtime> {

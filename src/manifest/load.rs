@@ -567,8 +567,11 @@ impl Decode for PromptSpec {
                 let input = input_tokens.as_ref().map(Length::nominal).unwrap_or(u32::MAX);
                 if tokens >= input {
                     cx.error(
-                        Diagnostic::new(p.pos, format!("a shared prefix of {tokens} tokens leaves nothing of a {input}-token prompt"))
-                            .help("the prefix is part of `input_tokens`: make it shorter"),
+                        Diagnostic::new(
+                            p.pos,
+                            format!("a shared prefix of {tokens} tokens leaves nothing of a {input}-token prompt"),
+                        )
+                        .help("the prefix is part of `input_tokens`: make it shorter"),
                     );
                     return None;
                 }

@@ -68,7 +68,6 @@ struct Compiler<'a> {
     catalog: &'a Catalog,
     renderer: Renderer,
     errors: Vec<Diagnostic>,
-    not_executable: Vec<NotExecutable>,
 }
 
 /// One engine instance after its sweeps are expanded.
@@ -90,8 +89,7 @@ struct BenchVariant<'a> {
 
 /// Compiles a decoded suite against a catalog.
 pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>> {
-    let mut c =
-        Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new(), not_executable: Vec::new() };
+    let mut c = Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new() };
     let plan = c.run();
     let mut errors = c.errors;
     for e in &mut errors {
@@ -107,10 +105,6 @@ pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>
 impl<'a> Compiler<'a> {
     fn err(&mut self, d: Diagnostic) {
         self.errors.push(d);
-    }
-
-    fn not_executable(&mut self, what: String, file: &Path, pos: Pos) {
-        self.not_executable.push(NotExecutable { what, file: file.to_path_buf(), line: pos.line, col: pos.col });
     }
 
     fn run(&mut self) -> Option<Plan> {
@@ -213,7 +207,6 @@ impl<'a> Compiler<'a> {
             steps,
             reporters,
             templates,
-            not_executable: std::mem::take(&mut self.not_executable),
         })
     }
 
@@ -475,13 +468,6 @@ impl<'a> Compiler<'a> {
             else {
                 continue;
             };
-            if entry.manifest.spec.mechanism == Mechanism::Eval {
-                self.not_executable(
-                    format!("benchmark `{}` (eval mechanism)", inst.name.value),
-                    &self.suite.file.clone(),
-                    inst.template.pos,
-                );
-            }
             for combo in combinations(&set) {
                 let mut params = base.clone();
                 let mut swept = BTreeMap::new();
@@ -829,11 +815,8 @@ impl<'a> Compiler<'a> {
             sampling: bv.sampling.clone(),
             load: None,
             request: None,
+            eval: None,
         };
-        if spec.mechanism != Mechanism::Load {
-            return Some(cell);
-        }
-        let load_node = spec.load.as_ref()?;
         let ctx = json!({
             "params": bv.params,
             "sampling": bv.sampling,
@@ -841,6 +824,10 @@ impl<'a> Compiler<'a> {
             "engine": {"name": ev.name, "template": ev.instance.template.value},
             "run": {"index": run_index},
         });
+        if spec.mechanism == Mechanism::Eval {
+            return self.eval_cell(cell, &ctx, ectx, ev, model, bv);
+        }
+        let load_node = spec.load.as_ref()?;
         let rendered = match self.renderer.render_node(load_node, &ctx) {
             Ok(n) => n,
             Err(d) => {
@@ -894,6 +881,83 @@ impl<'a> Compiler<'a> {
             }
         }
         cell.load = Some(load);
+        Some(cell)
+    }
+
+    /// An `eval` cell: the eval rendered over the cell's context, and the engine call its
+    /// requests go through, rendered with the eval's generation values over the suite's sampling.
+    fn eval_cell(
+        &mut self,
+        mut cell: Cell,
+        ctx: &Json,
+        ectx: &Json,
+        ev: &EngineVariant,
+        model: &Model,
+        bv: &BenchVariant,
+    ) -> Option<Cell> {
+        let bfile = bv.entry.manifest.file.clone();
+        let Some(node) = bv.entry.manifest.spec.eval.as_ref() else {
+            self.err(
+                Diagnostic::new(
+                    bv.instance.template.pos,
+                    format!("benchmark template `{}` has `mechanism: eval` but no `eval:`", bv.instance.template.value),
+                )
+                .in_file(&bfile),
+            );
+            return None;
+        };
+        let spec = match crate::eval::compile(node, ctx) {
+            Ok(s) => s,
+            Err(ds) => {
+                for d in ds {
+                    let d = d.in_file(&bfile);
+                    if !self.errors.contains(&d) {
+                        self.err(d);
+                    }
+                }
+                return None;
+            }
+        };
+        let api = &ev.template.manifest.spec.api;
+        let call = match spec.prompt.api {
+            ApiKind::Completion => api.completion.as_ref(),
+            ApiKind::Chat => api.chat.as_ref(),
+        };
+        let Some(call) = call else {
+            let kind = if spec.prompt.api == ApiKind::Chat { "chat" } else { "completion" };
+            let d = Diagnostic::new(
+                bv.instance.name.pos,
+                format!(
+                    "eval `{}` uses the `{kind}` API, which engine template `{}` does not declare",
+                    bv.instance.name.value, ev.instance.template.value
+                ),
+            );
+            if !self.errors.contains(&d) {
+                self.err(d);
+            }
+            return None;
+        };
+        let mut sampling = bv.sampling.clone();
+        let g = &spec.generation;
+        sampling.insert("max_tokens".into(), json!(g.max_tokens));
+        if let Some(t) = g.temperature {
+            sampling.insert("temperature".into(), json!(t));
+        }
+        if !g.stop.is_empty() {
+            sampling.insert("stop".into(), json!(g.stop));
+        }
+        match self.request(ectx, &sampling, false, call) {
+            Ok(req) => cell.request = Some(req),
+            Err(d) => {
+                let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
+                if !self.errors.contains(&d) {
+                    self.err(d);
+                }
+                return None;
+            }
+        }
+        cell.sampling = sampling;
+        cell.eval = Some(spec);
         Some(cell)
     }
 }

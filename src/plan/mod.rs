@@ -74,9 +74,6 @@ pub struct Plan {
     pub reporters: Vec<ReporterRef>,
     /// Every template the suite uses and the file it came from.
     pub templates: Vec<TemplateRef>,
-    /// Keys that validate but that this kitt cannot execute yet (DESIGN decision 6).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_executable: Vec<NotExecutable>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,14 +92,6 @@ pub struct TemplateRef {
     pub kind: String,
     pub name: String,
     pub origin: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NotExecutable {
-    pub what: String,
-    pub file: PathBuf,
-    pub line: usize,
-    pub col: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,6 +257,9 @@ pub struct Cell {
     pub load: Option<LoadSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestTemplate>,
+    /// The eval of an `eval` benchmark, rendered for this cell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::EvalSpec>,
 }
 
 impl Cell {

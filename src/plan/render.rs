@@ -95,12 +95,6 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
     if let Some(r) = plan.steps.iter().find(|s| s.kind == StepKind::Report) {
         let _ = writeln!(out, "\nreport    {}  {}", &r.key[..12], plan.step_label(r));
     }
-    if !plan.not_executable.is_empty() {
-        out.push_str("\nnot executable by this kitt yet (`kitt apply` refuses):\n");
-        for n in &plan.not_executable {
-            let _ = writeln!(out, "  {}:{}:{}: {}", n.file.display(), n.line, n.col, n.what);
-        }
-    }
     out
 }
 

@@ -596,6 +596,9 @@ impl RunExecutor {
         let s = &self.plan.steps[step];
         let ci = s.cell.ok_or_else(|| err("benchmark step without a cell"))?;
         let cell = &self.plan.cells[ci];
+        if cell.eval.is_some() {
+            return self.eval_benchmark(step, attempt, cancel).await;
+        }
         let (Some(spec), Some(call)) = (&cell.load, &cell.request) else {
             return Err(err(format!("benchmark `{}`: its mechanism is not executable by this kitt", cell.benchmark)));
         };
@@ -667,6 +670,106 @@ impl RunExecutor {
             None => {
                 Ok(json!({"requests": m.requests, "ok": m.ok, "output_token_throughput": m.output_token_throughput}))
             }
+        }
+    }
+
+    /// An eval cell: prepare the items (dataset, shots, prompts, context policy), answer them
+    /// through the engine with bounded concurrency, checkpointing in the step directory so an
+    /// interrupted eval resumes where it stopped, and score them.
+    async fn eval_benchmark(&self, step: usize, attempt: u32, cancel: &Cancel) -> Result<Json, StepError> {
+        use crate::eval::{EvalOutcome, Prompt, RunOptions, TokenCounter};
+        let s = &self.plan.steps[step];
+        let ci = s.cell.ok_or_else(|| err("benchmark step without a cell"))?;
+        let cell = &self.plan.cells[ci];
+        let g = &self.plan.groups[cell.group];
+        let (Some(spec), Some(call)) = (&cell.eval, &cell.request) else {
+            return Err(err(format!("benchmark `{}` has no eval", cell.benchmark)));
+        };
+        let started = unix_ns();
+        let (client, served) = self.engine_handle(cell.group).await?;
+        let mut call = call.clone();
+        if let Some(name) = &served {
+            call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);
+        }
+        let mut opts = crate::eval::PrepareOptions::from_env(&self.plan.suite.dir);
+        opts.cancel = cancel.clone();
+        // The engine's context window, where its template has one, for the context policy.
+        opts.context_window = ["ctx_size", "max_model_len", "num_ctx", "max_total_tokens"]
+            .iter()
+            .find_map(|k| g.params.get(*k).and_then(Json::as_u64))
+            .map(|n| n as u32);
+        if let Some((mut req, pointer)) = Self::tokenizer(g) {
+            if let Some(name) = &served {
+                req.body = req.body.as_ref().map(|b| bind_late(b, &[("model.served_name", json!(name))]));
+            }
+            let c = client.clone();
+            opts.counter = TokenCounter::Engine(Arc::new(move |prompt: Prompt| {
+                let (c, req, pointer) = (c.clone(), req.clone(), pointer.clone());
+                Box::pin(async move {
+                    c.count_tokens(&req, &pointer, &prompt.text()).await.map(|n| n as u32).map_err(|e| e.to_string())
+                })
+            }));
+        }
+        let prepared =
+            crate::eval::prepare(spec, &opts).await.map_err(|e| err(format!("eval `{}`: {e}", cell.benchmark)))?;
+        let dir = self.step_dir(&s.key)?;
+        let concurrency = cell.params.get("concurrency").and_then(Json::as_u64).unwrap_or(8).max(1) as usize;
+        let mut ropts = RunOptions::new(dir.join("eval-checkpoint.json"), concurrency, cancel.clone());
+        // About twenty checkpoints per eval (at most every 50 answers): a kill loses little.
+        ropts.checkpoint_every = (prepared.items.len() / 20).clamp(1, 50);
+        self.progress.requests.store(0, Ordering::Relaxed);
+        self.progress.requests_total.store(prepared.items.len() as u64, Ordering::Relaxed);
+        if let Ok(mut l) = self.progress.label.lock() {
+            *l = cell.label();
+        }
+        let origin = std::time::Instant::now();
+        let generate = |req: crate::eval::Request| {
+            let (client, call) = (client.clone(), call.clone());
+            async move {
+                let body = match req.prompt {
+                    Prompt::Text(text) => bind_late(&call.body, &[("prompt", json!(text))]),
+                    Prompt::Messages(messages) => bind_late(&call.body, &[("messages", json!(messages))]),
+                };
+                let mut record = crate::engine::client::RequestRecord::default();
+                client.send(&call, bytes::Bytes::from(body.to_string()), origin, &mut record).await;
+                if record.ok() {
+                    Ok(record.text)
+                } else {
+                    Err(record.error_detail.unwrap_or_else(|| format!("{:?}", record.error)))
+                }
+            }
+        };
+        let done = self.progress.requests.clone();
+        let outcome = crate::eval::run(&prepared, generate, &ropts, |p| done.store(p.done as u64, Ordering::Relaxed))
+            .await
+            .map_err(|e| err(format!("eval `{}`: {e}", cell.benchmark)))?;
+        let (result, items) = match outcome {
+            EvalOutcome::Finished { result, items, .. } => (result, items),
+            EvalOutcome::Interrupted { .. } => return Err(StepError::cancelled()),
+        };
+        crate::eval::write_items(&dir.join("items.jsonl"), &items).map_err(err)?;
+        let c = &result.counts;
+        let error_rate = if c.scored > 0 { c.errors as f64 / c.scored as f64 } else { 0.0 };
+        let metrics = json!({
+            "requests": c.scored, "ok": c.scored - c.errors, "errors": c.errors, "error_rate": error_rate,
+            "accuracy": result.accuracy, "eval": result,
+        });
+        let error = (error_rate > self.plan.execution.max_error_rate).then(|| {
+            format!(
+                "{} of {} eval requests failed, above the budget of {:.1} %",
+                c.errors,
+                c.scored,
+                self.plan.execution.max_error_rate * 100.0
+            )
+        });
+        let record = json!({
+            "metrics": metrics, "attempt": attempt, "prompts_exact": false,
+            "started_unix_ns": started, "finished_unix_ns": unix_ns(), "error": error,
+        });
+        self.write(dir.join("benchmark.json"), &record)?;
+        match error {
+            Some(e) => Err(err(e)),
+            None => Ok(json!({"items": c.total, "accuracy": result.accuracy})),
         }
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::cancel::Cancel;
-use crate::plan::{NotExecutable, Plan, StepKind};
+use crate::plan::{Plan, StepKind};
 use crate::report::RunReport;
 use dir::{LockError, RunDir, RunMeta, RunStatus};
 use journal::{Event, Facts, Journal, JournalError};
@@ -31,8 +31,6 @@ pub struct ApplyOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("this suite uses what this kitt cannot execute yet:\n{}", list(.0))]
-    NotExecutable(Vec<NotExecutable>),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -47,14 +45,6 @@ pub enum ApplyError {
     Stopped { run: String, reason: String },
     #[error("{0}")]
     Io(String),
-}
-
-fn list(items: &[NotExecutable]) -> String {
-    items
-        .iter()
-        .map(|n| format!("  {}:{}:{}: {}", n.file.display(), n.line, n.col, n.what))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 pub struct ApplyOutcome {
@@ -157,9 +147,6 @@ pub async fn apply(
     cancel: &Cancel,
     progress: Arc<exec::Progress>,
 ) -> Result<ApplyOutcome, ApplyError> {
-    if !plan.not_executable.is_empty() {
-        return Err(ApplyError::NotExecutable(plan.not_executable.clone()));
-    }
     let root = dir::runs_root(opts.runs_dir.as_deref());
     for what in pidfile::sweep(&root) {
         tracing::warn!("stopped {what}");

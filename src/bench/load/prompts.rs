@@ -166,10 +166,14 @@ pub(crate) fn read_dataset(d: &DatasetPrompts) -> Result<Vec<String>, String> {
     match d.format {
         DatasetFormat::Jsonl => {
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), n + 1))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), n + 1))?;
                 out.push(pick(&v).ok_or_else(|| {
-                    format!("{}:{}: no string `{field}` (set `field:` to the key holding the prompt)", path.display(), n + 1)
+                    format!(
+                        "{}:{}: no string `{field}` (set `field:` to the key holding the prompt)",
+                        path.display(),
+                        n + 1
+                    )
                 })?);
             }
         }
@@ -178,19 +182,20 @@ pub(crate) fn read_dataset(d: &DatasetPrompts) -> Result<Vec<String>, String> {
                 serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
             let items = v.as_array().ok_or_else(|| format!("{}: expected a JSON array", path.display()))?;
             for (n, item) in items.iter().enumerate() {
-                let prompt = if d.format == DatasetFormat::Sharegpt {
-                    // The first turn a person wrote; conversations that start elsewhere are skipped.
-                    item["conversations"].as_array().and_then(|c| {
-                        c.iter()
-                            .find(|t| matches!(t["from"].as_str(), Some("human" | "user")))
-                            .and_then(|t| t["value"].as_str())
-                            .map(String::from)
-                    })
-                } else {
-                    Some(pick(item).ok_or_else(|| {
-                        format!("{}: entry {n}: no string `{field}` (set `field:`)", path.display())
-                    })?)
-                };
+                let prompt =
+                    if d.format == DatasetFormat::Sharegpt {
+                        // The first turn a person wrote; conversations that start elsewhere are skipped.
+                        item["conversations"].as_array().and_then(|c| {
+                            c.iter()
+                                .find(|t| matches!(t["from"].as_str(), Some("human" | "user")))
+                                .and_then(|t| t["value"].as_str())
+                                .map(String::from)
+                        })
+                    } else {
+                        Some(pick(item).ok_or_else(|| {
+                            format!("{}: entry {n}: no string `{field}` (set `field:`)", path.display())
+                        })?)
+                    };
                 out.extend(prompt.filter(|p| !p.trim().is_empty()));
             }
         }
@@ -239,7 +244,8 @@ async fn dataset(
                 }
                 match in_flight.next().await {
                     Some((text, n)) => {
-                        let tokens = n.map_err(|e| format!("measuring the dataset's prompts with the engine's tokenizer: {e}"))?;
+                        let tokens =
+                            n.map_err(|e| format!("measuring the dataset's prompts with the engine's tokenizer: {e}"))?;
                         out.push(Prompt { text, tokens, exact: true });
                     }
                     None => break,
@@ -277,7 +283,8 @@ impl Sizer<'_> {
 
     /// Request `index`'s prompt with `words` words after its prefix.
     fn text(&self, index: u64, words: usize) -> String {
-        let prefix = (!self.prefixes.is_empty()).then(|| self.prefixes[(index % self.prefixes.len() as u64) as usize].as_str());
+        let prefix =
+            (!self.prefixes.is_empty()).then(|| self.prefixes[(index % self.prefixes.len() as u64) as usize].as_str());
         join(prefix, prompt_text(self.seed, index, words))
     }
 

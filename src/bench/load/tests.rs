@@ -406,7 +406,8 @@ async fn shared_prefixes_are_exact_shared_within_a_group_and_distinct_between_gr
     assert_eq!(head(1), head(3));
     assert_ne!(head(0), head(1));
     // After the prefix every prompt is its own.
-    let tails: HashSet<String> = prompts.iter().map(|p| p.text.split(' ').skip(10).collect::<Vec<_>>().join(" ")).collect();
+    let tails: HashSet<String> =
+        prompts.iter().map(|p| p.text.split(' ').skip(10).collect::<Vec<_>>().join(" ")).collect();
     assert_eq!(tails.len(), 6);
     // Cold (the default): no two prompts share even their first word.
     let cold = PromptSpec::fixed(24);
