@@ -23,6 +23,8 @@ pub(super) struct Generation {
     pub length: bool,
     /// Answer with a failure instead (the `--error-rate` draw).
     pub fails: bool,
+    /// The answer key's words for this request (`--answers`), instead of drawn ones.
+    pub answer: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// What a request asks of the answer's length.
@@ -45,6 +47,18 @@ const SALT_LOGPROB: u64 = 0x6c6f_6770_726f_6273;
 pub(super) fn draw(args: &SimArgs, body: &[u8], prompt_tokens: u32, limits: Limits, reasoning: u32) -> Generation {
     let hash = request_hash(args.seed, body);
     let max = limits.max.max(1);
+    if let Some(words) = keyed_answer(args, body) {
+        let total = saturate(words.len()).clamp(1, max);
+        return Generation {
+            hash,
+            prompt_tokens,
+            total,
+            reasoning: 0,
+            length: total == max,
+            fails: false,
+            answer: Some(std::sync::Arc::new(words)),
+        };
+    }
     let total = if limits.ignore_eos || args.ignore_eos {
         max
     } else {
@@ -58,7 +72,26 @@ pub(super) fn draw(args: &SimArgs, body: &[u8], prompt_tokens: u32, limits: Limi
         reasoning: reasoning.min(total),
         length: total == max,
         fails: unit(mix(hash ^ SALT_ERROR)) < args.error_rate,
+        answer: None,
     }
+}
+
+/// The answer key's answer to `body`: the entry whose match appears latest in it.
+fn keyed_answer(args: &SimArgs, body: &[u8]) -> Option<Vec<String>> {
+    if args.answer_key.is_empty() {
+        return None;
+    }
+    let body = String::from_utf8_lossy(body);
+    let mut best: Option<(usize, &Vec<String>)> = None;
+    for (m, answer) in args.answer_key.iter() {
+        let at = if m.is_empty() { Some(0) } else { body.rfind(m.as_str()).map(|i| i + 1) };
+        if let Some(at) = at
+            && best.is_none_or(|(b, _)| at > b)
+        {
+            best = Some((at, answer));
+        }
+    }
+    best.map(|(_, a)| a.clone()).filter(|a| !a.is_empty())
 }
 
 /// The token ids of `text` by the sim's tokenizer: one token per whitespace-separated word.
@@ -115,15 +148,26 @@ impl Generation {
         }
     }
 
-    /// Appends token `i`'s text (` w<n>`).
+    /// Appends token `i`'s text (` w<n>`, or the answer key's word).
     pub fn push_token(&self, out: &mut String, i: u32) {
         use std::fmt::Write as _;
-        let _ = write!(out, " w{}", self.word(i)); // writing to a String cannot fail
+        match self.answer.as_ref().and_then(|a| a.get(i as usize)) {
+            Some(w) => {
+                out.push(' ');
+                out.push_str(w);
+            }
+            None => {
+                let _ = write!(out, " w{}", self.word(i)); // writing to a String cannot fail
+            }
+        }
     }
 
     /// Token `i`'s id by the sim's tokenizer (the id `/tokenize` gives its word).
     pub fn token_id(&self, i: u32) -> u32 {
-        word_id(&format!("w{}", self.word(i)))
+        match self.answer.as_ref().and_then(|a| a.get(i as usize)) {
+            Some(w) => word_id(w),
+            None => word_id(&format!("w{}", self.word(i))),
+        }
     }
 
     /// Token `i`'s log-probability, in `(-4, 0]`, with the few digits an f32 prints.

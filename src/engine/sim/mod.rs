@@ -128,6 +128,15 @@ pub struct SimArgs {
     /// early at a drawn end-of-sequence, as a real model does.
     #[arg(long, env = "KITT_SIM_IGNORE_EOS")]
     pub ignore_eos: bool,
+    /// An answer key (JSONL of `{"match": TEXT, "answer": TEXT}`): a request whose body holds a
+    /// `match` is answered with its `answer` (the match found latest in the prompt wins, so an
+    /// item's own question beats its few-shot examples; an empty `match` is the default answer).
+    /// Evals against the simulator then score exactly what the key says. Empty: no key.
+    #[arg(long, env = "KITT_SIM_ANSWERS", default_value = "")]
+    pub answers: String,
+    /// The key read from `--answers`: (the match as it appears JSON-escaped in a body, answer words).
+    #[arg(skip)]
+    pub answer_key: Arc<Vec<(String, Vec<String>)>>,
     /// Share of requests answered with a failure, chosen deterministically from the request hash.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
@@ -287,8 +296,11 @@ struct RequestLog {
 }
 
 impl Sim {
-    fn new(args: SimArgs) -> io::Result<Self> {
+    fn new(mut args: SimArgs) -> io::Result<Self> {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        if !args.answers.is_empty() {
+            args.answer_key = Arc::new(read_answer_key(&args.answers)?);
+        }
         for (name, ms) in [("--ttft-ms", args.ttft_ms), ("--itl-ms", args.itl_ms)] {
             if !(ms.is_finite() && ms >= 0.0) {
                 return Err(invalid(format!("{name} must be a finite number ≥ 0, got {ms}")));
@@ -446,4 +458,23 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Sim
 fn not_allowed(method: &Method, path: &str) -> Response<SimBody> {
     let message = format!("method {method} is not allowed on {path}");
     error_response(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", &message)
+}
+
+/// Reads an answer key (see `--answers`).
+fn read_answer_key(path: &str) -> io::Result<Vec<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read the answer key {path}: {e}")))?;
+    let mut key = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{path}:{}: {why}", n + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let (Some(m), Some(a)) = (v["match"].as_str(), v["answer"].as_str()) else {
+            return Err(bad("each line needs string `match` and `answer` fields"));
+        };
+        // Bodies carry the prompt JSON-escaped: search for the escaped form.
+        let escaped = serde_json::to_string(m).unwrap_or_default();
+        let escaped = escaped[1..escaped.len() - 1].to_string();
+        key.push((escaped, a.split_whitespace().map(String::from).collect()));
+    }
+    Ok(key)
 }
