@@ -523,3 +523,61 @@ fn serial_docker_the_evals_example_scores_every_item_in_the_llama_cpp_container(
     assert!(run.join("report/report.md").exists());
     assert!(containers_of(&run_id(&run)).is_empty());
 }
+
+/// An eval on the llama.cpp container killed with SIGKILL mid-eval: the next `kitt apply` removes
+/// the orphaned container, starts a fresh one, and resumes from the checkpoint to the score of an
+/// uninterrupted run.
+#[test]
+fn serial_docker_an_eval_killed_mid_way_resumes_in_a_fresh_container_to_the_same_score() {
+    if docker_missing() {
+        return;
+    }
+    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
+    if !present.status.success()
+        && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
+    {
+        return;
+    }
+    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
+    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
+        return;
+    }
+    let yaml = format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: eval-resume}}
+spec:
+  models: [{{name: tiny, path: "{}"}}]
+  engines:
+    - {{name: llama, template: llama_cpp, image: {LLAMA_IMAGE}, pull: never, params: {{ctx_size: 4096, parallel: 4}}, container: {{gpus: none}}}}
+  benchmarks:
+    - name: mmlu
+      template: mmlu
+      params: {{source: "{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv", subjects: [astronomy], k: 1, sample_size: 40, max_tokens: 2}}
+  sampling: {{temperature: 0, seed: 1}}
+  warmup: {{requests: 1}}
+"#,
+        root().join(".kitt/llama.cpp/models/tiny.gguf").display(),
+        data.display()
+    );
+    let whole = Env::new();
+    let s = whole.suite(&yaml);
+    let out = whole.cmd().arg("apply").arg(&s).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let accuracy = report(&whole.only_run())["cells"][0]["metrics"]["eval"]["accuracy"].as_f64().unwrap();
+
+    let env = Env::new();
+    let s = env.suite(&yaml);
+    let out = env.cmd().arg("apply").arg(&s).env("KITT_TEST_KILL_IN_BENCHMARK", "20").output().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let run = env.only_run();
+    assert_eq!(containers_of(&run_id(&run)).len(), 1, "SIGKILL leaves the container");
+    let out = env.cmd().arg("apply").arg(&s).env("RUST_LOG", "kitt=info").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("eval resumes from its checkpoint"), "{err}");
+    let r = report(&run);
+    assert_eq!(r["cells"][0]["metrics"]["eval"]["counts"]["scored"], 40);
+    assert_eq!(r["cells"][0]["metrics"]["eval"]["accuracy"].as_f64().unwrap(), accuracy, "the same score");
+    assert!(containers_of(&run_id(&run)).is_empty(), "the orphan was swept and the new one removed");
+}
