@@ -70,6 +70,22 @@ fn sim_image(engine: &str) -> String {
 
 const LLAMA_IMAGE: &str = "kitt-local/llama.cpp:server-cpu";
 
+/// Whether the local llama.cpp image is missing (a failure under CI).
+fn llama_image_missing() -> bool {
+    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
+    !present.status.success()
+        && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
+}
+
+/// The test datasets (`KITT_TEST_DATA`, default ../shared/datasets), if there.
+fn test_data() -> Option<PathBuf> {
+    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
+    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
+        return None;
+    }
+    Some(data)
+}
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -180,15 +196,7 @@ spec:
 
 #[test]
 fn serial_docker_llama_cpp_example_runs_end_to_end_in_a_container() {
-    if docker_missing() {
-        return;
-    }
-    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
-    if !present.status.success()
-        && skip(
-            "the llama.cpp image is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp --image kitt-local/llama.cpp:server-cpu`",
-        )
-    {
+    if docker_missing() || llama_image_missing() {
         return;
     }
     let env = Env::new();
@@ -485,20 +493,11 @@ fn serial_docker_a_retry_restarts_a_killed_container_first() {
 
 #[test]
 fn serial_docker_the_evals_example_scores_every_item_in_the_llama_cpp_container() {
-    if docker_missing() {
-        return;
-    }
-    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
-    if !present.status.success()
-        && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
-    {
+    if docker_missing() || llama_image_missing() {
         return;
     }
     // The example reads its datasets from .kitt/datasets (its comment says how to provide them).
-    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
-    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
-        return;
-    }
+    let Some(data) = test_data() else { return };
     let link = root().join(".kitt/datasets");
     if !link.exists() {
         std::fs::create_dir_all(root().join(".kitt")).unwrap();
@@ -529,19 +528,10 @@ fn serial_docker_the_evals_example_scores_every_item_in_the_llama_cpp_container(
 /// uninterrupted run.
 #[test]
 fn serial_docker_an_eval_killed_mid_way_resumes_in_a_fresh_container_to_the_same_score() {
-    if docker_missing() {
+    if docker_missing() || llama_image_missing() {
         return;
     }
-    let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
-    if !present.status.success()
-        && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
-    {
-        return;
-    }
-    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
-    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
-        return;
-    }
+    let Some(data) = test_data() else { return };
     let yaml = format!(
         r#"apiVersion: kitt/v1
 kind: Suite

@@ -51,6 +51,7 @@ impl Distribution {
         let mut h = Histogram::<u64>::new(SIGFIG).ok()?;
         for (v, w) in samples {
             let ns = v.max(0.0).round() as u64;
+            // `new` histograms grow to fit; `saturating_record_n` alone would clamp to the initial range.
             if h.record_n(ns, *w).is_err() {
                 h.saturating_record_n(ns, *w);
             }
@@ -72,37 +73,7 @@ impl Distribution {
 
     /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
     pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        const MS: f64 = 1e6;
-        let n = samples.len() as f64;
-        let mean = samples.iter().sum::<f64>() / n;
-        let variance = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
-        let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // SIGFIG is within the 0..=5 hdrhistogram accepts, so creation cannot fail.
-        let mut h = Histogram::<u64>::new(SIGFIG).ok()?;
-        for s in samples {
-            let ns = s.max(0.0).round() as u64;
-            // `new` histograms grow to fit; `saturating_record` alone would clamp to the initial range.
-            if h.record(ns).is_err() {
-                h.saturating_record(ns);
-            }
-        }
-        let q = |quantile: f64| h.value_at_quantile(quantile) as f64 / MS;
-        Some(Distribution {
-            count: samples.len() as u64,
-            mean: mean / MS,
-            min: min / MS,
-            max: max / MS,
-            stddev: variance.sqrt() / MS,
-            p50: q(0.50),
-            p90: q(0.90),
-            p95: q(0.95),
-            p99: q(0.99),
-            p99_9: q(0.999),
-        })
+        Self::of_weighted_ns(&samples.iter().map(|s| (*s, 1)).collect::<Vec<_>>())
     }
 }
 
