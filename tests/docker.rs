@@ -571,3 +571,48 @@ spec:
     assert_eq!(r["cells"][0]["metrics"]["eval"]["accuracy"].as_f64().unwrap(), accuracy, "the same score");
     assert!(containers_of(&run_id(&run)).is_empty(), "the orphan was swept and the new one removed");
 }
+
+/// Sibling containers: kitt itself in a container with the daemon's socket (and the docker CLI)
+/// mounted starts its engine as a sibling on the host, with host paths, and removes it.
+#[test]
+fn serial_docker_kitt_in_a_container_runs_engines_as_siblings() {
+    if docker_missing() {
+        return;
+    }
+    let socket = Path::new("/var/run/docker.sock");
+    let cli = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
+    let cli = String::from_utf8_lossy(&cli.stdout).trim().to_string();
+    if (!socket.exists() || cli.is_empty()) && skip("sibling mode needs /var/run/docker.sock and the docker CLI") {
+        return;
+    }
+    let image = sim_image("vllm");
+    let kitt_image = "kitt-local/kitt:test";
+    let o = Command::new(root().join("scripts/pack-image.sh"))
+        .arg(kitt_image)
+        .arg(env!("CARGO_BIN_EXE_kitt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let env = Env::new();
+    let dir = std::fs::canonicalize(env.path()).unwrap();
+    let s = env.suite(&suite("vllm", &image, "      env: {KITT_SIM_IGNORE_EOS: \"true\"}", 10));
+    let d = dir.to_string_lossy().to_string();
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "host"])
+        .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+        .args(["-v", &format!("{cli}:/usr/local/bin/docker:ro")])
+        .args(["-v", &format!("{d}:{d}"), "-w", &d])
+        .args(["-e", &format!("KITT_RUNS_DIR={d}/runs"), "-e", &format!("KITT_HOST_LOCK={d}/host.lock")])
+        .args(["-e", "KITT_STORE=off", "-e", "NO_COLOR=1"])
+        .arg(kitt_image)
+        .arg("apply")
+        .arg(&s)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let r = report(&run);
+    assert_eq!(r["cells"][0]["status"], "ok", "{r}");
+    assert_eq!(r["cells"][0]["metrics"]["requests"], 10);
+    assert!(containers_of(&run_id(&run)).is_empty(), "the sibling engine was removed");
+}
