@@ -282,7 +282,10 @@ fn serial_docker_a_container_that_exits_while_starting_fails_at_once_with_its_lo
     assert!(err.contains("exited with exit code 2") && err.contains("before it was healthy"), "{err}");
     assert!(err.contains("no-such-command"), "the container's last log lines are shown: {err}");
     assert!(started.elapsed() < Duration::from_secs(120), "not a health timeout (vllm waits 600 s)");
-    assert!(containers_of(&run_id(&env.only_run())).is_empty());
+    let run = env.only_run();
+    let cell_error = report(&run)["cells"][0]["error"].as_str().unwrap().to_string();
+    assert!(cell_error.starts_with("start of engine `e/tiny-model` failed:"), "the cell says why: {cell_error}");
+    assert!(containers_of(&run_id(&run)).is_empty());
 }
 
 #[test]

@@ -869,6 +869,23 @@ impl RunExecutor {
     /// The result of every cell: finished ones from their step directories, the rest failed.
     pub fn report(&self) -> RunReport {
         let mut cells = Vec::new();
+        // Why an engine never served its cells: the last failure of one of its lifecycle steps.
+        let mut engine_failure: HashMap<usize, String> = HashMap::new();
+        if let Ok(contents) = super::journal::read(&self.run_dir.join("journal.jsonl")) {
+            for r in &contents.records {
+                if let super::journal::Event::StepFailed { step, error, will_retry: false, .. } = &r.event
+                    && let Some(s) = self.plan.steps.get(*step)
+                    && matches!(
+                        s.kind,
+                        StepKind::Pull | StepKind::Start | StepKind::Connect | StepKind::Setup | StepKind::Warmup
+                    )
+                    && let Some(g) = s.group
+                {
+                    engine_failure
+                        .insert(g, format!("{} of engine `{}` failed: {error}", s.kind.name(), self.plan.groups[g].id));
+                }
+            }
+        }
         for s in self.plan.steps.iter().filter(|s| s.kind == StepKind::Collect) {
             let Some(ci) = s.cell else { continue };
             let path = self.run_dir.join("steps").join(&s.key).join("result.json");
@@ -888,6 +905,7 @@ impl RunExecutor {
                     let error = raw
                         .as_ref()
                         .and_then(|r| r["error"].as_str().map(String::from))
+                        .or_else(|| engine_failure.get(&self.plan.cells[ci].group).cloned())
                         .unwrap_or_else(|| "did not run (see `kitt runs show`)".into());
                     CellResult {
                         schema: RESULT_SCHEMA.into(),
