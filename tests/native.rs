@@ -67,3 +67,22 @@ fn engines_check_asks_docker_about_a_container_image() {
     }
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_docker_daemon_that_never_answers_is_given_up_on() {
+    // A "daemon" that accepts connections and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let out = kitt()
+        .args(["engines", "check", "vllm", "--output", "json"])
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .env("KITT_DOCKER_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.starts_with("Docker is not usable") && detail.contains("no answer within 1s"), "{detail}");
+    drop(silent);
+}

@@ -59,10 +59,69 @@ fn check(args: &[String], out: std::io::Result<Output>) -> Result<String, Docker
     Err(DockerError::Failed { command, message, hint })
 }
 
-/// Runs `docker ARGS` (blocking) with `env` added to the CLI's own environment.
+/// How long one docker call may take before kitt gives up on it (a hung daemon must not hang
+/// kitt): 120 s, or `KITT_DOCKER_TIMEOUT` seconds; `pull` is not bounded, since an image may be
+/// large.
+pub fn call_timeout() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| {
+        let secs = std::env::var("KITT_DOCKER_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok());
+        Duration::from_secs_f64(secs.filter(|s| *s > 0.0).unwrap_or(120.0))
+    })
+}
+
+fn timed_out(args: &[String]) -> DockerError {
+    DockerError::Failed {
+        command: args.iter().take(2).cloned().collect::<Vec<_>>().join(" "),
+        message: format!("no answer within {:?}", call_timeout()),
+        hint: "; is the Docker daemon responsive (`docker info`)?",
+    }
+}
+
+/// Runs `docker ARGS` (blocking), killed after [`call_timeout`] (a pull is not bounded).
 pub fn docker_sync(args: &[String]) -> Result<String, DockerError> {
-    let out = std::process::Command::new("docker").args(base_args()).args(args).stdin(Stdio::null()).output();
-    check(args, out)
+    let mut child = std::process::Command::new("docker")
+        .args(base_args())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(DockerError::Missing)?;
+    // Read the pipes on their own threads so a chatty command cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut buf);
+        }
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut buf);
+        }
+        buf
+    });
+    let pull = args.first().is_some_and(|a| a == "pull");
+    let deadline = std::time::Instant::now() + if pull { Duration::from_secs(24 * 3600) } else { call_timeout() };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(timed_out(args));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => break Err(e),
+        }
+    };
+    let stdout = out_thread.join().unwrap_or_default();
+    let stderr = err_thread.join().unwrap_or_default();
+    check(args, status.map(|status| Output { status, stdout, stderr }))
 }
 
 /// Runs `docker ARGS` with `env` added to the CLI's environment (how secrets reach `-e NAME`
@@ -74,9 +133,14 @@ pub async fn docker(args: &[String], env: &[(String, String)]) -> Result<String,
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true)
-        .output()
-        .await;
-    check(args, out)
+        .output();
+    if args.first().is_some_and(|a| a == "pull") {
+        return check(args, out.await);
+    }
+    match tokio::time::timeout(call_timeout(), out).await {
+        Ok(out) => check(args, out),
+        Err(_) => Err(timed_out(args)),
+    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
