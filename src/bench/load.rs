@@ -10,8 +10,8 @@
 //! records (no channel, no lock per request; merged and sorted by index at the end), a shared
 //! atomic counter handing out request indices, and a body that is a refcount bump to send.
 //! Arrivals are a [`Schedule`]: closed loops (synchronous, fixed concurrency) send when a worker is
-//! free, so a request's scheduled time is its send time; open-loop profiles will add scheduled
-//! times to the same record.
+//! free, so a request's scheduled time is its send time; open-loop profiles (constant, Poisson)
+//! precompute every arrival and send at absolute times (`open_loop_run`).
 //!
 //! Cancellation drops every request in flight and returns `Cancelled`: a partial window is never
 //! reported as a result.
@@ -253,7 +253,7 @@ struct Shared {
 }
 
 /// When requests go out. Closed loop: a free worker takes the next index at once; no index after
-/// the deadline or past the count. (Open-loop arrivals will add a scheduled time per index.)
+/// the deadline or past the count.
 struct Schedule {
     next: AtomicU64,
     limit: Option<u64>,
@@ -297,6 +297,7 @@ async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<
         };
         let body = shared.bodies[slot].clone();
         shared.client.send(&shared.call, body, shared.origin, &mut record).await;
+        record.shrink();
         shared.progress.fetch_add(1, Ordering::Relaxed);
         records.push(record);
     }
@@ -378,6 +379,7 @@ async fn open_loop_run(
             };
             shared.client.send(&shared.call, shared.bodies[slot].clone(), shared.origin, &mut record).await;
             drop(permit);
+            record.shrink();
             shared.progress.fetch_add(1, Ordering::Relaxed);
             record
         });

@@ -637,12 +637,14 @@ impl RunExecutor {
         let resources = crate::collect::summarize(&samples, interval, gpu_note);
         super::dir::write_atomic(&dir.join("samples.csv"), crate::collect::csv(&samples).as_bytes()).map_err(err)?;
         let m = metrics::summarize(&outcome);
-        let mut lines = Vec::with_capacity(outcome.records.len() * 256);
-        for r in &outcome.records {
-            serde_json::to_writer(&mut lines, r).map_err(err)?;
-            lines.push(b'\n');
-        }
-        super::dir::write_atomic(&dir.join("requests.jsonl"), &lines).map_err(err)?;
+        super::dir::write_atomic_with(&dir.join("requests.jsonl"), |w| {
+            for r in &outcome.records {
+                serde_json::to_writer(&mut *w, r)?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+        .map_err(err)?;
         let error = if m.requests > 0 && m.ok == 0 {
             Some(format!("every request failed ({})", summary_errors(&m)))
         } else if m.error_rate > self.plan.execution.max_error_rate {

@@ -74,6 +74,13 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl RequestRecord {
+    /// Gives back the spare capacity of the event list and the text: a finished record is kept
+    /// until the end of its cell, so its size times the request count is the run's memory.
+    pub fn shrink(&mut self) {
+        self.content_event_ns.shrink_to_fit();
+        self.text.shrink_to_fit();
+    }
+
     /// Output tokens by the best count available: the engine's `usage`, else the tokenizer's count
     /// of the text, else the number of content events (exact only at one token per event).
     pub fn output_tokens(&self) -> u64 {
