@@ -35,10 +35,11 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+use super::tokenizer::Tokenizer;
 use crate::cancel::Cancel;
-use crate::engine::client::{ClientError, EngineClient, RequestRecord};
+use crate::engine::client::{EngineClient, RequestRecord};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile};
-use crate::plan::{HttpRequest, RequestTemplate};
+use crate::plan::RequestTemplate;
 
 /// Prompts built for a run bounded only by `duration`, per worker (at least `DURATION_POOL_MIN`);
 /// beyond it, prompts are reused (with a warning).
@@ -56,8 +57,8 @@ pub struct LoadInput {
     pub load: LoadSpec,
     /// Which placeholder the body has: `{{prompt}}` (completion) or `{{messages}}` (chat).
     pub api: ApiKind,
-    /// The engine's tokenizer: its request (body with `{{prompt}}`) and the pointer to the tokens.
-    pub tokenize: Option<(HttpRequest, String)>,
+    /// The tokenizer prompts are sized and answers counted with (the engine's, or a local one).
+    pub tokenize: Option<Tokenizer>,
     /// Prompt seed: a request's prompt depends only on `(seed, index)`.
     pub seed: u64,
     /// Completed requests, updated as they finish (for a progress display).
@@ -223,8 +224,8 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         );
     }
 
-    if let Some((req, pointer)) = &input.tokenize {
-        count_output(&input.client, req, pointer, &mut records).await;
+    if let Some(t) = &input.tokenize {
+        count_output(&input.client, t, &mut records).await;
     }
     Ok(LoadOutcome {
         records,
@@ -400,8 +401,8 @@ async fn open_loop_run(
 
 /// Counts each successful answer's text with the engine's tokenizer (`counted_output_tokens`).
 /// The count of an empty text is subtracted: tokenizers that add a BOS token add it to every text.
-async fn count_output(client: &EngineClient, req: &HttpRequest, pointer: &str, records: &mut [RequestRecord]) {
-    let baseline = client.count_tokens(req, pointer, "").await.unwrap_or(0);
+async fn count_output(client: &EngineClient, t: &Tokenizer, records: &mut [RequestRecord]) {
+    let baseline = t.count(client, "").await.unwrap_or(0);
     // A plain loop over owned indices: combinator closures over borrowed records make the future
     // lose `Send` (rust-lang/rust#64552).
     let todo: Vec<usize> = (0..records.len()).filter(|&i| records[i].ok() && !records[i].text.is_empty()).collect();
@@ -411,7 +412,7 @@ async fn count_output(client: &EngineClient, req: &HttpRequest, pointer: &str, r
     loop {
         while in_flight.len() < COUNT_PARALLEL && next < todo.len() {
             let i = todo[next];
-            in_flight.push(count_one(client, req, pointer, i, &records[i].text));
+            in_flight.push(count_one(client, t, i, &records[i].text));
             next += 1;
         }
         match in_flight.next().await {
@@ -439,14 +440,8 @@ async fn count_output(client: &EngineClient, req: &HttpRequest, pointer: &str, r
     }
 }
 
-async fn count_one(
-    client: &EngineClient,
-    req: &HttpRequest,
-    pointer: &str,
-    index: usize,
-    text: &str,
-) -> (usize, Result<u64, ClientError>) {
-    (index, client.count_tokens(req, pointer, text).await)
+async fn count_one(client: &EngineClient, t: &Tokenizer, index: usize, text: &str) -> (usize, Result<u64, String>) {
+    (index, t.count(client, text).await)
 }
 
 /// Nanoseconds since `origin`.

@@ -90,6 +90,10 @@ pub struct Model {
     /// The model name sent in API requests (default: `name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_name: Option<Spanned<String>>,
+    /// A local Hugging Face `tokenizer.json` (relative to the suite file) that sizes prompts and
+    /// counts answers instead of the engine's tokenize call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Spanned<String>>,
 }
 
 impl Decode for Model {
@@ -103,8 +107,9 @@ impl Decode for Model {
         let path = f.opt(cx, "path");
         let source = f.opt(cx, "source");
         let served_name = f.opt(cx, "served_name");
+        let tokenizer = f.opt(cx, "tokenizer");
         f.finish(cx);
-        Some(Model { name: name?, path, source, served_name })
+        Some(Model { name: name?, path, source, served_name, tokenizer })
     }
 }
 

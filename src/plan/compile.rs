@@ -703,6 +703,7 @@ impl<'a> Compiler<'a> {
             path: model.path.as_ref().map(|p| p.value.clone()),
             source: model.source.as_ref().map(|s| s.value.clone()),
             served_name: served,
+            tokenizer: model.tokenizer.as_ref().map(|t| t.value.clone()),
         };
         let health = Health {
             path: spec.health.path.clone(),

@@ -113,6 +113,9 @@ pub struct ModelRef {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     pub served_name: String,
+    /// A local tokenizer.json, as written (relative to the suite file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 /// One engine instance serving one model: the unit of engine lifecycle.

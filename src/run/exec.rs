@@ -15,6 +15,7 @@ use serde_json::{Value as Json, json};
 
 use super::journal::{Facts, unix_ns};
 use super::scheduler::{Executor, StepError, StepFuture};
+use crate::bench::tokenizer::Tokenizer;
 use crate::bench::{load, metrics};
 use crate::cancel::Cancel;
 use crate::collect::{EngineTarget, Sampler};
@@ -70,6 +71,8 @@ pub struct RunExecutor {
     engines: tokio::sync::Mutex<HashMap<usize, Engine>>,
     /// Containers started so far (names are `kitt-<run id>-<group>-<n>`).
     containers_started: AtomicU64,
+    /// Local tokenizers loaded so far, by file.
+    local_tokenizers: Mutex<HashMap<PathBuf, Tokenizer>>,
     drift: Mutex<HashMap<usize, Vec<String>>>,
 }
 
@@ -103,6 +106,7 @@ impl RunExecutor {
             progress,
             engines: tokio::sync::Mutex::new(HashMap::new()),
             containers_started: AtomicU64::new(0),
+            local_tokenizers: Mutex::new(HashMap::new()),
             drift: Mutex::new(HashMap::new()),
         }
     }
@@ -446,8 +450,23 @@ impl RunExecutor {
         self.engines.lock().await.get(&gi).and_then(|e| e.served.clone())
     }
 
-    fn tokenizer(g: &EngineGroup) -> Option<(crate::plan::HttpRequest, String)> {
-        Some((g.tokenize.clone()?, g.tokenize_pointer.clone()?))
+    /// The tokenizer of a group: the model's local tokenizer.json when it names one (loaded once
+    /// per run), else the engine's tokenize call, else none.
+    fn tokenizer(&self, g: &EngineGroup) -> Result<Option<Tokenizer>, StepError> {
+        if let Some(file) = &g.model.tokenizer {
+            let path = self.plan.suite.dir.join(file);
+            let mut cache = self.local_tokenizers.lock().map_err(|_| err("tokenizer cache poisoned"))?;
+            if let Some(t) = cache.get(&path) {
+                return Ok(Some(t.clone()));
+            }
+            let t = Tokenizer::from_file(&path).map_err(|e| err(format!("model `{}`: {e}", g.model.name)))?;
+            cache.insert(path, t.clone());
+            return Ok(Some(t));
+        }
+        Ok(match (&g.tokenize, &g.tokenize_pointer) {
+            (Some(req), Some(pointer)) => Some(Tokenizer::engine(req.clone(), pointer.clone())),
+            _ => None,
+        })
     }
 
     async fn measure(&self, gi: usize, m: Measurement<'_>, cancel: &Cancel) -> Result<load::LoadOutcome, StepError> {
@@ -458,9 +477,9 @@ impl RunExecutor {
         if let Some(name) = served {
             call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);
         }
-        let mut tokenize = Self::tokenizer(g);
-        if let (Some((req, _)), Some(name)) = (tokenize.as_mut(), self.served_name(gi).await) {
-            req.body = req.body.as_ref().map(|b| bind_late(b, &[("model.served_name", json!(name))]));
+        let mut tokenize = self.tokenizer(g)?;
+        if let (Some(t), Some(name)) = (tokenize.as_mut(), self.served_name(gi).await) {
+            t.bind(&[("model.served_name", json!(name))]);
         }
         self.progress.requests.store(0, Ordering::Relaxed);
         self.progress.requests_total.store(spec.requests.unwrap_or(0), Ordering::Relaxed);
@@ -700,16 +719,14 @@ impl RunExecutor {
             .iter()
             .find_map(|k| g.params.get(*k).and_then(Json::as_u64))
             .map(|n| n as u32);
-        if let Some((mut req, pointer)) = Self::tokenizer(g) {
+        if let Some(mut t) = self.tokenizer(g)? {
             if let Some(name) = &served {
-                req.body = req.body.as_ref().map(|b| bind_late(b, &[("model.served_name", json!(name))]));
+                t.bind(&[("model.served_name", json!(name))]);
             }
             let c = client.clone();
             opts.counter = TokenCounter::Engine(Arc::new(move |prompt: Prompt| {
-                let (c, req, pointer) = (c.clone(), req.clone(), pointer.clone());
-                Box::pin(async move {
-                    c.count_tokens(&req, &pointer, &prompt.text()).await.map(|n| n as u32).map_err(|e| e.to_string())
-                })
+                let (c, t) = (c.clone(), t.clone());
+                Box::pin(async move { t.count(&c, &prompt.text()).await.map(|n| n as u32) })
             }));
         }
         let prepared =

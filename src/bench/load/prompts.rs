@@ -11,9 +11,9 @@
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 
-use crate::engine::client::{ClientError, EngineClient};
+use crate::bench::tokenizer::Tokenizer;
+use crate::engine::client::EngineClient;
 use crate::manifest::load::{DatasetFormat, DatasetPrompts, Length, PromptSpec, SharedPrefix};
-use crate::plan::HttpRequest;
 
 /// Common English words; most are one token with a leading space in BPE vocabularies, which keeps
 /// the word count close to the token count and the sizing search short.
@@ -71,7 +71,7 @@ fn mix(mut z: u64) -> u64 {
 /// The prompts of a spec: `count` of them, in request order, and their nominal length.
 pub(crate) async fn for_spec(
     client: &EngineClient,
-    tokenize: Option<&(HttpRequest, String)>,
+    tokenize: Option<&Tokenizer>,
     seed: u64,
     count: u64,
     spec: &PromptSpec,
@@ -96,16 +96,16 @@ pub(crate) async fn for_spec(
 /// starts with prefix `i % groups` (itself sized to exactly its tokens).
 pub(crate) async fn build(
     client: &EngineClient,
-    tokenize: Option<&(HttpRequest, String)>,
+    tokenize: Option<&Tokenizer>,
     seed: u64,
     count: u64,
     length: &Length,
     shared: Option<&SharedPrefix>,
-) -> Result<Vec<Prompt>, ClientError> {
+) -> Result<Vec<Prompt>, String> {
     let target = |i: u64| u64::from(length.at(seed, i));
     // Prefixes come from their own seed and index space, so they never equal a request's words.
     let prefix_seed = seed ^ 0x5052_4546;
-    let Some((req, pointer)) = tokenize else {
+    let Some(tokenizer) = tokenize else {
         let prefixes: Vec<String> = shared
             .map(|p| (0..u64::from(p.groups)).map(|g| prompt_text(prefix_seed, g, p.tokens as usize)).collect())
             .unwrap_or_default();
@@ -120,12 +120,12 @@ pub(crate) async fn build(
     };
     let mut prefixes = Vec::new();
     if let Some(p) = shared {
-        let sizer = Sizer { client, req, pointer, seed: prefix_seed, prefixes: &[] };
+        let sizer = Sizer { client, tokenizer, seed: prefix_seed, prefixes: &[] };
         for g in 0..u64::from(p.groups) {
             prefixes.push(sizer.size(g, p.tokens as usize, u64::from(p.tokens)).await?.text);
         }
     }
-    let sizer = Sizer { client, req, pointer, seed, prefixes: &prefixes };
+    let sizer = Sizer { client, tokenizer, seed, prefixes: &prefixes };
     // The first prompt finds the words-per-token ratio; the rest start from it.
     let n0 = target(0);
     let first = sizer.size(0, n0 as usize, n0).await?;
@@ -210,7 +210,7 @@ pub(crate) fn read_dataset(d: &DatasetPrompts) -> Result<Vec<String>, String> {
 /// with the engine's tokenizer when there is one (else counted in words, not exact).
 async fn dataset(
     client: &EngineClient,
-    tokenize: Option<&(HttpRequest, String)>,
+    tokenize: Option<&Tokenizer>,
     seed: u64,
     count: u64,
     d: &DatasetPrompts,
@@ -231,14 +231,14 @@ async fn dataset(
     let take: Vec<String> = (0..count as usize).map(|i| all[i % all.len()].clone()).collect();
     let mut out = Vec::with_capacity(take.len());
     match tokenize {
-        Some((req, pointer)) => {
+        Some(tokenizer) => {
             let mut in_flight = FuturesOrdered::new();
             let mut texts = take.into_iter();
             loop {
                 while in_flight.len() < PARALLEL {
                     let Some(text) = texts.next() else { break };
                     in_flight.push_back(async move {
-                        let n = client.count_tokens(req, pointer, &text).await;
+                        let n = tokenizer.count(client, &text).await;
                         (text, n)
                     });
                 }
@@ -262,8 +262,7 @@ async fn dataset(
 
 struct Sizer<'a> {
     client: &'a EngineClient,
-    req: &'a HttpRequest,
-    pointer: &'a str,
+    tokenizer: &'a Tokenizer,
     seed: u64,
     /// Shared prefixes: prompt `i` starts with `prefixes[i % len]`.
     prefixes: &'a [String],
@@ -277,8 +276,8 @@ fn join(prefix: Option<&str>, unique: String) -> String {
 }
 
 impl Sizer<'_> {
-    async fn count(&self, text: &str) -> Result<u64, ClientError> {
-        self.client.count_tokens(self.req, self.pointer, text).await
+    async fn count(&self, text: &str) -> Result<u64, String> {
+        self.tokenizer.count(self.client, text).await
     }
 
     /// Request `index`'s prompt with `words` words after its prefix.
@@ -289,7 +288,7 @@ impl Sizer<'_> {
     }
 
     /// Searches the word count whose prompt has exactly `n` tokens, starting at `words`.
-    async fn size(&self, index: u64, mut words: usize, n: u64) -> Result<Prompt, ClientError> {
+    async fn size(&self, index: u64, mut words: usize, n: u64) -> Result<Prompt, String> {
         // Closest below (most words with fewer tokens) and closest above (fewest with more).
         let mut below: Option<(usize, u64)> = None;
         let mut above: Option<(usize, u64)> = None;

@@ -30,6 +30,12 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
     }
 }
 
+/// The simulator's tokenize call as a tokenizer.
+fn engine_tokenizer() -> crate::bench::tokenizer::Tokenizer {
+    let (req, pointer) = tokenize_call();
+    crate::bench::tokenizer::Tokenizer::engine(req, pointer)
+}
+
 fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> LoadInput {
     let workers = load.profile.max_in_flight().unwrap_or(1) as usize;
     LoadInput {
@@ -37,7 +43,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         call,
         api: load.api,
         load,
-        tokenize: tokenizer.then(tokenize_call),
+        tokenize: tokenizer.then(engine_tokenizer),
         seed: 1,
         progress: Arc::new(AtomicU64::new(0)),
         cancel: Cancel::default(),
@@ -392,7 +398,7 @@ async fn prompt_lengths_follow_their_distribution_exactly() {
 async fn shared_prefixes_are_exact_shared_within_a_group_and_distinct_between_groups() {
     let url = start_sim(&[]).await;
     let client = EngineClient::new(&url, vec![], 4).unwrap();
-    let tok = tokenize_call();
+    let tok = engine_tokenizer();
     let spec = PromptSpec::Synthetic {
         input_tokens: crate::manifest::load::Length::Fixed(24),
         shared_prefix: Some(crate::manifest::load::SharedPrefix { tokens: 10, groups: 2 }),
@@ -432,7 +438,7 @@ async fn dataset_prompts_come_in_a_seeded_order_measured_by_the_tokenizer() {
     .unwrap();
     let url = start_sim(&[]).await;
     let client = EngineClient::new(&url, vec![], 4).unwrap();
-    let tok = tokenize_call();
+    let tok = engine_tokenizer();
     let d = |format, path: &std::path::Path, field: Option<&str>| {
         PromptSpec::Dataset(crate::manifest::load::DatasetPrompts {
             path: path.to_string_lossy().to_string(),
