@@ -121,3 +121,42 @@ fn serial_a_ramp_starts_workers_one_by_one() {
     let first = sends[0];
     assert!(sends[3] - first >= 440_000_000, "{sends:?}");
 }
+
+#[test]
+fn repeated_cells_are_summarized_with_a_confidence_interval() {
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: reps}
+spec:
+  models: [{name: m}]
+  engines: [{name: sim, template: sim, params: {ttft_ms: 2}}]
+  benchmarks: [{name: lat, template: latency, params: {requests: 4, max_tokens: 4}}]
+  runs: 3
+  warmup: {requests: 0}
+  reporters: [json, markdown]
+"#,
+    )
+    .unwrap();
+    let out = kitt(d.path()).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REPEATED sim lat × 3 runs: ttft.p50"), "{}", text(&out));
+    let run = only_run(d.path());
+    let r = report(&run);
+    let reps = r["repetitions"].as_array().unwrap();
+    assert_eq!(reps.len(), 1);
+    assert_eq!(reps[0]["runs"], 3);
+    let ttft = &reps[0]["metrics"]["ttft.p50"];
+    assert_eq!(ttft["n"], 3);
+    let values: Vec<f64> =
+        r["cells"].as_array().unwrap().iter().map(|c| c["metrics"]["ttft_ms"]["p50"].as_f64().unwrap()).collect();
+    let mean = values.iter().sum::<f64>() / 3.0;
+    assert!((ttft["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    let (lo, hi) = (ttft["ci95"][0].as_f64().unwrap(), ttft["ci95"][1].as_f64().unwrap());
+    assert!(lo <= mean && mean <= hi, "{ttft}");
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(md.contains("## Repetitions") && md.contains("| sim | m | lat  | 3 | ttft.p50 |"), "{md}");
+}

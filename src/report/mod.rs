@@ -97,6 +97,64 @@ pub struct RunReport {
     pub hardware: Option<crate::fingerprint::Fingerprint>,
     pub cells: Vec<CellResult>,
     pub failed_cells: usize,
+    /// Cells repeated with `runs: N` (N ≥ 2): their key metrics over the repetitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repetitions: Vec<Repetitions>,
+}
+
+/// One cell's repetitions summarized: mean, sample stddev, min, max and a Student-t 95 %
+/// confidence interval of each key metric (`kitt compare` tests differences between such sets).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Repetitions {
+    pub engine: String,
+    pub model: String,
+    pub benchmark: String,
+    pub swept: BTreeMap<String, Json>,
+    /// Successful repetitions summarized (failed ones are left out).
+    pub runs: usize,
+    /// By metric name (`ttft.p50`, `request_throughput`, `accuracy`, …): `{n, mean, stddev, min,
+    /// max, ci95}`.
+    pub metrics: BTreeMap<String, Json>,
+}
+
+/// The repetitions of every cell that ran more than once.
+pub fn repetitions(cells: &[CellResult]) -> Vec<Repetitions> {
+    let mut groups: Vec<(String, Vec<&CellResult>)> = Vec::new();
+    for c in cells.iter().filter(|c| c.status == CellStatus::Ok) {
+        let key = crate::compare::Identity::of(&c.cell).key();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(c),
+            None => groups.push((key, vec![c])),
+        }
+    }
+    let pointers = crate::compare::metric::KEY_METRICS
+        .iter()
+        .map(|k| (k.name, k.pointer))
+        .chain(std::iter::once(("accuracy", "/accuracy")));
+    let pointers: Vec<(&str, &str)> = pointers.collect();
+    groups
+        .into_iter()
+        .filter(|(_, v)| v.len() >= 2)
+        .map(|(_, v)| {
+            let metrics = pointers
+                .iter()
+                .filter_map(|(name, ptr)| {
+                    let values: Vec<f64> =
+                        v.iter().filter_map(|c| c.metrics.pointer(ptr).and_then(Json::as_f64)).collect();
+                    let s = crate::compare::stats::Summary::of(&values)?;
+                    Some((name.to_string(), serde_json::to_value(s).ok()?))
+                })
+                .collect();
+            Repetitions {
+                engine: v[0].cell.engine.clone(),
+                model: v[0].cell.model.clone(),
+                benchmark: v[0].cell.benchmark.clone(),
+                swept: v[0].cell.swept.clone(),
+                runs: v.len(),
+                metrics,
+            }
+        })
+        .collect()
 }
 
 /// The JSON Schema of `RunReport`, pretty, ending in a newline.
@@ -219,6 +277,26 @@ pub fn summary(report: &RunReport) -> String {
         if ri == 0 {
             let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
         }
+    }
+    for r in &report.repetitions {
+        let mut label = r.benchmark.clone();
+        for (k, v) in &r.swept {
+            let _ = write!(label, " {k}={}", crate::template::scalar_text(v));
+        }
+        let show = |name: &str, digits: usize| {
+            let m = r.metrics.get(name)?;
+            let (mean, sd) = (m["mean"].as_f64()?, m["stddev"].as_f64().unwrap_or(0.0));
+            let ci = m["ci95"].as_array().and_then(|c| Some((c.first()?.as_f64()?, c.get(1)?.as_f64()?)));
+            Some(match ci {
+                Some((lo, hi)) => {
+                    format!("{name} {mean:.digits$} ± {sd:.digits$} (95 % CI {lo:.digits$}–{hi:.digits$})")
+                }
+                None => format!("{name} {mean:.digits$}"),
+            })
+        };
+        let parts: Vec<String> =
+            [show("ttft.p50", 2), show("request_throughput", 2), show("accuracy", 3)].into_iter().flatten().collect();
+        let _ = writeln!(out, "REPEATED {} {} × {} runs: {}", r.engine, label, r.runs, parts.join(", "));
     }
     for c in &report.cells {
         let Some(e) = c.metrics.get("eval") else { continue };

@@ -959,6 +959,7 @@ impl RunExecutor {
             kitt_version: env!("CARGO_PKG_VERSION").into(),
             facts: self.facts.clone(),
             hardware: Some(super::fingerprint().clone()),
+            repetitions: crate::report::repetitions(&cells),
             cells,
             failed_cells,
         }
