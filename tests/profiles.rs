@@ -137,7 +137,7 @@ spec:
   benchmarks: [{name: lat, template: latency, params: {requests: 4, max_tokens: 4}}]
   runs: 3
   warmup: {requests: 0}
-  reporters: [json, markdown]
+  reporters: [json, markdown, html]
 "#,
     )
     .unwrap();
@@ -159,4 +159,6 @@ spec:
     assert!(lo <= mean && mean <= hi, "{ttft}");
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(md.contains("## Repetitions") && md.contains("| sim | m | lat  | 3 | ttft.p50 |"), "{md}");
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    assert!(html.contains("<h2 id=\"repetitions\">") && html.contains("<td>ttft.p50</td>"), "the html report too");
 }
