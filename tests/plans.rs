@@ -176,3 +176,29 @@ apiVersion: kitt/v1
 "#;
     assert_eq!(keys(&compile(&t.path().join("x"), SUITE)), keys(&compile(&t.path().join("y"), reordered)));
 }
+
+#[test]
+fn an_eval_cells_key_follows_its_eval_not_only_its_params() {
+    let t = tempfile::tempdir().unwrap();
+    let suite = "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: e}\nspec:\n  templates: [my.yaml]\n  models: [{name: m}]\n  engines: [{name: sim, template: sim}]\n  benchmarks: [{name: g, template: my_gsm, params: {source: data.jsonl}}]\n";
+    // The answer extraction never reaches a request body: only the eval itself tells them apart.
+    let template = |extract: &str| {
+        format!(
+            "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {{name: my_gsm}}\nspec:\n  base: gsm8k\n  eval:\n    answer: {{extract: {extract}}}\n"
+        )
+    };
+    let bench_key = |extract: &str| {
+        let dir = t.path().join(extract);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("my.yaml"), template(extract)).unwrap();
+        let plan = compile(&dir, suite);
+        let b = plan.steps.iter().find(|s| s.kind == StepKind::Benchmark).unwrap();
+        (b.key.clone(), plan.cells[0].request.as_ref().unwrap().body.clone())
+    };
+    let (number, body_a) = bench_key("number");
+    let (exact, body_b) = bench_key("exact");
+    assert_eq!(body_a, body_b, "the requests are the same");
+    // Same params and requests, another eval: a resumed run must not reuse the old answers.
+    assert_ne!(number, exact);
+    assert_eq!(number, bench_key("number").0);
+}

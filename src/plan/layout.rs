@@ -26,6 +26,9 @@ struct BenchmarkKey<'a> {
     sampling: &'a BTreeMap<String, Json>,
     load: &'a Option<LoadSpec>,
     request: &'a Option<RequestTemplate>,
+    /// An eval cell's rendered eval (absent for load cells, whose keys it leaves unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval: &'a Option<crate::eval::EvalSpec>,
 }
 
 /// Lays out the step DAG: per group pull → start → setup → warmup → benchmark → collect → stop,
@@ -103,6 +106,7 @@ pub(crate) fn layout(
                 sampling: &cell.sampling,
                 load: &cell.load,
                 request: &cell.request,
+                eval: &cell.eval,
             });
             let ckey = key_of(&json!({"kind": "collect", "benchmark": bkey}));
             let b = push(&mut steps, StepKind::Benchmark, bkey, Some(gi), Some(ci), ready.clone());
