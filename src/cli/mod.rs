@@ -269,7 +269,7 @@ pub fn validate_file(path: &Path) -> Result<String, Vec<Diagnostic>> {
         Kind::Suite => {
             // Parsed once: the envelope told the kind, the same tree decodes the suite.
             let suite = raw.decode::<manifest::SuiteSpec>()?;
-            let plan = plan::compile::compile_with_catalog(&suite, path)?;
+            let plan = plan::compile::check_with_catalog(&suite, path)?;
             Ok(format!("Suite `{}`: {} cell(s), {} step(s)", plan.suite.name, plan.cells.len(), plan.steps.len()))
         }
         _ => {

@@ -51,6 +51,14 @@ pub fn compile_with_catalog(suite: &Suite, path: &Path) -> Result<Plan, Vec<Diag
     compile(suite, &catalog)
 }
 
+/// Checks a suite as [`compile_with_catalog`] does, without deriving step keys (`kitt validate`
+/// needs every error and the plan's shape, not its keys): the steps' keys are empty.
+pub fn check_with_catalog(suite: &Suite, path: &Path) -> Result<Plan, Vec<Diagnostic>> {
+    let dir = suite_dir(path);
+    let catalog = Catalog::with_local(&dir, &suite.spec.templates, path)?;
+    compile_inner(suite, &catalog, false)
+}
+
 /// The absolute directory of a suite file.
 pub fn suite_dir(path: &Path) -> PathBuf {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -68,6 +76,8 @@ struct Compiler<'a> {
     catalog: &'a Catalog,
     renderer: Renderer,
     errors: Vec<Diagnostic>,
+    /// Derive step keys (off for `kitt validate`).
+    keys: bool,
 }
 
 /// One engine instance after its sweeps are expanded.
@@ -89,7 +99,11 @@ struct BenchVariant<'a> {
 
 /// Compiles a decoded suite against a catalog.
 pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>> {
-    let mut c = Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new() };
+    compile_inner(suite, catalog, true)
+}
+
+fn compile_inner(suite: &Suite, catalog: &Catalog, keys: bool) -> Result<Plan, Vec<Diagnostic>> {
+    let mut c = Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new(), keys };
     let plan = c.run();
     let mut errors = c.errors;
     for e in &mut errors {
@@ -163,7 +177,7 @@ impl<'a> Compiler<'a> {
         if !self.errors.is_empty() {
             return None;
         }
-        let steps = layout(&groups, &cells, spec.execution.isolation, &reporters);
+        let steps = layout(&groups, &cells, spec.execution.isolation, &reporters, self.keys);
         let mut templates: Vec<TemplateRef> = Vec::new();
         for (kind, name) in spec
             .engines
@@ -711,7 +725,10 @@ impl<'a> Compiler<'a> {
             initial_interval: spec.health.initial_interval,
             max_interval: spec.health.max_interval,
         };
-        let key = key_of(&json!({
+        let key = if !self.keys {
+            String::new()
+        } else {
+            key_of(&json!({
             "kind": "engine",
             "template": inst.template.value,
             "engine": ev.name,
@@ -721,7 +738,8 @@ impl<'a> Compiler<'a> {
             "health": health,
             "setup": setup,
             "warmup": warmup,
-        }));
+            }))
+        };
         Some(EngineGroup {
             id: format!("{}/{}", ev.name, model.name.value),
             engine: ev.name.clone(),

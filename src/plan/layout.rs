@@ -38,6 +38,7 @@ pub(crate) fn layout(
     cells: &[Cell],
     isolation: Isolation,
     reporters: &[ReporterRef],
+    keys: bool,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let push = |steps: &mut Vec<Step>,
@@ -67,11 +68,11 @@ pub(crate) fn layout(
     let mut previous_stop: Option<usize> = None;
     let mut all_ends = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
-        let gk = |kind: &str| key_of(&json!({"kind": kind, "group": g.key}));
+        let gk = |kind: &str| maybe_key(keys, &json!({"kind": kind, "group": g.key}));
         let mut ready: Vec<usize> = Vec::new();
         let mut start = None;
         if let Mode::Container { image, pull, .. } = &g.mode {
-            let pk = key_of(&json!({"kind": "pull", "image": image, "policy": pull}));
+            let pk = maybe_key(keys, &json!({"kind": "pull", "image": image, "policy": pull}));
             ready = vec![push(&mut steps, StepKind::Pull, pk, Some(gi), None, vec![])];
         }
         if matches!(g.mode, Mode::Endpoint { .. }) {
@@ -94,21 +95,24 @@ pub(crate) fn layout(
         }
         let mut collects = Vec::new();
         for (ci, cell) in cells.iter().enumerate().filter(|(_, c)| c.group == gi) {
-            let bkey = key_of(&BenchmarkKey {
-                kind: "benchmark",
-                group: &g.key,
-                model: &cell.model,
-                engine: &cell.engine,
-                benchmark: &cell.benchmark,
-                template: &cell.template,
-                params: &cell.params,
-                run_index: cell.run_index,
-                sampling: &cell.sampling,
-                load: &cell.load,
-                request: &cell.request,
-                eval: &cell.eval,
-            });
-            let ckey = key_of(&json!({"kind": "collect", "benchmark": bkey}));
+            let bkey = maybe_key(
+                keys,
+                &BenchmarkKey {
+                    kind: "benchmark",
+                    group: &g.key,
+                    model: &cell.model,
+                    engine: &cell.engine,
+                    benchmark: &cell.benchmark,
+                    template: &cell.template,
+                    params: &cell.params,
+                    run_index: cell.run_index,
+                    sampling: &cell.sampling,
+                    load: &cell.load,
+                    request: &cell.request,
+                    eval: &cell.eval,
+                },
+            );
+            let ckey = maybe_key(keys, &json!({"kind": "collect", "benchmark": bkey}));
             let b = push(&mut steps, StepKind::Benchmark, bkey, Some(gi), Some(ci), ready.clone());
             collects.push(push(&mut steps, StepKind::Collect, ckey, Some(gi), Some(ci), vec![b]));
         }
@@ -123,7 +127,13 @@ pub(crate) fn layout(
         }
     }
     let names: Vec<&str> = reporters.iter().map(|r| r.name.as_str()).collect();
-    let rk = key_of(&json!({"kind": "report", "reporters": names}));
+    let rk = maybe_key(keys, &json!({"kind": "report", "reporters": names}));
     push(&mut steps, StepKind::Report, rk, None, None, all_ends);
     steps
+}
+
+/// A step's key, or nothing when the plan is only checked (`kitt validate` needs the steps, not
+/// their keys, and hashing is the largest part of compiling a large suite).
+fn maybe_key(keys: bool, v: &impl serde::Serialize) -> StepKey {
+    if keys { key_of(v) } else { String::new() }
 }

@@ -50,6 +50,11 @@ pub enum StoreError {
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether SQLite said another connection holds the lock.
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 /// Where the store is: `--store`, else `$KITT_STORE`, else `$XDG_DATA_HOME/kitt/results.db`, else
 /// `~/.local/share/kitt/results.db`. `None` when it is turned off (`off`).
 pub fn location(flag: Option<&Path>) -> Option<PathBuf> {
@@ -280,10 +285,27 @@ impl Store {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL lets readers go on while one process writes; set before anything else touches it.
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
-        conn.pragma_update(None, "synchronous", "normal")?;
-        schema::migrate(&mut conn)?;
+        // Switching a new file to WAL while another process does the same can answer "locked"
+        // at once, without the busy handler (SQLite takes that lock without waiting): retry
+        // within the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let setup = (|| -> Result<(), StoreError> {
+                // WAL lets readers go on while one process writes; set before anything else touches it.
+                conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
+                conn.pragma_update(None, "synchronous", "normal")?;
+                schema::migrate(&mut conn)
+            })();
+            match setup {
+                Err(StoreError::Sqlite(e)) if busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
+        }
         Ok(Store { conn, path: path.to_path_buf() })
     }
 
