@@ -70,16 +70,22 @@ pub fn call_timeout() -> Duration {
     })
 }
 
-fn timed_out(args: &[String]) -> DockerError {
+fn timed_out(args: &[String], limit: Duration) -> DockerError {
     DockerError::Failed {
         command: args.iter().take(2).cloned().collect::<Vec<_>>().join(" "),
-        message: format!("no answer within {:?}", call_timeout()),
+        message: format!("no answer within {limit:?}"),
         hint: "; is the Docker daemon responsive (`docker info`)?",
     }
 }
 
 /// Runs `docker ARGS` (blocking), killed after [`call_timeout`] (a pull is not bounded).
 pub fn docker_sync(args: &[String]) -> Result<String, DockerError> {
+    let pull = args.first().is_some_and(|a| a == "pull");
+    docker_within(args, if pull { Duration::from_secs(24 * 3600) } else { call_timeout() })
+}
+
+/// Runs `docker ARGS` (blocking), killed after `limit`.
+pub fn docker_within(args: &[String], limit: Duration) -> Result<String, DockerError> {
     let mut child = std::process::Command::new("docker")
         .args(base_args())
         .args(args)
@@ -105,15 +111,14 @@ pub fn docker_sync(args: &[String]) -> Result<String, DockerError> {
         }
         buf
     });
-    let pull = args.first().is_some_and(|a| a == "pull");
-    let deadline = std::time::Instant::now() + if pull { Duration::from_secs(24 * 3600) } else { call_timeout() };
+    let deadline = std::time::Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
             Ok(None) if std::time::Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(timed_out(args));
+                return Err(timed_out(args, limit));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => break Err(e),
@@ -139,7 +144,7 @@ pub async fn docker(args: &[String], env: &[(String, String)]) -> Result<String,
     }
     match tokio::time::timeout(call_timeout(), out).await {
         Ok(out) => check(args, out),
-        Err(_) => Err(timed_out(args)),
+        Err(_) => Err(timed_out(args, call_timeout())),
     }
 }
 

@@ -2,13 +2,9 @@
 //!
 //! A read-only probe with a deadline, kept out of [`super::Fingerprint::detect`] because the
 //! daemon can be slow or hang, and out of the hash because it describes the software beside
-//! the machine. It runs the `docker` CLI directly (argv, no shell) instead of through
-//! `crate::docker` because it must give up after a deadline, which the container code's calls
-//! do not; one `docker info` call answers both questions.
+//! the machine. One `docker info` call (through `crate::docker`) answers both questions.
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,43 +43,10 @@ fn parse(out: &str) -> Docker {
     }
 }
 
-/// Runs `docker ARGS`, killing it after `timeout`; its stdout, or why there is none.
+/// Runs `docker ARGS`, killed after `timeout`; its stdout, or why there is none.
 fn run(args: &[&str], timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `docker`: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`docker info` did not answer within {} ms", timeout.as_millis()));
-            }
-            Err(e) => return Err(format!("cannot wait for `docker`: {e}")),
-        }
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    // The answer is a few hundred bytes: it fits the pipe, so the child never blocks on it.
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut stderr);
-    }
-    if status.success() {
-        Ok(stdout)
-    } else {
-        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim();
-        Err(format!("`docker info` failed: {first}"))
-    }
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    crate::docker::docker_within(&args, timeout).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
