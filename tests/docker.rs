@@ -354,6 +354,12 @@ fn serial_docker_sigint_sigterm_and_kill_leave_no_container_behind() {
         };
         assert!(out.status.success(), "{next}: {}", text(&out));
         assert!(containers_of(&run_id(&run)).is_empty(), "{next} removed {left:?}");
+        // The orphan's logs were saved into its start step before it was removed.
+        let logs: String = std::fs::read_dir(run.join("steps"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("engine.log")).ok())
+            .collect();
+        assert!(logs.contains("imitating vllm"), "{next}: {logs}");
         if next == "gc" {
             assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed container {}", left[0])));
         }

@@ -323,29 +323,29 @@ impl Drop for Container {
     }
 }
 
-async fn save_logs(name: &str, path: &Path) {
-    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else { return };
-    let Ok(err) = file.try_clone() else { return };
-    let _ = tokio::process::Command::new("docker")
-        .args(base_args())
+/// `docker logs NAME` appending to the file at `path` (stdout and stderr), if it can be opened.
+fn logs_to(name: &str, path: &Path) -> Option<std::process::Command> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+    let err = file.try_clone().ok()?;
+    let mut c = std::process::Command::new("docker");
+    c.args(base_args())
         .args(["logs", "--timestamps", "--", name])
         .stdin(Stdio::null())
         .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err))
-        .status()
-        .await;
+        .stderr(Stdio::from(err));
+    Some(c)
+}
+
+async fn save_logs(name: &str, path: &Path) {
+    if let Some(c) = logs_to(name, path) {
+        let _ = tokio::process::Command::from(c).status().await;
+    }
 }
 
 fn save_logs_sync(name: &str, path: &Path) {
-    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else { return };
-    let Ok(err) = file.try_clone() else { return };
-    let _ = std::process::Command::new("docker")
-        .args(base_args())
-        .args(["logs", "--timestamps", "--", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err))
-        .status();
+    if let Some(mut c) = logs_to(name, path) {
+        let _ = c.status();
+    }
 }
 
 /// Whether a container's recorded owner is certainly gone: a kitt of an earlier boot, or of this
