@@ -7,6 +7,9 @@
 //! on the same Docker do not disturb each other. Under CI (`CI=true`) a missing Docker or a
 //! missing llama.cpp image is a failure; elsewhere the tests say what is missing and pass.
 
+mod common;
+use common::test_data;
+
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -75,15 +78,6 @@ fn llama_image_missing() -> bool {
     let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
     !present.status.success()
         && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
-}
-
-/// The test datasets (`KITT_TEST_DATA`, default ../shared/datasets), if there.
-fn test_data() -> Option<PathBuf> {
-    let data = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
-    if !data.join("mmlu").exists() && skip(&format!("no test datasets at {} (KITT_TEST_DATA)", data.display())) {
-        return None;
-    }
-    Some(data)
 }
 
 struct Env {

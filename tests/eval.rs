@@ -4,6 +4,9 @@
 //! written for kitt in its JSONL format (tests/fixtures/hellaswag/val.jsonl). Scores are checked
 //! against answers computed here from the data, with fake `generate` callbacks.
 
+mod common;
+use common::test_data;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -21,21 +24,6 @@ use kitt::manifest::template_kind::BenchmarkSpec;
 use serde_json::{Value as Json, json};
 
 // ---------------------------------------------------------------- data and templates
-
-/// The shared datasets, or `None` (a skip) when absent outside CI. Under `CI=true` absence fails.
-fn data() -> Option<PathBuf> {
-    let dir = std::env::var_os("KITT_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    if dir.join("mmlu/data/test").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the test datasets are missing at {} (set KITT_TEST_DATA)", dir.display());
-    }
-    eprintln!("skipped: no test datasets at {} (set KITT_TEST_DATA)", dir.display());
-    None
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -213,7 +201,7 @@ fn the_eval_schema_accepts_every_built_in_eval() {
 
 #[tokio::test]
 async fn mmlu_from_the_csv_files_every_subject_five_shot() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let source = format!("{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv", data.display());
     let spec = template("mmlu", json!({"source": source}));
@@ -253,7 +241,7 @@ async fn mmlu_from_the_csv_files_every_subject_five_shot() {
 
 #[tokio::test]
 async fn mmlu_subjects_k_and_sample_size_reach_the_prompts() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let source = format!("{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv", data.display());
     let spec = template(
@@ -275,7 +263,7 @@ async fn mmlu_subjects_k_and_sample_size_reach_the_prompts() {
 
 #[tokio::test]
 async fn truthfulqa_mc1_options_are_shuffled_and_the_constant_a_scores_the_share_of_a() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let csv_path = data.join("truthfulqa/TruthfulQA.csv");
     let spec = template("truthfulqa", json!({"source": csv_path.to_string_lossy()}));
@@ -318,7 +306,7 @@ async fn truthfulqa_mc1_options_are_shuffled_and_the_constant_a_scores_the_share
 
 #[tokio::test]
 async fn gsm8k_targets_and_a_model_right_on_exactly_two_thirds() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let path = data.join("gsm8k/test.jsonl");
     let p = eval::prepare(&template("gsm8k", json!({"source": path.to_string_lossy()})), &opts(cache.path()))
@@ -406,7 +394,7 @@ async fn hellaswag_from_its_jsonl_format() {
 
 #[tokio::test]
 async fn http_sources_are_cached_and_offline_mode_uses_only_the_cache() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let mut site = Site::default();
     site.files.insert("test.jsonl".into(), std::fs::read(data.join("gsm8k/test.jsonl")).unwrap());
     site.files.insert("TruthfulQA.csv".into(), std::fs::read(data.join("truthfulqa/TruthfulQA.csv")).unwrap());
@@ -448,7 +436,7 @@ async fn http_sources_are_cached_and_offline_mode_uses_only_the_cache() {
 
 #[tokio::test]
 async fn checksums_are_checked_and_a_mismatch_never_downloads_again() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let bytes = std::fs::read(data.join("gsm8k/test.jsonl")).unwrap();
     let good = sha256_hex(&bytes);
     let mut site = Site::default();
@@ -500,7 +488,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn hugging_face_rows_are_paged_cached_and_mapped() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let mut site = Site::default();
     site.hf.insert(("openai/gsm8k".into(), "main".into(), "test".into()), jsonl(&data.join("gsm8k/test.jsonl")));
     // MMLU in the rows API's shape: one config per subject, `choices` a list, `answer` an index.
@@ -560,7 +548,7 @@ async fn hugging_face_rows_are_paged_cached_and_mapped() {
 
 #[tokio::test]
 async fn zero_items_and_bad_rows_are_errors_that_say_why() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let dir = tempfile::tempdir().unwrap();
     let o = opts(dir.path());
     let tqa = data.join("truthfulqa/TruthfulQA.csv");
@@ -616,7 +604,7 @@ async fn zero_items_and_bad_rows_are_errors_that_say_why() {
 
 #[tokio::test]
 async fn the_context_policy_drops_shots_then_skips_and_counts() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let source = format!("{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv", data.display());
     let spec = template("mmlu", json!({"source": source, "subjects": ["college_medicine"]}));
@@ -654,7 +642,7 @@ async fn the_context_policy_drops_shots_then_skips_and_counts() {
 
 #[tokio::test]
 async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let cache = tempfile::tempdir().unwrap();
     let spec =
         template("gsm8k", json!({"source": data.join("gsm8k/test.jsonl").to_string_lossy(), "sample_size": 200}));

@@ -1,25 +1,13 @@
 //! Evals through `kitt apply` against the simulator with an answer key (`kitt sim --answers`):
 //! the score is known before the run, so it is asserted exactly.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::test_data;
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value as Json;
-
-fn data() -> Option<PathBuf> {
-    let dir = std::env::var("KITT_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    if dir.join("mmlu/data/test").exists() {
-        return Some(dir);
-    }
-    let msg = format!("the test datasets are not at {} (set KITT_TEST_DATA)", dir.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
 
 fn apply(dir: &Path, suite: &str) -> Json {
     let path = dir.join("suite.yaml");
@@ -65,7 +53,7 @@ spec:
 
 #[test]
 fn mmlu_scores_exactly_the_share_the_answer_key_gets_right() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let d = tempfile::tempdir().unwrap();
     // Every fourth question answered right, the rest with the next letter: exactly 25 of 100.
     let csv = data.join("mmlu/data/test/abstract_algebra_test.csv");
@@ -99,7 +87,7 @@ fn mmlu_scores_exactly_the_share_the_answer_key_gets_right() {
 
 #[test]
 fn truthfulqa_answering_always_a_scores_the_share_of_a_after_the_shuffle() {
-    let Some(data) = data() else { return };
+    let Some(data) = test_data() else { return };
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("key.jsonl"), "{\"match\": \"\", \"answer\": \"A\"}\n").unwrap();
     let source = data.join("truthfulqa/TruthfulQA.csv");

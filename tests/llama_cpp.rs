@@ -4,6 +4,9 @@
 //! build is cached outside the repository). Under CI (`CI=true`) a missing build is a failure;
 //! elsewhere the tests say what is missing and pass without running.
 
+mod common;
+use common::test_data;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,19 +159,6 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report(&runs)["cells"][0]["metrics"]["requests"], 40);
     assert_eq!(llama_servers(&alias), 0);
-}
-
-fn test_data() -> Option<PathBuf> {
-    let dir = std::env::var("KITT_TEST_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/datasets"));
-    if dir.join("mmlu/data/test").exists() {
-        return Some(dir);
-    }
-    let msg = format!("the test datasets are not at {} (set KITT_TEST_DATA)", dir.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
 }
 
 /// An MMLU eval on the real server (random weights: the score is near chance, the pipeline is
