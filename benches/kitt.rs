@@ -133,6 +133,8 @@ fn open_loop(
             progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             cancel: Cancel::default(),
             expected_output_tokens: None,
+            records: None,
+            index_offset: 0,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();

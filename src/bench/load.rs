@@ -6,9 +6,12 @@
 //! tokenizer and every body is serialized to `Bytes` before the first request; tokens of the answers
 //! are counted after the last one.
 //!
-//! The hot path is oha's (STYLE anchors): one pooled client, workers that each keep their own
-//! records (no channel, no lock per request; merged and sorted by index at the end), a shared
-//! atomic counter handing out request indices, and a body that is a refcount bump to send.
+//! The hot path is oha's (STYLE anchors): one pooled client, a shared atomic counter handing out
+//! request indices, and a body that is a refcount bump to send. A finished request is one JSON
+//! line appended to a spool buffer (written to disk in blocks), never kept: memory does not grow
+//! with the request count. After the window the spool is read back once: answers are counted with
+//! the tokenizer, each record is folded into the metrics' [`Tally`] and written to the cell's
+//! `requests.jsonl` (in the order requests finished; `index` is the send order).
 //! Arrivals are a [`Schedule`]: closed loops (synchronous, fixed concurrency) send when a worker is
 //! free, so a request's scheduled time is its send time; open-loop profiles (constant, Poisson)
 //! precompute every arrival and send at absolute times (`open_loop_run`).
@@ -25,8 +28,11 @@ mod prompts;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +41,7 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+use super::metrics::{Tally, TallyConfig};
 use super::tokenizer::Tokenizer;
 use crate::cancel::Cancel;
 use crate::engine::client::{EngineClient, RequestRecord};
@@ -66,11 +73,16 @@ pub struct LoadInput {
     /// Output tokens each request must generate (`max_tokens` with `ignore_eos`), to flag early stops.
     pub expected_output_tokens: Option<u64>,
     pub cancel: Cancel,
+    /// Where each request's record goes, one JSON line, appended (the stages of a staged benchmark
+    /// share one file); `None`: records are only tallied.
+    pub records: Option<PathBuf>,
+    /// Added to every recorded index (a later stage's requests follow the earlier stages').
+    pub index_offset: u64,
 }
 
-/// A finished run: one record per request, sorted by index.
+/// A finished run: its requests tallied (and written to `records`).
 pub struct LoadOutcome {
-    pub records: Vec<RequestRecord>,
+    pub tally: Tally,
     /// The measured window: first send → last end.
     pub window_ns: u64,
     /// Every prompt has exactly `input_tokens` tokens by the engine's tokenizer.
@@ -80,14 +92,24 @@ pub struct LoadOutcome {
     pub input_tokens: u32,
     /// Arrivals followed a precomputed schedule (constant or Poisson), not free workers.
     pub open_loop: bool,
-    /// The benchmark's SLOs, for goodput.
-    pub slo: Option<crate::manifest::load::Slo>,
-    /// Output tokens every request was asked to generate without stopping early (`ignore_eos`).
-    pub expected_output_tokens: Option<u64>,
-    /// Requests sent before the window by the benchmark's own `warmup` (not in `records`).
+    /// Requests sent before the window by the benchmark's own `warmup` (not tallied).
     pub warmup_requests: u64,
-    /// Warmup analysis: how many first requests count as cold.
-    pub cold_requests: Option<u64>,
+    /// The file the records were appended to, if any.
+    pub records: Option<PathBuf>,
+}
+
+impl LoadOutcome {
+    /// Reads the records back from `records`, sorted by index (tests and small runs only: this is
+    /// the one place a whole run's records are in memory).
+    pub fn read_records(&self) -> std::io::Result<Vec<RequestRecord>> {
+        let Some(path) = &self.records else { return Ok(Vec::new()) };
+        let mut records = Vec::new();
+        for line in BufReader::new(File::open(path)?).lines() {
+            records.push(serde_json::from_str(&line?).map_err(std::io::Error::other)?);
+        }
+        records.sort_by_key(|r: &RequestRecord| r.index);
+        Ok(records)
+    }
 }
 
 /// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
@@ -101,6 +123,8 @@ pub enum LoadError {
     Prompt(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("cannot keep the request records: {0}")]
+    Records(String),
 }
 
 /// Runs the load described by `input`; on cancellation every request in flight is dropped.
@@ -176,6 +200,8 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         None => 0,
     };
     let origin = Instant::now();
+    let keep_text = input.tokenize.is_some();
+    let spool = Arc::new(Spool::create(input.records.as_deref()).map_err(|e| LoadError::Records(e.to_string()))?);
     let shared = Arc::new(Shared {
         client: input.client.clone(),
         call: input.call,
@@ -184,9 +210,11 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         schedule: Schedule::closed(input.load.requests, duration.map(|d| origin + d)),
         origin,
         progress: input.progress,
+        spool: Some(Arc::clone(&spool)),
+        keep_text,
     });
     let open_loop = arrivals.is_some();
-    let mut records = match arrivals {
+    let sent = match arrivals {
         Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers).await?,
         None => {
             let mut set = JoinSet::new();
@@ -195,48 +223,51 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
                 // A ramp starts worker `w` at `w/workers` of it (absolute times, like arrivals).
                 let start = origin + ramp.mul_f64(w as f64 / workers as f64);
                 let shared = Arc::clone(&shared);
-                let limit = input.load.requests;
                 set.spawn(async move {
                     if start > Instant::now() {
                         wait_until(start).await;
                     }
-                    worker(shared, limit, workers).await
+                    worker(shared).await
                 });
             }
-            let mut records = Vec::new();
+            let mut sent = 0;
             while let Some(joined) = set.join_next().await {
                 match joined {
-                    Ok(mut mine) => records.append(&mut mine),
+                    Ok(n) => sent += n,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => return Err(LoadError::Cancelled),
                 }
             }
-            records
+            sent
         }
     };
-    records.sort_unstable_by_key(|r| r.index);
-    let first_send = records.iter().map(|r| r.sent_ns).min().unwrap_or(0);
-    let last_end = records.iter().map(|r| r.end_ns).max().unwrap_or(0);
-    if records.len() as u64 > pool {
+    drop(shared);
+    if sent > pool {
         tracing::warn!(
-            "{} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster",
-            records.len()
+            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
         );
     }
 
-    if let Some(t) = &input.tokenize {
-        count_output(&input.client, t, &mut records).await;
-    }
+    let config = TallyConfig {
+        slo: input.load.slo.clone(),
+        expected_output_tokens: input.expected_output_tokens,
+        cold_requests: input.load.cold_requests,
+    };
+    let settle = Settle {
+        client: &input.client,
+        tokenize: input.tokenize.as_ref(),
+        out: input.records.as_deref(),
+        index_offset: input.index_offset,
+    };
+    let tally = settle.run(&spool, config).await?;
     Ok(LoadOutcome {
-        records,
-        window_ns: last_end.saturating_sub(first_send),
+        window_ns: tally.window_ns(),
+        tally,
         prompts_exact,
         input_tokens,
         open_loop,
-        slo: input.load.slo.clone(),
-        expected_output_tokens: input.expected_output_tokens,
         warmup_requests,
-        cold_requests: input.load.cold_requests,
+        records: input.records,
     })
 }
 
@@ -251,6 +282,22 @@ struct Shared {
     schedule: Schedule,
     origin: Instant,
     progress: Arc<AtomicU64>,
+    /// Where finished records go; `None`: they are dropped (a warmup).
+    spool: Option<Arc<Spool>>,
+    /// Whether records keep their answer's text (for the tokenizer after the window).
+    keep_text: bool,
+}
+
+impl Shared {
+    fn done(&self, mut record: RequestRecord) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        if let Some(spool) = &self.spool {
+            if !self.keep_text {
+                record.text = String::new();
+            }
+            spool.push(&record);
+        }
+    }
 }
 
 /// When requests go out. Closed loop: a free worker takes the next index at once; no index after
@@ -284,9 +331,9 @@ impl Schedule {
     }
 }
 
-async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<RequestRecord> {
-    let capacity = limit.map_or(256, |n| n.div_ceil(workers as u64).min(4096) as usize);
-    let mut records = Vec::with_capacity(capacity);
+/// Runs closed-loop requests until the schedule says stop; returns how many it sent.
+async fn worker(shared: Arc<Shared>) -> u64 {
+    let mut sent = 0;
     while let Some(ticket) = shared.schedule.next(shared.origin) {
         // `bodies` is never empty (at least one prompt is built), so the slot is in range.
         let slot = (ticket.index % shared.bodies.len() as u64) as usize;
@@ -298,11 +345,10 @@ async fn worker(shared: Arc<Shared>, limit: Option<u64>, workers: usize) -> Vec<
         };
         let body = shared.bodies[slot].clone();
         shared.client.send(&shared.call, body, shared.origin, &mut record).await;
-        record.shrink();
-        shared.progress.fetch_add(1, Ordering::Relaxed);
-        records.push(record);
+        shared.done(record);
+        sent += 1;
     }
-    records
+    sent
 }
 
 /// The benchmark's own warmup: a closed loop over prompts of its own (another seed), before the
@@ -322,14 +368,16 @@ async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, worke
         schedule: Schedule::closed(w.requests, w.duration.map(|d| origin + d.0)),
         origin,
         progress: Arc::new(AtomicU64::new(0)),
+        spool: None,
+        keep_text: false,
     });
     let mut set = JoinSet::new();
     for _ in 0..workers.max(1) {
-        set.spawn(worker(Arc::clone(&shared), w.requests, workers.max(1)));
+        set.spawn(worker(Arc::clone(&shared)));
     }
     let mut sent = 0u64;
     while let Some(joined) = set.join_next().await {
-        sent += joined.map_err(|_| LoadError::Cancelled)?.len() as u64;
+        sent += joined.map_err(|_| LoadError::Cancelled)?;
     }
     Ok(sent)
 }
@@ -353,15 +401,12 @@ async fn wait_until(target: Instant) {
 
 /// Open loop: one dispatcher releases each request at its scheduled time, whatever is in flight;
 /// each request then waits for one of `max_in_flight` slots (client queue time) and goes out.
-/// The dispatcher never waits for a slot, so its lateness is pure schedule lag.
-async fn open_loop_run(
-    shared: Arc<Shared>,
-    arrivals: Vec<u64>,
-    max_in_flight: usize,
-) -> Result<Vec<RequestRecord>, LoadError> {
+/// The dispatcher never waits for a slot, so its lateness is pure schedule lag. Returns how many
+/// requests it sent.
+async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: usize) -> Result<u64, LoadError> {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let mut set = JoinSet::new();
-    let mut records = Vec::with_capacity(arrivals.len());
+    let sent = arrivals.len() as u64;
     for (index, offset) in arrivals.into_iter().enumerate() {
         wait_until(shared.origin + Duration::from_nanos(offset)).await;
         let dispatched = since(shared.origin);
@@ -380,68 +425,191 @@ async fn open_loop_run(
             };
             shared.client.send(&shared.call, shared.bodies[slot].clone(), shared.origin, &mut record).await;
             drop(permit);
-            record.shrink();
-            shared.progress.fetch_add(1, Ordering::Relaxed);
-            record
+            shared.done(record);
         });
-        // Collect what finished, so memory follows what is in flight, not the whole run.
+        // Reap what finished, so memory follows what is in flight, not the whole run.
         while let Some(done) = set.try_join_next() {
-            records.push(done.map_err(|_| LoadError::Cancelled)?);
+            done.map_err(|_| LoadError::Cancelled)?;
         }
     }
     while let Some(done) = set.join_next().await {
         match done {
-            Ok(r) => records.push(r),
+            Ok(()) => {}
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return Err(LoadError::Cancelled),
         }
     }
-    Ok(records)
+    Ok(sent)
 }
 
-/// Counts each successful answer's text with the engine's tokenizer (`counted_output_tokens`).
-/// The count of an empty text is subtracted: tokenizers that add a BOS token add it to every text.
-async fn count_output(client: &EngineClient, t: &Tokenizer, records: &mut [RequestRecord]) {
-    let baseline = t.count(client, "").await.unwrap_or(0);
-    // A plain loop over owned indices: combinator closures over borrowed records make the future
-    // lose `Send` (rust-lang/rust#64552).
-    let todo: Vec<usize> = (0..records.len()).filter(|&i| records[i].ok() && !records[i].text.is_empty()).collect();
-    let mut counts = Vec::with_capacity(todo.len());
-    let mut in_flight = FuturesUnordered::new();
-    let mut next = 0;
-    loop {
-        while in_flight.len() < COUNT_PARALLEL && next < todo.len() {
-            let i = todo[next];
-            in_flight.push(count_one(client, t, i, &records[i].text));
-            next += 1;
-        }
-        match in_flight.next().await {
-            Some(done) => counts.push(done),
-            None => break,
+/// Bytes of finished records gathered before they are written out.
+const SPOOL_BLOCK: usize = 256 << 10;
+
+/// Finished records on their way to disk, one JSON line each: lines gather in a buffer that is
+/// written in blocks, so a request costs a serialization, not a write. The file is a scratch file
+/// beside the records' destination (or in the temp dir), removed when the spool is dropped: after
+/// the run, or when a cancelled run is dropped.
+struct Spool {
+    path: PathBuf,
+    inner: Mutex<SpoolInner>,
+}
+
+struct SpoolInner {
+    buf: Vec<u8>,
+    file: File,
+    /// The first write error; the run reports it at the end.
+    error: Option<std::io::Error>,
+}
+
+impl Spool {
+    fn create(near: Option<&Path>) -> std::io::Result<Spool> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!(".kitt-spool-{}-{n}", std::process::id());
+        let path = match near.and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+            _ => std::env::temp_dir().join(name),
+        };
+        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Spool {
+            path,
+            inner: Mutex::new(SpoolInner { buf: Vec::with_capacity(SPOOL_BLOCK + 4096), file, error: None }),
+        })
+    }
+
+    fn push(&self, record: &RequestRecord) {
+        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = &mut *guard;
+        // Serializing plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut inner.buf, record);
+        inner.buf.push(b'\n');
+        if inner.buf.len() >= SPOOL_BLOCK {
+            inner.flush();
         }
     }
-    drop(in_flight);
-    let mut failed = 0usize;
-    let mut example = None;
-    for (i, count) in counts {
-        match count {
-            Ok(n) => records[i].counted_output_tokens = Some(n.saturating_sub(baseline)),
-            Err(e) => {
-                failed += 1;
-                example.get_or_insert(e);
+
+    /// Writes out what is buffered; the first error of the whole run, if any.
+    fn finish(&self) -> std::io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.flush();
+        match inner.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SpoolInner {
+    fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.file.write_all(&self.buf)
+        {
+            self.error = Some(e);
+        }
+        self.buf.clear();
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// After the window: every spooled record, its answer counted with the tokenizer, tallied and
+/// appended to the records file.
+struct Settle<'a> {
+    client: &'a EngineClient,
+    tokenize: Option<&'a Tokenizer>,
+    out: Option<&'a Path>,
+    index_offset: u64,
+}
+
+impl Settle<'_> {
+    async fn run(&self, spool: &Spool, config: TallyConfig) -> Result<Tally, LoadError> {
+        let io = |e: std::io::Error| LoadError::Records(e.to_string());
+        spool.finish().map_err(|e| LoadError::Records(format!("{}: {e}", spool.path.display())))?;
+        let mut reader = BufReader::with_capacity(SPOOL_BLOCK, File::open(&spool.path).map_err(io)?);
+        let mut out = match self.out {
+            Some(path) => Some(BufWriter::with_capacity(
+                SPOOL_BLOCK,
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| LoadError::Records(format!("{}: {e}", path.display())))?,
+            )),
+            None => None,
+        };
+        let mut tally = Tally::new(config);
+        let mut keep = |mut r: RequestRecord| -> Result<(), LoadError> {
+            r.index += self.index_offset;
+            r.text = String::new();
+            tally.add(&r);
+            if let Some(w) = out.as_mut() {
+                serde_json::to_writer(&mut *w, &r).map_err(|e| LoadError::Records(e.to_string()))?;
+                w.write_all(b"\n").map_err(io)?;
+            }
+            Ok(())
+        };
+        let baseline = match self.tokenize {
+            Some(t) => t.count(self.client, "").await.unwrap_or(0),
+            None => 0,
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let mut failed = 0usize;
+        let mut example = None;
+        let mut line = Vec::new();
+        let mut more = true;
+        while more || !in_flight.is_empty() {
+            while more && in_flight.len() < COUNT_PARALLEL {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                    more = false;
+                    break;
+                }
+                let mut r: RequestRecord =
+                    serde_json::from_slice(&line).map_err(|e| LoadError::Records(format!("spool: {e}")))?;
+                match self.tokenize {
+                    Some(t) if r.ok() && !r.text.is_empty() => in_flight.push(count_one(self.client, t, r)),
+                    Some(_) if r.ok() => {
+                        r.counted_output_tokens = Some(0);
+                        keep(r)?;
+                    }
+                    _ => keep(r)?,
+                }
+            }
+            if let Some((mut r, count)) = in_flight.next().await {
+                match count {
+                    Ok(n) => r.counted_output_tokens = Some(n.saturating_sub(baseline)),
+                    Err(e) => {
+                        failed += 1;
+                        example.get_or_insert(e);
+                    }
+                }
+                keep(r)?;
             }
         }
-    }
-    for r in records.iter_mut().filter(|r| r.ok() && r.text.is_empty()) {
-        r.counted_output_tokens = Some(0);
-    }
-    if let Some(e) = example {
-        tracing::warn!("could not count the output of {failed} requests with the engine's tokenizer: {e}");
+        if let Some(mut w) = out {
+            w.flush().map_err(io)?;
+            w.get_ref().sync_all().map_err(io)?;
+        }
+        if let Some(e) = example {
+            tracing::warn!("could not count the output of {failed} requests with the engine's tokenizer: {e}");
+        }
+        Ok(tally)
     }
 }
 
-async fn count_one(client: &EngineClient, t: &Tokenizer, index: usize, text: &str) -> (usize, Result<u64, String>) {
-    (index, t.count(client, text).await)
+/// Counts one answer's text (`counted_output_tokens`, before the empty text's count is taken off:
+/// tokenizers that add a BOS token add it to every text).
+async fn count_one(
+    client: &EngineClient,
+    t: &Tokenizer,
+    record: RequestRecord,
+) -> (RequestRecord, Result<u64, String>) {
+    let count = t.count(client, &record.text).await;
+    (record, count)
 }
 
 /// Nanoseconds since `origin`.

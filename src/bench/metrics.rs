@@ -6,8 +6,10 @@
 //! request enters the error counts. Reasoning is not content (DESIGN decision 9): TTFT is the
 //! first content event; the first reasoning event has its own metric.
 //!
-//! Percentiles come from an HDR histogram (nanoseconds, 3 significant digits, so within 0.1 %);
-//! count, mean, min, max and standard deviation are computed exactly from the samples.
+//! Records are folded in one at a time ([`Tally`]), so a run's memory does not grow with its
+//! request count. Percentiles come from an HDR histogram (nanoseconds, 3 significant digits, so
+//! within 0.1 %); count, mean, min and max are exact, the standard deviation is Welford's running
+//! one (exact up to floating-point rounding).
 
 use std::collections::BTreeMap;
 
@@ -37,43 +39,109 @@ pub struct Distribution {
 }
 
 impl Distribution {
-    /// Summarizes weighted samples `(value ns, weight)`: each value counts `weight` times.
-    pub(crate) fn of_weighted_ns(samples: &[(f64, u64)]) -> Option<Self> {
-        let n: u64 = samples.iter().map(|(_, w)| w).sum();
-        if n == 0 {
+    /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
+    #[cfg(test)]
+    pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
+        let mut stat = Stat::default();
+        samples.iter().for_each(|s| stat.add(*s));
+        stat.summary()
+    }
+}
+
+/// A running summary of samples in nanoseconds: count, mean and extremes exact, variance by
+/// Welford's update (weighted, mergeable), percentiles from an HDR histogram. Its memory does not
+/// grow with the number of samples.
+#[derive(Debug, Clone)]
+pub(crate) struct Stat {
+    n: u64,
+    /// Σ value × weight, for the reported mean.
+    sum: f64,
+    /// Running mean and sum of squared deviations (Welford).
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+    hist: Histogram<u64>,
+}
+
+impl Default for Stat {
+    fn default() -> Self {
+        Stat {
+            n: 0,
+            sum: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            // `new` histograms grow to fit whatever is recorded.
+            hist: Histogram::new(SIGFIG).expect("3 significant digits is a valid precision"),
+        }
+    }
+}
+
+impl Stat {
+    pub(crate) fn add(&mut self, v: f64) {
+        self.add_n(v, 1);
+    }
+
+    /// Adds `v` counted `w` times. The histogram takes `max(v, 0)` (it holds no negatives); the
+    /// exact statistics take `v`.
+    pub(crate) fn add_n(&mut self, v: f64, w: u64) {
+        if w == 0 {
+            return;
+        }
+        self.n += w;
+        self.sum += v * w as f64;
+        let delta = v - self.mean;
+        self.mean += delta * w as f64 / self.n as f64;
+        self.m2 += delta * (v - self.mean) * w as f64;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        let ns = v.max(0.0).round() as u64;
+        if self.hist.record_n(ns, w).is_err() {
+            self.hist.saturating_record_n(ns, w);
+        }
+    }
+
+    /// Folds `other` in (Chan et al.'s pairwise update).
+    pub(crate) fn merge(&mut self, other: &Stat) {
+        if other.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = other.clone();
+            return;
+        }
+        let (a, b) = (self.n as f64, other.n as f64);
+        let delta = other.mean - self.mean;
+        self.mean += delta * b / (a + b);
+        self.m2 += other.m2 + delta * delta * a * b / (a + b);
+        self.n += other.n;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        // Both histograms resize to fit, so adding cannot fail for want of range.
+        let _ = self.hist.add(&other.hist);
+    }
+
+    pub(crate) fn summary(&self) -> Option<Distribution> {
+        if self.n == 0 {
             return None;
         }
         const MS: f64 = 1e6;
-        let mean = samples.iter().map(|(v, w)| v * *w as f64).sum::<f64>() / n as f64;
-        let variance = samples.iter().map(|(v, w)| (v - mean).powi(2) * *w as f64).sum::<f64>() / n as f64;
-        let min = samples.iter().filter(|(_, w)| *w > 0).map(|(v, _)| *v).fold(f64::INFINITY, f64::min);
-        let max = samples.iter().filter(|(_, w)| *w > 0).map(|(v, _)| *v).fold(f64::NEG_INFINITY, f64::max);
-        let mut h = Histogram::<u64>::new(SIGFIG).ok()?;
-        for (v, w) in samples {
-            let ns = v.max(0.0).round() as u64;
-            // `new` histograms grow to fit; `saturating_record_n` alone would clamp to the initial range.
-            if h.record_n(ns, *w).is_err() {
-                h.saturating_record_n(ns, *w);
-            }
-        }
-        let q = |quantile: f64| h.value_at_quantile(quantile) as f64 / MS;
+        let q = |quantile: f64| self.hist.value_at_quantile(quantile) as f64 / MS;
         Some(Distribution {
-            count: n,
-            mean: mean / MS,
-            min: min / MS,
-            max: max / MS,
-            stddev: variance.sqrt() / MS,
+            count: self.n,
+            mean: self.sum / self.n as f64 / MS,
+            min: self.min / MS,
+            max: self.max / MS,
+            stddev: (self.m2 / self.n as f64).max(0.0).sqrt() / MS,
             p50: q(0.50),
             p90: q(0.90),
             p95: q(0.95),
             p99: q(0.99),
             p99_9: q(0.999),
         })
-    }
-
-    /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
-    pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
-        Self::of_weighted_ns(&samples.iter().map(|s| (*s, 1)).collect::<Vec<_>>())
     }
 }
 
@@ -185,36 +253,6 @@ pub struct ColdVsWarm {
     pub stable_from: Option<u64>,
 }
 
-fn cold_vs_warm(ok: &[&RequestRecord], cold: u64) -> Option<ColdVsWarm> {
-    let mut by_index: Vec<&&RequestRecord> = ok.iter().collect();
-    by_index.sort_by_key(|r| r.index);
-    let k = (cold as usize).min(by_index.len());
-    if k == 0 || k == by_index.len() {
-        return None;
-    }
-    let e2e = |r: &RequestRecord| r.end_ns.saturating_sub(r.sent_ns) as f64 / 1e6;
-    let ttft = |r: &RequestRecord| r.first_content_ns.map_or(0.0, |f| f.saturating_sub(r.sent_ns) as f64 / 1e6);
-    let mean = |rs: &[&&RequestRecord], f: &dyn Fn(&RequestRecord) -> f64| {
-        rs.iter().map(|r| f(r)).sum::<f64>() / rs.len() as f64
-    };
-    let (c, w) = by_index.split_at(k);
-    let (cold_e2e, warm_e2e) = (mean(c, &e2e), mean(w, &e2e));
-    let mut warm_sorted: Vec<f64> = w.iter().map(|r| e2e(r)).collect();
-    warm_sorted.sort_by(f64::total_cmp);
-    let median = warm_sorted[warm_sorted.len() / 2];
-    let within = |r: &RequestRecord| (e2e(r) - median).abs() <= 0.1 * median;
-    let stable_from = (0..by_index.len()).find(|&i| by_index[i..].iter().all(|r| within(r))).map(|i| by_index[i].index);
-    Some(ColdVsWarm {
-        cold_requests: k as u64,
-        cold_e2e_ms: cold_e2e,
-        warm_e2e_ms: warm_e2e,
-        cold_ttft_ms: mean(c, &ttft),
-        warm_ttft_ms: mean(w, &ttft),
-        e2e_reduction_pct: if cold_e2e > 0.0 { (cold_e2e - warm_e2e) / cold_e2e * 100.0 } else { 0.0 },
-        stable_from,
-    })
-}
-
 /// Goodput against the benchmark's SLOs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Goodput {
@@ -245,214 +283,399 @@ pub struct Arrivals {
     pub client_limited: bool,
 }
 
-fn arrivals(records: &[RequestRecord]) -> Arrivals {
-    let n = records.len();
-    let rate = |first: Option<u64>, last: Option<u64>| match (first, last) {
-        (Some(a), Some(b)) if b > a && n > 1 => (n - 1) as f64 / ((b - a) as f64 / 1e9),
-        _ => 0.0,
-    };
-    let scheduled: Vec<u64> = records.iter().map(|r| r.scheduled_ns).collect();
-    let dispatched: Vec<u64> = records.iter().filter_map(|r| r.dispatched_ns).collect();
-    let offered_rate = rate(scheduled.iter().min().copied(), scheduled.iter().max().copied());
-    let delivered_rate = rate(dispatched.iter().min().copied(), dispatched.iter().max().copied());
-    let lag: Vec<f64> =
-        records.iter().filter_map(|r| r.dispatched_ns.map(|d| d.saturating_sub(r.scheduled_ns) as f64)).collect();
-    let queue: Vec<f64> =
-        records.iter().filter_map(|r| r.dispatched_ns.map(|d| r.sent_ns.saturating_sub(d) as f64)).collect();
-    let schedule_lag_ms = Distribution::of_ns(&lag);
-    let mean_gap_ms = if offered_rate > 0.0 { 1e3 / offered_rate } else { 0.0 };
-    let client_limited = schedule_lag_ms.as_ref().is_some_and(|l| l.p99 > (0.1 * mean_gap_ms).max(1.0));
-    Arrivals {
-        scheduled: n as u64,
-        offered_rate,
-        delivered_rate,
-        schedule_lag_ms,
-        client_queue_ms: Distribution::of_ns(&queue),
-        client_limited,
+/// What the benchmark asked for that judges each request as it is tallied.
+#[derive(Debug, Clone, Default)]
+pub struct TallyConfig {
+    /// The benchmark's SLOs, for goodput.
+    pub slo: Option<crate::manifest::load::Slo>,
+    /// Output tokens every request was asked to generate without stopping early (`ignore_eos`).
+    pub expected_output_tokens: Option<u64>,
+    /// Warmup analysis: how many first requests count as cold.
+    pub cold_requests: Option<u64>,
+}
+
+/// Token totals of one direction, folded request by request.
+#[derive(Debug, Clone)]
+struct CountTally {
+    total: u64,
+    usage: u64,
+    usage_all: bool,
+    counted: u64,
+    counted_all: bool,
+    events: u64,
+    source: Option<&'static str>,
+    mixed: bool,
+}
+
+impl Default for CountTally {
+    fn default() -> Self {
+        CountTally {
+            total: 0,
+            usage: 0,
+            usage_all: true,
+            counted: 0,
+            counted_all: true,
+            events: 0,
+            source: None,
+            mixed: false,
+        }
+    }
+}
+
+impl CountTally {
+    fn add(&mut self, best: u64, usage: Option<u64>, counted: Option<u64>, events: u64, source: &'static str) {
+        self.total += best;
+        match usage {
+            Some(u) => self.usage += u,
+            None => self.usage_all = false,
+        }
+        match counted {
+            Some(c) => self.counted += c,
+            None => self.counted_all = false,
+        }
+        self.events += events;
+        match self.source {
+            None => self.source = Some(source),
+            Some(s) if s != source => self.mixed = true,
+            Some(_) => {}
+        }
+    }
+
+    fn merge(&mut self, o: &CountTally) {
+        self.total += o.total;
+        self.usage += o.usage;
+        self.usage_all &= o.usage_all;
+        self.counted += o.counted;
+        self.counted_all &= o.counted_all;
+        self.events += o.events;
+        match (self.source, o.source) {
+            (None, s) => self.source = s,
+            (Some(a), Some(b)) if a != b => self.mixed = true,
+            _ => {}
+        }
+        self.mixed |= o.mixed;
+    }
+
+    /// `built` names where a count marked `built` came from (input: the prompt as built).
+    fn counts(&self, ok: u64, built: &'static str, counted_total: Option<u64>) -> TokenCounts {
+        let nonempty = ok > 0;
+        let source = match self.source {
+            None => "none",
+            Some(_) if self.mixed => "mixed",
+            Some("built") => built,
+            Some(s) => s,
+        };
+        TokenCounts {
+            total: self.total,
+            mean: if nonempty { self.total as f64 / ok as f64 } else { 0.0 },
+            usage_total: (self.usage_all && nonempty).then_some(self.usage),
+            counted_total: counted_total.filter(|_| nonempty),
+            events_total: self.events,
+            source,
+        }
+    }
+}
+
+/// Everything the metrics need from a run's requests, folded in one request at a time: its memory
+/// does not grow with the request count (a million-request cell costs what a thousand-request
+/// one does), and the tallies of a staged benchmark's stages merge into the benchmark's.
+///
+/// The one exception is warmup analysis (`cold_requests`): its "stable from" index needs every
+/// request's latency in send order, 24 bytes per request, kept only when it is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    config: TallyConfig,
+    requests: u64,
+    ok: u64,
+    errors_by_kind: BTreeMap<String, u64>,
+    /// The first failure's detail, for messages.
+    pub(crate) first_error: Option<String>,
+    connection_retries: u64,
+    first_send: Option<u64>,
+    last_end: Option<u64>,
+    ttft: Stat,
+    first_event: Stat,
+    ttfrt: Stat,
+    e2e: Stat,
+    itl: Stat,
+    itl_token: Stat,
+    tpot: Stat,
+    ttft_minus_server: Stat,
+    output: CountTally,
+    input: CountTally,
+    /// Σ input tokens as built, over successful requests.
+    input_built: u64,
+    usage_compared: u64,
+    usage_disagrees: bool,
+    prefill_tokens: u64,
+    prefill_secs: f64,
+    stopped_early: u64,
+    goodput_met: u64,
+    scheduled: (Option<u64>, Option<u64>),
+    dispatched: (Option<u64>, Option<u64>),
+    lag: Stat,
+    queue: Stat,
+    /// `(index, e2e ms, ttft ms)` of successful requests, only with `cold_requests`.
+    by_index: Vec<(u64, f64, f64)>,
+}
+
+fn widen(range: &mut (Option<u64>, Option<u64>), v: u64) {
+    range.0 = Some(range.0.map_or(v, |a| a.min(v)));
+    range.1 = Some(range.1.map_or(v, |b| b.max(v)));
+}
+
+impl Tally {
+    pub fn new(config: TallyConfig) -> Self {
+        Tally { config, usage_compared: 0, ..Tally::default() }
+    }
+
+    /// Requests tallied, and how many of them succeeded.
+    pub fn requests(&self) -> (u64, u64) {
+        (self.requests, self.ok)
+    }
+
+    /// First send → last end over every request tallied.
+    pub fn window_ns(&self) -> u64 {
+        match (self.first_send, self.last_end) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        }
+    }
+
+    /// Folds one finished request in.
+    pub fn add(&mut self, r: &RequestRecord) {
+        self.requests += 1;
+        self.connection_retries += u64::from(r.connection_retries);
+        self.first_send = Some(self.first_send.map_or(r.sent_ns, |f| f.min(r.sent_ns)));
+        self.last_end = Some(self.last_end.map_or(r.end_ns, |l| l.max(r.end_ns)));
+        widen(&mut self.scheduled, r.scheduled_ns);
+        if let Some(d) = r.dispatched_ns {
+            widen(&mut self.dispatched, d);
+            self.lag.add(d.saturating_sub(r.scheduled_ns) as f64);
+            self.queue.add(r.sent_ns.saturating_sub(d) as f64);
+        }
+        if let Some(kind) = r.error {
+            *self.errors_by_kind.entry(kind.to_string()).or_insert(0) += 1;
+            if self.first_error.is_none() {
+                self.first_error = r.error_detail.clone();
+            }
+            return;
+        }
+        self.ok += 1;
+        let since_send = |t: u64| t.saturating_sub(r.sent_ns) as f64;
+        let n = r.output_tokens();
+        let ttft = r.first_content_ns.map(since_send);
+        let e2e = since_send(r.end_ns);
+        if let Some(t) = ttft {
+            self.ttft.add(t);
+        }
+        if let Some(t) = r.first_event_ns {
+            self.first_event.add(since_send(t));
+        }
+        if let Some(t) = r.first_reasoning_ns {
+            self.ttfrt.add(since_send(t));
+        }
+        self.e2e.add(e2e);
+        // Per token: each gap between content events shared by the tokens it brought, the tokens
+        // of a request spread evenly over its events after the first (exact when chunks are even).
+        let gaps = r.content_event_ns.len().saturating_sub(1);
+        let per_gap = if gaps > 0 { n.saturating_sub(1) as f64 / gaps as f64 } else { 0.0 };
+        for w in r.content_event_ns.windows(2) {
+            let gap = w[1].saturating_sub(w[0]) as f64;
+            self.itl.add(gap);
+            if per_gap > 0.0 {
+                self.itl_token.add_n(gap / per_gap, per_gap.round().max(1.0) as u64);
+            }
+        }
+        let tpot = r.first_content_ns.filter(|_| n > 1).map(|f| r.end_ns.saturating_sub(f) as f64 / (n - 1) as f64);
+        if let Some(t) = tpot {
+            self.tpot.add(t);
+        }
+        if let (Some(t), Some(server)) = (ttft, r.server_prompt_ms) {
+            self.ttft_minus_server.add(t - server * 1e6);
+        }
+
+        let out_source = match (r.usage_completion_tokens, r.counted_output_tokens) {
+            (Some(_), _) => "usage",
+            (None, Some(_)) => "tokenizer",
+            (None, None) => "events",
+        };
+        self.output.add(n, r.usage_completion_tokens, r.counted_output_tokens, u64::from(r.content_events), out_source);
+        let input = r.usage_prompt_tokens.unwrap_or(r.input_tokens);
+        let in_source = if r.usage_prompt_tokens.is_some() { "usage" } else { "built" };
+        self.input.add(input, r.usage_prompt_tokens, None, 0, in_source);
+        self.input_built += r.input_tokens;
+        if r.reasoning_events == 0
+            && let (Some(u), Some(c)) = (r.usage_completion_tokens, r.counted_output_tokens)
+        {
+            self.usage_compared += 1;
+            self.usage_disagrees |= u != c;
+        }
+        if let Some(t) = ttft {
+            self.prefill_tokens += input;
+            self.prefill_secs += t / 1e9;
+        }
+        if self.config.expected_output_tokens.is_some_and(|want| n < want) {
+            self.stopped_early += 1;
+        }
+        if let Some(slo) = &self.config.slo {
+            let ms = |ns: f64| ns / 1e6;
+            let met = slo.ttft_ms.is_none_or(|max| ttft.is_some_and(|t| ms(t) <= max))
+                && slo.tpot_ms.is_none_or(|max| tpot.is_none_or(|t| ms(t) <= max))
+                && slo.e2e_ms.is_none_or(|max| ms(e2e) <= max);
+            self.goodput_met += u64::from(met);
+        }
+        if self.config.cold_requests.is_some() {
+            self.by_index.push((r.index, e2e / 1e6, ttft.map_or(0.0, |t| t / 1e6)));
+        }
+    }
+
+    /// Folds the tally of a later part of the same benchmark in (a stage of `stages`/`sweep`).
+    pub fn merge(&mut self, o: &Tally) {
+        self.requests += o.requests;
+        self.ok += o.ok;
+        for (k, v) in &o.errors_by_kind {
+            *self.errors_by_kind.entry(k.clone()).or_insert(0) += v;
+        }
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&o.first_error);
+        }
+        self.connection_retries += o.connection_retries;
+        for (mine, theirs) in [
+            (&mut self.ttft, &o.ttft),
+            (&mut self.first_event, &o.first_event),
+            (&mut self.ttfrt, &o.ttfrt),
+            (&mut self.e2e, &o.e2e),
+            (&mut self.itl, &o.itl),
+            (&mut self.itl_token, &o.itl_token),
+            (&mut self.tpot, &o.tpot),
+            (&mut self.ttft_minus_server, &o.ttft_minus_server),
+            (&mut self.lag, &o.lag),
+            (&mut self.queue, &o.queue),
+        ] {
+            mine.merge(theirs);
+        }
+        self.output.merge(&o.output);
+        self.input.merge(&o.input);
+        self.input_built += o.input_built;
+        self.usage_compared += o.usage_compared;
+        self.usage_disagrees |= o.usage_disagrees;
+        self.prefill_tokens += o.prefill_tokens;
+        self.prefill_secs += o.prefill_secs;
+        self.stopped_early += o.stopped_early;
+        self.goodput_met += o.goodput_met;
+        for v in [o.scheduled.0, o.scheduled.1].into_iter().flatten() {
+            widen(&mut self.scheduled, v);
+        }
+        for v in [o.dispatched.0, o.dispatched.1].into_iter().flatten() {
+            widen(&mut self.dispatched, v);
+        }
+        for v in [o.first_send].into_iter().flatten() {
+            self.first_send = Some(self.first_send.map_or(v, |f| f.min(v)));
+        }
+        for v in [o.last_end].into_iter().flatten() {
+            self.last_end = Some(self.last_end.map_or(v, |l| l.max(v)));
+        }
+        self.by_index.extend_from_slice(&o.by_index);
+    }
+
+    fn arrivals(&self) -> Arrivals {
+        let n = self.requests;
+        let rate = |(first, last): (Option<u64>, Option<u64>)| match (first, last) {
+            (Some(a), Some(b)) if b > a && n > 1 => (n - 1) as f64 / ((b - a) as f64 / 1e9),
+            _ => 0.0,
+        };
+        let offered_rate = rate(self.scheduled);
+        let schedule_lag_ms = self.lag.summary();
+        let mean_gap_ms = if offered_rate > 0.0 { 1e3 / offered_rate } else { 0.0 };
+        let client_limited = schedule_lag_ms.as_ref().is_some_and(|l| l.p99 > (0.1 * mean_gap_ms).max(1.0));
+        Arrivals {
+            scheduled: n,
+            offered_rate,
+            delivered_rate: rate(self.dispatched),
+            schedule_lag_ms,
+            client_queue_ms: self.queue.summary(),
+            client_limited,
+        }
+    }
+
+    fn cold_vs_warm(&self, cold: u64) -> Option<ColdVsWarm> {
+        let mut by_index = self.by_index.clone();
+        by_index.sort_by_key(|r| r.0);
+        let k = (cold as usize).min(by_index.len());
+        if k == 0 || k == by_index.len() {
+            return None;
+        }
+        let mean =
+            |rs: &[(u64, f64, f64)], f: fn(&(u64, f64, f64)) -> f64| rs.iter().map(f).sum::<f64>() / rs.len() as f64;
+        let (c, w) = by_index.split_at(k);
+        let (cold_e2e, warm_e2e) = (mean(c, |r| r.1), mean(w, |r| r.1));
+        let mut warm_sorted: Vec<f64> = w.iter().map(|r| r.1).collect();
+        warm_sorted.sort_by(f64::total_cmp);
+        let median = warm_sorted[warm_sorted.len() / 2];
+        // The first position from which every later latency is within 10 % of the warm median:
+        // scanning from the end, the last one outside it.
+        let last_outside = by_index.iter().rposition(|r| (r.1 - median).abs() > 0.1 * median);
+        let stable_from = match last_outside {
+            None => Some(by_index[0].0),
+            Some(i) => by_index.get(i + 1).map(|r| r.0),
+        };
+        Some(ColdVsWarm {
+            cold_requests: k as u64,
+            cold_e2e_ms: cold_e2e,
+            warm_e2e_ms: warm_e2e,
+            cold_ttft_ms: mean(c, |r| r.2),
+            warm_ttft_ms: mean(w, |r| r.2),
+            e2e_reduction_pct: if cold_e2e > 0.0 { (cold_e2e - warm_e2e) / cold_e2e * 100.0 } else { 0.0 },
+            stable_from,
+        })
     }
 }
 
 /// Derives the metrics of a finished run.
 pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
-    let records = &outcome.records;
-    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
-    let requests = records.len() as u64;
-    let errors = requests - ok.len() as u64;
-    let mut errors_by_kind = BTreeMap::new();
-    for kind in records.iter().filter_map(|r| r.error) {
-        *errors_by_kind.entry(kind.to_string()).or_insert(0) += 1;
-    }
+    let t = &outcome.tally;
+    let requests = t.requests;
+    let errors = requests - t.ok;
     let duration_s = outcome.window_ns as f64 / 1e9;
     let per_s = |x: f64| {
         if duration_s > 0.0 { x / duration_s } else { 0.0 }
     };
-
-    let input_tokens = input_counts(&ok, outcome.prompts_exact);
-    let output_tokens = output_counts(&ok);
-
-    let from_send = |at: fn(&RequestRecord) -> Option<u64>| -> Vec<f64> {
-        ok.iter().filter_map(|r| at(r).map(|t| t.saturating_sub(r.sent_ns) as f64)).collect()
-    };
-    let ttft = from_send(|r| r.first_content_ns);
-    let first_event = from_send(|r| r.first_event_ns);
-    let ttfrt = from_send(|r| r.first_reasoning_ns);
-    let e2e = from_send(|r| Some(r.end_ns));
-    let itl: Vec<f64> =
-        ok.iter().flat_map(|r| r.content_event_ns.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64)).collect();
-    // Per token: each gap between content events shared by the tokens it brought, the tokens of a
-    // request spread evenly over its events after the first (exact when chunks are even).
-    let itl_token: Vec<(f64, u64)> = ok
-        .iter()
-        .flat_map(|r| {
-            let gaps = r.content_event_ns.len().saturating_sub(1);
-            let tokens = r.output_tokens().saturating_sub(1);
-            let per_gap = if gaps > 0 { tokens as f64 / gaps as f64 } else { 0.0 };
-            r.content_event_ns.windows(2).filter(move |_| per_gap > 0.0).map(move |w| {
-                let gap = w[1].saturating_sub(w[0]) as f64;
-                (gap / per_gap, per_gap.round().max(1.0) as u64)
-            })
-        })
-        .collect();
-    let tpot: Vec<f64> = ok
-        .iter()
-        .filter_map(|r| {
-            let n = r.output_tokens();
-            let first = r.first_content_ns?;
-            (n > 1).then(|| r.end_ns.saturating_sub(first) as f64 / (n - 1) as f64)
-        })
-        .collect();
-
-    let both: Vec<(u64, u64)> = ok
-        .iter()
-        .filter(|r| r.reasoning_events == 0)
-        .filter_map(|r| Some((r.usage_completion_tokens?, r.counted_output_tokens?)))
-        .collect();
-    let usage_agrees = (!both.is_empty()).then(|| both.iter().all(|(u, c)| u == c));
-
+    let built = if outcome.prompts_exact { "tokenizer" } else { "words" };
+    let input_tokens = t.input.counts(t.ok, built, outcome.prompts_exact.then_some(t.input_built));
+    let output_tokens = t.output.counts(t.ok, "events", t.output.counted_all.then_some(t.output.counted));
     LoadMetrics {
         requests,
         warmup_requests: outcome.warmup_requests,
-        ok: ok.len() as u64,
+        ok: t.ok,
         errors,
         error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
-        errors_by_kind,
-        connection_retries: records.iter().map(|r| u64::from(r.connection_retries)).sum(),
-        arrivals: outcome.open_loop.then(|| arrivals(records)),
-        ttft_minus_server_prompt_ms: Distribution::of_ns(
-            &ok.iter()
-                .filter_map(|r| {
-                    let ttft = r.first_content_ns?.saturating_sub(r.sent_ns) as f64;
-                    Some(ttft - r.server_prompt_ms? * 1e6)
-                })
-                .collect::<Vec<_>>(),
-        ),
+        errors_by_kind: t.errors_by_kind.clone(),
+        connection_retries: t.connection_retries,
+        arrivals: outcome.open_loop.then(|| t.arrivals()),
+        ttft_minus_server_prompt_ms: t.ttft_minus_server.summary(),
         duration_s,
-        request_throughput: per_s(ok.len() as f64),
+        request_throughput: per_s(t.ok as f64),
         output_token_throughput: per_s(output_tokens.total as f64),
         total_token_throughput: per_s((input_tokens.total + output_tokens.total) as f64),
         input_tokens,
         output_tokens,
-        ttft_ms: Distribution::of_ns(&ttft),
-        ttft_first_event_ms: Distribution::of_ns(&first_event),
-        ttfrt_ms: Distribution::of_ns(&ttfrt),
-        itl_ms: Distribution::of_ns(&itl),
-        itl_token_ms: Distribution::of_weighted_ns(&itl_token),
-        tpot_ms: Distribution::of_ns(&tpot),
-        e2e_ms: Distribution::of_ns(&e2e),
-        usage_agrees,
-        prefill_throughput: {
-            let (tokens, secs) = ok
-                .iter()
-                .filter_map(|r| {
-                    Some((
-                        r.usage_prompt_tokens.unwrap_or(r.input_tokens),
-                        r.first_content_ns?.saturating_sub(r.sent_ns) as f64 / 1e9,
-                    ))
-                })
-                .fold((0u64, 0.0f64), |(t, s), (a, b)| (t + a, s + b));
-            (secs > 0.0).then(|| tokens as f64 / secs)
-        },
-        cold_vs_warm: outcome.cold_requests.and_then(|k| cold_vs_warm(&ok, k)),
-        stopped_early: outcome
-            .expected_output_tokens
-            .map(|want| ok.iter().filter(|r| r.output_tokens() < want).count() as u64),
-        goodput: outcome.slo.as_ref().map(|slo| {
-            let met = ok
-                .iter()
-                .filter(|r| {
-                    let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
-                    let ttft = r.first_content_ns.map(|f| ms(f, r.sent_ns));
-                    let e2e = ms(r.end_ns, r.sent_ns);
-                    let n = r.output_tokens();
-                    let tpot = r.first_content_ns.filter(|_| n > 1).map(|f| ms(r.end_ns, f) / (n - 1) as f64);
-                    slo.ttft_ms.is_none_or(|max| ttft.is_some_and(|t| t <= max))
-                        && slo.tpot_ms.is_none_or(|max| tpot.is_none_or(|t| t <= max))
-                        && slo.e2e_ms.is_none_or(|max| e2e <= max)
-                })
-                .count() as u64;
-            Goodput {
-                requests: met,
-                rate: per_s(met as f64),
-                share: if requests > 0 { met as f64 / requests as f64 } else { 0.0 },
-            }
+        ttft_ms: t.ttft.summary(),
+        ttft_first_event_ms: t.first_event.summary(),
+        ttfrt_ms: t.ttfrt.summary(),
+        itl_ms: t.itl.summary(),
+        itl_token_ms: t.itl_token.summary(),
+        tpot_ms: t.tpot.summary(),
+        e2e_ms: t.e2e.summary(),
+        usage_agrees: (t.usage_compared > 0).then_some(!t.usage_disagrees),
+        prefill_throughput: (t.prefill_secs > 0.0).then(|| t.prefill_tokens as f64 / t.prefill_secs),
+        cold_vs_warm: t.config.cold_requests.and_then(|k| t.cold_vs_warm(k)),
+        stopped_early: t.config.expected_output_tokens.map(|_| t.stopped_early),
+        goodput: t.config.slo.as_ref().map(|_| Goodput {
+            requests: t.goodput_met,
+            rate: per_s(t.goodput_met as f64),
+            share: if requests > 0 { t.goodput_met as f64 / requests as f64 } else { 0.0 },
         }),
-    }
-}
-
-fn output_counts(ok: &[&RequestRecord]) -> TokenCounts {
-    let source = |r: &RequestRecord| match (r.usage_completion_tokens, r.counted_output_tokens) {
-        (Some(_), _) => "usage",
-        (None, Some(_)) => "tokenizer",
-        (None, None) => "events",
-    };
-    counts(
-        ok,
-        |r| r.output_tokens(),
-        |r| r.usage_completion_tokens,
-        ok.iter().map(|r| r.counted_output_tokens).sum::<Option<u64>>(),
-        ok.iter().map(|r| u64::from(r.content_events)).sum(),
-        source,
-    )
-}
-
-fn input_counts(ok: &[&RequestRecord], prompts_exact: bool) -> TokenCounts {
-    let built = if prompts_exact { "tokenizer" } else { "words" };
-    counts(
-        ok,
-        |r| r.usage_prompt_tokens.unwrap_or(r.input_tokens),
-        |r| r.usage_prompt_tokens,
-        prompts_exact.then(|| ok.iter().map(|r| r.input_tokens).sum()),
-        0,
-        |r| {
-            if r.usage_prompt_tokens.is_some() { "usage" } else { built }
-        },
-    )
-}
-
-fn counts(
-    ok: &[&RequestRecord],
-    best: impl Fn(&RequestRecord) -> u64,
-    usage: impl Fn(&RequestRecord) -> Option<u64>,
-    counted_total: Option<u64>,
-    events_total: u64,
-    source: impl Fn(&RequestRecord) -> &'static str,
-) -> TokenCounts {
-    let total: u64 = ok.iter().map(|r| best(r)).sum();
-    let mut sources = ok.iter().map(|r| source(r));
-    let first = sources.next();
-    let source = match first {
-        None => "none",
-        Some(s) if sources.all(|o| o == s) => s,
-        Some(_) => "mixed",
-    };
-    let nonempty = !ok.is_empty();
-    TokenCounts {
-        total,
-        mean: if nonempty { total as f64 / ok.len() as f64 } else { 0.0 },
-        usage_total: ok.iter().map(|r| usage(r)).sum::<Option<u64>>().filter(|_| nonempty),
-        counted_total: counted_total.filter(|_| nonempty),
-        events_total,
-        source,
     }
 }
 
@@ -479,16 +702,20 @@ mod tests {
     }
 
     fn outcome(records: Vec<RequestRecord>, window_ms: u64) -> LoadOutcome {
+        outcome_with(TallyConfig::default(), &records, window_ms)
+    }
+
+    fn outcome_with(config: TallyConfig, records: &[RequestRecord], window_ms: u64) -> LoadOutcome {
+        let mut tally = Tally::new(config);
+        records.iter().for_each(|r| tally.add(r));
         LoadOutcome {
-            records,
+            tally,
             window_ns: window_ms * MS,
             prompts_exact: true,
             input_tokens: 10,
             open_loop: false,
-            slo: None,
-            expected_output_tokens: None,
             warmup_requests: 0,
-            cold_requests: None,
+            records: None,
         }
     }
 
@@ -593,25 +820,17 @@ mod tests {
             record(1, 0, &[10, 40, 70, 100], 100),
             record(2, 0, &[10, 20], 20),
         ];
-        let mut o = outcome(records, 100);
-        o.slo = Some(crate::manifest::load::Slo {
-            ttft_ms: Some(15.0),
-            tpot_ms: None,
-            e2e_ms: Some(50.0),
-            attainment: None,
-        });
-        o.expected_output_tokens = Some(4);
-        let m = summarize(&o);
+        let slo = |ttft_ms, tpot_ms, e2e_ms| crate::manifest::load::Slo { ttft_ms, tpot_ms, e2e_ms, attainment: None };
+        let config = |slo| TallyConfig { slo: Some(slo), expected_output_tokens: Some(4), cold_requests: None };
+        let m = summarize(&outcome_with(config(slo(Some(15.0), None, Some(50.0))), &records, 100));
         let g = m.goodput.unwrap();
         assert_eq!(g.requests, 2, "request 1 breaks the e2e SLO");
         assert!((g.rate - 20.0).abs() < 1e-9 && (g.share - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(m.stopped_early, Some(1), "request 2 generated 2 of 4 tokens");
         // 3 × 10 input tokens over 3 × 10 ms of TTFT.
         assert!((m.prefill_throughput.unwrap() - 1000.0).abs() < 1e-6);
-        let tpot_slo =
-            crate::manifest::load::Slo { ttft_ms: None, tpot_ms: Some(10.0), e2e_ms: None, attainment: None };
-        o.slo = Some(tpot_slo);
         // TPOT: (40−10)/3 = 10, (100−10)/3 = 30, (20−10)/1 = 10.
+        let o = outcome_with(config(slo(None, Some(10.0), None)), &records, 100);
         assert_eq!(summarize(&o).goodput.unwrap().requests, 2);
     }
 
@@ -620,12 +839,47 @@ mod tests {
         // e2e: 100 ms (cold), then 52, 50, 50, 49, 51.
         let e2e = [100, 52, 50, 50, 49, 51];
         let records: Vec<RequestRecord> = e2e.iter().enumerate().map(|(i, e)| record(i as u64, 0, &[10], *e)).collect();
-        let mut o = outcome(records, 400);
-        o.cold_requests = Some(1);
-        let c = summarize(&o).cold_vs_warm.unwrap();
+        let config = TallyConfig { cold_requests: Some(1), ..TallyConfig::default() };
+        let c = summarize(&outcome_with(config, &records, 400)).cold_vs_warm.unwrap();
         assert_eq!(c.cold_requests, 1);
         assert!((c.cold_e2e_ms - 100.0).abs() < 1e-9 && (c.warm_e2e_ms - 50.4).abs() < 1e-9);
         assert!((c.e2e_reduction_pct - 49.6).abs() < 1e-9);
         assert_eq!(c.stable_from, Some(1));
+    }
+
+    #[test]
+    fn tallies_of_parts_merge_into_the_tally_of_the_whole() {
+        let records: Vec<RequestRecord> = (0..200u64)
+            .map(|i| {
+                let mut r = record(i, i, &[i + 3 + i % 7, i + 9 + i % 5, i + 20], i + 25 + i % 11);
+                r.usage_completion_tokens = Some(3 + i % 2);
+                if i % 17 == 0 {
+                    r.error = Some(ErrorKind::Timeout);
+                }
+                r
+            })
+            .collect();
+        let config = TallyConfig { cold_requests: Some(5), expected_output_tokens: Some(4), ..Default::default() };
+        let whole = summarize(&outcome_with(config.clone(), &records, 1000));
+        let mut a = outcome_with(config.clone(), &records[..77], 1000);
+        let b = outcome_with(config, &records[77..], 1000);
+        a.tally.merge(&b.tally);
+        let merged = summarize(&a);
+        let (w, m) = (serde_json::to_value(&whole).unwrap(), serde_json::to_value(&merged).unwrap());
+        for key in
+            ["requests", "ok", "errors_by_kind", "output_tokens", "input_tokens", "stopped_early", "cold_vs_warm"]
+        {
+            assert_eq!(w[key], m[key], "{key}");
+        }
+        for key in ["ttft_ms", "itl_ms", "itl_token_ms", "tpot_ms", "e2e_ms"] {
+            for stat in ["count", "min", "max", "p50", "p99"] {
+                assert_eq!(w[key][stat], m[key][stat], "{key}.{stat}");
+            }
+            for stat in ["mean", "stddev"] {
+                let (x, y) = (w[key][stat].as_f64().unwrap(), m[key][stat].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{key}.{stat}: {x} vs {y}");
+            }
+        }
+        assert_eq!(a.tally.window_ns(), 232 * MS, "first send 0 → last end 197 + 25 + 10");
     }
 }

@@ -58,6 +58,13 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
     File::open(dir)?.sync_all()
 }
 
+/// Renames a finished, synced file into place and syncs the directory, so the new name survives
+/// a crash.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    File::open(to.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Where runs live: `--runs-dir`, else `KITT_RUNS_DIR`, else `./.kitt/runs`.
 pub fn runs_root(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)

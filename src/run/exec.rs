@@ -470,7 +470,7 @@ impl RunExecutor {
     }
 
     async fn measure(&self, gi: usize, m: Measurement<'_>, cancel: &Cancel) -> Result<load::LoadOutcome, StepError> {
-        let Measurement { call, spec, label, expected_output_tokens, seed } = m;
+        let Measurement { call, spec, label, expected_output_tokens, seed, records, index_offset } = m;
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
         let mut call = call.clone();
@@ -501,6 +501,8 @@ impl RunExecutor {
             progress: self.progress.requests.clone(),
             cancel: cancel.clone(),
             expected_output_tokens,
+            records,
+            index_offset,
         };
         load::run(input).await.map_err(|e| match e {
             load::LoadError::Cancelled => StepError::cancelled(),
@@ -509,7 +511,8 @@ impl RunExecutor {
     }
 
     /// A benchmark's load: one measurement, or stage after stage for `stages` and `sweep`
-    /// (then the records of every stage, re-indexed in order, and each stage's own metrics).
+    /// (then every stage's records in one file, indexed in order, the stages' tallies merged, and
+    /// each stage's own metrics).
     async fn run_load(
         &self,
         gi: usize,
@@ -519,7 +522,7 @@ impl RunExecutor {
         if !matches!(m.spec.profile, Profile::Stages(_) | Profile::Sweep { .. }) {
             return Ok((self.measure(gi, m, cancel).await?, None));
         }
-        let Measurement { call, spec, label, expected_output_tokens, seed } = m;
+        let Measurement { call, spec, label, expected_output_tokens, seed, records, .. } = m;
         let mut stages: Vec<Json> = Vec::new();
         let mut throughputs: Vec<f64> = Vec::new();
         let mut merged: Option<load::LoadOutcome> = None;
@@ -541,6 +544,8 @@ impl RunExecutor {
                 expected_output_tokens,
                 // Each stage sends prompts of its own.
                 seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                records: records.clone(),
+                index_offset: merged.as_ref().map_or(0, |all| all.tally.requests().0),
             };
             let outcome = self.measure(gi, stage_m, cancel).await?;
             let sm = metrics::summarize(&outcome);
@@ -550,11 +555,7 @@ impl RunExecutor {
             merged = Some(match merged.take() {
                 None => outcome,
                 Some(mut all) => {
-                    let offset = all.records.len() as u64;
-                    all.records.extend(outcome.records.into_iter().map(|mut r| {
-                        r.index += offset;
-                        r
-                    }));
+                    all.tally.merge(&outcome.tally);
                     all.window_ns += outcome.window_ns;
                     all.prompts_exact &= outcome.prompts_exact;
                     all.warmup_requests += outcome.warmup_requests;
@@ -601,14 +602,17 @@ impl RunExecutor {
             label: format!("warmup {}", g.id),
             expected_output_tokens: None,
             seed: prompt_seed(&g.key),
+            records: None,
+            index_offset: 0,
         };
         let outcome = self.measure(gi, m, cancel).await?;
-        let failed = outcome.records.iter().filter(|r| !r.ok()).count();
-        if failed == outcome.records.len() && failed > 0 {
-            let detail = outcome.records.iter().find_map(|r| r.error_detail.clone()).unwrap_or_default();
+        let (requests, ok) = outcome.tally.requests();
+        let failed = requests - ok;
+        if failed == requests && failed > 0 {
+            let detail = outcome.tally.first_error.clone().unwrap_or_default();
             return Err(err(format!("every warmup request failed: {detail}")));
         }
-        Ok(json!({"requests": outcome.records.len(), "failed": failed}))
+        Ok(json!({"requests": requests, "failed": failed}))
     }
 
     async fn benchmark(&self, step: usize, attempt: u32, cancel: &Cancel) -> Result<Json, StepError> {
@@ -631,8 +635,16 @@ impl RunExecutor {
             label: cell.label(),
             expected_output_tokens: expected,
             seed: prompt_seed(&s.key),
+            records: None,
+            index_offset: 0,
         };
         let dir = self.step_dir(&s.key)?;
+        // Records are appended to a scratch file while the load runs (stage after stage), which
+        // becomes requests.jsonl only once the benchmark is done: a retried or interrupted attempt
+        // never leaves a partial requests.jsonl, nor appends to one.
+        let partial = dir.join(".requests.jsonl.partial");
+        let _ = std::fs::remove_file(&partial);
+        let m = Measurement { records: Some(partial.clone()), ..m };
         let (client, target) = {
             let engines = self.engines.lock().await;
             let e = engines.get(&cell.group);
@@ -656,14 +668,8 @@ impl RunExecutor {
         let resources = crate::collect::summarize(&samples, interval, gpu_note);
         super::dir::write_atomic(&dir.join("samples.csv"), crate::collect::csv(&samples).as_bytes()).map_err(err)?;
         let m = metrics::summarize(&outcome);
-        super::dir::write_atomic_with(&dir.join("requests.jsonl"), |w| {
-            for r in &outcome.records {
-                serde_json::to_writer(&mut *w, r)?;
-                w.write_all(b"\n")?;
-            }
-            Ok(())
-        })
-        .map_err(err)?;
+        // The load synced the file; the rename makes it requests.jsonl at once.
+        super::dir::rename_durably(&partial, &dir.join("requests.jsonl")).map_err(err)?;
         let error = if m.requests > 0 && m.ok == 0 {
             Some(format!("every request failed ({})", summary_errors(&m)))
         } else if m.error_rate > self.plan.execution.max_error_rate {
@@ -1012,6 +1018,10 @@ struct Measurement<'a> {
     expected_output_tokens: Option<u64>,
     /// Prompt seed: the prompts depend only on it.
     seed: u64,
+    /// Where the request records are appended, if they are kept.
+    records: Option<PathBuf>,
+    /// Added to the recorded request indices (stages after the first).
+    index_offset: u64,
 }
 
 /// Stage `i` of a staged profile, given the request throughput of the stages before it:

@@ -48,7 +48,34 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         progress: Arc::new(AtomicU64::new(0)),
         cancel: Cancel::default(),
         expected_output_tokens: None,
+        records: None,
+        index_offset: 0,
     }
+}
+
+/// A finished run with its records read back from the file it wrote.
+struct Ran {
+    outcome: LoadOutcome,
+    records: Vec<RequestRecord>,
+}
+
+impl std::ops::Deref for Ran {
+    type Target = LoadOutcome;
+
+    fn deref(&self) -> &LoadOutcome {
+        &self.outcome
+    }
+}
+
+/// [`super::run`], keeping the records in a scratch directory and reading them back.
+async fn run(mut input: LoadInput) -> Result<Ran, LoadError> {
+    let dir = tempfile::tempdir().unwrap();
+    input.records = Some(dir.path().join("requests.jsonl"));
+    let outcome = super::run(input).await?;
+    let records = outcome.read_records().unwrap();
+    let spools = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(spools, 1, "only requests.jsonl is left: the spool is removed");
+    Ok(Ran { outcome, records })
 }
 
 #[tokio::test]
@@ -243,7 +270,7 @@ async fn serial_poisson_arrivals_follow_their_seeded_schedule() {
     let a = run(input(&url, completion_call(2), load.clone(), false)).await.unwrap();
     let b = run(input(&url, completion_call(2), load, false)).await.unwrap();
     assert_eq!(a.records.len(), 200);
-    let sched = |o: &LoadOutcome| o.records.iter().map(|r| r.scheduled_ns).collect::<Vec<_>>();
+    let sched = |o: &Ran| o.records.iter().map(|r| r.scheduled_ns).collect::<Vec<_>>();
     assert_eq!(sched(&a), sched(&b), "the same seed gives the same schedule");
     assert!(sched(&a).windows(2).all(|w| w[0] <= w[1]));
 }

@@ -9,14 +9,14 @@
 use std::fmt;
 use std::ops::ControlFlow;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::extract::{self, Leaf, SLOTS};
 use crate::plan::RequestTemplate;
 
 /// One request as the client saw it. Stamps are nanoseconds since the benchmark's origin;
 /// `0`/`None` means it did not happen.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// The request's index in its cell (prompt and order).
     pub index: u64,
@@ -64,8 +64,9 @@ pub struct RequestRecord {
     pub connection_retries: u32,
     pub error: Option<ErrorKind>,
     pub error_detail: Option<String>,
-    /// The content text, kept for counting its tokens exactly.
-    #[serde(skip)]
+    /// The content text, kept for counting its tokens exactly after the window (then emptied:
+    /// `requests.jsonl` does not hold answers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
 }
 
@@ -74,13 +75,6 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl RequestRecord {
-    /// Gives back the spare capacity of the event list and the text: a finished record is kept
-    /// until the end of its cell, so its size times the request count is the run's memory.
-    pub fn shrink(&mut self) {
-        self.content_event_ns.shrink_to_fit();
-        self.text.shrink_to_fit();
-    }
-
     /// Output tokens by the best count available: the engine's `usage`, else the tokenizer's count
     /// of the text, else the number of content events (exact only at one token per event).
     pub fn output_tokens(&self) -> u64 {
@@ -128,6 +122,31 @@ impl fmt::Display for ErrorKind {
 impl Serialize for ErrorKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for ErrorKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "connect" => ErrorKind::Connect,
+            "timeout" => ErrorKind::Timeout,
+            "stream" => ErrorKind::Stream,
+            "decode" => ErrorKind::Decode,
+            "cancelled" => ErrorKind::Cancelled,
+            other => match other.strip_prefix("http_").and_then(|c| c.parse().ok()) {
+                Some(code) => ErrorKind::Status(code),
+                None => return Err(format!("unknown error kind `{other}`")),
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -326,5 +345,9 @@ mod tests {
         assert_eq!(r.output_tokens(), 15);
         assert_eq!(serde_json::to_value(ErrorKind::Status(503)).unwrap(), json!("http_503"));
         assert_eq!(serde_json::to_value(ErrorKind::Connect).unwrap(), json!("connect"));
+        for kind in [ErrorKind::Status(503), ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Cancelled] {
+            assert_eq!(serde_json::from_value::<ErrorKind>(serde_json::to_value(kind).unwrap()).unwrap(), kind);
+        }
+        assert!(serde_json::from_value::<ErrorKind>(json!("http_x")).is_err());
     }
 }
