@@ -1,18 +1,16 @@
 //! One pass over a streamed event's JSON that picks out the values at a few JSON pointers.
 //!
 //! Owns pointer lookup on the hot path. Decoding every chunk into a `serde_json::Value` allocates a
-//! map per object and a string per field just to read two or three of them; here the document is
-//! walked once with serde, subtrees no pointer enters are skipped with `IgnoredAny` (still checked
-//! for syntax, so a malformed event is an error), and strings without escapes are borrowed from the
-//! input. The values are read only after the event's arrival was stamped (DESIGN "Traps": never
+//! map per object and a string per field just to read two or three of them; here a small scanner
+//! walks the bytes once, checking the whole document against the JSON grammar (so a malformed
+//! event is an error), matching keys against the pointers' tokens without decoding them, and
+//! borrowing strings without escapes from the input. Nothing is allocated unless a string has
+//! escapes or a pointer ends at an object or an array (decoded by serde_json). The values are read only after the event's arrival was stamped (DESIGN "Traps": never
 //! timestamp after decoding).
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Deserialize;
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// How many pointers one pass can look up.
@@ -73,201 +71,439 @@ impl Leaf<'_> {
     }
 }
 
-/// The values at `pointers` (RFC 6901; `None` slots are not looked up) in the JSON document `json`.
-pub(crate) fn pick<'de>(
-    json: &'de [u8],
-    pointers: &[Option<&str>; SLOTS],
-) -> Result<[Option<Leaf<'de>>; SLOTS], serde_json::Error> {
+/// Why an event is not valid JSON, and where (a byte offset into the event).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SyntaxError {
+    pub(crate) at: usize,
+    pub(crate) what: &'static str,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.at)
+    }
+}
+
+impl std::error::Error for SyntaxError {}
+
+/// Nesting deeper than this is refused (serde_json's own limit), so no event can overflow the stack.
+const MAX_DEPTH: u32 = 128;
+
+/// Reference tokens of a pointer followed token by token; deeper pointers are resolved in the
+/// decoded subtree at this depth.
+const MAX_TOKENS: usize = 12;
+
+/// JSON pointers (RFC 6901) split into their reference tokens once, before any event is read.
+pub(crate) struct Pointers<'p> {
+    slots: [Option<Split<'p>>; SLOTS],
+}
+
+#[derive(Clone, Copy)]
+struct Split<'p> {
+    raw: &'p str,
+    /// Tokens followed one by one (at most `MAX_TOKENS`).
+    len: usize,
+    tokens: [&'p str; MAX_TOKENS],
+    /// Where token `d`'s `/` is in `raw` (`raw.len()` past the last).
+    starts: [usize; MAX_TOKENS + 1],
+    /// Token `d` as an array index.
+    index: [Option<usize>; MAX_TOKENS],
+}
+
+impl<'p> Split<'p> {
+    fn new(raw: &'p str) -> Option<Self> {
+        let mut split = Split {
+            raw,
+            len: 0,
+            tokens: [""; MAX_TOKENS],
+            starts: [raw.len(); MAX_TOKENS + 1],
+            index: [None; MAX_TOKENS],
+        };
+        if raw.is_empty() {
+            return Some(split);
+        }
+        let mut at = 0;
+        while split.len < MAX_TOKENS && at < raw.len() {
+            let rest = raw[at..].strip_prefix('/')?;
+            let token = rest.split('/').next().unwrap_or_default();
+            split.starts[split.len] = at;
+            split.tokens[split.len] = token;
+            split.index[split.len] = token.parse().ok();
+            split.len += 1;
+            at += 1 + token.len();
+        }
+        split.starts[split.len] = at;
+        Some(split)
+    }
+
+    /// The pointer from token `d` on (`""` when it ends at `d`).
+    fn rest(&self, d: usize) -> &'p str {
+        &self.raw[self.starts[d]..]
+    }
+}
+
+impl<'p> Pointers<'p> {
+    /// `None` slots are not looked up; a pointer that does not start with `/` (nor is empty)
+    /// never resolves.
+    pub(crate) fn new(pointers: &[Option<&'p str>; SLOTS]) -> Self {
+        Pointers { slots: pointers.map(|p| p.and_then(Split::new)) }
+    }
+
+    /// Where each slot starts: at the document, depth 0.
+    fn start(&self) -> [Option<usize>; SLOTS] {
+        self.slots.map(|s| s.map(|_| 0))
+    }
+}
+
+/// The values at `pointers` in the JSON document `json`. The whole document is checked against the
+/// JSON grammar (RFC 8259) whether or not a pointer enters a part of it; a later duplicate key
+/// wins, as with serde_json.
+pub(crate) fn pick<'de>(json: &'de [u8], pointers: &Pointers<'_>) -> Result<[Option<Leaf<'de>>; SLOTS], SyntaxError> {
     let mut out: [Option<Leaf<'de>>; SLOTS] = Default::default();
-    let mut de = serde_json::Deserializer::from_slice(json);
-    Walk { live: *pointers, out: &mut out }.deserialize(&mut de)?;
-    de.end()?;
+    let mut s = Scan { b: json, i: 0, depth: 0, p: pointers };
+    s.ws();
+    s.value(pointers.start(), &mut out)?;
+    s.ws();
+    if s.i < json.len() {
+        return Err(s.err("trailing characters"));
+    }
     Ok(out)
 }
 
-/// Splits `/a/b` into the first reference token and the rest (`a`, `/b`).
-fn first_token(pointer: &str) -> Option<(&str, &str)> {
-    let p = pointer.strip_prefix('/')?;
-    Some(match p.find('/') {
-        Some(i) => (&p[..i], &p[i..]),
-        None => (p, ""),
-    })
+/// A cursor over one JSON document.
+struct Scan<'de, 'p> {
+    b: &'de [u8],
+    i: usize,
+    depth: u32,
+    p: &'p Pointers<'p>,
 }
 
-/// Whether reference token `token` names the object key `key` (`~1` is `/`, `~0` is `~`).
-fn token_is(token: &str, key: &str) -> bool {
-    if token.contains('~') { token.replace("~1", "/").replace("~0", "~") == key } else { token == key }
+/// Per slot, how many of its pointer's tokens lead to the value at hand (`None`: it is elsewhere).
+type Live = [Option<usize>; SLOTS];
+
+/// A string's contents: `b[start..end]`, with or without backslash escapes.
+struct Span {
+    start: usize,
+    end: usize,
+    escaped: bool,
 }
 
-/// A subtree and, per slot, the part of its pointer still to follow (`Some("")`: this very value).
-struct Walk<'a, 'de, 'p> {
-    live: [Option<&'p str>; SLOTS],
-    out: &'a mut [Option<Leaf<'de>>; SLOTS],
-}
+impl<'de> Scan<'de, '_> {
+    fn err(&self, what: &'static str) -> SyntaxError {
+        SyntaxError { at: self.i, what }
+    }
 
-impl<'de> DeserializeSeed<'de> for Walk<'_, 'de, '_> {
-    type Value = ();
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if !self.live.contains(&Some("")) {
-            return d.deserialize_any(self);
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
         }
-        // Some pointer ends here: take the value whole and resolve any deeper ones inside it.
-        let leaf = Leaf::deserialize(d)?;
-        for (slot, rest) in self.live.iter().enumerate() {
-            match (rest, &leaf) {
-                (Some(""), _) => self.out[slot] = Some(leaf.clone()),
-                (Some(rest), Leaf::Tree(tree)) => {
-                    self.out[slot] = tree.pointer(rest).map(Leaf::from_json);
-                }
-                _ => {}
+    }
+
+    fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), SyntaxError> {
+        if self.peek() == Some(byte) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    /// Whether some slot's pointer ends at (or, past `MAX_TOKENS`, goes on inside) this value.
+    fn ends_here(&self, live: &Live) -> bool {
+        live.iter().zip(&self.p.slots).any(|(d, s)| matches!((d, s), (Some(d), Some(s)) if *d == s.len))
+    }
+
+    /// One value; `live` says which pointers lead here.
+    fn value(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+        if self.ends_here(&live) {
+            return self.capture(live, out);
+        }
+        match self.peek() {
+            Some(b'{') if live.iter().any(Option::is_some) => self.object(live, out),
+            Some(b'[') if live.iter().any(Option::is_some) => self.array(live, out),
+            _ => self.skip(),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), SyntaxError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH { Err(self.err("nesting too deep")) } else { Ok(()) }
+    }
+
+    fn object(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+        self.enter()?;
+        self.i += 1; // `{`
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a key"));
             }
-        }
-        Ok(())
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_, 'de, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(Key(key)) = map.next_key()? {
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':', "expected `:`")?;
+            self.ws();
             let mut child = [None; SLOTS];
-            for (slot, rest) in self.live.iter().enumerate() {
-                if let Some((token, rest)) = rest.and_then(first_token)
-                    && token_is(token, &key)
+            let mut any = false;
+            for (slot, d) in live.iter().enumerate() {
+                if let (Some(d), Some(split)) = (d, &self.p.slots[slot])
+                    && self.key_is(&key, split.tokens[*d])
                 {
-                    child[slot] = Some(rest);
+                    child[slot] = Some(d + 1);
+                    any = true;
                 }
             }
-            if child.iter().all(Option::is_none) {
-                map.next_value::<IgnoredAny>()?;
+            if any {
+                self.value(child, out)?
             } else {
-                map.next_value_seed(Walk { live: child, out: &mut *self.out })?;
+                self.skip()?
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected `,` or `}`")),
             }
         }
-        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn array(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
         let mut wanted = [None; SLOTS];
-        for (slot, rest) in self.live.iter().enumerate() {
-            if let Some((token, rest)) = rest.and_then(first_token)
-                && let Ok(index) = token.parse::<usize>()
+        for (slot, d) in live.iter().enumerate() {
+            if let (Some(d), Some(split)) = (d, &self.p.slots[slot])
+                && let Some(index) = split.index[*d]
             {
-                wanted[slot] = Some((index, rest));
+                wanted[slot] = Some((index, d + 1));
             }
+        }
+        self.enter()?;
+        self.i += 1; // `[`
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
         }
         let mut index = 0usize;
         loop {
             let mut child = [None; SLOTS];
+            let mut any = false;
             for (slot, w) in wanted.iter().enumerate() {
                 if let Some((i, rest)) = w
                     && *i == index
                 {
                     child[slot] = Some(*rest);
+                    any = true;
                 }
             }
-            let more = if child.iter().all(Option::is_none) {
-                seq.next_element::<IgnoredAny>()?.is_some()
+            if any {
+                self.value(child, out)?
             } else {
-                seq.next_element_seed(Walk { live: child, out: &mut *self.out })?.is_some()
-            };
-            if !more {
-                return Ok(());
+                self.skip()?
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected `,` or `]`")),
             }
             index += 1;
         }
     }
 
-    // A scalar where the pointer wanted to go deeper: the pointer does not resolve.
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+    /// Checks one value against the grammar and steps over it.
+    fn skip(&mut self) -> Result<(), SyntaxError> {
+        match self.peek() {
+            Some(b'{') | Some(b'[') => {
+                let none: Live = [None; SLOTS];
+                let mut out: [Option<Leaf<'de>>; SLOTS] = Default::default();
+                if self.peek() == Some(b'{') { self.object(none, &mut out) } else { self.array(none, &mut out) }
+            }
+            Some(b'"') => self.string().map(drop),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            Some(_) => Err(self.err("expected a value")),
+            None => Err(self.err("unexpected end")),
+        }
+    }
+
+    /// A value some pointer ends at: scalars are read in place; objects and arrays are decoded
+    /// whole (rare: no built-in template points at one) and deeper pointers resolved inside.
+    fn capture(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+        let start = self.i;
+        let leaf = match self.peek() {
+            Some(b'"') => {
+                let span = self.string()?;
+                self.string_leaf(&span)?
+            }
+            Some(b't') => self.literal(b"true").map(|()| Leaf::Bool(true))?,
+            Some(b'f') => self.literal(b"false").map(|()| Leaf::Bool(false))?,
+            Some(b'n') => self.literal(b"null").map(|()| Leaf::Null)?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            _ => {
+                self.skip()?;
+                let tree: Value =
+                    serde_json::from_slice(&self.b[start..self.i]).map_err(|_| self.err("invalid value"))?;
+                Leaf::Tree(tree)
+            }
+        };
+        for (slot, d) in live.iter().enumerate() {
+            let (Some(d), Some(split)) = (d, &self.p.slots[slot]) else { continue };
+            match (split.rest(*d), &leaf) {
+                ("", _) => out[slot] = Some(leaf.clone()),
+                (rest, Leaf::Tree(tree)) => out[slot] = tree.pointer(rest).map(Leaf::from_json),
+                _ => {}
+            }
+        }
         Ok(())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), SyntaxError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
+
+    /// A number by the JSON grammar, read as an unsigned integer when it is one that fits, else
+    /// as a float (what serde_json gives for the same text).
+    fn number(&mut self) -> Result<Leaf<'de>, SyntaxError> {
+        let start = self.i;
+        let digits = |s: &mut Self| {
+            let from = s.i;
+            while let Some(b'0'..=b'9') = s.peek() {
+                s.i += 1;
+            }
+            s.i - from
+        };
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        match digits(self) {
+            0 => return Err(self.err("invalid number")),
+            n if n > 1 && self.b[int_start] == b'0' => return Err(SyntaxError { at: int_start, what: "leading zero" }),
+            _ => {}
+        }
+        let mut integer = !negative;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            integer = false;
+            if digits(self) == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        // Only ASCII digits and signs were consumed.
+        let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or_default();
+        if integer && let Ok(n) = text.parse::<u64>() {
+            return Ok(Leaf::Int(n));
+        }
+        Ok(Leaf::Float(text.parse::<f64>().unwrap_or(f64::NAN)))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
+
+    /// A string at the cursor (`"` included): its span, checked for escapes, control characters
+    /// and UTF-8.
+    fn string(&mut self) -> Result<Span, SyntaxError> {
+        self.i += 1; // `"`
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            let Some(&byte) = self.b.get(self.i) else { return Err(self.err("unterminated string")) };
+            match byte {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            let hex = self.b.get(self.i + 1..self.i + 5);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return Err(self.err("invalid \\u escape"));
+                            }
+                            self.i += 5;
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    }
+                }
+                0..=0x1f => return Err(self.err("control character in a string")),
+                _ => self.i += 1,
+            }
+        }
+        let end = self.i;
+        self.i += 1; // `"`
+        if !self.b[start..end].is_ascii() && std::str::from_utf8(&self.b[start..end]).is_err() {
+            return Err(SyntaxError { at: start, what: "invalid UTF-8 in a string" });
+        }
+        Ok(Span { start, end, escaped })
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
+
+    /// The text of a string span: borrowed when it has no escapes.
+    fn text(&self, span: &Span) -> Result<Cow<'de, str>, SyntaxError> {
+        let b: &'de [u8] = self.b;
+        if !span.escaped {
+            // Checked by `string`.
+            return Ok(Cow::Borrowed(std::str::from_utf8(&b[span.start..span.end]).unwrap_or_default()));
+        }
+        // With the quotes, the span is a JSON string literal; lone surrogates are refused there.
+        serde_json::from_slice::<String>(&b[span.start - 1..span.end + 1])
+            .map(Cow::Owned)
+            .map_err(|_| SyntaxError { at: span.start, what: "invalid \\u escape" })
     }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+
+    fn string_leaf(&self, span: &Span) -> Result<Leaf<'de>, SyntaxError> {
+        self.text(span).map(Leaf::Str)
+    }
+
+    /// Whether the key at `span` is the one reference token `token` names.
+    fn key_is(&self, span: &Span, token: &str) -> bool {
+        if !span.escaped && !token.contains('~') {
+            return &self.b[span.start..span.end] == token.as_bytes();
+        }
+        self.text(span).is_ok_and(|key| token_is(token, &key))
     }
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Leaf<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Leaf<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Str(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Str(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Str(Cow::Owned(s)))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Int(n))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Leaf<'de>, E> {
-                Ok(u64::try_from(n).map_or(Leaf::Float(n as f64), Leaf::Int))
-            }
-            fn visit_f64<E: de::Error>(self, f: f64) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Float(f))
-            }
-            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Bool(b))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Leaf<'de>, E> {
-                Ok(Leaf::Null)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Leaf<'de>, A::Error> {
-                Value::deserialize(MapAccessDeserializer::new(map)).map(Leaf::Tree)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Leaf<'de>, A::Error> {
-                Value::deserialize(SeqAccessDeserializer::new(seq)).map(Leaf::Tree)
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// Whether reference token `token` names the object key `key` (`~1` is `/`, `~0` is `~`).
+fn token_is(token: &str, key: &str) -> bool {
+    if token.contains('~') { token.replace("~1", "/").replace("~0", "~") == key } else { token == key }
 }
 
 #[cfg(test)]
@@ -281,7 +517,7 @@ mod tests {
             *slot = Some(*p);
         }
         let text = doc.to_string();
-        let out = pick(text.as_bytes(), &slots).unwrap();
+        let out = pick(text.as_bytes(), &Pointers::new(&slots)).unwrap();
         out[..pointers.len()].iter().map(|l| l.as_ref().map(Leaf::to_json)).collect()
     }
 
@@ -300,18 +536,37 @@ mod tests {
         ];
         let expected: Vec<Option<Value>> = pointers.iter().map(|p| doc.pointer(p).cloned()).collect();
         assert_eq!(pick_all(&doc, &pointers), expected);
-        let more = ["", "/n", "/done", "/choices/0/text/deeper", "/nope", "/choices/x"];
+        let more = ["", "/n", "/done", "/choices/0/text/deeper", "/nope", "/choices/x", "no-slash"];
         let expected: Vec<Option<Value>> = more.iter().map(|p| doc.pointer(p).cloned()).collect();
         assert_eq!(pick_all(&doc, &more), expected);
     }
 
     #[test]
+    fn pointers_deeper_than_the_token_limit_resolve_too() {
+        let mut doc = json!({"leaf": 5});
+        for i in 0..20 {
+            doc = json!({ format!("k{i}"): [doc] });
+        }
+        let path: String = (0..20).rev().map(|i| format!("/k{i}/0")).collect();
+        let pointers = [format!("{path}/leaf"), path.clone(), format!("{path}/nope")];
+        let refs: Vec<&str> = pointers.iter().map(String::as_str).collect();
+        let expected: Vec<Option<Value>> = refs.iter().map(|p| doc.pointer(p).cloned()).collect();
+        assert_eq!(expected[0], Some(json!(5)));
+        assert_eq!(pick_all(&doc, &refs), expected);
+    }
+
+    #[test]
     fn strings_without_escapes_are_borrowed_and_syntax_is_checked() {
         let text = br#"{"skip": {"deep": [1, 2, {"x": "y"}]}, "t": "plain"}"#;
-        let out = pick(text, &[Some("/t"), None, None, None, None, None, None]).unwrap();
+        let out = pick(text, &Pointers::new(&[Some("/t"), None, None, None, None, None, None])).unwrap();
         assert!(matches!(&out[0], Some(Leaf::Str(Cow::Borrowed("plain")))));
-        assert!(pick(br#"{"skip": [1, 2,], "t": "x"}"#, &[Some("/t"), None, None, None, None, None, None]).is_err());
-        assert!(pick(br#"{"t": "x"} trailing"#, &[Some("/t"), None, None, None, None, None, None]).is_err());
+        assert!(
+            pick(br#"{"skip": [1, 2,], "t": "x"}"#, &Pointers::new(&[Some("/t"), None, None, None, None, None, None]))
+                .is_err()
+        );
+        assert!(
+            pick(br#"{"t": "x"} trailing"#, &Pointers::new(&[Some("/t"), None, None, None, None, None, None])).is_err()
+        );
         assert_eq!(Leaf::Float(16.0).as_count(), Some(16));
         assert_eq!(Leaf::Float(1.5).as_count(), None);
     }
@@ -320,5 +575,71 @@ mod tests {
     fn leaves_render_as_text() {
         assert_eq!(Leaf::Tree(json!({"m": 1})).to_text(), r#"{"m":1}"#);
         assert_eq!(Leaf::Str("boom".into()).to_text(), "boom");
+    }
+
+    #[test]
+    fn the_grammar_is_json_and_nothing_else() {
+        let deep_ok = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let deep_bad = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let docs: Vec<&[u8]> = vec![
+            br#"{"a": [1, -2.5e+3, 0, 0.0, 1E9, true, false, null, "x\"\\\/\b\f\n\r\t\u00e9"], "b": {}}"#,
+            b" \t\r\n[ ] ",
+            br#""caf\u00e9 \u00e9t\u00e9""#,
+            "\"h\u{e9}llo \u{1f600}\"".as_bytes(),
+            deep_ok.as_bytes(),
+            b"",
+            b"   ",
+            b"01",
+            b"-",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"+1",
+            b"[1,]",
+            br#"{"a":1,}"#,
+            br#"{"a" 1}"#,
+            br#"{a:1}"#,
+            br#"{"a":1}}"#,
+            b"tru",
+            b"nul",
+            b"\"abc",
+            b"\"a\x01b\"",
+            b"\"\xff\"",
+            br#""\x""#,
+            br#""\u12G4""#,
+            b"[1 2]",
+            b"{\"a\":}",
+            deep_bad.as_bytes(),
+        ];
+        let pointers = [Some("/a/0"), Some("/b"), Some("/x/y"), None, None, None, None];
+        for doc in docs {
+            let want = serde_json::from_slice::<Value>(doc).is_ok();
+            for p in [pointers, [None; SLOTS]] {
+                assert_eq!(pick(doc, &Pointers::new(&p)).is_ok(), want, "{}", String::from_utf8_lossy(doc));
+            }
+        }
+        let e = pick(b"{\"a\": [1, 2,]}", &Pointers::new(&pointers)).unwrap_err();
+        assert_eq!((e.at, e.to_string().as_str()), (12, "expected a value at byte 12"));
+    }
+
+    #[test]
+    fn numbers_and_escaped_keys_read_as_serde_json_reads_them() {
+        let doc = json!({"n": [0, 7, 18446744073709551615u64, -3, 2.5, 1e3], "k\"ey": "v", "é": "accent"});
+        let got = pick_all(&doc, &["/n/0", "/n/2", "/n/4", "/n/5", "/k\"ey", "/é"]);
+        let want: Vec<Option<Value>> =
+            ["/n/0", "/n/2", "/n/4", "/n/5", "/k\"ey", "/é"].iter().map(|p| doc.pointer(p).cloned()).collect();
+        assert_eq!(got, want);
+        // Negative numbers are no counts: they read as floats.
+        let text = doc.to_string();
+        let out = pick(text.as_bytes(), &Pointers::new(&[Some("/n/3"), None, None, None, None, None, None])).unwrap();
+        assert_eq!(out[0], Some(Leaf::Float(-3.0)));
+        // A later duplicate key wins.
+        let out = pick(
+            br#"{"t": "first", "t": "second"}"#,
+            &Pointers::new(&[Some("/t"), None, None, None, None, None, None]),
+        )
+        .unwrap();
+        assert_eq!(out[0], Some(Leaf::Str("second".into())));
     }
 }

@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
-use super::extract::{self, Leaf, SLOTS};
+use super::extract::{self, Leaf, Pointers, SLOTS};
 use crate::plan::RequestTemplate;
 
 /// One request as the client saw it. Stamps are nanoseconds since the benchmark's origin;
@@ -165,7 +165,7 @@ const EXCERPT: usize = 200;
 /// Reads the events of one answer into its record.
 pub(crate) struct Events<'a> {
     done: Option<&'a [u8]>,
-    pointers: [Option<&'a str>; SLOTS],
+    pointers: Pointers<'a>,
     pub(crate) record: &'a mut RequestRecord,
     /// The end sentinel or end field was seen.
     pub(crate) finished: bool,
@@ -182,7 +182,12 @@ impl<'a> Events<'a> {
         pointers[DONE_FIELD] = call.done_field.as_deref();
         pointers[ERROR] = Some(ERROR_POINTER);
         pointers[SERVER_PROMPT_MS] = call.server_prompt_ms.as_deref();
-        Events { done: call.done.as_deref().map(str::as_bytes), pointers, record, finished: false }
+        Events {
+            done: call.done.as_deref().map(str::as_bytes),
+            pointers: Pointers::new(&pointers),
+            record,
+            finished: false,
+        }
     }
 
     /// One event's payload, completed by a chunk that arrived at `t`. Breaks at the end of the
