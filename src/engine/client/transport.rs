@@ -1,0 +1,238 @@
+//! The measured path's HTTP/1.1 transport: a pool of kept-alive connections to one engine, each a
+//! `hyper::client::conn::http1` connection over TCP (TCP_NODELAY) or tokio-rustls.
+//!
+//! Owns connections and the bytes of a request's head; it never reads an answer's body (the client
+//! does, stamping chunks) and never decides whether a connection may be reused: the client gives
+//! one back ([`Transport::give_back`]) only after reading its answer to the end. A connection
+//! dropped instead closes.
+//!
+//! Why not reqwest here: at tens of thousands of requests a second its per-request work (URL
+//! parsing, header maps merged per request, a generic pool with its own bookkeeping) costs more
+//! than kitt measures, and a load generator's client must not be the bottleneck it reports.
+//! Everything a request needs (the target URI, the `Host` header, the engine's default headers)
+//! is built once here; a request only clones it.
+//!
+//! Each connection is driven by its own task (hyper's `Connection` future), so a connection the
+//! server closes while it sits idle is seen closed and skipped without sending anything on it.
+//! The engine's default headers may be secrets: they are marked sensitive, and no error or log
+//! line here quotes a header.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::ClientError;
+use crate::plan::RequestTemplate;
+
+/// A kept-alive connection's request side.
+pub(super) type Sender = SendRequest<Full<Bytes>>;
+
+/// The connections to one engine and what every request to it carries.
+pub(super) struct Transport {
+    /// `host:port` to connect to (an IPv6 address without brackets).
+    host: String,
+    port: u16,
+    /// `https`: the TLS setup and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The base URL's path, without a trailing `/` (usually empty); request paths follow it.
+    prefix: String,
+    /// `Host`, `Accept`, `Content-Type` and the engine's default headers (sensitive).
+    headers: HeaderMap,
+    /// The target of the first request template seen: a benchmark sends one template throughout.
+    route: OnceLock<Route>,
+    /// Idle connections, the most recently used last.
+    idle: Mutex<Vec<Sender>>,
+    max_idle: usize,
+    /// Connections opened so far (a new connection is rare once the pool is warm).
+    opened: AtomicU64,
+}
+
+/// A request template's method and target, parsed once.
+#[derive(Clone)]
+pub(super) struct Route {
+    method_text: String,
+    path_text: String,
+    method: Method,
+    uri: Uri,
+}
+
+/// A connection taken from the pool or just opened, ready to carry one request.
+pub(super) struct Lease {
+    pub(super) sender: Sender,
+    /// It carried an answer before: the server may have closed it since (a stale connection).
+    pub(super) reused: bool,
+}
+
+/// Why no connection could be had; `reason` carries the cause chain, never a header.
+pub(super) struct ConnectError {
+    pub(super) timed_out: bool,
+    pub(super) reason: String,
+}
+
+impl Transport {
+    /// A transport to `url` (already checked to be `http` or `https` with a host). `headers` are
+    /// the engine's default headers, already marked sensitive.
+    pub(super) fn new(
+        url: &reqwest::Url,
+        defaults: HeaderMap,
+        tls: Option<Arc<ClientConfig>>,
+        max_connections: usize,
+    ) -> Result<Self, ClientError> {
+        let bad_url = |reason: String| ClientError::Url { url: url.to_string(), reason };
+        let Some(name) = url.host_str() else {
+            return Err(bad_url("expected http://HOST:PORT or https://HOST:PORT".into()));
+        };
+        // An IPv6 host is bracketed in the URL and the `Host` header, not when connecting.
+        let host = name.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(name).to_string();
+        let name = name.to_string();
+        let port = url.port_or_known_default().ok_or_else(|| bad_url("no port".into()))?;
+        // The `Host` header names the port only when it is not the scheme's default, as browsers do.
+        let authority = match url.port() {
+            Some(port) => format!("{name}:{port}"),
+            None => name,
+        };
+        let mut headers = defaults;
+        let host_value = HeaderValue::from_str(&authority).map_err(|e| bad_url(e.to_string()))?;
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host_value);
+        }
+        if !headers.contains_key(ACCEPT) {
+            headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let tls = match tls {
+            None => None,
+            Some(config) => {
+                let server = match host.parse::<IpAddr>() {
+                    Ok(ip) => ServerName::IpAddress(ip.into()),
+                    Err(_) => ServerName::try_from(host.clone()).map_err(|e| bad_url(e.to_string()))?,
+                };
+                Some((TlsConnector::from(config), server))
+            }
+        };
+        Ok(Transport {
+            host,
+            port,
+            tls,
+            prefix: url.path().trim_end_matches('/').to_string(),
+            headers,
+            route: OnceLock::new(),
+            idle: Mutex::new(Vec::with_capacity(max_connections.max(1))),
+            max_idle: max_connections.max(1),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// The method and target of `call`: parsed once for the first template, then only compared.
+    pub(super) fn route(&self, call: &RequestTemplate) -> Result<std::borrow::Cow<'_, Route>, String> {
+        if let Some(route) = self.route.get()
+            && route.method_text == call.method
+            && route.path_text == call.path
+        {
+            return Ok(std::borrow::Cow::Borrowed(route));
+        }
+        let method = Method::from_bytes(call.method.as_bytes())
+            .map_err(|_| format!("`{}` is not an HTTP method", call.method))?;
+        let target = format!("{}{}", self.prefix, call.path);
+        let uri = Uri::from_maybe_shared(Bytes::from(target))
+            .map_err(|e| format!("`{}` is not a request path: {e}", call.path))?;
+        let route = Route { method_text: call.method.clone(), path_text: call.path.clone(), method, uri };
+        if self.route.set(route.clone()).is_ok()
+            && let Some(set) = self.route.get()
+        {
+            return Ok(std::borrow::Cow::Borrowed(set));
+        }
+        Ok(std::borrow::Cow::Owned(route))
+    }
+
+    /// The request for `route` with `body`: clones of what was built once.
+    pub(super) fn request(&self, route: &Route, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = route.method.clone();
+        *request.uri_mut() = route.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+
+    /// An idle connection that is still open, else a new one.
+    pub(super) async fn lease(&self) -> Result<Lease, ConnectError> {
+        while let Some(mut sender) = self.take_idle() {
+            // `ready` waits for the connection's task to finish the previous answer; it fails if
+            // the server closed the connection meanwhile. Nothing was sent on it: no retry to count.
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Ok(Lease { sender, reused: true });
+            }
+        }
+        let sender = self.open().await?;
+        Ok(Lease { sender, reused: false })
+    }
+
+    fn take_idle(&self) -> Option<Sender> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+
+    /// Returns a connection whose answer was read to the end, unless the pool is full.
+    pub(super) fn give_back(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(sender);
+        }
+    }
+
+    async fn open(&self) -> Result<Sender, ConnectError> {
+        let failed = |what: &str, e: std::io::Error| ConnectError {
+            timed_out: e.kind() == std::io::ErrorKind::TimedOut,
+            reason: format!("{what} {}:{}: {}", self.host, self.port, super::causes(&e)),
+        };
+        let tcp =
+            TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| failed("cannot connect to", e))?;
+        tcp.set_nodelay(true).map_err(|e| failed("cannot set TCP_NODELAY on", e))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, server)) => {
+                let tls =
+                    connector.connect(server.clone(), tcp).await.map_err(|e| failed("TLS handshake failed with", e))?;
+                handshake(tls).await
+            }
+        }
+    }
+
+    /// How many connections were opened so far.
+    #[cfg(test)]
+    pub(super) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts HTTP/1.1 on `io`: the connection runs in its own task until it closes.
+async fn handshake<T>(io: T) -> Result<Sender, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError { timed_out: false, reason: super::causes(&e) })?;
+    // The task ends with the connection (closed by the server, or every handle dropped); its
+    // error, if any, reaches the request in flight through `send_request` or the body.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
