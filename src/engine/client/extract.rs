@@ -94,9 +94,9 @@ fn first_token(pointer: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// Whether reference token `token` names the object key `key` (`~1` is `/`, `~0` is `~`).
-fn token_is(token: &str, key: &str) -> bool {
-    if token.contains('~') { token.replace("~1", "/").replace("~0", "~") == key } else { token == key }
+/// The object key reference token `token` names (`~1` is `/`, `~0` is `~`).
+fn key_of(token: &str) -> Cow<'_, str> {
+    if token.contains('~') { Cow::Owned(token.replace("~1", "/").replace("~0", "~")) } else { Cow::Borrowed(token) }
 }
 
 /// A subtree and, per slot, the part of its pointer still to follow (`Some("")`: this very value).
@@ -135,16 +135,24 @@ impl<'de> Visitor<'de> for Walk<'_, 'de, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Each pointer's next key, split off once per object rather than once per key: this loop
+        // runs for every key of every event.
+        let mut wanted: [Option<(Cow<'_, str>, &str)>; SLOTS] = Default::default();
+        for (w, rest) in wanted.iter_mut().zip(self.live) {
+            *w = rest.and_then(first_token).map(|(token, rest)| (key_of(token), rest));
+        }
         while let Some(Key(key)) = map.next_key()? {
             let mut child = [None; SLOTS];
-            for (slot, rest) in self.live.iter().enumerate() {
-                if let Some((token, rest)) = rest.and_then(first_token)
-                    && token_is(token, &key)
+            let mut found = false;
+            for (slot, w) in wanted.iter().enumerate() {
+                if let Some((name, rest)) = w
+                    && *name == key
                 {
-                    child[slot] = Some(rest);
+                    child[slot] = Some(*rest);
+                    found = true;
                 }
             }
-            if child.iter().all(Option::is_none) {
+            if !found {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 map.next_value_seed(Walk { live: child, out: &mut *self.out })?;
