@@ -42,14 +42,14 @@ pub(super) type Sender = SendRequest<Full<Bytes>>;
 /// The connections to one engine and what every request to it carries.
 pub(super) struct Transport {
     /// `host:port` to connect to (an IPv6 address without brackets).
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
     /// `https`: the TLS setup and the name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The base URL's path, without a trailing `/` (usually empty); request paths follow it.
     prefix: String,
     /// `Host`, `Accept`, `Content-Type` and the engine's default headers (sensitive).
-    headers: HeaderMap,
+    pub(super) headers: HeaderMap,
     /// The target of the first request template seen: a benchmark sends one template throughout.
     route: OnceLock<Route>,
     /// Idle connections, the most recently used last.
@@ -65,7 +65,7 @@ pub(super) struct Route {
     method_text: String,
     path_text: String,
     method: Method,
-    uri: Uri,
+    pub(super) uri: Uri,
 }
 
 /// A connection taken from the pool or just opened, ready to carry one request.

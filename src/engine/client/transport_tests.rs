@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::HOST;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -175,4 +176,24 @@ async fn a_base_path_prefixes_the_target_and_the_sim_streams() {
     let prefixed = EngineClient::new(&format!("{url}/prefix"), vec![], 1).unwrap();
     let record = send(&prefixed).await;
     assert_eq!(record.error, Some(ErrorKind::Status(404)), "{record:?}");
+}
+
+#[test]
+fn the_target_and_host_are_built_once_from_the_base_url() {
+    let client =
+        EngineClient::new("https://engine.example/base/", vec![("Authorization".into(), "s3cret".into())], 1).unwrap();
+    let transport = &client.inner.transport;
+    assert_eq!((transport.host.as_str(), transport.port), ("engine.example", 443));
+    assert_eq!(transport.headers[HOST], "engine.example");
+    let route = transport.route(&completion_call(1)).unwrap();
+    assert_eq!(route.uri, "/base/v1/completions");
+    let request = transport.request(&route, Bytes::from_static(b"{}"));
+    assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
+    assert!(request.headers()["authorization"].is_sensitive());
+    assert!(!format!("{:?}", request.headers()).contains("s3cret"));
+
+    let client = EngineClient::new("http://[::1]:8080", vec![], 1).unwrap();
+    let transport = &client.inner.transport;
+    assert_eq!((transport.host.as_str(), transport.port), ("::1", 8080));
+    assert_eq!(transport.headers[HOST], "[::1]:8080");
 }
