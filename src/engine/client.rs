@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Incoming};
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -46,7 +45,7 @@ use crate::manifest::template_kind::StreamFormat;
 use crate::plan::{HttpRequest, RequestTemplate};
 use framing::{LineFramer, SseFramer};
 use record::{Events, excerpt};
-use transport::Transport;
+use transport::{Conn, Transport};
 
 pub use record::{ErrorKind, RequestRecord};
 pub use tls::TlsOptions;
@@ -235,7 +234,7 @@ impl EngineClient {
                 return;
             }
         };
-        let (sender, response) = loop {
+        let (mut conn, response) = loop {
             // Taken before the connection: opening one is part of the request's latency, as it
             // is for a user's first request.
             record.sent_ns = since(origin);
@@ -248,7 +247,7 @@ impl EngineClient {
                     return;
                 }
             };
-            match lease.sender.send_request(transport.request(&route, body.clone())).await {
+            match lease.conn.send(transport.request(&route, body.clone())).await {
                 // A kept-alive connection the server had already closed (llama.cpp's HTTP server
                 // advertises keep-alive, then closes after a streamed answer): the request never
                 // reached the engine, so it goes out once more on a fresh connection.
@@ -263,7 +262,7 @@ impl EngineClient {
                     record.end_ns = since(origin);
                     return;
                 }
-                Ok(response) => break (lease.sender, response),
+                Ok(response) => break (lease.conn, response),
             }
         };
         record.headers_ns = Some(since(origin));
@@ -271,16 +270,16 @@ impl EngineClient {
         record.status = Some(status.as_u16());
         let mut body = response.into_body();
         let (end, reusable) = if status.is_success() {
-            read_answer(&mut body, call, origin, record).await
+            read_answer(&mut conn, &mut body, call, origin, record).await
         } else {
-            let (excerpt_of, complete) = read_limited(&mut body, ERROR_BODY_LIMIT).await;
+            let (excerpt_of, complete) = read_limited(&mut conn, &mut body, ERROR_BODY_LIMIT).await;
             record.fail(ErrorKind::Status(status.as_u16()), excerpt(&excerpt_of));
             (since(origin), complete)
         };
         record.end_ns = end;
         // Only a connection whose answer was read to the end can carry the next request.
         if reusable {
-            transport.give_back(sender);
+            transport.give_back(conn);
         }
     }
 }
@@ -344,6 +343,7 @@ enum Framing {
 /// reused). A body that ends cleanly without the end marker is a complete answer: some servers
 /// (TGI's `generate_stream`) send none.
 async fn read_answer(
+    conn: &mut Conn,
     body: &mut Incoming,
     call: &RequestTemplate,
     origin: Instant,
@@ -357,7 +357,7 @@ async fn read_answer(
     let mut events = Events::new(call, record);
     let mut last = 0;
     loop {
-        let chunk = match next_chunk(body).await {
+        let chunk = match next_chunk(conn, body).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
@@ -380,7 +380,7 @@ async fn read_answer(
             }
         };
         if flow.is_break() {
-            let reusable = events.finished && drain(body).await;
+            let reusable = events.finished && drain(conn, body).await;
             return (t, reusable);
         }
     }
@@ -397,8 +397,8 @@ async fn read_answer(
 }
 
 /// The next data chunk of `body`, `None` at its end (trailers are skipped).
-async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
-    while let Some(frame) = body.frame().await {
+async fn next_chunk(conn: &mut Conn, body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    while let Some(frame) = conn.frame(body).await {
         if let Ok(data) = frame?.into_data() {
             return Ok(Some(data));
         }
@@ -408,14 +408,14 @@ async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> 
 
 /// Reads what is left of a finished answer so its connection can be reused, within a grace;
 /// whether the body was read to its end.
-async fn drain(body: &mut Incoming) -> bool {
+async fn drain(conn: &mut Conn, body: &mut Incoming) -> bool {
     if body.is_end_stream() {
         return true; // the usual case: the end marker came with the body's last bytes
     }
     let rest = async {
         let mut read = 0;
         loop {
-            match next_chunk(body).await {
+            match next_chunk(conn, body).await {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => return true,
                 Err(_) => return false,
@@ -431,10 +431,10 @@ async fn drain(body: &mut Incoming) -> bool {
 
 /// Up to `limit` bytes of a body, and whether that was all of it; a read error ends it early
 /// (the status is the error).
-async fn read_limited(body: &mut Incoming, limit: usize) -> (Vec<u8>, bool) {
+async fn read_limited(conn: &mut Conn, body: &mut Incoming, limit: usize) -> (Vec<u8>, bool) {
     let mut read = Vec::new();
     loop {
-        match next_chunk(body).await {
+        match next_chunk(conn, body).await {
             Ok(Some(chunk)) => read.extend_from_slice(&chunk),
             Ok(None) => return (read, true),
             Err(_) => return (read, false),

@@ -12,32 +12,47 @@
 //! Everything a request needs (the target URI, the `Host` header, the engine's default headers)
 //! is built once here; a request only clones it.
 //!
-//! Each connection is driven by its own task (hyper's `Connection` future), so a connection the
-//! server closes while it sits idle is seen closed and skipped without sending anything on it.
+//! A connection has no task of its own: the request using it polls hyper's `Connection` (the
+//! half that reads and writes the socket) together with whatever it awaits (the answer's head, a
+//! body chunk), so a request's work stays on one task and one thread, with no wake-up handed
+//! between tasks per chunk. An idle connection is polled once when taken from the pool: one the
+//! server closed meanwhile is seen closed then and skipped without sending anything on it.
 //! The engine's default headers may be secrets: they are marked sensitive, and no error or log
 //! line here quotes a header.
 
+use std::future::{Future, poll_fn};
+use std::io;
 use std::net::IpAddr;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::ClientError;
 use crate::plan::RequestTemplate;
 
-/// A kept-alive connection's request side.
-pub(super) type Sender = SendRequest<Full<Bytes>>;
+/// A kept-alive HTTP/1.1 connection: the handle requests go through and the half that does its
+/// I/O, polled by whoever uses the connection.
+pub(super) struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    io: Connection<TokioIo<Stream>, Full<Bytes>>,
+    /// The I/O half finished: the connection is closed (by either side, or on an error).
+    ended: bool,
+}
 
 /// The connections to one engine and what every request to it carries.
 pub(super) struct Transport {
@@ -53,7 +68,7 @@ pub(super) struct Transport {
     /// The target of the first request template seen: a benchmark sends one template throughout.
     route: OnceLock<Route>,
     /// Idle connections, the most recently used last.
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Conn>>,
     max_idle: usize,
     /// Connections opened so far (a new connection is rare once the pool is warm).
     opened: AtomicU64,
@@ -70,7 +85,7 @@ pub(super) struct Route {
 
 /// A connection taken from the pool or just opened, ready to carry one request.
 pub(super) struct Lease {
-    pub(super) sender: Sender,
+    pub(super) conn: Conn,
     /// It carried an answer before: the server may have closed it since (a stale connection).
     pub(super) reused: bool,
 }
@@ -168,33 +183,33 @@ impl Transport {
 
     /// An idle connection that is still open, else a new one.
     pub(super) async fn lease(&self) -> Result<Lease, ConnectError> {
-        while let Some(mut sender) = self.take_idle() {
-            // `ready` waits for the connection's task to finish the previous answer; it fails if
-            // the server closed the connection meanwhile. Nothing was sent on it: no retry to count.
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok(Lease { sender, reused: true });
+        while let Some(mut conn) = self.take_idle() {
+            // Polling it finishes the previous answer's bookkeeping and reads what arrived while
+            // it was idle: a close by the server ends it. Nothing was sent on it: no retry to count.
+            if conn.ready().await {
+                return Ok(Lease { conn, reused: true });
             }
         }
-        let sender = self.open().await?;
-        Ok(Lease { sender, reused: false })
+        let conn = self.open().await?;
+        Ok(Lease { conn, reused: false })
     }
 
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<Conn> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
     /// Returns a connection whose answer was read to the end, unless the pool is full.
-    pub(super) fn give_back(&self, sender: Sender) {
-        if sender.is_closed() {
+    pub(super) fn give_back(&self, conn: Conn) {
+        if conn.ended {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    async fn open(&self) -> Result<Sender, ConnectError> {
+    async fn open(&self) -> Result<Conn, ConnectError> {
         let failed = |what: &str, e: std::io::Error| ConnectError {
             timed_out: e.kind() == std::io::ErrorKind::TimedOut,
             reason: format!("{what} {}:{}: {}", self.host, self.port, super::causes(&e)),
@@ -204,11 +219,11 @@ impl Transport {
         tcp.set_nodelay(true).map_err(|e| failed("cannot set TCP_NODELAY on", e))?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(Stream::Plain(tcp)).await,
             Some((connector, server)) => {
                 let tls =
                     connector.connect(server.clone(), tcp).await.map_err(|e| failed("TLS handshake failed with", e))?;
-                handshake(tls).await
+                handshake(Stream::Tls(Box::new(tls))).await
             }
         }
     }
@@ -220,19 +235,108 @@ impl Transport {
     }
 }
 
-/// Starts HTTP/1.1 on `io`: the connection runs in its own task until it closes.
-async fn handshake<T>(io: T) -> Result<Sender, ConnectError>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
+/// Starts HTTP/1.1 on `stream` (no I/O happens until the connection is first polled).
+async fn handshake(stream: Stream) -> Result<Conn, ConnectError> {
+    let (sender, io) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError { timed_out: false, reason: super::causes(&e) })?;
-    // The task ends with the connection (closed by the server, or every handle dropped); its
-    // error, if any, reaches the request in flight through `send_request` or the body.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    Ok(Conn { sender, io, ended: false })
+}
+
+impl Conn {
+    /// Sends `request` and waits for the answer's head, doing the connection's I/O meanwhile.
+    pub(super) async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<hyper::Response<Incoming>> {
+        let mut answer = pin!(self.sender.send_request(request));
+        poll_fn(|cx| {
+            drive(&mut self.io, &mut self.ended, cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The next frame of `body` (an answer on this connection), doing the connection's I/O meanwhile.
+    pub(super) async fn frame(&mut self, body: &mut Incoming) -> Option<hyper::Result<Frame<Bytes>>> {
+        poll_fn(|cx| {
+            drive(&mut self.io, &mut self.ended, cx);
+            Pin::new(&mut *body).poll_frame(cx)
+        })
+        .await
+    }
+
+    /// Whether the connection can take a request now, after its previous answer was read.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            drive(&mut self.io, &mut self.ended, cx);
+            if self.ended {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+}
+
+/// Polls the connection's I/O half once (unless it already finished). Its errors reach the
+/// request through the answer or the body, so only its end is kept.
+fn drive(io: &mut Connection<TokioIo<Stream>, Full<Bytes>>, ended: &mut bool, cx: &mut Context<'_>) {
+    if !*ended && Pin::new(io).poll(cx).is_ready() {
+        *ended = true;
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
