@@ -1,10 +1,14 @@
 //! The engine client: the only place kitt speaks HTTP to engines.
 //!
-//! Owns connections (one pooled `reqwest` client per engine, sized to the load's concurrency),
-//! control calls (health, version, tokenize, setup) and the measured completion call, which reads
-//! SSE, NDJSON or a single JSON answer and timestamps every network chunk on arrival, before any
-//! framing or JSON decoding (DESIGN "Traps that make a toy"). It never decides what to send or how
-//! often: bodies arrive serialized, and the load generator owns the schedule.
+//! Owns connections (per engine, a pool sized to the load's concurrency), control calls (health,
+//! version, tokenize, setup) and the measured completion call, which reads SSE, NDJSON or a single
+//! JSON answer and timestamps every network chunk on arrival, before any framing or JSON decoding
+//! (DESIGN "Traps that make a toy"). It never decides what to send or how often: bodies arrive
+//! serialized, and the load generator owns the schedule.
+//!
+//! Two transports: control calls go through `reqwest` (convenient, and their cost is not
+//! measured); the measured call goes through `transport`, a lean HTTP/1.1 pool on hyper's
+//! connections, so that the client's own cost stays far below what it measures.
 //!
 //! Requests never go through a proxy: an environment proxy in front of an engine would silently
 //! become part of every latency kitt reports.
@@ -21,6 +25,9 @@ pub(crate) mod tests;
 mod tls;
 #[cfg(test)]
 mod tls_tests;
+mod transport;
+#[cfg(test)]
+mod transport_tests;
 
 use std::error::Error as _;
 use std::ops::ControlFlow;
@@ -29,14 +36,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper::body::{Body as _, Incoming};
+use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, Response};
 use serde_json::Value;
 
 use crate::manifest::template_kind::StreamFormat;
 use crate::plan::{HttpRequest, RequestTemplate};
 use framing::{LineFramer, SseFramer};
 use record::{Events, excerpt};
+use transport::{Conn, Transport};
 
 pub use record::{ErrorKind, RequestRecord};
 pub use tls::TlsOptions;
@@ -58,7 +67,10 @@ pub struct EngineClient {
 }
 
 struct Inner {
+    /// Control calls.
     http: reqwest::Client,
+    /// The measured call.
+    transport: Transport,
     /// Without a trailing `/`; paths start with one.
     base: String,
 }
@@ -114,15 +126,17 @@ impl EngineClient {
             value.set_sensitive(true);
             map.insert(key, value);
         }
+        let https = url.scheme() == "https";
+        let roots = tls::roots(tls)?;
         let builder = reqwest::Client::builder()
-            .default_headers(map)
+            .default_headers(map.clone())
             .no_proxy()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(max_connections.max(1));
-        let http = tls::configure(builder, url.scheme() == "https", tls)?
-            .build()
-            .map_err(|e| ClientError::Build(chain(&e)))?;
-        Ok(EngineClient { inner: Arc::new(Inner { http, base }) })
+        let http = tls::configure(builder, https, tls, &roots)?.build().map_err(|e| ClientError::Build(chain(&e)))?;
+        let tls = if https { Some(tls::client_config(tls, roots)?) } else { None };
+        let transport = Transport::new(&url, map, tls, max_connections)?;
+        Ok(EngineClient { inner: Arc::new(Inner { http, transport, base }) })
     }
 
     pub fn base_url(&self) -> &str {
@@ -139,7 +153,7 @@ impl EngineClient {
         let mut tries = 0;
         let sent = loop {
             match self.inner.http.get(&url).timeout(timeout).send().await {
-                Err(e) if tries < STALE_RETRIES && stale_connection(&e) => tries += 1,
+                Err(e) if tries < STALE_RETRIES && stale_connection_reqwest(&e) => tries += 1,
                 other => break other,
             }
         };
@@ -173,7 +187,7 @@ impl EngineClient {
         let mut tries = 0;
         let response = loop {
             match send().await {
-                Err(e) if tries < STALE_RETRIES && stale_connection(&e) => tries += 1,
+                Err(e) if tries < STALE_RETRIES && stale_connection_reqwest(&e) => tries += 1,
                 other => break other,
             }
         }
@@ -212,51 +226,61 @@ impl EngineClient {
     /// Sends one completion request and reads the whole (streamed) answer, timestamping as bytes
     /// arrive. Stamps are nanoseconds since `origin`; failures are recorded, never returned.
     pub async fn send(&self, call: &RequestTemplate, body: Bytes, origin: Instant, record: &mut RequestRecord) {
-        let url = self.url(&call.path);
-        let Ok(method) = Method::from_bytes(call.method.as_bytes()) else {
-            record.fail(ErrorKind::Connect, format!("`{}` is not an HTTP method", call.method));
-            return;
+        let transport = &self.inner.transport;
+        let route = match transport.route(call) {
+            Ok(route) => route,
+            Err(reason) => {
+                record.fail(ErrorKind::Connect, reason);
+                return;
+            }
         };
-        let response = loop {
-            let request = self
-                .inner
-                .http
-                .request(method.clone(), url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+        let (mut conn, response) = loop {
+            // Taken before the connection: opening one is part of the request's latency, as it
+            // is for a user's first request.
             record.sent_ns = since(origin);
-            match request.send().await {
+            let mut lease = match transport.lease().await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    let kind = if e.timed_out { ErrorKind::Timeout } else { ErrorKind::Connect };
+                    record.fail(kind, e.reason);
+                    record.end_ns = since(origin);
+                    return;
+                }
+            };
+            match lease.conn.send(transport.request(&route, body.clone())).await {
                 // A kept-alive connection the server had already closed (llama.cpp's HTTP server
                 // advertises keep-alive, then closes after a streamed answer): the request never
                 // reached the engine, so it goes out once more on a fresh connection.
                 // Every idle connection in the pool may be one the server closed, so this can
                 // repeat, once per stale connection, up to a bound.
-                Err(e) if record.connection_retries < STALE_RETRIES && stale_connection(&e) => {
+                Err(e) if lease.reused && record.connection_retries < STALE_RETRIES && stale_connection(&e) => {
                     record.connection_retries += 1
                 }
-                other => break other,
-            }
-        };
-        let now = since(origin);
-        record.end_ns = match response {
-            Err(e) => {
-                let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connect };
-                record.fail(kind, chain(&e));
-                now
-            }
-            Ok(response) => {
-                record.headers_ns = Some(now);
-                let status = response.status();
-                record.status = Some(status.as_u16());
-                if status.is_success() {
-                    read_answer(response, call, origin, record).await
-                } else {
-                    let body = read_limited(response, ERROR_BODY_LIMIT).await;
-                    record.fail(ErrorKind::Status(status.as_u16()), excerpt(&body));
-                    since(origin)
+                Err(e) => {
+                    let kind = if timed_out(&e) { ErrorKind::Timeout } else { ErrorKind::Connect };
+                    record.fail(kind, format!("request failed: {}", causes(&e)));
+                    record.end_ns = since(origin);
+                    return;
                 }
+                Ok(response) => break (lease.conn, response),
             }
         };
+        record.headers_ns = Some(since(origin));
+        let status = response.status();
+        record.status = Some(status.as_u16());
+        let mut body = response.into_body();
+        let (end, reusable) = if status.is_success() {
+            read_answer(&mut conn, &mut body, call, origin, record).await
+        } else {
+            let (excerpt_of, complete) = read_limited(&mut conn, &mut body, ERROR_BODY_LIMIT).await;
+            record.fail(ErrorKind::Status(status.as_u16()), excerpt(&excerpt_of));
+            (since(origin), complete)
+        };
+        record.end_ns = end;
+        // Only a connection whose answer was read to the end can carry the next request.
+        if reusable {
+            transport.give_back(conn);
+        }
     }
 }
 
@@ -264,8 +288,8 @@ impl EngineClient {
 /// when found dead, so the pool empties of them quickly).
 const STALE_RETRIES: u32 = 16;
 
-/// Whether `e` is a pooled connection found closed before any answer arrived.
-fn stale_connection(e: &reqwest::Error) -> bool {
+/// Whether `e`, from a control call, is a pooled connection found closed before any answer.
+fn stale_connection_reqwest(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
@@ -274,6 +298,31 @@ fn stale_connection(e: &reqwest::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Whether `e`, from sending on a kept-alive connection, means the server had closed it before
+/// any answer: closed mid-request, the request never handed to it, or reset by the peer.
+fn stale_connection(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || e.is_canceled()
+        || io_kind(e).is_some_and(|k| matches!(k, ConnectionReset | BrokenPipe | ConnectionAborted))
+}
+
+/// The kind of the I/O error under `e`, if one caused it.
+fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn timed_out(e: &hyper::Error) -> bool {
+    e.is_timeout() || io_kind(e) == Some(std::io::ErrorKind::TimedOut)
 }
 
 /// Nanoseconds since `origin` (saturating: a u64 of nanoseconds lasts 584 years).
@@ -290,14 +339,16 @@ enum Framing {
 }
 
 /// Reads a 2xx answer into `record`; returns when it ended (the chunk with the end marker, the end
-/// of the body, or the failure). A body that ends cleanly without the end marker is a complete
-/// answer: some servers (TGI's `generate_stream`) send none.
+/// of the body, or the failure) and whether the body was read to its end (its connection can be
+/// reused). A body that ends cleanly without the end marker is a complete answer: some servers
+/// (TGI's `generate_stream`) send none.
 async fn read_answer(
-    mut response: Response,
+    conn: &mut Conn,
+    body: &mut Incoming,
     call: &RequestTemplate,
     origin: Instant,
     record: &mut RequestRecord,
-) -> u64 {
+) -> (u64, bool) {
     let mut framing = match call.stream {
         StreamFormat::Sse => Framing::Sse(SseFramer::default()),
         StreamFormat::Ndjson => Framing::Lines(LineFramer::default()),
@@ -306,13 +357,13 @@ async fn read_answer(
     let mut events = Events::new(call, record);
     let mut last = 0;
     loop {
-        let chunk = match response.chunk().await {
+        let chunk = match next_chunk(conn, body).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
-                let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Stream };
-                events.record.fail(kind, chain(&e));
-                return since(origin);
+                let kind = if timed_out(&e) { ErrorKind::Timeout } else { ErrorKind::Stream };
+                events.record.fail(kind, format!("the answer broke off: {}", causes(&e)));
+                return (since(origin), false);
             }
         };
         // The arrival stamp comes first; parsing cannot delay it.
@@ -329,10 +380,8 @@ async fn read_answer(
             }
         };
         if flow.is_break() {
-            if events.finished {
-                drain(response).await;
-            }
-            return t;
+            let reusable = events.finished && drain(conn, body).await;
+            return (t, reusable);
         }
     }
     let end = since(origin);
@@ -344,33 +393,56 @@ async fn read_answer(
             let _ = on_event(buf); // the answer is over either way
         }
     }
-    end
+    (end, true)
 }
 
-/// Reads what is left of a finished answer so its connection can be reused, within a grace.
-async fn drain(mut response: Response) {
+/// The next data chunk of `body`, `None` at its end (trailers are skipped).
+async fn next_chunk(conn: &mut Conn, body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    while let Some(frame) = conn.frame(body).await {
+        if let Ok(data) = frame?.into_data() {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads what is left of a finished answer so its connection can be reused, within a grace;
+/// whether the body was read to its end.
+async fn drain(conn: &mut Conn, body: &mut Incoming) -> bool {
+    if body.is_end_stream() {
+        return true; // the usual case: the end marker came with the body's last bytes
+    }
     let rest = async {
         let mut read = 0;
-        while let Ok(Some(chunk)) = response.chunk().await {
-            read += chunk.len();
+        loop {
+            match next_chunk(conn, body).await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
             if read > ERROR_BODY_LIMIT {
-                break;
+                return false;
             }
         }
     };
-    let _ = tokio::time::timeout(DRAIN_GRACE, rest).await; // on timeout the connection is dropped
+    // On timeout the connection is dropped rather than reused.
+    tokio::time::timeout(DRAIN_GRACE, rest).await.unwrap_or(false)
 }
 
-/// Up to `limit` bytes of a body; a read error ends it early (the status is the error).
-async fn read_limited(mut response: Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= limit {
-            break;
+/// Up to `limit` bytes of a body, and whether that was all of it; a read error ends it early
+/// (the status is the error).
+async fn read_limited(conn: &mut Conn, body: &mut Incoming, limit: usize) -> (Vec<u8>, bool) {
+    let mut read = Vec::new();
+    loop {
+        match next_chunk(conn, body).await {
+            Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+            Ok(None) => return (read, true),
+            Err(_) => return (read, false),
+        }
+        if read.len() >= limit {
+            return (read, body.is_end_stream());
         }
     }
-    body
 }
 
 fn connect_error(url: &str, e: &reqwest::Error) -> ClientError {
@@ -388,6 +460,21 @@ fn chain(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_string()
     };
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// An error and its causes, each once (a cause often repeats its error's text).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();

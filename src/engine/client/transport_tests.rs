@@ -1,0 +1,199 @@
+//! The measured path's transport against small servers of known behaviour: connections are
+//! reused, a stale one is resent on, and an error status, a broken-off answer or a full pool each
+//! leave the pool in the right state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::HOST;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::tests::{completion_body, completion_call, start_sim};
+use super::*;
+
+const STREAM: &str = "data: {\"choices\":[{\"text\":\" a\"}]}\n\ndata: {\"choices\":[{\"text\":\" b\"}]}\n\n\
+    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+
+/// A hyper server answering every request with `status` and `body`; returns its base URL and
+/// the number of connections it accepted so far.
+async fn counting_server(status: u16, body: &'static str) -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let service = service_fn(move |_: Request<hyper::body::Incoming>| async move {
+                let mut answer = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *answer.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                Ok::<_, std::convert::Infallible>(answer)
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(sock), service));
+        }
+    });
+    (url, accepted)
+}
+
+async fn send(client: &EngineClient) -> RequestRecord {
+    let mut record = RequestRecord::default();
+    client.send(&completion_call(2), Bytes::from_static(b"{}"), Instant::now(), &mut record).await;
+    record
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_reused() {
+    let (url, accepted) = counting_server(200, STREAM).await;
+    let client = EngineClient::new(&url, vec![], 4).unwrap();
+    for _ in 0..5 {
+        let record = send(&client).await;
+        assert!(record.ok(), "{record:?}");
+        assert_eq!((record.content_events, record.usage_completion_tokens), (2, Some(2)));
+        assert_eq!(record.connection_retries, 0);
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(client.inner.transport.opened(), 1);
+
+    // Clones share the pool; eight at once open eight, of which four stay.
+    let records: Vec<_> = futures_util::future::join_all((0..8).map(|_| {
+        let client = client.clone();
+        async move { send(&client).await }
+    }))
+    .await;
+    assert!(records.iter().all(RequestRecord::ok));
+    let opened = client.inner.transport.opened();
+    assert!((2..=8).contains(&opened), "{opened}");
+    for _ in 0..8 {
+        assert!(send(&client).await.ok());
+    }
+    assert!(client.inner.transport.opened() <= opened + 1, "a kept connection was not reused");
+    assert_eq!(accepted.load(Ordering::Relaxed), client.inner.transport.opened());
+}
+
+#[tokio::test]
+async fn an_error_status_quotes_the_body_and_keeps_the_connection() {
+    let (url, accepted) = counting_server(503, r#"{"error":"overloaded, retry later"}"#).await;
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    for _ in 0..3 {
+        let record = send(&client).await;
+        assert_eq!((record.error, record.status), (Some(ErrorKind::Status(503)), Some(503)), "{record:?}");
+        assert!(record.error_detail.as_deref().unwrap().contains("overloaded, retry later"), "{record:?}");
+        assert!(record.headers_ns.is_some() && record.end_ns >= record.headers_ns.unwrap());
+    }
+    // The short error body was read to its end, so its connection carried the next request.
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
+/// A server that answers 200 with an SSE `body` announced as `announced` bytes long (`None`: no
+/// answer at all), then closes the connection, whatever it announced.
+async fn raw_server(body: &'static str, announced: Option<usize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let Some(length) = announced else { return };
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {length}\r\n\r\n");
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_off_is_a_stream_error() {
+    let url = raw_server("data: {\"choices\":[{\"text\":\" a\"}]}\n\n", Some(4096)).await;
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    let record = send(&client).await;
+    assert_eq!(record.error, Some(ErrorKind::Stream), "{record:?}");
+    assert!(record.error_detail.as_deref().unwrap().starts_with("the answer broke off"), "{record:?}");
+    assert_eq!((record.status, record.content_events), (Some(200), 1));
+    assert!(record.first_byte_ns.is_some() && record.end_ns >= record.first_byte_ns.unwrap());
+    // The broken connection is not pooled: the next request opens a new one and is no retry.
+    let record = send(&client).await;
+    assert_eq!((record.error, record.connection_retries), (Some(ErrorKind::Stream), 0));
+    assert_eq!(client.inner.transport.opened(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_cut_before_its_head_is_not_resent_on_a_fresh_connection() {
+    let url = raw_server("", None).await;
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    let record = send(&client).await;
+    assert_eq!((record.error, record.status, record.connection_retries), (Some(ErrorKind::Connect), None, 0));
+    assert!(record.error_detail.as_deref().unwrap().starts_with("request failed: "), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_names_the_address() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let client = EngineClient::new(&format!("http://{addr}"), vec![], 1).unwrap();
+    let record = send(&client).await;
+    assert_eq!(record.error, Some(ErrorKind::Connect));
+    let detail = record.error_detail.unwrap();
+    assert!(detail.starts_with(&format!("cannot connect to {addr}: ")), "{detail}");
+}
+
+/// A connection the server closed while it sat idle in the pool is skipped, not sent on.
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_skipped() {
+    const ANSWER: &str = "data: {\"choices\":[{\"text\":\" a\"}]}\n\ndata: [DONE]\n\n";
+    let url = raw_server(ANSWER, Some(ANSWER.len())).await;
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    assert!(send(&client).await.ok());
+    tokio::time::sleep(Duration::from_millis(50)).await; // the close reaches the connection's task
+    let record = send(&client).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!(record.connection_retries, 0);
+    assert_eq!(client.inner.transport.opened(), 2);
+}
+
+#[tokio::test]
+async fn a_base_path_prefixes_the_target_and_the_sim_streams() {
+    let url = start_sim(&[]).await;
+    let client = EngineClient::new(&format!("{url}/"), vec![], 1).unwrap();
+    let mut record = RequestRecord::default();
+    let body = Bytes::from(completion_body("a b", 3).to_string());
+    client.send(&completion_call(3), body, Instant::now(), &mut record).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!(record.content_events, 3);
+
+    let prefixed = EngineClient::new(&format!("{url}/prefix"), vec![], 1).unwrap();
+    let record = send(&prefixed).await;
+    assert_eq!(record.error, Some(ErrorKind::Status(404)), "{record:?}");
+}
+
+#[test]
+fn the_target_and_host_are_built_once_from_the_base_url() {
+    let client =
+        EngineClient::new("https://engine.example/base/", vec![("Authorization".into(), "s3cret".into())], 1).unwrap();
+    let transport = &client.inner.transport;
+    assert_eq!((transport.host.as_str(), transport.port), ("engine.example", 443));
+    assert_eq!(transport.headers[HOST], "engine.example");
+    let route = transport.route(&completion_call(1)).unwrap();
+    assert_eq!(route.uri, "/base/v1/completions");
+    let request = transport.request(&route, Bytes::from_static(b"{}"));
+    assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
+    assert!(request.headers()["authorization"].is_sensitive());
+    assert!(!format!("{:?}", request.headers()).contains("s3cret"));
+
+    let client = EngineClient::new("http://[::1]:8080", vec![], 1).unwrap();
+    let transport = &client.inner.transport;
+    assert_eq!((transport.host.as_str(), transport.port), ("::1", 8080));
+    assert_eq!(transport.headers[HOST], "[::1]:8080");
+}
