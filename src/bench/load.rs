@@ -212,6 +212,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         progress: input.progress,
         spool: Some(Arc::clone(&spool)),
         keep_text,
+        expected_events: expected_events(input.expected_output_tokens),
     });
     let open_loop = arrivals.is_some();
     let sent = match arrivals {
@@ -286,9 +287,21 @@ struct Shared {
     spool: Option<Arc<Spool>>,
     /// Whether records keep their answer's text (for the tokenizer after the window).
     keep_text: bool,
+    /// Content events a request is expected to bring (its output tokens, capped), to size its list.
+    expected_events: usize,
 }
 
 impl Shared {
+    /// A record to fill: room for the expected events up front, and no text gathered when no
+    /// tokenizer will count it.
+    fn blank(&self) -> RequestRecord {
+        RequestRecord {
+            content_event_ns: Vec::with_capacity(self.expected_events),
+            skip_text: !self.keep_text,
+            ..RequestRecord::default()
+        }
+    }
+
     fn done(&self, mut record: RequestRecord) {
         self.progress.fetch_add(1, Ordering::Relaxed);
         if let Some(spool) = &self.spool {
@@ -341,7 +354,7 @@ async fn worker(shared: Arc<Shared>) -> u64 {
             index: ticket.index,
             scheduled_ns: ticket.scheduled_ns,
             input_tokens: shared.lengths[slot],
-            ..RequestRecord::default()
+            ..shared.blank()
         };
         let body = shared.bodies[slot].clone();
         shared.client.send(&shared.call, body, shared.origin, &mut record).await;
@@ -370,6 +383,7 @@ async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, worke
         progress: Arc::new(AtomicU64::new(0)),
         spool: None,
         keep_text: false,
+        expected_events: expected_events(input.expected_output_tokens),
     });
     let mut set = JoinSet::new();
     for _ in 0..workers.max(1) {
@@ -421,7 +435,7 @@ async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: u
                 scheduled_ns: offset,
                 dispatched_ns: Some(dispatched),
                 input_tokens: shared.lengths[slot],
-                ..RequestRecord::default()
+                ..shared.blank()
             };
             shared.client.send(&shared.call, shared.bodies[slot].clone(), shared.origin, &mut record).await;
             drop(permit);
@@ -610,6 +624,11 @@ async fn count_one(
 ) -> (RequestRecord, Result<u64, String>) {
     let count = t.count(client, &record.text).await;
     (record, count)
+}
+
+/// Room for the content events of one answer: its expected output tokens, within bounds.
+fn expected_events(output_tokens: Option<u64>) -> usize {
+    output_tokens.unwrap_or(16).clamp(1, 4096) as usize
 }
 
 /// Nanoseconds since `origin`.

@@ -108,6 +108,8 @@ struct Split<'p> {
     starts: [usize; MAX_TOKENS + 1],
     /// Token `d` as an array index.
     index: [Option<usize>; MAX_TOKENS],
+    /// Token `d` has `~` escapes (`~0`, `~1`), so a key is compared with it decoded.
+    tilde: [bool; MAX_TOKENS],
 }
 
 impl<'p> Split<'p> {
@@ -118,6 +120,7 @@ impl<'p> Split<'p> {
             tokens: [""; MAX_TOKENS],
             starts: [raw.len(); MAX_TOKENS + 1],
             index: [None; MAX_TOKENS],
+            tilde: [false; MAX_TOKENS],
         };
         if raw.is_empty() {
             return Some(split);
@@ -129,6 +132,7 @@ impl<'p> Split<'p> {
             split.starts[split.len] = at;
             split.tokens[split.len] = token;
             split.index[split.len] = token.parse().ok();
+            split.tilde[split.len] = token.contains('~');
             split.len += 1;
             at += 1 + token.len();
         }
@@ -255,7 +259,7 @@ impl<'de> Scan<'de, '_> {
             let mut any = false;
             for (slot, d) in live.iter().enumerate() {
                 if let (Some(d), Some(split)) = (d, &self.p.slots[slot])
-                    && self.key_is(&key, split.tokens[*d])
+                    && self.key_is(&key, split.tokens[*d], split.tilde[*d])
                 {
                     child[slot] = Some(d + 1);
                     any = true;
@@ -445,8 +449,19 @@ impl<'de> Scan<'de, '_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            let Some(&byte) = self.b.get(self.i) else { return Err(self.err("unterminated string")) };
-            match byte {
+            // Runs of plain characters are skipped at memchr's speed; the control characters JSON
+            // forbids are looked for over the whole run at once.
+            let Some(run) = memchr::memchr2(b'"', b'\\', &self.b[self.i..]) else {
+                self.i = self.b.len();
+                return Err(self.err("unterminated string"));
+            };
+            let plain = &self.b[self.i..self.i + run];
+            if plain.iter().fold(false, |bad, &c| bad | (c < 0x20)) {
+                self.i += plain.iter().position(|&c| c < 0x20).unwrap_or(0);
+                return Err(self.err("control character in a string"));
+            }
+            self.i += run;
+            match self.b[self.i] {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -463,8 +478,7 @@ impl<'de> Scan<'de, '_> {
                         _ => return Err(self.err("invalid escape")),
                     }
                 }
-                0..=0x1f => return Err(self.err("control character in a string")),
-                _ => self.i += 1,
+                _ => unreachable!("memchr2 stops at a quote or a backslash"),
             }
         }
         let end = self.i;
@@ -492,9 +506,10 @@ impl<'de> Scan<'de, '_> {
         self.text(span).map(Leaf::Str)
     }
 
-    /// Whether the key at `span` is the one reference token `token` names.
-    fn key_is(&self, span: &Span, token: &str) -> bool {
-        if !span.escaped && !token.contains('~') {
+    /// Whether the key at `span` is the one reference token `token` names (`tilde`: it has `~`
+    /// escapes).
+    fn key_is(&self, span: &Span, token: &str, tilde: bool) -> bool {
+        if !span.escaped && !tilde {
             return &self.b[span.start..span.end] == token.as_bytes();
         }
         self.text(span).is_ok_and(|key| token_is(token, &key))

@@ -43,7 +43,7 @@ impl SseFramer {
     ) -> ControlFlow<()> {
         let mut data = if self.buffered { Data::Buffered } else { Data::None };
         let mut at = 0;
-        while let Some(nl) = chunk[at..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &chunk[at..]) {
             let end = at + nl;
             if self.line.is_empty() {
                 data = self.line_in_chunk(chunk, at, end, data, on_event)?;
@@ -186,7 +186,7 @@ pub(crate) struct LineFramer {
 impl LineFramer {
     pub(crate) fn feed(&mut self, chunk: &[u8], on_line: &mut impl FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> {
         let mut at = 0;
-        while let Some(nl) = chunk[at..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &chunk[at..]) {
             let end = at + nl;
             if self.line.is_empty() {
                 let line = strip_cr(&chunk[at..end]);

@@ -68,6 +68,9 @@ pub struct RequestRecord {
     /// `requests.jsonl` does not hold answers).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
+    /// Set before sending when nothing will count the text: the reader then does not gather it.
+    #[serde(skip)]
+    pub skip_text: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -236,7 +239,9 @@ impl<'a> Events<'a> {
             r.first_content_ns.get_or_insert(t);
             r.content_events += 1;
             r.content_event_ns.push(t);
-            r.text.push_str(s);
+            if !r.skip_text {
+                r.text.push_str(s);
+            }
             r.last_event_ns = Some(t);
         }
         if picked[DONE_FIELD] == Some(Leaf::Bool(true)) {
