@@ -128,11 +128,14 @@ impl EngineClient {
         }
         let https = url.scheme() == "https";
         let roots = tls::roots(tls)?;
+        // Control calls keep no idle connection: a server with a thread per connection
+        // (llama.cpp's HTTP server: a few threads, 5 s keep-alive) would keep a worker waiting
+        // on it, and the measured requests' own connections would queue behind those workers.
         let builder = reqwest::Client::builder()
             .default_headers(map.clone())
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(max_connections.max(1));
+            .pool_max_idle_per_host(0);
         let http = tls::configure(builder, https, tls, &roots)?.build().map_err(|e| ClientError::Build(chain(&e)))?;
         let tls = if https { Some(tls::client_config(tls, roots)?) } else { None };
         let transport = Transport::new(&url, map, tls, max_connections)?;
