@@ -154,8 +154,8 @@ impl<'p> Pointers<'p> {
     }
 
     /// Where each slot starts: at the document, depth 0.
-    fn start(&self) -> [Option<usize>; SLOTS] {
-        self.slots.map(|s| s.map(|_| 0))
+    fn start(&self) -> Live {
+        self.slots.map(|s| if s.is_some() { 0 } else { ELSEWHERE })
     }
 }
 
@@ -182,8 +182,9 @@ struct Scan<'de, 'p> {
     p: &'p Pointers<'p>,
 }
 
-/// Per slot, how many of its pointer's tokens lead to the value at hand (`None`: it is elsewhere).
-type Live = [Option<usize>; SLOTS];
+/// Per slot, how many of its pointer's tokens lead to the value at hand (`ELSEWHERE`: none do).
+type Live = [u8; SLOTS];
+const ELSEWHERE: u8 = u8::MAX;
 
 /// A string's contents: `b[start..end]`, with or without backslash escapes.
 struct Span {
@@ -218,7 +219,7 @@ impl<'de> Scan<'de, '_> {
 
     /// Whether some slot's pointer ends at (or, past `MAX_TOKENS`, goes on inside) this value.
     fn ends_here(&self, live: &Live) -> bool {
-        live.iter().zip(&self.p.slots).any(|(d, s)| matches!((d, s), (Some(d), Some(s)) if *d == s.len))
+        live.iter().zip(&self.p.slots).any(|(d, s)| matches!(s, Some(s) if usize::from(*d) == s.len))
     }
 
     /// One value; `live` says which pointers lead here.
@@ -227,8 +228,8 @@ impl<'de> Scan<'de, '_> {
             return self.capture(live, out);
         }
         match self.peek() {
-            Some(b'{') if live.iter().any(Option::is_some) => self.object(live, out),
-            Some(b'[') if live.iter().any(Option::is_some) => self.array(live, out),
+            Some(b'{') if live.iter().any(|d| *d != ELSEWHERE) => self.object(live, out),
+            Some(b'[') if live.iter().any(|d| *d != ELSEWHERE) => self.array(live, out),
             _ => self.skip(),
         }
     }
@@ -255,13 +256,14 @@ impl<'de> Scan<'de, '_> {
             self.ws();
             self.expect(b':', "expected `:`")?;
             self.ws();
-            let mut child = [None; SLOTS];
+            let mut child = [ELSEWHERE; SLOTS];
             let mut any = false;
-            for (slot, d) in live.iter().enumerate() {
-                if let (Some(d), Some(split)) = (d, &self.p.slots[slot])
-                    && self.key_is(&key, split.tokens[*d], split.tilde[*d])
+            for (slot, &d) in live.iter().enumerate() {
+                if d != ELSEWHERE
+                    && let Some(split) = &self.p.slots[slot]
+                    && self.key_is(&key, split.tokens[usize::from(d)], split.tilde[usize::from(d)])
                 {
-                    child[slot] = Some(d + 1);
+                    child[slot] = d + 1;
                     any = true;
                 }
             }
@@ -288,9 +290,10 @@ impl<'de> Scan<'de, '_> {
 
     fn array(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
         let mut wanted = [None; SLOTS];
-        for (slot, d) in live.iter().enumerate() {
-            if let (Some(d), Some(split)) = (d, &self.p.slots[slot])
-                && let Some(index) = split.index[*d]
+        for (slot, &d) in live.iter().enumerate() {
+            if d != ELSEWHERE
+                && let Some(split) = &self.p.slots[slot]
+                && let Some(index) = split.index[usize::from(d)]
             {
                 wanted[slot] = Some((index, d + 1));
             }
@@ -305,13 +308,13 @@ impl<'de> Scan<'de, '_> {
         }
         let mut index = 0usize;
         loop {
-            let mut child = [None; SLOTS];
+            let mut child = [ELSEWHERE; SLOTS];
             let mut any = false;
             for (slot, w) in wanted.iter().enumerate() {
-                if let Some((i, rest)) = w
+                if let Some((i, next)) = w
                     && *i == index
                 {
-                    child[slot] = Some(*rest);
+                    child[slot] = *next;
                     any = true;
                 }
             }
@@ -340,18 +343,52 @@ impl<'de> Scan<'de, '_> {
     /// Checks one value against the grammar and steps over it.
     fn skip(&mut self) -> Result<(), SyntaxError> {
         match self.peek() {
-            Some(b'{') | Some(b'[') => {
-                let none: Live = [None; SLOTS];
-                let mut out: [Option<Leaf<'de>>; SLOTS] = Default::default();
-                if self.peek() == Some(b'{') { self.object(none, &mut out) } else { self.array(none, &mut out) }
-            }
+            Some(b'{') => self.skip_container(b'}'),
+            Some(b'[') => self.skip_container(b']'),
             Some(b'"') => self.string().map(drop),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
-            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number_syntax().map(drop),
             Some(_) => Err(self.err("expected a value")),
             None => Err(self.err("unexpected end")),
+        }
+    }
+
+    /// Steps over an object (`close` is `}`) or an array (`]`) no pointer enters.
+    fn skip_container(&mut self, close: u8) -> Result<(), SyntaxError> {
+        self.enter()?;
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            if close == b'}' {
+                if self.peek() != Some(b'"') {
+                    return Err(self.err("expected a key"));
+                }
+                self.string()?;
+                self.ws();
+                self.expect(b':', "expected `:`")?;
+                self.ws();
+            }
+            self.skip()?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(c) if c == close => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err(if close == b'}' { "expected `,` or `}`" } else { "expected `,` or `]`" })),
+            }
         }
     }
 
@@ -375,9 +412,9 @@ impl<'de> Scan<'de, '_> {
                 Leaf::Tree(tree)
             }
         };
-        for (slot, d) in live.iter().enumerate() {
-            let (Some(d), Some(split)) = (d, &self.p.slots[slot]) else { continue };
-            match (split.rest(*d), &leaf) {
+        for (slot, &d) in live.iter().enumerate() {
+            let (true, Some(split)) = (d != ELSEWHERE, &self.p.slots[slot]) else { continue };
+            match (split.rest(usize::from(d)), &leaf) {
                 ("", _) => out[slot] = Some(leaf.clone()),
                 (rest, Leaf::Tree(tree)) => out[slot] = tree.pointer(rest).map(Leaf::from_json),
                 _ => {}
@@ -399,6 +436,17 @@ impl<'de> Scan<'de, '_> {
     /// as a float (what serde_json gives for the same text).
     fn number(&mut self) -> Result<Leaf<'de>, SyntaxError> {
         let start = self.i;
+        let integer = self.number_syntax()?;
+        // Only ASCII digits and signs were consumed.
+        let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or_default();
+        if integer && let Ok(n) = text.parse::<u64>() {
+            return Ok(Leaf::Int(n));
+        }
+        Ok(Leaf::Float(text.parse::<f64>().unwrap_or(f64::NAN)))
+    }
+
+    /// Steps over a number by the JSON grammar; whether it is a non-negative integer.
+    fn number_syntax(&mut self) -> Result<bool, SyntaxError> {
         let digits = |s: &mut Self| {
             let from = s.i;
             while let Some(b'0'..=b'9') = s.peek() {
@@ -434,12 +482,7 @@ impl<'de> Scan<'de, '_> {
                 return Err(self.err("invalid number"));
             }
         }
-        // Only ASCII digits and signs were consumed.
-        let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or_default();
-        if integer && let Ok(n) = text.parse::<u64>() {
-            return Ok(Leaf::Int(n));
-        }
-        Ok(Leaf::Float(text.parse::<f64>().unwrap_or(f64::NAN)))
+        Ok(integer)
     }
 
     /// A string at the cursor (`"` included): its span, checked for escapes, control characters
