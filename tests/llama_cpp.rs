@@ -167,6 +167,19 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report(&runs)["cells"][0]["metrics"]["requests"], 40);
     assert_eq!(llama_servers(&alias), 0);
+    // The killed attempt's scratch files are gone and the rerun's records are whole.
+    let run = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    let mut records = 0;
+    for step in std::fs::read_dir(run.join("steps")).unwrap().flatten() {
+        for f in std::fs::read_dir(step.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            assert!(!name.starts_with(".kitt-spool-") && !name.ends_with(".partial"), "left behind: {name}");
+            if name == "requests.jsonl" {
+                records += std::fs::read_to_string(f.path()).unwrap().lines().count();
+            }
+        }
+    }
+    assert_eq!(records, 40);
 }
 
 /// An MMLU eval on the real server (random weights: the score is near chance, the pipeline is

@@ -456,6 +456,9 @@ async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: u
     Ok(sent)
 }
 
+/// How a spool file's name starts (the rest: process id and a counter).
+pub const SPOOL_PREFIX: &str = ".kitt-spool-";
+
 /// Bytes of finished records gathered before they are written out.
 const SPOOL_BLOCK: usize = 256 << 10;
 
@@ -479,7 +482,7 @@ impl Spool {
     fn create(near: Option<&Path>) -> std::io::Result<Spool> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!(".kitt-spool-{}-{n}", std::process::id());
+        let name = format!("{SPOOL_PREFIX}{}-{n}", std::process::id());
         let path = match near.and_then(Path::parent) {
             Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
             _ => std::env::temp_dir().join(name),

@@ -644,6 +644,12 @@ impl RunExecutor {
         // never leaves a partial requests.jsonl, nor appends to one.
         let partial = dir.join(".requests.jsonl.partial");
         let _ = std::fs::remove_file(&partial);
+        // A killed attempt may have left its spool behind (a clean one removes its own).
+        for stale in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if stale.file_name().to_string_lossy().starts_with(load::SPOOL_PREFIX) {
+                let _ = std::fs::remove_file(stale.path());
+            }
+        }
         let m = Measurement { records: Some(partial.clone()), ..m };
         let (client, target) = {
             let engines = self.engines.lock().await;
