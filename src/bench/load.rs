@@ -99,9 +99,10 @@ pub struct LoadOutcome {
 }
 
 impl LoadOutcome {
-    /// Reads the records back from `records`, sorted by index (tests and small runs only: this is
-    /// the one place a whole run's records are in memory).
-    pub fn read_records(&self) -> std::io::Result<Vec<RequestRecord>> {
+    /// Reads the records back from `records`, sorted by index (tests only: this is the one place a
+    /// whole run's records are in memory).
+    #[cfg(test)]
+    pub(crate) fn read_records(&self) -> std::io::Result<Vec<RequestRecord>> {
         let Some(path) = &self.records else { return Ok(Vec::new()) };
         let mut records = Vec::new();
         for line in BufReader::new(File::open(path)?).lines() {
@@ -201,7 +202,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     };
     let origin = Instant::now();
     let keep_text = input.tokenize.is_some();
-    let spool = Arc::new(Spool::create(input.records.as_deref()).map_err(|e| LoadError::Records(e.to_string()))?);
+    let spool = Arc::new(Spool::create(input.records.as_deref())?);
     let shared = Arc::new(Shared {
         client: input.client.clone(),
         call: input.call,
@@ -479,7 +480,7 @@ struct SpoolInner {
 }
 
 impl Spool {
-    fn create(near: Option<&Path>) -> std::io::Result<Spool> {
+    fn create(near: Option<&Path>) -> Result<Spool, LoadError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{SPOOL_PREFIX}{}-{n}", std::process::id());
@@ -487,7 +488,12 @@ impl Spool {
             Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
             _ => std::env::temp_dir().join(name),
         };
-        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| LoadError::Records(format!("cannot create the spool {}: {e}", path.display())))?;
         Ok(Spool {
             path,
             inner: Mutex::new(SpoolInner { buf: Vec::with_capacity(SPOOL_BLOCK + 4096), file, error: None }),

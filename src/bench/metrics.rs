@@ -420,13 +420,22 @@ pub struct Tally {
 }
 
 fn widen(range: &mut (Option<u64>, Option<u64>), v: u64) {
-    range.0 = Some(range.0.map_or(v, |a| a.min(v)));
-    range.1 = Some(range.1.map_or(v, |b| b.max(v)));
+    *range = (earliest(range.0, Some(v)), latest(range.1, Some(v)));
+}
+
+/// The earlier of two optional stamps (`None` where neither is set).
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.into_iter().chain(b).min()
+}
+
+/// The later of two optional stamps.
+fn latest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.max(b)
 }
 
 impl Tally {
     pub fn new(config: TallyConfig) -> Self {
-        Tally { config, usage_compared: 0, ..Tally::default() }
+        Tally { config, ..Tally::default() }
     }
 
     /// Requests tallied, and how many of them succeeded.
@@ -446,8 +455,8 @@ impl Tally {
     pub fn add(&mut self, r: &RequestRecord) {
         self.requests += 1;
         self.connection_retries += u64::from(r.connection_retries);
-        self.first_send = Some(self.first_send.map_or(r.sent_ns, |f| f.min(r.sent_ns)));
-        self.last_end = Some(self.last_end.map_or(r.end_ns, |l| l.max(r.end_ns)));
+        self.first_send = earliest(self.first_send, Some(r.sent_ns));
+        self.last_end = latest(self.last_end, Some(r.end_ns));
         widen(&mut self.scheduled, r.scheduled_ns);
         if let Some(d) = r.dispatched_ns {
             widen(&mut self.dispatched, d);
@@ -564,18 +573,10 @@ impl Tally {
         self.prefill_secs += o.prefill_secs;
         self.stopped_early += o.stopped_early;
         self.goodput_met += o.goodput_met;
-        for v in [o.scheduled.0, o.scheduled.1].into_iter().flatten() {
-            widen(&mut self.scheduled, v);
-        }
-        for v in [o.dispatched.0, o.dispatched.1].into_iter().flatten() {
-            widen(&mut self.dispatched, v);
-        }
-        for v in [o.first_send].into_iter().flatten() {
-            self.first_send = Some(self.first_send.map_or(v, |f| f.min(v)));
-        }
-        for v in [o.last_end].into_iter().flatten() {
-            self.last_end = Some(self.last_end.map_or(v, |l| l.max(v)));
-        }
+        self.scheduled = (earliest(self.scheduled.0, o.scheduled.0), latest(self.scheduled.1, o.scheduled.1));
+        self.dispatched = (earliest(self.dispatched.0, o.dispatched.0), latest(self.dispatched.1, o.dispatched.1));
+        self.first_send = earliest(self.first_send, o.first_send);
+        self.last_end = latest(self.last_end, o.last_end);
         self.by_index.extend_from_slice(&o.by_index);
     }
 

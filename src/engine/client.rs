@@ -463,22 +463,20 @@ fn chain(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_string()
     };
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
+    append_causes(&mut text, e.source());
     text
 }
 
 /// An error and its causes, each once (a cause often repeats its error's text).
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut source = e.source();
+    append_causes(&mut text, e.source());
+    text
+}
+
+/// Appends `source` and its own causes to `text`, `: `-separated, skipping one that `text`
+/// already ends with.
+fn append_causes(text: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.ends_with(&cause_text) {
@@ -487,5 +485,4 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    text
 }

@@ -34,8 +34,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    rename_durably(&tmp, path)
 }
 
 /// Like [`write_atomic`], but the contents are streamed by `fill` (for files too large to build
@@ -54,15 +53,15 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
         w.flush()?;
         w.get_ref().sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    rename_durably(&tmp, path)
 }
 
 /// Renames a finished, synced file into place and syncs the directory, so the new name survives
 /// a crash.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    File::open(to.parent().unwrap_or(Path::new(".")))?.sync_all()
+    let dir = to.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// Where runs live: `--runs-dir`, else `KITT_RUNS_DIR`, else `./.kitt/runs`.

@@ -627,17 +627,6 @@ impl RunExecutor {
         };
         let started = unix_ns();
         let expected = if spec.ignore_eos { cell.sampling.get("max_tokens").and_then(Json::as_u64) } else { None };
-        // Each cell's prompts come from its own key: two cells never send the same prompts, so an
-        // engine's prefix cache cannot make a later cell look faster.
-        let m = Measurement {
-            call,
-            spec,
-            label: cell.label(),
-            expected_output_tokens: expected,
-            seed: prompt_seed(&s.key),
-            records: None,
-            index_offset: 0,
-        };
         let dir = self.step_dir(&s.key)?;
         // Records are appended to a scratch file while the load runs (stage after stage), which
         // becomes requests.jsonl only once the benchmark is done: a retried or interrupted attempt
@@ -650,7 +639,17 @@ impl RunExecutor {
                 let _ = std::fs::remove_file(stale.path());
             }
         }
-        let m = Measurement { records: Some(partial.clone()), ..m };
+        // Each cell's prompts come from its own key: two cells never send the same prompts, so an
+        // engine's prefix cache cannot make a later cell look faster.
+        let m = Measurement {
+            call,
+            spec,
+            label: cell.label(),
+            expected_output_tokens: expected,
+            seed: prompt_seed(&s.key),
+            records: Some(partial.clone()),
+            index_offset: 0,
+        };
         let (client, target) = {
             let engines = self.engines.lock().await;
             let e = engines.get(&cell.group);

@@ -199,6 +199,17 @@ async fn prompts_have_the_exact_length_and_differ() {
 }
 
 #[tokio::test]
+async fn records_that_cannot_be_kept_are_a_clear_error_before_any_request() {
+    let url = start_sim(&[]).await;
+    let mut input = input(&url, completion_call(2), spec(Profile::Synchronous, Some(2), 4), false);
+    input.records = Some("/nonexistent-kitt-dir/requests.jsonl".into());
+    let progress = Arc::clone(&input.progress);
+    let Err(LoadError::Records(why)) = super::run(input).await else { panic!("the run must fail") };
+    assert!(why.contains("/nonexistent-kitt-dir/.kitt-spool-"), "{why}");
+    assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), 0, "no request was sent");
+}
+
+#[tokio::test]
 async fn every_failure_is_counted_by_kind() {
     let url = start_sim(&["--error-rate", "1.0"]).await;
     let load = spec(Profile::Concurrency(2), Some(10), 4);

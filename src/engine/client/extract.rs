@@ -234,28 +234,59 @@ impl<'de> Scan<'de, '_> {
         }
     }
 
-    fn enter(&mut self) -> Result<(), SyntaxError> {
+    /// Steps into the object or array at the cursor (its `close` is `}` or `]`); whether it is
+    /// empty (then it is already stepped over).
+    fn open(&mut self, close: u8) -> Result<bool, SyntaxError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH { Err(self.err("nesting too deep")) } else { Ok(()) }
+        if self.depth > MAX_DEPTH {
+            return Err(self.err("nesting too deep"));
+        }
+        self.i += 1;
+        self.ws();
+        self.item_end(close, false)
+    }
+
+    /// Before the first item (`after_item` false) or after an item of a container closed by
+    /// `close`: whether the container ends here (`close` is stepped over). After an item, `,` goes
+    /// on to the next one and anything else is an error.
+    fn item_end(&mut self, close: u8, after_item: bool) -> Result<bool, SyntaxError> {
+        if after_item {
+            self.ws();
+        }
+        match self.peek() {
+            Some(b',') if after_item => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                self.depth -= 1;
+                Ok(true)
+            }
+            _ if !after_item => Ok(false),
+            _ => Err(self.err(if close == b'}' { "expected `,` or `}`" } else { "expected `,` or `]`" })),
+        }
+    }
+
+    /// An object key and its `:`; the key's span.
+    fn key(&mut self) -> Result<Span, SyntaxError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a key"));
+        }
+        let key = self.string()?;
+        self.ws();
+        self.expect(b':', "expected `:`")?;
+        self.ws();
+        Ok(key)
     }
 
     fn object(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
-        self.enter()?;
-        self.i += 1; // `{`
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.open(b'}')? {
             return Ok(());
         }
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.err("expected a key"));
-            }
-            let key = self.string()?;
-            self.ws();
-            self.expect(b':', "expected `:`")?;
-            self.ws();
+            let key = self.key()?;
             let mut child = [ELSEWHERE; SLOTS];
             let mut any = false;
             for (slot, &d) in live.iter().enumerate() {
@@ -272,18 +303,8 @@ impl<'de> Scan<'de, '_> {
             } else {
                 self.skip()?
             }
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err("expected `,` or `}`")),
+            if self.item_end(b'}', true)? {
+                return Ok(());
             }
         }
     }
@@ -298,12 +319,7 @@ impl<'de> Scan<'de, '_> {
                 wanted[slot] = Some((index, d + 1));
             }
         }
-        self.enter()?;
-        self.i += 1; // `[`
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.open(b']')? {
             return Ok(());
         }
         let mut index = 0usize;
@@ -323,18 +339,8 @@ impl<'de> Scan<'de, '_> {
             } else {
                 self.skip()?
             }
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err("expected `,` or `]`")),
+            if self.item_end(b']', true)? {
+                return Ok(());
             }
             index += 1;
         }
@@ -357,37 +363,16 @@ impl<'de> Scan<'de, '_> {
 
     /// Steps over an object (`close` is `}`) or an array (`]`) no pointer enters.
     fn skip_container(&mut self, close: u8) -> Result<(), SyntaxError> {
-        self.enter()?;
-        self.i += 1;
-        self.ws();
-        if self.peek() == Some(close) {
-            self.i += 1;
-            self.depth -= 1;
+        if self.open(close)? {
             return Ok(());
         }
         loop {
             if close == b'}' {
-                if self.peek() != Some(b'"') {
-                    return Err(self.err("expected a key"));
-                }
-                self.string()?;
-                self.ws();
-                self.expect(b':', "expected `:`")?;
-                self.ws();
+                self.key()?;
             }
             self.skip()?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(c) if c == close => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err(if close == b'}' { "expected `,` or `}`" } else { "expected `,` or `]`" })),
+            if self.item_end(close, true)? {
+                return Ok(());
             }
         }
     }

@@ -314,6 +314,16 @@ mod tests {
     }
 
     #[test]
+    fn text_is_gathered_only_when_something_will_count_it() {
+        let call = chat();
+        let mut record = RequestRecord { skip_text: true, ..Default::default() };
+        let mut events = Events::new(&call, &mut record);
+        assert!(events.event(br#"{"choices":[{"delta":{"content":" a"}}]}"#, 1).is_continue());
+        assert!(events.event(br#"{"choices":[{"delta":{"content":" b"}}]}"#, 2).is_continue());
+        assert_eq!((record.content_events, record.text.as_str()), (2, ""));
+    }
+
+    #[test]
     fn errors_inside_the_stream_and_bad_json_fail_the_request() {
         let call = chat();
         let mut record = RequestRecord::default();
