@@ -7,8 +7,8 @@
 //! serialized, and the load generator owns the schedule.
 //!
 //! Two transports: control calls go through `reqwest` (convenient, and their cost is not
-//! measured); the measured call goes through `transport`, a lean HTTP/1.1 pool on hyper's
-//! connections, so that the client's own cost stays far below what it measures.
+//! measured); the measured call goes through `transport`, kitt's own lean HTTP/1.1 connections,
+//! so that the client's own cost stays far below what it measures.
 //!
 //! Requests never go through a proxy: an environment proxy in front of an engine would silently
 //! become part of every latency kitt reports.
@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::{Body as _, Incoming};
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -44,7 +43,7 @@ use serde_json::Value;
 use crate::manifest::template_kind::StreamFormat;
 use crate::plan::{HttpRequest, RequestTemplate};
 use framing::{LineFramer, SseFramer};
-use record::{Events, excerpt};
+use record::{Events, Reader, excerpt};
 use transport::{Conn, Transport};
 
 pub use record::{ErrorKind, RequestRecord};
@@ -73,6 +72,8 @@ struct Inner {
     transport: Transport,
     /// Without a trailing `/`; paths start with one.
     base: String,
+    /// How the first template's answers are read, compiled once (a benchmark sends one template).
+    reader: std::sync::OnceLock<Reader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +140,7 @@ impl EngineClient {
         let http = tls::configure(builder, https, tls, &roots)?.build().map_err(|e| ClientError::Build(chain(&e)))?;
         let tls = if https { Some(tls::client_config(tls, roots)?) } else { None };
         let transport = Transport::new(&url, map, tls, max_connections)?;
-        Ok(EngineClient { inner: Arc::new(Inner { http, transport, base }) })
+        Ok(EngineClient { inner: Arc::new(Inner { http, transport, base, reader: Default::default() }) })
     }
 
     pub fn base_url(&self) -> &str {
@@ -237,7 +238,7 @@ impl EngineClient {
                 return;
             }
         };
-        let (mut conn, response) = loop {
+        let (mut conn, status) = loop {
             // Taken before the connection: opening one is part of the request's latency, as it
             // is for a user's first request.
             record.sent_ns = since(origin);
@@ -250,33 +251,40 @@ impl EngineClient {
                     return;
                 }
             };
-            match lease.conn.send(transport.request(&route, body.clone())).await {
+            match lease.conn.send(&route, &body).await {
                 // A kept-alive connection the server had already closed (llama.cpp's HTTP server
                 // advertises keep-alive, then closes after a streamed answer): the request never
                 // reached the engine, so it goes out once more on a fresh connection.
                 // Every idle connection in the pool may be one the server closed, so this can
                 // repeat, once per stale connection, up to a bound.
-                Err(e) if lease.reused && record.connection_retries < STALE_RETRIES && stale_connection(&e) => {
+                Err(e) if lease.reused && record.connection_retries < STALE_RETRIES && e.stale() => {
                     record.connection_retries += 1
                 }
                 Err(e) => {
-                    let kind = if timed_out(&e) { ErrorKind::Timeout } else { ErrorKind::Connect };
-                    record.fail(kind, format!("request failed: {}", causes(&e)));
+                    let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Connect };
+                    record.fail(kind, format!("request failed: {e}"));
                     record.end_ns = since(origin);
                     return;
                 }
-                Ok(response) => break (lease.conn, response),
+                Ok(status) => break (lease.conn, status),
             }
         };
-        record.headers_ns = Some(since(origin));
-        let status = response.status();
-        record.status = Some(status.as_u16());
-        let mut body = response.into_body();
-        let (end, reusable) = if status.is_success() {
-            read_answer(&mut conn, &mut body, call, origin, record).await
+        let t = since(origin);
+        record.headers_ns = Some(t);
+        record.status = Some(status);
+        let (end, reusable) = if (200..300).contains(&status) {
+            let cached = self.inner.reader.get_or_init(|| Reader::new(call));
+            let other;
+            let reader = if cached.fits(call) {
+                cached
+            } else {
+                other = Reader::new(call);
+                &other
+            };
+            read_answer(&mut conn, t, call.stream, reader, origin, record).await
         } else {
-            let (excerpt_of, complete) = read_limited(&mut conn, &mut body, ERROR_BODY_LIMIT).await;
-            record.fail(ErrorKind::Status(status.as_u16()), excerpt(&excerpt_of));
+            let (excerpt_of, complete) = read_limited(&mut conn, ERROR_BODY_LIMIT).await;
+            record.fail(ErrorKind::Status(status), excerpt(&excerpt_of));
             (since(origin), complete)
         };
         record.end_ns = end;
@@ -303,31 +311,6 @@ fn stale_connection_reqwest(e: &reqwest::Error) -> bool {
     false
 }
 
-/// Whether `e`, from sending on a kept-alive connection, means the server had closed it before
-/// any answer: closed mid-request, the request never handed to it, or reset by the peer.
-fn stale_connection(e: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    e.is_incomplete_message()
-        || e.is_canceled()
-        || io_kind(e).is_some_and(|k| matches!(k, ConnectionReset | BrokenPipe | ConnectionAborted))
-}
-
-/// The kind of the I/O error under `e`, if one caused it.
-fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = s.source();
-    }
-    None
-}
-
-fn timed_out(e: &hyper::Error) -> bool {
-    e.is_timeout() || io_kind(e) == Some(std::io::ErrorKind::TimedOut)
-}
-
 /// Nanoseconds since `origin` (saturating: a u64 of nanoseconds lasts 584 years).
 fn since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -341,51 +324,65 @@ enum Framing {
     Whole(Vec<u8>),
 }
 
-/// Reads a 2xx answer into `record`; returns when it ended (the chunk with the end marker, the end
-/// of the body, or the failure) and whether the body was read to its end (its connection can be
-/// reused). A body that ends cleanly without the end marker is a complete answer: some servers
-/// (TGI's `generate_stream`) send none.
+/// Reads a 2xx answer, whose head arrived at `t`, into `record`; returns when it ended (the read
+/// with the end marker, the end of the body, or the failure) and whether the body was read to its
+/// end (its connection can be reused). A body that ends cleanly without the end marker is a
+/// complete answer: some servers (TGI's `generate_stream`) send none.
 async fn read_answer(
     conn: &mut Conn,
-    body: &mut Incoming,
-    call: &RequestTemplate,
+    mut t: u64,
+    stream: StreamFormat,
+    reader: &Reader,
     origin: Instant,
     record: &mut RequestRecord,
 ) -> (u64, bool) {
-    let mut framing = match call.stream {
+    let mut framing = match stream {
         StreamFormat::Sse => Framing::Sse(SseFramer::default()),
         StreamFormat::Ndjson => Framing::Lines(LineFramer::default()),
         StreamFormat::None => Framing::Whole(Vec::new()),
     };
-    let mut events = Events::new(call, record);
-    let mut last = 0;
+    let mut events = Events::new(reader, record);
+    let mut last = t;
     loop {
-        let chunk = match next_chunk(conn, body).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
+        // Every byte of one read is stamped with the read's arrival, taken before any parsing.
+        let mut flow = ControlFlow::Continue(());
+        let decoded = conn.body(&mut |data: &[u8]| {
+            if flow.is_break() || data.is_empty() {
+                return;
+            }
+            last = t;
+            events.record.first_byte_ns.get_or_insert(t);
+            let mut on_event = |payload: &[u8]| events.event(payload, t);
+            flow = match &mut framing {
+                Framing::Sse(f) => f.feed(data, &mut on_event),
+                Framing::Lines(f) => f.feed(data, &mut on_event),
+                Framing::Whole(buf) => {
+                    buf.extend_from_slice(data);
+                    ControlFlow::Continue(())
+                }
+            };
+        });
+        let complete = match decoded {
+            Ok(complete) => complete,
             Err(e) => {
-                let kind = if timed_out(&e) { ErrorKind::Timeout } else { ErrorKind::Stream };
-                events.record.fail(kind, format!("the answer broke off: {}", causes(&e)));
+                let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
+                events.record.fail(kind, format!("the answer broke off: {e}"));
                 return (since(origin), false);
             }
         };
-        // The arrival stamp comes first; parsing cannot delay it.
-        let t = since(origin);
-        last = t;
-        events.record.first_byte_ns.get_or_insert(t);
-        let mut on_event = |payload: &[u8]| events.event(payload, t);
-        let flow = match &mut framing {
-            Framing::Sse(f) => f.feed(&chunk, &mut on_event),
-            Framing::Lines(f) => f.feed(&chunk, &mut on_event),
-            Framing::Whole(buf) => {
-                buf.extend_from_slice(&chunk);
-                ControlFlow::Continue(())
-            }
-        };
         if flow.is_break() {
-            let reusable = events.finished && drain(conn, body).await;
+            let reusable = events.finished && (complete || drain(conn).await);
             return (t, reusable);
         }
+        if complete {
+            break;
+        }
+        if let Err(e) = conn.read_more().await {
+            let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
+            events.record.fail(kind, format!("the answer broke off: {e}"));
+            return (since(origin), false);
+        }
+        t = since(origin);
     }
     let end = since(origin);
     let mut on_event = |payload: &[u8]| events.event(payload, last);
@@ -399,31 +396,18 @@ async fn read_answer(
     (end, true)
 }
 
-/// The next data chunk of `body`, `None` at its end (trailers are skipped).
-async fn next_chunk(conn: &mut Conn, body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
-    while let Some(frame) = conn.frame(body).await {
-        if let Ok(data) = frame?.into_data() {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
-}
-
 /// Reads what is left of a finished answer so its connection can be reused, within a grace;
 /// whether the body was read to its end.
-async fn drain(conn: &mut Conn, body: &mut Incoming) -> bool {
-    if body.is_end_stream() {
-        return true; // the usual case: the end marker came with the body's last bytes
-    }
+async fn drain(conn: &mut Conn) -> bool {
     let rest = async {
         let mut read = 0;
         loop {
-            match next_chunk(conn, body).await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) => return true,
-                Err(_) => return false,
+            match conn.body(&mut |data| read += data.len()) {
+                Ok(true) => return true,
+                Ok(false) if read <= ERROR_BODY_LIMIT => {}
+                _ => return false,
             }
-            if read > ERROR_BODY_LIMIT {
+            if conn.read_more().await.is_err() {
                 return false;
             }
         }
@@ -434,16 +418,20 @@ async fn drain(conn: &mut Conn, body: &mut Incoming) -> bool {
 
 /// Up to `limit` bytes of a body, and whether that was all of it; a read error ends it early
 /// (the status is the error).
-async fn read_limited(conn: &mut Conn, body: &mut Incoming, limit: usize) -> (Vec<u8>, bool) {
+async fn read_limited(conn: &mut Conn, limit: usize) -> (Vec<u8>, bool) {
     let mut read = Vec::new();
     loop {
-        match next_chunk(conn, body).await {
-            Ok(Some(chunk)) => read.extend_from_slice(&chunk),
-            Ok(None) => return (read, true),
-            Err(_) => return (read, false),
+        let complete = conn.body(&mut |data| {
+            let room = limit.saturating_sub(read.len());
+            read.extend_from_slice(&data[..data.len().min(room)]);
+        });
+        match complete {
+            Ok(true) => return (read, true),
+            Ok(false) if read.len() < limit => {}
+            _ => return (read, false),
         }
-        if read.len() >= limit {
-            return (read, body.is_end_stream());
+        if conn.read_more().await.is_err() {
+            return (read, false);
         }
     }
 }

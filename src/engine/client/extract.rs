@@ -89,84 +89,86 @@ impl std::error::Error for SyntaxError {}
 /// Nesting deeper than this is refused (serde_json's own limit), so no event can overflow the stack.
 const MAX_DEPTH: u32 = 128;
 
-/// Reference tokens of a pointer followed token by token; deeper pointers are resolved in the
-/// decoded subtree at this depth.
-const MAX_TOKENS: usize = 12;
-
-/// JSON pointers (RFC 6901) split into their reference tokens once, before any event is read.
-pub(crate) struct Pointers<'p> {
-    slots: [Option<Split<'p>>; SLOTS],
+/// JSON pointers (RFC 6901) compiled once, before any event is read, into a tree of the paths
+/// they follow: a value in a document is at one node of it (or at none, and is only checked), and
+/// an object key or array index leads to the next node by one lookup, whatever the number of
+/// pointers. Pointers that share a prefix (`/usage/prompt_tokens`, `/usage/completion_tokens`)
+/// share its nodes.
+pub(crate) struct Pointers {
+    /// `nodes[0]` is the document itself.
+    nodes: Vec<Node>,
 }
 
-#[derive(Clone, Copy)]
-struct Split<'p> {
-    raw: &'p str,
-    /// Tokens followed one by one (at most `MAX_TOKENS`).
-    len: usize,
-    tokens: [&'p str; MAX_TOKENS],
-    /// Where token `d`'s `/` is in `raw` (`raw.len()` past the last).
-    starts: [usize; MAX_TOKENS + 1],
-    /// Token `d` as an array index.
-    index: [Option<usize>; MAX_TOKENS],
-    /// Token `d` has `~` escapes (`~0`, `~1`), so a key is compared with it decoded.
-    tilde: [bool; MAX_TOKENS],
+#[derive(Default)]
+struct Node {
+    /// Slots whose pointer ends at this node's value (a bit per slot).
+    ends: u8,
+    /// Every slot whose pointer ends here or goes on below, with the rest of the pointer from here
+    /// (`""` for those that end here): resolved in the decoded value when this node's value is an
+    /// object or an array some pointer ends at.
+    through: Vec<(usize, String)>,
+    /// The next node by object key (the reference token decoded: `~1` is `/`, `~0` is `~`).
+    keys: Vec<(Box<[u8]>, u32)>,
+    /// The next node by array index.
+    indices: Vec<(usize, u32)>,
 }
 
-impl<'p> Split<'p> {
-    fn new(raw: &'p str) -> Option<Self> {
-        let mut split = Split {
-            raw,
-            len: 0,
-            tokens: [""; MAX_TOKENS],
-            starts: [raw.len(); MAX_TOKENS + 1],
-            index: [None; MAX_TOKENS],
-            tilde: [false; MAX_TOKENS],
-        };
-        if raw.is_empty() {
-            return Some(split);
-        }
-        let mut at = 0;
-        while split.len < MAX_TOKENS && at < raw.len() {
-            let rest = raw[at..].strip_prefix('/')?;
-            let token = rest.split('/').next().unwrap_or_default();
-            split.starts[split.len] = at;
-            split.tokens[split.len] = token;
-            split.index[split.len] = token.parse().ok();
-            split.tilde[split.len] = token.contains('~');
-            split.len += 1;
-            at += 1 + token.len();
-        }
-        split.starts[split.len] = at;
-        Some(split)
-    }
-
-    /// The pointer from token `d` on (`""` when it ends at `d`).
-    fn rest(&self, d: usize) -> &'p str {
-        &self.raw[self.starts[d]..]
-    }
-}
-
-impl<'p> Pointers<'p> {
+impl Pointers {
     /// `None` slots are not looked up; a pointer that does not start with `/` (nor is empty)
     /// never resolves.
-    pub(crate) fn new(pointers: &[Option<&'p str>; SLOTS]) -> Self {
-        Pointers { slots: pointers.map(|p| p.and_then(Split::new)) }
+    pub(crate) fn new(pointers: &[Option<&str>; SLOTS]) -> Self {
+        let mut nodes = vec![Node::default()];
+        for (slot, pointer) in pointers.iter().enumerate() {
+            let Some(pointer) = *pointer else { continue };
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                continue;
+            }
+            let mut node = 0;
+            let mut rest = pointer;
+            loop {
+                nodes[node].through.push((slot, rest.to_string()));
+                let Some(after) = rest.strip_prefix('/') else {
+                    nodes[node].ends |= 1 << slot;
+                    break;
+                };
+                let (token, next) = after.find('/').map_or((after, ""), |at| after.split_at(at));
+                let key = token.replace("~1", "/").replace("~0", "~");
+                let child = match nodes[node].keys.iter().find(|(k, _)| **k == *key.as_bytes()) {
+                    Some(&(_, child)) => child,
+                    None => {
+                        let child = nodes.len() as u32;
+                        nodes.push(Node::default());
+                        nodes[node].keys.push((key.into_bytes().into_boxed_slice(), child));
+                        if let Some(index) = array_index(token) {
+                            nodes[node].indices.push((index, child));
+                        }
+                        child
+                    }
+                };
+                node = child as usize;
+                rest = next;
+            }
+        }
+        Pointers { nodes }
     }
+}
 
-    /// Where each slot starts: at the document, depth 0.
-    fn start(&self) -> Live {
-        self.slots.map(|s| if s.is_some() { 0 } else { ELSEWHERE })
+/// A reference token as an array index, as serde_json reads one: digits without a leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() > 1) {
+        return None;
     }
+    token.parse().ok()
 }
 
 /// The values at `pointers` in the JSON document `json`. The whole document is checked against the
 /// JSON grammar (RFC 8259) whether or not a pointer enters a part of it; a later duplicate key
 /// wins, as with serde_json.
-pub(crate) fn pick<'de>(json: &'de [u8], pointers: &Pointers<'_>) -> Result<[Option<Leaf<'de>>; SLOTS], SyntaxError> {
+pub(crate) fn pick<'de>(json: &'de [u8], pointers: &Pointers) -> Result<[Option<Leaf<'de>>; SLOTS], SyntaxError> {
     let mut out: [Option<Leaf<'de>>; SLOTS] = Default::default();
     let mut s = Scan { b: json, i: 0, depth: 0, p: pointers };
     s.ws();
-    s.value(pointers.start(), &mut out)?;
+    s.value(0, &mut out)?;
     s.ws();
     if s.i < json.len() {
         return Err(s.err("trailing characters"));
@@ -179,18 +181,33 @@ struct Scan<'de, 'p> {
     b: &'de [u8],
     i: usize,
     depth: u32,
-    p: &'p Pointers<'p>,
+    p: &'p Pointers,
 }
-
-/// Per slot, how many of its pointer's tokens lead to the value at hand (`ELSEWHERE`: none do).
-type Live = [u8; SLOTS];
-const ELSEWHERE: u8 = u8::MAX;
 
 /// A string's contents: `b[start..end]`, with or without backslash escapes.
 struct Span {
     start: usize,
     end: usize,
     escaped: bool,
+}
+
+/// Eight bytes at once: a byte `0x01` in every lane, and the high bit of every lane.
+const LANES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Where in the eight bytes of `w` (little-endian) the first byte is that ends a run of plain
+/// string characters: a quote, a backslash or a control character (a non-ASCII byte does not:
+/// UTF-8 is checked per string); `None` if none does. Each test marks the high bit of a matching
+/// lane; a lane above a match may be marked too (a borrow), never one below, so the lowest mark is
+/// exact.
+#[inline]
+fn run_stop(w: u64) -> Option<usize> {
+    let zero_in = |x: u64| x.wrapping_sub(LANES) & !x & HIGH;
+    let quote = zero_in(w ^ (LANES * u64::from(b'"')));
+    let backslash = zero_in(w ^ (LANES * u64::from(b'\\')));
+    let control = w.wrapping_sub(LANES * 0x20) & !w & HIGH;
+    let marks = quote | backslash | control;
+    (marks != 0).then(|| marks.trailing_zeros() as usize / 8)
 }
 
 impl<'de> Scan<'de, '_> {
@@ -217,19 +234,15 @@ impl<'de> Scan<'de, '_> {
         }
     }
 
-    /// Whether some slot's pointer ends at (or, past `MAX_TOKENS`, goes on inside) this value.
-    fn ends_here(&self, live: &Live) -> bool {
-        live.iter().zip(&self.p.slots).any(|(d, s)| matches!(s, Some(s) if usize::from(*d) == s.len))
-    }
-
-    /// One value; `live` says which pointers lead here.
-    fn value(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
-        if self.ends_here(&live) {
-            return self.capture(live, out);
+    /// One value, at `node` of the pointers' tree.
+    fn value(&mut self, node: u32, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+        let n = &self.p.nodes[node as usize];
+        if n.ends != 0 {
+            return self.capture(node, out);
         }
         match self.peek() {
-            Some(b'{') if live.iter().any(|d| *d != ELSEWHERE) => self.object(live, out),
-            Some(b'[') if live.iter().any(|d| *d != ELSEWHERE) => self.array(live, out),
+            Some(b'{') if !n.keys.is_empty() => self.object(node, out),
+            Some(b'[') if !n.indices.is_empty() => self.array(node, out),
             _ => self.skip(),
         }
     }
@@ -281,27 +294,16 @@ impl<'de> Scan<'de, '_> {
         Ok(key)
     }
 
-    fn object(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+    fn object(&mut self, node: u32, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
         if self.open(b'}')? {
             return Ok(());
         }
+        let keys = &self.p.nodes[node as usize].keys;
         loop {
             let key = self.key()?;
-            let mut child = [ELSEWHERE; SLOTS];
-            let mut any = false;
-            for (slot, &d) in live.iter().enumerate() {
-                if d != ELSEWHERE
-                    && let Some(split) = &self.p.slots[slot]
-                    && self.key_is(&key, split.tokens[usize::from(d)], split.tilde[usize::from(d)])
-                {
-                    child[slot] = d + 1;
-                    any = true;
-                }
-            }
-            if any {
-                self.value(child, out)?
-            } else {
-                self.skip()?
+            match self.child_by_key(keys, &key) {
+                Some(child) => self.value(child, out)?,
+                None => self.skip()?,
             }
             if self.item_end(b'}', true)? {
                 return Ok(());
@@ -309,35 +311,26 @@ impl<'de> Scan<'de, '_> {
         }
     }
 
-    fn array(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
-        let mut wanted = [None; SLOTS];
-        for (slot, &d) in live.iter().enumerate() {
-            if d != ELSEWHERE
-                && let Some(split) = &self.p.slots[slot]
-                && let Some(index) = split.index[usize::from(d)]
-            {
-                wanted[slot] = Some((index, d + 1));
-            }
+    /// The node the key at `span` leads to, if a pointer follows it.
+    fn child_by_key(&self, keys: &[(Box<[u8]>, u32)], span: &Span) -> Option<u32> {
+        if !span.escaped {
+            let raw = &self.b[span.start..span.end];
+            return keys.iter().find(|(k, _)| **k == *raw).map(|&(_, child)| child);
         }
+        let key = self.text(span).ok()?;
+        keys.iter().find(|(k, _)| **k == *key.as_bytes()).map(|&(_, child)| child)
+    }
+
+    fn array(&mut self, node: u32, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
         if self.open(b']')? {
             return Ok(());
         }
+        let indices = &self.p.nodes[node as usize].indices;
         let mut index = 0usize;
         loop {
-            let mut child = [ELSEWHERE; SLOTS];
-            let mut any = false;
-            for (slot, w) in wanted.iter().enumerate() {
-                if let Some((i, next)) = w
-                    && *i == index
-                {
-                    child[slot] = *next;
-                    any = true;
-                }
-            }
-            if any {
-                self.value(child, out)?
-            } else {
-                self.skip()?
+            match indices.iter().find(|(i, _)| *i == index) {
+                Some(&(_, child)) => self.value(child, out)?,
+                None => self.skip()?,
             }
             if self.item_end(b']', true)? {
                 return Ok(());
@@ -379,7 +372,7 @@ impl<'de> Scan<'de, '_> {
 
     /// A value some pointer ends at: scalars are read in place; objects and arrays are decoded
     /// whole (rare: no built-in template points at one) and deeper pointers resolved inside.
-    fn capture(&mut self, live: Live, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
+    fn capture(&mut self, node: u32, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
         let start = self.i;
         let leaf = match self.peek() {
             Some(b'"') => {
@@ -397,11 +390,10 @@ impl<'de> Scan<'de, '_> {
                 Leaf::Tree(tree)
             }
         };
-        for (slot, &d) in live.iter().enumerate() {
-            let (true, Some(split)) = (d != ELSEWHERE, &self.p.slots[slot]) else { continue };
-            match (split.rest(usize::from(d)), &leaf) {
-                ("", _) => out[slot] = Some(leaf.clone()),
-                (rest, Leaf::Tree(tree)) => out[slot] = tree.pointer(rest).map(Leaf::from_json),
+        for (slot, rest) in &self.p.nodes[node as usize].through {
+            match (rest.as_str(), &leaf) {
+                ("", _) => out[*slot] = Some(leaf.clone()),
+                (rest, Leaf::Tree(tree)) => out[*slot] = tree.pointer(rest).map(Leaf::from_json),
                 _ => {}
             }
         }
@@ -473,48 +465,64 @@ impl<'de> Scan<'de, '_> {
     /// A string at the cursor (`"` included): its span, checked for escapes, control characters
     /// and UTF-8.
     fn string(&mut self) -> Result<Span, SyntaxError> {
-        self.i += 1; // `"`
-        let start = self.i;
+        let b = self.b;
+        let start = self.i + 1; // after `"`
+        let mut i = start;
         let mut escaped = false;
+        // The high bits of every byte passed over: any set means UTF-8 to check.
+        let mut high = 0u64;
         loop {
-            // Runs of plain characters are skipped at memchr's speed; the control characters JSON
-            // forbids are looked for over the whole run at once.
-            let Some(run) = memchr::memchr2(b'"', b'\\', &self.b[self.i..]) else {
-                self.i = self.b.len();
+            // Runs of plain characters go by eight bytes at a time, up to the byte that ends them.
+            while let Some(word) = b.get(i..i + 8) {
+                let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                high |= w; // bytes past the stop may be marked too: that only costs a UTF-8 check
+                match run_stop(w) {
+                    Some(at) => {
+                        i += at;
+                        break;
+                    }
+                    None => i += 8,
+                }
+            }
+            let Some(&c) = b.get(i) else {
+                self.i = b.len();
                 return Err(self.err("unterminated string"));
             };
-            let plain = &self.b[self.i..self.i + run];
-            if plain.iter().fold(false, |bad, &c| bad | (c < 0x20)) {
-                self.i += plain.iter().position(|&c| c < 0x20).unwrap_or(0);
-                return Err(self.err("control character in a string"));
-            }
-            self.i += run;
-            match self.b[self.i] {
+            match c {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
-                    self.i += 1;
-                    match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                         Some(b'u') => {
-                            let hex = self.b.get(self.i + 1..self.i + 5);
+                            let hex = b.get(i + 2..i + 6);
                             if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                self.i = i + 1;
                                 return Err(self.err("invalid \\u escape"));
                             }
-                            self.i += 5;
+                            i += 6;
                         }
-                        _ => return Err(self.err("invalid escape")),
+                        _ => {
+                            self.i = i + 1;
+                            return Err(self.err("invalid escape"));
+                        }
                     }
                 }
-                _ => unreachable!("memchr2 stops at a quote or a backslash"),
+                0..0x20 => {
+                    self.i = i;
+                    return Err(self.err("control character in a string"));
+                }
+                _ => {
+                    high |= u64::from(c) << 56;
+                    i += 1;
+                }
             }
         }
-        let end = self.i;
-        self.i += 1; // `"`
-        if !self.b[start..end].is_ascii() && std::str::from_utf8(&self.b[start..end]).is_err() {
+        self.i = i + 1; // `"`
+        if high & HIGH != 0 && std::str::from_utf8(&b[start..i]).is_err() {
             return Err(SyntaxError { at: start, what: "invalid UTF-8 in a string" });
         }
-        Ok(Span { start, end, escaped })
+        Ok(Span { start, end: i, escaped })
     }
 
     /// The text of a string span: borrowed when it has no escapes.
@@ -533,20 +541,6 @@ impl<'de> Scan<'de, '_> {
     fn string_leaf(&self, span: &Span) -> Result<Leaf<'de>, SyntaxError> {
         self.text(span).map(Leaf::Str)
     }
-
-    /// Whether the key at `span` is the one reference token `token` names (`tilde`: it has `~`
-    /// escapes).
-    fn key_is(&self, span: &Span, token: &str, tilde: bool) -> bool {
-        if !span.escaped && !tilde {
-            return &self.b[span.start..span.end] == token.as_bytes();
-        }
-        self.text(span).is_ok_and(|key| token_is(token, &key))
-    }
-}
-
-/// Whether reference token `token` names the object key `key` (`~1` is `/`, `~0` is `~`).
-fn token_is(token: &str, key: &str) -> bool {
-    if token.contains('~') { token.replace("~1", "/").replace("~0", "~") == key } else { token == key }
 }
 
 #[cfg(test)]
@@ -664,6 +658,33 @@ mod tests {
         }
         let e = pick(b"{\"a\": [1, 2,]}", &Pointers::new(&pointers)).unwrap_err();
         assert_eq!((e.at, e.to_string().as_str()), (12, "expected a value at byte 12"));
+    }
+
+    /// Strings are scanned eight bytes at a time: a quote, an escape, a control character or a
+    /// non-ASCII byte at every offset of a word, and every length around a word's, read as
+    /// serde_json reads them.
+    #[test]
+    fn strings_read_alike_at_every_offset() {
+        let specials: [&[u8]; 8] = [b"\"", b"\\\"", b"\\n", b"\\u00e9", b"\x01", b"\x1f", "é".as_bytes(), b"\xff"];
+        let pointers = Pointers::new(&[Some("/s"), None, None, None, None, None, None]);
+        for len in 0..20 {
+            for at in 0..=len {
+                for special in specials {
+                    let mut text = b"a".repeat(len);
+                    text.splice(at..at, special.iter().copied());
+                    let mut doc = br#"{"s": ""#.to_vec();
+                    doc.extend_from_slice(&text);
+                    doc.extend_from_slice(br#"", "t": 1}"#);
+                    let want = serde_json::from_slice::<Value>(&doc).ok();
+                    let got = pick(&doc, &pointers);
+                    let shown = String::from_utf8_lossy(&doc);
+                    assert_eq!(got.is_ok(), want.is_some(), "{shown}");
+                    if let (Ok(got), Some(want)) = (got, want) {
+                        assert_eq!(got[0].as_ref().map(Leaf::to_json).as_ref(), want.pointer("/s"), "{shown}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

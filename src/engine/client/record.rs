@@ -165,17 +165,32 @@ const ERROR_POINTER: &str = "/error";
 /// How much of a bad event the error detail quotes.
 const EXCERPT: usize = 200;
 
-/// Reads the events of one answer into its record.
-pub(crate) struct Events<'a> {
-    done: Option<&'a [u8]>,
-    pointers: Pointers<'a>,
-    pub(crate) record: &'a mut RequestRecord,
-    /// The end sentinel or end field was seen.
-    pub(crate) finished: bool,
+/// How a template's answers are read: its end sentinel and its pointers, compiled once and
+/// reused for every request that sends the template.
+pub(crate) struct Reader {
+    done: Option<Vec<u8>>,
+    pointers: Pointers,
+    /// The template's pointers it was compiled from (to tell whether it fits another template).
+    source: [Option<String>; SLOTS],
 }
 
-impl<'a> Events<'a> {
-    pub(crate) fn new(call: &'a RequestTemplate, record: &'a mut RequestRecord) -> Self {
+impl Reader {
+    pub(crate) fn new(call: &RequestTemplate) -> Self {
+        let pointers = Self::pointers_of(call);
+        Reader {
+            done: call.done.as_ref().map(|d| d.as_bytes().to_vec()),
+            pointers: Pointers::new(&pointers),
+            source: pointers.map(|p| p.map(str::to_string)),
+        }
+    }
+
+    /// Whether this reader reads `call`'s answers.
+    pub(crate) fn fits(&self, call: &RequestTemplate) -> bool {
+        self.done.as_deref() == call.done.as_deref().map(str::as_bytes)
+            && self.source.iter().zip(Self::pointers_of(call)).all(|(a, b)| a.as_deref() == b)
+    }
+
+    fn pointers_of(call: &RequestTemplate) -> [Option<&str>; SLOTS] {
         let usage = call.usage.as_ref();
         let mut pointers = [None; SLOTS];
         pointers[TEXT] = Some(call.text.as_str());
@@ -185,23 +200,32 @@ impl<'a> Events<'a> {
         pointers[DONE_FIELD] = call.done_field.as_deref();
         pointers[ERROR] = Some(ERROR_POINTER);
         pointers[SERVER_PROMPT_MS] = call.server_prompt_ms.as_deref();
-        Events {
-            done: call.done.as_deref().map(str::as_bytes),
-            pointers: Pointers::new(&pointers),
-            record,
-            finished: false,
-        }
+        pointers
+    }
+}
+
+/// Reads the events of one answer into its record.
+pub(crate) struct Events<'a> {
+    reader: &'a Reader,
+    pub(crate) record: &'a mut RequestRecord,
+    /// The end sentinel or end field was seen.
+    pub(crate) finished: bool,
+}
+
+impl<'a> Events<'a> {
+    pub(crate) fn new(reader: &'a Reader, record: &'a mut RequestRecord) -> Self {
+        Events { reader, record, finished: false }
     }
 
     /// One event's payload, completed by a chunk that arrived at `t`. Breaks at the end of the
     /// answer or on an error (recorded).
     pub(crate) fn event(&mut self, payload: &[u8], t: u64) -> ControlFlow<()> {
         let payload = payload.trim_ascii();
-        if self.done == Some(payload) {
+        if self.reader.done.as_deref() == Some(payload) {
             self.finished = true;
             return ControlFlow::Break(());
         }
-        let picked = match extract::pick(payload, &self.pointers) {
+        let picked = match extract::pick(payload, &self.reader.pointers) {
             Ok(picked) => picked,
             Err(e) => {
                 let excerpt = excerpt(payload);
@@ -289,7 +313,8 @@ mod tests {
     fn reasoning_role_and_usage_chunks_are_not_content() {
         let call = chat();
         let mut record = RequestRecord::default();
-        let mut events = Events::new(&call, &mut record);
+        let reader = Reader::new(&call);
+        let mut events = Events::new(&reader, &mut record);
         let stream = [
             (r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#, 10),
             (r#"{"choices":[{"delta":{"reasoning_content":" think"}}]}"#, 20),
@@ -317,7 +342,8 @@ mod tests {
     fn text_is_gathered_only_when_something_will_count_it() {
         let call = chat();
         let mut record = RequestRecord { skip_text: true, ..Default::default() };
-        let mut events = Events::new(&call, &mut record);
+        let reader = Reader::new(&call);
+        let mut events = Events::new(&reader, &mut record);
         assert!(events.event(br#"{"choices":[{"delta":{"content":" a"}}]}"#, 1).is_continue());
         assert!(events.event(br#"{"choices":[{"delta":{"content":" b"}}]}"#, 2).is_continue());
         assert_eq!((record.content_events, record.text.as_str()), (2, ""));
@@ -327,13 +353,15 @@ mod tests {
     fn errors_inside_the_stream_and_bad_json_fail_the_request() {
         let call = chat();
         let mut record = RequestRecord::default();
-        let mut events = Events::new(&call, &mut record);
+        let reader = Reader::new(&call);
+        let mut events = Events::new(&reader, &mut record);
         assert!(events.event(br#"{"error":{"message":"overloaded"}}"#, 5).is_break());
         assert_eq!(record.error, Some(ErrorKind::Stream));
         assert!(record.error_detail.as_deref().unwrap().contains("overloaded"));
 
         let mut record = RequestRecord::default();
-        let mut events = Events::new(&call, &mut record);
+        let reader = Reader::new(&call);
+        let mut events = Events::new(&reader, &mut record);
         assert!(events.event(b"{\"choices\": [", 5).is_break());
         assert_eq!(record.error, Some(ErrorKind::Decode));
     }
@@ -347,7 +375,8 @@ mod tests {
         call.done_field = Some("/done".into());
         call.usage = Some(UsagePointers { prompt_tokens: None, completion_tokens: "/eval_count".into() });
         let mut record = RequestRecord::default();
-        let mut events = Events::new(&call, &mut record);
+        let reader = Reader::new(&call);
+        let mut events = Events::new(&reader, &mut record);
         assert!(events.event(br#"{"response":" x","done":false}"#, 1).is_continue());
         assert!(events.event(br#"{"response":"","done":true,"eval_count":1}"#, 2).is_break());
         assert!(events.finished);

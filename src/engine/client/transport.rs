@@ -1,43 +1,38 @@
-//! The measured path's HTTP/1.1 transport: a pool of kept-alive connections to one engine, each a
-//! `hyper::client::conn::http1` connection over TCP (TCP_NODELAY) or tokio-rustls.
+//! The measured path's HTTP/1.1 client: a pool of kept-alive connections to one engine, each a
+//! TCP stream (TCP_NODELAY) or TLS over one, speaking just the part of HTTP/1.1 (RFC 9112) a
+//! completion call needs.
 //!
-//! Owns connections and the bytes of a request's head; it never reads an answer's body (the client
-//! does, stamping chunks) and never decides whether a connection may be reused: the client gives
-//! one back ([`Transport::give_back`]) only after reading its answer to the end. A connection
-//! dropped instead closes.
+//! Owns connections, the bytes of a request and the framing of an answer (its head, then a body
+//! by `Content-Length`, chunked, or up to the close); it never interprets the body (the client
+//! does, stamping each read) and never decides whether an answer is finished being read: the client
+//! gives a connection back ([`Transport::give_back`]) after reading its answer, and only one whose
+//! answer was read to the end and that the server keeps open goes back into the pool.
 //!
-//! Why not reqwest here: at tens of thousands of requests a second its per-request work (URL
-//! parsing, header maps merged per request, a generic pool with its own bookkeeping) costs more
-//! than kitt measures, and a load generator's client must not be the bottleneck it reports.
-//! Everything a request needs (the target URI, the `Host` header, the engine's default headers)
-//! is built once here; a request only clones it.
+//! Why not a general HTTP client here: at tens of thousands of requests a second, what a general
+//! client does per request (a request object with a header map, the answer's header map, a channel
+//! from the connection to the body, a buffer per body chunk) costs more than kitt measures, and a
+//! load generator's client must not be the bottleneck it reports. Here a request is one write of a
+//! head built once per target plus its body; an answer is read into one buffer per connection,
+//! its head parsed in place (`httparse`), and its body handed on as slices of that buffer.
 //!
-//! A connection has no task of its own: the request using it polls hyper's `Connection` (the
-//! half that reads and writes the socket) together with whatever it awaits (the answer's head, a
-//! body chunk), so a request's work stays on one task and one thread, with no wake-up handed
-//! between tasks per chunk. An idle connection is polled once when taken from the pool: one the
-//! server closed meanwhile is seen closed then and skipped without sending anything on it.
+//! An idle connection is checked when taken from the pool, without waiting: one the server closed
+//! meanwhile is seen closed then and skipped without sending anything on it.
 //! The engine's default headers may be secrets: they are marked sensitive, and no error or log
 //! line here quotes a header.
 
-use std::future::{Future, poll_fn};
+use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::net::IpAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body as _, Frame, Incoming};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -45,13 +40,63 @@ use tokio_rustls::client::TlsStream;
 use super::ClientError;
 use crate::plan::RequestTemplate;
 
-/// A kept-alive HTTP/1.1 connection: the handle requests go through and the half that does its
-/// I/O, polled by whoever uses the connection.
+/// What a connection's read buffer starts at; it grows only for an answer's head that does not fit.
+const READ_BUFFER: usize = 16 << 10;
+/// The largest answer head read (status line and headers).
+const MAX_HEAD: usize = 64 << 10;
+/// Most headers an answer may have.
+const MAX_HEADERS: usize = 96;
+
+/// A kept-alive HTTP/1.1 connection and the answer being read on it.
 pub(super) struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    io: Connection<TokioIo<Stream>, Full<Bytes>>,
-    /// The I/O half finished: the connection is closed (by either side, or on an error).
-    ended: bool,
+    stream: Stream,
+    /// Bytes read: `buf[pos..end]` are not consumed yet.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// The server closed its side: a read returned no bytes.
+    eof: bool,
+    /// The request being written.
+    out: Vec<u8>,
+    /// Where the current answer's body is.
+    body: Body,
+    /// The server lets the connection carry another request after this answer.
+    keep_alive: bool,
+}
+
+/// How the rest of the current answer's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Body {
+    /// Read to its end (or no answer yet).
+    Done,
+    /// This many bytes are left.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, at this point of a chunk.
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    UntilClose,
+}
+
+/// Where a chunked body's decoder is (RFC 9112 §7.1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chunk {
+    /// In a chunk's size: the value so far and how many hex digits it had.
+    Size(u64, u8),
+    /// In a chunk extension (after `;`) or whitespace after the size, up to the line's end.
+    Ext(u64),
+    /// After the size line's `\r`.
+    SizeLf(u64),
+    /// This many data bytes are left in the chunk.
+    Data(u64),
+    /// After a chunk's data: its `\r` then `\n`.
+    DataCr,
+    DataLf,
+    /// In the trailer section, at the start of a line or inside one.
+    Trailer {
+        line_start: bool,
+    },
+    /// After the trailer section's closing `\r`.
+    TrailerLf,
 }
 
 /// The connections to one engine and what every request to it carries.
@@ -74,13 +119,14 @@ pub(super) struct Transport {
     opened: AtomicU64,
 }
 
-/// A request template's method and target, parsed once.
+/// A request template's method and target, with the head of its requests written once.
 #[derive(Clone)]
 pub(super) struct Route {
     method_text: String,
     path_text: String,
-    method: Method,
-    pub(super) uri: Uri,
+    /// The request line and every header, up to the value of `Content-Length` (it may hold
+    /// secrets: never shown).
+    head: Vec<u8>,
 }
 
 /// A connection taken from the pool or just opened, ready to carry one request.
@@ -94,6 +140,46 @@ pub(super) struct Lease {
 pub(super) struct ConnectError {
     pub(super) timed_out: bool,
     pub(super) reason: String,
+}
+
+/// Why a request or its answer failed on the wire.
+#[derive(Debug)]
+pub(super) enum WireError {
+    Io(io::Error),
+    /// The server closed the connection before this many bytes of the answer (0: none at all).
+    Closed {
+        read: usize,
+    },
+    /// The answer is not HTTP/1.1 as RFC 9112 has it.
+    Protocol(String),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "{}", super::causes(e)),
+            WireError::Closed { read: 0 } => f.write_str("the connection closed before any answer"),
+            WireError::Closed { .. } => f.write_str("the connection closed before the answer ended"),
+            WireError::Protocol(what) => write!(f, "not a valid HTTP/1.1 answer: {what}"),
+        }
+    }
+}
+
+impl WireError {
+    /// The server had closed a kept-alive connection before the request reached it: closed or
+    /// reset before a single byte of answer.
+    pub(super) fn stale(&self) -> bool {
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match self {
+            WireError::Closed { read } => *read == 0,
+            WireError::Io(e) => matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted),
+            WireError::Protocol(_) => false,
+        }
+    }
+
+    pub(super) fn timed_out(&self) -> bool {
+        matches!(self, WireError::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
 }
 
 impl Transport {
@@ -150,7 +236,8 @@ impl Transport {
         })
     }
 
-    /// The method and target of `call`: parsed once for the first template, then only compared.
+    /// The method and target of `call`: its head is written once for the first template, then the
+    /// template is only compared.
     pub(super) fn route(&self, call: &RequestTemplate) -> Result<std::borrow::Cow<'_, Route>, String> {
         if let Some(route) = self.route.get()
             && route.method_text == call.method
@@ -158,12 +245,26 @@ impl Transport {
         {
             return Ok(std::borrow::Cow::Borrowed(route));
         }
-        let method = Method::from_bytes(call.method.as_bytes())
-            .map_err(|_| format!("`{}` is not an HTTP method", call.method))?;
+        let method = &call.method;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            return Err(format!("`{method}` is not an HTTP method"));
+        }
         let target = format!("{}{}", self.prefix, call.path);
-        let uri = Uri::from_maybe_shared(Bytes::from(target))
-            .map_err(|e| format!("`{}` is not a request path: {e}", call.path))?;
-        let route = Route { method_text: call.method.clone(), path_text: call.path.clone(), method, uri };
+        if !target.starts_with('/') || target.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(format!(
+                "`{}` is not a request path: it must start with `/` and have no spaces or control characters",
+                call.path
+            ));
+        }
+        let mut head = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+        for (name, value) in &self.headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"content-length: ");
+        let route = Route { method_text: call.method.clone(), path_text: call.path.clone(), head };
         if self.route.set(route.clone()).is_ok()
             && let Some(set) = self.route.get()
         {
@@ -172,21 +273,11 @@ impl Transport {
         Ok(std::borrow::Cow::Owned(route))
     }
 
-    /// The request for `route` with `body`: clones of what was built once.
-    pub(super) fn request(&self, route: &Route, body: Bytes) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = route.method.clone();
-        *request.uri_mut() = route.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-
     /// An idle connection that is still open, else a new one.
     pub(super) async fn lease(&self) -> Result<Lease, ConnectError> {
         while let Some(mut conn) = self.take_idle() {
-            // Polling it finishes the previous answer's bookkeeping and reads what arrived while
-            // it was idle: a close by the server ends it. Nothing was sent on it: no retry to count.
-            if conn.ready().await {
+            // Nothing was sent on a connection found closed here: no retry to count.
+            if conn.still_open() {
                 return Ok(Lease { conn, reused: true });
             }
         }
@@ -198,9 +289,10 @@ impl Transport {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
-    /// Returns a connection whose answer was read to the end, unless the pool is full.
+    /// Returns a connection after its answer, unless the answer was not read to its end, the
+    /// server is closing it, or the pool is full.
     pub(super) fn give_back(&self, conn: Conn) {
-        if conn.ended {
+        if !conn.reusable() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -218,14 +310,13 @@ impl Transport {
             TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| failed("cannot connect to", e))?;
         tcp.set_nodelay(true).map_err(|e| failed("cannot set TCP_NODELAY on", e))?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        match &self.tls {
-            None => handshake(Stream::Plain(tcp)).await,
-            Some((connector, server)) => {
-                let tls =
-                    connector.connect(server.clone(), tcp).await.map_err(|e| failed("TLS handshake failed with", e))?;
-                handshake(Stream::Tls(Box::new(tls))).await
-            }
-        }
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, server)) => Stream::Tls(Box::new(
+                connector.connect(server.clone(), tcp).await.map_err(|e| failed("TLS handshake failed with", e))?,
+            )),
+        };
+        Ok(Conn::new(stream))
     }
 
     /// How many connections were opened so far.
@@ -235,54 +326,283 @@ impl Transport {
     }
 }
 
-/// Starts HTTP/1.1 on `stream` (no I/O happens until the connection is first polled).
-async fn handshake(stream: Stream) -> Result<Conn, ConnectError> {
-    let (sender, io) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError { timed_out: false, reason: super::causes(&e) })?;
-    Ok(Conn { sender, io, ended: false })
+impl Route {
+    /// The bytes of a request with `body`: the head written once, the body's length, the body.
+    pub(super) fn write(&self, body: &[u8], out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        out.clear();
+        out.reserve(self.head.len() + 24 + body.len());
+        out.extend_from_slice(&self.head);
+        let _ = write!(out, "{}\r\n\r\n", body.len()); // writing to a Vec cannot fail
+        out.extend_from_slice(body);
+    }
 }
 
 impl Conn {
-    /// Sends `request` and waits for the answer's head, doing the connection's I/O meanwhile.
-    pub(super) async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<hyper::Response<Incoming>> {
-        let mut answer = pin!(self.sender.send_request(request));
-        poll_fn(|cx| {
-            drive(&mut self.io, &mut self.ended, cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
+    fn new(stream: Stream) -> Self {
+        Conn {
+            stream,
+            buf: vec![0; READ_BUFFER],
+            pos: 0,
+            end: 0,
+            eof: false,
+            out: Vec::new(),
+            body: Body::Done,
+            keep_alive: false,
+        }
     }
 
-    /// The next frame of `body` (an answer on this connection), doing the connection's I/O meanwhile.
-    pub(super) async fn frame(&mut self, body: &mut Incoming) -> Option<hyper::Result<Frame<Bytes>>> {
-        poll_fn(|cx| {
-            drive(&mut self.io, &mut self.ended, cx);
-            Pin::new(&mut *body).poll_frame(cx)
-        })
-        .await
-    }
-
-    /// Whether the connection can take a request now, after its previous answer was read.
-    async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            drive(&mut self.io, &mut self.ended, cx);
-            if self.ended {
-                return Poll::Ready(false);
+    /// Sends a request for `route` with `body` and reads the answer's head (skipping interim
+    /// `1xx` answers); its status. The body's first bytes may already be buffered.
+    pub(super) async fn send(&mut self, route: &Route, body: &[u8]) -> Result<u16, WireError> {
+        let mut out = std::mem::take(&mut self.out);
+        route.write(body, &mut out);
+        let written = self.stream.write_all(&out).await;
+        self.out = out;
+        written.map_err(WireError::Io)?;
+        self.stream.flush().await.map_err(WireError::Io)?;
+        // Bytes of answer received: a close before any is a stale connection, not a broken answer.
+        let mut received = 0;
+        loop {
+            if let Some(status) = self.head()? {
+                if (100..200).contains(&status) && status != 101 {
+                    continue;
+                }
+                return Ok(status);
             }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
+            if self.end == self.buf.len() {
+                self.make_room()?;
+            }
+            match self.fill().await.map_err(WireError::Io)? {
+                0 => return Err(WireError::Closed { read: received }),
+                n => received += n,
+            }
+        }
+    }
+
+    /// Parses an answer head at the start of the buffered bytes: its status, or `None` when it is
+    /// not all here yet. Sets how the body is delimited and whether the connection is kept.
+    fn head(&mut self) -> Result<Option<u16>, WireError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut answer = httparse::Response::new(&mut headers);
+        let bad = |e: String| WireError::Protocol(e);
+        let len = match answer.parse(&self.buf[self.pos..self.end]) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(bad(format!("more than {MAX_HEADERS} headers"))),
+            Err(e) => return Err(bad(format!("{e} in the status line or headers"))),
+        };
+        let status = answer.code.unwrap_or_default();
+        let http11 = answer.version == Some(1);
+        let mut keep_alive = http11;
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        for h in answer.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| bad("a `Content-Length` that is not a number".into()))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(bad("two different `Content-Length`s".into()));
+                }
+                length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // The last coding says whether the body is chunked (RFC 9112 §6.3).
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for option in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                        keep_alive = true;
+                    }
+                }
+            }
+        }
+        self.pos += len;
+        self.body = if (100..200).contains(&status) || status == 204 || status == 304 {
+            Body::Done
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => Body::Chunked(Chunk::Size(0, 0)),
+                // A body in a coding other than chunked lasts until the close.
+                (Some(false), _) | (None, None) => Body::UntilClose,
+                (None, Some(0)) => Body::Done,
+                (None, Some(n)) => Body::Length(n),
+            }
+        };
+        if chunked.is_some() && length.is_some() || self.body == Body::UntilClose {
+            keep_alive = false;
+        }
+        self.keep_alive = keep_alive;
+        Ok(Some(status))
+    }
+
+    /// Hands the answer's body bytes buffered so far to `sink`, in order; whether the body is
+    /// complete. A connection that closed before the body's end is an error.
+    pub(super) fn body(&mut self, sink: &mut impl FnMut(&[u8])) -> Result<bool, WireError> {
+        while self.pos < self.end {
+            match self.body {
+                Body::Done => break,
+                Body::Length(left) => {
+                    let take = (self.end - self.pos).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    sink(&self.buf[self.pos..self.pos + take]);
+                    self.pos += take;
+                    self.body = if left == take as u64 { Body::Done } else { Body::Length(left - take as u64) };
+                }
+                Body::UntilClose => {
+                    sink(&self.buf[self.pos..self.end]);
+                    self.pos = self.end;
+                }
+                Body::Chunked(Chunk::Data(left)) => {
+                    let take = (self.end - self.pos).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    sink(&self.buf[self.pos..self.pos + take]);
+                    self.pos += take;
+                    let left = left - take as u64;
+                    self.body = Body::Chunked(if left == 0 { Chunk::DataCr } else { Chunk::Data(left) });
+                }
+                Body::Chunked(state) => {
+                    let byte = self.buf[self.pos];
+                    self.pos += 1;
+                    self.body = match chunk_step(state, byte)? {
+                        Some(next) => Body::Chunked(next),
+                        None => Body::Done,
+                    };
+                }
+            }
+        }
+        if self.body == Body::Done {
+            return Ok(true);
+        }
+        if self.eof {
+            if self.body == Body::UntilClose {
+                self.body = Body::Done;
+                return Ok(true);
+            }
+            return Err(WireError::Closed { read: 1 });
+        }
+        Ok(false)
+    }
+
+    /// Waits for more of the answer (at least one byte, or the close).
+    pub(super) async fn read_more(&mut self) -> Result<(), WireError> {
+        if self.eof {
+            return Ok(());
+        }
+        if self.end == self.buf.len() {
+            self.make_room()?;
+        }
+        self.fill().await.map_err(WireError::Io).map(drop)
+    }
+
+    /// Whether the connection can carry another request: its answer was read to the end and
+    /// neither side is closing it.
+    fn reusable(&self) -> bool {
+        self.body == Body::Done && self.keep_alive && !self.eof && self.pos == self.end
+    }
+
+    /// Whether an idle connection is still open, without waiting: the server closed it meanwhile,
+    /// or sent something unasked, and it cannot carry a request.
+    fn still_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match &mut self.stream {
+            Stream::Plain(tcp) => matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Stream::Tls(tls) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut read = ReadBuf::new(&mut probe);
+                matches!(Pin::new(tls.as_mut()).poll_read(&mut cx, &mut read), Poll::Pending)
+            }
+        }
+    }
+
+    /// Moves unread bytes to the buffer's start, or grows it for a head that does not fit yet.
+    fn make_room(&mut self) -> Result<(), WireError> {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        } else if self.buf.len() < MAX_HEAD {
+            self.buf.resize((self.buf.len() * 2).min(MAX_HEAD), 0);
+        } else {
+            return Err(WireError::Protocol(format!("an answer head longer than {} KiB", MAX_HEAD >> 10)));
+        }
+        Ok(())
+    }
+
+    /// One read into the free end of the buffer: how many bytes came (none: the server closed
+    /// its side).
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        let n = poll_fn(|cx| {
+            let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         })
-        .await
+        .await?;
+        self.end += n;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
     }
 }
 
-/// Polls the connection's I/O half once (unless it already finished). Its errors reach the
-/// request through the answer or the body, so only its end is kept.
-fn drive(io: &mut Connection<TokioIo<Stream>, Full<Bytes>>, ended: &mut bool, cx: &mut Context<'_>) {
-    if !*ended && Pin::new(io).poll(cx).is_ready() {
-        *ended = true;
-    }
+/// One byte of a chunked body's framing (not chunk data): the decoder's next state, `None` once
+/// the body is complete.
+fn chunk_step(state: Chunk, byte: u8) -> Result<Option<Chunk>, WireError> {
+    let bad = |what: &str| Err(WireError::Protocol(format!("a chunked body with {what}")));
+    let after_size = |size: u64| if size == 0 { Chunk::Trailer { line_start: true } } else { Chunk::Data(size) };
+    Ok(Some(match state {
+        Chunk::Size(size, digits) => match (byte as char).to_digit(16) {
+            Some(digit) if digits < 16 => Chunk::Size(size << 4 | u64::from(digit), digits + 1),
+            Some(_) => return bad("a chunk size over 16 hex digits"),
+            None if digits == 0 => return bad("a chunk size line without a size"),
+            None => match byte {
+                b'\r' => Chunk::SizeLf(size),
+                b'\n' => after_size(size),
+                b';' | b' ' | b'\t' => Chunk::Ext(size),
+                _ => return bad("a chunk size that is not hexadecimal"),
+            },
+        },
+        Chunk::Ext(size) => match byte {
+            b'\n' => after_size(size),
+            _ => Chunk::Ext(size),
+        },
+        Chunk::SizeLf(size) => match byte {
+            b'\n' => after_size(size),
+            _ => return bad("a chunk size line not ended by CRLF"),
+        },
+        Chunk::Data(_) => unreachable!("chunk data is taken in bulk"),
+        Chunk::DataCr => match byte {
+            b'\r' => Chunk::DataLf,
+            b'\n' => Chunk::Size(0, 0),
+            _ => return bad("chunk data longer than its size"),
+        },
+        Chunk::DataLf => match byte {
+            b'\n' => Chunk::Size(0, 0),
+            _ => return bad("chunk data not ended by CRLF"),
+        },
+        Chunk::Trailer { line_start } => match byte {
+            b'\r' if line_start => Chunk::TrailerLf,
+            b'\n' if line_start => return Ok(None),
+            b'\n' => Chunk::Trailer { line_start: true },
+            _ => Chunk::Trailer { line_start: false },
+        },
+        Chunk::TrailerLf => match byte {
+            b'\n' => return Ok(None),
+            _ => return bad("a trailer section not ended by CRLF"),
+        },
+    }))
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.
@@ -305,24 +625,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 

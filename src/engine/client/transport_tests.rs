@@ -185,15 +185,153 @@ fn the_target_and_host_are_built_once_from_the_base_url() {
     let transport = &client.inner.transport;
     assert_eq!((transport.host.as_str(), transport.port), ("engine.example", 443));
     assert_eq!(transport.headers[HOST], "engine.example");
+    assert!(transport.headers["authorization"].is_sensitive());
+    assert!(!format!("{:?}", transport.headers).contains("s3cret"));
     let route = transport.route(&completion_call(1)).unwrap();
-    assert_eq!(route.uri, "/base/v1/completions");
-    let request = transport.request(&route, Bytes::from_static(b"{}"));
-    assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
-    assert!(request.headers()["authorization"].is_sensitive());
-    assert!(!format!("{:?}", request.headers()).contains("s3cret"));
+    let mut out = Vec::new();
+    route.write(b"{}", &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("POST /base/v1/completions HTTP/1.1\r\n"), "{text}");
+    for line in ["host: engine.example\r\n", "content-type: application/json\r\n", "authorization: s3cret\r\n"] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert!(text.ends_with("content-length: 2\r\n\r\n{}"), "{text}");
 
     let client = EngineClient::new("http://[::1]:8080", vec![], 1).unwrap();
     let transport = &client.inner.transport;
     assert_eq!((transport.host.as_str(), transport.port), ("::1", 8080));
     assert_eq!(transport.headers[HOST], "[::1]:8080");
+
+    let mut call = completion_call(1);
+    call.path = "/v1/completions?x=a b".into();
+    assert!(transport.route(&call).err().unwrap().contains("not a request path"));
+    call.path = "/v1/completions".into();
+    call.method = "PO ST".into();
+    assert!(transport.route(&call).err().unwrap().contains("not an HTTP method"));
+}
+
+/// A server that writes `answer` in `pieces` (split at those offsets, each piece sent on its own
+/// after a pause, so reads end there) to every request, and keeps the connection open; its base URL.
+fn scripted_server(answer: Vec<u8>, pieces: Vec<usize>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            sock.set_nodelay(true).unwrap();
+            let (answer, pieces) = (answer.clone(), pieces.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(1..) = sock.read(&mut buf) {
+                    let mut at = 0;
+                    for cut in pieces.iter().copied().chain([answer.len()]) {
+                        if sock.write_all(&answer[at..cut]).is_err() {
+                            return;
+                        }
+                        at = cut;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+fn chunked(body: &str, size: usize) -> String {
+    let mut out = String::new();
+    for piece in body.as_bytes().chunks(size) {
+        out.push_str(&format!("{:x};ext=1\r\n{}\r\n", piece.len(), std::str::from_utf8(piece).unwrap()));
+    }
+    out + "0\r\nx-trailer: 1\r\n\r\n"
+}
+
+/// Every way HTTP/1.1 delimits a body, cut into reads anywhere: the events come out whole and the
+/// connection is kept only where the server keeps it.
+#[tokio::test]
+async fn bodies_by_length_chunks_and_close_in_any_cuts() {
+    let cases: [(String, bool); 5] = [
+        (format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{STREAM}", STREAM.len()), true),
+        (format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}", chunked(STREAM, 7)), true),
+        (
+            format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: CHUNKED\r\n\r\n{}",
+                chunked(STREAM, 64)
+            ),
+            true,
+        ),
+        (format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{STREAM}", STREAM.len()), false),
+        (format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{STREAM}", STREAM.len()), false),
+    ];
+    for (answer, kept) in cases {
+        let len = answer.len();
+        for pieces in [vec![], vec![1], vec![20, 40], (1..len).step_by(5).collect(), (1..len).collect()] {
+            let url = scripted_server(answer.clone().into_bytes(), pieces.clone());
+            let client = EngineClient::new(&url, vec![], 2).unwrap();
+            let record = send(&client).await;
+            assert!(record.ok(), "{answer:?} cut at {pieces:?}: {record:?}");
+            assert_eq!((record.content_events, record.usage_completion_tokens), (2, Some(2)), "{answer:?}");
+            let record = send(&client).await;
+            assert!(record.ok(), "{answer:?} cut at {pieces:?}: {record:?}");
+            let opened = client.inner.transport.opened();
+            assert_eq!(opened, if kept { 1 } else { 2 }, "{answer:?} cut at {pieces:?}");
+        }
+    }
+}
+
+/// A body that lasts until the close is complete at the close; a body in neither form breaks off.
+#[tokio::test]
+async fn a_body_until_close_ends_with_the_connection() {
+    // No end marker either: the close alone ends the answer.
+    let stream = STREAM.trim_end_matches("data: [DONE]\n\n");
+    let url = raw_server_plain(format!("HTTP/1.1 200 OK\r\n\r\n{stream}")).await;
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    let record = send(&client).await;
+    assert!(record.ok(), "{record:?}");
+    assert_eq!((record.content_events, record.usage_completion_tokens), (2, Some(2)));
+    assert!(record.end_ns >= record.last_event_ns.unwrap());
+    assert!(send(&client).await.ok());
+    assert_eq!(client.inner.transport.opened(), 2, "a connection whose answer ended at its close was reused");
+}
+
+/// Answers that are not HTTP/1.1 fail the request with what was wrong.
+#[tokio::test]
+async fn malformed_answers_name_the_fault() {
+    let cases = [
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ErrorKind::Stream, "chunk size"),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
+            ErrorKind::Stream,
+            "longer than its size",
+        ),
+        ("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", ErrorKind::Connect, "Content-Length"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", ErrorKind::Connect, "two different"),
+        ("SMTP ready\r\n\r\n", ErrorKind::Connect, "not a valid HTTP/1.1 answer"),
+    ];
+    for (answer, kind, words) in cases {
+        let url = raw_server_plain(answer.to_string()).await;
+        let client = EngineClient::new(&url, vec![], 2).unwrap();
+        let record = send(&client).await;
+        assert_eq!(record.error, Some(kind), "{answer:?}: {record:?}");
+        let detail = record.error_detail.unwrap();
+        assert!(detail.contains(words), "{answer:?}: {detail}");
+    }
+}
+
+/// A server that answers every connection's first request with `answer`, then closes it.
+async fn raw_server_plain(answer: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
 }
