@@ -143,6 +143,11 @@ fn open_loop(
 }
 
 fn main() {
+    // `cargo bench --bench kitt -- events`: only the event reader.
+    if std::env::args().skip(1).any(|a| a == "events") {
+        events();
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     println!("{:<58} {:>14} {:>12}", "benchmark", "measured", "target");
 
@@ -281,6 +286,8 @@ fn main() {
         "-"
     );
 
+    events();
+
     // The durable part: one fsynced journal record on the disk the runs live on.
     let p = dir.path().join("fsync.jsonl");
     let mut j = Journal::open(&p, &journal::read(&p).unwrap()).unwrap();
@@ -292,6 +299,46 @@ fn main() {
         "{:<58} {:>11.1} µs {:>12}",
         "journal: one fsynced record on the runs disk",
         t.elapsed().as_secs_f64() * 1e6 / 200.0,
+        "-"
+    );
+}
+
+/// The event reader alone: the loopback handler's answer (../shared/bench/loopback: 16 one-token
+/// completion chunks, a usage chunk and `[DONE]`) framed and read as the measured path reads it.
+fn events() {
+    let chunk = r#"{"id": "c1", "object": "text_completion", "created": 1, "model": "tiny", "choices": [{"index": 0, "text": " tok", "logprobs": null, "finish_reason": null}]}"#;
+    let last = r#"{"id": "c1", "object": "text_completion", "created": 1, "model": "tiny", "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "length"}], "usage": {"prompt_tokens": 8, "completion_tokens": 16, "total_tokens": 24}}"#;
+    let mut body = format!("data: {chunk}\n\n").repeat(16);
+    body.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+    let call = kitt::plan::RequestTemplate {
+        method: "POST".into(),
+        path: "/v1/completions".into(),
+        body: serde_json::json!({}),
+        stream: kitt::manifest::template_kind::StreamFormat::Sse,
+        text: "/choices/0/text".into(),
+        reasoning: None,
+        done: Some("[DONE]".into()),
+        done_field: None,
+        usage: Some(kitt::manifest::template_kind::UsagePointers {
+            prompt_tokens: Some("/usage/prompt_tokens".into()),
+            completion_tokens: "/usage/completion_tokens".into(),
+        }),
+        server_prompt_ms: None,
+    };
+    let answers = 20_000;
+    let (t, read) = best(5, || kitt::engine::client::read_answer_for_bench(&call, body.as_bytes(), answers));
+    assert_eq!(read, 16 * answers as u64);
+    let events = 18.0 * answers as f64;
+    println!(
+        "{:<58} {:>11.0} ns {:>12}",
+        format!("events: read one answer ({} bytes, 18 events)", body.len()),
+        t.as_secs_f64() * 1e9 / answers as f64,
+        "-"
+    );
+    println!(
+        "{:<58} {:>11.2} M/s {:>11}",
+        "events: SSE events framed and scanned, one core",
+        events / t.as_secs_f64() / 1e6,
         "-"
     );
 }

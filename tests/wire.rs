@@ -104,7 +104,7 @@ fn prompt(n: usize, salt: usize) -> String {
 async fn send(client: &EngineClient, call: &RequestTemplate, api: ApiKind, text: &str) -> (RequestRecord, Bytes) {
     let body = body_for(call, api, text);
     let mut record = RequestRecord::default();
-    client.send(call, body.clone(), Instant::now(), &mut record).await;
+    client.send(call, &body, Instant::now(), &mut record).await;
     (record, body)
 }
 
@@ -316,7 +316,7 @@ async fn fixtures_parse_through_the_builtin_templates() {
         let content_type = if file.ends_with(".sse") { "text/event-stream" } else { "application/x-ndjson" };
         let client = EngineClient::new(&replay(content_type, body), vec![], 1).unwrap();
         let mut record = RequestRecord::default();
-        client.send(call, Bytes::from_static(b"{}"), Instant::now(), &mut record).await;
+        client.send(call, b"{}", Instant::now(), &mut record).await;
         assert!(record.ok(), "{file}: {record:?}");
         assert_eq!(record.text, text, "{file}");
         assert_eq!(record.content_events, events, "{file}");

@@ -7,8 +7,8 @@
 //! are counted after the last one.
 //!
 //! The hot path is oha's (STYLE anchors): one pooled client, a shared atomic counter handing out
-//! request indices, and a body that is a refcount bump to send. A finished request is one JSON
-//! line appended to a spool buffer (written to disk in blocks), never kept: memory does not grow
+//! request indices, and a body that is a refcount bump to send. A finished request is encoded into
+//! a spool buffer (`spool`: written to disk in blocks), never kept: memory does not grow
 //! with the request count. After the window the spool is read back once: answers are counted with
 //! the tokenizer, each record is folded into the metrics' [`Tally`] and written to the cell's
 //! `requests.jsonl` (in the order requests finished; `index` is the send order).
@@ -25,14 +25,15 @@
 
 mod arrivals;
 mod prompts;
+mod spool;
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
+use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,6 +48,8 @@ use crate::cancel::Cancel;
 use crate::engine::client::{EngineClient, RequestRecord};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile};
 use crate::plan::RequestTemplate;
+pub use spool::SPOOL_PREFIX;
+use spool::{SPOOL_BLOCK, Spool};
 
 /// Prompts built for a run bounded only by `duration`, per worker (at least `DURATION_POOL_MIN`);
 /// beyond it, prompts are reused (with a warning).
@@ -105,7 +108,8 @@ impl LoadOutcome {
     pub(crate) fn read_records(&self) -> std::io::Result<Vec<RequestRecord>> {
         let Some(path) = &self.records else { return Ok(Vec::new()) };
         let mut records = Vec::new();
-        for line in BufReader::new(File::open(path)?).lines() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(File::open(path)?).lines() {
             records.push(serde_json::from_str(&line?).map_err(std::io::Error::other)?);
         }
         records.sort_by_key(|r: &RequestRecord| r.index);
@@ -357,7 +361,7 @@ async fn worker(shared: Arc<Shared>) -> u64 {
             input_tokens: shared.lengths[slot],
             ..shared.blank()
         };
-        let body = shared.bodies[slot].clone();
+        let body = &shared.bodies[slot];
         shared.client.send(&shared.call, body, shared.origin, &mut record).await;
         shared.done(record);
         sent += 1;
@@ -438,7 +442,7 @@ async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: u
                 input_tokens: shared.lengths[slot],
                 ..shared.blank()
             };
-            shared.client.send(&shared.call, shared.bodies[slot].clone(), shared.origin, &mut record).await;
+            shared.client.send(&shared.call, &shared.bodies[slot], shared.origin, &mut record).await;
             drop(permit);
             shared.done(record);
         });
@@ -457,88 +461,6 @@ async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: u
     Ok(sent)
 }
 
-/// How a spool file's name starts (the rest: process id and a counter).
-pub const SPOOL_PREFIX: &str = ".kitt-spool-";
-
-/// Bytes of finished records gathered before they are written out.
-const SPOOL_BLOCK: usize = 256 << 10;
-
-/// Finished records on their way to disk, one JSON line each: lines gather in a buffer that is
-/// written in blocks, so a request costs a serialization, not a write. The file is a scratch file
-/// beside the records' destination (or in the temp dir), removed when the spool is dropped: after
-/// the run, or when a cancelled run is dropped.
-struct Spool {
-    path: PathBuf,
-    inner: Mutex<SpoolInner>,
-}
-
-struct SpoolInner {
-    buf: Vec<u8>,
-    file: File,
-    /// The first write error; the run reports it at the end.
-    error: Option<std::io::Error>,
-}
-
-impl Spool {
-    fn create(near: Option<&Path>) -> Result<Spool, LoadError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{SPOOL_PREFIX}{}-{n}", std::process::id());
-        let path = match near.and_then(Path::parent) {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
-            _ => std::env::temp_dir().join(name),
-        };
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| LoadError::Records(format!("cannot create the spool {}: {e}", path.display())))?;
-        Ok(Spool {
-            path,
-            inner: Mutex::new(SpoolInner { buf: Vec::with_capacity(SPOOL_BLOCK + 4096), file, error: None }),
-        })
-    }
-
-    fn push(&self, record: &RequestRecord) {
-        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let inner = &mut *guard;
-        // Serializing plain data into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut inner.buf, record);
-        inner.buf.push(b'\n');
-        if inner.buf.len() >= SPOOL_BLOCK {
-            inner.flush();
-        }
-    }
-
-    /// Writes out what is buffered; the first error of the whole run, if any.
-    fn finish(&self) -> std::io::Result<()> {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.flush();
-        match inner.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl SpoolInner {
-    fn flush(&mut self) {
-        if self.error.is_none()
-            && let Err(e) = self.file.write_all(&self.buf)
-        {
-            self.error = Some(e);
-        }
-        self.buf.clear();
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// After the window: every spooled record, its answer counted with the tokenizer, tallied and
 /// appended to the records file.
 struct Settle<'a> {
@@ -552,7 +474,7 @@ impl Settle<'_> {
     async fn run(&self, spool: &Spool, config: TallyConfig) -> Result<Tally, LoadError> {
         let io = |e: std::io::Error| LoadError::Records(e.to_string());
         spool.finish().map_err(|e| LoadError::Records(format!("{}: {e}", spool.path.display())))?;
-        let mut reader = BufReader::with_capacity(SPOOL_BLOCK, File::open(&spool.path).map_err(io)?);
+        let mut reader = spool.records().map_err(io)?;
         let mut out = match self.out {
             Some(path) => Some(BufWriter::with_capacity(
                 SPOOL_BLOCK,
@@ -582,17 +504,13 @@ impl Settle<'_> {
         let mut in_flight = FuturesUnordered::new();
         let mut failed = 0usize;
         let mut example = None;
-        let mut line = Vec::new();
         let mut more = true;
         while more || !in_flight.is_empty() {
             while more && in_flight.len() < COUNT_PARALLEL {
-                line.clear();
-                if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                let Some(mut r) = reader.next_record().map_err(|e| LoadError::Records(format!("spool: {e}")))? else {
                     more = false;
                     break;
-                }
-                let mut r: RequestRecord =
-                    serde_json::from_slice(&line).map_err(|e| LoadError::Records(format!("spool: {e}")))?;
+                };
                 match self.tokenize {
                     Some(t) if r.ok() && !r.text.is_empty() => in_flight.push(count_one(self.client, t, r)),
                     Some(_) if r.ok() => {

@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -229,7 +228,7 @@ impl EngineClient {
 
     /// Sends one completion request and reads the whole (streamed) answer, timestamping as bytes
     /// arrive. Stamps are nanoseconds since `origin`; failures are recorded, never returned.
-    pub async fn send(&self, call: &RequestTemplate, body: Bytes, origin: Instant, record: &mut RequestRecord) {
+    pub async fn send(&self, call: &RequestTemplate, body: &[u8], origin: Instant, record: &mut RequestRecord) {
         let transport = &self.inner.transport;
         let route = match transport.route(call) {
             Ok(route) => route,
@@ -251,7 +250,7 @@ impl EngineClient {
                     return;
                 }
             };
-            match lease.conn.send(&route, &body).await {
+            match lease.conn.send(&route, body).await {
                 // A kept-alive connection the server had already closed (llama.cpp's HTTP server
                 // advertises keep-alive, then closes after a streamed answer): the request never
                 // reached the engine, so it goes out once more on a fresh connection.
@@ -293,6 +292,38 @@ impl EngineClient {
             transport.give_back(conn);
         }
     }
+}
+
+/// Reads `body`, a whole streamed answer, as the measured path reads one that arrived in a single
+/// read, `times` times; the content events read in all. For benchmarks: the event reader's speed
+/// without the network.
+#[doc(hidden)]
+pub fn read_answer_for_bench(call: &RequestTemplate, body: &[u8], times: usize) -> u64 {
+    let reader = Reader::new(call);
+    let mut events_read = 0;
+    for i in 0..times {
+        let mut record = RequestRecord { skip_text: true, ..RequestRecord::default() };
+        let mut events = Events::new(&reader, &mut record);
+        let t = i as u64;
+        let mut on_event = |payload: &[u8]| events.event(payload, t);
+        match call.stream {
+            StreamFormat::Sse => {
+                let mut framer = SseFramer::default();
+                let _ = framer.feed(body, &mut on_event);
+                framer.finish(&mut on_event);
+            }
+            StreamFormat::Ndjson => {
+                let mut framer = LineFramer::default();
+                let _ = framer.feed(body, &mut on_event);
+                framer.finish(&mut on_event);
+            }
+            StreamFormat::None => {
+                let _ = on_event(body);
+            }
+        }
+        events_read += u64::from(record.content_events);
+    }
+    events_read
 }
 
 /// Most resends of one request over stale kept-alive connections (each is dropped from the pool

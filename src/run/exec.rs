@@ -761,7 +761,7 @@ impl RunExecutor {
                     Prompt::Messages(messages) => bind_late(&call.body, &[("messages", json!(messages))]),
                 };
                 let mut record = crate::engine::client::RequestRecord::default();
-                client.send(&call, bytes::Bytes::from(body.to_string()), origin, &mut record).await;
+                client.send(&call, body.to_string().as_bytes(), origin, &mut record).await;
                 if record.ok() {
                     Ok(record.text)
                 } else {

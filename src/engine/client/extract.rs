@@ -25,7 +25,7 @@ pub(crate) enum Leaf<'de> {
     Bool(bool),
     Null,
     /// An object or an array, decoded whole.
-    Tree(Value),
+    Tree(Box<Value>),
 }
 
 impl Leaf<'_> {
@@ -53,7 +53,7 @@ impl Leaf<'_> {
             Leaf::Float(f) => Value::from(*f),
             Leaf::Bool(b) => Value::Bool(*b),
             Leaf::Null => Value::Null,
-            Leaf::Tree(v) => v.clone(),
+            Leaf::Tree(v) => (**v).clone(),
         }
     }
 
@@ -66,7 +66,7 @@ impl Leaf<'_> {
             },
             Value::Bool(b) => Leaf::Bool(*b),
             Value::Null => Leaf::Null,
-            tree => Leaf::Tree(tree.clone()),
+            tree => Leaf::Tree(Box::new(tree.clone())),
         }
     }
 }
@@ -108,9 +108,30 @@ struct Node {
     /// object or an array some pointer ends at.
     through: Vec<(usize, String)>,
     /// The next node by object key (the reference token decoded: `~1` is `/`, `~0` is `~`).
-    keys: Vec<(Box<[u8]>, u32)>,
+    keys: Vec<Key>,
     /// The next node by array index.
     indices: Vec<(usize, u32)>,
+}
+
+/// An object key a pointer follows, and the node it leads to.
+struct Key {
+    bytes: Box<[u8]>,
+    /// The key's first eight bytes (zero-padded): most keys are told apart by these alone.
+    head: u64,
+    child: u32,
+}
+
+impl Key {
+    #[inline]
+    fn is(&self, raw: &[u8], head: u64) -> bool {
+        self.head == head && self.bytes.len() == raw.len() && (raw.len() <= 8 || self.bytes[8..] == raw[8..])
+    }
+}
+
+/// The first eight bytes of `raw`, zero-padded, as one word.
+#[inline]
+fn head_word(raw: &[u8]) -> u64 {
+    raw.iter().take(8).enumerate().fold(0, |w, (i, &c)| w | u64::from(c) << (8 * i))
 }
 
 impl Pointers {
@@ -133,12 +154,13 @@ impl Pointers {
                 };
                 let (token, next) = after.find('/').map_or((after, ""), |at| after.split_at(at));
                 let key = token.replace("~1", "/").replace("~0", "~");
-                let child = match nodes[node].keys.iter().find(|(k, _)| **k == *key.as_bytes()) {
-                    Some(&(_, child)) => child,
+                let head = head_word(key.as_bytes());
+                let child = match nodes[node].keys.iter().find(|k| k.is(key.as_bytes(), head)) {
+                    Some(k) => k.child,
                     None => {
                         let child = nodes.len() as u32;
                         nodes.push(Node::default());
-                        nodes[node].keys.push((key.into_bytes().into_boxed_slice(), child));
+                        nodes[node].keys.push(Key { bytes: key.into_bytes().into_boxed_slice(), head, child });
                         if let Some(index) = array_index(token) {
                             nodes[node].indices.push((index, child));
                         }
@@ -164,16 +186,27 @@ fn array_index(token: &str) -> Option<usize> {
 /// The values at `pointers` in the JSON document `json`. The whole document is checked against the
 /// JSON grammar (RFC 8259) whether or not a pointer enters a part of it; a later duplicate key
 /// wins, as with serde_json.
+#[cfg(test)]
 pub(crate) fn pick<'de>(json: &'de [u8], pointers: &Pointers) -> Result<[Option<Leaf<'de>>; SLOTS], SyntaxError> {
     let mut out: [Option<Leaf<'de>>; SLOTS] = Default::default();
+    pick_into(json, pointers, &mut out)?;
+    Ok(out)
+}
+
+/// [`pick`] into `out` (the hot path: no array of values moves), whose slots start empty.
+pub(crate) fn pick_into<'de>(
+    json: &'de [u8],
+    pointers: &Pointers,
+    out: &mut [Option<Leaf<'de>>; SLOTS],
+) -> Result<(), SyntaxError> {
     let mut s = Scan { b: json, i: 0, depth: 0, p: pointers };
     s.ws();
-    s.value(0, &mut out)?;
+    s.value(0, out)?;
     s.ws();
     if s.i < json.len() {
         return Err(s.err("trailing characters"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A cursor over one JSON document.
@@ -211,6 +244,8 @@ fn run_stop(w: u64) -> Option<usize> {
 }
 
 impl<'de> Scan<'de, '_> {
+    #[cold]
+    #[inline(never)]
     fn err(&self, what: &'static str) -> SyntaxError {
         SyntaxError { at: self.i, what }
     }
@@ -283,6 +318,7 @@ impl<'de> Scan<'de, '_> {
     }
 
     /// An object key and its `:`; the key's span.
+    #[inline(always)]
     fn key(&mut self) -> Result<Span, SyntaxError> {
         if self.peek() != Some(b'"') {
             return Err(self.err("expected a key"));
@@ -312,13 +348,16 @@ impl<'de> Scan<'de, '_> {
     }
 
     /// The node the key at `span` leads to, if a pointer follows it.
-    fn child_by_key(&self, keys: &[(Box<[u8]>, u32)], span: &Span) -> Option<u32> {
+    #[inline]
+    fn child_by_key(&self, keys: &[Key], span: &Span) -> Option<u32> {
         if !span.escaped {
             let raw = &self.b[span.start..span.end];
-            return keys.iter().find(|(k, _)| **k == *raw).map(|&(_, child)| child);
+            let head = head_word(raw);
+            return keys.iter().find(|k| k.is(raw, head)).map(|k| k.child);
         }
         let key = self.text(span).ok()?;
-        keys.iter().find(|(k, _)| **k == *key.as_bytes()).map(|&(_, child)| child)
+        let head = head_word(key.as_bytes());
+        keys.iter().find(|k| k.is(key.as_bytes(), head)).map(|k| k.child)
     }
 
     fn array(&mut self, node: u32, out: &mut [Option<Leaf<'de>>; SLOTS]) -> Result<(), SyntaxError> {
@@ -387,7 +426,7 @@ impl<'de> Scan<'de, '_> {
                 self.skip()?;
                 let tree: Value =
                     serde_json::from_slice(&self.b[start..self.i]).map_err(|_| self.err("invalid value"))?;
-                Leaf::Tree(tree)
+                Leaf::Tree(Box::new(tree))
             }
         };
         for (slot, rest) in &self.p.nodes[node as usize].through {
@@ -464,6 +503,7 @@ impl<'de> Scan<'de, '_> {
 
     /// A string at the cursor (`"` included): its span, checked for escapes, control characters
     /// and UTF-8.
+    #[inline(always)]
     fn string(&mut self) -> Result<Span, SyntaxError> {
         let b = self.b;
         let start = self.i + 1; // after `"`
@@ -610,7 +650,7 @@ mod tests {
 
     #[test]
     fn leaves_render_as_text() {
-        assert_eq!(Leaf::Tree(json!({"m": 1})).to_text(), r#"{"m":1}"#);
+        assert_eq!(Leaf::Tree(Box::new(json!({"m": 1}))).to_text(), r#"{"m":1}"#);
         assert_eq!(Leaf::Str("boom".into()).to_text(), "boom");
     }
 

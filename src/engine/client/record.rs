@@ -225,14 +225,12 @@ impl<'a> Events<'a> {
             self.finished = true;
             return ControlFlow::Break(());
         }
-        let picked = match extract::pick(payload, &self.reader.pointers) {
-            Ok(picked) => picked,
-            Err(e) => {
-                let excerpt = excerpt(payload);
-                self.record.fail(ErrorKind::Decode, format!("malformed JSON event ({e}): {excerpt}"));
-                return ControlFlow::Break(());
-            }
-        };
+        let mut picked: [Option<Leaf>; SLOTS] = Default::default();
+        if let Err(e) = extract::pick_into(payload, &self.reader.pointers, &mut picked) {
+            let excerpt = excerpt(payload);
+            self.record.fail(ErrorKind::Decode, format!("malformed JSON event ({e}): {excerpt}"));
+            return ControlFlow::Break(());
+        }
         let r = &mut *self.record;
         r.first_event_ns.get_or_insert(t);
         if let Some(error) = picked[ERROR].as_ref().filter(|e| **e != Leaf::Null) {

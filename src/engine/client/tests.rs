@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -82,7 +81,7 @@ async fn send_one(url: &str, call: &RequestTemplate, body: Value) -> RequestReco
     let client = EngineClient::new(url, vec![], 1).unwrap();
     let mut record = RequestRecord::default();
     let origin = Instant::now();
-    client.send(call, Bytes::from(body.to_string()), origin, &mut record).await;
+    client.send(call, body.to_string().as_bytes(), origin, &mut record).await;
     record
 }
 
@@ -220,10 +219,10 @@ async fn a_connection_closed_after_keep_alive_is_resent_once() {
     let client = EngineClient::new(&url, Vec::new(), 4).unwrap();
     let origin = Instant::now();
     let mut first = RequestRecord::default();
-    client.send(&call, Bytes::from_static(b"{}"), origin, &mut first).await;
+    client.send(&call, b"{}", origin, &mut first).await;
     assert!(first.ok(), "{first:?}");
     let mut second = RequestRecord::default();
-    client.send(&call, Bytes::from_static(b"{}"), origin, &mut second).await;
+    client.send(&call, b"{}", origin, &mut second).await;
     assert!(second.ok(), "{second:?}");
     assert_eq!(second.connection_retries, 1);
     assert_eq!(second.content_events, 1);
@@ -256,7 +255,7 @@ async fn many_dead_pooled_connections_are_skipped() {
         let (client, call) = (client.clone(), call.clone());
         handles.push(tokio::spawn(async move {
             let mut r = RequestRecord::default();
-            client.send(&call, Bytes::from_static(b"{}"), origin, &mut r).await;
+            client.send(&call, b"{}", origin, &mut r).await;
             r
         }));
     }
@@ -265,7 +264,7 @@ async fn many_dead_pooled_connections_are_skipped() {
     }
     // One request alone then meets dead connections one after another before a fresh one.
     let mut r = RequestRecord::default();
-    client.send(&call, Bytes::from_static(b"{}"), origin, &mut r).await;
+    client.send(&call, b"{}", origin, &mut r).await;
     assert!(r.ok(), "{r:?}");
     assert!(r.connection_retries >= 2, "{r:?}");
 }

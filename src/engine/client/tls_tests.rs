@@ -61,7 +61,7 @@ async fn start_https(certs: &Certs, more: &[&str]) -> String {
 async fn stream_one(client: &EngineClient) -> RequestRecord {
     let mut record = RequestRecord::default();
     let body = Bytes::from(completion_body("a b c", 4).to_string());
-    client.send(&completion_call(4), body, Instant::now(), &mut record).await;
+    client.send(&completion_call(4), &body, Instant::now(), &mut record).await;
     record
 }
 

@@ -45,7 +45,7 @@ async fn counting_server(status: u16, body: &'static str) -> (String, Arc<Atomic
 
 async fn send(client: &EngineClient) -> RequestRecord {
     let mut record = RequestRecord::default();
-    client.send(&completion_call(2), Bytes::from_static(b"{}"), Instant::now(), &mut record).await;
+    client.send(&completion_call(2), b"{}", Instant::now(), &mut record).await;
     record
 }
 
@@ -169,7 +169,7 @@ async fn a_base_path_prefixes_the_target_and_the_sim_streams() {
     let client = EngineClient::new(&format!("{url}/"), vec![], 1).unwrap();
     let mut record = RequestRecord::default();
     let body = Bytes::from(completion_body("a b", 3).to_string());
-    client.send(&completion_call(3), body, Instant::now(), &mut record).await;
+    client.send(&completion_call(3), &body, Instant::now(), &mut record).await;
     assert!(record.ok(), "{record:?}");
     assert_eq!(record.content_events, 3);
 
