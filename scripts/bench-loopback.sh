@@ -24,11 +24,11 @@ worker="$(pgrep -P "$(cat /tmp/kitt-loopback/nginx.pid)" | head -1)"
 times="$(mktemp)"
 
 n0="$(cpu_of "$worker")"
-/usr/bin/time -f '%U %S' -o "$times" "$oha" -z 10s -c 64 --no-tui -m POST -d '{"stream":true}' \
+/usr/bin/time -f '%U %S' -o "$times" "$oha" -z 5s -c 64 --no-tui -m POST -d '{"stream":true}' \
   --output-format json http://127.0.0.1:18080/v1/completions 2>/dev/null >"$times.json"
 n1="$(cpu_of "$worker")"
 requests="$(j "d['summary']['successRate'] and round(d['summary']['requestsPerSec'] * d['summary']['total'])" <"$times.json")"
-echo "oha  c=64, 10 s: $(j "round(d['summary']['requestsPerSec'])" <"$times.json") req/s;" \
+echo "oha  c=64, 5 s: $(j "round(d['summary']['requestsPerSec'])" <"$times.json") req/s;" \
   "CPU per request: oha $(awk -v r="$requests" '{printf "%.1f", ($1 + $2) * 1e6 / r}' "$times") µs," \
   "nginx $(awk -v a="$n0" -v b="$n1" -v r="$requests" 'BEGIN {printf "%.1f", (b - a) * 1e6 / r}') µs"
 

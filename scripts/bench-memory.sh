@@ -17,7 +17,7 @@ work="$(mktemp -d)"
 trap 'kill "$(cat /tmp/kitt-loopback/nginx.pid)" 2>/dev/null || true; rm -rf "$work"' EXIT
 sleep 0.5
 peak() {
-  sed "s/requests: 40000/requests: $1/" scripts/loopback/suite.yaml > "$work/suite.yaml"
+  sed "s/requests: [0-9]*,/requests: $1,/" scripts/loopback/suite.yaml > "$work/suite.yaml"
   cp scripts/loopback/loopback-engine.yaml "$work/"
   rm -rf "$work/runs"
   KITT_RUNS_DIR="$work/runs" KITT_HOST_LOCK="$work/lock" KITT_STORE=off \

@@ -335,3 +335,24 @@ async fn raw_server_plain(answer: String) -> String {
     });
     url
 }
+
+/// An answer head larger than the read buffer is read whole; one over the limit is refused.
+#[tokio::test]
+async fn long_answer_heads_grow_the_buffer_up_to_a_limit() {
+    let big = "x".repeat(40 << 10);
+    let url = scripted_server(
+        format!("HTTP/1.1 200 OK\r\nX-Padding: {big}\r\nContent-Length: {}\r\n\r\n{STREAM}", STREAM.len()).into_bytes(),
+        vec![1000, 20000],
+    );
+    let client = EngineClient::new(&url, vec![], 1).unwrap();
+    let record = send(&client).await;
+    assert!(record.ok(), "{:?}", record.error_detail);
+    assert_eq!(record.content_events, 2);
+
+    let huge = "x".repeat(70 << 10);
+    let url = raw_server_plain(format!("HTTP/1.1 200 OK\r\nX-Padding: {huge}\r\n\r\n")).await;
+    let client = EngineClient::new(&url, vec![], 1).unwrap();
+    let record = send(&client).await;
+    assert_eq!(record.error, Some(ErrorKind::Connect));
+    assert!(record.error_detail.unwrap().contains("an answer head longer than 64 KiB"));
+}
