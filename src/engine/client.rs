@@ -268,7 +268,8 @@ impl EngineClient {
                 Ok(status) => break (lease.conn, status),
             }
         };
-        let t = since(origin);
+        // The read that completed the head, stamped as it returned (before the head was parsed).
+        let t = at(conn.read_at(), origin);
         record.headers_ns = Some(t);
         record.status = Some(status);
         let (end, reusable) = if (200..300).contains(&status) {
@@ -344,7 +345,12 @@ fn stale_connection_reqwest(e: &reqwest::Error) -> bool {
 
 /// Nanoseconds since `origin` (saturating: a u64 of nanoseconds lasts 584 years).
 fn since(origin: Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    at(Instant::now(), origin)
+}
+
+/// `instant` as nanoseconds since `origin` (0 if it was before).
+fn at(instant: Instant, origin: Instant) -> u64 {
+    u64::try_from(instant.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The framing state of one answer.
@@ -413,7 +419,7 @@ async fn read_answer(
             events.record.fail(kind, format!("the answer broke off: {e}"));
             return (since(origin), false);
         }
-        t = since(origin);
+        t = at(conn.read_at(), origin);
     }
     let end = since(origin);
     let mut on_event = |payload: &[u8]| events.event(payload, last);

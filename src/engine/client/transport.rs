@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use rustls::ClientConfig;
@@ -56,6 +57,8 @@ pub(super) struct Conn {
     end: usize,
     /// The server closed its side: a read returned no bytes.
     eof: bool,
+    /// When the last read returned, taken before anything looks at its bytes.
+    read_at: Instant,
     /// The request being written.
     out: Vec<u8>,
     /// Where the current answer's body is.
@@ -346,6 +349,7 @@ impl Conn {
             pos: 0,
             end: 0,
             eof: false,
+            read_at: Instant::now(),
             out: Vec::new(),
             body: Body::Done,
             keep_alive: false,
@@ -499,6 +503,12 @@ impl Conn {
         self.fill().await.map_err(WireError::Io).map(drop)
     }
 
+    /// When the last read returned: the arrival of the bytes it brought (the answer's head, then
+    /// each part of its body), stamped before any of them was parsed.
+    pub(super) fn read_at(&self) -> Instant {
+        self.read_at
+    }
+
     /// Whether the connection can carry another request: its answer was read to the end and
     /// neither side is closing it.
     fn reusable(&self) -> bool {
@@ -549,6 +559,7 @@ impl Conn {
             }
         })
         .await?;
+        self.read_at = Instant::now();
         self.end += n;
         if n == 0 {
             self.eof = true;
