@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use hyper::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue, TRANSFER_ENCODING};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -260,7 +260,8 @@ impl Transport {
             ));
         }
         let mut head = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
-        for (name, value) in &self.headers {
+        // The body's length is the request's own: a default header cannot set it or its framing.
+        for (name, value) in self.headers.iter().filter(|(n, _)| **n != CONTENT_LENGTH && **n != TRANSFER_ENCODING) {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());

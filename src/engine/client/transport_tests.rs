@@ -180,8 +180,8 @@ async fn a_base_path_prefixes_the_target_and_the_sim_streams() {
 
 #[test]
 fn the_target_and_host_are_built_once_from_the_base_url() {
-    let client =
-        EngineClient::new("https://engine.example/base/", vec![("Authorization".into(), "s3cret".into())], 1).unwrap();
+    let defaults = vec![("Authorization".into(), "s3cret".into()), ("Content-Length".into(), "7".into())];
+    let client = EngineClient::new("https://engine.example/base/", defaults, 1).unwrap();
     let transport = &client.inner.transport;
     assert_eq!((transport.host.as_str(), transport.port), ("engine.example", 443));
     assert_eq!(transport.headers[HOST], "engine.example");
@@ -196,6 +196,7 @@ fn the_target_and_host_are_built_once_from_the_base_url() {
         assert!(text.contains(line), "{line:?} in {text}");
     }
     assert!(text.ends_with("content-length: 2\r\n\r\n{}"), "{text}");
+    assert_eq!(text.matches("content-length").count(), 1, "{text}");
 
     let client = EngineClient::new("http://[::1]:8080", vec![], 1).unwrap();
     let transport = &client.inner.transport;
