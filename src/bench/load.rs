@@ -7,7 +7,7 @@
 //! are counted after the last one.
 //!
 //! The hot path is oha's (STYLE anchors): one pooled client, a shared atomic counter handing out
-//! request indices, and a body that is a refcount bump to send. A finished request is encoded into
+//! request indices, and a body prepared before the window and sent as it is. A finished request is encoded into
 //! a spool buffer (`spool`: written to disk in blocks), never kept: memory does not grow
 //! with the request count. After the window the spool is read back once: answers are counted with
 //! the tokenizer, each record is folded into the metrics' [`Tally`] and written to the cell's

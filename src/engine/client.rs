@@ -307,20 +307,9 @@ pub fn read_answer_for_bench(call: &RequestTemplate, body: &[u8], times: usize) 
         let mut events = Events::new(&reader, &mut record);
         let t = i as u64;
         let mut on_event = |payload: &[u8]| events.event(payload, t);
-        match call.stream {
-            StreamFormat::Sse => {
-                let mut framer = SseFramer::default();
-                let _ = framer.feed(body, &mut on_event);
-                framer.finish(&mut on_event);
-            }
-            StreamFormat::Ndjson => {
-                let mut framer = LineFramer::default();
-                let _ = framer.feed(body, &mut on_event);
-                framer.finish(&mut on_event);
-            }
-            StreamFormat::None => {
-                let _ = on_event(body);
-            }
+        let mut framing = Framing::new(call.stream);
+        if framing.feed(body, &mut on_event).is_continue() {
+            framing.finish(&mut on_event);
         }
         events_read += u64::from(record.content_events);
     }
@@ -361,6 +350,40 @@ enum Framing {
     Whole(Vec<u8>),
 }
 
+impl Framing {
+    fn new(stream: StreamFormat) -> Self {
+        match stream {
+            StreamFormat::Sse => Framing::Sse(SseFramer::default()),
+            StreamFormat::Ndjson => Framing::Lines(LineFramer::default()),
+            StreamFormat::None => Framing::Whole(Vec::new()),
+        }
+    }
+
+    /// Feeds body bytes; `on_event` gets each completed event and may stop the answer.
+    fn feed(&mut self, data: &[u8], on_event: &mut impl FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> {
+        match self {
+            Framing::Sse(f) => f.feed(data, on_event),
+            Framing::Lines(f) => f.feed(data, on_event),
+            Framing::Whole(buf) => {
+                buf.extend_from_slice(data);
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// The body ended: delivers what is left (a last event without its terminator, or the whole
+    /// document).
+    fn finish(&mut self, on_event: &mut impl FnMut(&[u8]) -> ControlFlow<()>) {
+        match self {
+            Framing::Sse(f) => f.finish(on_event),
+            Framing::Lines(f) => f.finish(on_event),
+            Framing::Whole(buf) => {
+                let _ = on_event(buf); // the answer is over either way
+            }
+        }
+    }
+}
+
 /// Reads a 2xx answer, whose head arrived at `t`, into `record`; returns when it ended (the read
 /// with the end marker, the end of the body, or the failure) and whether the body was read to its
 /// end (its connection can be reused). A body that ends cleanly without the end marker is a
@@ -373,11 +396,7 @@ async fn read_answer(
     origin: Instant,
     record: &mut RequestRecord,
 ) -> (u64, bool) {
-    let mut framing = match stream {
-        StreamFormat::Sse => Framing::Sse(SseFramer::default()),
-        StreamFormat::Ndjson => Framing::Lines(LineFramer::default()),
-        StreamFormat::None => Framing::Whole(Vec::new()),
-    };
+    let mut framing = Framing::new(stream);
     let mut events = Events::new(reader, record);
     let mut last = t;
     loop {
@@ -389,23 +408,11 @@ async fn read_answer(
             }
             last = t;
             events.record.first_byte_ns.get_or_insert(t);
-            let mut on_event = |payload: &[u8]| events.event(payload, t);
-            flow = match &mut framing {
-                Framing::Sse(f) => f.feed(data, &mut on_event),
-                Framing::Lines(f) => f.feed(data, &mut on_event),
-                Framing::Whole(buf) => {
-                    buf.extend_from_slice(data);
-                    ControlFlow::Continue(())
-                }
-            };
+            flow = framing.feed(data, &mut |payload| events.event(payload, t));
         });
         let complete = match decoded {
             Ok(complete) => complete,
-            Err(e) => {
-                let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
-                events.record.fail(kind, format!("the answer broke off: {e}"));
-                return (since(origin), false);
-            }
+            Err(e) => return (broke_off(events.record, &e, origin), false),
         };
         if flow.is_break() {
             let reusable = events.finished && (complete || drain(conn).await);
@@ -415,22 +422,20 @@ async fn read_answer(
             break;
         }
         if let Err(e) = conn.read_more().await {
-            let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
-            events.record.fail(kind, format!("the answer broke off: {e}"));
-            return (since(origin), false);
+            return (broke_off(events.record, &e, origin), false);
         }
         t = at(conn.read_at(), origin);
     }
     let end = since(origin);
-    let mut on_event = |payload: &[u8]| events.event(payload, last);
-    match &mut framing {
-        Framing::Sse(f) => f.finish(&mut on_event),
-        Framing::Lines(f) => f.finish(&mut on_event),
-        Framing::Whole(buf) => {
-            let _ = on_event(buf); // the answer is over either way
-        }
-    }
+    framing.finish(&mut |payload| events.event(payload, last));
     (end, true)
+}
+
+/// Records an answer that failed on the wire after its head; when it ended.
+fn broke_off(record: &mut RequestRecord, e: &transport::WireError, origin: Instant) -> u64 {
+    let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
+    record.fail(kind, format!("the answer broke off: {e}"));
+    since(origin)
 }
 
 /// Reads what is left of a finished answer so its connection can be reused, within a grace;

@@ -268,3 +268,24 @@ async fn many_dead_pooled_connections_are_skipped() {
     assert!(r.ok(), "{r:?}");
     assert!(r.connection_retries >= 2, "{r:?}");
 }
+
+/// One client, two templates with different pointers: each answer is read with its own template's
+/// pointers, not those of the first template the client saw.
+#[tokio::test]
+async fn each_template_is_read_with_its_own_pointers() {
+    let url = start_sim(&[]).await;
+    let client = EngineClient::new(&url, vec![], 1).unwrap();
+    let origin = Instant::now();
+    let mut completion = RequestRecord::default();
+    let body = completion_body("a b", 3).to_string();
+    client.send(&completion_call(3), body.as_bytes(), origin, &mut completion).await;
+    assert!(completion.ok(), "{completion:?}");
+    assert_eq!(completion.content_events, 3);
+    let mut chat = RequestRecord::default();
+    let body = json!({"model": "sim", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 4,
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}})
+    .to_string();
+    client.send(&chat_call(4), body.as_bytes(), origin, &mut chat).await;
+    assert!(chat.ok(), "{chat:?}");
+    assert_eq!((chat.content_events, chat.usage_completion_tokens), (4, Some(4)));
+}
