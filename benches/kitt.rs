@@ -122,6 +122,7 @@ fn open_loop(
             warmup: None,
             cold_requests: None,
             ramp: None,
+            request_timeout: None,
         };
         let input = kitt::bench::load::LoadInput {
             client: kitt::engine::client::EngineClient::new(&url, Vec::new(), 256).unwrap(),
@@ -135,6 +136,7 @@ fn open_loop(
             expected_output_tokens: None,
             records: None,
             index_offset: 0,
+            window_opens: None,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();

@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use super::metrics::{Tally, TallyConfig};
 use super::tokenizer::Tokenizer;
 use crate::cancel::Cancel;
-use crate::engine::client::{EngineClient, RequestRecord};
+use crate::engine::client::{Deadlines, EngineClient, RequestRecord};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile};
 use crate::plan::RequestTemplate;
 pub use spool::SPOOL_PREFIX;
@@ -81,7 +81,14 @@ pub struct LoadInput {
     pub records: Option<PathBuf>,
     /// Added to every recorded index (a later stage's requests follow the earlier stages').
     pub index_offset: u64,
+    /// Awaited once the prompts are built and sized and the benchmark's own warmup is done,
+    /// right before the window opens: what measures alongside the window (resource sampling,
+    /// the engine's counters) starts there, so none of that work leaks into it.
+    pub window_opens: Option<WindowHook>,
 }
+
+/// See [`LoadInput::window_opens`].
+pub type WindowHook = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// A finished run: its requests tallied (and written to `records`).
 pub struct LoadOutcome {
@@ -99,6 +106,8 @@ pub struct LoadOutcome {
     pub warmup_requests: u64,
     /// The file the records were appended to, if any.
     pub records: Option<PathBuf>,
+    /// When the window opened (request stamps count from it).
+    pub origin: Instant,
 }
 
 impl LoadOutcome {
@@ -204,6 +213,11 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         Some(w) => warm_up(&input, w, workers.min(64)).await?,
         None => 0,
     };
+    let deadlines: Deadlines = input.load.request_timeout.unwrap_or_default().into();
+    input.client.size_for(workers);
+    if let Some(opens) = &input.window_opens {
+        opens().await;
+    }
     let origin = Instant::now();
     let keep_text = input.tokenize.is_some();
     let spool = Arc::new(Spool::create(input.records.as_deref())?);
@@ -218,6 +232,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         spool: Some(Arc::clone(&spool)),
         keep_text,
         expected_events: expected_events(input.expected_output_tokens),
+        deadlines,
     });
     let open_loop = arrivals.is_some();
     let sent = match arrivals {
@@ -274,6 +289,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         open_loop,
         warmup_requests,
         records: input.records,
+        origin,
     })
 }
 
@@ -294,6 +310,8 @@ struct Shared {
     keep_text: bool,
     /// Content events a request is expected to bring (its output tokens, capped), to size its list.
     expected_events: usize,
+    /// Every request's deadlines.
+    deadlines: Deadlines,
 }
 
 impl Shared {
@@ -362,7 +380,7 @@ async fn worker(shared: Arc<Shared>) -> u64 {
             ..shared.blank()
         };
         let body = &shared.bodies[slot];
-        shared.client.send(&shared.call, body, shared.origin, &mut record).await;
+        shared.client.send_within(&shared.call, body, shared.origin, &shared.deadlines, &mut record).await;
         shared.done(record);
         sent += 1;
     }
@@ -389,6 +407,7 @@ async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, worke
         spool: None,
         keep_text: false,
         expected_events: expected_events(input.expected_output_tokens),
+        deadlines: input.load.request_timeout.unwrap_or_default().into(),
     });
     let mut set = JoinSet::new();
     for _ in 0..workers.max(1) {
@@ -442,7 +461,8 @@ async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: u
                 input_tokens: shared.lengths[slot],
                 ..shared.blank()
             };
-            shared.client.send(&shared.call, &shared.bodies[slot], shared.origin, &mut record).await;
+            let body = &shared.bodies[slot];
+            shared.client.send_within(&shared.call, body, shared.origin, &shared.deadlines, &mut record).await;
             drop(permit);
             shared.done(record);
         });

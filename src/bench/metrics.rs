@@ -36,9 +36,39 @@ pub struct Distribution {
     pub p95: f64,
     pub p99: f64,
     pub p99_9: f64,
+    /// Samples that are only lower bounds: requests cut at a deadline (error `timeout`), entered
+    /// at the time they were cut. Absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub censored: Option<Censored>,
+}
+
+/// The censored share of a distribution: a request cut at its deadline would have taken at least
+/// as long as it had run, so it enters the distribution at that time, marked. A percentile at or
+/// above the smallest censored sample is only a lower bound (shown as `≥ value`); one below it is
+/// exact, since every censored request lies above it whatever its true value. With any censored
+/// sample the mean and maximum are lower bounds too.
+#[derive(Debug, Clone, Serialize)]
+pub struct Censored {
+    pub count: u64,
+    /// The smallest censored sample, in milliseconds.
+    pub from_ms: f64,
+    /// The percentiles that are only lower bounds (`p90`, `p99`, …).
+    pub lower_bounds: Vec<&'static str>,
 }
 
 impl Distribution {
+    /// Whether percentile `name` (`p50`, `p99_9`, …) is only a lower bound.
+    pub fn is_lower_bound(&self, name: &str) -> bool {
+        self.censored.as_ref().is_some_and(|c| c.lower_bounds.contains(&name))
+    }
+
+    /// `value` of percentile `name` as text with `decimals`, prefixed `≥ ` where it is only a
+    /// lower bound.
+    pub fn show(&self, name: &str, value: f64, decimals: usize) -> String {
+        let bound = if self.is_lower_bound(name) { "≥ " } else { "" };
+        format!("{bound}{value:.decimals$}")
+    }
+
     /// Summarizes samples in nanoseconds, reported in milliseconds; `None` without samples.
     #[cfg(test)]
     pub(crate) fn of_ns(samples: &[f64]) -> Option<Self> {
@@ -62,6 +92,9 @@ pub(crate) struct Stat {
     min: f64,
     max: f64,
     hist: Histogram<u64>,
+    /// Censored samples (lower bounds) among `n`, and the smallest of them.
+    censored: u64,
+    censored_min: f64,
 }
 
 impl Default for Stat {
@@ -73,6 +106,8 @@ impl Default for Stat {
             m2: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            censored: 0,
+            censored_min: f64::INFINITY,
             // `new` histograms grow to fit whatever is recorded.
             hist: Histogram::new(SIGFIG).expect("3 significant digits is a valid precision"),
         }
@@ -82,6 +117,13 @@ impl Default for Stat {
 impl Stat {
     pub(crate) fn add(&mut self, v: f64) {
         self.add_n(v, 1);
+    }
+
+    /// Adds `v` as a lower bound: a request cut at a deadline after running this long.
+    pub(crate) fn add_censored(&mut self, v: f64) {
+        self.add_n(v, 1);
+        self.censored += 1;
+        self.censored_min = self.censored_min.min(v);
     }
 
     /// Adds `v` counted `w` times. The histogram takes `max(v, 0)` (it holds no negatives); the
@@ -120,6 +162,8 @@ impl Stat {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        self.censored += other.censored;
+        self.censored_min = self.censored_min.min(other.censored_min);
         // Both histograms resize to fit, so adding cannot fail for want of range.
         let _ = self.hist.add(&other.hist);
     }
@@ -130,7 +174,19 @@ impl Stat {
         }
         const MS: f64 = 1e6;
         let q = |quantile: f64| self.hist.value_at_quantile(quantile) as f64 / MS;
+        let censored = (self.censored > 0).then(|| {
+            // Compared in the histogram's own units, so a percentile that lands in the censored
+            // sample's bucket counts as a bound.
+            let from = self.hist.lowest_equivalent(self.censored_min.max(0.0).round() as u64);
+            let lower_bounds = [(0.50, "p50"), (0.90, "p90"), (0.95, "p95"), (0.99, "p99"), (0.999, "p99_9")]
+                .into_iter()
+                .filter(|(quantile, _)| self.hist.value_at_quantile(*quantile) >= from)
+                .map(|(_, name)| name)
+                .collect();
+            Censored { count: self.censored, from_ms: self.censored_min / MS, lower_bounds }
+        });
         Some(Distribution {
+            censored,
             count: self.n,
             mean: self.sum / self.n as f64 / MS,
             min: self.min / MS,
@@ -218,6 +274,13 @@ pub struct LoadMetrics {
     pub tpot_ms: Option<Distribution>,
     /// End-to-end latency: end of the answer − send.
     pub e2e_ms: Option<Distribution>,
+    /// Open-loop profiles only: the same latencies measured from when each request was meant to
+    /// go out by the schedule, not from when it was sent, so time spent waiting for the client
+    /// (schedule lag, a `max_concurrency` slot) counts, as it would for a user (coordinated
+    /// omission corrected, as wrk2 and GuideLLM do). The SLOs, goodput and a sweep's stop use
+    /// these where they exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_schedule: Option<FromSchedule>,
     /// Whether the engine's `usage` equals the tokenizer's count of the text on every request that
     /// has both and no reasoning (`usage` counts reasoning tokens too); `None` where none has both.
     pub usage_agrees: Option<bool>,
@@ -235,6 +298,17 @@ pub struct LoadMetrics {
     /// Requests that met every SLO the benchmark sets, per second of the window (`slo:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goodput: Option<Goodput>,
+}
+
+/// Latencies measured from each request's scheduled send time.
+#[derive(Debug, Clone, Serialize)]
+pub struct FromSchedule {
+    /// First content event − scheduled time.
+    pub ttft_ms: Option<Distribution>,
+    /// First event of any kind − scheduled time.
+    pub ttft_first_event_ms: Option<Distribution>,
+    /// End of the answer − scheduled time.
+    pub e2e_ms: Option<Distribution>,
 }
 
 /// The first `cold` requests (in send order) against the rest.
@@ -272,14 +346,16 @@ pub struct Arrivals {
     pub scheduled: u64,
     /// `(n − 1) / (last scheduled − first scheduled)`: the rate the schedule asked for.
     pub offered_rate: f64,
-    /// `(n − 1) / (last dispatched − first dispatched)`: the rate the client kept.
+    /// `(n − 1) / (last sent − first sent)`: the rate at which requests actually went out (after
+    /// any wait for a `max_concurrency` slot).
     pub delivered_rate: f64,
     /// Dispatch − scheduled time, per request: how late the client released it.
     pub schedule_lag_ms: Option<Distribution>,
     /// Sent − dispatch time, per request: waiting for a `max_concurrency` slot.
     pub client_queue_ms: Option<Distribution>,
-    /// Schedule lag p99 above max(1 ms, 10 % of the mean inter-arrival time): the client, not the
-    /// engine, limited this step, and its latencies understate what users would see.
+    /// The schedule was not kept: schedule lag p99 or client queue time p99 above
+    /// max(1 ms, 10 % of the mean inter-arrival time). Send-based latencies then understate what
+    /// users would see; `from_schedule` does not.
     pub client_limited: bool,
 }
 
@@ -413,8 +489,13 @@ pub struct Tally {
     goodput_met: u64,
     scheduled: (Option<u64>, Option<u64>),
     dispatched: (Option<u64>, Option<u64>),
+    sent: (Option<u64>, Option<u64>),
     lag: Stat,
     queue: Stat,
+    /// From the scheduled time (open loop only).
+    sched_ttft: Stat,
+    sched_first_event: Stat,
+    sched_e2e: Stat,
     /// `(index, e2e ms, ttft ms)` of successful requests, only with `cold_requests`.
     by_index: Vec<(u64, f64, f64)>,
 }
@@ -458,8 +539,10 @@ impl Tally {
         self.first_send = earliest(self.first_send, Some(r.sent_ns));
         self.last_end = latest(self.last_end, Some(r.end_ns));
         widen(&mut self.scheduled, r.scheduled_ns);
+        let open_loop = r.dispatched_ns.is_some();
         if let Some(d) = r.dispatched_ns {
             widen(&mut self.dispatched, d);
+            widen(&mut self.sent, r.sent_ns);
             self.lag.add(d.saturating_sub(r.scheduled_ns) as f64);
             self.queue.add(r.sent_ns.saturating_sub(d) as f64);
         }
@@ -468,13 +551,26 @@ impl Tally {
             if self.first_error.is_none() {
                 self.first_error = r.error_detail.clone();
             }
+            if kind == crate::engine::client::ErrorKind::Timeout {
+                self.add_timed_out(r, open_loop);
+            }
             return;
         }
         self.ok += 1;
         let since_send = |t: u64| t.saturating_sub(r.sent_ns) as f64;
+        let since_schedule = |t: u64| t.saturating_sub(r.scheduled_ns) as f64;
         let n = r.output_tokens();
         let ttft = r.first_content_ns.map(since_send);
         let e2e = since_send(r.end_ns);
+        if open_loop {
+            if let Some(t) = r.first_content_ns {
+                self.sched_ttft.add(since_schedule(t));
+            }
+            if let Some(t) = r.first_event_ns {
+                self.sched_first_event.add(since_schedule(t));
+            }
+            self.sched_e2e.add(since_schedule(r.end_ns));
+        }
         if let Some(t) = ttft {
             self.ttft.add(t);
         }
@@ -529,13 +625,47 @@ impl Tally {
         }
         if let Some(slo) = &self.config.slo {
             let ms = |ns: f64| ns / 1e6;
-            let met = slo.ttft_ms.is_none_or(|max| ttft.is_some_and(|t| ms(t) <= max))
+            // Open loop: a user waits from when the request was due, not from when the client
+            // got round to sending it.
+            let (slo_ttft, slo_e2e) = if open_loop {
+                (r.first_content_ns.map(since_schedule), since_schedule(r.end_ns))
+            } else {
+                (ttft, e2e)
+            };
+            let met = slo.ttft_ms.is_none_or(|max| slo_ttft.is_some_and(|t| ms(t) <= max))
                 && slo.tpot_ms.is_none_or(|max| tpot.is_none_or(|t| ms(t) <= max))
-                && slo.e2e_ms.is_none_or(|max| ms(e2e) <= max);
+                && slo.e2e_ms.is_none_or(|max| ms(slo_e2e) <= max);
             self.goodput_met += u64::from(met);
         }
         if self.config.cold_requests.is_some() {
             self.by_index.push((r.index, e2e / 1e6, ttft.map_or(0.0, |t| t / 1e6)));
+        }
+    }
+
+    /// A request cut at a deadline stays in the latency picture: its TTFT (when its first token
+    /// had not come) and its end-to-end latency enter as lower bounds at the time it was cut, so
+    /// an engine that gets slower never looks faster for timing out. It never meets an SLO.
+    fn add_timed_out(&mut self, r: &RequestRecord, open_loop: bool) {
+        let from = |start: u64, t: u64| t.saturating_sub(start) as f64;
+        for (start, ttft, first_event, e2e) in [
+            (Some(r.sent_ns), &mut self.ttft, &mut self.first_event, &mut self.e2e),
+            (
+                open_loop.then_some(r.scheduled_ns),
+                &mut self.sched_ttft,
+                &mut self.sched_first_event,
+                &mut self.sched_e2e,
+            ),
+        ] {
+            let Some(start) = start else { continue };
+            match r.first_content_ns {
+                Some(t) => ttft.add(from(start, t)),
+                None => ttft.add_censored(from(start, r.end_ns)),
+            }
+            match r.first_event_ns {
+                Some(t) => first_event.add(from(start, t)),
+                None => first_event.add_censored(from(start, r.end_ns)),
+            }
+            e2e.add_censored(from(start, r.end_ns));
         }
     }
 
@@ -561,6 +691,9 @@ impl Tally {
             (&mut self.ttft_minus_server, &o.ttft_minus_server),
             (&mut self.lag, &o.lag),
             (&mut self.queue, &o.queue),
+            (&mut self.sched_ttft, &o.sched_ttft),
+            (&mut self.sched_first_event, &o.sched_first_event),
+            (&mut self.sched_e2e, &o.sched_e2e),
         ] {
             mine.merge(theirs);
         }
@@ -575,6 +708,7 @@ impl Tally {
         self.goodput_met += o.goodput_met;
         self.scheduled = (earliest(self.scheduled.0, o.scheduled.0), latest(self.scheduled.1, o.scheduled.1));
         self.dispatched = (earliest(self.dispatched.0, o.dispatched.0), latest(self.dispatched.1, o.dispatched.1));
+        self.sent = (earliest(self.sent.0, o.sent.0), latest(self.sent.1, o.sent.1));
         self.first_send = earliest(self.first_send, o.first_send);
         self.last_end = latest(self.last_end, o.last_end);
         self.by_index.extend_from_slice(&o.by_index);
@@ -588,14 +722,17 @@ impl Tally {
         };
         let offered_rate = rate(self.scheduled);
         let schedule_lag_ms = self.lag.summary();
+        let client_queue_ms = self.queue.summary();
         let mean_gap_ms = if offered_rate > 0.0 { 1e3 / offered_rate } else { 0.0 };
-        let client_limited = schedule_lag_ms.as_ref().is_some_and(|l| l.p99 > (0.1 * mean_gap_ms).max(1.0));
+        let bound = (0.1 * mean_gap_ms).max(1.0);
+        let client_limited =
+            [&schedule_lag_ms, &client_queue_ms].iter().any(|d| d.as_ref().is_some_and(|d| d.p99 > bound));
         Arrivals {
             scheduled: n,
             offered_rate,
-            delivered_rate: rate(self.dispatched),
+            delivered_rate: rate(self.sent),
             schedule_lag_ms,
-            client_queue_ms: self.queue.summary(),
+            client_queue_ms,
             client_limited,
         }
     }
@@ -668,6 +805,11 @@ pub fn summarize(outcome: &LoadOutcome) -> LoadMetrics {
         itl_token_ms: t.itl_token.summary(),
         tpot_ms: t.tpot.summary(),
         e2e_ms: t.e2e.summary(),
+        from_schedule: (outcome.open_loop && t.sched_e2e.n > 0).then(|| FromSchedule {
+            ttft_ms: t.sched_ttft.summary(),
+            ttft_first_event_ms: t.sched_first_event.summary(),
+            e2e_ms: t.sched_e2e.summary(),
+        }),
         usage_agrees: (t.usage_compared > 0).then_some(!t.usage_disagrees),
         prefill_throughput: (t.prefill_secs > 0.0).then(|| t.prefill_tokens as f64 / t.prefill_secs),
         cold_vs_warm: t.config.cold_requests.and_then(|k| t.cold_vs_warm(k)),
@@ -717,6 +859,7 @@ mod tests {
             open_loop: false,
             warmup_requests: 0,
             records: None,
+            origin: std::time::Instant::now(),
         }
     }
 
@@ -882,5 +1025,88 @@ mod tests {
             }
         }
         assert_eq!(a.tally.window_ns(), 232 * MS, "first send 0 → last end 197 + 25 + 10");
+    }
+
+    #[test]
+    fn timeouts_enter_latencies_as_lower_bounds() {
+        // 16 answers in 80 ms; 4 stalled after their first token and cut at 1,080 ms.
+        let mut records: Vec<RequestRecord> = (0..16).map(|i| record(i, 0, &[10, 80], 80)).collect();
+        for i in 16..20 {
+            let mut r = record(i, 0, &[10], 1080);
+            r.error = Some(ErrorKind::Timeout);
+            records.push(r);
+        }
+        let slo = crate::manifest::load::Slo { e2e_ms: Some(5000.0), ..Default::default() };
+        let config = TallyConfig { slo: Some(slo), ..TallyConfig::default() };
+        let m = summarize(&outcome_with(config, &records, 1100));
+        assert_eq!((m.requests, m.ok, m.errors_by_kind["timeout"]), (20, 16, 4));
+        let e2e = m.e2e_ms.unwrap();
+        assert_eq!(e2e.count, 20, "timed-out requests stay in e2e");
+        let c = e2e.censored.as_ref().unwrap();
+        assert_eq!((c.count, c.from_ms), (4, 1080.0));
+        assert_eq!(c.lower_bounds, vec!["p90", "p95", "p99", "p99_9"]);
+        assert!(!e2e.is_lower_bound("p50") && e2e.is_lower_bound("p90"));
+        assert_eq!(e2e.show("p90", e2e.p90, 0), "≥ 1080");
+        assert_eq!(e2e.show("p50", e2e.p50, 0), "80");
+        // Their first token came: TTFT is exact for all 20.
+        let ttft = m.ttft_ms.unwrap();
+        assert_eq!((ttft.count, ttft.censored.is_none()), (20, true));
+        // A timed-out request never meets an SLO, however loose.
+        assert_eq!(m.goodput.unwrap().requests, 16);
+
+        // Cut before their first token: TTFT is censored too.
+        let mut records: Vec<RequestRecord> = (0..8).map(|i| record(i, 0, &[10, 80], 80)).collect();
+        let mut r = record(8, 0, &[], 60_000);
+        r.error = Some(ErrorKind::Timeout);
+        records.push(r);
+        let ttft = summarize(&outcome(records, 60_000)).ttft_ms.unwrap();
+        assert_eq!(ttft.count, 9);
+        assert_eq!(ttft.censored.unwrap().lower_bounds, vec!["p90", "p95", "p99", "p99_9"]);
+        // Other failures are not latencies at all.
+        let mut r = record(0, 0, &[], 5);
+        r.error = Some(ErrorKind::ConnectionReset);
+        assert!(summarize(&outcome(vec![r], 10)).e2e_ms.is_none());
+    }
+
+    #[test]
+    fn open_loop_latency_is_also_measured_from_the_schedule() {
+        // 20 req/s, one slot: the engine pauses 2 s on request 5, and the requests due meanwhile
+        // wait for the slot; once sent, each answers in 10 ms.
+        let mut records = Vec::new();
+        let mut free_at = 0u64;
+        for i in 0..20u64 {
+            let scheduled = i * 50;
+            let sent = scheduled.max(free_at);
+            let service = if i == 5 { 2000 } else { 10 };
+            let mut r = record(i, sent, &[sent + service], sent + service);
+            r.scheduled_ns = scheduled * MS;
+            r.dispatched_ns = Some(scheduled * MS);
+            free_at = sent + service;
+            records.push(r);
+        }
+        let slo = crate::manifest::load::Slo { ttft_ms: Some(100.0), ..Default::default() };
+        let config = TallyConfig { slo: Some(slo), ..TallyConfig::default() };
+        let mut o = outcome_with(config, &records, 3000);
+        o.open_loop = true;
+        let m = summarize(&o);
+        let sched = m.from_schedule.as_ref().unwrap();
+        let sent_based = m.ttft_ms.as_ref().unwrap();
+        let from_schedule = sched.ttft_ms.as_ref().unwrap();
+        assert!(sent_based.p50 <= 10.1, "{sent_based:?}");
+        assert!(from_schedule.p99 >= 1500.0, "{from_schedule:?}");
+        assert!(from_schedule.p50 > sent_based.p50);
+        let a = m.arrivals.as_ref().unwrap();
+        assert!(a.client_limited, "requests waited seconds for a slot: {a:?}");
+        // Sends bunched after the pause: 19 gaps over first → last send, not the schedule's 950 ms.
+        let last_sent = records.iter().map(|r| r.sent_ns).max().unwrap() as f64 / 1e9;
+        assert!(last_sent > 2.0);
+        assert!((a.delivered_rate - 19.0 / last_sent).abs() < 1e-9, "{}", a.delivered_rate);
+        assert!((a.offered_rate - 20.0).abs() < 1e-9);
+        // Goodput judges from the schedule: only the requests not held up meet 100 ms.
+        let met = records.iter().filter(|r| r.first_content_ns.unwrap() - r.scheduled_ns <= 100 * MS).count();
+        assert_eq!(m.goodput.as_ref().unwrap().requests, met as u64);
+        assert!(met < 15, "{met}");
+        // Closed loops have no schedule to measure from.
+        assert!(summarize(&outcome(records, 3000)).from_schedule.is_none());
     }
 }

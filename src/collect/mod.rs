@@ -189,7 +189,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(target: EngineTarget, interval: Duration) -> Sampler {
+    /// Starts sampling now; sample times count from `origin` (the measured window's start).
+    pub fn start(target: EngineTarget, interval: Duration, origin: Instant) -> Sampler {
         let interval = interval.max(Duration::from_millis(10));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -198,21 +199,22 @@ impl Sampler {
             .spawn(move || {
                 let gpu = GpuSampler::open();
                 let note = gpu.unavailable().map(String::from);
-                let started = Instant::now();
+                let started = origin;
                 let mut clock = CpuClock::default();
                 let mut samples = Vec::new();
-                let mut last = started;
-                let mut next = started;
+                let mut last = Instant::now();
+                let mut next = last;
                 loop {
                     let now = Instant::now();
-                    samples.push(read(&target, &gpu, &mut clock, now - started, now - last));
+                    samples.push(read(&target, &gpu, &mut clock, now.saturating_duration_since(started), now - last));
                     last = now;
                     next += interval;
                     // Sleep in short slices so `finish` never waits a whole interval.
                     while Instant::now() < next {
                         if flag.load(Ordering::Relaxed) {
                             let now = Instant::now();
-                            samples.push(read(&target, &gpu, &mut clock, now - started, now - last));
+                            let t = now.saturating_duration_since(started);
+                            samples.push(read(&target, &gpu, &mut clock, t, now - last));
                             return (samples, note);
                         }
                         std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
@@ -376,7 +378,8 @@ mod tests {
             }
             x
         });
-        let sampler = Sampler::start(EngineTarget::Process(std::process::id()), Duration::from_millis(20));
+        let sampler =
+            Sampler::start(EngineTarget::Process(std::process::id()), Duration::from_millis(20), Instant::now());
         std::thread::sleep(Duration::from_millis(300));
         let (samples, _note) = sampler.finish();
         stop.store(true, Ordering::Relaxed);

@@ -227,8 +227,22 @@ impl EngineClient {
     }
 
     /// Sends one completion request and reads the whole (streamed) answer, timestamping as bytes
-    /// arrive. Stamps are nanoseconds since `origin`; failures are recorded, never returned.
+    /// arrive, under the default deadlines. Stamps are nanoseconds since `origin`; failures are
+    /// recorded, never returned.
     pub async fn send(&self, call: &RequestTemplate, body: &[u8], origin: Instant, record: &mut RequestRecord) {
+        self.send_within(call, body, origin, &Deadlines::default(), record).await;
+    }
+
+    /// [`EngineClient::send`] under `deadlines`: a request past one ends as error `timeout`
+    /// (`record.deadline` says which) and its connection is dropped.
+    pub async fn send_within(
+        &self,
+        call: &RequestTemplate,
+        body: &[u8],
+        origin: Instant,
+        deadlines: &Deadlines,
+        record: &mut RequestRecord,
+    ) {
         let transport = &self.inner.transport;
         let route = match transport.route(call) {
             Ok(route) => route,
@@ -237,32 +251,43 @@ impl EngineClient {
                 return;
             }
         };
+        // Taken before the connection: opening one is part of the request's latency, as it is
+        // for a user's first request. A resend keeps this first stamp: its lost time is the
+        // request's.
+        let sent = Instant::now();
+        record.sent_ns = at(sent, origin);
+        let clock = RequestClock { sent, deadlines };
+        let (head_deadline, head_kind) = clock.before_body();
+        let mut resent = false;
         let (mut conn, status) = loop {
-            // Taken before the connection: opening one is part of the request's latency, as it
-            // is for a user's first request.
-            record.sent_ns = since(origin);
-            let mut lease = match transport.lease().await {
-                Ok(lease) => lease,
-                Err(e) => {
+            let leased = async { if resent { transport.fresh().await } else { transport.lease().await } };
+            let mut lease = match tokio::time::timeout_at(head_deadline.into(), leased).await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(e)) => {
                     let kind = if e.timed_out { ErrorKind::Timeout } else { ErrorKind::Connect };
                     record.fail(kind, e.reason);
                     record.end_ns = since(origin);
                     return;
                 }
+                Err(_) => {
+                    record.time_out(head_kind, "while connecting");
+                    record.end_ns = since(origin);
+                    return;
+                }
             };
-            match lease.conn.send(&route, body).await {
-                // A kept-alive connection the server had already closed (llama.cpp's HTTP server
-                // advertises keep-alive, then closes after a streamed answer): the request never
-                // reached the engine, so it goes out once more on a fresh connection.
-                // Every idle connection in the pool may be one the server closed, so this can
-                // repeat, once per stale connection, up to a bound.
-                Err(e) if lease.reused && record.connection_retries < STALE_RETRIES && e.stale() => {
-                    record.connection_retries += 1
+            match lease.conn.send(&route, body, head_deadline).await {
+                // A kept-alive connection the server had closed while it was idle (llama.cpp's
+                // HTTP server advertises keep-alive, then closes after a streamed answer): it
+                // failed while the request was written or before a single byte of answer, so
+                // the engine cannot have answered it. It goes out once more, on a new
+                // connection; any other failure is the request's.
+                Err(e) if lease.reused && !resent && e.stale() => {
+                    resent = true;
+                    record.connection_retries += 1;
                 }
                 Err(e) => {
-                    let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Connect };
-                    record.fail(kind, format!("request failed: {e}"));
                     record.end_ns = since(origin);
+                    wire_failure(record, &e, head_kind, lease.conn.received(), "before the answer's head");
                     return;
                 }
                 Ok(status) => break (lease.conn, status),
@@ -281,9 +306,9 @@ impl EngineClient {
                 other = Reader::new(call);
                 &other
             };
-            read_answer(&mut conn, t, call.stream, reader, origin, record).await
+            read_answer(&mut conn, t, call.stream, reader, origin, &clock, record).await
         } else {
-            let (excerpt_of, complete) = read_limited(&mut conn, ERROR_BODY_LIMIT).await;
+            let (excerpt_of, complete) = read_limited(&mut conn, ERROR_BODY_LIMIT, clock.until_end().0).await;
             record.fail(ErrorKind::Status(status), excerpt(&excerpt_of));
             (since(origin), complete)
         };
@@ -292,6 +317,100 @@ impl EngineClient {
         if reusable {
             transport.give_back(conn);
         }
+    }
+
+    /// Keeps up to `n` idle connections from now on: a load of concurrency `n` reuses its
+    /// connections instead of opening new ones.
+    pub fn size_for(&self, n: usize) {
+        self.inner.transport.keep_up_to(n);
+    }
+}
+
+/// The deadlines of one request (an `execution.request_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub first_token: Duration,
+    pub between_events: Duration,
+    pub total: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        crate::manifest::load::RequestTimeout::default().into()
+    }
+}
+
+impl From<crate::manifest::load::RequestTimeout> for Deadlines {
+    fn from(t: crate::manifest::load::RequestTimeout) -> Self {
+        Deadlines { first_token: t.first_token.0, between_events: t.between_events.0, total: t.total.0 }
+    }
+}
+
+/// Which deadline a request passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deadline {
+    FirstToken,
+    BetweenEvents,
+    Total,
+}
+
+impl Deadline {
+    fn name(self) -> &'static str {
+        match self {
+            Deadline::FirstToken => "first_token",
+            Deadline::BetweenEvents => "between_events",
+            Deadline::Total => "total",
+        }
+    }
+}
+
+/// One request's deadlines as instants: whichever of its phase deadline and its total comes
+/// first (at a tie, the phase's).
+struct RequestClock<'a> {
+    sent: Instant,
+    deadlines: &'a Deadlines,
+}
+
+impl RequestClock<'_> {
+    fn total(&self) -> Instant {
+        self.sent + self.deadlines.total
+    }
+
+    fn pick(&self, phase: Instant, kind: Deadline) -> (Instant, Deadline) {
+        let total = self.total();
+        if total < phase { (total, Deadline::Total) } else { (phase, kind) }
+    }
+
+    /// Until the first byte of the answer's body.
+    fn before_body(&self) -> (Instant, Deadline) {
+        self.pick(self.sent + self.deadlines.first_token, Deadline::FirstToken)
+    }
+
+    /// Once the body has begun: the next read, after one at `last_read`.
+    fn after_read(&self, last_read: Instant) -> (Instant, Deadline) {
+        self.pick(last_read + self.deadlines.between_events, Deadline::BetweenEvents)
+    }
+
+    /// Only the total applies (an error answer's body).
+    fn until_end(&self) -> (Instant, Deadline) {
+        (self.total(), Deadline::Total)
+    }
+}
+
+/// Records a failure on the wire: a deadline as `timeout` (naming it), a reset as
+/// `connection_reset` (with the bytes of answer that had arrived), a close before the answer
+/// ended as `stream`, anything before an answer as `connect`.
+fn wire_failure(record: &mut RequestRecord, e: &transport::WireError, deadline: Deadline, received: usize, when: &str) {
+    use transport::WireError;
+    if e.timed_out() {
+        record.time_out(deadline, when);
+    } else if e.reset() {
+        record.fail(ErrorKind::ConnectionReset, format!("{e} ({received} bytes of answer received)"));
+    } else if matches!(e, WireError::Closed { read } if *read > 0) || record.status.is_some() {
+        record.fail(ErrorKind::Stream, format!("the answer broke off: {e}"));
+    } else {
+        record.fail(ErrorKind::Connect, format!("request failed: {e}"));
     }
 }
 
@@ -316,8 +435,7 @@ pub fn read_answer_for_bench(call: &RequestTemplate, body: &[u8], times: usize) 
     events_read
 }
 
-/// Most resends of one request over stale kept-alive connections (each is dropped from the pool
-/// when found dead, so the pool empties of them quickly).
+/// Most resends of one control call (never a measured one) over stale kept-alive connections.
 const STALE_RETRIES: u32 = 16;
 
 /// Whether `e`, from a control call, is a pooled connection found closed before any answer.
@@ -394,11 +512,13 @@ async fn read_answer(
     stream: StreamFormat,
     reader: &Reader,
     origin: Instant,
+    clock: &RequestClock<'_>,
     record: &mut RequestRecord,
 ) -> (u64, bool) {
     let mut framing = Framing::new(stream);
     let mut events = Events::new(reader, record);
     let mut last = t;
+    let mut body_started = false;
     loop {
         // Every byte of one read is stamped with the read's arrival, taken before any parsing.
         let mut flow = ControlFlow::Continue(());
@@ -407,12 +527,14 @@ async fn read_answer(
                 return;
             }
             last = t;
+            body_started = true;
             events.record.first_byte_ns.get_or_insert(t);
             flow = framing.feed(data, &mut |payload| events.event(payload, t));
         });
+        let (deadline, kind) = if body_started { clock.after_read(conn.read_at()) } else { clock.before_body() };
         let complete = match decoded {
             Ok(complete) => complete,
-            Err(e) => return (broke_off(events.record, &e, origin), false),
+            Err(e) => return (broke_off(events.record, &e, kind, conn.received(), origin), false),
         };
         if flow.is_break() {
             let reusable = events.finished && (complete || drain(conn).await);
@@ -421,8 +543,8 @@ async fn read_answer(
         if complete {
             break;
         }
-        if let Err(e) = conn.read_more().await {
-            return (broke_off(events.record, &e, origin), false);
+        if let Err(e) = conn.read_more(deadline).await {
+            return (broke_off(events.record, &e, kind, conn.received(), origin), false);
         }
         t = at(conn.read_at(), origin);
     }
@@ -432,10 +554,16 @@ async fn read_answer(
 }
 
 /// Records an answer that failed on the wire after its head; when it ended.
-fn broke_off(record: &mut RequestRecord, e: &transport::WireError, origin: Instant) -> u64 {
-    let kind = if e.timed_out() { ErrorKind::Timeout } else { ErrorKind::Stream };
-    record.fail(kind, format!("the answer broke off: {e}"));
-    since(origin)
+fn broke_off(
+    record: &mut RequestRecord,
+    e: &transport::WireError,
+    deadline: Deadline,
+    received: usize,
+    origin: Instant,
+) -> u64 {
+    let end = since(origin);
+    wire_failure(record, e, deadline, received, "while the answer streamed");
+    end
 }
 
 /// Reads what is left of a finished answer so its connection can be reused, within a grace;
@@ -449,7 +577,7 @@ async fn drain(conn: &mut Conn) -> bool {
                 Ok(false) if read <= ERROR_BODY_LIMIT => {}
                 _ => return false,
             }
-            if conn.read_more().await.is_err() {
+            if conn.read_more(Instant::now() + DRAIN_GRACE).await.is_err() {
                 return false;
             }
         }
@@ -460,7 +588,7 @@ async fn drain(conn: &mut Conn) -> bool {
 
 /// Up to `limit` bytes of a body, and whether that was all of it; a read error ends it early
 /// (the status is the error).
-async fn read_limited(conn: &mut Conn, limit: usize) -> (Vec<u8>, bool) {
+async fn read_limited(conn: &mut Conn, limit: usize, deadline: Instant) -> (Vec<u8>, bool) {
     let mut read = Vec::new();
     loop {
         let complete = conn.body(&mut |data| {
@@ -472,7 +600,7 @@ async fn read_limited(conn: &mut Conn, limit: usize) -> (Vec<u8>, bool) {
             Ok(false) if read.len() < limit => {}
             _ => return (read, false),
         }
-        if conn.read_more().await.is_err() {
+        if conn.read_more(deadline).await.is_err() {
             return (read, false);
         }
     }

@@ -46,6 +46,61 @@ pub struct LoadSpec {
     /// Closed loops: start the workers one by one, evenly over this long, instead of all at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ramp: Option<Dur>,
+    /// Deadlines of each measured request; unset: the suite's `execution.request_timeout`. In a
+    /// compiled plan this holds the deadlines in force whenever they differ from the defaults
+    /// (so they are part of the cell's key), and stays unset at the defaults (keys do not move).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<RequestTimeout>,
+}
+
+/// How long one measured (or eval) request may take, by phase. A request past a deadline ends as
+/// error `timeout`, naming the deadline, and its connection is dropped; the cell goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTimeout {
+    /// Send → the first byte of the answer's body (a streamed answer's first event; the whole
+    /// answer when it is not streamed). Default 60s.
+    #[schemars(with = "Dur")]
+    pub first_token: Dur,
+    /// Longest silence between two reads of a streamed answer once its body has begun. Default 30s.
+    #[schemars(with = "Dur")]
+    pub between_events: Dur,
+    /// Send → the end of the answer. Default 20m.
+    #[schemars(with = "Dur")]
+    pub total: Dur,
+}
+
+impl Default for RequestTimeout {
+    fn default() -> Self {
+        use std::time::Duration;
+        RequestTimeout {
+            first_token: Dur(Duration::from_secs(60)),
+            between_events: Dur(Duration::from_secs(30)),
+            total: Dur(Duration::from_secs(20 * 60)),
+        }
+    }
+}
+
+impl Decode for RequestTimeout {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let d = RequestTimeout::default();
+        let mut f = Fields::open(node, cx, what)?;
+        let t = RequestTimeout {
+            first_token: f.opt(cx, "first_token").unwrap_or(d.first_token),
+            between_events: f.opt(cx, "between_events").unwrap_or(d.between_events),
+            total: f.opt(cx, "total").unwrap_or(d.total),
+        };
+        f.finish(cx);
+        for (name, v) in [("first_token", t.first_token), ("between_events", t.between_events), ("total", t.total)] {
+            if v.0.is_zero() {
+                cx.error(
+                    Diagnostic::new(node.pos, format!("{what}: `{name}` must be longer than 0"))
+                        .help("a deadline of 0 would fail every request; leave the key out for the default"),
+                );
+            }
+        }
+        Some(t)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema, Default)]
@@ -120,6 +175,7 @@ impl Decode for LoadSpec {
         let warmup = f.opt(cx, "warmup");
         let cold_requests = f.opt(cx, "cold_requests");
         let ramp: Option<Dur> = f.opt(cx, "ramp");
+        let request_timeout = f.opt(cx, "request_timeout");
         f.finish(cx);
         let staged = matches!(profile, Some(Profile::Stages(_)));
         if ramp.is_some() && !matches!(profile, Some(Profile::Concurrency(_) | Profile::Stages(_)) | None) {
@@ -152,6 +208,7 @@ impl Decode for LoadSpec {
             warmup,
             cold_requests,
             ramp,
+            request_timeout,
         })
     }
 }

@@ -480,6 +480,10 @@ pub struct Execution {
     #[serde(default = "default_sample_interval")]
     #[schemars(with = "Dur")]
     pub sample_interval: Dur,
+    /// Deadlines of every measured and eval request (defaults: first_token 60s, between_events
+    /// 30s, total 20m); a benchmark's `load.request_timeout` overrides them for its cells.
+    #[serde(default)]
+    pub request_timeout: super::load::RequestTimeout,
 }
 
 fn default_sample_interval() -> Dur {
@@ -508,6 +512,7 @@ impl Default for Execution {
             on_failure: OnFailure::Continue,
             max_error_rate: 0.05,
             sample_interval: Dur(std::time::Duration::from_millis(200)),
+            request_timeout: super::load::RequestTimeout::default(),
         }
     }
 }
@@ -526,6 +531,7 @@ impl Decode for Execution {
             on_failure: f.opt(cx, "on_failure").unwrap_or(d.on_failure),
             max_error_rate: max_error_rate.as_ref().map_or(d.max_error_rate, |m| m.value),
             sample_interval: f.opt(cx, "sample_interval").unwrap_or(d.sample_interval),
+            request_timeout: f.opt(cx, "request_timeout").unwrap_or(d.request_timeout),
         };
         f.finish(cx);
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {

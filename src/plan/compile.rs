@@ -14,7 +14,7 @@ use super::*;
 use crate::catalog::{Catalog, Entry};
 use crate::manifest::decode::{Cx, Decode, Spanned};
 use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
-use crate::manifest::load::{ApiKind, LoadSpec};
+use crate::manifest::load::{ApiKind, LoadSpec, RequestTimeout};
 use crate::manifest::secret::{SecretOr, check_inline};
 use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, Network, SAMPLING_KEYS};
 use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType};
@@ -176,6 +176,12 @@ impl<'a> Compiler<'a> {
         }
         if !self.errors.is_empty() {
             return None;
+        }
+        // Deadlines in force, kept in the cell (and its key) only where they differ from the
+        // defaults: a suite that sets none keeps the keys it always had.
+        for load in cells.iter_mut().filter_map(|c| c.load.as_mut()) {
+            let t = load.request_timeout.unwrap_or(spec.execution.request_timeout);
+            load.request_timeout = (t != RequestTimeout::default()).then_some(t);
         }
         let steps = layout(&groups, &cells, spec.execution.isolation, &reporters, self.keys);
         let mut templates: Vec<TemplateRef> = Vec::new();

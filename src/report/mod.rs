@@ -229,6 +229,53 @@ pub fn csv(report: &RunReport) -> String {
     out
 }
 
+/// Percentile `p` of latency `name` as the summary shows it: from the schedule in open-loop cells,
+/// `≥ ` where it is only a lower bound, `-` when absent.
+fn latency(m: &Json, name: &str, p: &str, digits: usize) -> String {
+    let d = m.pointer(&format!("/from_schedule/{name}")).filter(|d| d.is_object()).or_else(|| m.get(name));
+    let Some(v) = d.and_then(|d| d.get(p)).and_then(Json::as_f64) else { return "-".into() };
+    let bound = d
+        .and_then(|d| d.pointer("/censored/lower_bounds"))
+        .and_then(Json::as_array)
+        .is_some_and(|b| b.iter().any(|x| x == p));
+    format!("{}{v:.digits$}", if bound { "≥ " } else { "" })
+}
+
+/// What a reader of a cell's numbers must know before trusting them, one sentence each: the
+/// client limited the schedule, the engine's counts disagree with the tokenizer's, connections
+/// were resent on, requests timed out, answers stopped early, or the cell was cut short.
+pub fn warnings(m: &Json) -> Vec<String> {
+    let mut out = Vec::new();
+    let n = |p: &str| m.pointer(p).and_then(Json::as_u64).unwrap_or(0);
+    if m.pointer("/arrivals/client_limited").and_then(Json::as_bool) == Some(true) {
+        out.push(
+            "the client could not keep the schedule (schedule lag or a wait for a `max_concurrency` slot above its bound): \
+             send-based latencies understate what users would see; read the from-schedule ones"
+                .to_string(),
+        );
+    }
+    if m.get("usage_agrees").and_then(Json::as_bool) == Some(false) {
+        out.push("the engine's `usage` token counts disagree with the tokenizer's count of the answers".to_string());
+    }
+    if let retries @ 1.. = n("/connection_retries") {
+        out.push(format!(
+            "{retries} request(s) were resent once on a new connection (the engine had closed an idle kept-alive connection)"
+        ));
+    }
+    if let timeouts @ 1.. = n("/errors_by_kind/timeout") {
+        out.push(format!("{timeouts} request(s) timed out at a deadline; their latencies enter as lower bounds (≥)"));
+    }
+    if let early @ 1.. = n("/stopped_early") {
+        out.push(format!(
+            "{early} request(s) generated fewer tokens than asked although told not to stop; its speed is not comparable"
+        ));
+    }
+    if m.get("truncated").and_then(Json::as_bool) == Some(true) {
+        out.push("the cell was cut short by `step_timeout`: its numbers are partial".to_string());
+    }
+    out
+}
+
 /// The human summary table printed at the end of `kitt apply`.
 pub fn summary(report: &RunReport) -> String {
     let mut rows: Vec<[String; 10]> = vec![[
@@ -264,9 +311,9 @@ pub fn summary(report: &RunReport) -> String {
             format!("{}/{}", f(metric(m, "/ok"), 0), f(metric(m, "/requests"), 0)),
             f(metric(m, "/request_throughput"), 2),
             f(metric(m, "/output_token_throughput"), 1),
-            format!("{}/{}", f(metric(m, "/ttft_ms/p50"), 1), f(metric(m, "/ttft_ms/p99"), 1)),
+            format!("{}/{}", latency(m, "ttft_ms", "p50", 1), latency(m, "ttft_ms", "p99", 1)),
             f(metric(m, "/itl_ms/p50"), 2),
-            f(metric(m, "/e2e_ms/p50"), 1),
+            latency(m, "e2e_ms", "p50", 1),
         ]);
     }
     let widths: Vec<usize> = (0..10).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
@@ -317,13 +364,23 @@ pub fn summary(report: &RunReport) -> String {
         );
     }
     for c in &report.cells {
-        if let Some(n) = c.metrics.pointer("/stopped_early").and_then(Json::as_u64).filter(|n| *n > 0) {
-            let _ = writeln!(
-                out,
-                "WARNING {} {}: {n} request(s) generated fewer tokens than asked although told not to stop; its speed is not comparable",
-                c.cell.engine, c.cell.benchmark
-            );
+        for w in warnings(&c.metrics) {
+            let _ = writeln!(out, "WARNING {} {} #{}: {w}", c.cell.engine, c.cell.benchmark, c.cell.run_index);
         }
+    }
+    if report.cells.iter().any(|c| c.metrics.get("from_schedule").is_some()) {
+        let _ = writeln!(
+            out,
+            "open-loop cells: TTFT and e2e are measured from each request's scheduled send time (docs/metrics.md)"
+        );
+    }
+    if report.cells.iter().any(|c| {
+        ["/ttft_ms", "/e2e_ms"].iter().any(|p| c.metrics.pointer(p).is_some_and(|d| d.get("censored").is_some()))
+    }) {
+        let _ = writeln!(
+            out,
+            "≥: a lower bound; requests cut at their deadline are in the latencies at the time they were cut"
+        );
     }
     for c in report.cells.iter().filter(|c| c.status == CellStatus::Failed) {
         let _ = writeln!(
@@ -428,6 +485,21 @@ fn template_context(mut data: Json) -> Json {
             c["eval"] = c["metrics"]["eval"].clone();
         }
     }
+    let mut all_warnings: Vec<Json> = Vec::new();
+    if let Some(cells) = data["cells"].as_array_mut() {
+        for c in cells.iter_mut() {
+            let w = warnings(&c["metrics"]);
+            for text in &w {
+                let id = &c["cell"];
+                all_warnings.push(serde_json::json!({
+                    "engine": id["engine"], "model": id["model"], "benchmark": id["benchmark"],
+                    "swept": id["swept"], "run_index": id["run_index"], "text": text,
+                }));
+            }
+            c["warnings"] = serde_json::json!(w);
+        }
+    }
+    data["warnings"] = Json::Array(all_warnings);
     let cells = data["cells"].as_array().cloned().unwrap_or_default();
     for cell in &cells {
         let id = &cell["cell"];

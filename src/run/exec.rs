@@ -470,7 +470,7 @@ impl RunExecutor {
     }
 
     async fn measure(&self, gi: usize, m: Measurement<'_>, cancel: &Cancel) -> Result<load::LoadOutcome, StepError> {
-        let Measurement { call, spec, label, expected_output_tokens, seed, records, index_offset } = m;
+        let Measurement { call, spec, label, expected_output_tokens, seed, records, index_offset, window_opens } = m;
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
         let mut call = call.clone();
@@ -503,6 +503,7 @@ impl RunExecutor {
             expected_output_tokens,
             records,
             index_offset,
+            window_opens,
         };
         load::run(input).await.map_err(|e| match e {
             load::LoadError::Cancelled => StepError::cancelled(),
@@ -522,7 +523,7 @@ impl RunExecutor {
         if !matches!(m.spec.profile, Profile::Stages(_) | Profile::Sweep { .. }) {
             return Ok((self.measure(gi, m, cancel).await?, None));
         }
-        let Measurement { call, spec, label, expected_output_tokens, seed, records, .. } = m;
+        let Measurement { call, spec, label, expected_output_tokens, seed, records, window_opens, .. } = m;
         let mut stages: Vec<Json> = Vec::new();
         let mut throughputs: Vec<f64> = Vec::new();
         let mut merged: Option<load::LoadOutcome> = None;
@@ -546,12 +547,17 @@ impl RunExecutor {
                 seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 records: records.clone(),
                 index_offset: merged.as_ref().map_or(0, |all| all.tally.requests().0),
+                window_opens: window_opens.clone(),
             };
             let outcome = self.measure(gi, stage_m, cancel).await?;
             let sm = metrics::summarize(&outcome);
             throughputs.push(sm.request_throughput);
             let sustained = stage_sustained(spec, &sm, self.plan.execution.max_error_rate);
-            stages.push(json!({"stage": i, "name": name, "profile": profile, "metrics": sm}));
+            // The stage's own window on the benchmark's window clock (that of `samples.csv`).
+            let first = merged.as_ref().map_or(outcome.origin, |all| all.origin);
+            let start_ms = outcome.origin.saturating_duration_since(first).as_secs_f64() * 1e3;
+            let window_ms = [start_ms, start_ms + outcome.window_ns as f64 / 1e6];
+            stages.push(json!({"stage": i, "name": name, "profile": profile, "window_ms": window_ms, "metrics": sm}));
             merged = Some(match merged.take() {
                 None => outcome,
                 Some(mut all) => {
@@ -595,6 +601,7 @@ impl RunExecutor {
             warmup: None,
             cold_requests: None,
             ramp: None,
+            request_timeout: Some(self.plan.execution.request_timeout),
         };
         let m = Measurement {
             call: &w.request,
@@ -604,6 +611,7 @@ impl RunExecutor {
             seed: prompt_seed(&g.key),
             records: None,
             index_offset: 0,
+            window_opens: None,
         };
         let outcome = self.measure(gi, m, cancel).await?;
         let (requests, ok) = outcome.tally.requests();
@@ -639,6 +647,35 @@ impl RunExecutor {
                 let _ = std::fs::remove_file(stale.path());
             }
         }
+        let (client, target) = {
+            let engines = self.engines.lock().await;
+            let e = engines.get(&cell.group);
+            (e.map(|e| e.client.clone()), e.map(|e| e.target.clone()).unwrap_or(EngineTarget::None))
+        };
+        let metrics_path = self.plan.groups[cell.group].metrics_path.clone();
+        let interval = self.plan.execution.sample_interval.0;
+        // The engine's counters and the resource sampler start where the window opens, after
+        // prompt sizing and the benchmark's warmup (the first window, for stages).
+        let window = Arc::new(tokio::sync::Mutex::new(Window::default()));
+        let window_opens: load::WindowHook = {
+            let (window, client, metrics_path, target) =
+                (Arc::clone(&window), client.clone(), metrics_path.clone(), target.clone());
+            Arc::new(move || {
+                let (window, client, metrics_path, target) =
+                    (Arc::clone(&window), client.clone(), metrics_path.clone(), target.clone());
+                Box::pin(async move {
+                    let mut w = window.lock().await;
+                    if w.sampler.is_some() {
+                        return;
+                    }
+                    w.before = match (&client, &metrics_path) {
+                        (Some(c), Some(p)) => scrape(c, p).await,
+                        _ => None,
+                    };
+                    w.sampler = Some(Sampler::start(target, interval, std::time::Instant::now()));
+                })
+            })
+        };
         // Each cell's prompts come from its own key: two cells never send the same prompts, so an
         // engine's prefix cache cannot make a later cell look faster.
         let m = Measurement {
@@ -649,27 +686,30 @@ impl RunExecutor {
             seed: prompt_seed(&s.key),
             records: Some(partial.clone()),
             index_offset: 0,
+            window_opens: Some(window_opens),
         };
-        let (client, target) = {
-            let engines = self.engines.lock().await;
-            let e = engines.get(&cell.group);
-            (e.map(|e| e.client.clone()), e.map(|e| e.target.clone()).unwrap_or(EngineTarget::None))
-        };
-        let metrics_path = self.plan.groups[cell.group].metrics_path.clone();
-        let before = match (&client, &metrics_path) {
-            (Some(c), Some(p)) => scrape(c, p).await,
-            _ => None,
-        };
-        let sampler = Sampler::start(target, self.plan.execution.sample_interval.0);
         let outcome = self.run_load(cell.group, m, cancel).await;
-        let interval = sampler.interval();
-        let (samples, gpu_note) = sampler.finish();
-        let (outcome, stages) = outcome?;
+        let (before, sampler) = {
+            let mut w = window.lock().await;
+            (w.before.take(), w.sampler.take())
+        };
+        let (samples, gpu_note) = sampler.map(Sampler::finish).unwrap_or_default();
+        let (outcome, mut stages) = outcome?;
         let finished = unix_ns();
         let engine_metrics = match (&client, &metrics_path, &before) {
             (Some(c), Some(p), Some(b)) => scrape(c, p).await.map(|a| crate::collect::prom::delta(b, &a)),
             _ => None,
         };
+        // Each stage's resources over its own window.
+        for stage in stages.iter_mut().flatten() {
+            if let Some([from, to]) = stage["window_ms"].as_array().and_then(|w| <[Json; 2]>::try_from(w.clone()).ok())
+            {
+                let (from, to) = (from.as_f64().unwrap_or(0.0), to.as_f64().unwrap_or(f64::MAX));
+                let inside: Vec<_> = samples.iter().filter(|x| x.t_ms >= from && x.t_ms <= to).cloned().collect();
+                stage["resources"] =
+                    serde_json::to_value(crate::collect::summarize(&inside, interval, None)).unwrap_or(Json::Null);
+            }
+        }
         let resources = crate::collect::summarize(&samples, interval, gpu_note);
         super::dir::write_atomic(&dir.join("samples.csv"), crate::collect::csv(&samples).as_bytes()).map_err(err)?;
         let m = metrics::summarize(&outcome);
@@ -753,6 +793,7 @@ impl RunExecutor {
             *l = cell.label();
         }
         let origin = std::time::Instant::now();
+        let deadlines: crate::engine::client::Deadlines = self.plan.execution.request_timeout.into();
         let generate = |req: crate::eval::Request| {
             let (client, call) = (client.clone(), call.clone());
             async move {
@@ -761,7 +802,7 @@ impl RunExecutor {
                     Prompt::Messages(messages) => bind_late(&call.body, &[("messages", json!(messages))]),
                 };
                 let mut record = crate::engine::client::RequestRecord::default();
-                client.send(&call, body.to_string().as_bytes(), origin, &mut record).await;
+                client.send_within(&call, body.to_string().as_bytes(), origin, &deadlines, &mut record).await;
                 if record.ok() {
                     Ok(record.text)
                 } else {
@@ -1015,6 +1056,14 @@ impl RunExecutor {
 }
 
 /// One measured load: what to send and how to judge it.
+/// What measures alongside a benchmark's window, started when the window opens.
+#[derive(Default)]
+struct Window {
+    /// The engine's counters at the window's start.
+    before: Option<crate::collect::prom::Scrape>,
+    sampler: Option<Sampler>,
+}
+
 struct Measurement<'a> {
     call: &'a crate::plan::RequestTemplate,
     spec: &'a LoadSpec,
@@ -1027,6 +1076,8 @@ struct Measurement<'a> {
     records: Option<PathBuf>,
     /// Added to the recorded request indices (stages after the first).
     index_offset: u64,
+    /// Awaited right before each window opens (after prompt sizing and warmup).
+    window_opens: Option<load::WindowHook>,
 }
 
 /// Stage `i` of a staged profile, given the request throughput of the stages before it:

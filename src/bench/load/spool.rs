@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::LoadError;
-use crate::engine::client::{ErrorKind, RequestRecord};
+use crate::engine::client::{Deadline, ErrorKind, RequestRecord};
 
 /// How a spool file's name starts (the rest: process id and a counter).
 pub const SPOOL_PREFIX: &str = ".kitt-spool-";
@@ -122,6 +122,9 @@ impl SpoolReader {
     }
 }
 
+/// The code of `connection_reset`, above every `5 + status` code.
+const CONNECTION_RESET: u64 = 1 << 20;
+
 /// Appends `record`, framed by its length, to `out`.
 pub(super) fn encode(record: &RequestRecord, out: &mut Vec<u8>) {
     // Every field is named, so a field added to the record cannot be forgotten here.
@@ -148,6 +151,7 @@ pub(super) fn encode(record: &RequestRecord, out: &mut Vec<u8>) {
         status,
         connection_retries,
         error,
+        deadline,
         error_detail,
         text,
         skip_text: _,
@@ -192,6 +196,15 @@ pub(super) fn encode(record: &RequestRecord, out: &mut Vec<u8>) {
             ErrorKind::Decode => 3,
             ErrorKind::Cancelled => 4,
             ErrorKind::Status(code) => 5 + u64::from(code),
+            ErrorKind::ConnectionReset => CONNECTION_RESET,
+        }),
+    );
+    put_opt(
+        out,
+        deadline.map(|d| match d {
+            Deadline::FirstToken => 0,
+            Deadline::BetweenEvents => 1,
+            Deadline::Total => 2,
         }),
     );
     put_opt(out, error_detail.as_ref().map(|d| d.len() as u64));
@@ -245,7 +258,15 @@ pub(super) fn decode(mut bytes: &[u8]) -> Result<RequestRecord, &'static str> {
         Some(2) => Some(ErrorKind::Stream),
         Some(3) => Some(ErrorKind::Decode),
         Some(4) => Some(ErrorKind::Cancelled),
+        Some(CONNECTION_RESET) => Some(ErrorKind::ConnectionReset),
         Some(n) => Some(ErrorKind::Status(u16::try_from(n - 5).map_err(|_| "an unknown error kind")?)),
+    };
+    r.deadline = match get_opt(b)? {
+        None => None,
+        Some(0) => Some(Deadline::FirstToken),
+        Some(1) => Some(Deadline::BetweenEvents),
+        Some(2) => Some(Deadline::Total),
+        Some(_) => return Err("an unknown deadline"),
     };
     if let Some(len) = get_opt(b)? {
         r.error_detail = Some(text(b, len)?);
@@ -343,6 +364,7 @@ mod tests {
             status: Some(503),
             connection_retries: 2,
             error: Some(ErrorKind::Status(503)),
+            deadline: Some(Deadline::BetweenEvents),
             error_detail: Some("overloaded — retry".into()),
             text: " a b é".into(),
             skip_text: false,
@@ -357,9 +379,20 @@ mod tests {
     #[test]
     fn records_round_trip_through_the_spool_format() {
         let mut records = vec![full(), RequestRecord::default()];
-        for kind in [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Stream, ErrorKind::Decode, ErrorKind::Cancelled]
-        {
+        for kind in [
+            ErrorKind::Connect,
+            ErrorKind::Timeout,
+            ErrorKind::Stream,
+            ErrorKind::Decode,
+            ErrorKind::Cancelled,
+            ErrorKind::ConnectionReset,
+            ErrorKind::Status(100),
+            ErrorKind::Status(599),
+        ] {
             records.push(RequestRecord { error: Some(kind), ..RequestRecord::default() });
+        }
+        for deadline in [Deadline::FirstToken, Deadline::Total] {
+            records.push(RequestRecord { deadline: Some(deadline), ..RequestRecord::default() });
         }
         let mut bytes = Vec::new();
         for r in &records {

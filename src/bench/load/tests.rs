@@ -27,6 +27,7 @@ fn spec(profile: Profile, requests: Option<u64>, input_tokens: u32) -> LoadSpec 
         warmup: None,
         cold_requests: None,
         ramp: None,
+        request_timeout: None,
     }
 }
 
@@ -50,6 +51,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         expected_output_tokens: None,
         records: None,
         index_offset: 0,
+        window_opens: None,
     }
 }
 

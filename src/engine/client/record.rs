@@ -58,11 +58,15 @@ pub struct RequestRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_prompt_ms: Option<f64>,
     pub status: Option<u16>,
-    /// Times the request was resent because the pooled connection it went out on had been
-    /// closed by the server before answering (the server never saw it; curl does the same).
+    /// 1 when the request was resent, once, on a new connection, because the kept-alive
+    /// connection it first went out on failed while it was written or before any byte of answer
+    /// (a server closing an idle connection; curl does the same). `sent_ns` is the first send's.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub connection_retries: u32,
     pub error: Option<ErrorKind>,
+    /// With error `timeout`: the deadline that passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<super::Deadline>,
     pub error_detail: Option<String>,
     /// The content text, kept for counting its tokens exactly after the window (then emptied:
     /// `requests.jsonl` does not hold answers).
@@ -92,6 +96,12 @@ impl RequestRecord {
         self.error = Some(kind);
         self.error_detail = Some(detail.into());
     }
+
+    /// Fails the request as `timeout` at `deadline`, passed `when`.
+    pub(crate) fn time_out(&mut self, deadline: super::Deadline, when: &str) {
+        self.deadline = Some(deadline);
+        self.fail(ErrorKind::Timeout, format!("the `{}` deadline passed {when}", deadline.name()));
+    }
 }
 
 /// Why a request failed. Serialized as its name: `connect`, `http_500`, `timeout`, …
@@ -104,6 +114,8 @@ pub enum ErrorKind {
     Timeout,
     /// The answer broke off, or the engine reported an error inside the stream.
     Stream,
+    /// The connection was reset after the engine had the request (never resent).
+    ConnectionReset,
     /// An event or answer was not valid JSON.
     Decode,
     Cancelled,
@@ -116,6 +128,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Status(code) => write!(f, "http_{code}"),
             ErrorKind::Timeout => f.write_str("timeout"),
             ErrorKind::Stream => f.write_str("stream"),
+            ErrorKind::ConnectionReset => f.write_str("connection_reset"),
             ErrorKind::Decode => f.write_str("decode"),
             ErrorKind::Cancelled => f.write_str("cancelled"),
         }
@@ -136,6 +149,7 @@ impl std::str::FromStr for ErrorKind {
             "connect" => ErrorKind::Connect,
             "timeout" => ErrorKind::Timeout,
             "stream" => ErrorKind::Stream,
+            "connection_reset" => ErrorKind::ConnectionReset,
             "decode" => ErrorKind::Decode,
             "cancelled" => ErrorKind::Cancelled,
             other => match other.strip_prefix("http_").and_then(|c| c.parse().ok()) {

@@ -21,6 +21,7 @@
 //! line here quotes a header.
 
 use std::fmt;
+use std::future::Future as _;
 use std::future::poll_fn;
 use std::io;
 use std::net::IpAddr;
@@ -65,6 +66,11 @@ pub(super) struct Conn {
     body: Body,
     /// The server lets the connection carry another request after this answer.
     keep_alive: bool,
+    /// Bytes of the current answer read so far (a failure after any is never resent).
+    received: usize,
+    /// The request's deadline timer, made on the first read that has to wait and re-armed only
+    /// when that read's deadline differs: one per connection, not one per request or read.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How the rest of the current answer's body is delimited.
@@ -117,7 +123,8 @@ pub(super) struct Transport {
     route: OnceLock<Route>,
     /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Conn>>,
-    max_idle: usize,
+    /// Most idle connections kept: the largest concurrency a load asked for.
+    max_idle: std::sync::atomic::AtomicUsize,
     /// Connections opened so far (a new connection is rare once the pool is warm).
     opened: AtomicU64,
 }
@@ -148,13 +155,16 @@ pub(super) struct ConnectError {
 /// Why a request or its answer failed on the wire.
 #[derive(Debug)]
 pub(super) enum WireError {
+    /// Writing the request, or reading before any byte of the answer, failed.
     Io(io::Error),
     /// The server closed the connection before this many bytes of the answer (0: none at all).
-    Closed {
-        read: usize,
-    },
+    Closed { read: usize },
+    /// The connection was reset (RST) after this many bytes of the answer.
+    Reset { read: usize },
     /// The answer is not HTTP/1.1 as RFC 9112 has it.
     Protocol(String),
+    /// The read's deadline passed first.
+    Deadline,
 }
 
 impl fmt::Display for WireError {
@@ -163,25 +173,37 @@ impl fmt::Display for WireError {
             WireError::Io(e) => write!(f, "{}", super::causes(e)),
             WireError::Closed { read: 0 } => f.write_str("the connection closed before any answer"),
             WireError::Closed { .. } => f.write_str("the connection closed before the answer ended"),
+            WireError::Reset { read: 0 } => f.write_str("the connection was reset before any answer"),
+            WireError::Reset { read } => write!(f, "the connection was reset after {read} bytes of the answer"),
             WireError::Protocol(what) => write!(f, "not a valid HTTP/1.1 answer: {what}"),
+            WireError::Deadline => f.write_str("the deadline passed"),
         }
     }
 }
 
 impl WireError {
-    /// The server had closed a kept-alive connection before the request reached it: closed or
-    /// reset before a single byte of answer.
+    /// What a reused kept-alive connection shows when the server had closed it before the
+    /// request reached it: closed or reset while the request was being written, or before a
+    /// single byte of answer. Once any byte of the answer arrived the engine has seen the
+    /// request, and a failure is never this.
     pub(super) fn stale(&self) -> bool {
-        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
         match self {
-            WireError::Closed { read } => *read == 0,
-            WireError::Io(e) => matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted),
-            WireError::Protocol(_) => false,
+            WireError::Closed { read } | WireError::Reset { read } => *read == 0,
+            WireError::Io(e) => matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof),
+            WireError::Protocol(_) | WireError::Deadline => false,
         }
     }
 
     pub(super) fn timed_out(&self) -> bool {
-        matches!(self, WireError::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+        matches!(self, WireError::Deadline) || matches!(self, WireError::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
+
+    /// The connection was reset (RST), at any point.
+    pub(super) fn reset(&self) -> bool {
+        use io::ErrorKind::{ConnectionAborted, ConnectionReset};
+        matches!(self, WireError::Reset { .. })
+            || matches!(self, WireError::Io(e) if matches!(e.kind(), ConnectionReset | ConnectionAborted))
     }
 }
 
@@ -234,7 +256,7 @@ impl Transport {
             headers,
             route: OnceLock::new(),
             idle: Mutex::new(Vec::with_capacity(max_connections.max(1))),
-            max_idle: max_connections.max(1),
+            max_idle: std::sync::atomic::AtomicUsize::new(max_connections.max(1)),
             opened: AtomicU64::new(0),
         })
     }
@@ -289,6 +311,17 @@ impl Transport {
         Ok(Lease { conn, reused: false })
     }
 
+    /// A new connection, never one from the pool (a resend goes out on one).
+    pub(super) async fn fresh(&self) -> Result<Lease, ConnectError> {
+        Ok(Lease { conn: self.open().await?, reused: false })
+    }
+
+    /// Keeps up to `n` idle connections from now on (never fewer than before): the pool follows
+    /// the largest load sent through it.
+    pub(super) fn keep_up_to(&self, n: usize) {
+        self.max_idle.fetch_max(n.max(1), Ordering::Relaxed);
+    }
+
     fn take_idle(&self) -> Option<Conn> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
@@ -300,7 +333,7 @@ impl Transport {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
+        if idle.len() < self.max_idle.load(Ordering::Relaxed) {
             idle.push(conn);
         }
     }
@@ -354,20 +387,24 @@ impl Conn {
             out: Vec::new(),
             body: Body::Done,
             keep_alive: false,
+            received: 0,
+            timer: None,
         }
     }
 
     /// Sends a request for `route` with `body` and reads the answer's head (skipping interim
-    /// `1xx` answers); its status. The body's first bytes may already be buffered.
-    pub(super) async fn send(&mut self, route: &Route, body: &[u8]) -> Result<u16, WireError> {
+    /// `1xx` answers) by `deadline`; its status. The body's first bytes may already be buffered.
+    pub(super) async fn send(&mut self, route: &Route, body: &[u8], deadline: Instant) -> Result<u16, WireError> {
         let mut out = std::mem::take(&mut self.out);
         route.write(body, &mut out);
-        let written = self.stream.write_all(&out).await;
+        self.received = 0;
+        let written = tokio::time::timeout_at(deadline.into(), async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        })
+        .await;
         self.out = out;
-        written.map_err(WireError::Io)?;
-        self.stream.flush().await.map_err(WireError::Io)?;
-        // Bytes of answer received: a close before any is a stale connection, not a broken answer.
-        let mut received = 0;
+        written.map_err(|_| WireError::Deadline)?.map_err(WireError::Io)?;
         loop {
             if let Some(status) = self.head()? {
                 if (100..200).contains(&status) && status != 101 {
@@ -378,9 +415,8 @@ impl Conn {
             if self.end == self.buf.len() {
                 self.make_room()?;
             }
-            match self.fill().await.map_err(WireError::Io)? {
-                0 => return Err(WireError::Closed { read: received }),
-                n => received += n,
+            if self.fill(deadline).await? == 0 {
+                return Err(WireError::Closed { read: self.received });
             }
         }
     }
@@ -488,20 +524,25 @@ impl Conn {
                 self.body = Body::Done;
                 return Ok(true);
             }
-            return Err(WireError::Closed { read: 1 });
+            return Err(WireError::Closed { read: self.received.max(1) });
         }
         Ok(false)
     }
 
-    /// Waits for more of the answer (at least one byte, or the close).
-    pub(super) async fn read_more(&mut self) -> Result<(), WireError> {
+    /// Waits for more of the answer (at least one byte, or the close) until `deadline`.
+    pub(super) async fn read_more(&mut self, deadline: Instant) -> Result<(), WireError> {
         if self.eof {
             return Ok(());
         }
         if self.end == self.buf.len() {
             self.make_room()?;
         }
-        self.fill().await.map_err(WireError::Io).map(drop)
+        self.fill(deadline).await.map(drop)
+    }
+
+    /// Bytes of the current answer read so far.
+    pub(super) fn received(&self) -> usize {
+        self.received
     }
 
     /// When the last read returned: the arrival of the bytes it brought (the answer's head, then
@@ -544,9 +585,10 @@ impl Conn {
         Ok(())
     }
 
-    /// One read into the free end of the buffer: how many bytes came (none: the server closed
-    /// its side).
-    async fn fill(&mut self) -> io::Result<usize> {
+    /// One read into the free end of the buffer by `deadline`: how many bytes came (none: the
+    /// server closed its side). A read that is ready never touches the timer; one that must wait
+    /// arms the connection's timer (re-armed only when the deadline moved).
+    async fn fill(&mut self, deadline: Instant) -> Result<usize, WireError> {
         if self.pos == self.end {
             self.pos = 0;
             self.end = 0;
@@ -556,12 +598,30 @@ impl Conn {
             match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    let at = tokio::time::Instant::from_std(deadline);
+                    let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             }
         })
-        .await?;
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => WireError::Deadline,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted if self.received > 0 => {
+                WireError::Reset { read: self.received }
+            }
+            _ => WireError::Io(e),
+        })?;
         self.read_at = Instant::now();
         self.end += n;
+        self.received += n;
         if n == 0 {
             self.eof = true;
         }

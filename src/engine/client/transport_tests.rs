@@ -357,3 +357,181 @@ async fn long_answer_heads_grow_the_buffer_up_to_a_limit() {
     assert_eq!(record.error, Some(ErrorKind::Connect));
     assert!(record.error_detail.unwrap().contains("an answer head longer than 64 KiB"));
 }
+
+/// What a scripted server does with one request.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// Answers it whole (`ANSWER`, kept alive).
+    Answer,
+    /// Closes the connection without a byte of answer.
+    Close,
+    /// Resets the connection (RST) after writing these bytes of answer.
+    ResetAfter(&'static str),
+    /// Writes these bytes, then sends nothing more, keeping the connection open.
+    Stall(&'static str),
+    /// Writes the head, then an event every 50 ms, forever.
+    Trickle,
+}
+
+const ANSWER: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 49\r\n\r\n\
+    data: {\"choices\":[{\"text\":\" a\"}]}\n\ndata: [DONE]\n\n";
+const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+const ONE_EVENT: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+    23\r\ndata: {\"choices\":[{\"text\":\" a\"}]}\n\n\r\n";
+
+/// A server that does `script(connection, request on it)` with every request it reads, each
+/// connection on a thread of its own; its base URL and the log of the requests it read.
+/// What a scripted server does, by (connection, request on it).
+type Script = fn(usize, usize) -> Act;
+/// The requests a scripted server read, as (connection, request on it).
+type Log = Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
+
+fn script_server(script: Script) -> (String, Log) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for (conn, sock) in listener.incoming().enumerate() {
+            let Ok(mut sock) = sock else { return };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                for req in 0.. {
+                    let Ok(1..) = sock.read(&mut buf) else { return };
+                    seen.lock().unwrap().push((conn, req));
+                    match script(conn, req) {
+                        Act::Answer => {
+                            let _ = sock.write_all(ANSWER.as_bytes());
+                        }
+                        Act::Close => return,
+                        Act::ResetAfter(bytes) => {
+                            let _ = sock.write_all(bytes.as_bytes());
+                            std::thread::sleep(Duration::from_millis(20));
+                            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                            // SAFETY: a valid socket and a correctly sized option value.
+                            unsafe {
+                                libc::setsockopt(
+                                    sock.as_raw_fd(),
+                                    libc::SOL_SOCKET,
+                                    libc::SO_LINGER,
+                                    (&raw const linger).cast(),
+                                    size_of::<libc::linger>() as libc::socklen_t,
+                                );
+                            }
+                            return; // dropped with a zero linger: RST
+                        }
+                        Act::Stall(bytes) => {
+                            let _ = sock.write_all(bytes.as_bytes());
+                            std::thread::sleep(Duration::from_secs(30));
+                            return;
+                        }
+                        Act::Trickle => {
+                            let _ = sock.write_all(HEAD.as_bytes());
+                            let event = "23\r\ndata: {\"choices\":[{\"text\":\" a\"}]}\n\n\r\n";
+                            while sock.write_all(event.as_bytes()).is_ok() {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+async fn send_within(client: &EngineClient, deadlines: Deadlines) -> RequestRecord {
+    let mut record = RequestRecord::default();
+    client.send_within(&completion_call(2), b"{}", Instant::now(), &deadlines, &mut record).await;
+    record
+}
+
+fn deadlines(first_token_ms: u64, between_events_ms: u64, total_ms: u64) -> Deadlines {
+    Deadlines {
+        first_token: Duration::from_millis(first_token_ms),
+        between_events: Duration::from_millis(between_events_ms),
+        total: Duration::from_millis(total_ms),
+    }
+}
+
+/// Each deadline ends a request that passes it as `timeout`, naming it, at about its time; the
+/// connection is dropped, and the next request goes out on a new one.
+#[tokio::test]
+async fn each_deadline_ends_a_request_as_a_timeout_naming_it() {
+    let cases: [(Script, Deadline, u64); 4] = [
+        (|_, _| Act::Stall(""), Deadline::FirstToken, 300),
+        (|_, _| Act::Stall(HEAD), Deadline::FirstToken, 300),
+        (|_, _| Act::Stall(ONE_EVENT), Deadline::BetweenEvents, 200),
+        (|_, _| Act::Trickle, Deadline::Total, 500),
+    ];
+    for (script, which, after_ms) in cases {
+        let (url, log) = script_server(script);
+        let client = EngineClient::new(&url, vec![], 2).unwrap();
+        let started = Instant::now();
+        let record = send_within(&client, deadlines(300, 200, 500)).await;
+        let took = started.elapsed();
+        assert_eq!((record.error, record.deadline), (Some(ErrorKind::Timeout), Some(which)), "{record:?}");
+        let detail = record.error_detail.as_deref().unwrap();
+        assert!(detail.contains(&format!("`{}` deadline", which.name())), "{detail}");
+        assert!(took >= Duration::from_millis(after_ms), "{which:?} ended after {took:?}");
+        assert!(took < Duration::from_millis(after_ms + 2000), "{which:?} ended after {took:?}");
+        let cut_at = record.end_ns - record.sent_ns;
+        assert!(cut_at >= after_ms * 1_000_000, "{which:?}: end − sent {cut_at} ns");
+        if which == Deadline::BetweenEvents {
+            assert_eq!(record.content_events, 1, "the event before the stall is kept");
+        }
+        let _ = send_within(&client, deadlines(100, 100, 100)).await;
+        assert_eq!(client.inner.transport.opened(), 2, "a timed-out connection was reused");
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+}
+
+/// A reset after the engine has the request and sent part of its answer is the request's error
+/// (`connection_reset`, with the bytes received); it is never resent, even on a reused
+/// connection.
+#[tokio::test]
+async fn a_reset_after_part_of_the_answer_is_an_error_and_never_resent() {
+    let (url, log) = script_server(|_, req| if req == 0 { Act::Answer } else { Act::ResetAfter("HTTP/1.1 2") });
+    let client = EngineClient::new(&url, vec![], 2).unwrap();
+    assert!(send(&client).await.ok());
+    let record = send(&client).await;
+    assert_eq!((record.error, record.connection_retries), (Some(ErrorKind::ConnectionReset), 0), "{record:?}");
+    let detail = record.error_detail.unwrap();
+    assert!(detail.contains("after 10 bytes of the answer"), "{detail}");
+    // The engine saw that request once: its connection's second, and nothing after it.
+    assert_eq!(*log.lock().unwrap(), vec![(0, 0), (0, 1)]);
+    assert_eq!(client.inner.transport.opened(), 1);
+}
+
+/// A kept-alive connection that the server closes (or resets) as the request arrives, before a
+/// byte of answer, was one the server had given up while idle: the request goes out once more on
+/// a new connection, and its send stamp stays the first one's.
+#[tokio::test]
+async fn a_reused_connection_closed_before_any_answer_is_resent_once_on_a_new_one() {
+    for script in [(|conn, req| if conn == 0 && req == 1 { Act::Close } else { Act::Answer }) as Script, |conn, req| {
+        if conn == 0 && req == 1 { Act::ResetAfter("") } else { Act::Answer }
+    }] {
+        let (url, log) = script_server(script);
+        let client = EngineClient::new(&url, vec![], 2).unwrap();
+        assert!(send(&client).await.ok());
+        let origin = Instant::now();
+        let mut record = RequestRecord::default();
+        let before = Instant::now();
+        client.send(&completion_call(2), b"{}", origin, &mut record).await;
+        assert!(record.ok(), "{record:?}");
+        assert_eq!(record.connection_retries, 1);
+        assert!(record.sent_ns <= u64::try_from(before.duration_since(origin).as_nanos()).unwrap() + 1_000_000);
+        assert_eq!(*log.lock().unwrap(), vec![(0, 0), (0, 1), (1, 0)]);
+        // A second failure of that kind is the request's: never a second resend.
+        let (url, log) = script_server(|conn, req| if conn == 0 && req == 0 { Act::Answer } else { Act::Close });
+        let client = EngineClient::new(&url, vec![], 2).unwrap();
+        assert!(send(&client).await.ok());
+        let record = send(&client).await;
+        assert_eq!((record.error, record.connection_retries), (Some(ErrorKind::Connect), 1), "{record:?}");
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+}
