@@ -286,3 +286,240 @@ fn run_ids_and_result_ids_resolve_through_the_store_and_the_runs_dir() {
     assert_eq!(metric(&c["pairs"][0], "ttft.p99")["verdict"], "not_significant");
     assert!(c["a"]["label"].as_str().unwrap().starts_with(&format!("result {id} (run run-a")));
 }
+
+/// Writes a run directory of one eval cell, one result per entry of `runs`; each run lists its
+/// items' outcomes (`Some(true)` right, `Some(false)` wrong, `None` an error). With `items`,
+/// each result's items.jsonl is written in its step directory, as the eval step does.
+fn eval_run(root: &Path, run_id: &str, runs: &[Vec<Option<bool>>], items: bool) -> PathBuf {
+    let dir = root.join(run_id);
+    let mut cells = Vec::new();
+    for (i, outcomes) in runs.iter().enumerate() {
+        let key = format!("{run_id}-qa-{i}");
+        let correct = outcomes.iter().filter(|o| **o == Some(true)).count();
+        let errors = outcomes.iter().filter(|o| o.is_none()).count();
+        let answered = outcomes.len() - errors;
+        let accuracy = correct as f64 / answered as f64;
+        cells.push(json!({
+            "schema": "kitt.result/v1",
+            "cell": {
+                "model": "tiny", "engine": "sim", "engine_template": "sim", "benchmark": "qa",
+                "template": "qa", "params": {"concurrency": 8}, "swept": {}, "run_index": i, "sampling": {},
+            },
+            "status": "ok",
+            "metrics": {
+                "requests": outcomes.len(), "ok": answered, "errors": errors,
+                "error_rate": errors as f64 / outcomes.len() as f64, "accuracy": accuracy,
+                "eval": {"accuracy": accuracy, "stderr": 0.03, "unparseable_share": 0.0, "counts": {
+                    "total": outcomes.len(), "scored": outcomes.len(), "answered": answered, "correct": correct,
+                    "incorrect": answered - correct, "unparseable": 0, "errors": errors, "skipped": 0,
+                }},
+            },
+            "provenance": {
+                "run_id": run_id, "key": key, "attempt": 0, "reused": false,
+                "started_unix_ns": 1_790_000_000_000_000_000u64, "finished_unix_ns": 1_790_000_001_000_000_000u64,
+                "facts": {"engine.version": "kitt-sim 0.1.0", "machine": "nogpu_test", "kitt.version": "0.1.0",
+                          "metrics.schema": "1"},
+                "prompts_exact": false,
+            },
+        }));
+        if items {
+            let lines: String = outcomes
+                .iter()
+                .enumerate()
+                .map(|(n, o)| {
+                    let verdict = match o {
+                        Some(true) => "correct",
+                        Some(false) => "incorrect",
+                        None => "error",
+                    };
+                    format!("{}\n", json!({"id": format!("q{n}"), "expected": "A", "verdict": verdict}))
+                })
+                .collect();
+            std::fs::create_dir_all(dir.join("steps").join(&key)).unwrap();
+            std::fs::write(dir.join("steps").join(&key).join("items.jsonl"), lines).unwrap();
+        }
+    }
+    let report = json!({
+        "schema": "kitt.report/v1", "run_id": run_id, "suite": "qa", "suite_file": "qa.yaml",
+        "kitt_version": "0.1.0", "facts": {}, "cells": cells, "failed_cells": 0,
+    });
+    std::fs::create_dir_all(dir.join("report")).unwrap();
+    std::fs::write(dir.join("report/result.json"), serde_json::to_vec(&report).unwrap()).unwrap();
+    dir
+}
+
+/// 200 items: A gets the first 140 right. B fixes `fixed` of A's wrong items and breaks
+/// `broken` of A's right ones.
+fn answers(fixed: usize, broken: usize) -> [Vec<Option<bool>>; 2] {
+    let a: Vec<Option<bool>> = (0..200).map(|i| Some(i < 140)).collect();
+    let b = (0..200).map(|i| Some(if i < 140 { i >= broken } else { i < 140 + fixed })).collect();
+    [a, b]
+}
+
+#[test]
+fn an_accuracy_gain_is_better_on_paired_items_and_the_gate_goes_the_right_way() {
+    let env = Env::new();
+    let [a_items, b_items] = answers(24, 4);
+    let a = eval_run(&env.runs(), "a", &[a_items], true);
+    let b = eval_run(&env.runs(), "b", &[b_items], true);
+    let c = json_of(&env.compare(&a, &b, &["--output", "json"]));
+    let acc = metric(&c["pairs"][0], "accuracy");
+    // 70 % → 80 %: McNemar on 4 against 24 discordant items, one run a side.
+    assert_eq!(acc["test"], "mcnemar", "{acc}");
+    assert_eq!(acc["proportion"]["discordant"], json!([4, 24]), "{acc}");
+    assert_eq!(acc["proportion"]["items"], 200, "{acc}");
+    assert_eq!(acc["verdict"], "better", "{acc}");
+    assert!(acc["p_adjusted"].as_f64().unwrap() < 0.01, "{acc}");
+    assert_eq!(acc["better"], "higher");
+    // The other way round it is worse, and a gate on a drop fails; on the gain it passes.
+    assert_eq!(env.compare(&a, &b, &["--fail-if", "accuracy < -2%"]).status.code(), Some(0));
+    let out = env.compare(&b, &a, &["--fail-if", "accuracy < -2%"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("FAIL  accuracy < -2%") && t.contains("crossed and significant (McNemar p="), "{t}");
+    assert!(t.contains("accuracy") && t.contains("worse (McNemar p="), "{t}");
+    assert_eq!(env.compare(&b, &a, &["--fail-if", "accuracy < -0.05"]).status.code(), Some(3));
+    let c = json_of(&env.compare(&b, &a, &["--output", "json", "--fail-if", "accuracy < -2%"]));
+    assert_eq!(metric(&c["pairs"][0], "accuracy")["verdict"], "worse");
+    assert_eq!(c["thresholds"][0]["basis"], "mcnemar");
+
+    // A drop of 3 items out of 200 (1.5 points) crosses -1 % but is within the noise of the
+    // items: it passes, where the point estimate of one run would have failed it.
+    let [x, y] = answers(0, 3);
+    let x = eval_run(&env.runs(), "x", &[x], true);
+    let y = eval_run(&env.runs(), "y", &[y], true);
+    let out = env.compare(&x, &y, &["--fail-if", "accuracy < -1%"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("crossed but not significant (McNemar p=0.2500)"), "{}", text(&out));
+}
+
+#[test]
+fn items_that_errored_are_not_paired_and_missing_items_fall_back_to_counts() {
+    let env = Env::new();
+    let [a_items, mut b_items] = answers(24, 4);
+    // Ten of A's wrong items failed in B: not answers, so not in the pairs.
+    for o in &mut b_items[180..190] {
+        *o = None;
+    }
+    let a = eval_run(&env.runs(), "a", std::slice::from_ref(&a_items), true);
+    let b = eval_run(&env.runs(), "b", std::slice::from_ref(&b_items), true);
+    let c = json_of(&env.compare(&a, &b, &["--output", "json"]));
+    let acc = metric(&c["pairs"][0], "accuracy");
+    assert_eq!((acc["test"].as_str(), acc["proportion"]["items"].as_u64()), (Some("mcnemar"), Some(190)), "{acc}");
+    assert_eq!(acc["proportion"]["discordant"], json!([4, 24]), "{acc}");
+    assert_eq!(metric(&c["pairs"][0], "error_rate")["better"], "lower");
+
+    // Without items files (a result imported without its steps): the two-proportion test on the
+    // counts, answered items only (160 of 190 against 140 of 200).
+    let a = eval_run(&env.runs(), "a2", &[a_items], false);
+    let b = eval_run(&env.runs(), "b2", &[b_items], false);
+    let c = json_of(&env.compare(&a, &b, &["--output", "json"]));
+    let acc = metric(&c["pairs"][0], "accuracy");
+    assert_eq!(acc["test"], "two_proportion", "{acc}");
+    let (pa, pb) = (140.0 / 200.0, 160.0 / 190.0);
+    let pooled: f64 = 300.0 / 390.0;
+    let z = (pb - pa) / (pooled * (1.0 - pooled) * (1.0 / 200.0 + 1.0 / 190.0)).sqrt();
+    assert!((acc["proportion"]["statistic"].as_f64().unwrap() - z).abs() < 1e-9, "{acc}");
+    assert_eq!(acc["verdict"], "better", "{acc}");
+}
+
+#[test]
+fn repeated_eval_runs_are_tested_over_items_as_strata() {
+    let env = Env::new();
+    let [a_items, b_items] = answers(24, 4);
+    let a = eval_run(&env.runs(), "a", &[a_items.clone(), a_items.clone(), a_items], true);
+    let b = eval_run(&env.runs(), "b", &[b_items.clone(), b_items.clone(), b_items], true);
+    let c = json_of(&env.compare(&a, &b, &["--output", "json"]));
+    let acc = metric(&c["pairs"][0], "accuracy");
+    assert_eq!(acc["test"], "cmh", "{acc}");
+    assert_eq!(acc["verdict"], "better", "{acc}");
+    // Identical runs have no spread: Welch would call any change certain; CMH weighs the items.
+    // 28 discordant items, three runs each: Σ(b − E) = 3·(24 − 4)/2, Σ Var = 28 · 9·3·3/(36·5).
+    let want = (30.0f64).powi(2) / (28.0 * 81.0 / 180.0);
+    assert!((acc["proportion"]["statistic"].as_f64().unwrap() - want).abs() < 1e-9, "{acc}");
+}
+
+/// Runs a 40-item yes/no eval with `kitt apply` on the simulator, which answers "yes" to the
+/// first `right` items and "no" to the rest (every target is "yes"); returns the run directory.
+fn apply_eval(root: &Path, name: &str, right: usize) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    let data: String =
+        (0..40).map(|i| format!("{}\n", json!({"q": format!("item-{i:03}"), "answer": "yes"}))).collect();
+    std::fs::write(dir.join("qa.jsonl"), data).unwrap();
+    let key: String = (0..40)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"match": format!("item-{i:03} END"), "answer": if i < right { "yes" } else { "no" }})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("key.jsonl"), key).unwrap();
+    std::fs::write(
+        dir.join("templates/qa.yaml"),
+        r#"apiVersion: kitt/v1
+kind: Benchmark
+metadata: {name: qa, description: yes or no}
+spec:
+  mechanism: eval
+  eval:
+    dataset: {source: ./qa.jsonl}
+    fields: {target: answer}
+    prompt: {template: "Question {{q}} END\nAnswer:"}
+    generation: {max_tokens: 3, temperature: 0, stop: ["\n"]}
+    answer: {extract: {regex: "(yes|no)"}, compare: text_nocase}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("suite.yaml"),
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: qa}
+spec:
+  models: [{name: m}]
+  engines: [{name: sim, template: sim, params: {answers: key.jsonl}}]
+  benchmarks: [{name: qa, template: qa}]
+  sampling: {temperature: 0}
+  warmup: {requests: 0}
+  templates: [./templates/]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
+        .arg("apply")
+        .arg(dir.join("suite.yaml"))
+        .env("KITT_RUNS_DIR", dir.join("runs"))
+        .env("KITT_HOST_LOCK", dir.join("host.lock"))
+        .env("KITT_STORE", "off")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    std::fs::read_dir(dir.join("runs")).unwrap().next().unwrap().unwrap().path()
+}
+
+#[test]
+fn a_real_eval_is_compared_on_its_items_and_every_metric_it_writes_has_a_direction() {
+    let env = Env::new();
+    let a = apply_eval(env.dir.path(), "a", 30);
+    let b = apply_eval(env.dir.path(), "b", 40);
+    let report: Json = serde_json::from_slice(&std::fs::read(a.join("report/result.json")).unwrap()).unwrap();
+    let metrics = &report["cells"][0]["metrics"];
+    assert_eq!(metrics["accuracy"], 0.75, "{metrics}");
+    let fields = kitt::compare::metric::numeric_fields(metrics);
+    assert!(fields.iter().any(|f| f == "eval.counts.correct"), "{fields:?}");
+    for f in &fields {
+        assert!(kitt::compare::metric::direction(f).is_some(), "`{f}` has no direction: add it to compare/metric.rs");
+    }
+
+    // The items the simulator got right in B only: 10, none the other way (2 / 2¹⁰).
+    let c = json_of(&env.compare(&a, &b, &["--output", "json", "--fail-if", "accuracy < -2%"]));
+    let acc = metric(&c["pairs"][0], "accuracy");
+    assert_eq!((acc["test"].as_str(), acc["verdict"].as_str()), (Some("mcnemar"), Some("better")), "{acc}");
+    assert_eq!(acc["proportion"]["discordant"], json!([0, 10]), "{acc}");
+    assert!((acc["p"].as_f64().unwrap() - 2.0 / 1024.0).abs() < 1e-12, "{acc}");
+    assert_eq!(c["failed"], false);
+    let out = env.compare(&b, &a, &["--fail-if", "accuracy < -2%"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::{EXIT_FAILED, print_json};
+use crate::compare::items::Items;
 use crate::compare::threshold::Threshold;
 use crate::compare::{self, Identity, Side, render};
 use crate::store::{self, Record, Store};
@@ -120,8 +121,9 @@ pub fn compare(args: &CompareArgs) -> i32 {
             }
         }
     }
-    let a = Side { label: sides[0].0.clone(), records: &sides[0].1 };
-    let b = Side { label: sides[1].0.clone(), records: &sides[1].1 };
+    let items = [Items::read(&sides[0].1), Items::read(&sides[1].1)];
+    let a = Side { label: sides[0].0.clone(), records: &sides[0].1, items: &items[0] };
+    let b = Side { label: sides[1].0.clone(), records: &sides[1].1, items: &items[1] };
     let comparison = match compare::compare(&a, &b, &thresholds) {
         Ok(c) => c,
         Err(e) => {

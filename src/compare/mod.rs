@@ -3,11 +3,19 @@
 //! Plain data in, plain data out: records (from the store or a run directory; the CLI reads
 //! them) become `Aggregate`s and a `Comparison` that the CLI renders as text, markdown or JSON.
 //! Cells are matched by identity — model, engine instance, benchmark instance and params — never
-//! by step key, which changes with an image. The unit of every statistic is the repetition
-//! (`runs: N`): a verdict is Welch's t-test over per-run values at α = 0.05, and with one run
-//! on a side no verdict is possible, which the comparison says instead of guessing.
+//! by step key, which changes with an image. The unit of every measured statistic is the
+//! repetition (`runs: N`): its verdict is Welch's t-test over per-run values, and with one run
+//! on a side no verdict is possible, which the comparison says instead of guessing. Accuracy is a
+//! share of items, tested on the items themselves (`proportion`). Every verdict and every
+//! `--fail-if` is judged at α = 0.05 after Holm's adjustment over its family (`family`), so that
+//! a compare of many cells and metrics is not wrong somewhere by chance.
 
+pub mod accuracy;
+pub mod family;
+pub mod items;
+mod judge;
 pub mod metric;
+pub mod proportion;
 pub mod render;
 pub mod stats;
 pub mod threshold;
@@ -19,7 +27,10 @@ use serde_json::Value as Json;
 
 use crate::report::{CellIdentity, CellStatus};
 use crate::store::Record;
+use items::Items;
+use judge::Evidence;
 use metric::{Better, KEY_METRICS};
+use proportion::{ProportionTest, TestKind};
 use stats::{Summary, Welch};
 use threshold::Threshold;
 
@@ -149,6 +160,8 @@ pub struct Side<'a> {
     /// How the user named it (`run 2026…`, `result 12`, `dir …`).
     pub label: String,
     pub records: &'a [Record],
+    /// Per-item outcomes of its eval results (`Items::read`), for the paired accuracy tests.
+    pub items: &'a Items,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,10 +183,12 @@ pub struct FactRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Significantly better (Welch, p < α).
+    /// Significantly better (adjusted p < α).
     Better,
     /// Significantly worse.
     Worse,
+    /// Significantly different, for a metric with no better direction (a count).
+    Changed,
     /// The difference is within the noise of the repetitions.
     NotSignificant,
     /// Fewer than two runs on a side: no test is possible.
@@ -187,6 +202,7 @@ impl Verdict {
         match self {
             Verdict::Better => "better",
             Verdict::Worse => "worse",
+            Verdict::Changed => "changed",
             Verdict::NotSignificant => "not significant",
             Verdict::NoVerdict => "no verdict (1 run)",
             Verdict::Missing => "missing",
@@ -205,7 +221,16 @@ pub struct MetricDelta {
     pub delta: Option<f64>,
     /// `delta` in percent of A's mean (absent when A's mean is 0).
     pub delta_pct: Option<f64>,
+    /// Welch's test, when it is the test used.
     pub welch: Option<Welch>,
+    /// The proportion test, when it is the test used (accuracy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proportion: Option<ProportionTest>,
+    /// The test behind the verdict, its raw p-value, and the p-value after Holm's adjustment
+    /// over the compare's verdicts (what the verdict is decided on).
+    pub test: Option<TestKind>,
+    pub p: Option<f64>,
+    pub p_adjusted: Option<f64>,
     pub verdict: Verdict,
 }
 
@@ -227,6 +252,12 @@ pub struct Pair {
 pub enum Basis {
     /// Crossed and significant fails; crossed within the noise passes.
     Welch,
+    /// Likewise, with McNemar's test on paired items (accuracy).
+    Mcnemar,
+    /// Likewise, with the Cochran–Mantel–Haenszel test over items (accuracy, repetitions).
+    Cmh,
+    /// Likewise, with the two-proportion z-test on counts (accuracy without item records).
+    TwoProportion,
     /// Fewer than two runs on a side: the means decide alone.
     PointEstimate,
     /// B has no value where A has one: fails, as nothing shows the threshold holds.
@@ -242,9 +273,33 @@ pub struct ThresholdOutcome {
     /// The change judged: percent or metric units, as the threshold is written.
     pub change: Option<f64>,
     pub crossed: bool,
+    /// The test's raw p-value, and after Holm's adjustment over every cell × threshold.
     pub p: Option<f64>,
+    pub p_adjusted: Option<f64>,
     pub basis: Basis,
     pub failed: bool,
+}
+
+impl Basis {
+    fn of(test: TestKind) -> Basis {
+        match test {
+            TestKind::Welch => Basis::Welch,
+            TestKind::Mcnemar => Basis::Mcnemar,
+            TestKind::Cmh => Basis::Cmh,
+            TestKind::TwoProportion => Basis::TwoProportion,
+        }
+    }
+
+    /// The test, for a basis that is one.
+    pub fn test(self) -> Option<TestKind> {
+        match self {
+            Basis::Welch => Some(TestKind::Welch),
+            Basis::Mcnemar => Some(TestKind::Mcnemar),
+            Basis::Cmh => Some(TestKind::Cmh),
+            Basis::TwoProportion => Some(TestKind::TwoProportion),
+            Basis::PointEstimate | Basis::MissingInB | Basis::NotJudged => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -252,6 +307,10 @@ pub struct Comparison {
     pub a: SideInfo,
     pub b: SideInfo,
     pub alpha: f64,
+    /// The multiple-comparison adjustment applied to verdicts and thresholds: `holm`.
+    pub correction: &'static str,
+    /// Tests in each family: verdicts (cells × metrics) and thresholds (cells × thresholds).
+    pub family: Family,
     pub facts: Vec<FactRow>,
     pub pairs: Vec<Pair>,
     /// Cells on one side only.
@@ -262,6 +321,13 @@ pub struct Comparison {
     pub thresholds: Vec<ThresholdOutcome>,
     /// Whether some threshold failed.
     pub failed: bool,
+}
+
+/// The sizes of the two families of tests Holm's adjustment runs over.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Family {
+    pub verdicts: usize,
+    pub thresholds: usize,
 }
 
 /// Why two sides cannot be compared.
@@ -330,70 +396,16 @@ fn shown_metrics(thresholds: &[Threshold]) -> Vec<(String, Vec<String>, String, 
         .collect();
     for t in thresholds {
         if !out.iter().any(|(n, ..)| *n == t.metric) {
-            out.push((t.metric.clone(), metric::pointers(&t.metric), String::new(), metric::better(&t.metric)));
+            // A path kitt has no direction for is shown neutral: a change, never better or worse.
+            let better = metric::direction(&t.metric).unwrap_or(Better::Neutral);
+            out.push((t.metric.clone(), metric::pointers(&t.metric), String::new(), better));
         }
     }
     out
 }
 
-fn delta(name: &str, unit: &str, better: Better, a: &[f64], b: &[f64]) -> MetricDelta {
-    let (sa, sb) = (Summary::of(a), Summary::of(b));
-    let welch = stats::welch(a, b);
-    let (delta, delta_pct) = match (&sa, &sb) {
-        (Some(x), Some(y)) => {
-            let d = y.mean - x.mean;
-            let pct = if x.mean != 0.0 {
-                Some(d / x.mean.abs() * 100.0)
-            } else if d == 0.0 {
-                Some(0.0)
-            } else {
-                None
-            };
-            (Some(d), pct)
-        }
-        _ => (None, None),
-    };
-    let verdict = match (&delta, &welch) {
-        (None, _) => Verdict::Missing,
-        (Some(_), None) => Verdict::NoVerdict,
-        (Some(_), Some(w)) if !w.significant() => Verdict::NotSignificant,
-        (Some(d), Some(_)) => {
-            let improved = match better {
-                Better::Lower => *d < 0.0,
-                Better::Higher => *d > 0.0,
-            };
-            if improved { Verdict::Better } else { Verdict::Worse }
-        }
-    };
-    MetricDelta { name: name.into(), unit: unit.into(), better, a: sa, b: sb, delta, delta_pct, welch, verdict }
-}
-
-fn judge(t: &Threshold, cell: &str, a: &[f64], b: &[f64]) -> ThresholdOutcome {
-    let outcome = |change, crossed, p, basis, failed| ThresholdOutcome {
-        threshold: t.text.clone(),
-        cell: cell.to_string(),
-        change,
-        crossed,
-        p,
-        basis,
-        failed,
-    };
-    let (Some(sa), Some(sb)) = (Summary::of(a), Summary::of(b)) else {
-        let missing_in_b = !a.is_empty() && b.is_empty();
-        let basis = if missing_in_b { Basis::MissingInB } else { Basis::NotJudged };
-        return outcome(None, false, None, basis, missing_in_b);
-    };
-    let change = t.change(sa.mean, sb.mean);
-    let crossed = t.crossed(change);
-    let shown = change.is_finite().then_some(change);
-    match stats::welch(a, b) {
-        Some(w) => outcome(shown, crossed, Some(w.p), Basis::Welch, crossed && w.significant()),
-        None => outcome(shown, crossed, None, Basis::PointEstimate, crossed),
-    }
-}
-
 /// Compares B against A: pairs cells by identity, computes deltas and verdicts for the key
-/// metrics and judges every threshold on every pair.
+/// metrics and judges every threshold on every pair, then adjusts each family (`judge::adjust`).
 ///
 /// When no identity is on both sides but each side has exactly one cell, those two are paired
 /// (comparing two engines' runs of one benchmark), and B's identity is shown beside A's.
@@ -443,13 +455,14 @@ pub fn compare(a: &Side, b: &Side, thresholds: &[Threshold]) -> Result<Compariso
         } else {
             x.identity.label()
         };
+        let accuracy_test = accuracy::test(x, y, [a.items, b.items]);
+        let evidence = |name: &str, p: &[String]| Evidence::new(name, x.values(p), y.values(p), accuracy_test.as_ref());
         let metrics: Vec<MetricDelta> = shown
             .iter()
-            .map(|(name, pointers, unit, better)| delta(name, unit, *better, &x.values(pointers), &y.values(pointers)))
+            .map(|(name, pointers, unit, better)| judge::delta(name, unit, *better, evidence(name, pointers)))
             .collect();
         for t in thresholds {
-            let pointers = metric::pointers(&t.metric);
-            outcomes.push(judge(t, &label, &x.values(&pointers), &y.values(&pointers)));
+            outcomes.push(judge::judge(t, &label, &evidence(&t.metric, &metric::pointers(&t.metric))));
         }
         pairs.push(Pair {
             label,
@@ -460,13 +473,20 @@ pub fn compare(a: &Side, b: &Side, thresholds: &[Threshold]) -> Result<Compariso
             metrics,
         });
     }
+    judge::adjust(&mut pairs, &mut outcomes);
     let failed = outcomes.iter().any(|o| o.failed);
+    let family = Family {
+        verdicts: pairs.iter().flat_map(|p| &p.metrics).filter(|m| m.p.is_some()).count(),
+        thresholds: outcomes.iter().filter(|o| o.p.is_some()).count(),
+    };
     Ok(Comparison {
         a: side_info(a),
         b: side_info(b),
         alpha: stats::ALPHA,
+        correction: "holm",
+        family,
         facts: facts(a.records, b.records),
-        single_run: pairs.iter().any(|p| p.runs.iter().any(|n| *n < 2)),
+        single_run: pairs.iter().any(|p| p.runs.iter().any(|n| *n < 2) && p.metrics.iter().any(|m| m.test.is_none())),
         only_a: unmatched(&ga, &keys_b),
         only_b: unmatched(&gb, &keys_a),
         pairs,

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::proportion::TestKind;
 use super::stats::{ALPHA, Summary};
 use super::{Aggregate, Basis, Comparison, MetricDelta, ThresholdOutcome, Verdict};
 
@@ -41,11 +42,21 @@ fn metric_name(m: &MetricDelta) -> String {
 }
 
 fn verdict_text(m: &MetricDelta) -> String {
-    match (&m.welch, m.verdict) {
-        (Some(w), Verdict::Better | Verdict::Worse | Verdict::NotSignificant) => {
-            format!("{} ({})", m.verdict.text(), p_text(w.p))
+    match (m.test, m.p, m.verdict) {
+        (Some(test), Some(p), Verdict::Better | Verdict::Worse | Verdict::Changed | Verdict::NotSignificant) => {
+            format!("{} ({})", m.verdict.text(), test_text(test, p, m.p_adjusted))
         }
         _ => m.verdict.text().to_string(),
+    }
+}
+
+/// `McNemar p=0.0386, Holm p=0.1157`: the test, its p-value, and the adjusted one where the
+/// adjustment changed it.
+fn test_text(test: TestKind, p: f64, adjusted: Option<f64>) -> String {
+    let test = if test == TestKind::Welch { String::new() } else { format!("{} ", test.text()) };
+    match adjusted {
+        Some(a) if a != p => format!("{test}{}, Holm {}", p_text(p), p_text(a)),
+        _ => format!("{test}{}", p_text(p)),
     }
 }
 
@@ -115,8 +126,11 @@ fn threshold_line(o: &ThresholdOutcome) -> Vec<String> {
         (None, _) => "-".into(),
     };
     let why = match o.basis {
-        Basis::Welch => {
-            let p = o.p.map_or("-".into(), p_text);
+        Basis::Welch | Basis::Mcnemar | Basis::Cmh | Basis::TwoProportion => {
+            let p = match (o.basis.test(), o.p) {
+                (Some(test), Some(p)) => test_text(test, p, o.p_adjusted),
+                _ => "-".into(),
+            };
             if o.crossed && !o.failed {
                 format!("crossed but not significant ({p})")
             } else if o.crossed {
@@ -138,10 +152,17 @@ fn notes(c: &Comparison) -> Vec<String> {
     let mut out = Vec::new();
     if c.single_run {
         out.push(
-            "fewer than two runs on a side: no significance verdict is possible (`runs: N` in the suite repeats \
-             each cell); --fail-if thresholds are judged on the point estimate"
+            "fewer than two runs on a side: no significance verdict is possible for a metric measured per run \
+             (`runs: N` in the suite repeats each cell); --fail-if thresholds on it are judged on the point \
+             estimate (accuracy is tested on its items)"
                 .to_string(),
         );
+    }
+    if c.family.verdicts > 1 {
+        out.push(format!(
+            "verdicts are at α = {ALPHA} after Holm's adjustment over the {} tests of this compare (cells × metrics)",
+            c.family.verdicts
+        ));
     }
     if c.facts.iter().any(|f| f.differs && f.fact == "metrics.schema") {
         out.push("the metric definitions differ (metrics.schema): these numbers do not mean the same".into());
@@ -167,7 +188,7 @@ pub fn text(c: &Comparison) -> String {
         }
     }
     if !c.thresholds.is_empty() {
-        let _ = writeln!(out, "\nthresholds (α = {ALPHA}):");
+        let _ = writeln!(out, "\nthresholds (α = {ALPHA}, Holm over {} test(s)):", c.family.thresholds);
         let rows: Vec<Vec<String>> = c.thresholds.iter().map(threshold_line).collect();
         out.push_str(&table(&rows, "  "));
     }
@@ -205,7 +226,7 @@ pub fn markdown(c: &Comparison) -> String {
         }
     }
     if !c.thresholds.is_empty() {
-        let _ = writeln!(out, "\n### Thresholds (α = {ALPHA})\n");
+        let _ = writeln!(out, "\n### Thresholds (α = {ALPHA}, Holm over {} test(s))\n", c.family.thresholds);
         let mut rows =
             vec![vec!["result".to_string(), "threshold".into(), "cell".into(), "change".into(), "why".into()]];
         rows.extend(c.thresholds.iter().map(threshold_line));

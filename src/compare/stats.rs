@@ -1,12 +1,13 @@
-//! Statistics over repetitions: summaries with a Student-t confidence interval, and Welch's
-//! t-test.
+//! Statistics over repetitions: summaries with a Student-t confidence interval, Welch's t-test,
+//! and the distribution functions the proportion tests (`proportion`) need.
 //!
 //! The unit is the repetition: each run of a cell gives one value per metric (its p99, its
 //! throughput), and these few values are what is summarized and tested — never the thousands of
 //! requests inside a run, which are not independent of each other. The t distribution is
-//! computed here (regularized incomplete beta by continued fraction, about sixty lines) rather
-//! than by a statistics crate: it is the only function kitt needs from one. Tests pin it against
-//! reference values.
+//! computed here (regularized incomplete beta by continued fraction, about sixty lines; the
+//! incomplete gamma function likewise for χ² and normal tails) rather than by a statistics
+//! crate: these are the only functions kitt needs from one. Tests pin them against reference
+//! values.
 
 use serde::Serialize;
 
@@ -126,8 +127,68 @@ pub fn t_quantile(p: f64, df: f64) -> f64 {
     (lo + hi) / 2.0
 }
 
+/// P(χ²₁ ≥ x): the p-value of a one-degree-of-freedom χ² statistic.
+pub fn chi2_1_p(x: f64) -> f64 {
+    if x <= 0.0 { 1.0 } else { gamma_q(0.5, x / 2.0).clamp(0.0, 1.0) }
+}
+
+/// P(|Z| ≥ |z|) for a standard normal Z.
+pub fn normal_two_sided_p(z: f64) -> f64 {
+    chi2_1_p(z * z)
+}
+
+/// P(X ≤ k) for X ~ Binomial(n, 1/2).
+pub fn binomial_half_cdf(k: u64, n: u64) -> f64 {
+    if k >= n {
+        return 1.0;
+    }
+    // P(X ≤ k) = I_{1/2}(n − k, k + 1).
+    inc_beta((n - k) as f64, (k + 1) as f64, 0.5)
+}
+
+/// The regularized upper incomplete gamma function Q(a, x) = Γ(a, x) / Γ(a), for a > 0.
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let front = (a * x.ln() - x - ln_gamma(a)).exp();
+    if x < a + 1.0 {
+        // The series of P(a, x) converges fast below the mean.
+        let (mut term, mut sum, mut ap) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..1000 {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        1.0 - front * sum
+    } else {
+        // The continued fraction of Q(a, x) (modified Lentz) above it.
+        const TINY: f64 = 1e-300;
+        let guard = |v: f64| if v.abs() < TINY { TINY } else { v };
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / TINY;
+        let mut d = 1.0 / guard(b);
+        let mut h = d;
+        for i in 1..1000 {
+            let an = -f64::from(i) * (f64::from(i) - a);
+            b += 2.0;
+            d = 1.0 / guard(an * d + b);
+            c = guard(b + an / c);
+            let step = d * c;
+            h *= step;
+            if (step - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        front * h
+    }
+}
+
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, nine terms; relative error below 1e-13).
-fn ln_gamma(x: f64) -> f64 {
+pub fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
         0.999_999_999_999_809_9,
         676.520_368_121_885_1,
@@ -221,6 +282,23 @@ mod tests {
         assert!(close(t_two_sided_p(2.0, 3.0), 0.13932596855884305, 1e-9));
         assert!(close(t_two_sided_p(0.5, 100.0), 0.6181735658308866, 1e-9));
         assert_eq!(t_two_sided_p(0.0, 5.0), 1.0);
+    }
+
+    #[test]
+    fn chi2_normal_and_binomial_tails_match_the_reference() {
+        // erfc(√(x/2)), erfc(|z|/√2), and mpmath.gammainc(a, x, inf, regularized=True).
+        assert!(close(chi2_1_p(3.841458820694124), 0.05, 1e-9));
+        assert!(close(chi2_1_p(0.5), 0.4795001221869535, 1e-9));
+        assert!(close(chi2_1_p(20.0), 7.744216431044074e-06, 1e-8));
+        assert!(close(normal_two_sided_p(1.959963984540054), 0.05, 1e-9));
+        assert!(close(normal_two_sided_p(-3.0), 0.0026997960632601913, 1e-9));
+        assert!(close(gamma_q(4.0, 2.5), 0.7575761331330659, 1e-9));
+        assert!(close(gamma_q(0.25, 0.1), 0.391661154271034, 1e-9));
+        assert_eq!(chi2_1_p(0.0), 1.0);
+        // Binomial(12, 1/2): P(X ≤ 2) = (1 + 12 + 66) / 4096.
+        assert!(close(binomial_half_cdf(2, 12), 79.0 / 4096.0, 1e-12));
+        assert!(close(binomial_half_cdf(0, 1), 0.5, 1e-12));
+        assert_eq!(binomial_half_cdf(5, 5), 1.0);
     }
 
     #[test]

@@ -134,6 +134,85 @@ mod tests {
         assert_ne!(s, schedule(100.0, Spacing::Gamma(1.0), 8, Some(10_001), None));
     }
 
+    /// The Kolmogorov–Smirnov statistic of `sample` against the distribution function `cdf`.
+    fn ks_statistic(mut sample: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
+        sample.sort_by(f64::total_cmp);
+        let n = sample.len() as f64;
+        sample.iter().enumerate().fold(0.0, |d: f64, (i, x)| {
+            let f = cdf(*x);
+            d.max((i + 1) as f64 / n - f).max(f - i as f64 / n)
+        })
+    }
+
+    /// P(D ≥ d) for the KS statistic of `n` values: Kolmogorov's limit with Stephens' small-sample
+    /// correction, Q(λ) = 2 Σ (−1)^(k−1) exp(−2k²λ²).
+    fn ks_p(d: f64, n: usize) -> f64 {
+        let sn = (n as f64).sqrt();
+        let lambda = (sn + 0.12 + 0.11 / sn) * d;
+        if lambda < 0.3 {
+            return 1.0;
+        }
+        let q: f64 = (1..=100)
+            .map(|k| {
+                let k = f64::from(k);
+                2.0 * if k % 2.0 == 1.0 { 1.0 } else { -1.0 } * (-2.0 * k * k * lambda * lambda).exp()
+            })
+            .sum();
+        q.clamp(0.0, 1.0)
+    }
+
+    /// Gaps in units of the mean gap `1/rate`.
+    fn unit_gaps(rate: f64, spacing: Spacing, seed: u64, n: u64) -> Vec<f64> {
+        let mean_gap = 1e9 / rate;
+        gaps(&schedule(rate, spacing, seed, Some(n), None)).iter().map(|g| g / mean_gap).collect()
+    }
+
+    fn exponential(x: f64) -> f64 {
+        1.0 - (-x).exp()
+    }
+
+    #[test]
+    fn poisson_gaps_pass_a_kolmogorov_smirnov_test_that_constant_gaps_fail() {
+        // Against Exp(1) with the configured mean (not the sample's), over several seeds.
+        for seed in 1..=5 {
+            let g = unit_gaps(50.0, Spacing::Gamma(1.0), seed, 5001);
+            let d = ks_statistic(g, exponential);
+            assert!(ks_p(d, 5000) > 0.01, "seed {seed}: D = {d}, p = {}", ks_p(d, 5000));
+        }
+        // The same test rejects constant spacing at the same rate (D = 1 − 1/e) ...
+        let g = unit_gaps(50.0, Spacing::Constant, 1, 5001);
+        let d = ks_statistic(g, exponential);
+        assert!((d - (1.0 - (-1f64).exp())).abs() < 1e-6, "D = {d}");
+        assert!(ks_p(d, 5000) < 1e-12, "constant gaps pass as exponential: D = {d}");
+        // ... and gaps of the right mean but the wrong shape (gamma 4, cv 0.5).
+        let g = unit_gaps(50.0, Spacing::Gamma(4.0), 1, 5001);
+        let d = ks_statistic(g, exponential);
+        assert!(ks_p(d, 5000) < 1e-12, "gamma(4) gaps pass as exponential: D = {d}");
+        // Few arrivals are still exponential: the rescaling to the exact mean only conditions the
+        // gaps on their sum (arrivals uniform over the window, as a Poisson process given its count).
+        let d = ks_statistic(unit_gaps(50.0, Spacing::Gamma(1.0), 9, 101), exponential);
+        assert!(ks_p(d, 100) > 0.01, "100 gaps: D = {d}");
+    }
+
+    #[test]
+    fn bursty_and_regular_gaps_pass_a_kolmogorov_smirnov_test_against_their_gamma() {
+        use crate::compare::stats::gamma_q;
+        for shape in [0.25, 0.5, 2.0, 4.0] {
+            // Gamma(shape) with mean 1: P(X ≤ x) = 1 − Q(shape, shape · x).
+            let cdf = |x: f64| 1.0 - gamma_q(shape, shape * x);
+            for seed in 1..=3 {
+                let d = ks_statistic(unit_gaps(50.0, Spacing::Gamma(shape), seed, 5001), cdf);
+                assert!(ks_p(d, 5000) > 0.01, "shape {shape}, seed {seed}: D = {d}");
+            }
+            // Against the exponential (a Poisson process), the shape shows.
+            let d = ks_statistic(unit_gaps(50.0, Spacing::Gamma(shape), 1, 5001), exponential);
+            assert!(ks_p(d, 5000) < 1e-6, "shape {shape} passes as exponential: D = {d}");
+            // Constant gaps are not gamma either.
+            let d = ks_statistic(unit_gaps(50.0, Spacing::Constant, 1, 5001), cdf);
+            assert!(ks_p(d, 5000) < 1e-12, "constant gaps pass as gamma({shape}): D = {d}");
+        }
+    }
+
     #[test]
     fn burstiness_is_the_gamma_shape() {
         for shape in [0.25, 4.0] {
