@@ -36,13 +36,15 @@ fn completion(i: usize) -> String {
     )
 }
 
-/// `kitt sim` on a free port with `flags`, once its health check answers.
-fn sim(flags: &[&str]) -> (Child, u16) {
+/// `kitt sim` on a free port with `flags` and `faults` (`KITT_SIM_FAULTS`), once its health check
+/// answers.
+fn sim(flags: &[&str], faults: &str) -> (Child, u16) {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kitt"))
         .args(["sim", "--port", &port.to_string()])
         .args(flags)
         .env_remove("KITT_SIM_REQUEST_LOG")
+        .env("KITT_SIM_FAULTS", faults)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -81,7 +83,7 @@ fn crash_exits_after_after_requests_once_per_state_file() {
     let (state, log) = (dir.path().join("state"), dir.path().join("requests.jsonl"));
     let flags =
         ["--fault", "crash::2", "--fault-state", state.to_str().unwrap(), "--request-log", log.to_str().unwrap()];
-    let (mut first, port) = sim(&flags);
+    let (mut first, port) = sim(&flags, "");
     for i in 0..2 {
         let answer = exchange(port, &completion(i)).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -94,7 +96,7 @@ fn crash_exits_after_after_requests_once_per_state_file() {
     assert_eq!(faults, [&Value::Null, &Value::Null, &Value::from("crash")], "logged before the exit");
 
     // Restarted with the same state file, it serves on.
-    let (mut second, port) = sim(&flags);
+    let (mut second, port) = sim(&flags, "");
     for i in 0..5 {
         assert!(exchange(port, &completion(i)).unwrap().starts_with("HTTP/1.1 200"));
     }
@@ -102,8 +104,8 @@ fn crash_exits_after_after_requests_once_per_state_file() {
     let _ = second.kill();
     let _ = second.wait();
 
-    // Without a state file every start crashes.
-    let (mut third, port) = sim(&["--fault", "crash"]);
+    // Without a state file every start crashes (here configured by the environment, as in a container).
+    let (mut third, port) = sim(&[], "http_500:0,crash");
     assert_eq!(exchange(port, &completion(0)), None);
     assert_eq!(wait(&mut third), Some(CRASH_EXIT));
 }

@@ -188,15 +188,21 @@ pub struct SimArgs {
     /// counting generation, tokenize and health calls apart from 0, call n faults when n ≥ AFTER and
     /// ⌊(k+1)·RATE + o⌋ > ⌊k·RATE + o⌋ with k = n − AFTER and o = (seed mod D)/D for RATE = N/D
     /// reduced: exactly RATE of them, the last of every D with seed 0. See docs/faults.md.
-    #[arg(long = "fault", value_name = "KIND[:RATE[:AFTER]]", value_delimiter = ',', value_parser = fault::parse_arg)]
+    #[arg(
+        long = "fault",
+        env = "KITT_SIM_FAULTS",
+        value_name = "KIND[:RATE[:AFTER]]",
+        value_delimiter = ',',
+        value_parser = fault::parse_arg
+    )]
     pub faults: Vec<FaultArg>,
     /// How long slow_first_token, slow_health and slow_tokenize hold a call, and loading lasts, in
     /// milliseconds.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, env = "KITT_SIM_FAULT_DELAY", default_value_t = 1000.0)]
     pub fault_delay: f64,
     /// A crash fault records here that it happened; a server started with this file present does
     /// not crash again (so a restarted engine serves on). Empty: every start may crash.
-    #[arg(long, value_name = "PATH", default_value = "")]
+    #[arg(long, env = "KITT_SIM_FAULT_STATE", value_name = "PATH", default_value = "")]
     pub fault_state: String,
 }
 
