@@ -9,6 +9,8 @@
 //! (`metrics`); nothing else: it never reads a manifest or writes a run directory. Its answers depend
 //! only on `(seed, request body bytes)` — and, for Ollama, on whether the model was pulled — never on
 //! arrival order or time (DESIGN "Decisions" 7), so runs on the sim are comparable apart from timings.
+//! The one exception is deliberate: which requests `--fault` breaks is counted in arrival order, so
+//! that a test knows exactly how many break.
 //!
 //! The knobs exist so that the client's fallback paths run (DESIGN "Traps that make a toy"): several
 //! tokens per write (`--tokens-per-chunk`) and no engine counts (`--usage false`) force the client to
