@@ -9,6 +9,8 @@
 //! (`metrics`); nothing else: it never reads a manifest or writes a run directory. Its answers depend
 //! only on `(seed, request body bytes)` — and, for Ollama, on whether the model was pulled — never on
 //! arrival order or time (DESIGN "Decisions" 7), so runs on the sim are comparable apart from timings.
+//! The one exception is deliberate: which requests `--fault` breaks is counted in arrival order, so
+//! that a test knows exactly how many break.
 //!
 //! The knobs exist so that the client's fallback paths run (DESIGN "Traps that make a toy"): several
 //! tokens per write (`--tokens-per-chunk`) and no engine counts (`--usage false`) force the client to
@@ -16,14 +18,21 @@
 //! content token; `--error-rate` fails a deterministic share of requests; `--server-version` lets a
 //! test change the reported engine version between runs. With zero delays the sim never sleeps, so the
 //! client's own overhead can be measured against it. `--tls-cert`/`--tls-key` and `--require-header`
-//! make it look like a protected deployment, for kitt's endpoint mode (`access`).
+//! make it look like a protected deployment, for kitt's endpoint mode (`access`). `--fault` makes it
+//! fail as engines and networks fail — stalls, resets, bad JSON, HTTP errors, crashes (`fault`, and
+//! `socket` for the connection's end; docs/faults.md) — for a known share of requests.
 
 mod access;
+mod fault;
+#[cfg(test)]
+mod fault_tests;
 mod generation;
+mod log;
 mod metrics;
 mod mimic;
 mod ollama;
 mod openai;
+mod socket;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -32,11 +41,10 @@ mod tgi;
 mod wire_tests;
 
 use std::convert::Infallible;
-use std::fs::File;
 use std::future::Future;
-use std::io::{self, BufWriter, Write as _};
+use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -54,9 +62,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use access::RequiredHeader;
+pub use fault::{CRASH_EXIT, FaultArg, FaultKind, FaultSpec};
+use fault::{Call, Faults};
 use generation::Generation;
+use log::RequestLog;
 use metrics::Counters;
 pub use mimic::{Mimic, MimicError, Served, resolve};
+use socket::{Socket, Switch};
 use stream::{EventStream, Pacing, SimBody, Wire};
 
 /// The API flavour the simulator speaks.
@@ -168,6 +180,32 @@ pub struct SimArgs {
     /// `'NAME: VALUE'`; repeatable.
     #[arg(long = "require-header", value_name = "NAME: VALUE", value_parser = access::RequiredHeaderParser)]
     pub require_headers: Vec<RequiredHeader>,
+    /// Inject a fault into a share of the calls (repeatable; comma-separated lists and empty values
+    /// too). KIND is one of: stall (stop mid-answer, keep the connection open), cut (close it
+    /// mid-answer: FIN), reset (RST mid-answer), reset_head (write `HTTP/1.1 2`, then RST), bad_json
+    /// (an event that is not JSON), http_500, http_429 (with `Retry-After: 1`), slow_first_token
+    /// (--fault-delay before the first token), crash (exit with status 70; once per --fault-state),
+    /// slow_health, slow_tokenize (held --fault-delay), loading (health answers 503 for the first
+    /// --fault-delay). RATE (default 1; a decimal or N/D) and AFTER (default 0) pick the calls:
+    /// counting generation, tokenize and health calls apart from 0, call n faults when n ≥ AFTER and
+    /// ⌊(k+1)·RATE + o⌋ > ⌊k·RATE + o⌋ with k = n − AFTER and o = (seed mod D)/D for RATE = N/D
+    /// reduced: exactly RATE of them, the last of every D with seed 0. See docs/faults.md.
+    #[arg(
+        long = "fault",
+        env = "KITT_SIM_FAULTS",
+        value_name = "KIND[:RATE[:AFTER]]",
+        value_delimiter = ',',
+        value_parser = fault::parse_arg
+    )]
+    pub faults: Vec<FaultArg>,
+    /// How long slow_first_token, slow_health and slow_tokenize hold a call, and loading lasts, in
+    /// milliseconds.
+    #[arg(long, env = "KITT_SIM_FAULT_DELAY", default_value_t = 1000.0)]
+    pub fault_delay: f64,
+    /// A crash fault records here that it happened; a server started with this file present does
+    /// not crash again (so a restarted engine serves on). Empty: every start may crash.
+    #[arg(long, env = "KITT_SIM_FAULT_STATE", value_name = "PATH", default_value = "")]
+    pub fault_state: String,
 }
 
 /// Largest request body read; a bigger one is answered 400.
@@ -225,11 +263,12 @@ pub async fn serve_on(
                     }
                 };
                 let _ = stream.set_nodelay(true); // latency only; the stream works either way
+                let (stream, switch) = Socket::new(stream);
                 let sim = Arc::clone(&sim);
                 let mut stopped = stopped.clone();
                 connections.spawn(async move {
                     let Some(acceptor) = sim.tls.clone() else {
-                        return serve_connection(stream, sim, stopped).await;
+                        return serve_connection(stream, switch, sim, stopped).await;
                     };
                     // The handshake runs here, not in the accept loop: a slow client delays only itself.
                     let handshake = tokio::select! {
@@ -237,7 +276,7 @@ pub async fn serve_on(
                         () = async { drop(stopped.wait_for(|stop| *stop).await) } => return,
                     };
                     match handshake {
-                        Ok(stream) => serve_connection(stream, sim, stopped).await,
+                        Ok(stream) => serve_connection(stream, switch, sim, stopped).await,
                         Err(e) => tracing::debug!("TLS handshake failed: {e}"),
                     }
                 });
@@ -254,11 +293,15 @@ pub async fn serve_on(
 }
 
 /// Serves HTTP/1.1 on one connection until it closes or `stopped` turns true, then closes it gracefully.
-async fn serve_connection<S>(stream: S, sim: Arc<Sim>, mut stopped: tokio::sync::watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    switch: Arc<Switch>,
+    sim: Arc<Sim>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handle(Arc::clone(&sim), req));
+    let service = service_fn(move |req| handle(Arc::clone(&sim), Arc::clone(&switch), req));
     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -288,11 +331,7 @@ struct Sim {
     pulled: Mutex<Vec<ollama::Pulled>>,
     /// Wall clock at startup, in seconds (labels such as vLLM's `created`).
     started_secs: u64,
-}
-
-struct RequestLog {
-    seq: u64,
-    out: BufWriter<File>,
+    faults: Faults,
 }
 
 impl Sim {
@@ -315,14 +354,10 @@ impl Sim {
         let served = served(&args)?;
         let server = HeaderValue::from_str(&args.server_version)
             .map_err(|_| invalid(format!("--server-version {:?} is not a valid header value", args.server_version)))?;
-        let log = match &args.request_log {
-            None => None,
-            Some(path) => {
-                let file = File::options().create(true).append(true).open(path)?;
-                Some(Mutex::new(RequestLog { seq: 0, out: BufWriter::new(file) }))
-            }
-        };
+        let log = args.request_log.as_deref().map(RequestLog::open).transpose()?;
         let tls = access::acceptor(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+        let state = Some(std::path::Path::new(&args.fault_state)).filter(|p| !p.as_os_str().is_empty());
+        let faults = Faults::new(&args.faults, args.seed, args.fault_delay, state)?;
         let model_json = Value::from(served.models.first().map_or("", String::as_str)).to_string();
         let pulled = Mutex::new(if served.api == SimApi::Ollama { ollama::seed(&served.models) } else { Vec::new() });
         Ok(Sim {
@@ -335,6 +370,7 @@ impl Sim {
             counters: Arc::default(),
             pulled,
             started_secs: unix_secs(),
+            faults,
         })
     }
 
@@ -348,19 +384,21 @@ impl Sim {
         unix_secs()
     }
 
-    fn record(&self, method: &Method, path: &str, body: &[u8]) {
-        let Some(log) = &self.log else { return };
-        let body = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-        // A panic elsewhere cannot leave a half-written line: each line is written and flushed whole.
-        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        let line = json!({"seq": log.seq, "method": method.as_str(), "path": path, "body": body});
-        log.seq += 1;
-        let written = serde_json::to_writer(&mut log.out, &line)
-            .map_err(io::Error::from)
-            .and_then(|()| log.out.write_all(b"\n"))
-            .and_then(|()| log.out.flush());
-        if let Err(e) = written {
-            tracing::warn!("cannot write the request log: {e}");
+    /// What kind of call a request is, for counting it toward faults.
+    fn call(&self, method: &Method, path: &str) -> Call {
+        match self.served.api {
+            SimApi::Openai => openai::call(method, path),
+            SimApi::Tgi => tgi::call(method, path),
+            SimApi::Ollama => ollama::call(method, path),
+        }
+    }
+
+    /// Counts a request toward faults and logs it (with the fault it drew); returns that fault.
+    fn admit(&self, method: &Method, path: &str, body: &[u8]) -> Option<FaultKind> {
+        let call = self.call(method, path);
+        match &self.log {
+            None => self.faults.draw(call),
+            Some(log) => log::append(log, method, path, body, || self.faults.draw(call)),
         }
     }
 
@@ -413,19 +451,22 @@ fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
+async fn handle(sim: Arc<Sim>, switch: Arc<Switch>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let body = Limited::new(body, MAX_BODY).collect().await.map(|body| body.to_bytes());
     let path = parts.uri.path();
-    sim.record(&parts.method, path, body.as_deref().unwrap_or_default());
+    let fault = sim.admit(&parts.method, path, body.as_deref().unwrap_or_default());
     // A protected server refuses before looking at the request, an unreadable body included.
     let mut response = match (access::missing(&sim.args.require_headers, &parts.headers), body) {
         (Some(name), _) => {
             let message = format!("missing or wrong {name} header");
             error_response(StatusCode::UNAUTHORIZED, "authentication_error", &message)
         }
-        (None, Ok(body)) => sim.route(&parts.method, path, &body, start).await,
+        (None, Ok(body)) => match fault {
+            None => sim.route(&parts.method, path, &body, start).await,
+            Some(fault) => fault::answer(&sim, fault, &switch, &parts.method, path, &body, start).await,
+        },
         (None, Err(e)) => {
             error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("cannot read the body: {e}"))
         }

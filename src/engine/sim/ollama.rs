@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::fault::Call;
 use super::generation::{self, Generation, Limits};
 use super::openai::{Message, message_tokens};
 use super::stream::{SimBody, Wire};
@@ -79,6 +80,15 @@ fn find<'a>(pulled: &'a [Pulled], name: &str) -> Option<&'a Pulled> {
     pulled.iter().find(|p| p.name.eq_ignore_ascii_case(&wanted))
 }
 
+/// Which of Ollama's routes count toward faults (`--fault`), each class on its own.
+pub(super) fn call(method: &Method, path: &str) -> Call {
+    match (method, path) {
+        (&Method::POST, "/api/generate" | "/api/chat") => Call::Generation,
+        (&Method::GET | &Method::HEAD, "/") => Call::Health,
+        _ => Call::Other,
+    }
+}
+
 pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], start: Instant) -> Response<SimBody> {
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/") => {
@@ -96,7 +106,7 @@ pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], s
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<SimBody> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<SimBody> {
     json_response(status, json!({"error": message}))
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::fault::Call;
 use super::generation::{self, Generation, Limits};
 use super::stream::{SimBody, Wire};
 use super::{Sim, error_response, json_response, not_allowed, text_response};
@@ -84,6 +85,16 @@ impl Message {
 /// Prompt tokens of a chat: the words of every message's text (OpenAI content parts included).
 pub(super) fn message_tokens(messages: &[Message]) -> u32 {
     messages.iter().flat_map(Message::texts).map(generation::words).fold(0, u32::saturating_add)
+}
+
+/// Which of vLLM's routes count toward faults (`--fault`), each class on its own.
+pub(super) fn call(method: &Method, path: &str) -> Call {
+    match (method, path) {
+        (&Method::POST, "/v1/completions" | "/v1/chat/completions") => Call::Generation,
+        (&Method::POST, "/tokenize") => Call::Tokenize,
+        (&Method::GET, "/health") => Call::Health,
+        _ => Call::Other,
+    }
 }
 
 pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], start: Instant) -> Response<SimBody> {

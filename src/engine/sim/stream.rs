@@ -6,9 +6,10 @@
 //! from the request's start, so timer slack never accumulates across a long answer.
 //!
 //! What the bytes of a write look like (SSE chunks, TGI token events, Ollama NDJSON lines) is a
-//! [`Wire`]'s business; this module owns only when each write is due and how many tokens it carries.
+//! [`Wire`]'s business; this module owns only when each write is due and how many tokens it carries,
+//! and where a faulted body ([`Break`]) breaks: after its first event, or half its bytes.
 
-use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -53,6 +54,65 @@ pub(super) trait Wire: Send {
 pub(super) enum SimBody {
     Full(Option<Bytes>),
     Events(Box<EventStream>),
+    /// A whole document that breaks after its first part.
+    Broken(BrokenBody),
+}
+
+/// How a faulted body breaks once its first part is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Break {
+    /// Send nothing more, and never end.
+    Stall,
+    /// End the connection: the body fails, and hyper drops (closes) the connection.
+    Close,
+    /// Send this event, which is not JSON, then go on as if it had not been sent.
+    BadEvent(&'static str),
+}
+
+/// Where a break stands: a close first lets hyper flush what was sent, so that it reaches the
+/// client before the connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaking {
+    Due,
+    Flushing,
+    Done,
+}
+
+impl Break {
+    /// Polls a due break: `None` when it has passed and the body goes on.
+    fn poll(self, state: &mut Breaking, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        match (self, *state) {
+            (_, Breaking::Done) => Poll::Ready(None),
+            (Break::Stall, _) => Poll::Pending, // never woken: the connection stays open, silent
+            (Break::Close, Breaking::Due) => {
+                *state = Breaking::Flushing;
+                cx.waker().wake_by_ref(); // hyper flushes while this poll is pending
+                Poll::Pending
+            }
+            (Break::Close, Breaking::Flushing) => {
+                Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection fault"))))
+            }
+            (Break::BadEvent(text), _) => {
+                *state = Breaking::Done;
+                Poll::Ready(Some(Ok(Bytes::from_static(text.as_bytes()))))
+            }
+        }
+    }
+}
+
+/// A whole document that announces its full length, sends the first half, then breaks.
+pub(super) struct BrokenBody {
+    half: Option<Bytes>,
+    len: u64,
+    brk: Break,
+    state: Breaking,
+}
+
+impl BrokenBody {
+    pub fn new(whole: Bytes, brk: Break) -> Self {
+        let len = whole.len() as u64;
+        BrokenBody { half: Some(whole.slice(..whole.len() / 2)), len, brk, state: Breaking::Due }
+    }
 }
 
 /// The streamed answer of one request, one `poll_frame` per network write.
@@ -66,6 +126,9 @@ pub(super) struct EventStream {
     pacing: Option<Pacing>,
     sleep: Option<Pin<Box<Sleep>>>,
     flight: Flight,
+    /// A fault, due when `sent` reaches `break_at`.
+    brk: Option<(Break, Breaking)>,
+    break_at: u32,
 }
 
 impl EventStream {
@@ -85,10 +148,31 @@ impl EventStream {
             pacing,
             sleep: None,
             flight,
+            brk: None,
+            break_at: 0,
         }
     }
 
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// Breaks the stream after its first event — or, when that event would end the answer, before
+    /// it (after the response head).
+    pub fn fault(&mut self, brk: Break) {
+        self.brk = Some((brk, Breaking::Due));
+        self.break_at = if self.first < self.generation.total { self.first } else { 0 };
+    }
+
+    /// Holds every event `delay` longer (the first token comes `delay` late; the rest keep their pace).
+    pub fn hold(&mut self, start: Instant, delay: Duration) {
+        let pacing = self.pacing.unwrap_or(Pacing { start, ttft_ms: 0.0, itl_ms: 0.0 });
+        self.pacing = Some(Pacing { start: pacing.start + delay, ..pacing });
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Some((brk, state)) = &mut self.brk
+            && self.sent == self.break_at
+            && let Some(event) = ready!(brk.poll(state, cx))
+        {
+            return Poll::Ready(Some(event));
+        }
         if self.sent >= self.generation.total {
             return Poll::Ready(None);
         }
@@ -111,25 +195,32 @@ impl EventStream {
             // Counted before the bytes leave, so a client that read the whole answer sees it counted.
             self.flight.finish(self.generation.length, self.generation.total);
         }
-        Poll::Ready(Some(Bytes::from(out)))
+        Poll::Ready(Some(Ok(Bytes::from(out))))
     }
 }
 
 impl Body for SimBody {
     type Data = Bytes;
-    type Error = Infallible;
+    /// Only a fault fails a body.
+    type Error = io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            SimBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            SimBody::Events(events) => events.poll_event(cx).map(|e| e.map(|d| Ok(Frame::data(d)))),
-        }
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let data = match self.get_mut() {
+            SimBody::Full(data) => Poll::Ready(data.take().map(Ok)),
+            SimBody::Events(events) => events.poll_event(cx),
+            SimBody::Broken(body) => match body.half.take() {
+                Some(half) => Poll::Ready(Some(Ok(half))),
+                None => body.brk.poll(&mut body.state, cx),
+            },
+        };
+        data.map(|d| d.map(|d| d.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             SimBody::Full(data) => data.is_none(),
-            SimBody::Events(events) => events.sent >= events.generation.total,
+            SimBody::Events(events) => events.sent >= events.generation.total && events.brk.is_none(),
+            SimBody::Broken(_) => false,
         }
     }
 
@@ -137,6 +228,7 @@ impl Body for SimBody {
         match self {
             SimBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             SimBody::Events(_) => SizeHint::default(),
+            SimBody::Broken(body) => SizeHint::with_exact(body.len),
         }
     }
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::fault::Call;
 use super::generation::{self, Generation, Limits};
 use super::openai::{Message, StreamOptions, message_tokens};
 use super::stream::{SimBody, Wire};
@@ -62,6 +63,16 @@ struct ChatRequest {
 #[derive(Deserialize)]
 struct TokenizeRequest {
     inputs: String,
+}
+
+/// Which of TGI's routes count toward faults (`--fault`), each class on its own.
+pub(super) fn call(method: &Method, path: &str) -> Call {
+    match (method, path) {
+        (&Method::POST, "/generate" | "/generate_stream" | "/" | "/v1/chat/completions") => Call::Generation,
+        (&Method::POST, "/tokenize") => Call::Tokenize,
+        (&Method::GET, "/health" | "/" | "/ping") => Call::Health,
+        _ => Call::Other,
+    }
 }
 
 pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], start: Instant) -> Response<SimBody> {
@@ -136,7 +147,7 @@ fn error_body(message: &str, kind: &str) -> Value {
     json!({"error": message, "error_type": kind})
 }
 
-fn error_response(status: StatusCode, message: &str, kind: &str) -> Response<SimBody> {
+pub(super) fn error_response(status: StatusCode, message: &str, kind: &str) -> Response<SimBody> {
     json_response(status, error_body(message, kind))
 }
 
