@@ -470,6 +470,60 @@ async fn checksums_are_checked_and_a_mismatch_never_downloads_again() {
     let local = template("gsm8k", json!({"source": data.join("gsm8k/test.jsonl").to_string_lossy(), "sha256": bad}));
     let e = eval::prepare(&local, &opts(cache.path())).await.unwrap_err();
     assert!(matches!(e, EvalError::Checksum { .. }), "{e}");
+    let message = e.to_string();
+    let named = data.join("gsm8k/test.jsonl").display().to_string();
+    assert!(message.contains(&named) && message.contains(&good) && message.contains(&bad), "{message}");
+}
+
+/// The built-in GSM8K and HellaSwag sources name a commit, not a branch, and GSM8K's
+/// `#sha256=` pin is the sha256 of the real file. A pinned URL whose data differs is an error that
+/// names the file and both hashes, and the download is not cached.
+#[tokio::test]
+async fn built_in_sources_are_pinned_and_data_that_does_not_match_a_pin_is_an_error() {
+    let Some(data) = test_data() else { return };
+    let url_of = |name: &str| match template(name, json!({})).dataset.source {
+        eval::Source::Url(u) => u,
+        other => panic!("{name}: {other:?}"),
+    };
+    let (gsm8k, hellaswag) = (url_of("gsm8k"), url_of("hellaswag"));
+    for url in [&gsm8k, &hellaswag] {
+        // https://raw.githubusercontent.com/OWNER/REPO/REF/PATH
+        let reference = url.split('/').nth(5).unwrap();
+        assert!(reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit()), "{url}: a commit");
+    }
+    let (_, pin) = gsm8k.split_once("#sha256=").expect("gsm8k pins its file");
+    let bytes = std::fs::read(data.join("gsm8k/test.jsonl")).unwrap();
+    assert_eq!(pin, sha256_hex(&bytes), "the pin is the sha256 of the real test split");
+
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let other: String = text.lines().take(50).map(|l| format!("{l}\n")).collect();
+    let other_sha = sha256_hex(other.as_bytes());
+    let mut site = Site::default();
+    site.files.insert("test.jsonl".into(), bytes);
+    site.files.insert("other.jsonl".into(), other.into_bytes());
+    let server = serve(site).await;
+    let cache = tempfile::tempdir().unwrap();
+    // The pinned file passes; the fragment is not sent and is not part of the source's name.
+    let good = format!("{}/f/test.jsonl", server.url);
+    let p = eval::prepare(&template("gsm8k", json!({"source": format!("{good}#sha256={pin}")})), &opts(cache.path()))
+        .await
+        .unwrap();
+    assert_eq!((p.dataset.rows, p.dataset.sources[0].source.as_str()), (1319, good.as_str()));
+    // Other data under the same pin: the file and both hashes, and nothing cached.
+    let bad = format!("{}/f/other.jsonl", server.url);
+    let e = eval::prepare(&template("gsm8k", json!({"source": format!("{bad}#sha256={pin}")})), &opts(cache.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EvalError::Checksum { .. }), "{e}");
+    let message = e.to_string();
+    assert!(message.contains(&bad) && message.contains(pin) && message.contains(&other_sha), "{message}");
+    assert!(!walk(cache.path()).iter().any(|p| p.ends_with("other.jsonl")), "a mismatch is not cached");
+    // A pin that is not a sha256 is refused when the eval is compiled.
+    let tree = format!(
+        "dataset: {{source: \"{bad}#sha256=abc\"}}\nfields: {{target: answer}}\nprompt: {{template: x}}\ngeneration: {{max_tokens: 1}}\n"
+    );
+    let e = eval::compile(&kitt::manifest::yaml::parse(&tree).unwrap(), &json!({"params": {}})).unwrap_err();
+    assert!(format!("{e:?}").contains("`#sha256=` must be followed by 64 hexadecimal digits"), "{e:?}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
