@@ -470,6 +470,60 @@ async fn checksums_are_checked_and_a_mismatch_never_downloads_again() {
     let local = template("gsm8k", json!({"source": data.join("gsm8k/test.jsonl").to_string_lossy(), "sha256": bad}));
     let e = eval::prepare(&local, &opts(cache.path())).await.unwrap_err();
     assert!(matches!(e, EvalError::Checksum { .. }), "{e}");
+    let message = e.to_string();
+    let named = data.join("gsm8k/test.jsonl").display().to_string();
+    assert!(message.contains(&named) && message.contains(&good) && message.contains(&bad), "{message}");
+}
+
+/// The built-in GSM8K and HellaSwag sources name a commit, not a branch, and GSM8K's
+/// `#sha256=` pin is the sha256 of the real file. A pinned URL whose data differs is an error that
+/// names the file and both hashes, and the download is not cached.
+#[tokio::test]
+async fn built_in_sources_are_pinned_and_data_that_does_not_match_a_pin_is_an_error() {
+    let Some(data) = test_data() else { return };
+    let url_of = |name: &str| match template(name, json!({})).dataset.source {
+        eval::Source::Url(u) => u,
+        other => panic!("{name}: {other:?}"),
+    };
+    let (gsm8k, hellaswag) = (url_of("gsm8k"), url_of("hellaswag"));
+    for url in [&gsm8k, &hellaswag] {
+        // https://raw.githubusercontent.com/OWNER/REPO/REF/PATH
+        let reference = url.split('/').nth(5).unwrap();
+        assert!(reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit()), "{url}: a commit");
+    }
+    let (_, pin) = gsm8k.split_once("#sha256=").expect("gsm8k pins its file");
+    let bytes = std::fs::read(data.join("gsm8k/test.jsonl")).unwrap();
+    assert_eq!(pin, sha256_hex(&bytes), "the pin is the sha256 of the real test split");
+
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let other: String = text.lines().take(50).map(|l| format!("{l}\n")).collect();
+    let other_sha = sha256_hex(other.as_bytes());
+    let mut site = Site::default();
+    site.files.insert("test.jsonl".into(), bytes);
+    site.files.insert("other.jsonl".into(), other.into_bytes());
+    let server = serve(site).await;
+    let cache = tempfile::tempdir().unwrap();
+    // The pinned file passes; the fragment is not sent and is not part of the source's name.
+    let good = format!("{}/f/test.jsonl", server.url);
+    let p = eval::prepare(&template("gsm8k", json!({"source": format!("{good}#sha256={pin}")})), &opts(cache.path()))
+        .await
+        .unwrap();
+    assert_eq!((p.dataset.rows, p.dataset.sources[0].source.as_str()), (1319, good.as_str()));
+    // Other data under the same pin: the file and both hashes, and nothing cached.
+    let bad = format!("{}/f/other.jsonl", server.url);
+    let e = eval::prepare(&template("gsm8k", json!({"source": format!("{bad}#sha256={pin}")})), &opts(cache.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EvalError::Checksum { .. }), "{e}");
+    let message = e.to_string();
+    assert!(message.contains(&bad) && message.contains(pin) && message.contains(&other_sha), "{message}");
+    assert!(!walk(cache.path()).iter().any(|p| p.ends_with("other.jsonl")), "a mismatch is not cached");
+    // A pin that is not a sha256 is refused when the eval is compiled.
+    let tree = format!(
+        "dataset: {{source: \"{bad}#sha256=abc\"}}\nfields: {{target: answer}}\nprompt: {{template: x}}\ngeneration: {{max_tokens: 1}}\n"
+    );
+    let e = eval::compile(&kitt::manifest::yaml::parse(&tree).unwrap(), &json!({"params": {}})).unwrap_err();
+    assert!(format!("{e:?}").contains("`#sha256=` must be followed by 64 hexadecimal digits"), "{e:?}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -648,9 +702,11 @@ async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
         template("gsm8k", json!({"source": data.join("gsm8k/test.jsonl").to_string_lossy(), "sample_size": 200}));
     let p = eval::prepare(&spec, &opts(cache.path())).await.unwrap();
     let calls = AtomicUsize::new(0);
+    let asked = std::sync::Mutex::new(Vec::new());
     // A deterministic model: right on even indices, an error on every 37th item.
     let generate = |req: Request| {
         calls.fetch_add(1, Ordering::SeqCst);
+        asked.lock().unwrap().push(req.index);
         let target = p.items[req.index].target.clone();
         let i = req.index;
         async move {
@@ -669,8 +725,14 @@ async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
         panic!()
     };
     assert_eq!(calls.swap(0, Ordering::SeqCst), 200);
-    assert_eq!(expected.counts.errors, (0..200).filter(|i| i % 37 == 5).count());
-    assert_eq!(expected.counts.correct, (0..200usize).filter(|i| i.is_multiple_of(2) && i % 37 != 5).count());
+    let errors = (0..200).filter(|i| i % 37 == 5).count();
+    let correct = (0..200usize).filter(|i| i.is_multiple_of(2) && i % 37 != 5).count();
+    assert_eq!(
+        (expected.counts.errors, expected.counts.correct, expected.counts.scored),
+        (errors, correct, 200 - errors)
+    );
+    assert_eq!(expected.accuracy, correct as f64 / (200 - errors) as f64, "over the answered items");
+    assert_eq!(expected.error_share, errors as f64 / 200.0);
     assert_eq!(items.iter().filter(|i| i.verdict == Verdict::Error).count(), expected.counts.errors);
 
     // Stopped after 70 answers (checkpoints every 16), then resumed.
@@ -688,15 +750,18 @@ async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
     assert_eq!((done, total), (70, 200));
     let first = calls.swap(0, Ordering::SeqCst);
     assert!((70..=74).contains(&first), "at most `concurrency` requests beyond the cancel: {first}");
+    asked.lock().unwrap().clear();
     let ropts = RunOptions::new(dir.path().join("ckpt.json"), 4, Cancel::default());
     let mut seen_resumed = 0;
-    let EvalOutcome::Finished { result, items: resumed_items, resumed } =
+    let EvalOutcome::Finished { result, items: resumed_items, resumed, retried } =
         eval::run(&p, generate, &ropts, |pr: &Progress| seen_resumed = pr.resumed).await.unwrap()
     else {
         panic!()
     };
-    assert_eq!((resumed, seen_resumed), (70, 70));
-    assert_eq!(calls.load(Ordering::SeqCst), 130, "only the items not answered before");
+    // Items 5 and 42 failed before the cancel: failures are not answers, they are asked again.
+    assert_eq!((resumed, seen_resumed, retried), (68, 68, 2));
+    assert_eq!(calls.load(Ordering::SeqCst), 132, "the items not answered before, failures included");
+    assert!(asked.lock().unwrap().starts_with(&[5, 42]), "{:?}", asked.lock().unwrap());
     assert_eq!(result, expected);
     assert_eq!(resumed_items, items);
 
@@ -708,8 +773,12 @@ async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
     assert!(lines[0]["prompt"].as_str().unwrap().starts_with("Q: There are 15 trees"));
     assert_eq!(lines[0]["verdict"], "correct");
     assert_eq!(lines[0]["extracted"], lines[0]["expected"]);
+    assert_eq!(lines[0]["correct"], true);
+    assert_eq!(lines[1]["correct"], false);
     assert_eq!(lines[5]["verdict"], "error");
+    assert_eq!(lines[5]["error"], "generation", "a failure given as text has no finer kind");
     assert_eq!(lines[5]["reason"], "HTTP 500");
+    assert!(lines[5].get("correct").is_none() && lines[5].get("raw").is_none(), "{}", lines[5]);
 
     // A checkpoint of another eval is refused, not mixed in.
     let other = eval::prepare(
@@ -723,6 +792,66 @@ async fn a_cancelled_eval_resumes_from_its_checkpoint_to_the_same_score() {
     .unwrap();
     let e = eval::run(&other, generate, &ropts, |_: &Progress| {}).await.unwrap_err();
     assert!(matches!(e, EvalError::Checkpoint { .. }) && e.to_string().contains("another eval"), "{e}");
+}
+
+#[tokio::test]
+async fn a_failed_generation_is_not_an_answer_and_the_next_attempt_asks_it_again() {
+    let Some(data) = test_data() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let spec =
+        template("gsm8k", json!({"source": data.join("gsm8k/test.jsonl").to_string_lossy(), "sample_size": 100}));
+    let p = eval::prepare(&spec, &opts(cache.path())).await.unwrap();
+    let asked = std::sync::Mutex::new(Vec::new());
+    // Right on even items; the engine is down for every fifth item on the first attempt.
+    let model = |req: &Request, down: bool| {
+        asked.lock().unwrap().push(req.index);
+        let target = p.items[req.index].target.clone();
+        if down && req.index.is_multiple_of(5) {
+            return Err(eval::Failure::new("http_500", "HTTP 500: engine crashed"));
+        }
+        Ok(if req.index.is_multiple_of(2) { format!("The answer is {target}.") } else { "The answer is 0.5.".into() })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ropts = RunOptions::new(dir.path().join("ckpt.json"), 4, Cancel::default());
+    let EvalOutcome::Finished { result: first, items, .. } =
+        eval::run(&p, |r: Request| std::future::ready(model(&r, true)), &ropts, |_: &Progress| {}).await.unwrap()
+    else {
+        panic!()
+    };
+    // 20 failures: neither right nor wrong. 40 of the 80 answers are right (even, not a multiple of 10).
+    assert_eq!((first.counts.errors, first.counts.scored, first.counts.correct), (20, 80, 40));
+    assert_eq!(first.counts.incorrect + first.counts.unparseable, 40);
+    assert_eq!((first.accuracy, first.error_share), (0.5, 0.2));
+    let out = dir.path().join("items.jsonl");
+    eval::write_items(&out, &items).unwrap();
+    let lines = jsonl(&out);
+    assert_eq!(lines[0]["error"], "http_500");
+    assert_eq!(lines[0]["reason"], "HTTP 500: engine crashed");
+    assert!(lines[0].get("correct").is_none(), "{}", lines[0]);
+    assert_eq!((&lines[2]["correct"], &lines[3]["correct"]), (&json!(true), &json!(false)));
+    assert!(lines[2].get("error").is_none());
+
+    // The next attempt (a step retry, a resume) over the same checkpoint asks only the 20 again.
+    asked.lock().unwrap().clear();
+    let EvalOutcome::Finished { result, items, resumed, retried } =
+        eval::run(&p, |r: Request| std::future::ready(model(&r, false)), &ropts, |_: &Progress| {}).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((resumed, retried), (80, 20));
+    let again: Vec<usize> = asked.lock().unwrap().clone();
+    assert_eq!(again, (0..100).filter(|i| i % 5 == 0).collect::<Vec<_>>());
+    // … and ends with the score of a run that never failed.
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean = RunOptions::new(clean_dir.path().join("ckpt.json"), 4, Cancel::default());
+    let EvalOutcome::Finished { result: expected, items: expected_items, .. } =
+        eval::run(&p, |r: Request| std::future::ready(model(&r, false)), &clean, |_: &Progress| {}).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(result, expected);
+    assert_eq!(items, expected_items);
+    assert_eq!((result.counts.errors, result.accuracy), (0, 0.5));
 }
 
 #[tokio::test]

@@ -38,19 +38,22 @@
 //! - `pub async fn prepare(spec: &EvalSpec, opts: &PrepareOptions) -> Result<Prepared, EvalError>`
 //! - `pub async fn run<G, F, E>(prepared: &Prepared, generate: G, opts: &RunOptions,
 //!   progress: impl FnMut(&Progress)) -> Result<EvalOutcome, EvalError>`
-//!   where `G: Fn(Request) -> F, F: Future<Output = Result<String, E>>, E: Display`
+//!   where `G: Fn(Request) -> F, F: Future<Output = Result<String, E>>, E: Into<Failure>`
 //! - `pub fn write_items(path: &Path, items: &[ItemRecord]) -> Result<(), EvalError>`
 //!
 //! `generate` sends `Request { prompt: Prompt::Text | Prompt::Messages, max_tokens, temperature,
 //! stop, .. }` through the engine's completion or chat call (`prepared.spec.prompt.api` says
 //! which; `Prompt::Text` goes in as `prompt`, `Prompt::Messages` as `messages`), with these three
 //! values over the cell's other sampling values, `ignore_eos` off, and returns the generated
-//! content text (reasoning excluded). An `Err` scores the item as wrong and is counted in
-//! `result.counts.errors` (apply `max_error_rate` to it); all requests failing is
-//! `EvalError::AllFailed`. Requests are never retried here. `EvalOutcome::Finished { result:
-//! Box<EvalResult>, items: Vec<ItemRecord>, resumed }`; the checkpoint is only valid for the same
-//! prepared eval (same fingerprint), so keep it per step, under the step's key, and delete it
-//! only when the step's result is written (a finished checkpoint re-scores without requests).
+//! content text (reasoning excluded), or a [`Failure`] (its kind, e.g. `http_500`, and detail; a
+//! plain `String` converts to one). A failure is not an answer: it is counted in
+//! `result.counts.errors` and `result.error_share` (apply `max_error_rate` to the share), is left
+//! out of the accuracy, and the next `run` over the same checkpoint asks that item again; all
+//! requests failing is `EvalError::AllFailed`. Requests are never retried within one `run`.
+//! `EvalOutcome::Finished { result: Box<EvalResult>, items: Vec<ItemRecord>, resumed, retried }`;
+//! the checkpoint is only valid for the same prepared eval (same fingerprint), so keep it per
+//! step, under the step's key, and delete it only when the step's result is written (a finished
+//! checkpoint re-scores without requests, apart from the items that failed).
 //!
 //! Also for the executor: `EvalSpec` derives `JsonSchema` (for the Benchmark schema's `eval`),
 //! `spec.groups`, `spec.sample_size` and `prepared.dataset` say what was evaluated, and
@@ -86,7 +89,7 @@ pub use prepare::{
 };
 pub use prompt::{Message, Prompt};
 pub use run::{EvalOutcome, Progress, Request, RunOptions, run};
-pub use score::{Counts, EvalResult, GroupScore, ItemRecord, Verdict, write_items};
+pub use score::{Counts, EvalResult, Failure, GroupScore, ItemRecord, Verdict, write_items};
 pub use spec::{
     AnswerSpec, ChoiceFrom, ChoicesSpec, Compare, ContextSpec, DatasetSpec, EvalSpec, FewShotSpec, FieldMap, Format,
     Generation, HfSource, PromptSpec, Select, Source, TargetFormat, TargetSpec,

@@ -7,6 +7,12 @@
 //! requests are dropped (their items are sent again on resume), the checkpoint is written, and the
 //! outcome is `Interrupted`. Resuming reads the checkpoint, sends only what is missing, and
 //! scores all items in order: the same numbers as an uninterrupted run.
+//!
+//! Only answers are final. A failed generation is kept in the checkpoint as a failure, for the
+//! record, but the next attempt (a step retry, or `kitt apply` resuming the run) asks that item
+//! again: after an engine crash the eval ends with the score a clean run gets, not with the
+//! crash's errors frozen in. Within one attempt nothing is retried (a measuring step never
+//! retries requests); the failures of the last attempt are what the result counts.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,7 +26,7 @@ use super::dataset::fetch::write_atomic;
 use super::error::EvalError;
 use super::prepare::Prepared;
 use super::prompt::Prompt;
-use super::score::{Done, EvalResult, ItemRecord, Verdict, judge, score};
+use super::score::{Done, EvalResult, Failure, ItemRecord, Verdict, judge, score};
 use crate::cancel::Cancel;
 
 /// One generation request, for the executor to send through the engine's completion or chat
@@ -41,13 +47,17 @@ pub struct Request {
 /// Where the run stands, after each answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Items answered (including those read from the checkpoint).
+    /// Items with an outcome: answered (including those read from the checkpoint) or failed in
+    /// this attempt.
     pub done: usize,
     pub total: usize,
     pub correct: usize,
+    /// Generations that failed in this attempt.
     pub errors: usize,
-    /// Items taken from the checkpoint.
+    /// Answers taken from the checkpoint.
     pub resumed: usize,
+    /// Items the checkpoint had as failed, asked again in this attempt.
+    pub retried: usize,
 }
 
 /// How to run.
@@ -71,8 +81,10 @@ impl RunOptions {
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub enum EvalOutcome {
-    /// Every item answered: the score and one record per item (for items.jsonl).
-    Finished { result: Box<EvalResult>, items: Vec<ItemRecord>, resumed: usize },
+    /// Every item has an outcome (an answer, or a failure of this attempt): the score and one
+    /// record per item (for items.jsonl). `resumed` answers came from the checkpoint; `retried`
+    /// items had failed in an earlier attempt and were asked again.
+    Finished { result: Box<EvalResult>, items: Vec<ItemRecord>, resumed: usize, retried: usize },
     /// Cancelled; the checkpoint holds `done` of `total` answers and the next run resumes there.
     Interrupted { done: usize, total: usize },
 }
@@ -88,19 +100,19 @@ pub async fn run<G, F, E>(
 where
     G: Fn(Request) -> F,
     F: Future<Output = Result<String, E>>,
-    E: std::fmt::Display,
+    E: Into<Failure>,
 {
     let total = prepared.items.len();
-    let mut done = read_checkpoint(&opts.checkpoint, prepared)?;
+    let (mut done, retried) = read_checkpoint(&opts.checkpoint, prepared)?;
     let resumed = done.iter().flatten().count();
-    let mut state = Progress { done: resumed, total, correct: 0, errors: 0, resumed };
+    let mut state = Progress { done: resumed, total, correct: 0, errors: 0, resumed, retried };
     for (i, d) in done.iter().enumerate() {
         if let Some(d) = d {
             tally(&mut state, judge(prepared, i, d).1);
         }
     }
-    if resumed > 0 {
-        tracing::info!(resumed, total, "eval resumes from its checkpoint");
+    if resumed > 0 || retried > 0 {
+        tracing::info!(resumed, retried, total, "eval resumes from its checkpoint; failed items are asked again");
         progress(&state);
     }
     let mut pending: VecDeque<usize> = (0..total).filter(|&i| done[i].is_none()).collect();
@@ -136,10 +148,7 @@ where
         if cancel.is_cancelled() && answer.is_err() {
             break; // an error caused by the cancel itself is not the item's answer
         }
-        let d = match answer {
-            Ok(raw) => Done { raw: Some(raw), error: None },
-            Err(e) => Done { raw: None, error: Some(e.to_string()) },
-        };
+        let d: Done = answer.map_err(Into::into);
         tally(&mut state, judge(prepared, i, &d).1);
         state.done += 1;
         done[i] = Some(d);
@@ -158,7 +167,7 @@ where
     }
     let done: Vec<Done> = done.into_iter().flatten().collect();
     let (result, items) = score(prepared, &done)?;
-    Ok(EvalOutcome::Finished { result: Box::new(result), items, resumed })
+    Ok(EvalOutcome::Finished { result: Box::new(result), items, resumed, retried })
 }
 
 fn tally(p: &mut Progress, v: Verdict) {
@@ -169,7 +178,7 @@ fn tally(p: &mut Progress, v: Verdict) {
     }
 }
 
-/// The checkpoint file: the answers so far, for one prepared eval.
+/// The checkpoint file: the outcomes so far, for one prepared eval.
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     format: u32,
@@ -178,21 +187,28 @@ struct Checkpoint {
     done: Vec<Entry>,
 }
 
+/// One item's outcome: `raw` (an answer, final) or `error` (a failure, asked again on resume).
+/// Format 1 wrote failures the same way, so older checkpoints resume the same.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     index: usize,
-    #[serde(flatten)]
-    done: Done,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
 }
 
 const CHECKPOINT_FORMAT: u32 = 1;
 
-/// The answers a checkpoint holds, by item index; none when there is no checkpoint yet.
-fn read_checkpoint(path: &Path, prepared: &Prepared) -> Result<Vec<Option<Done>>, EvalError> {
+/// The answers a checkpoint holds, by item index (none when there is no checkpoint yet), and how
+/// many items it had as failed: those stay unanswered, to be asked again.
+fn read_checkpoint(path: &Path, prepared: &Prepared) -> Result<(Vec<Option<Done>>, usize), EvalError> {
     let mut out = vec![None; prepared.items.len()];
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, 0)),
         Err(e) => return Err(EvalError::io(path, e)),
     };
     let bad = |reason: String| EvalError::Checkpoint { path: path.to_path_buf(), reason };
@@ -211,19 +227,27 @@ fn read_checkpoint(path: &Path, prepared: &Prepared) -> Result<Vec<Option<Done>>
             prepared.fingerprint.get(..12).unwrap_or(&prepared.fingerprint),
         )));
     }
+    let mut failed = 0;
     for e in c.done {
         let slot = out.get_mut(e.index).ok_or_else(|| bad(format!("item index {} out of range", e.index)))?;
-        *slot = Some(e.done);
+        match e.raw {
+            Some(raw) => *slot = Some(Ok(raw)),
+            None => failed += 1,
+        }
     }
-    Ok(out)
+    Ok((out, failed))
 }
 
 fn write_checkpoint(path: &Path, prepared: &Prepared, done: &[Option<Done>]) -> Result<(), EvalError> {
+    let entry = |index: usize, d: &Done| match d {
+        Ok(raw) => Entry { index, raw: Some(raw.clone()), error: None, kind: None },
+        Err(f) => Entry { index, raw: None, error: Some(f.detail.clone()), kind: Some(f.kind.clone()) },
+    };
     let c = Checkpoint {
         format: CHECKPOINT_FORMAT,
         fingerprint: prepared.fingerprint.clone(),
         items: prepared.items.len(),
-        done: done.iter().enumerate().filter_map(|(index, d)| d.clone().map(|done| Entry { index, done })).collect(),
+        done: done.iter().enumerate().filter_map(|(index, d)| d.as_ref().map(|d| entry(index, d))).collect(),
     };
     let bytes = serde_json::to_vec(&c).map_err(|e| EvalError::io(path, e))?;
     write_atomic(path, &bytes)

@@ -350,7 +350,7 @@ pub fn summary(report: &RunReport) -> String {
         let pct = |p: &str| e.pointer(p).and_then(Json::as_f64).map_or("-".into(), |v| format!("{:.1} %", v * 100.0));
         let _ = writeln!(
             out,
-            "EVAL {} {} #{}: accuracy {} ± {} over {} items{}, unparseable {}",
+            "EVAL {} {} #{}: accuracy {} ± {} over {} answered items{}, unparseable {}, errors {} ({} of items sent)",
             c.cell.engine,
             c.cell.benchmark,
             c.cell.run_index,
@@ -361,6 +361,8 @@ pub fn summary(report: &RunReport) -> String {
                 .and_then(Json::as_f64)
                 .map_or(String::new(), |m| format!(" (macro {:.1} %)", m * 100.0)),
             pct("/unparseable_share"),
+            e.pointer("/counts/errors").and_then(Json::as_u64).unwrap_or(0),
+            pct("/error_share"),
         );
     }
     for c in &report.cells {

@@ -424,8 +424,8 @@ pub(crate) fn eval_plot(cells: &[&Json], _: &[&str]) -> String {
         if scored.len() > 1 { labels.iter().cloned().enumerate().map(|(i, l)| (l, i)).collect() } else { vec![] };
     BarChart {
         title: if subjects.is_empty() { "Accuracy".into() } else { "Accuracy per subject".into() },
-        caption: "Accuracy = correct / scored (failed and unparseable answers count as wrong); hover a bar for its \
-                  standard error and counts."
+        caption: "Accuracy = correct / answered (an unparseable answer counts as wrong; a failed generation is not \
+                  an answer and is counted apart); hover a bar for its standard error and counts."
             .into(),
         x_label: "accuracy".into(),
         groups,

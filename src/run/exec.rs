@@ -803,10 +803,12 @@ impl RunExecutor {
                 };
                 let mut record = crate::engine::client::RequestRecord::default();
                 client.send_within(&call, body.to_string().as_bytes(), origin, &deadlines, &mut record).await;
-                if record.ok() {
-                    Ok(record.text)
-                } else {
-                    Err(record.error_detail.unwrap_or_else(|| format!("{:?}", record.error)))
+                match record.error {
+                    None => Ok(record.text),
+                    Some(kind) => {
+                        let detail = record.error_detail.unwrap_or_else(|| kind.to_string());
+                        Err(crate::eval::Failure::new(kind.to_string(), detail))
+                    }
                 }
             }
         };
@@ -819,18 +821,24 @@ impl RunExecutor {
             EvalOutcome::Interrupted { .. } => return Err(StepError::cancelled()),
         };
         crate::eval::write_items(&dir.join("items.jsonl"), &items).map_err(err)?;
+        // Failed generations are not answers: the accuracy is over the answered items, and the
+        // error budget judges the share that failed (a retry or resume asks those items again).
         let c = &result.counts;
-        let error_rate = if c.scored > 0 { c.errors as f64 / c.scored as f64 } else { 0.0 };
+        let sent = c.scored + c.errors;
         let metrics = json!({
-            "requests": c.scored, "ok": c.scored - c.errors, "errors": c.errors, "error_rate": error_rate,
+            "requests": sent, "ok": c.scored, "errors": c.errors, "error_rate": result.error_share,
             "accuracy": result.accuracy, "eval": result,
         });
-        let error = (error_rate > self.plan.execution.max_error_rate).then(|| {
+        let error = (result.error_share > self.plan.execution.max_error_rate).then(|| {
             format!(
-                "{} of {} eval requests failed, above the budget of {:.1} %",
+                "{} of {} eval generations failed ({:.1} %), above the budget of {:.1} %; \
+                 `kitt apply --resume {} {}` asks only those items again",
                 c.errors,
-                c.scored,
-                self.plan.execution.max_error_rate * 100.0
+                sent,
+                result.error_share * 100.0,
+                self.plan.execution.max_error_rate * 100.0,
+                self.run_id,
+                self.plan.suite.file.display()
             )
         });
         let record = json!({

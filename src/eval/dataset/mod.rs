@@ -33,6 +33,8 @@ pub(crate) struct Resource {
     pub group: Option<String>,
     /// A stable name for item ids: the file name, or `dataset/config/split`.
     pub label: String,
+    /// The sha256 the source pins this file to (a URL's `#sha256=` fragment), lowercase.
+    pub pin: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,7 @@ pub(crate) fn resolve(
         if source.per_group() { groups.iter().map(|g| Some(g.as_str())).collect() } else { vec![None] };
     let mut out = Vec::with_capacity(per_group.len());
     for group in per_group {
+        let mut pin = None;
         let (location, label) = match source {
             Source::Local(p) => {
                 let p = PathBuf::from(subst(p, group)?);
@@ -91,7 +94,12 @@ pub(crate) fn resolve(
                 (Location::Local(p), label)
             }
             Source::Url(u) => {
-                let u = subst(u, group)?;
+                let mut u = subst(u, group)?;
+                // `URL#sha256=HEX` (pip's convention) pins the file; the fragment is never sent.
+                if let Some(at) = u.find("#sha256=") {
+                    pin = Some(u[at + "#sha256=".len()..].to_ascii_lowercase());
+                    u.truncate(at);
+                }
                 let label = file_label(u.split(['?', '#']).next().unwrap_or(&u));
                 (Location::Remote(Remote::Url(u)), label)
             }
@@ -110,7 +118,7 @@ pub(crate) fn resolve(
                 (Location::Remote(Remote::Hf { dataset, config, split }), label)
             }
         };
-        out.push(Resource { location, group: group.map(str::to_string), label });
+        out.push(Resource { location, group: group.map(str::to_string), label, pin });
     }
     Ok(out)
 }
@@ -169,12 +177,20 @@ pub(crate) async fn load(
                 (bytes, sha, p.display().to_string())
             }
             Location::Remote(remote) => {
-                let f = fetcher.get(remote, expect.filter(|_| single)).await?;
+                let f = fetcher.get(remote, r.pin.as_deref().or(expect.filter(|_| single))).await?;
                 // Errors in a downloaded file name the cached copy, which can be opened.
                 let shown = f.path.display().to_string();
                 (f.bytes, f.sha256, shown)
             }
         };
+        if let Some(pin) = r.pin.as_ref().filter(|pin| **pin != sha256) {
+            return Err(EvalError::Checksum {
+                what: r.location.to_string(),
+                expected: pin.clone(),
+                actual: sha256,
+                path: PathBuf::from(&shown),
+            });
+        }
         let parsed = match (&r.location, format) {
             (Location::Remote(Remote::Hf { .. }), _) => {
                 parse::jsonl_rows(&bytes, std::sync::Arc::from(r.location.to_string().as_str()), false)?

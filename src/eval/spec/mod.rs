@@ -129,6 +129,12 @@ impl Source {
             return Ok(Source::Hf { hf });
         }
         if text.starts_with("http://") || text.starts_with("https://") {
+            if let Some((_, fragment)) = text.split_once('#')
+                && let Some(hash) = fragment.strip_prefix("sha256=")
+                && !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(format!("`{text}`: `#sha256=` must be followed by 64 hexadecimal digits"));
+            }
             return Ok(Source::Url(text.to_string()));
         }
         if text.contains("://") {
