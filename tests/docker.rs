@@ -341,6 +341,11 @@ fn serial_docker_sigint_sigterm_and_kill_leave_no_container_behind() {
         let run = env.only_run();
         let left = containers_of(&run_id(&run));
         assert_eq!(left.len(), 1, "SIGKILL cannot be caught: the container is left");
+        // A gc of another runs directory (another project, another test) leaves it alone.
+        let other = tempfile::tempdir().unwrap();
+        let out = env.cmd().arg("gc").arg("--runs-dir").arg(other.path()).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to clean up"), "{}", text(&out));
+        assert_eq!(containers_of(&run_id(&run)), left, "out of that gc's scope");
         let out = if next == "gc" {
             env.cmd().arg("gc").output().unwrap()
         } else {
@@ -618,4 +623,208 @@ fn serial_docker_kitt_in_a_container_runs_engines_as_siblings() {
     assert_eq!(r["cells"][0]["status"], "ok", "{r}");
     assert_eq!(r["cells"][0]["metrics"]["requests"], 10);
     assert!(containers_of(&run_id(&run)).is_empty(), "the sibling engine was removed");
+}
+
+/// A `docker run` that creates its container but cannot start it (an entrypoint that does not
+/// exist) leaves no container, and the step directory keeps what Docker said.
+#[test]
+fn serial_docker_a_container_that_cannot_start_is_removed_with_its_error_saved() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let env = Env::new();
+    let extra = r#"      container: {extra_args: ["--entrypoint", "/no/such/entrypoint"]}"#;
+    let s = env.suite(&suite("vllm", &image, extra, 4));
+    let out = env.cmd().arg("apply").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/entrypoint"), "Docker's own words are shown: {err}");
+    let run = env.only_run();
+    assert!(containers_of(&run_id(&run)).is_empty(), "the created container was removed");
+    let start = journal(&run)
+        .into_iter()
+        .find(|r| r["event"] == "step_failed" && r["kind"] == "start")
+        .unwrap_or_else(|| panic!("a failed start step: {:?}", journal(&run)));
+    let log = run.join("steps").join(start["key"].as_str().unwrap()).join("engine.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert!(log.contains("`docker run` of kitt-") && log.contains("/no/such/entrypoint"), "{log}");
+}
+
+/// Removes the containers of these runs however the test ends.
+struct RunsRemoved(Vec<String>);
+
+impl Drop for RunsRemoved {
+    fn drop(&mut self) {
+        for run in &self.0 {
+            for name in containers_of(run) {
+                let _ = Command::new("docker").args(["rm", "--force", &name]).output();
+            }
+        }
+    }
+}
+
+/// `kitt` with `KITT_MACHINE_ID` set plays another machine on this Docker daemon.
+fn as_machine(env: &Env, machine: &str) -> Command {
+    let mut c = env.cmd();
+    c.env("KITT_MACHINE_ID", machine);
+    c
+}
+
+fn json_of(o: &Output) -> Json {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+/// Two machines share one Docker daemon (two kitts told apart by `KITT_MACHINE_ID`): neither's
+/// sweep removes the other's containers — not the live one, and not the one whose kitt died,
+/// since a pid that is dead here says nothing about another machine — until `--foreign` is
+/// asked, which lists them and removes them. A sweep scoped to another runs directory touches
+/// neither.
+#[test]
+fn serial_docker_two_machines_on_one_daemon_never_sweep_each_others_engines() {
+    if docker_missing() {
+        return;
+    }
+    let image = sim_image("vllm");
+    let (ma, mb) = (format!("test-machine-a-{}", std::process::id()), format!("test-machine-b-{}", std::process::id()));
+    // Machine B's kitt is killed mid-benchmark: its engine is left running.
+    let b = Env::new();
+    let sb = b.suite(&suite("vllm", &image, "      env: {KITT_SIM_ITL_MS: \"20\"}", 200));
+    let out = as_machine(&b, &mb).arg("apply").arg(&sb).env("KITT_TEST_KILL_IN_BENCHMARK", "5").output().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let b_run = run_id(&b.only_run());
+    let mut cleanup = RunsRemoved(vec![b_run.clone()]);
+    let b_left = containers_of(&b_run);
+    assert_eq!(b_left.len(), 1);
+    // Machine A's kitt is alive and measuring.
+    let a = Env::new();
+    let sa = a.suite(&suite("vllm", &image, "      env: {KITT_SIM_ITL_MS: \"20\"}", 200));
+    let a_child =
+        as_machine(&a, &ma).arg("apply").arg(&sa).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a_run = run_id(&wait_for_step(&a.runs(), "benchmark", Duration::from_secs(60)));
+    cleanup.0.push(a_run.clone());
+    let a_live = containers_of(&a_run);
+    assert_eq!(a_live.len(), 1);
+
+    // A's sweep of B's run: listed as foreign, left.
+    let out = as_machine(&a, &ma).args(["gc", "--run", &b_run]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left 1 container(s) owned by kitt on another machine") && err.contains(&b_left[0]), "{err}");
+    assert_eq!(containers_of(&b_run), b_left, "machine A cannot judge machine B's kitt");
+    let out = as_machine(&a, &ma).args(["gc", "--run", &b_run, "--output", "json"]).output().unwrap();
+    let v = json_of(&out);
+    assert_eq!(v["containers"]["removed"], serde_json::json!([]), "{v}");
+    assert_eq!(v["containers"]["foreign"][0]["name"], b_left[0].as_str(), "{v}");
+    assert_eq!(v["containers"]["foreign"][0]["machine"], mb.as_str(), "{v}");
+    // B's sweep of A's run: A's live engine is untouched.
+    let out = as_machine(&b, &mb).args(["gc", "--run", &a_run]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(containers_of(&a_run), a_live, "machine B never removes machine A's live engine");
+    // A sweep scoped to another runs directory reaches neither, even with --foreign.
+    let elsewhere = Env::new();
+    let out = as_machine(&elsewhere, &ma).args(["gc", "--foreign"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to clean up"), "{}", text(&out));
+    assert_eq!((containers_of(&b_run), containers_of(&a_run)), (b_left.clone(), a_live.clone()));
+
+    // Asked to, A lists B's container and removes it; A's own engine stays until A is done.
+    let out = as_machine(&a, &ma).args(["gc", "--run", &b_run, "--foreign"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let listed = said.find(&format!("foreign container {} of run {b_run}", b_left[0]));
+    let removed = said.find(&format!("removed container {}", b_left[0]));
+    assert!(listed.is_some() && removed.is_some() && listed < removed, "listed, then removed: {said}");
+    assert!(said.contains(&mb), "{said}");
+    assert!(containers_of(&b_run).is_empty());
+    assert_eq!(containers_of(&a_run), a_live);
+    let out = a_child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(containers_of(&a_run).is_empty());
+}
+
+/// Sibling mode: a containerised kitt records its own container in its engines' owner label. While
+/// that container runs, the host's sweep leaves the engine alone; once it is stopped, the host's
+/// sweep removes the engine and saves its logs (a pid in another namespace could not tell).
+#[test]
+fn serial_docker_a_dead_containerised_kitts_engine_is_swept_from_the_host() {
+    if docker_missing() {
+        return;
+    }
+    let socket = Path::new("/var/run/docker.sock");
+    let cli = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
+    let cli = String::from_utf8_lossy(&cli.stdout).trim().to_string();
+    if (!socket.exists() || cli.is_empty()) && skip("sibling mode needs /var/run/docker.sock and the docker CLI") {
+        return;
+    }
+    let image = sim_image("vllm");
+    let kitt_image = "kitt-local/kitt:test";
+    let o = Command::new(root().join("scripts/pack-image.sh"))
+        .arg(kitt_image)
+        .arg(env!("CARGO_BIN_EXE_kitt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let env = Env::new();
+    let dir = std::fs::canonicalize(env.path()).unwrap();
+    let s = env.suite(&suite("vllm", &image, "      env: {KITT_SIM_ITL_MS: \"20\"}", 400));
+    let d = dir.to_string_lossy().to_string();
+    /// Removes kitt's container however the test ends.
+    struct Removed(String);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "--force", &self.0]).output();
+        }
+    }
+    let kitt_name = format!("kitt-test-sibling-{}", std::process::id());
+    let _removed = Removed(kitt_name.clone());
+    let _ = Command::new("docker").args(["rm", "--force", &kitt_name]).output();
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &kitt_name,
+        "--network",
+        "host",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &format!("{cli}:/usr/local/bin/docker:ro"),
+        "-v",
+        &format!("{d}:{d}"),
+        "-w",
+        &d,
+        "-e",
+        &format!("KITT_RUNS_DIR={d}/runs"),
+        "-e",
+        &format!("KITT_HOST_LOCK={d}/host.lock"),
+        "-e",
+        "KITT_STORE=off",
+        kitt_image,
+        "apply",
+        &s.to_string_lossy(),
+    ]);
+    let run = wait_for_step(&env.runs(), "benchmark", Duration::from_secs(60));
+    let engine = containers_of(&run_id(&run));
+    assert_eq!(engine.len(), 1);
+    let owner = docker(&["container", "inspect", "--format", "{{index .Config.Labels \"kitt.owner\"}}", &engine[0]]);
+    let kitt_id = docker(&["container", "inspect", "--format", "{{.Id}}", &kitt_name]);
+    assert!(owner.contains(&kitt_id), "the owner label names kitt's container: {owner}");
+    // The containerised kitt is alive: the host's sweep leaves its engine.
+    let out = env.cmd().args(["gc", "--run", &run_id(&run), "--output", "json"]).output().unwrap();
+    let v = json_of(&out);
+    assert_eq!(v["containers"]["removed"], serde_json::json!([]), "{v}");
+    assert_eq!(v["containers"]["foreign"], serde_json::json!([]), "judged by its container, not foreign: {v}");
+    assert_eq!(containers_of(&run_id(&run)), engine);
+    // kitt's container dies (SIGKILL): its engine is an orphan the host removes.
+    docker(&["kill", &kitt_name]);
+    let out = env.cmd().args(["gc", "--run", &run_id(&run)]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("removed container {}", engine[0])) && said.contains("has stopped"), "{said}");
+    assert!(containers_of(&run_id(&run)).is_empty());
+    let logs: String = std::fs::read_dir(run.join("steps"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("engine.log")).ok())
+        .collect();
+    assert!(logs.contains("imitating vllm"), "the orphan's logs were saved: {logs}");
 }
