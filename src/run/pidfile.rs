@@ -43,10 +43,11 @@ pub fn pid_ns() -> String {
 /// This machine's identity in owner records, decided once per process:
 ///
 /// 1. `KITT_MACHINE_ID`, when set: for tests, which play several machines on one host;
-/// 2. else a random id kept in kitt's state directory (`$XDG_STATE_HOME/kitt/machine-id`, else
-///    `~/.local/state/kitt/machine-id`), created on first use. Not `/etc/machine-id`: images built
-///    by copying a root file system (`docker import`, golden VM images) share one, so it does not
-///    tell machines apart;
+/// 2. else a random id kept in kitt's state directory (`$XDG_STATE_HOME/kitt/machine-id.<host
+///    name>`, else `~/.local/state/kitt/machine-id.<host name>`), created on first use. Not
+///    `/etc/machine-id`: images built by copying a root file system (`docker import`, golden VM
+///    images) share one, so it does not tell machines apart. The host name is in the file name
+///    because a home directory is often shared by every node of a cluster;
 /// 3. else (no writable state directory) `boot:<boot id>`, unique to this boot of this kernel.
 pub fn machine_id() -> String {
     static ID: OnceLock<String> = OnceLock::new();
@@ -54,7 +55,8 @@ pub fn machine_id() -> String {
         if let Some(id) = std::env::var("KITT_MACHINE_ID").ok().filter(|v| !v.trim().is_empty()) {
             return id.trim().to_string();
         }
-        state_dir().and_then(|d| persisted_machine_id(&d)).unwrap_or_else(|| format!("boot:{}", boot_id()))
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        state_dir().and_then(|d| persisted_machine_id(&d, &host)).unwrap_or_else(|| format!("boot:{}", boot_id()))
     })
     .clone()
 }
@@ -74,11 +76,13 @@ fn valid_machine_id(text: &str) -> Option<String> {
         .then(|| id.to_string())
 }
 
-/// The id in `dir/machine-id`, created at random when there is none. Two kitts starting at once
+/// The id in `dir/machine-id.<host>`, created at random when there is none. Two kitts starting at once
 /// on a fresh machine agree: each links its own candidate into place, and the loser reads the
 /// winner's.
-fn persisted_machine_id(dir: &Path) -> Option<String> {
-    let path = dir.join("machine-id");
+fn persisted_machine_id(dir: &Path, host: &str) -> Option<String> {
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect();
+    let path = dir.join(if host.is_empty() { "machine-id".to_string() } else { format!("machine-id.{host}") });
     if let Some(id) = std::fs::read_to_string(&path).ok().and_then(|t| valid_machine_id(&t)) {
         return Some(id);
     }
@@ -273,16 +277,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state/kitt");
         let ids: Vec<String> = std::thread::scope(|s| {
-            let racers: Vec<_> = (0..4).map(|_| s.spawn(|| persisted_machine_id(&state).unwrap())).collect();
+            let racers: Vec<_> = (0..4).map(|_| s.spawn(|| persisted_machine_id(&state, "node1\n").unwrap())).collect();
             racers.into_iter().map(|r| r.join().unwrap()).collect()
         });
         assert!(ids.iter().all(|id| id == &ids[0]), "kitts starting at once agree: {ids:?}");
         assert_eq!(ids[0].len(), 32);
-        assert_eq!(std::fs::read_to_string(state.join("machine-id")).unwrap().trim(), ids[0]);
-        assert_eq!(persisted_machine_id(&state).unwrap(), ids[0], "kept across processes");
+        assert_eq!(std::fs::read_to_string(state.join("machine-id.node1")).unwrap().trim(), ids[0]);
+        assert_eq!(persisted_machine_id(&state, "node1").unwrap(), ids[0], "kept across processes");
+        // Another node sharing this home directory is another machine.
+        assert_ne!(persisted_machine_id(&state, "node2").unwrap(), ids[0]);
         let other = tempfile::tempdir().unwrap();
-        assert_ne!(persisted_machine_id(other.path()).unwrap(), ids[0], "random, not copied from /etc");
-        std::fs::write(state.join("machine-id"), "x\n").unwrap();
-        assert!(persisted_machine_id(&state).is_some_and(|id| id.len() == 32), "a damaged file is not an id");
+        assert_ne!(persisted_machine_id(other.path(), "node1").unwrap(), ids[0], "random, not copied from /etc");
+        std::fs::write(state.join("machine-id.node1"), "x\n").unwrap();
+        assert!(persisted_machine_id(&state, "node1").is_some_and(|id| id.len() == 32), "a damaged file is not an id");
     }
 }
