@@ -8,68 +8,16 @@
 //! missing llama.cpp image is a failure; elsewhere the tests say what is missing and pass.
 
 mod common;
+mod docker_support;
 use common::test_data;
+use docker_support::*;
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn skip(msg: &str) -> bool {
-    if ci() {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    true
-}
-
-/// Whether Docker answers (a failure under CI when it does not).
-fn docker_missing() -> bool {
-    let ok = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
-    match ok {
-        Ok(o) if o.status.success() => false,
-        Ok(o) => skip(&format!("Docker is not usable: {}", String::from_utf8_lossy(&o.stderr))),
-        Err(e) => skip(&format!("no docker CLI: {e}")),
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Containers (running or not) of one run.
-fn containers_of(run_id: &str) -> Vec<String> {
-    docker(&["ps", "--all", "--filter", &format!("label=kitt.run={run_id}"), "--format", "{{.Names}}"])
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-/// kitt packed into an image whose entrypoint mimics `engine`'s command line.
-fn sim_image(engine: &str) -> String {
-    let tag = format!("kitt-local/sim-{engine}:test");
-    let mut c = Command::new(root().join("scripts/pack-image.sh"));
-    c.arg(&tag).arg(env!("CARGO_BIN_EXE_kitt"));
-    if engine == "ollama" {
-        c.args(["--cmd", "serve"]);
-    }
-    c.args(["--", "sim", "--mimic", engine, "--"]);
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "pack-image.sh: {}", String::from_utf8_lossy(&o.stderr));
-    tag
-}
 
 const LLAMA_IMAGE: &str = "kitt-local/llama.cpp:server-cpu";
 
@@ -78,114 +26,6 @@ fn llama_image_missing() -> bool {
     let present = Command::new("docker").args(["image", "inspect", LLAMA_IMAGE]).output().unwrap();
     !present.status.success()
         && skip("the llama.cpp image is not built: run `kitt engines setup llama_cpp --local-build`")
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn runs(&self) -> PathBuf {
-        self.path().join("runs")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
-        c.env("KITT_RUNS_DIR", self.runs())
-            .env("KITT_STORE", "off")
-            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
-            .env_remove("KITT_TEST_KILL_AFTER_RECORD")
-            .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
-            .env("NO_COLOR", "1");
-        c
-    }
-
-    fn suite(&self, yaml: &str) -> PathBuf {
-        let p = self.path().join("suite.yaml");
-        std::fs::write(&p, yaml).unwrap();
-        std::fs::create_dir_all(self.path().join("models")).unwrap();
-        std::fs::write(self.path().join("models/weights.bin"), b"not a real model").unwrap();
-        p
-    }
-
-    fn only_run(&self) -> PathBuf {
-        let runs: Vec<PathBuf> = std::fs::read_dir(self.runs()).unwrap().map(|e| e.unwrap().path()).collect();
-        let runs: Vec<PathBuf> = runs.into_iter().filter(|p| p.is_dir()).collect();
-        assert_eq!(runs.len(), 1, "{runs:?}");
-        runs[0].clone()
-    }
-}
-
-fn run_id(run: &Path) -> String {
-    run.file_name().unwrap().to_string_lossy().to_string()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn report(run: &Path) -> Json {
-    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
-}
-
-fn journal(run: &Path) -> Vec<Json> {
-    std::fs::read_to_string(run.join("journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn wait_for_step(runs: &Path, kind: &str, timeout: Duration) -> PathBuf {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(run) =
-            std::fs::read_dir(runs).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path())
-            && journal(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == kind)
-        {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "no {kind} step started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A suite of one container engine of `template` on `image`.
-fn suite(template: &str, image: &str, engine_extra: &str, requests: u32) -> String {
-    format!(
-        r#"apiVersion: kitt/v1
-kind: Suite
-metadata: {{name: docker-{template}}}
-spec:
-  models: [{{name: tiny-model, path: models/weights.bin}}]
-  engines:
-    - name: e
-      template: {template}
-      image: {image}
-      pull: never
-{engine_extra}
-  benchmarks:
-    - name: tput
-      template: throughput
-      params: {{concurrency: 2, requests: {requests}, input_tokens: 16, max_tokens: 8}}
-  sampling: {{temperature: 0, seed: 1}}
-  warmup: {{requests: 1}}
-  reporters: [json]
-"#
-    )
 }
 
 #[test]
@@ -341,6 +181,11 @@ fn serial_docker_sigint_sigterm_and_kill_leave_no_container_behind() {
         let run = env.only_run();
         let left = containers_of(&run_id(&run));
         assert_eq!(left.len(), 1, "SIGKILL cannot be caught: the container is left");
+        // A gc of another runs directory (another project, another test) leaves it alone.
+        let other = tempfile::tempdir().unwrap();
+        let out = env.cmd().arg("gc").arg("--runs-dir").arg(other.path()).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to clean up"), "{}", text(&out));
+        assert_eq!(containers_of(&run_id(&run)), left, "out of that gc's scope");
         let out = if next == "gc" {
             env.cmd().arg("gc").output().unwrap()
         } else {

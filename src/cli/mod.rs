@@ -8,6 +8,7 @@ pub mod apply;
 mod compare;
 mod engines;
 pub mod fingerprint;
+mod gc;
 mod results;
 
 use std::collections::BTreeMap;
@@ -105,11 +106,9 @@ pub enum Command {
         #[command(subcommand)]
         command: EnginesCommand,
     },
-    /// Stop engine processes that a killed kitt left behind (only those whose run is not live).
-    Gc {
-        #[arg(long)]
-        runs_dir: Option<PathBuf>,
-    },
+    /// Stop engine processes and remove containers that a killed kitt left behind (never a live
+    /// kitt's; another machine's containers only with --foreign).
+    Gc(gc::GcArgs),
     /// Run kitt's OpenAI-compatible engine simulator.
     Sim(crate::engine::sim::SimArgs),
     /// The machine (GPUs, CPU, memory, storage, OS): its identity string; -v for every field.
@@ -199,20 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Engines { command: EnginesCommand::Setup { name, local_build, link } } => {
             engines::setup(&name, local_build, &link)
         }
-        Command::Gc { runs_dir } => {
-            let mut stopped: Vec<String> = crate::run::pidfile::sweep(&crate::run::dir::runs_root(runs_dir.as_deref()))
-                .into_iter()
-                .map(|p| format!("stopped {p}"))
-                .collect();
-            stopped.extend(crate::docker::sweep().into_iter().map(|c| format!("removed {c}")));
-            for s in &stopped {
-                println!("{s}");
-            }
-            if stopped.is_empty() {
-                eprintln!("nothing to clean up");
-            }
-            0
-        }
+        Command::Gc(args) => gc::gc(&args),
         Command::Sim(args) => sim(args),
         Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
         Command::Results { command } => results::run(command),

@@ -3,27 +3,32 @@
 //! `DOCKER_HOST` and `DOCKER_CONTEXT` reach the CLI through the environment; `--docker-context`
 //! (set once by the command line) adds `--context` to every call.
 //!
-//! Every container kitt starts carries labels saying who owns it (`kitt.owner`: boot id, pid
-//! namespace, pid and start time of the kitt process), so that a container left behind by a
-//! killed kitt is found and removed by the next `kitt apply` or `kitt gc` ([`sweep`]) while the
-//! containers of a live kitt are never touched. A [`Container`] dropped without being stopped is
-//! removed at once; `stop` saves its logs first.
+//! Every container kitt starts carries labels saying who owns it (`kitt.owner`, see [`owner`]),
+//! so that a container left behind by a killed kitt is found and removed by the next `kitt apply`
+//! or `kitt gc` ([`sweep`]) while the containers of a live kitt — or of a kitt on another machine
+//! sharing the daemon — are never touched. A [`Container`] exists before `docker run` returns:
+//! a start that fails or is cancelled (created but not started, or the CLI's timeout) saves what
+//! the container wrote and removes it; dropped without being stopped, it is removed at once;
+//! `stop` saves its logs first.
 
+pub mod owner;
 pub mod run_spec;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::run::pidfile::{self, Owner};
-
 pub use run_spec::RunSpec;
+pub use sweep::{Scope, Sweep, label_path, sweep};
 
 /// The label holding the owner of a container.
 pub const OWNER_LABEL: &str = "kitt.owner";
 /// The label holding the file a container's logs are saved to when it is swept.
 pub const LOG_LABEL: &str = "kitt.log";
+/// The label holding the run directory (absolute) a container belongs to: the sweep's scope.
+pub const RUN_DIR_LABEL: &str = "kitt.run_dir";
 
 static CONTEXT: OnceLock<String> = OnceLock::new();
 
@@ -148,7 +153,7 @@ pub async fn docker(args: &[String], env: &[(String, String)]) -> Result<String,
     }
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
@@ -161,7 +166,7 @@ pub struct ImageInfo {
 }
 
 fn no_such(e: &DockerError) -> bool {
-    matches!(e, DockerError::Failed { message, .. } if message.contains("No such image") || message.contains("No such object"))
+    matches!(e, DockerError::Failed { message, .. } if message.contains("No such image") || message.contains("No such object") || message.contains("No such container"))
 }
 
 fn parse_image(text: &str) -> Option<ImageInfo> {
@@ -206,12 +211,6 @@ pub fn nvidia_runtime() -> bool {
     *NVIDIA.get_or_init(|| {
         docker_sync(&strings(&["info", "--format", "{{json .Runtimes}}"])).is_ok_and(|r| r.contains("nvidia"))
     })
-}
-
-/// The `kitt.owner` label of containers this process starts.
-pub fn owner_label() -> String {
-    let owner = pidfile::owner_of(std::process::id());
-    owner.and_then(|o| serde_json::to_string(&o).ok()).unwrap_or_default()
 }
 
 /// What the daemon says about a container's state.
@@ -263,11 +262,48 @@ pub struct Container {
 }
 
 impl Container {
-    /// `docker run -d` of `spec`; the container's name is `spec.name`.
+    /// `docker run -d` of `spec`; the container's name is `spec.name`. When the run fails —
+    /// the daemon created the container but could not start it, or the CLI gave up waiting —
+    /// the container's output and the error are saved to `log` and the container is removed.
     pub async fn run(spec: &RunSpec, log: &Path) -> Result<Container, DockerError> {
+        // Knowing who we are may ask the daemon (sibling mode): not on the async threads.
+        let _ = tokio::task::spawn_blocking(owner::current).await;
         let (args, env) = spec.argv(log);
-        docker(&args, &env).await?;
-        Ok(Container { name: spec.name.clone(), log: log.to_path_buf(), removed: false })
+        // The handle exists first: a start cancelled mid-way removes what the daemon made.
+        let container = Container { name: spec.name.clone(), log: log.to_path_buf(), removed: false };
+        match docker(&args, &env).await {
+            Ok(_) => Ok(container),
+            Err(e) => {
+                container.discard(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Saves what a container that failed to start wrote, and why it failed, then removes it.
+    async fn discard(mut self, error: &DockerError) {
+        let exists =
+            docker(&strings(&["container", "inspect", "--format", "{{.State.Status}}", "--", &self.name]), &[])
+                .await
+                .is_ok();
+        if exists {
+            save_logs(&self.name, &self.log).await;
+        }
+        let note = format!("kitt: `docker run` of {} failed: {error}\n", self.name);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!("cannot write {}: {e}", self.log.display());
+        }
+        let name = self.name.clone();
+        match tokio::task::spawn_blocking(move || remove_sync(&name)).await {
+            Ok(Ok(())) => self.removed = true,
+            Ok(Err(e)) => tracing::error!("cannot remove container {} after its failed start: {e}", self.name),
+            Err(e) => tracing::error!("cannot remove container {}: {e}", self.name),
+        }
     }
 
     pub async fn state(&self) -> Result<State, DockerError> {
@@ -318,8 +354,16 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         if !self.removed {
-            let _ = docker_sync(&strings(&["rm", "--force", "--volumes", "--", &self.name]));
+            let _ = remove_sync(&self.name);
         }
+    }
+}
+
+/// `docker rm --force --volumes NAME` (blocking); a container that is not there counts as removed.
+pub(crate) fn remove_sync(name: &str) -> Result<(), DockerError> {
+    match docker_sync(&strings(&["rm", "--force", "--volumes", "--", name])) {
+        Err(e) if !no_such(&e) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -342,53 +386,10 @@ async fn save_logs(name: &str, path: &Path) {
     }
 }
 
-fn save_logs_sync(name: &str, path: &Path) {
+pub(crate) fn save_logs_sync(name: &str, path: &Path) {
     if let Some(mut c) = logs_to(name, path) {
         let _ = c.status();
     }
-}
-
-/// Whether a container's recorded owner is certainly gone: a kitt of an earlier boot, or of this
-/// boot and pid namespace whose process no longer exists. An owner in another pid namespace may
-/// be alive and is left alone.
-pub fn owner_gone(owner: &Owner) -> bool {
-    if owner.boot_id != pidfile::boot_id() {
-        return true;
-    }
-    owner.pid_ns == pidfile::pid_ns() && !pidfile::still_running(owner)
-}
-
-/// Removes every container whose kitt is gone; returns what it removed. Without a usable Docker
-/// there is nothing kitt could have started, so this is silent.
-pub fn sweep() -> Vec<String> {
-    let format = format!("{{{{.Names}}}}\t{{{{.Label \"{OWNER_LABEL}\"}}}}\t{{{{.Label \"{LOG_LABEL}\"}}}}");
-    let list =
-        match docker_sync(&strings(&["ps", "--all", "--filter", &format!("label={OWNER_LABEL}"), "--format", &format]))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!("no container sweep: {e}");
-                return Vec::new();
-            }
-        };
-    let mut removed = Vec::new();
-    for line in list.lines() {
-        let mut f = line.split('\t');
-        let (Some(name), Some(owner)) = (f.next(), f.next()) else { continue };
-        let log = f.next().filter(|l| !l.is_empty());
-        let Ok(owner) = serde_json::from_str::<Owner>(owner) else { continue };
-        if !owner_gone(&owner) {
-            continue;
-        }
-        if let Some(log) = log {
-            // Best effort: the logs of an engine whose kitt was killed are worth keeping.
-            save_logs_sync(name, Path::new(log));
-        }
-        if docker_sync(&strings(&["rm", "--force", "--volumes", "--", name])).is_ok() {
-            removed.push(format!("container {name} left by kitt pid {}", owner.pid));
-        }
-    }
-    removed
 }
 
 #[cfg(test)]
@@ -407,14 +408,5 @@ mod tests {
         assert_eq!(s.trouble().unwrap(), "exited with exit code 137 (killed: out of memory)");
         assert_eq!(parse_state("running 0 0 4242 false").unwrap().trouble(), None);
         assert_eq!(parse_state("running 0 2 4242 false").unwrap().trouble().unwrap(), "restarted 2 time(s)");
-    }
-
-    #[test]
-    fn owners_of_other_boots_are_gone_and_other_namespaces_are_spared() {
-        let me = pidfile::owner_of(std::process::id()).unwrap();
-        assert!(!owner_gone(&me));
-        assert!(owner_gone(&Owner { boot_id: "another-boot".into(), ..me.clone() }));
-        assert!(owner_gone(&Owner { start_time: me.start_time + 1, ..me.clone() }));
-        assert!(!owner_gone(&Owner { pid_ns: "pid:[1]".into(), start_time: 1, ..me }));
     }
 }

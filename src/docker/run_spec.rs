@@ -48,7 +48,7 @@ impl RunSpec {
         for (k, v) in &self.labels {
             label(k, v);
         }
-        label(super::OWNER_LABEL, &super::owner_label());
+        label(super::OWNER_LABEL, &super::owner::label());
         label(super::LOG_LABEL, &log.to_string_lossy());
         match self.network {
             Network::Host => a.extend(["--network".into(), "host".into()]),

@@ -273,6 +273,7 @@ impl RunExecutor {
                 ("kitt.run".into(), self.run_id.clone()),
                 ("kitt.step".into(), key.to_string()),
                 ("kitt.engine".into(), g.id.clone()),
+                (crate::docker::RUN_DIR_LABEL.into(), crate::docker::label_path(&self.run_dir)),
             ],
             extra_args: extra_args.iter().map(bind).collect(),
         };

@@ -148,11 +148,20 @@ pub async fn apply(
     progress: Arc<exec::Progress>,
 ) -> Result<ApplyOutcome, ApplyError> {
     let root = dir::runs_root(opts.runs_dir.as_deref());
-    for what in pidfile::sweep(&root) {
+    for what in pidfile::sweep(&root, None) {
         tracing::warn!("stopped {what}");
     }
-    for what in tokio::task::spawn_blocking(crate::docker::sweep).await.unwrap_or_default() {
-        tracing::warn!("removed {what}");
+    // Only this runs directory's containers: other projects' are left to their own kitt or `kitt gc`.
+    let scope = crate::docker::Scope::RunsDir(root.clone());
+    let swept = tokio::task::spawn_blocking(move || crate::docker::sweep(&scope, false)).await.unwrap_or_default();
+    for c in &swept.removed {
+        tracing::warn!("removed container {} ({})", c.name, c.reason);
+    }
+    if !swept.foreign.is_empty() {
+        tracing::warn!(
+            "left {} container(s) of this runs directory owned by kitt on another machine; `kitt gc --foreign` lists and removes them",
+            swept.foreign.len()
+        );
     }
     let (run, resumed) = select_run(&plan, &root, opts)?;
     let contents = journal::read(&run.journal_path())?;

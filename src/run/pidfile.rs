@@ -7,8 +7,13 @@
 //! time. The sweep (at every `kitt apply` and in `kitt gc`) stops a recorded process group only
 //! when all three still match and the run's kitt is gone, so a reused pid is never signalled and a
 //! live run is never touched.
+//!
+//! Owners also name their machine ([`machine_id`]): a record written on another machine (a runs
+//! directory on a shared file system, a container label on a shared Docker daemon) is never judged
+//! by this machine's boot id, pids or namespaces, which mean nothing there.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +22,9 @@ use super::dir::LockFile;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Owner {
+    /// The machine the process runs on ([`machine_id`]); empty in records older than the field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
     pub pid: u32,
     pub boot_id: String,
     pub pid_ns: String,
@@ -30,6 +38,72 @@ pub fn boot_id() -> String {
 
 pub fn pid_ns() -> String {
     std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+/// This machine's identity in owner records, decided once per process:
+///
+/// 1. `KITT_MACHINE_ID`, when set: for tests, which play several machines on one host;
+/// 2. else a random id kept in kitt's state directory (`$XDG_STATE_HOME/kitt/machine-id.<host
+///    name>`, else `~/.local/state/kitt/machine-id.<host name>`), created on first use. Not
+///    `/etc/machine-id`: images built by copying a root file system (`docker import`, golden VM
+///    images) share one, so it does not tell machines apart. The host name is in the file name
+///    because a home directory is often shared by every node of a cluster;
+/// 3. else (no writable state directory) `boot:<boot id>`, unique to this boot of this kernel.
+pub fn machine_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        if let Some(id) = std::env::var("KITT_MACHINE_ID").ok().filter(|v| !v.trim().is_empty()) {
+            return id.trim().to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        state_dir().and_then(|d| persisted_machine_id(&d, &host)).unwrap_or_else(|| format!("boot:{}", boot_id()))
+    })
+    .clone()
+}
+
+/// `$XDG_STATE_HOME/kitt` (an absolute one; the XDG spec ignores a relative one), else
+/// `~/.local/state/kitt`.
+fn state_dir() -> Option<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base =
+        env("XDG_STATE_HOME").filter(|p| p.is_absolute()).or_else(|| env("HOME").map(|h| h.join(".local/state")))?;
+    Some(base.join("kitt"))
+}
+
+fn valid_machine_id(text: &str) -> Option<String> {
+    let id = text.trim();
+    (id.len() >= 16 && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .then(|| id.to_string())
+}
+
+/// The id in `dir/machine-id.<host>`, created at random when there is none. Two kitts starting at once
+/// on a fresh machine agree: each links its own candidate into place, and the loser reads the
+/// winner's.
+fn persisted_machine_id(dir: &Path, host: &str) -> Option<String> {
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect();
+    let path = dir.join(if host.is_empty() { "machine-id".to_string() } else { format!("machine-id.{host}") });
+    if let Some(id) = std::fs::read_to_string(&path).ok().and_then(|t| valid_machine_id(&t)) {
+        return Some(id);
+    }
+    std::fs::create_dir_all(dir).ok()?;
+    // A fresh version-4 UUID from the kernel on every read.
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").ok()?;
+    let id = valid_machine_id(&uuid.trim().replace('-', ""))?;
+    static CANDIDATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CANDIDATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let candidate = dir.join(format!(".machine-id.{}.{n}", std::process::id()));
+    std::fs::write(&candidate, format!("{id}\n")).ok()?;
+    let chosen = if std::fs::hard_link(&candidate, &path).is_ok() {
+        Some(id)
+    } else if let Some(theirs) = std::fs::read_to_string(&path).ok().and_then(|t| valid_machine_id(&t)) {
+        Some(theirs)
+    } else {
+        // A damaged file: replace it.
+        std::fs::rename(&candidate, &path).ok().map(|_| id)
+    };
+    let _ = std::fs::remove_file(&candidate);
+    chosen
 }
 
 /// The start time of `pid`, if it is alive.
@@ -46,7 +120,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// The identity of a live process of this machine and namespace.
 pub fn owner_of(pid: u32) -> Option<Owner> {
-    Some(Owner { pid, boot_id: boot_id(), pid_ns: pid_ns(), start_time: start_time(pid)? })
+    Some(Owner { machine: machine_id(), pid, boot_id: boot_id(), pid_ns: pid_ns(), start_time: start_time(pid)? })
 }
 
 fn path(run_dir: &Path, key: &str) -> PathBuf {
@@ -68,9 +142,18 @@ pub fn remove(run_dir: &Path, key: &str) {
     let _ = std::fs::remove_file(path(run_dir, key));
 }
 
-/// Whether `owner` is still the very process that was recorded.
+/// Whether `owner` was recorded on another machine (and so cannot be judged here). A record older
+/// than the machine field is this machine's only when it names this very boot.
+pub fn foreign(owner: &Owner) -> bool {
+    if owner.machine.is_empty() { owner.boot_id != boot_id() } else { owner.machine != machine_id() }
+}
+
+/// Whether `owner` is still the very process that was recorded (false for another machine's).
 pub fn still_running(owner: &Owner) -> bool {
-    owner.boot_id == boot_id() && owner.pid_ns == pid_ns() && start_time(owner.pid) == Some(owner.start_time)
+    !foreign(owner)
+        && owner.boot_id == boot_id()
+        && owner.pid_ns == pid_ns()
+        && start_time(owner.pid) == Some(owner.start_time)
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {
@@ -80,17 +163,38 @@ fn signal_group(pid: u32, signal: libc::c_int) {
     }
 }
 
-/// Stops every recorded engine whose run's kitt is gone; returns what it stopped.
-pub fn sweep(runs_root: &Path) -> Vec<String> {
+/// An engine process the sweep stopped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stopped {
+    pub pid: u32,
+    pub run: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "engine process {} left by run {}", self.pid, self.run)
+    }
+}
+
+/// Stops every recorded engine whose run's kitt is gone (of run `only` alone, when given);
+/// returns what it stopped. Records of another machine are left as they are.
+pub fn sweep(runs_root: &Path, only: Option<&str>) -> Vec<Stopped> {
     let mut stopped = Vec::new();
     let Ok(runs) = std::fs::read_dir(runs_root) else { return stopped };
     for run in runs.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let run_id = run.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        if only.is_some_and(|o| o != run_id) {
+            continue;
+        }
         let Ok(files) = std::fs::read_dir(run.join("pids")) else { continue };
         if LockFile::is_held(&run.join("lock")) {
             continue; // its kitt is alive and owns these processes
         }
         for file in files.filter_map(|e| e.ok()).map(|e| e.path()) {
             let owner: Option<Owner> = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if owner.as_ref().is_some_and(foreign) {
+                continue; // another machine's process: its own kitt judges it
+            }
             if let Some(owner) = owner.filter(still_running) {
                 signal_group(owner.pid, libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -100,8 +204,7 @@ pub fn sweep(runs_root: &Path) -> Vec<String> {
                 if still_running(&owner) {
                     signal_group(owner.pid, libc::SIGKILL);
                 }
-                let run_id = run.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-                stopped.push(format!("engine process {} left by run {run_id}", owner.pid));
+                stopped.push(Stopped { pid: owner.pid, run: run_id.clone() });
             }
             let _ = std::fs::remove_file(&file);
         }
@@ -133,17 +236,59 @@ mod tests {
         // An orphan: a process group of our own making, recorded, with no kitt holding the run.
         let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
         write(&run, "k", child.id());
-        let stopped = sweep(root.path());
-        assert_eq!(stopped.len(), 1, "{stopped:?}");
+        assert!(sweep(root.path(), Some("another-run")).is_empty(), "--run scopes the sweep");
+        let stopped = sweep(root.path(), Some("r1"));
+        assert_eq!(stopped, [Stopped { pid: child.id(), run: "r1".into() }]);
         assert!(child.wait().is_ok());
         assert!(!path(&run, "k").exists());
         // A live run's processes are not touched.
         let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
         write(&run, "k", child.id());
         let _lock = LockFile::acquire(&run.join("lock")).unwrap();
-        assert!(sweep(root.path()).is_empty());
+        assert!(sweep(root.path(), None).is_empty());
         assert!(child.try_wait().unwrap().is_none());
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn another_machines_record_is_neither_signalled_nor_forgotten() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("r1");
+        let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        // The same pid, boot and namespace, as another machine on a shared runs directory would
+        // record them by chance: only the machine tells them apart.
+        let owner = Owner { machine: "another-machine-0123456789".into(), ..owner_of(child.id()).unwrap() };
+        assert!(foreign(&owner) && !still_running(&owner));
+        super::super::dir::write_atomic(&path(&run, "k"), &serde_json::to_vec(&owner).unwrap()).unwrap();
+        assert!(sweep(root.path(), None).is_empty());
+        assert!(child.try_wait().unwrap().is_none(), "another machine's pid is not ours to signal");
+        assert!(path(&run, "k").exists(), "its own kitt still needs the record");
+        // A record older than the machine field is ours only when it names this boot.
+        let legacy = Owner { machine: String::new(), ..owner_of(child.id()).unwrap() };
+        assert!(!foreign(&legacy) && still_running(&legacy));
+        assert!(foreign(&Owner { boot_id: "another-boot".into(), ..legacy }));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn the_machine_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/kitt");
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4).map(|_| s.spawn(|| persisted_machine_id(&state, "node1\n").unwrap())).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| id == &ids[0]), "kitts starting at once agree: {ids:?}");
+        assert_eq!(ids[0].len(), 32);
+        assert_eq!(std::fs::read_to_string(state.join("machine-id.node1")).unwrap().trim(), ids[0]);
+        assert_eq!(persisted_machine_id(&state, "node1").unwrap(), ids[0], "kept across processes");
+        // Another node sharing this home directory is another machine.
+        assert_ne!(persisted_machine_id(&state, "node2").unwrap(), ids[0]);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(persisted_machine_id(other.path(), "node1").unwrap(), ids[0], "random, not copied from /etc");
+        std::fs::write(state.join("machine-id.node1"), "x\n").unwrap();
+        assert!(persisted_machine_id(&state, "node1").is_some_and(|id| id.len() == 32), "a damaged file is not an id");
     }
 }
