@@ -61,7 +61,12 @@ fn serial_the_sweep_example_runs_every_stage_and_reports_each() {
         assert!((offered - expected).abs() / expected < 0.01, "stage {k}: {offered} vs {expected}");
         assert_eq!(s["metrics"]["requests"], 30);
     }
-    assert_eq!(sweep["metrics"]["requests"], 150, "the cell's metrics cover every stage");
+    // The cell's metrics are those of the highest rate it sustained, not a mix of five loads.
+    assert_eq!(stages[4]["headline"], true, "{stages:?}");
+    assert!(stages[..4].iter().all(|s| s.get("headline").is_none()));
+    assert_eq!(sweep["metrics"]["requests"], 30);
+    assert_eq!(sweep["metrics"]["request_throughput"], stages[4]["metrics"]["request_throughput"]);
+    assert!(sweep["metrics"]["from_schedule"].is_object(), "a rate stage is an open loop");
     let staged = &r["cells"][1];
     assert_eq!(stage_names(staged), ["stage 1", "stage 2"]);
     assert_eq!(staged["metrics"]["requests"], 80);
@@ -93,6 +98,9 @@ spec:
     let stop = &stages[3];
     assert!(stop["stopped"].as_str().unwrap().contains("met the SLOs"), "{stop}");
     assert_eq!(stop["rates_not_run"], 3);
+    // No rate was sustained: the synchronous stage speaks for the cell.
+    assert_eq!(stages[0]["headline"], true, "{stages:?}");
+    assert_eq!(r["cells"][0]["metrics"]["requests"], 12);
 }
 
 #[test]

@@ -91,6 +91,7 @@ pub struct LoadInput {
 pub type WindowHook = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// A finished run: its requests tallied (and written to `records`).
+#[derive(Clone)]
 pub struct LoadOutcome {
     pub tally: Tally,
     /// The measured window: first send → last end.

@@ -528,6 +528,10 @@ impl RunExecutor {
         let mut stages: Vec<Json> = Vec::new();
         let mut throughputs: Vec<f64> = Vec::new();
         let mut merged: Option<load::LoadOutcome> = None;
+        let sweep = matches!(spec.profile, Profile::Sweep { .. });
+        // A sweep's cell metrics are one stage's, not a mix of different loads: the highest rate
+        // it sustained, or the synchronous stage when it sustained none.
+        let mut headline: Option<(usize, load::LoadOutcome)> = None;
         for i in 0.. {
             let Some((name, profile, requests, duration)) = next_stage(spec, i, &throughputs) else { break };
             let sub = LoadSpec {
@@ -559,6 +563,9 @@ impl RunExecutor {
             let start_ms = outcome.origin.saturating_duration_since(first).as_secs_f64() * 1e3;
             let window_ms = [start_ms, start_ms + outcome.window_ns as f64 / 1e6];
             stages.push(json!({"stage": i, "name": name, "profile": profile, "window_ms": window_ms, "metrics": sm}));
+            if sweep && (i == 0 || (i >= 2 && sustained.is_ok())) {
+                headline = Some((stages.len() - 1, outcome.clone()));
+            }
             merged = Some(match merged.take() {
                 None => outcome,
                 Some(mut all) => {
@@ -579,6 +586,11 @@ impl RunExecutor {
             }
         }
         let mut all = merged.ok_or_else(|| err("a staged profile ran no stage"))?;
+        if let Some((at, mut one)) = headline {
+            stages[at]["headline"] = json!(true);
+            one.warmup_requests = all.warmup_requests;
+            return Ok((one, Some(stages)));
+        }
         // Schedules of different stages have different origins: the arrival statistics belong to
         // each stage's own metrics, not to the merged window.
         all.open_loop = false;

@@ -1,0 +1,334 @@
+//! `kitt apply` against an engine that fails on purpose (`kitt sim --fault`, docs/faults.md): every
+//! run ends on its own, every sent request is one line of `requests.jsonl` with the right error
+//! kind, ok + errors = sent, the cell's status follows `max_error_rate`, and no engine is left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn apply(&self, suite: &str) -> Output {
+        let file = self.path().join("suite.yaml");
+        std::fs::write(&file, suite).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_kitt"))
+            .arg("apply")
+            .arg(&file)
+            .env("KITT_RUNS_DIR", self.path().join("runs"))
+            .env("KITT_STORE", "off")
+            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
+            .env("KITT_SIM_REQUEST_LOG", self.path().join("sim-requests.jsonl"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self) -> PathBuf {
+        let runs: Vec<PathBuf> =
+            std::fs::read_dir(self.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        runs[0].clone()
+    }
+
+    /// The one cell's result and its request records.
+    fn cell(&self) -> (Json, Vec<Json>) {
+        let report: Json =
+            serde_json::from_slice(&std::fs::read(self.run().join("report/result.json")).unwrap()).unwrap();
+        let cells = report["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 1, "{report}");
+        let cell = cells[0].clone();
+        let key = cell["provenance"]["key"].as_str().unwrap();
+        let lines = std::fs::read_to_string(self.run().join("steps").join(key).join("requests.jsonl")).unwrap();
+        (cell, lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+    }
+
+    /// Generation requests the sim read, in order.
+    fn sim_generations(&self) -> Vec<Json> {
+        std::fs::read_to_string(self.path().join("sim-requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap())
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/completions")))
+            .collect()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Live `kitt sim` processes whose command line holds `marker`.
+fn sims_alive(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmdline.contains(" sim ") && cmdline.contains(marker) && !stat.contains(") Z ")
+        })
+        .count()
+}
+
+/// A suite of one latency cell of `requests` on the sim with `faults`, `model` naming it (and
+/// its sim process), `execution` and `params` added.
+fn suite(model: &str, faults: &str, requests: u32, execution: &str, params: &str) -> String {
+    format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: faults}}
+spec:
+  models: [{{name: {model}}}]
+  engines:
+    - name: sim
+      template: sim
+      params: {{faults: [{faults}], fault_delay_ms: 2000{params}}}
+  benchmarks:
+    - name: lat
+      template: latency
+      params: {{requests: {requests}, input_tokens: 8, max_tokens: 6}}
+  warmup: {{requests: 0}}
+  execution: {{{execution}}}
+  reporters: [json]
+"#
+    )
+}
+
+fn errors_of(records: &[Json]) -> Vec<(u64, String)> {
+    records.iter().filter_map(|r| r["error"].as_str().map(|e| (r["index"].as_u64().unwrap(), e.to_string()))).collect()
+}
+
+/// A stream that stalls on 1 request in 5 ends at its `between_events` deadline; the others and
+/// the cell's result are kept, within seconds of the healthy duration, and the stalled requests
+/// sit in the latencies as lower bounds.
+#[test]
+fn serial_a_stall_on_one_in_five_ends_at_the_deadline_and_the_cell_keeps_its_result() {
+    let env = Env::new();
+    let started = Instant::now();
+    let out = env.apply(&suite(
+        "stall-model",
+        "\"stall:0.2\"",
+        20,
+        "request_timeout: {between_events: 1s}, max_error_rate: 0.25",
+        "",
+    ));
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(took < Duration::from_secs(20), "4 stalls of 1 s took {took:?}");
+    let (cell, records) = env.cell();
+    assert_eq!(cell["status"], "ok");
+    assert_eq!(records.len(), 20);
+    let errors = errors_of(&records);
+    assert_eq!(errors, [4, 9, 14, 19].map(|i| (i, "timeout".to_string())), "{records:?}");
+    for r in records.iter().filter(|r| r["error"] == "timeout") {
+        assert_eq!(r["deadline"], "between_events", "{r}");
+        assert_eq!(r["content_events"], 1, "the event before the stall is kept: {r}");
+        let cut_ms = (r["end_ns"].as_u64().unwrap() - r["sent_ns"].as_u64().unwrap()) / 1_000_000;
+        assert!((1000..3000).contains(&cut_ms), "cut after {cut_ms} ms: {r}");
+    }
+    let m = &cell["metrics"];
+    assert_eq!((m["requests"].as_u64(), m["ok"].as_u64(), m["errors"].as_u64()), (Some(20), Some(16), Some(4)));
+    assert_eq!(m["errors_by_kind"]["timeout"], 4);
+    let e2e = &m["e2e_ms"];
+    assert_eq!(e2e["count"], 20);
+    assert_eq!(e2e["censored"]["count"], 4);
+    assert_eq!(e2e["censored"]["lower_bounds"], serde_json::json!(["p90", "p95", "p99", "p99_9"]));
+    assert!(e2e["p90"].as_f64().unwrap() >= 1000.0 && e2e["p50"].as_f64().unwrap() < 500.0, "{e2e}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("4 request(s) timed out"), "{summary}");
+    assert_eq!(sims_alive("stall-model"), 0);
+    // Every request went out once: no resend of a stalled one.
+    assert_eq!(env.sim_generations().len(), 20);
+}
+
+/// Each fault that breaks an answer: exactly the faulted requests fail, with the right kind, the
+/// others succeed, nothing is resent, and the error budget decides the cell's status.
+#[test]
+fn each_fault_is_recorded_with_its_kind_and_the_budget_decides_the_status() {
+    let cases = [
+        ("cut", "stream", ""),
+        ("reset", "connection_reset", ""),
+        ("reset_head", "connection_reset", ""),
+        ("bad_json", "decode", ""),
+        ("http_500", "http_500", ""),
+        ("http_429", "http_429", ""),
+        ("slow_first_token", "timeout", "request_timeout: {first_token: 500ms}, "),
+    ];
+    for (fault, kind, timeout) in cases {
+        let env = Env::new();
+        let model = format!("{}-model", fault.replace('_', "-"));
+        let out =
+            env.apply(&suite(&model, &format!("\"{fault}:0.2\""), 10, &format!("{timeout}max_error_rate: 0.25"), ""));
+        assert!(out.status.success(), "{fault}: {}", text(&out));
+        let (cell, records) = env.cell();
+        assert_eq!(cell["status"], "ok", "{fault}");
+        assert_eq!(records.len(), 10, "{fault}");
+        assert_eq!(errors_of(&records), [(4, kind.to_string()), (9, kind.to_string())], "{fault}: {records:?}");
+        let m = &cell["metrics"];
+        assert_eq!(m["ok"].as_u64().unwrap() + m["errors"].as_u64().unwrap(), 10, "{fault}");
+        if fault == "slow_first_token" {
+            assert!(records.iter().filter(|r| r["error"] == "timeout").all(|r| r["deadline"] == "first_token"));
+        }
+        // The engine saw each request once: a request it had seen is never resent.
+        let seen = env.sim_generations();
+        assert_eq!(seen.len(), 10, "{fault}: {seen:?}");
+        assert!(records.iter().all(|r| r.get("connection_retries").is_none()), "{fault}: {records:?}");
+        assert_eq!(sims_alive(&model), 0, "{fault}");
+    }
+
+    // Beyond the budget, the cell fails and the run exits 1, its records kept.
+    let env = Env::new();
+    let out = env.apply(&suite("budget-model", "\"http_500:0.5\"", 10, "max_error_rate: 0.25", ""));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (cell, records) = env.cell();
+    assert_eq!(cell["status"], "failed");
+    assert!(cell["error"].as_str().unwrap().contains("error rate 50.0 %"), "{cell}");
+    assert_eq!(errors_of(&records).len(), 5);
+}
+
+/// An engine that crashes mid-cell: the step fails, `retries: 1` restarts the engine (which serves
+/// on: the crash is recorded in its state file), and the cell finishes.
+#[test]
+fn serial_a_crash_with_a_retry_and_a_restart_finishes_the_cell() {
+    let env = Env::new();
+    let engine = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: restarting-sim}
+spec:
+  base: sim
+  restart_on_retry: true
+"#;
+    std::fs::write(env.path().join("engine.yaml"), engine).unwrap();
+    let suite = suite("crash-model", "\"crash::5\"", 10, "retries: 1", ", fault_state: sim.state")
+        .replace("template: sim", "template: restarting-sim")
+        .replace("  reporters: [json]", "  reporters: [json]\n  templates: [engine.yaml]");
+    let out = env.apply(&suite);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env.path().join("sim.state").exists(), "the sim crashed once");
+    let (cell, records) = env.cell();
+    assert_eq!((cell["status"].as_str(), cell["provenance"]["attempt"].as_u64()), (Some("ok"), Some(1)));
+    assert_eq!(errors_of(&records), []);
+    assert_eq!(records.len(), 10);
+    // The first attempt reached the crash on its sixth request.
+    let journal = std::fs::read_to_string(env.run().join("journal.jsonl")).unwrap();
+    assert!(journal.contains("\"attempt\":1"), "{journal}");
+    assert_eq!(sims_alive("crash-model"), 0);
+}
+
+/// The benchmark's own warmup runs before the window: the engine's counters over the window see
+/// exactly the measured requests.
+#[test]
+fn warmup_requests_stay_out_of_the_engine_metrics_window() {
+    let env = Env::new();
+    let templates = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: counted-sim}
+spec:
+  base: sim
+  metrics: {path: /metrics}
+"#;
+    std::fs::write(env.path().join("engine.yaml"), templates).unwrap();
+    let templates = r#"apiVersion: kitt/v1
+kind: Benchmark
+metadata: {name: warmed}
+spec:
+  mechanism: load
+  params: {}
+  load:
+    profile: {concurrency: 4}
+    requests: 10
+    warmup: {requests: 50}
+    prompt: {synthetic: {input_tokens: 8}}
+"#;
+    std::fs::write(env.path().join("bench.yaml"), templates).unwrap();
+    let suite = r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: warmed}
+spec:
+  models: [{name: warm-model}]
+  engines: [{name: sim, template: counted-sim}]
+  benchmarks: [{name: w, template: warmed}]
+  sampling: {max_tokens: 4}
+  warmup: {requests: 0}
+  templates: [engine.yaml, bench.yaml]
+  reporters: [json]
+"#;
+    let out = env.apply(suite);
+    assert!(out.status.success(), "{}", text(&out));
+    let (cell, _) = env.cell();
+    assert_eq!(cell["metrics"]["warmup_requests"], 50);
+    let counters = &cell["engine_metrics"]["counters"];
+    let done = counters
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.starts_with("vllm:request_success_total"))
+        .map(|(_, v)| v.as_f64().unwrap());
+    assert_eq!(done, Some(10.0), "{counters}");
+    assert_eq!(env.sim_generations().len(), 60);
+}
+
+/// Coordinated omission: under a constant 20 req/s with one request in flight at most, an engine
+/// that pauses 2 s once holds up the requests due meanwhile. From the schedule, their TTFT shows
+/// it; from the send it would not; the client is flagged as not keeping the schedule.
+#[test]
+fn serial_a_pause_under_a_constant_rate_shows_in_latency_from_the_schedule() {
+    let env = Env::new();
+    let bench = r#"apiVersion: kitt/v1
+kind: Benchmark
+metadata: {name: steady}
+spec:
+  mechanism: load
+  params: {}
+  load:
+    profile: {constant: 20}
+    requests: 40
+    max_concurrency: 1
+    prompt: {synthetic: {input_tokens: 8}}
+"#;
+    std::fs::write(env.path().join("steady.yaml"), bench).unwrap();
+    // With seed 999, a rate of 1/1000 past request 5 picks request 5 alone.
+    let suite = r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: steady}
+spec:
+  models: [{name: pause-model}]
+  engines:
+    - name: sim
+      template: sim
+      params: {faults: ["slow_first_token:1/1000:5"], fault_delay_ms: 2000, seed: 999}
+  benchmarks: [{name: s, template: steady}]
+  sampling: {max_tokens: 2}
+  warmup: {requests: 0}
+  templates: [steady.yaml]
+  reporters: [json]
+"#;
+    let out = env.apply(suite);
+    assert!(out.status.success(), "{}", text(&out));
+    let (cell, records) = env.cell();
+    assert_eq!(errors_of(&records), []);
+    let faulted: Vec<Json> = env.sim_generations().into_iter().filter(|r| r.get("fault").is_some()).collect();
+    assert_eq!(faulted.len(), 1, "{faulted:?}");
+    let m = &cell["metrics"];
+    let from_schedule = m["from_schedule"]["ttft_ms"]["p99"].as_f64().unwrap();
+    let from_send = m["ttft_ms"]["p90"].as_f64().unwrap();
+    assert!(from_schedule >= 1500.0, "{}", m["from_schedule"]);
+    assert!(from_send < 500.0, "{}", m["ttft_ms"]);
+    assert_eq!(m["arrivals"]["client_limited"], true, "{}", m["arrivals"]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("could not keep the schedule"), "{summary}");
+}
