@@ -263,3 +263,53 @@ fn the_endpoint_example_runs_against_a_local_server() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("latency #0") && stdout.contains("tput concurrency=8 #0"), "{stdout}");
 }
+
+/// The `openai` template talks to any OpenAI-compatible server with the standard fields only: no
+/// tokenize call (prompts are sized with the model's tokenizer.json) and no `ignore_eos`, so
+/// answers that stop early show as a warning rather than as a faster engine.
+#[test]
+fn the_openai_template_needs_no_tokenize_route_and_flags_early_stops() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("sim-requests.jsonl");
+    let url = start_sim(&["--request-log", log.to_str().unwrap()]);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/words.json");
+    std::fs::copy(&fixture, d.path().join("tokenizer.json")).unwrap();
+    let suite = d.path().join("suite.yaml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: hosted}}
+spec:
+  models: [{{name: sim, tokenizer: tokenizer.json}}]
+  engines: [{{name: api, template: openai, endpoint: {{url: "{url}"}}}}]
+  benchmarks: [{{name: lat, template: latency, params: {{requests: 12, max_tokens: 40, input_tokens: 16}}}}]
+  warmup: {{requests: 0}}
+  execution: {{max_error_rate: 0}}
+"#
+        ),
+    )
+    .unwrap();
+    let out = kitt(d.path()).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let requests: Vec<Json> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(requests.iter().all(|r| r["path"] != "/tokenize"), "no tokenize call: {requests:?}");
+    let generations: Vec<&Json> = requests.iter().filter(|r| r["path"] == "/v1/completions").collect();
+    assert_eq!(generations.len(), 12);
+    for r in &generations {
+        let body = &r["body"];
+        assert!(body.get("ignore_eos").is_none() && body.get("top_k").is_none(), "{body}");
+        assert_eq!(body["max_tokens"], 40);
+    }
+    let run = std::fs::read_dir(d.path().join("runs")).unwrap().next().unwrap().unwrap().path();
+    let report: Json = serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap();
+    let cell = &report["cells"][0];
+    assert_eq!(cell["provenance"]["prompts_exact"], true, "sized with the model's tokenizer");
+    // The sim, not told to ignore EOS, ends some answers early: the warning says so.
+    let early = cell["metrics"]["stopped_early"].as_u64().unwrap();
+    assert!(early > 0, "{}", cell["metrics"]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("generated fewer tokens than asked"), "{summary}");
+}

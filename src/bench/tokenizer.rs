@@ -41,9 +41,16 @@ impl Tokenizer {
     /// The number of tokens in `text`.
     pub async fn count(&self, client: &EngineClient, text: &str) -> Result<u64, String> {
         match self {
-            Tokenizer::Engine { req, pointer } => {
-                client.count_tokens(req, pointer, text).await.map_err(|e| e.to_string())
-            }
+            Tokenizer::Engine { req, pointer } => client.count_tokens(req, pointer, text).await.map_err(|e| match e {
+                // Most OpenAI-compatible servers have no tokenize route: say what to do instead.
+                crate::engine::client::ClientError::Status { status: 404 | 405, .. } => format!(
+                    "{e}; this server has no `{}` tokenize route: give the model a local `tokenizer:` \
+                     (its tokenizer.json), or use the `openai` engine template, which sends no tokenize call \
+                     (docs/engines.md)",
+                    req.path
+                ),
+                other => other.to_string(),
+            }),
             Tokenizer::Local(t) => t
                 .encode(text, false)
                 .map(|e| e.get_ids().len() as u64)
@@ -80,5 +87,32 @@ mod tests {
         assert_eq!(t.count(&client, "").await.unwrap(), 0);
         let e = Tokenizer::from_file(&dir.path().join("missing.json")).err().unwrap();
         assert!(e.contains("cannot load the tokenizer") && e.contains("missing.json"), "{e}");
+    }
+
+    /// A server without a tokenize route (most hosted OpenAI-compatible APIs) gets an error that
+    /// says what to do instead.
+    #[tokio::test]
+    async fn a_missing_tokenize_route_names_the_fix() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found")
+                    .await;
+            }
+        });
+        let client = EngineClient::new(&url, vec![], 1).unwrap();
+        let req = HttpRequest {
+            method: "POST".into(),
+            path: "/tokenize".into(),
+            body: Some(serde_json::json!({"prompt": "{{prompt}}"})),
+        };
+        let e = Tokenizer::engine(req, "/tokens".into()).count(&client, "a b").await.unwrap_err();
+        assert!(e.contains("answered HTTP 404"), "{e}");
+        assert!(e.contains("give the model a local `tokenizer:`") && e.contains("`openai` engine template"), "{e}");
     }
 }

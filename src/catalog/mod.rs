@@ -32,6 +32,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = builtin_files!(
     "suites/engines/ollama.yaml",
     "suites/engines/sim.yaml",
     "suites/engines/mlx.yaml",
+    "suites/engines/openai.yaml",
     "suites/benchmarks/throughput.yaml",
     "suites/benchmarks/latency.yaml",
     "suites/benchmarks/rate.yaml",

@@ -247,6 +247,14 @@ pub struct EngineSpec {
     /// The engine's Prometheus endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
+    /// A template for servers kitt never starts (a hosted API, a gateway): no `container` or
+    /// `native`, and every instance must say `endpoint:`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub endpoint_only: bool,
+    /// Synthetic prompts must have exact token lengths: with no `tokenize` call here, a model
+    /// benchmarked on this template must name its local `tokenizer:`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_tokenizer: bool,
     pub api: ApiSpec,
 }
 
@@ -266,10 +274,21 @@ impl Decode for EngineSpec {
         let restart_on_retry = f.opt(cx, "restart_on_retry").unwrap_or(false);
         let tokenize = f.opt(cx, "tokenize");
         let metrics = f.opt(cx, "metrics");
+        let endpoint_only = f.opt(cx, "endpoint_only").unwrap_or(false);
+        let needs_tokenizer = f.opt(cx, "needs_tokenizer").unwrap_or(false);
         let api = f.req(cx, "api");
-        if container.is_none() && native.is_none() {
+        if endpoint_only && (container.is_some() || native.is_some()) {
+            let pos = f.key_pos("endpoint_only").unwrap_or(node.pos);
+            cx.error(
+                Diagnostic::new(pos, format!("{what} is `endpoint_only` but says how to start an engine")).help(
+                    "remove `endpoint_only: true` to let kitt start it, or remove the `container`/`native` section",
+                ),
+            );
+        }
+        if container.is_none() && native.is_none() && !endpoint_only {
             cx.error(Diagnostic::new(node.pos, format!("{what} has neither `container` nor `native`")).help(
-                "say how to start the engine: a `container:` section (with `image:`), a `native:` command, or both",
+                "say how to start the engine: a `container:` section (with `image:`), a `native:` command, or both; \
+                 or `endpoint_only: true` for a server kitt never starts",
             ));
         }
         let (container, image): (Option<ContainerSpec>, Option<String>) = (container, image);
@@ -296,6 +315,8 @@ impl Decode for EngineSpec {
             restart_on_retry,
             tokenize,
             metrics,
+            endpoint_only,
+            needs_tokenizer,
             api: api?,
         })
     }

@@ -405,6 +405,18 @@ impl<'a> Compiler<'a> {
                     .help("give one: `native: {command: [BINARY, ARGS…]}`"),
                 );
             }
+            if template.manifest.spec.endpoint_only && inst.endpoint.is_none() {
+                cx.error(
+                    Diagnostic::new(
+                        inst.name.pos,
+                        format!(
+                            "engine template `{}` starts no server: it talks to one that already runs",
+                            inst.template.value
+                        ),
+                    )
+                    .help("add `endpoint: {url: http://HOST:PORT}` to this engine"),
+                );
+            }
             if inst.container.is_some() && template.manifest.spec.container.is_none() {
                 cx.error(Diagnostic::new(
                     inst.name.pos,
@@ -875,6 +887,25 @@ impl<'a> Compiler<'a> {
             return None;
         }
         let load = load?;
+        let espec = &ev.template.manifest.spec;
+        if espec.needs_tokenizer
+            && espec.tokenize.is_none()
+            && model.tokenizer.is_none()
+            && matches!(load.prompt, crate::manifest::load::PromptSpec::Synthetic { .. })
+        {
+            let d = Diagnostic::new(
+                model.name.pos,
+                format!(
+                    "model `{}` needs a `tokenizer:` for engine `{}`: its template `{}` has no tokenize call, and synthetic prompts of exact lengths need one",
+                    model.name.value, ev.name, ev.instance.template.value
+                ),
+            )
+            .help("add `tokenizer: path/to/tokenizer.json` (the model's Hugging Face tokenizer file) to the model");
+            if !self.errors.contains(&d) {
+                self.err(d);
+            }
+            return None;
+        }
         let api = &ev.template.manifest.spec.api;
         let call = match load.api {
             ApiKind::Completion => api.completion.as_ref(),
