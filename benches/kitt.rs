@@ -137,6 +137,7 @@ fn open_loop(
             records: None,
             index_offset: 0,
             window_opens: None,
+            cutoff: None,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();

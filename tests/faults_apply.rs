@@ -22,11 +22,16 @@ impl Env {
     }
 
     fn apply(&self, suite: &str) -> Output {
+        self.apply_with(suite, &[])
+    }
+
+    fn apply_with(&self, suite: &str, extra: &[&str]) -> Output {
         let file = self.path().join("suite.yaml");
         std::fs::write(&file, suite).unwrap();
         Command::new(env!("CARGO_BIN_EXE_kitt"))
             .arg("apply")
             .arg(&file)
+            .args(extra)
             .env("KITT_RUNS_DIR", self.path().join("runs"))
             .env("KITT_STORE", "off")
             .env("KITT_HOST_LOCK", self.path().join("host.lock"))
@@ -331,4 +336,44 @@ spec:
     assert_eq!(m["arrivals"]["client_limited"], true, "{}", m["arrivals"]);
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("could not keep the schedule"), "{summary}");
+}
+
+/// A cell cut by `step_timeout` fails as `truncated`: the run ends on its own, the requests that
+/// finished are kept apart for diagnosis, the journal says `truncated`, the summary warns, and a
+/// resume runs the cell again rather than reusing it.
+#[test]
+fn serial_a_cell_cut_by_step_timeout_is_truncated_and_never_reused() {
+    let env = Env::new();
+    let suite = suite("slow-model", "", 400, "step_timeout: 2s", ", itl_ms: 20").replace("\"\"", "");
+    let started = Instant::now();
+    let out = env.apply(&suite);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = env.run();
+    let report: Json = serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap();
+    let cell = &report["cells"][0];
+    assert_eq!(cell["status"], "failed");
+    assert!(cell["error"].as_str().unwrap().starts_with("truncated: `step_timeout` (2s) passed"), "{cell}");
+    assert_eq!(cell["metrics"]["truncated"], true);
+    let key = cell["provenance"]["key"].as_str().unwrap();
+    let step = run.join("steps").join(key);
+    assert!(!step.join("requests.jsonl").exists(), "partial records are not the cell's records");
+    let kept = std::fs::read_to_string(step.join("requests.truncated.jsonl")).unwrap();
+    let lines: Vec<Json> = kept.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.len() < 400, "{}", lines.len());
+    assert_eq!(cell["metrics"]["requests"].as_u64().unwrap(), lines.len() as u64);
+    // The one request in flight at the cutoff was cut there, not counted as the engine's timeout.
+    assert!(lines.iter().filter(|r| r["error"].is_string()).all(|r| r["error"] == "cancelled"), "{lines:?}");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    assert!(journal.contains("\"status\":\"truncated\""), "{journal}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cut short by `step_timeout`"), "{}", text(&out));
+    // A resume of that run runs the cell again.
+    let id = run.file_name().unwrap().to_str().unwrap().to_string();
+    let again = env.apply_with(&suite, &["--resume", &id]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let benchmark_starts =
+        journal.lines().filter(|l| l.contains("\"step_started\"") && l.contains("\"kind\":\"benchmark\"")).count();
+    assert_eq!(benchmark_starts, 2, "{journal}");
+    assert_eq!(sims_alive("slow-model"), 0);
 }

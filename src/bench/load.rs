@@ -85,6 +85,10 @@ pub struct LoadInput {
     /// right before the window opens: what measures alongside the window (resource sampling,
     /// the engine's counters) starts there, so none of that work leaks into it.
     pub window_opens: Option<WindowHook>,
+    /// When the step must end (its `step_timeout`, less a margin to write what was measured): no
+    /// request starts after it, and one still in flight is cut there (`cancelled`); the outcome
+    /// is then `truncated`.
+    pub cutoff: Option<Instant>,
 }
 
 /// See [`LoadInput::window_opens`].
@@ -109,6 +113,8 @@ pub struct LoadOutcome {
     pub records: Option<PathBuf>,
     /// When the window opened (request stamps count from it).
     pub origin: Instant,
+    /// The run reached its step's cutoff before its own end: its records are partial.
+    pub truncated: bool,
 }
 
 impl LoadOutcome {
@@ -214,7 +220,8 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         Some(w) => warm_up(&input, w, workers.min(64)).await?,
         None => 0,
     };
-    let deadlines: Deadlines = input.load.request_timeout.unwrap_or_default().into();
+    let mut deadlines: Deadlines = input.load.request_timeout.unwrap_or_default().into();
+    deadlines.step_cutoff = input.cutoff;
     input.client.size_for(workers);
     if let Some(opens) = &input.window_opens {
         opens().await;
@@ -227,7 +234,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         call: input.call,
         bodies,
         lengths,
-        schedule: Schedule::closed(input.load.requests, duration.map(|d| origin + d)),
+        schedule: Schedule::closed(input.load.requests, earliest_instant(duration.map(|d| origin + d), input.cutoff)),
         origin,
         progress: input.progress,
         spool: Some(Arc::clone(&spool)),
@@ -237,7 +244,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     });
     let open_loop = arrivals.is_some();
     let sent = match arrivals {
-        Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers).await?,
+        Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers, input.cutoff).await?,
         None => {
             let mut set = JoinSet::new();
             let ramp = input.load.ramp.map(|r| r.0).unwrap_or_default();
@@ -281,8 +288,10 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         out: input.records.as_deref(),
         index_offset: input.index_offset,
     };
+    let truncated = input.cutoff.is_some_and(|c| Instant::now() >= c);
     let tally = settle.run(&spool, config).await?;
     Ok(LoadOutcome {
+        truncated,
         window_ns: tally.window_ns(),
         tally,
         prompts_exact,
@@ -442,12 +451,22 @@ async fn wait_until(target: Instant) {
 /// each request then waits for one of `max_in_flight` slots (client queue time) and goes out.
 /// The dispatcher never waits for a slot, so its lateness is pure schedule lag. Returns how many
 /// requests it sent.
-async fn open_loop_run(shared: Arc<Shared>, arrivals: Vec<u64>, max_in_flight: usize) -> Result<u64, LoadError> {
+async fn open_loop_run(
+    shared: Arc<Shared>,
+    arrivals: Vec<u64>,
+    max_in_flight: usize,
+    cutoff: Option<Instant>,
+) -> Result<u64, LoadError> {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let mut set = JoinSet::new();
-    let sent = arrivals.len() as u64;
+    let mut sent = 0;
     for (index, offset) in arrivals.into_iter().enumerate() {
-        wait_until(shared.origin + Duration::from_nanos(offset)).await;
+        let due = shared.origin + Duration::from_nanos(offset);
+        if cutoff.is_some_and(|c| due >= c) {
+            break;
+        }
+        sent += 1;
+        wait_until(due).await;
         let dispatched = since(shared.origin);
         let shared = Arc::clone(&shared);
         let slots = Arc::clone(&slots);
@@ -577,6 +596,11 @@ async fn count_one(
 /// Room for the content events of one answer: its expected output tokens, within bounds.
 fn expected_events(output_tokens: Option<u64>) -> usize {
     output_tokens.unwrap_or(16).clamp(1, 4096) as usize
+}
+
+/// The earlier of two optional instants.
+fn earliest_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    a.into_iter().chain(b).min()
 }
 
 /// Nanoseconds since `origin`.

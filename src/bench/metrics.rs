@@ -860,6 +860,7 @@ mod tests {
             warmup_requests: 0,
             records: None,
             origin: std::time::Instant::now(),
+            truncated: false,
         }
     }
 

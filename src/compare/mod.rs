@@ -81,9 +81,15 @@ pub struct Group<'a> {
 }
 
 impl Group<'_> {
-    /// Per-run values of the metric at any of `pointers` (the first present in each record).
+    /// Per-run values of the metric at any of `pointers` (the first present in each record), over
+    /// the runs that succeeded: a failed run's numbers (over its error budget, or cut short by
+    /// `step_timeout`) describe no finished measurement.
     pub fn values(&self, pointers: &[String]) -> Vec<f64> {
-        self.records.iter().filter_map(|r| pointers.iter().find_map(|p| r.metric(p))).collect()
+        self.records
+            .iter()
+            .filter(|r| r.status != CellStatus::Failed)
+            .filter_map(|r| pointers.iter().find_map(|p| r.metric(p)))
+            .collect()
     }
 
     pub fn failed(&self) -> usize {

@@ -326,12 +326,14 @@ impl EngineClient {
     }
 }
 
-/// The deadlines of one request (an `execution.request_timeout`).
+/// The deadlines of one request (an `execution.request_timeout`), and the instant its step must
+/// end by (`execution.step_timeout`), if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     pub first_token: Duration,
     pub between_events: Duration,
     pub total: Duration,
+    pub step_cutoff: Option<Instant>,
 }
 
 impl Default for Deadlines {
@@ -342,7 +344,12 @@ impl Default for Deadlines {
 
 impl From<crate::manifest::load::RequestTimeout> for Deadlines {
     fn from(t: crate::manifest::load::RequestTimeout) -> Self {
-        Deadlines { first_token: t.first_token.0, between_events: t.between_events.0, total: t.total.0 }
+        Deadlines {
+            first_token: t.first_token.0,
+            between_events: t.between_events.0,
+            total: t.total.0,
+            step_cutoff: None,
+        }
     }
 }
 
@@ -353,6 +360,8 @@ pub enum Deadline {
     FirstToken,
     BetweenEvents,
     Total,
+    /// The step's own `step_timeout`: the request is cut because its cell is (`cancelled`).
+    StepTimeout,
 }
 
 impl Deadline {
@@ -361,6 +370,7 @@ impl Deadline {
             Deadline::FirstToken => "first_token",
             Deadline::BetweenEvents => "between_events",
             Deadline::Total => "total",
+            Deadline::StepTimeout => "step_timeout",
         }
     }
 }
@@ -379,7 +389,11 @@ impl RequestClock<'_> {
 
     fn pick(&self, phase: Instant, kind: Deadline) -> (Instant, Deadline) {
         let total = self.total();
-        if total < phase { (total, Deadline::Total) } else { (phase, kind) }
+        let (at, kind) = if total < phase { (total, Deadline::Total) } else { (phase, kind) };
+        match self.deadlines.step_cutoff {
+            Some(cutoff) if cutoff < at => (cutoff, Deadline::StepTimeout),
+            _ => (at, kind),
+        }
     }
 
     /// Until the first byte of the answer's body.
@@ -394,7 +408,7 @@ impl RequestClock<'_> {
 
     /// Only the total applies (an error answer's body).
     fn until_end(&self) -> (Instant, Deadline) {
-        (self.total(), Deadline::Total)
+        self.pick(self.total(), Deadline::Total)
     }
 }
 

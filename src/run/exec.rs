@@ -471,7 +471,17 @@ impl RunExecutor {
     }
 
     async fn measure(&self, gi: usize, m: Measurement<'_>, cancel: &Cancel) -> Result<load::LoadOutcome, StepError> {
-        let Measurement { call, spec, label, expected_output_tokens, seed, records, index_offset, window_opens } = m;
+        let Measurement {
+            call,
+            spec,
+            label,
+            expected_output_tokens,
+            seed,
+            records,
+            index_offset,
+            window_opens,
+            cutoff,
+        } = m;
         let g = &self.plan.groups[gi];
         let (client, served) = self.engine_handle(gi).await?;
         let mut call = call.clone();
@@ -505,6 +515,7 @@ impl RunExecutor {
             records,
             index_offset,
             window_opens,
+            cutoff,
         };
         load::run(input).await.map_err(|e| match e {
             load::LoadError::Cancelled => StepError::cancelled(),
@@ -524,7 +535,7 @@ impl RunExecutor {
         if !matches!(m.spec.profile, Profile::Stages(_) | Profile::Sweep { .. }) {
             return Ok((self.measure(gi, m, cancel).await?, None));
         }
-        let Measurement { call, spec, label, expected_output_tokens, seed, records, window_opens, .. } = m;
+        let Measurement { call, spec, label, expected_output_tokens, seed, records, window_opens, cutoff, .. } = m;
         let mut stages: Vec<Json> = Vec::new();
         let mut throughputs: Vec<f64> = Vec::new();
         let mut merged: Option<load::LoadOutcome> = None;
@@ -553,8 +564,10 @@ impl RunExecutor {
                 records: records.clone(),
                 index_offset: merged.as_ref().map_or(0, |all| all.tally.requests().0),
                 window_opens: window_opens.clone(),
+                cutoff,
             };
             let outcome = self.measure(gi, stage_m, cancel).await?;
+            let truncated = outcome.truncated;
             let sm = metrics::summarize(&outcome);
             throughputs.push(sm.request_throughput);
             let sustained = stage_sustained(spec, &sm, self.plan.execution.max_error_rate);
@@ -576,6 +589,12 @@ impl RunExecutor {
                     all
                 }
             });
+            if truncated {
+                if let Some(all) = merged.as_mut() {
+                    all.truncated = true;
+                }
+                break;
+            }
             // A sweep stops at the first rate it cannot sustain; the remaining rates are noted.
             if let (Profile::Sweep { rates }, Err(why)) = (&spec.profile, sustained)
                 && i >= 2
@@ -586,7 +605,7 @@ impl RunExecutor {
             }
         }
         let mut all = merged.ok_or_else(|| err("a staged profile ran no stage"))?;
-        if let Some((at, mut one)) = headline {
+        if let Some((at, mut one)) = headline.filter(|_| !all.truncated) {
             stages[at]["headline"] = json!(true);
             one.warmup_requests = all.warmup_requests;
             return Ok((one, Some(stages)));
@@ -625,6 +644,7 @@ impl RunExecutor {
             records: None,
             index_offset: 0,
             window_opens: None,
+            cutoff: None,
         };
         let outcome = self.measure(gi, m, cancel).await?;
         let (requests, ok) = outcome.tally.requests();
@@ -700,6 +720,7 @@ impl RunExecutor {
             records: Some(partial.clone()),
             index_offset: 0,
             window_opens: Some(window_opens),
+            cutoff: Some(step_cutoff(std::time::Instant::now(), self.plan.execution.step_timeout.0)),
         };
         let outcome = self.run_load(cell.group, m, cancel).await;
         let (before, sampler) = {
@@ -726,6 +747,32 @@ impl RunExecutor {
         let resources = crate::collect::summarize(&samples, interval, gpu_note);
         super::dir::write_atomic(&dir.join("samples.csv"), crate::collect::csv(&samples).as_bytes()).map_err(err)?;
         let m = metrics::summarize(&outcome);
+        if outcome.truncated {
+            // Cut by `step_timeout`: the records are kept for diagnosis, apart from
+            // requests.jsonl; the cell fails (`truncated`), is never reused on a resume, and
+            // stays out of aggregates and compare.
+            // The latest truncated attempt's records (a later one replaces them).
+            let kept = dir.join("requests.truncated.jsonl");
+            super::dir::rename_durably(&partial, &kept).map_err(err)?;
+            let why = format!(
+                "truncated: `step_timeout` ({}) passed after {} of its requests; their records are in {}",
+                humantime::format_duration(self.plan.execution.step_timeout.0),
+                m.requests,
+                kept.display()
+            );
+            let mut m_json = serde_json::to_value(&m).map_err(err)?;
+            m_json["truncated"] = json!(true);
+            if let Some(stages) = stages {
+                m_json["stages"] = Json::Array(stages);
+            }
+            let record = json!({
+                "metrics": m_json, "resources": resources, "engine_metrics": engine_metrics,
+                "prompts_exact": outcome.prompts_exact, "attempt": attempt,
+                "started_unix_ns": started, "finished_unix_ns": finished, "error": why, "status": "truncated",
+            });
+            self.write(dir.join("benchmark.json"), &record)?;
+            return Err(StepError::truncated(why));
+        }
         // The load synced the file; the rename makes it requests.jsonl at once.
         super::dir::rename_durably(&partial, &dir.join("requests.jsonl")).map_err(err)?;
         let error = if m.requests > 0 && m.ok == 0 {
@@ -1077,6 +1124,13 @@ impl RunExecutor {
 }
 
 /// One measured load: what to send and how to judge it.
+/// When a benchmark step that started at `start` must have its load done: its `step_timeout`
+/// less a margin (a tenth of it, at most 5 s) to write what it measured before the scheduler's own
+/// timeout ends the step.
+fn step_cutoff(start: std::time::Instant, step_timeout: Duration) -> std::time::Instant {
+    start + step_timeout - (step_timeout / 10).min(Duration::from_secs(5))
+}
+
 /// What measures alongside a benchmark's window, started when the window opens.
 #[derive(Default)]
 struct Window {
@@ -1099,6 +1153,8 @@ struct Measurement<'a> {
     index_offset: u64,
     /// Awaited right before each window opens (after prompt sizing and warmup).
     window_opens: Option<load::WindowHook>,
+    /// When the step must end by (its `step_timeout`, less a margin).
+    cutoff: Option<std::time::Instant>,
 }
 
 /// Stage `i` of a staged profile, given the request throughput of the stages before it:

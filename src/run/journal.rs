@@ -61,6 +61,9 @@ pub enum Event {
         attempt: u32,
         error: String,
         will_retry: bool,
+        /// How it failed where that says more than "failed": `truncated`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
     },
     StepSkipped {
         step: usize,

@@ -32,20 +32,27 @@ pub struct StepError {
     pub cancelled: bool,
     /// The run must stop here and stay resumable (observed facts drifted).
     pub abort: bool,
+    /// How it failed, where it says more than "failed": `truncated` (cut by `step_timeout`).
+    pub status: Option<&'static str>,
 }
 
 impl StepError {
     pub fn new(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), cancelled: false, abort: false }
+        StepError { message: message.into(), cancelled: false, abort: false, status: None }
     }
 
     pub fn cancelled() -> StepError {
-        StepError { message: "interrupted".into(), cancelled: true, abort: false }
+        StepError { message: "interrupted".into(), cancelled: true, abort: false, status: None }
+    }
+
+    /// A benchmark cut by its `step_timeout`: failed, its partial records kept apart.
+    pub fn truncated(message: impl Into<String>) -> StepError {
+        StepError { message: message.into(), cancelled: false, abort: false, status: Some("truncated") }
     }
 
     /// Stops the whole run, leaving it unfinished (and so resumable).
     pub fn abort(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), cancelled: false, abort: true }
+        StepError { message: message.into(), cancelled: false, abort: true, status: None }
     }
 }
 
@@ -375,6 +382,7 @@ pub async fn run<E: Executor>(
                         attempt,
                         error: e.message.clone(),
                         will_retry,
+                        status: e.status.map(String::from),
                     },
                 );
                 if will_retry {

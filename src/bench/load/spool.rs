@@ -205,6 +205,7 @@ pub(super) fn encode(record: &RequestRecord, out: &mut Vec<u8>) {
             Deadline::FirstToken => 0,
             Deadline::BetweenEvents => 1,
             Deadline::Total => 2,
+            Deadline::StepTimeout => 3,
         }),
     );
     put_opt(out, error_detail.as_ref().map(|d| d.len() as u64));
@@ -266,6 +267,7 @@ pub(super) fn decode(mut bytes: &[u8]) -> Result<RequestRecord, &'static str> {
         Some(0) => Some(Deadline::FirstToken),
         Some(1) => Some(Deadline::BetweenEvents),
         Some(2) => Some(Deadline::Total),
+        Some(3) => Some(Deadline::StepTimeout),
         Some(_) => return Err("an unknown deadline"),
     };
     if let Some(len) = get_opt(b)? {
@@ -391,7 +393,7 @@ mod tests {
         ] {
             records.push(RequestRecord { error: Some(kind), ..RequestRecord::default() });
         }
-        for deadline in [Deadline::FirstToken, Deadline::Total] {
+        for deadline in [Deadline::FirstToken, Deadline::Total, Deadline::StepTimeout] {
             records.push(RequestRecord { deadline: Some(deadline), ..RequestRecord::default() });
         }
         let mut bytes = Vec::new();

@@ -52,6 +52,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         records: None,
         index_offset: 0,
         window_opens: None,
+        cutoff: None,
     }
 }
 

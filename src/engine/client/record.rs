@@ -97,10 +97,12 @@ impl RequestRecord {
         self.error_detail = Some(detail.into());
     }
 
-    /// Fails the request as `timeout` at `deadline`, passed `when`.
+    /// Fails the request as `timeout` at `deadline`, passed `when` (as `cancelled` when the
+    /// deadline is its step's: the request was cut, not slow).
     pub(crate) fn time_out(&mut self, deadline: super::Deadline, when: &str) {
         self.deadline = Some(deadline);
-        self.fail(ErrorKind::Timeout, format!("the `{}` deadline passed {when}", deadline.name()));
+        let kind = if deadline == super::Deadline::StepTimeout { ErrorKind::Cancelled } else { ErrorKind::Timeout };
+        self.fail(kind, format!("the `{}` deadline passed {when}", deadline.name()));
     }
 }
 

@@ -455,6 +455,7 @@ fn deadlines(first_token_ms: u64, between_events_ms: u64, total_ms: u64) -> Dead
         first_token: Duration::from_millis(first_token_ms),
         between_events: Duration::from_millis(between_events_ms),
         total: Duration::from_millis(total_ms),
+        step_cutoff: None,
     }
 }
 
