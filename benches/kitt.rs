@@ -243,6 +243,7 @@ fn main() {
         isolation: Isolation::None,
         host_lock: jdir.path().join("host.lock"),
         holder: "bench".into(),
+        kept_failed: HashSet::new(),
     };
     let (t, n) = best(3, || {
         let p = jdir.path().join(format!("j{}.jsonl", journal::unix_ns()));

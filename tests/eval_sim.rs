@@ -316,10 +316,10 @@ fn failed_generations_are_errors_and_a_resume_asks_exactly_them_again() {
     assert_eq!(e["accuracy"].as_f64().unwrap(), 25.0 / (100 - errors) as f64, "{e}");
     assert_eq!(e["error_share"].as_f64().unwrap(), errors as f64 / 100.0, "{e}");
 
-    // The engine works again, on the same port: resuming the run asks exactly the failed items.
+    // The engine works again, on the same port: rerunning the failed cell asks exactly the failed items.
     let working = Sim::start(port, &sim_flags(&key, 0.0, &working_log));
     let id = run.file_name().unwrap().to_string_lossy().to_string();
-    let out = kitt(&runs).arg("apply").arg("--resume").arg(&id).arg(&suite).output().unwrap();
+    let out = kitt(&runs).arg("apply").arg("--resume").arg(&id).arg("--rerun-failed").arg(&suite).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let asked: BTreeSet<String> = logged_prompts(&working_log).into_iter().collect();
     let failed_prompts: BTreeSet<String> = failed.iter().map(|i| i["prompt"].as_str().unwrap().to_string()).collect();

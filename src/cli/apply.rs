@@ -26,9 +26,17 @@ pub struct RunFlags {
     /// Resume this run (an id from `kitt runs list`).
     #[arg(long)]
     pub resume: Option<String>,
-    /// Continue a resume although observed facts (versions, machine) changed; cells are marked.
+    /// Continue a resume although observed facts changed (kitt build, machine, engine version,
+    /// served model, model file); every cell measured after the change is marked.
     #[arg(long)]
     pub accept_drift: bool,
+    /// Resuming, run the cells that failed in earlier attempts again (they stay failed otherwise).
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Fingerprint model files by hashing them whole (slow for large files) instead of by their
+    /// size and first and last MiB.
+    #[arg(long)]
+    pub verify_models: bool,
     /// The results store a finished run is indexed into (default: $KITT_STORE, else
     /// $XDG_DATA_HOME/kitt/results.db, else ~/.local/share/kitt/results.db; `off` skips it).
     #[arg(long, value_name = "PATH")]
@@ -155,6 +163,8 @@ fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
         fresh: flags.fresh,
         resume: flags.resume.clone(),
         accept_drift: flags.accept_drift,
+        rerun_failed: flags.rerun_failed,
+        verify_models: flags.verify_models,
     };
     let output = flags.output;
     rt.block_on(async move {

@@ -291,6 +291,8 @@ pub fn summary(report: &RunReport) -> String {
         "e2e p50 ms".into(),
     ]];
     let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+    // Cells measured after a change accepted with `--accept-drift`, and what changed.
+    let mut drifted: Vec<String> = Vec::new();
     for c in &report.cells {
         let m = &c.metrics;
         let mut cell = c.cell.benchmark.clone();
@@ -298,11 +300,15 @@ pub fn summary(report: &RunReport) -> String {
             let _ = write!(cell, " {k}={}", crate::template::scalar_text(v));
         }
         let _ = write!(cell, " #{}", c.cell.run_index);
-        let status = match (c.status, c.provenance.reused) {
+        let mut status = match (c.status, c.provenance.reused) {
             (CellStatus::Ok, true) => "ok (reused)".to_string(),
             (CellStatus::Ok, false) => "ok".to_string(),
             (CellStatus::Failed, _) => "FAILED".to_string(),
         };
+        if !c.provenance.drift.is_empty() {
+            status.push_str(" (drift)");
+            drifted.push(format!("{} {cell}: {}", c.cell.engine, c.provenance.drift.join("; ")));
+        }
         rows.push([
             c.cell.engine.clone(),
             c.cell.model.clone(),
@@ -364,6 +370,9 @@ pub fn summary(report: &RunReport) -> String {
             e.pointer("/counts/errors").and_then(Json::as_u64).unwrap_or(0),
             pct("/error_share"),
         );
+    }
+    for d in &drifted {
+        let _ = writeln!(out, "DRIFT {d} (accepted with --accept-drift)");
     }
     for c in &report.cells {
         for w in warnings(&c.metrics) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
+use super::facts::{ModelStat, model_fingerprint};
 use super::journal::{Facts, unix_ns};
 use super::scheduler::{Executor, StepError, StepFuture};
 use crate::bench::tokenizer::Tokenizer;
@@ -65,6 +66,13 @@ pub struct RunExecutor {
     /// Engine facts recorded by earlier attempts of this run, by group id.
     pub previous_engine_facts: HashMap<String, Facts>,
     pub accept_drift: bool,
+    /// Run-level facts that changed since earlier attempts, accepted with `--accept-drift`: every
+    /// cell this attempt measures carries them.
+    pub run_drift: Vec<String>,
+    /// Model fingerprints recorded by earlier attempts of this run, by group id (the fast path).
+    pub previous_models: HashMap<String, ModelStat>,
+    /// Hash whole model files (`--verify-models`) instead of their edges.
+    pub verify_models: bool,
     /// Collect keys finished by earlier attempts (their results are marked reused).
     pub reused: HashSet<String>,
     pub progress: Arc<Progress>,
@@ -102,6 +110,9 @@ impl RunExecutor {
             facts,
             previous_engine_facts,
             accept_drift,
+            run_drift: Vec::new(),
+            previous_models: HashMap::new(),
+            verify_models: false,
             reused,
             progress,
             engines: tokio::sync::Mutex::new(HashMap::new()),
@@ -162,6 +173,7 @@ impl RunExecutor {
         {
             *program = dir.join(&*program).to_string_lossy().to_string();
         }
+        let model = self.model_stat(gi).await?;
         let log = self.step_dir(key)?.join("engine.log");
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
@@ -169,7 +181,8 @@ impl RunExecutor {
             process.stop(Duration::from_secs(2), true).await;
             return Err(e);
         }
-        let facts = self.observe(g, &client).await;
+        let mut facts = self.observe(g, &client).await;
+        Self::add_model_fact(&mut facts, model.as_ref());
         if let Err(e) = self.check_drift(gi, &facts) {
             process.stop(Duration::from_secs(2), false).await;
             return Err(e);
@@ -187,7 +200,7 @@ impl RunExecutor {
                 target: EngineTarget::Process(pid),
             },
         );
-        Ok(json!({"port": port, "pid": pid, "facts": facts}))
+        Ok(json!({"port": port, "pid": pid, "facts": facts, "model": model}))
     }
 
     /// Makes the image of a container engine present, by its pull policy; records its id.
@@ -277,6 +290,7 @@ impl RunExecutor {
             ],
             extra_args: extra_args.iter().map(bind).collect(),
         };
+        let model = self.model_stat(gi).await?;
         let log = self.step_dir(key)?.join("engine.log");
         let info = crate::docker::inspect_image(image).await.map_err(err)?;
         let container = Container::run(&spec, &log).await.map_err(|e| err(format!("engine `{}`: {e}", g.id)))?;
@@ -286,6 +300,7 @@ impl RunExecutor {
             return Err(e);
         }
         let mut facts = self.observe(g, &client).await;
+        Self::add_model_fact(&mut facts, model.as_ref());
         facts.insert("engine.image".into(), image.clone());
         if let Some(info) = &info {
             facts.insert("engine.image_id".into(), info.id.clone());
@@ -306,7 +321,7 @@ impl RunExecutor {
             gi,
             Engine { process: None, container: Some(container), client, facts: facts.clone(), served: None, target },
         );
-        Ok(json!({"port": port, "container": name, "gpus": gpus, "facts": facts}))
+        Ok(json!({"port": port, "container": name, "gpus": gpus, "facts": facts, "model": model}))
     }
 
     /// A model file that is a symlink out of its directory (a cached download, say) does not
@@ -347,6 +362,37 @@ impl RunExecutor {
         facts
     }
 
+    /// The fingerprint of the group's model file (none when the model has no path), off the
+    /// async threads: hashing reads up to 2 MiB per file, or whole files with `--verify-models`.
+    async fn model_stat(&self, gi: usize) -> Result<Option<ModelStat>, StepError> {
+        let g = &self.plan.groups[gi];
+        let Some(path) = &g.model.path else { return Ok(None) };
+        let path = self.plan.suite.dir.join(path);
+        let previous = self.previous_models.get(&g.id).cloned();
+        let verify = self.verify_models;
+        let endpoint = matches!(g.mode, Mode::Endpoint { .. });
+        let p = path.clone();
+        let taken = tokio::task::spawn_blocking(move || model_fingerprint(&p, previous.as_ref(), verify))
+            .await
+            .map_err(|e| err(format!("fingerprinting {} failed: {e}", path.display())))?;
+        match taken {
+            Ok(stat) => Ok(Some(stat)),
+            // An endpoint's model lives on its server: a path kitt cannot read is no error.
+            Err(_) if endpoint => Ok(None),
+            Err(e) => Err(err(format!(
+                "model `{}`: cannot read {} to fingerprint it: {e}; check `path:` (relative to the suite file)",
+                g.model.name,
+                path.display()
+            ))),
+        }
+    }
+
+    fn add_model_fact(facts: &mut Facts, model: Option<&ModelStat>) {
+        if let Some(m) = model {
+            facts.insert("model.fingerprint".into(), m.fingerprint.clone());
+        }
+    }
+
     /// Compares the facts just observed with what earlier attempts of this run recorded.
     fn check_drift(&self, gi: usize, facts: &Facts) -> Result<(), StepError> {
         let g = &self.plan.groups[gi];
@@ -384,7 +430,9 @@ impl RunExecutor {
         if !skip_health {
             wait_healthy(g, &client, Watch::Nothing, cancel).await?;
         }
+        let model = self.model_stat(gi).await?;
         let mut facts = self.observe(g, &client).await;
+        Self::add_model_fact(&mut facts, model.as_ref());
         facts.insert("endpoint.url".into(), url.clone());
         if *insecure {
             tracing::warn!("engine `{}`: TLS certificates of {url} are NOT verified (insecure: true)", g.id);
@@ -422,7 +470,7 @@ impl RunExecutor {
             gi,
             Engine { process: None, container: None, client, facts: facts.clone(), served, target: EngineTarget::None },
         );
-        Ok(json!({"facts": facts}))
+        Ok(json!({"facts": facts, "model": model}))
     }
 
     async fn client(&self, gi: usize) -> Result<EngineClient, StepError> {
@@ -892,7 +940,7 @@ impl RunExecutor {
         let error = (result.error_share > self.plan.execution.max_error_rate).then(|| {
             format!(
                 "{} of {} eval generations failed ({:.1} %), above the budget of {:.1} %; \
-                 `kitt apply --resume {} {}` asks only those items again",
+                 `kitt apply --resume {} --rerun-failed {}` asks only those items again",
                 c.errors,
                 sent,
                 result.error_share * 100.0,
@@ -942,7 +990,8 @@ impl RunExecutor {
         if let Some(e) = self.engines.lock().await.get(&gi) {
             facts.extend(e.facts.clone());
         }
-        let drift = self.drift.lock().ok().and_then(|d| d.get(&gi).cloned()).unwrap_or_default();
+        let mut drift = self.run_drift.clone();
+        drift.extend(self.drift.lock().ok().and_then(|d| d.get(&gi).cloned()).unwrap_or_default());
         let result = CellResult {
             schema: RESULT_SCHEMA.into(),
             cell: self.identity(ci),
@@ -1377,6 +1426,7 @@ impl Executor for RunExecutor {
             let s = &self.plan.steps[step];
             let group = s.group;
             let g = || group.ok_or_else(|| err("step without an engine group"));
+            panic_if_asked(s.kind, &self.plan.step_label(s), attempt);
             let result = match s.kind {
                 StepKind::Pull => self.pull(g()?).await,
                 StepKind::Start => self.start(g()?, &s.key, &cancel).await,
@@ -1397,6 +1447,10 @@ impl Executor for RunExecutor {
 
     fn restart(self: Arc<Self>, group: usize, cancel: Cancel) -> StepFuture {
         Box::pin(async move {
+            // kitt did not start an endpoint and cannot restart it: the retry simply runs again.
+            if matches!(self.plan.groups[group].mode, Mode::Endpoint { .. }) {
+                return Ok(Json::Null);
+            }
             self.stop(group, &cancel).await?;
             let key = self
                 .plan
@@ -1408,5 +1462,20 @@ impl Executor for RunExecutor {
             self.start(group, &key, &cancel).await?;
             self.warmup(group, &cancel).await
         })
+    }
+}
+
+/// Test hook: `KITT_TEST_PANIC_STEP=<kind>[:<label part>][@<attempt>]` makes the steps of that
+/// kind (whose label contains the part, on that attempt) panic, so tests can prove that a
+/// panicking step is journaled as failed. Never set it outside tests.
+fn panic_if_asked(kind: StepKind, label: &str, attempt: u32) {
+    let Ok(spec) = std::env::var("KITT_TEST_PANIC_STEP") else { return };
+    let (spec, on_attempt) = match spec.rsplit_once('@') {
+        Some((s, a)) => (s.to_string(), a.parse::<u32>().ok()),
+        None => (spec, None),
+    };
+    let (k, part) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+    if k == kind.name() && label.contains(part) && on_attempt.is_none_or(|a| a == attempt) {
+        panic!("KITT_TEST_PANIC_STEP: {} `{label}` panics (attempt {attempt})", kind.name());
     }
 }

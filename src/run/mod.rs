@@ -5,6 +5,7 @@
 
 pub mod dir;
 pub mod exec;
+pub mod facts;
 pub mod hostlock;
 pub mod journal;
 pub mod pidfile;
@@ -27,6 +28,10 @@ pub struct ApplyOptions {
     /// Resume this run id.
     pub resume: Option<String>,
     pub accept_drift: bool,
+    /// Run the cells that failed in earlier attempts of the resumed run again.
+    pub rerun_failed: bool,
+    /// Hash whole model files instead of their first and last MiB.
+    pub verify_models: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,10 @@ pub enum ApplyError {
     Drift(Vec<String>),
     #[error("run {run} belongs to suite {theirs}, not to this one; resume it with that suite file, or use --fresh")]
     OtherSuite { run: String, theirs: String },
+    #[error(
+        "run {run} has nothing left to run but {count} failed cell(s): {cells}. `kitt apply --rerun-failed {suite}` runs them again; `--fresh` starts a new run"
+    )]
+    OnlyFailed { run: String, count: usize, cells: String, suite: String },
     #[error("run {run} stopped: {reason}")]
     Stopped { run: String, reason: String },
     #[error("{0}")]
@@ -62,6 +71,8 @@ pub struct ApplyOutcome {
 pub fn observed_facts() -> Facts {
     let mut f = Facts::new();
     f.insert("kitt.version".into(), env!("CARGO_PKG_VERSION").into());
+    // The build, not the version string: a rebuilt kitt may measure differently.
+    f.insert("kitt.build".into(), facts::build_id());
     f.insert("metrics.schema".into(), crate::report::METRICS_SCHEMA_VERSION.to_string());
     // The machine by its stable hardware facts: a resume on other hardware is drift.
     let fp = fingerprint();
@@ -88,12 +99,38 @@ pub fn reusable_keys(plan: &Plan, finished: &HashSet<String>) -> HashSet<String>
         .collect()
 }
 
+/// The cell steps of `plan` that failed in earlier attempts (by the last word on each key) and
+/// stay failed: none with `rerun_failed`. A failed benchmark keeps its collect with it.
+fn kept_failed_keys(
+    plan: &Plan,
+    reusable: &HashSet<String>,
+    last_word: &HashMap<String, bool>,
+    rerun_failed: bool,
+) -> HashSet<String> {
+    if rerun_failed {
+        return HashSet::new();
+    }
+    let failed = |key: &str| last_word.get(key) == Some(&false);
+    let mut kept = HashSet::new();
+    for s in plan.steps.iter().filter(|s| s.kind == StepKind::Collect && !reusable.contains(&s.key)) {
+        let bench = s.deps.iter().map(|d| &plan.steps[*d]).find(|d| d.kind == StepKind::Benchmark);
+        let bench_failed = bench.is_some_and(|b| !reusable.contains(&b.key) && failed(&b.key));
+        if bench_failed || failed(&s.key) {
+            kept.insert(s.key.clone());
+            if let Some(b) = bench.filter(|b| !reusable.contains(&b.key)) {
+                kept.insert(b.key.clone());
+            }
+        }
+    }
+    kept
+}
+
 /// What `kitt apply` would reuse now: the latest unfinished run of this suite and its reusable
 /// steps (for `kitt plan`).
 pub fn pending_resume(plan: &Plan, runs_dir: Option<&Path>) -> Option<(String, HashSet<String>)> {
     let root = dir::runs_root(runs_dir);
     let info = dir::list(&root).into_iter().rev().find(|r| r.meta.identity == plan.suite.identity)?;
-    if !matches!(info.status, RunStatus::Unfinished | RunStatus::Running) {
+    if !matches!(info.status, RunStatus::Unfinished | RunStatus::Running | RunStatus::Failed) {
         return None;
     }
     let records = journal::read(&info.path.join("journal.jsonl")).ok()?.records;
@@ -126,7 +163,9 @@ fn select_run(plan: &Plan, root: &Path, opts: &ApplyOptions) -> Result<(RunDir, 
                 RunStatus::Unfinished => return Ok((RunDir::open(&info)?, true)),
                 // Fails fast with the holder's name, as two kitt processes must never share a run.
                 RunStatus::Running => return Ok((RunDir::open(&info)?, true)),
-                _ => {}
+                // Failed cells stay failed unless `--rerun-failed`; changed cells run.
+                RunStatus::Failed => return Ok((RunDir::open(&info)?, true)),
+                RunStatus::Succeeded => {}
             }
         }
     }
@@ -169,12 +208,15 @@ pub async fn apply(
     // Facts and finished keys from earlier attempts of this run.
     let mut finished: HashSet<String> = HashSet::new();
     let mut engine_facts: HashMap<String, Facts> = HashMap::new();
+    let mut previous_models: HashMap<String, facts::ModelStat> = HashMap::new();
+    // The last word on each cell step: finished (true) or failed (false).
+    let mut last_word: HashMap<String, bool> = HashMap::new();
     let mut previous_run_facts: Option<Facts> = None;
     let mut attempt = 0;
     let start_keys: HashMap<&str, &str> = plan
         .steps
         .iter()
-        .filter(|s| s.kind == StepKind::Start)
+        .filter(|s| matches!(s.kind, StepKind::Start | StepKind::Connect))
         .filter_map(|s| s.group.map(|g| (s.key.as_str(), plan.groups[g].id.as_str())))
         .collect();
     for r in &contents.records {
@@ -186,28 +228,64 @@ pub async fn apply(
             Event::StepFinished { key, kind, outputs, .. } => {
                 if matches!(kind, StepKind::Benchmark | StepKind::Collect) {
                     finished.insert(key.clone());
+                    last_word.insert(key.clone(), true);
                 }
-                if *kind == StepKind::Start
-                    && let (Some(group), Some(f)) = (start_keys.get(key.as_str()), outputs.get("facts"))
-                    && let Ok(f) = serde_json::from_value::<Facts>(f.clone())
-                {
-                    engine_facts.insert(group.to_string(), f);
+                if let Some(group) = start_keys.get(key.as_str()) {
+                    if let Some(f) = outputs.get("facts").and_then(|f| serde_json::from_value::<Facts>(f.clone()).ok())
+                    {
+                        engine_facts.insert(group.to_string(), f);
+                    }
+                    if let Some(m) = outputs.get("model").and_then(|m| serde_json::from_value(m.clone()).ok()) {
+                        previous_models.insert(group.to_string(), m);
+                    }
                 }
+            }
+            Event::StepFailed { key, kind: StepKind::Benchmark | StepKind::Collect, will_retry: false, .. } => {
+                last_word.insert(key.clone(), false);
+            }
+            // Skipped because something it needed failed (not because the policy stopped the run).
+            Event::StepSkipped { key, kind, reason, .. }
+                if matches!(kind, StepKind::Benchmark | StepKind::Collect)
+                    && reason != scheduler::STOPPED_BY_POLICY =>
+            {
+                last_word.insert(key.clone(), false);
             }
             _ => {}
         }
     }
+    let reusable = reusable_keys(&plan, &finished);
+    let kept_failed = kept_failed_keys(&plan, &reusable, &last_word, opts.rerun_failed);
+    let pending_cells = plan
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Benchmark && !reusable.contains(&s.key) && !kept_failed.contains(&s.key))
+        .count();
+    if resumed && pending_cells == 0 && !kept_failed.is_empty() {
+        let failed: Vec<String> = plan
+            .steps
+            .iter()
+            .filter(|s| s.kind == StepKind::Benchmark && kept_failed.contains(&s.key))
+            .map(|s| format!("`{}`", plan.step_label(s)))
+            .collect();
+        let shown = failed.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+        return Err(ApplyError::OnlyFailed {
+            run: run.id.clone(),
+            count: failed.len(),
+            cells: if failed.len() > 3 { format!("{shown}, …") } else { shown },
+            suite: plan.suite.file.display().to_string(),
+        });
+    }
+    let mut run_drift = Vec::new();
     if let Some(prev) = &previous_run_facts {
-        let drift: Vec<String> = prev
+        run_drift = prev
             .iter()
             .filter(|(k, v)| facts.get(*k).is_some_and(|now| now != *v))
             .map(|(k, v)| format!("{k} was `{v}`, now `{}`", facts[k]))
             .collect();
-        if !drift.is_empty() && !opts.accept_drift {
-            return Err(ApplyError::Drift(drift));
+        if !run_drift.is_empty() && !opts.accept_drift {
+            return Err(ApplyError::Drift(run_drift));
         }
     }
-    let reusable = reusable_keys(&plan, &finished);
     let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| ApplyError::Io(e.to_string()))?;
     dir::write_atomic(&run.plan_path(), &plan_json)
         .map_err(|e| ApplyError::Io(format!("cannot write {}: {e}", run.plan_path().display())))?;
@@ -229,9 +307,10 @@ pub async fn apply(
         isolation: plan.execution.isolation,
         host_lock: hostlock::default_path(),
         holder: format!("{} (run {})", dir::holder_description(), run.id),
+        kept_failed,
     };
     let reused_collects: HashSet<String> = reusable.clone();
-    let exec = Arc::new(exec::RunExecutor::new(
+    let mut exec = exec::RunExecutor::new(
         plan.clone(),
         run.id.clone(),
         run.path.clone(),
@@ -240,7 +319,11 @@ pub async fn apply(
         opts.accept_drift,
         reused_collects,
         progress,
-    ));
+    );
+    exec.run_drift = run_drift;
+    exec.previous_models = previous_models;
+    exec.verify_models = opts.verify_models;
+    let exec = Arc::new(exec);
     let reused_steps = plan.steps.iter().filter(|s| reusable.contains(&s.key)).count();
     exec.progress.steps_done.store(reused_steps as u64, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut note) = exec.progress.note.lock() {

@@ -92,6 +92,21 @@ pub struct Options {
     pub host_lock: PathBuf,
     /// Written into the host lock while this run holds it.
     pub holder: String,
+    /// Cell keys (benchmark and collect) that failed in an earlier attempt of this run and are
+    /// not run again (`--rerun-failed` empties it): they stay failed.
+    pub kept_failed: HashSet<String>,
+}
+
+/// Why a step was skipped when `on_failure: stop` stopped the run.
+pub(crate) const STOPPED_BY_POLICY: &str = "on_failure: stop after a failed step";
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 pub struct Outcome {
@@ -139,6 +154,8 @@ pub async fn run<E: Executor>(
     for s in &plan.steps {
         if matches!(s.kind, StepKind::Benchmark | StepKind::Collect) && reused.contains(&s.key) {
             state[s.id] = State::Reused;
+        } else if matches!(s.kind, StepKind::Benchmark | StepKind::Collect) && opts.kept_failed.contains(&s.key) {
+            state[s.id] = State::Failed;
         }
     }
     // Skipped because there was nothing to do (as opposed to because something failed).
@@ -146,7 +163,7 @@ pub async fn run<E: Executor>(
     let mut needed = vec![false; plan.groups.len()];
     for s in &plan.steps {
         if let (Some(g), true) = (s.group, matches!(s.kind, StepKind::Benchmark | StepKind::Collect)) {
-            needed[g] |= state[s.id] != State::Reused;
+            needed[g] |= !state[s.id].terminal();
         }
     }
     for s in &plan.steps {
@@ -184,6 +201,8 @@ pub async fn run<E: Executor>(
     let mut engine_busy = vec![false; plan.groups.len()];
     let mut attempts = vec![0u32; n];
     let mut stop_new_cells = false;
+    // Skipped because `on_failure: stop` stopped the run (not because something failed).
+    let mut by_policy = vec![false; n];
     let mut errors = Vec::new();
     let mut tasks: JoinSet<(usize, u32, Result<Json, StepError>)> = JoinSet::new();
     let mut running = 0usize;
@@ -226,12 +245,13 @@ pub async fn run<E: Executor>(
                 }
                 StepKind::Report => cancel.is_cancelled().then(|| "interrupted".to_string()),
                 _ if cancel.is_cancelled() => Some("interrupted".to_string()),
-                _ if stop_new_cells => Some("on_failure: stop after a failed cell".to_string()),
                 _ if !deps_ok => {
                     let failed = step
                         .deps
                         .iter()
-                        .find(|d| matches!(state[**d], State::Failed | State::Skipped) && !harmless[**d])
+                        .find(|d| {
+                            matches!(state[**d], State::Failed | State::Skipped) && !harmless[**d] && !by_policy[**d]
+                        })
                         .copied();
                     Some(match failed {
                         Some(d) => format!(
@@ -239,16 +259,21 @@ pub async fn run<E: Executor>(
                             plan.steps[d].kind.name(),
                             plan.step_label(&plan.steps[d])
                         ),
+                        // Only skipped by the policy: skipped by it too, not failed.
+                        None if step.deps.iter().any(|d| by_policy[*d]) => STOPPED_BY_POLICY.to_string(),
                         None => "a dependency did not succeed".to_string(),
                     })
                 }
+                // After what it needs failed (a failed cell), before the policy (a skipped one).
+                _ if stop_new_cells => Some(STOPPED_BY_POLICY.to_string()),
                 _ => None,
             };
             if let Some(reason) = skip_reason {
                 ready.remove(&id);
+                by_policy[id] = reason == STOPPED_BY_POLICY;
                 let cell_step = matches!(step.kind, StepKind::Benchmark | StepKind::Collect);
                 // A cell that cannot run because something failed is a failed cell.
-                state[id] = if cell_step && !cancel.is_cancelled() && reason != "on_failure: stop after a failed cell" {
+                state[id] = if cell_step && !cancel.is_cancelled() && reason != STOPPED_BY_POLICY {
                     State::Failed
                 } else {
                     State::Skipped
@@ -288,11 +313,16 @@ pub async fn run<E: Executor>(
                 .then_some(group)
                 .flatten();
             let span = tracing::info_span!("step", kind = kind.name(), key = %key, label = %label, attempt);
-            tasks.spawn(tracing::Instrument::instrument(async move {
+            let body = async move {
                 if let Some(g) = restart
-                    && let Err(e) = exec.clone().restart(g, c.clone()).await {
-                        return (id, attempt, Err(StepError::new(format!("restarting the engine before the retry failed: {}", e.message))));
-                    }
+                    && let Err(e) = exec.clone().restart(g, c.clone()).await
+                {
+                    return (
+                        id,
+                        attempt,
+                        Err(StepError::new(format!("restarting the engine before the retry failed: {}", e.message))),
+                    );
+                }
                 // The host lease is taken before the step is journaled as started, so journal
                 // windows of measuring steps never overlap across kitt processes.
                 let _host = match host {
@@ -314,7 +344,19 @@ pub async fn run<E: Executor>(
                 };
                 tracing::debug!(ok = result.is_ok(), "step ended");
                 (id, attempt, result)
-            }, span));
+            };
+            // A panicking step is a failed step like any other: journaled with its message, so
+            // the run ends failed and stays resumable (never "running" forever).
+            let caught = async move {
+                use futures_util::FutureExt as _;
+                match std::panic::AssertUnwindSafe(body).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(payload) => {
+                        (id, attempt, Err(StepError::new(format!("panicked: {}", panic_message(&*payload)))))
+                    }
+                }
+            };
+            tasks.spawn(tracing::Instrument::instrument(caught, span));
         }
 
         if running == 0 {
@@ -399,9 +441,8 @@ pub async fn run<E: Executor>(
                 } else {
                     state[id] = State::Failed;
                     errors.push((id, e.message));
-                    if matches!(step.kind, StepKind::Benchmark | StepKind::Collect)
-                        && opts.on_failure == OnFailure::Stop
-                    {
+                    // Every failing step counts (start, warmup, setup, a cell…), not only cells.
+                    if opts.on_failure == OnFailure::Stop {
                         stop_new_cells = true;
                     }
                     settle(id, &mut remaining, &mut ready, &state);

@@ -23,6 +23,9 @@ impl Executor for Fake {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.runs.lock().unwrap().push(step);
             let name = format!("{}:{}", s.kind.name(), self.plan.step_label(s));
+            if self.fail.iter().any(|f| f.strip_prefix("panic ") == Some(name.as_str())) {
+                panic!("bug in {name}");
+            }
             if self.fail.contains(&name) { Err(StepError::new("boom")) } else { Ok(Json::Null) }
         })
     }
@@ -51,6 +54,7 @@ fn options(dir: &std::path::Path) -> Options {
         isolation: Isolation::Host,
         host_lock: dir.join("host.lock"),
         holder: "test".into(),
+        kept_failed: HashSet::new(),
     }
 }
 
@@ -180,4 +184,53 @@ async fn max_parallel_bounds_running_steps() {
     )
     .await;
     assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_journaled_as_failed_with_its_message_and_fails_its_cell() {
+    let (fake, out, records) = go(&["panic benchmark:t concurrency=2 run=0"], |_| {}, HashSet::new()).await;
+    let failed: Vec<&String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::StepFailed { kind: StepKind::Benchmark, error, .. } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "one per engine: {failed:?}");
+    assert!(failed.iter().all(|e| e.contains("panicked") && e.contains("bug in benchmark")), "{failed:?}");
+    assert_eq!(out.failed_cells, 2);
+    assert!(!out.states.contains(&State::Running), "no step stays running");
+    let stops = fake.runs.lock().unwrap().iter().filter(|id| fake.plan.steps[**id].kind == StepKind::Stop).count();
+    assert_eq!(stops, 2, "both engines are still stopped");
+}
+
+#[tokio::test]
+async fn on_failure_stop_after_a_failed_start_runs_no_further_cell() {
+    let (fake, out, records) = go(&["start:a/m"], |o| o.on_failure = OnFailure::Stop, HashSet::new()).await;
+    let runs = fake.runs.lock().unwrap().clone();
+    let benchmarks = runs.iter().filter(|id| fake.plan.steps[**id].kind == StepKind::Benchmark).count();
+    assert_eq!(benchmarks, 0, "engine b's cells are not run either");
+    assert_eq!(out.failed_cells, 3, "the failed engine's cells failed; b's were skipped");
+    let stopped = records
+        .iter()
+        .filter(|r| matches!(&r.event, Event::StepSkipped { kind: StepKind::Benchmark, reason, .. } if reason == STOPPED_BY_POLICY))
+        .count();
+    assert_eq!(stopped, 3);
+}
+
+#[tokio::test]
+async fn cells_kept_failed_are_not_run_and_still_count_as_failed() {
+    let p = plan();
+    let kept: HashSet<String> = p
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(s.kind, StepKind::Benchmark | StepKind::Collect) && p.groups[s.group.unwrap()].engine == "a"
+        })
+        .map(|s| s.key.clone())
+        .collect();
+    let (fake, out, _) = go(&[], |o| o.kept_failed = kept, HashSet::new()).await;
+    let runs = fake.runs.lock().unwrap().clone();
+    assert!(runs.iter().all(|id| fake.plan.steps[*id].group.is_none_or(|g| fake.plan.groups[g].engine == "b")));
+    assert_eq!(out.failed_cells, 3);
 }
