@@ -369,7 +369,7 @@ fn serial_a_cell_cut_by_step_timeout_is_truncated_and_never_reused() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cut short by `step_timeout`"), "{}", text(&out));
     // A resume of that run runs the cell again.
     let id = run.file_name().unwrap().to_str().unwrap().to_string();
-    let again = env.apply_with(&suite, &["--resume", &id]);
+    let again = env.apply_with(&suite, &["--resume", &id, "--rerun-failed"]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
     let benchmark_starts =
