@@ -1061,12 +1061,11 @@ impl RunExecutor {
                     None => continue,
                 },
             };
-            let path = dir.join(&r.output);
             if files.contains(&r.output) {
                 continue;
             }
-            super::dir::write_atomic(&path, &bytes)
-                .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+            super::dir::write_inside(&dir, &r.output, &bytes)
+                .map_err(|e| err(format!("reporter `{}`: cannot write {}: {e}", r.name, r.output)))?;
             files.push(r.output.clone());
         }
         Ok(json!({"files": files}))
