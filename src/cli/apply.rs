@@ -81,21 +81,31 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// First Ctrl-C/SIGTERM cancels gracefully, the second makes cleanup urgent.
+/// First Ctrl-C/SIGTERM/SIGHUP cancels gracefully, the second makes cleanup urgent. SIGHUP (a
+/// closed terminal, a dropped SSH session) is a request to stop like the others: left to its
+/// default it would kill kitt without stopping the engines. The terminal may be gone, so what is
+/// said about it is written without failing.
 fn watch_signals(cancel: Cancel) {
+    use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let say = |text: &str| {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "{text}");
+        };
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { if r.is_err() { return; } }
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {}
             }
             if cancel.is_cancelled() {
-                eprintln!("\ninterrupted again: stopping engines now");
+                say("\ninterrupted again: stopping engines now");
                 cancel.escalate();
                 return;
             }
-            eprintln!("\ninterrupting: no new steps; stopping engines (Ctrl-C again to skip graceful waits)");
+            say("\ninterrupting: no new steps; stopping engines (Ctrl-C again to skip graceful waits)");
             cancel.escalate();
         }
     });

@@ -73,7 +73,8 @@ pub fn setup(name: &str, local_build: bool, link: &Path) -> i32 {
 /// Builds llama-server (cached by version under ~/.cache/kitt), a tiny test model, and the local
 /// image, with the embedded scripts.
 fn build_llama_cpp(link: &Path) -> Result<(), String> {
-    let dir = tempfile_dir()?;
+    let scratch = scratch_dir()?;
+    let dir = scratch.path();
     for (file, text) in SCRIPTS {
         let path = dir.join(file);
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -86,7 +87,7 @@ fn build_llama_cpp(link: &Path) -> Result<(), String> {
         .arg("--image")
         .arg(LLAMA_CPP_LOCAL_IMAGE)
         .status();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch); // removes the scripts
     match status {
         Ok(s) if s.success() => {
             println!(
@@ -100,8 +101,31 @@ fn build_llama_cpp(link: &Path) -> Result<(), String> {
     }
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("kitt-setup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+/// A fresh directory for the build scripts, private to this user (mode 0700, an unpredictable
+/// name, created exclusively): in a shared `/tmp`, a predictable `kitt-setup-<pid>` could be made
+/// beforehand by another user, who would then write the scripts this run executes.
+fn scratch_dir() -> Result<tempfile::TempDir, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("kitt-setup-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch directory in {}: {e}", std::env::temp_dir().display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scratch_directory_is_private_and_fresh() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let a = super::scratch_dir().unwrap();
+        let b = super::scratch_dir().unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(!a.path().to_string_lossy().ends_with(&std::process::id().to_string()));
+        let kept = a.path().to_path_buf();
+        drop(a);
+        assert!(!kept.exists(), "removed when done");
+    }
 }

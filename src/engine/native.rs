@@ -203,6 +203,45 @@ mod tests {
     }
 }
 
+/// Whether the server listening on `port` is the engine process `root` or one it started (in its
+/// process group, or below it): `Err` names the holder otherwise. When nothing can be seen
+/// listening (the tables are unreadable), there is nothing to hold against the engine.
+pub fn owns_port(root: u32, port: u16) -> Result<(), String> {
+    match listener_pids(port) {
+        None => Ok(()),
+        Some(pids) if pids.iter().any(|p| descends_from(*p, root)) => Ok(()),
+        // Our own engine is always visible to us: an invisible holder is someone else's.
+        Some(_) => Err(port_holder(port).unwrap_or_else(|| "another process".to_string())),
+    }
+}
+
+/// `/proc/PID/stat` fields after the command: (ppid, process group).
+fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 2..].split_whitespace().skip(1);
+    Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
+}
+
+/// Whether `pid` is `root`, in `root`'s process group, or a descendant of `root`.
+fn descends_from(pid: u32, root: u32) -> bool {
+    let mut current = pid;
+    // A chain of parents ends at pid 1 (or 0); the bound only guards against a torn /proc read.
+    for _ in 0..4096 {
+        if current == root {
+            return true;
+        }
+        let Some((parent, group)) = parent_and_group(current) else { return false };
+        if group == root {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
+}
+
 /// Who listens on TCP `port` of this machine: "pid N (command)", when it can be found.
 pub fn port_holder(port: u16) -> Option<String> {
     match listener_pids(port)? {
@@ -260,5 +299,18 @@ mod port_tests {
         assert!(who.contains(&format!("pid {}", std::process::id())), "{who}");
         drop(l);
         assert!(super::port_holder(port).is_none());
+    }
+
+    #[test]
+    fn a_port_is_owned_by_the_engine_tree_only() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = std::process::id();
+        assert!(super::owns_port(me, port).is_ok(), "the listener itself");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let e = super::owns_port(child.id(), port).unwrap_err();
+        assert!(e.contains(&format!("pid {me}")), "a parent is not the engine's: {e}");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -43,12 +43,13 @@ impl Decode for SecretOr {
     }
 }
 
-/// Names of headers and variables whose values are secrets and must come from the environment.
+/// Names of headers and variables whose values are secrets and must come from the environment:
+/// a known word anywhere, or a word of the name (split at `-`, `_`, `.`) that ends in `key`
+/// (`Ocp-Apim-Subscription-Key`, `X-Goog-Api-Key`, `OPENAI_APIKEY`), but not `keep` or `keyword`.
 pub fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["authorization", "token", "secret", "password", "api-key", "api_key", "apikey", "cookie"]
-        .iter()
-        .any(|s| n.contains(s))
+    let known = ["authorization", "token", "secret", "password", "passwd", "credential", "cookie"];
+    known.iter().any(|s| n.contains(s)) || n.split(['-', '_', '.']).any(|word| word.ends_with("key"))
 }
 
 /// An error when a secret-looking entry is written inline.
@@ -62,5 +63,26 @@ pub fn check_inline(name: &str, value: &SecretOr, pos: super::diag::Pos, cx: &mu
                         "read it from the environment instead: `{name}: {{from_env: MY_VAR}}` (secrets never enter plans, journals or reports)"
                     )),
             );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_names_are_recognised_by_their_words() {
+        for name in [
+            "Authorization",
+            "Ocp-Apim-Subscription-Key",
+            "x-api-key",
+            "api_key",
+            "OPENAI_APIKEY",
+            "HF_TOKEN",
+            "db.passwd",
+        ] {
+            assert!(super::looks_secret(name), "{name}");
+        }
+        for name in ["Content-Type", "keep_alive", "keyword", "CUDA_VISIBLE_DEVICES", "X-Request-Id"] {
+            assert!(!super::looks_secret(name), "{name}");
+        }
     }
 }

@@ -725,8 +725,21 @@ pub struct ReporterSpec {
     /// The template file (format: template), relative to the reporter file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<Spanned<String>>,
-    /// The file written under the run's report/ directory.
-    pub output: String,
+    /// The file written under the run's report/ directory (a relative path that stays inside it).
+    pub output: Spanned<String>,
+}
+
+/// Why a reporter's `output` would leave the run's report directory, if it would.
+fn output_outside(output: &str) -> Option<&'static str> {
+    use std::path::Component;
+    let path = std::path::Path::new(output);
+    if output.trim().is_empty() {
+        return Some("is empty");
+    }
+    if path.is_absolute() {
+        return Some("is an absolute path");
+    }
+    path.components().any(|c| c == Component::ParentDir).then_some("leaves the run's report/ directory (`..`)")
 }
 
 impl Decode for ReporterSpec {
@@ -734,8 +747,16 @@ impl Decode for ReporterSpec {
         let mut f = Fields::open(node, cx, what)?;
         let format: Option<ReportFormat> = f.req(cx, "format");
         let template: Option<Spanned<String>> = f.opt(cx, "template");
-        let output = f.req(cx, "output");
+        let output: Option<Spanned<String>> = f.req(cx, "output");
         f.finish(cx);
+        if let Some(o) = &output
+            && let Some(why) = output_outside(&o.value)
+        {
+            cx.error(
+                Diagnostic::new(o.pos, format!("{what}: `output: {}` {why}", o.value))
+                    .help("name a file inside the run's report/ directory, e.g. `output: report.md` or `output: tables/cells.csv`"),
+            );
+        }
         if let Some(kind @ (ReportFormat::Template | ReportFormat::Html)) = format
             && template.is_none()
         {

@@ -274,7 +274,7 @@ impl<'a> Compiler<'a> {
                     out.push(ReporterRef {
                         name: r.value.clone(),
                         format: spec.format,
-                        output: spec.output.clone(),
+                        output: spec.output.value.clone(),
                         template,
                     });
                 }

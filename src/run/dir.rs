@@ -56,6 +56,54 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
     rename_durably(&tmp, path)
 }
 
+/// Writes `bytes` atomically to `rel` under `root`, never leaving `root`: `rel` must be relative
+/// without `..` (reporters' outputs are checked when the manifest is compiled; this is the last
+/// line), and no symlink is followed — not `root`, not a directory on the way, not the file
+/// itself, which is created `O_EXCL | O_NOFOLLOW` beside its final name and renamed over it.
+pub fn write_inside(root: &Path, rel: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::path::Component;
+    let refuse = |p: &Path, why: &str| io::Error::other(format!("refusing to write {}: {why}", p.display()));
+    let mut dir = root.to_path_buf();
+    let parts: Vec<Component> = Path::new(rel).components().filter(|c| *c != Component::CurDir).collect();
+    let Some((Component::Normal(name), parents)) = parts.split_last() else {
+        return Err(refuse(&root.join(rel), "not a file name inside the directory"));
+    };
+    let no_link = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Err(refuse(p, "it is a symbolic link")),
+        _ => Ok(()),
+    };
+    std::fs::create_dir_all(root)?;
+    no_link(root)?;
+    for part in parents {
+        let Component::Normal(part) = part else {
+            return Err(refuse(&root.join(rel), "the path leaves the directory"));
+        };
+        dir.push(part);
+        no_link(&dir)?;
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => no_link(&dir)?,
+        }
+    }
+    let path = dir.join(name);
+    no_link(&path)?;
+    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // a leftover of a killed kitt with our pid
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", tmp.display())))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    rename_durably(&tmp, &path)?;
+    Ok(path)
+}
+
 /// Renames a finished, synced file into place and syncs the directory, so the new name survives
 /// a crash.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
@@ -285,6 +333,25 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn report_files_stay_inside_and_never_follow_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("report");
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "keep me").unwrap();
+        assert_eq!(write_inside(&root, "a/b.md", b"one").unwrap(), root.join("a/b.md"));
+        assert_eq!(std::fs::read(root.join("a/b.md")).unwrap(), b"one");
+        // A symlink planted where the file goes, or on the way to it, is refused.
+        std::os::unix::fs::symlink(&outside, root.join("x.md")).unwrap();
+        let e = write_inside(&root, "x.md", b"two").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(d.path(), root.join("up")).unwrap();
+        assert!(write_inside(&root, "up/outside", b"two").is_err());
+        assert!(write_inside(&root, "../outside", b"two").is_err());
+        assert!(write_inside(&root, "/tmp/x", b"two").is_err());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
     }
 
     #[test]

@@ -176,18 +176,22 @@ impl RunExecutor {
         let model = self.model_stat(gi).await?;
         let log = self.step_dir(key)?.join("engine.log");
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
-        let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256).map_err(err)?;
+        // Recorded at once: an engine may load for minutes, and a kitt killed meanwhile must leave
+        // the next apply (or `kitt gc`) enough to stop everything it started.
+        super::pidfile::write(&self.run_dir, &g.key, process.pid());
+        let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256)
+            .map_err(err)
+            .map_err(|e| self.forget_process(&g.key, e))?;
         if let Err(e) = wait_healthy(g, &client, Watch::Process(&mut process), cancel).await {
             process.stop(Duration::from_secs(2), true).await;
-            return Err(e);
+            return Err(self.forget_process(&g.key, e));
         }
         let mut facts = self.observe(g, &client).await;
         Self::add_model_fact(&mut facts, model.as_ref());
         if let Err(e) = self.check_drift(gi, &facts) {
             process.stop(Duration::from_secs(2), false).await;
-            return Err(e);
+            return Err(self.forget_process(&g.key, e));
         }
-        super::pidfile::write(&self.run_dir, &g.key, process.pid());
         let pid = process.pid();
         self.engines.lock().await.insert(
             gi,
@@ -201,6 +205,12 @@ impl RunExecutor {
             },
         );
         Ok(json!({"port": port, "pid": pid, "facts": facts, "model": model}))
+    }
+
+    /// Removes the pid file of an engine that was stopped because it failed to start.
+    fn forget_process(&self, group_key: &str, e: StepError) -> StepError {
+        super::pidfile::remove(&self.run_dir, group_key);
+        e
     }
 
     /// Makes the image of a container engine present, by its pull policy; records its id.
@@ -1160,12 +1170,11 @@ impl RunExecutor {
                     None => continue,
                 },
             };
-            let path = dir.join(&r.output);
             if files.contains(&r.output) {
                 continue;
             }
-            super::dir::write_atomic(&path, &bytes)
-                .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+            super::dir::write_inside(&dir, &r.output, &bytes)
+                .map_err(|e| err(format!("reporter `{}`: cannot write {}: {e}", r.name, r.output)))?;
             files.push(r.output.clone());
         }
         Ok(json!({"files": files}))
@@ -1330,14 +1339,19 @@ impl Watch<'_> {
         }
     }
 
-    /// Whether the server that answered is ours: for a host-network container, the process
-    /// listening on the port must live in the container's pid namespace (another server that
-    /// took the port meanwhile would otherwise be benchmarked).
+    /// Whether the server that answered is ours: for a native engine, the process listening on
+    /// the port must be one kitt started or a descendant of it; for a host-network container, it
+    /// must live in the container's pid namespace. The port was free when kitt chose it, but
+    /// another server may have taken it before the engine bound it, and would be benchmarked.
     async fn owns(&mut self, g: &EngineGroup, client: &EngineClient) -> Result<(), String> {
-        let Watch::Container(c, Network::Host) = self else { return Ok(()) };
         let Some(port) = client.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
             return Ok(());
         };
+        if let Watch::Process(p) = self {
+            return crate::engine::native::owns_port(p.pid(), port)
+                .map_err(|holder| format!("engine `{}`: port {port} answers, but not from the engine kitt started (pid {}): it is held by {holder}", g.id, p.pid()));
+        }
+        let Watch::Container(c, Network::Host) = self else { return Ok(()) };
         let state = c.state().await.map_err(|e| e.to_string())?;
         let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
         let (Some(theirs), Some(pids)) = (ns(state.pid), crate::engine::native::listener_pids(port)) else {

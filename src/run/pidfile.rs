@@ -1,12 +1,14 @@
 //! Pid files of native engines, and the sweep that stops what a killed kitt left behind.
 //!
-//! A native engine normally dies with kitt (parent-death signal), but an engine that forks a
-//! daemon, or a kitt killed while the signal could not be delivered, can leave processes behind.
-//! Each started engine gets `pids/<group key>.json` in its run directory with its pid and what
-//! identifies that process beyond the pid: the boot id, the pid namespace and the process start
-//! time. The sweep (at every `kitt apply` and in `kitt gc`) stops a recorded process group only
-//! when all three still match and the run's kitt is gone, so a reused pid is never signalled and a
-//! live run is never touched.
+//! A native engine normally dies with kitt (parent-death signal), but the signal reaches only the
+//! process kitt spawned: the workers an engine forks (vLLM's, a wrapper script's children) live
+//! on. Each engine gets `pids/<group key>.json` in its run directory right after it is spawned
+//! (not once healthy: an engine may load for minutes) with its pid and what identifies that
+//! process beyond the pid: the boot id, the pid namespace and the process start time. The sweep
+//! (at every `kitt apply` and in `kitt gc`) stops the recorded process group when the run's kitt
+//! is gone and the group still has members that are the engine or started after it — even when
+//! the engine itself has died, as a pid is not reused while it names a live process group. So a
+//! reused pid is never signalled and a live run is never touched.
 //!
 //! Owners also name their machine ([`machine_id`]): a record written on another machine (a runs
 //! directory on a shared file system, a container label on a shared Docker daemon) is never judged
@@ -156,6 +158,29 @@ pub fn still_running(owner: &Owner) -> bool {
         && start_time(owner.pid) == Some(owner.start_time)
 }
 
+/// Live processes of the recorded engine's process group (the engine itself, or what it started
+/// and left in its group), if the record is of this boot and pid namespace.
+pub fn group_members(owner: &Owner) -> Vec<u32> {
+    if owner.boot_id != boot_id() || owner.pid_ns != pid_ns() {
+        return Vec::new();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut members = Vec::new();
+    for entry in procs.filter_map(|e| e.ok()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // state is field 0 here, pgrp field 2, starttime field 19; a zombie is already dead.
+        let group = fields.get(2).and_then(|g| g.parse::<u32>().ok());
+        let started = fields.get(19).and_then(|t| t.parse::<u64>().ok());
+        if fields.first() != Some(&"Z") && group == Some(owner.pid) && started.is_some_and(|t| t >= owner.start_time) {
+            members.push(pid);
+        }
+    }
+    members
+}
+
 fn signal_group(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) on a process group we verified is the engine we started.
     unsafe {
@@ -195,13 +220,13 @@ pub fn sweep(runs_root: &Path, only: Option<&str>) -> Vec<Stopped> {
             if owner.as_ref().is_some_and(foreign) {
                 continue; // another machine's process: its own kitt judges it
             }
-            if let Some(owner) = owner.filter(still_running) {
+            if let Some(owner) = owner.filter(|o| !group_members(o).is_empty()) {
                 signal_group(owner.pid, libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while still_running(&owner) && Instant::now() < deadline {
+                while !group_members(&owner).is_empty() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if still_running(&owner) {
+                if !group_members(&owner).is_empty() {
                     signal_group(owner.pid, libc::SIGKILL);
                 }
                 stopped.push(Stopped { pid: owner.pid, run: run_id.clone() });
@@ -290,5 +315,32 @@ mod tests {
         assert_ne!(persisted_machine_id(other.path(), "node1").unwrap(), ids[0], "random, not copied from /etc");
         std::fs::write(state.join("machine-id.node1"), "x\n").unwrap();
         assert!(persisted_machine_id(&state, "node1").is_some_and(|id| id.len() == 32), "a damaged file is not an id");
+    }
+
+    #[test]
+    fn the_sweep_stops_what_a_dead_engine_left_in_its_group() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("r1");
+        std::fs::create_dir_all(&run).unwrap();
+        let marker = root.path().join("worker.pid");
+        // An engine that starts a worker and dies, as a wrapper killed by the parent-death signal.
+        let script = format!("sleep 30 & echo $! > {}; read _; exit 0", marker.display());
+        let mut engine = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        write(&run, "k", engine.id());
+        drop(engine.stdin.take()); // the engine exits now
+        assert!(engine.wait().unwrap().success());
+        let worker: u32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        assert!(start_time(worker).is_some(), "the worker outlived its engine");
+        assert_eq!(sweep(root.path(), None).len(), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while start_time(worker).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(start_time(worker).is_none(), "the worker was stopped");
     }
 }

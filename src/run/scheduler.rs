@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
-use super::hostlock::HostLock;
+use super::hostlock::{HostLease, LeaseHold, MeasuringHold};
 use super::journal::{Event, Journal};
 use crate::cancel::Cancel;
 use crate::manifest::suite::{Isolation, OnFailure};
@@ -204,7 +204,13 @@ pub async fn run<E: Executor>(
     // Skipped because `on_failure: stop` stopped the run (not because something failed).
     let mut by_policy = vec![false; n];
     let mut errors = Vec::new();
-    let mut tasks: JoinSet<(usize, u32, Result<Json, StepError>)> = JoinSet::new();
+    let mut tasks: JoinSet<(usize, u32, Result<Json, StepError>, Held)> = JoinSet::new();
+    // With host isolation an engine group holds the host lease from its start to its stop, so no
+    // kitt loads a model while another measures; measuring steps take it too (endpoint groups
+    // have no start). Holds are released only after the step's end is journaled, so journal
+    // windows never overlap across kitt processes.
+    let lease = HostLease::new(opts.host_lock.clone(), opts.holder.clone());
+    let mut group_holds: Vec<Option<LeaseHold>> = (0..plan.groups.len()).map(|_| None).collect();
     let mut running = 0usize;
     let mut abandoned = false;
     let mut aborted: Option<String> = None;
@@ -306,8 +312,9 @@ pub async fn run<E: Executor>(
             let key = step.key.clone();
             let kind = step.kind;
             let label = plan.step_label(step);
-            let host = (measures && step.lease.host && opts.isolation == Isolation::Host)
-                .then(|| (opts.host_lock.clone(), opts.holder.clone()));
+            let host = (measures && step.lease.host && opts.isolation == Isolation::Host).then(|| lease.clone());
+            let group_lease =
+                (step.kind == StepKind::Start && opts.isolation == Isolation::Host).then(|| lease.clone());
             let timeout = opts.step_timeout;
             let restart = (attempt > 0 && measures && group.is_some_and(|g| plan.groups[g].restart_on_retry))
                 .then_some(group)
@@ -321,17 +328,23 @@ pub async fn run<E: Executor>(
                         id,
                         attempt,
                         Err(StepError::new(format!("restarting the engine before the retry failed: {}", e.message))),
+                        Held::default(),
                     );
                 }
-                // The host lease is taken before the step is journaled as started, so journal
-                // windows of measuring steps never overlap across kitt processes.
-                let _host = match host {
-                    Some((path, holder)) => match HostLock::acquire(&path, &holder, &c).await {
-                        Ok(l) => Some(l),
-                        Err(e) => return (id, attempt, Err(e)),
-                    },
-                    None => None,
-                };
+                // The host lease is taken before the step is journaled as started.
+                let mut held = Held::default();
+                if let Some(lease) = host {
+                    match lease.measure(&c).await {
+                        Ok(h) => held.measuring = Some(h),
+                        Err(e) => return (id, attempt, Err(e), held),
+                    }
+                }
+                if let Some(lease) = group_lease {
+                    match lease.hold(&c).await {
+                        Ok(h) => held.group = Some(h),
+                        Err(e) => return (id, attempt, Err(e), held),
+                    }
+                }
                 journal(&jj, Event::StepStarted { step: id, key, kind, attempt, label });
                 let fut = exec.run(id, attempt, c.clone());
                 let result = tokio::select! {
@@ -343,17 +356,21 @@ pub async fn run<E: Executor>(
                     _ = c.cancelled(), if kind != StepKind::Stop => Err(StepError::cancelled()),
                 };
                 tracing::debug!(ok = result.is_ok(), "step ended");
-                (id, attempt, result)
+                (id, attempt, result, held)
             };
             // A panicking step is a failed step like any other: journaled with its message, so
-            // the run ends failed and stays resumable (never "running" forever).
+            // the run ends failed and stays resumable (never "running" forever). What it held is
+            // released as it unwinds.
             let caught = async move {
                 use futures_util::FutureExt as _;
                 match std::panic::AssertUnwindSafe(body).catch_unwind().await {
                     Ok(r) => r,
-                    Err(payload) => {
-                        (id, attempt, Err(StepError::new(format!("panicked: {}", panic_message(&*payload)))))
-                    }
+                    Err(payload) => (
+                        id,
+                        attempt,
+                        Err(StepError::new(format!("panicked: {}", panic_message(&*payload)))),
+                        Held::default(),
+                    ),
                 }
             };
             tasks.spawn(tracing::Instrument::instrument(caught, span));
@@ -380,7 +397,7 @@ pub async fn run<E: Executor>(
         };
         let Some(joined) = joined else { continue };
         running -= 1;
-        let (id, attempt, result) = match joined {
+        let (id, attempt, result, held) = match joined {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("a step task panicked: {e}");
@@ -398,6 +415,9 @@ pub async fn run<E: Executor>(
             Ok(outputs) => {
                 state[id] = State::Done;
                 journal(&j, Event::StepFinished { step: id, key: step.key.clone(), kind: step.kind, attempt, outputs });
+                if let (Some(g), Some(hold)) = (step.group, held.group) {
+                    group_holds[g] = Some(hold); // kept until the group's stop is journaled
+                }
                 settle(id, &mut remaining, &mut ready, &state);
             }
             Err(e) if e.abort => {
@@ -449,11 +469,23 @@ pub async fn run<E: Executor>(
                 }
             }
         }
+        if step.kind == StepKind::Stop
+            && let Some(g) = step.group
+        {
+            group_holds[g] = None; // however the stop ended, the engine is no longer ours to keep
+        }
     }
     let failed_cells =
         plan.steps.iter().filter(|s| s.kind == StepKind::Benchmark && state[s.id] == State::Failed).count();
     let interrupted = cancel.is_cancelled() && aborted.is_none();
     Outcome { states: state, failed_cells, interrupted, errors, aborted }
+}
+
+/// The lease holds a step's task hands back, dropped once its end is journaled.
+#[derive(Default)]
+struct Held {
+    measuring: Option<MeasuringHold>,
+    group: Option<LeaseHold>,
 }
 
 #[cfg(test)]
