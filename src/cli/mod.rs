@@ -450,7 +450,10 @@ fn engines_check(name: &str, native: bool, binary: Option<&str>, output: Output)
     let spec = &entry.manifest.spec;
     let (ok, what, detail) = if native || spec.container.is_none() {
         let default = spec.params.get("binary").and_then(|p| p.value.default.as_ref()).and_then(|d| d.as_str());
-        let first = spec.native.as_ref().and_then(|n| n.command.first()).map(|c| c.value.clone());
+        let first = spec.native.as_ref().and_then(|n| n.command.first()).and_then(|c| match c {
+            crate::manifest::template_kind::Arg::Text(t) => Some(t.value.clone()),
+            crate::manifest::template_kind::Arg::When(_) => None,
+        });
         let program = binary.or(default).map(String::from).or_else(|| match first {
             // The simulator is kitt itself.
             Some(c) if c == "{{kitt.exe}}" => std::env::current_exe().ok().map(|p| p.to_string_lossy().to_string()),
