@@ -136,3 +136,164 @@ fn a_reporter_of_your_own_is_a_manifest_and_a_template_file() {
     let errors = kitt::plan::compile::compile_file(&d.path().join("suite.yaml")).unwrap_err();
     assert!(errors[0].message.contains("does not parse"), "{errors:?}");
 }
+
+/// A value for `param` that no other param shares, and the text it shows as in a rendered
+/// command or body; `None` for a boolean, which has no distinct value.
+fn sentinel(i: usize, decl: &kitt::manifest::template_kind::ParamDecl) -> Option<(serde_json::Value, String)> {
+    use kitt::manifest::template_kind::ParamType;
+    if let Some(choices) = &decl.choices {
+        let pick = choices.iter().rev().find(|c| Some(*c) != decl.default.as_ref())?.clone();
+        let text = kitt::template::scalar_text(&pick);
+        return Some((pick, text));
+    }
+    let lo = decl.minimum.unwrap_or(0.0);
+    let hi = decl.maximum.unwrap_or(1e9);
+    match decl.ty {
+        ParamType::Integer => {
+            let v = 7001 + i as i64;
+            assert!((v as f64) >= lo && (v as f64) <= hi, "sentinel out of range");
+            Some((v.into(), v.to_string()))
+        }
+        ParamType::Number => {
+            // Distinct in its third and fourth decimals, inside [lo, hi].
+            let v = (lo + (hi - lo).min(1.0) * 0.5 + (i as f64 + 1.0) * 0.0003).min(hi);
+            Some((v.into(), serde_json::json!(v).to_string()))
+        }
+        ParamType::String => Some((format!("sentinel-{i}").into(), format!("sentinel-{i}"))),
+        ParamType::List => Some((serde_json::json!([format!("sentinel-{i}")]), format!("sentinel-{i}"))),
+        ParamType::Boolean => None,
+    }
+}
+
+/// Every built-in engine × every mode it offers: each param set to its own sentinel value shows
+/// up in what that mode runs or sends (argv, env, setup and request bodies), or the template
+/// lists it as unused there with a reason; and setting a listed one is refused.
+#[test]
+fn every_engine_param_reaches_every_mode_that_offers_it() {
+    use kitt::catalog::reach::{self, EngineMode};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = kitt::catalog::Catalog::builtin();
+    assert!(catalog.engines.len() >= 6);
+    let mut checked = 0;
+    for (name, entry) in &catalog.engines {
+        let spec = &entry.manifest.spec;
+        for mode in reach::offered(spec) {
+            let mut params = serde_json::Map::new();
+            let mut expect = Vec::new();
+            for (i, (p, decl)) in spec.params.iter().enumerate() {
+                if let Some(reason) = reach::unused_reason(spec, mode, p) {
+                    assert!(!reason.trim().is_empty(), "{name}/{}: `{p}` unused without a reason", mode.name());
+                    continue;
+                }
+                match sentinel(i, &decl.value) {
+                    Some((v, text)) => {
+                        params.insert(p.clone(), v);
+                        expect.push((p.clone(), text));
+                    }
+                    None => assert!(reach::uses(spec, mode, None).contains(p), "{name}: `{p}`"),
+                }
+            }
+            let how = match mode {
+                EngineMode::Container => "container: {}",
+                EngineMode::Native => "native: {}",
+                EngineMode::Endpoint => "endpoint: {url: \"http://127.0.0.1:9\"}",
+            };
+            let suite_with = |params: &serde_json::Map<String, serde_json::Value>| {
+                format!(
+                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m, path: models/m.gguf}}]\n  engines: [{{name: e, template: {name}, {how}, params: {}}}]\n  benchmarks: [{{name: b, template: latency, params: {{requests: 1}}}}]\n",
+                    serde_json::Value::Object(params.clone())
+                )
+            };
+            let suite = suite_with(&params);
+            let plan = kitt::plan::compile::compile_source(&suite, &dir.path().join("suite.yaml"))
+                .unwrap_or_else(|e| panic!("{name}/{}: {e:#?}\n{suite}", mode.name()));
+            let g = &plan.groups[0];
+            let seen = serde_json::json!({
+                "mode": g.mode, "setup": g.setup, "warmup": g.warmup, "tokenize": g.tokenize,
+                "requests": plan.cells.iter().map(|c| &c.request).collect::<Vec<_>>(),
+            })
+            .to_string();
+            for (p, text) in &expect {
+                assert!(
+                    seen.contains(text.as_str()),
+                    "{name}/{}: `{p}` = {text} reaches nothing:\n{seen}",
+                    mode.name()
+                );
+            }
+            // A param the mode leaves out is refused when set.
+            if let Some(p) = spec.params.keys().find(|p| reach::unused_reason(spec, mode, p).is_some()) {
+                let decl = &spec.params[p].value;
+                let v = sentinel(0, decl).map(|(v, _)| v).unwrap_or(serde_json::json!(true));
+                params.insert(p.clone(), v);
+                let bad = suite_with(&params);
+                let e = kitt::plan::compile::compile_source(&bad, &dir.path().join("suite.yaml"))
+                    .expect_err(&format!("{name}/{}: setting unused `{p}` was accepted", mode.name()));
+                assert!(
+                    e.iter().any(|d| d.message.contains(&format!("param `{p}`")) && d.message.contains("not used")),
+                    "{e:#?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "{checked}");
+}
+
+/// Every built-in engine × API: a sampling key with a slot in the body arrives with its value;
+/// one without a slot is refused, naming the API and the keys it carries.
+#[test]
+fn every_sampling_key_reaches_each_api_or_is_refused() {
+    use kitt::manifest::suite::SAMPLING_KEYS;
+    use kitt::manifest::template_kind::ParamType;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "chat.yaml",
+        "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {name: chat1}\nspec:\n  mechanism: load\n  load: {api: chat, profile: synchronous, requests: 1, prompt: {synthetic: {input_tokens: 8}}}\n",
+    );
+    write(
+        dir.path(),
+        "completion.yaml",
+        "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {name: completion1}\nspec:\n  mechanism: load\n  load: {api: completion, profile: synchronous, requests: 1, prompt: {synthetic: {input_tokens: 8}}}\n",
+    );
+    let value = |i: usize, ty: ParamType| -> (String, String) {
+        match ty {
+            ParamType::Integer => (format!("{}", 9001 + i), format!("{}", 9001 + i)),
+            ParamType::Number => (format!("0.{}7", 31 + i), format!("0.{}7", 31 + i)),
+            ParamType::List => (format!("[\"stop-{i}\"]"), format!("stop-{i}")),
+            _ => unreachable!(),
+        }
+    };
+    let mut checked = 0;
+    for (name, entry) in &kitt::catalog::Catalog::builtin().engines {
+        let api = &entry.manifest.spec.api;
+        for (bench, call) in [("completion1", &api.completion), ("chat1", &api.chat)] {
+            let Some(call) = call else { continue };
+            let slots = kitt::catalog::reach::sampling_slots(call);
+            for (i, (key, ty)) in SAMPLING_KEYS.iter().enumerate() {
+                let (v, text) = value(i, *ty);
+                let suite = format!(
+                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  templates: [chat.yaml, completion.yaml]\n  models: [{{name: m, path: m.gguf}}]\n  engines: [{{name: e, template: {name}, endpoint: {{url: \"http://127.0.0.1:9\"}}}}]\n  benchmarks: [{{name: b, template: {bench}}}]\n  warmup: {{requests: 0}}\n  sampling: {{{key}: {v}}}\n"
+                );
+                let path = dir.path().join("suite.yaml");
+                std::fs::write(&path, &suite).unwrap();
+                let got = kitt::plan::compile::compile_file(&path);
+                if slots.contains(key) {
+                    let plan = got.unwrap_or_else(|e| panic!("{name}/{bench}/{key}: {e:#?}"));
+                    let body = plan.cells[0].request.as_ref().unwrap().body.to_string();
+                    assert!(body.contains(&text), "{name}/{bench}: `{key}` = {v} is not in the body {body}");
+                } else {
+                    let e = got.expect_err(&format!("{name}/{bench}: `{key}` has no slot but was accepted"));
+                    let d = e.iter().find(|d| d.message.starts_with(&format!("sampling `{key}` has no slot"))).unwrap();
+                    assert!(d.message.contains(&call.path), "{}", d.message);
+                    // The suggested way out works: unset it for this engine.
+                    let fixed = suite.replace("endpoint: {url", &format!("sampling: {{{key}: null}}, endpoint: {{url"));
+                    std::fs::write(&path, &fixed).unwrap();
+                    kitt::plan::compile::compile_file(&path).unwrap_or_else(|e| panic!("{name}/{bench}/{key}: {e:#?}"));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 100, "{checked}");
+}

@@ -3,7 +3,10 @@
 //! Built-ins are YAML files under suites/engines/, suites/benchmarks/ and reporters/, embedded in
 //! the binary so kitt works from any directory; suite-local templates (the suite's `templates:`
 //! paths) add to them or replace them by name, and each entry remembers the file it came from.
-//! `base:` inheritance is resolved here, on node trees, before decoding.
+//! `base:` inheritance is resolved here, on node trees, before decoding; every Engine is then
+//! checked for params that reach nothing ([`reach`]).
+
+pub mod reach;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -229,6 +232,7 @@ fn build(raws: Vec<(RawManifest, Origin)>) -> Result<Catalog, (Catalog, Vec<Diag
         match raw.kind {
             Kind::Engine => match raw.decode_node::<EngineSpec>(&spec) {
                 Ok(m) => {
+                    errors.extend(reach::check(&m));
                     catalog.engines.insert(name, Entry { manifest: m, origin });
                 }
                 Err(e) => errors.extend(e),

@@ -191,7 +191,7 @@ pub fn run(cli: Cli) -> i32 {
             apply::runs_show(runs_dir.as_deref(), &run, output)
         }
         Command::Schema { out, kind } => schema(out.as_deref(), &kind),
-        Command::Engines { command: EnginesCommand::List { output } } => engines_list(output),
+        Command::Engines { command: EnginesCommand::List { output } } => engines_list(output, cli.verbose > 0),
         Command::Engines { command: EnginesCommand::Check { name, native, binary, output } } => {
             engines_check(&name, native, binary.as_deref(), output)
         }
@@ -358,7 +358,7 @@ fn schema(out: Option<&Path>, kind: &str) -> i32 {
     }
 }
 
-fn engines_list(output: Output) -> i32 {
+fn engines_list(output: Output, verbose: bool) -> i32 {
     let catalog = Catalog::builtin();
     let rows: Vec<serde_json::Value> = catalog
         .engines
@@ -370,6 +370,22 @@ fn engines_list(output: Output) -> i32 {
                     .into_iter()
                     .flatten()
                     .collect();
+            // What each mode leaves out, and why (`kitt engines list -v`); the sampling keys each API carries.
+            let unused: BTreeMap<&str, BTreeMap<&String, String>> = crate::catalog::reach::offered(s)
+                .into_iter()
+                .map(|m| {
+                    let reasons = s
+                        .params
+                        .keys()
+                        .filter_map(|p| crate::catalog::reach::unused_reason(s, m, p).map(|r| (p, r)))
+                        .collect();
+                    (m.name(), reasons)
+                })
+                .collect();
+            let sampling: BTreeMap<&str, _> = [("completion", &s.api.completion), ("chat", &s.api.chat)]
+                .into_iter()
+                .filter_map(|(n, c)| c.as_ref().map(|c| (n, crate::catalog::reach::sampling_slots(c))))
+                .collect();
             // Whether the image is here: null when Docker cannot say.
             let present = s.image.as_ref().and_then(|i| crate::docker::image_id(i).ok()).map(|id| id.is_some());
             serde_json::json!({
@@ -381,6 +397,8 @@ fn engines_list(output: Output) -> i32 {
                 "default_port": s.default_port,
                 "modes": modes,
                 "params": s.params.keys().collect::<Vec<_>>(),
+                "unused_params": unused,
+                "sampling": sampling,
             })
         })
         .collect();
@@ -405,6 +423,25 @@ fn engines_list(output: Output) -> i32 {
                     here,
                     r["source"].as_str().unwrap_or("")
                 );
+                if verbose {
+                    println!(
+                        "    params: {}",
+                        r["params"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default()
+                    );
+                    for (mode, reasons) in r["unused_params"].as_object().into_iter().flatten() {
+                        for (p, why) in reasons.as_object().into_iter().flatten() {
+                            println!("    {mode}: `{p}` not sent: {}", why.as_str().unwrap_or(""));
+                        }
+                    }
+                    for (api, keys) in r["sampling"].as_object().into_iter().flatten() {
+                        let keys: Vec<&str> =
+                            keys.as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
+                        println!("    {api} API carries: {}", keys.join(", "));
+                    }
+                }
             }
         }
     }
@@ -436,7 +473,10 @@ fn engines_check(name: &str, native: bool, binary: Option<&str>, output: Output)
     let spec = &entry.manifest.spec;
     let (ok, what, detail) = if native || spec.container.is_none() {
         let default = spec.params.get("binary").and_then(|p| p.value.default.as_ref()).and_then(|d| d.as_str());
-        let first = spec.native.as_ref().and_then(|n| n.command.first()).map(|c| c.value.clone());
+        let first = spec.native.as_ref().and_then(|n| n.command.first()).and_then(|c| match c {
+            crate::manifest::template_kind::Arg::Text(t) => Some(t.value.clone()),
+            crate::manifest::template_kind::Arg::When(_) => None,
+        });
         let program = binary.or(default).map(String::from).or_else(|| match first {
             // The simulator is kitt itself.
             Some(c) if c == "{{kitt.exe}}" => std::env::current_exe().ok().map(|p| p.to_string_lossy().to_string()),

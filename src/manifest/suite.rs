@@ -84,9 +84,6 @@ pub struct Model {
     /// A model file or directory on the host, relative to the suite file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<String>>,
-    /// Where the model comes from when it is not a local path (e.g. `hf://org/repo`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<Spanned<String>>,
     /// The model name sent in API requests (default: `name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_name: Option<Spanned<String>>,
@@ -105,11 +102,10 @@ impl Decode for Model {
             f.node("name");
         }
         let path = f.opt(cx, "path");
-        let source = f.opt(cx, "source");
         let served_name = f.opt(cx, "served_name");
         let tokenizer = f.opt(cx, "tokenizer");
         f.finish(cx);
-        Some(Model { name: name?, path, source, served_name, tokenizer })
+        Some(Model { name: name?, path, served_name, tokenizer })
     }
 }
 
@@ -129,7 +125,7 @@ pub struct EngineInstance {
     pub image: Option<Spanned<String>>,
     /// Image pull policy (default: the template's, else if-not-present).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pull: Option<PullPolicy>,
+    pub pull: Option<Spanned<PullPolicy>>,
     /// Extra environment for the engine (container or host process).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Spanned<SecretOr>>,
@@ -142,6 +138,11 @@ pub struct EngineInstance {
     /// Do not start anything: talk to a server that is already running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// The suite's `sampling` for this engine only: a key set here replaces the suite's value,
+    /// `null` unsets it (for an API that has no slot for it). A benchmark's params still win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub sampling: Option<Node>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema, Default)]
@@ -149,7 +150,7 @@ pub struct EngineInstance {
 pub struct ContainerOverride {
     /// Replaces the template's container arguments.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<Spanned<String>>>,
+    pub args: Option<Vec<super::template_kind::Arg>>,
     /// GPUs for the container: auto | all | none | device=0,1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<Spanned<String>>,
@@ -182,7 +183,7 @@ impl Decode for ContainerOverride {
 pub struct NativeOverride {
     /// Replaces the template's native command (argv; never run through a shell).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<Spanned<String>>>,
+    pub command: Option<Vec<super::template_kind::Arg>>,
     /// Working directory, relative to the suite file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<Spanned<String>>,
@@ -251,8 +252,25 @@ impl Decode for EngineInstance {
         let container = f.opt(cx, "container");
         let native = f.opt(cx, "native");
         let endpoint = f.opt(cx, "endpoint");
+        let sampling: Option<Node> = f.node("sampling").cloned();
+        if let Some(s) = &sampling
+            && !matches!(s.value, super::yaml::Value::Map(_))
+        {
+            cx.mismatch(s, "a mapping", &format!("`sampling` in {}", f.what()));
+        }
         f.finish(cx);
-        Some(EngineInstance { name: name?, template: template?, params, image, pull, env, container, native, endpoint })
+        Some(EngineInstance {
+            name: name?,
+            template: template?,
+            params,
+            image,
+            pull,
+            env,
+            container,
+            native,
+            endpoint,
+            sampling,
+        })
     }
 }
 
@@ -335,6 +353,10 @@ pub struct Sampling {
     pub repetition_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Vec<String>>,
+    /// Where each set key was written (for errors about a value no request can carry).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub spans: BTreeMap<String, super::diag::Pos>,
 }
 
 /// The sampling keys and their param types; benchmark params may set any of them.
@@ -378,6 +400,7 @@ impl Decode for Sampling {
             frequency_penalty: f.opt(cx, "frequency_penalty"),
             repetition_penalty: f.opt(cx, "repetition_penalty"),
             stop: f.opt(cx, "stop"),
+            spans: SAMPLING_KEYS.iter().filter_map(|(k, _)| f.key_pos(k).map(|p| ((*k).to_string(), p))).collect(),
         };
         f.finish(cx);
         Some(s)

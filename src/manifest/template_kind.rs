@@ -325,9 +325,9 @@ impl Decode for EngineSpec {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
-    /// Arguments after the image (templates).
+    /// Arguments after the image (templates; `{when, args}` items are optional groups).
     #[serde(default)]
-    pub args: Vec<Spanned<String>>,
+    pub args: Vec<Arg>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Spanned<SecretOr>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -343,6 +343,10 @@ pub struct ContainerSpec {
     /// host (default) or bridge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::manifest::suite::Network>,
+    /// Params this mode does not send, each with the reason; an instance that sets one in this
+    /// mode is an error.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unused_params: BTreeMap<String, Spanned<String>>,
 }
 
 impl Decode for ContainerSpec {
@@ -356,9 +360,68 @@ impl Decode for ContainerSpec {
             shm_size: f.opt(cx, "shm_size"),
             extra_args: f.opt(cx, "extra_args").unwrap_or_default(),
             network: f.opt(cx, "network"),
+            unused_params: f.opt(cx, "unused_params").unwrap_or_default(),
         };
         f.finish(cx);
         Some(c)
+    }
+}
+
+/// One item of an argv (container args, native command).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Arg {
+    /// One argument (a template string).
+    Text(Spanned<String>),
+    /// Arguments sent only when `when` is set: rendered, it is not null, false, 0, "" or [].
+    /// This is how a param whose value means "the engine's own default" (llama.cpp's
+    /// `threads: 0`) stays off the command line: `{when: "{{params.threads}}", args: [-t,
+    /// "{{params.threads}}"]}`.
+    When(ArgGroup),
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArgGroup {
+    /// A template whose value decides whether `args` are sent.
+    pub when: Spanned<String>,
+    pub args: Vec<Spanned<String>>,
+}
+
+impl Arg {
+    /// Every template string of the item (the condition first).
+    pub fn texts(&self) -> Vec<&Spanned<String>> {
+        match self {
+            Arg::Text(s) => vec![s],
+            Arg::When(g) => std::iter::once(&g.when).chain(&g.args).collect(),
+        }
+    }
+}
+
+impl Decode for Arg {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        match &node.value {
+            Value::Map(_) => {
+                let mut f = Fields::open(node, cx, "an optional argument group")?;
+                let when = f.req(cx, "when");
+                let args = f.req(cx, "args");
+                f.finish(cx);
+                Some(Arg::When(ArgGroup { when: when?, args: args? }))
+            }
+            _ => Spanned::<String>::decode(node, cx, what).map(Arg::Text),
+        }
+    }
+}
+
+/// Whether a rendered `when` condition holds: not null, false, 0, "" or an empty list.
+pub fn truthy(v: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value as J;
+    match v {
+        None | Some(J::Null) | Some(J::Bool(false)) => false,
+        Some(J::Number(n)) => n.as_f64() != Some(0.0),
+        Some(J::String(s)) => !s.is_empty(),
+        Some(J::Array(a)) => !a.is_empty(),
+        Some(_) => true,
     }
 }
 
@@ -389,10 +452,15 @@ impl Decode for Mount {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NativeSpec {
-    /// argv of the host process (templates); never run through a shell.
-    pub command: Vec<Spanned<String>>,
+    /// argv of the host process (templates; `{when, args}` items are optional groups); never run
+    /// through a shell.
+    pub command: Vec<Arg>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Spanned<SecretOr>>,
+    /// Params this mode does not send, each with the reason; an instance that sets one in this
+    /// mode is an error.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unused_params: BTreeMap<String, Spanned<String>>,
 }
 
 impl Decode for NativeSpec {
@@ -400,8 +468,9 @@ impl Decode for NativeSpec {
         let mut f = Fields::open(node, cx, "`native`")?;
         let command = f.req(cx, "command");
         let env = f.opt(cx, "env").unwrap_or_default();
+        let unused_params = f.opt(cx, "unused_params").unwrap_or_default();
         f.finish(cx);
-        Some(NativeSpec { command: command?, env })
+        Some(NativeSpec { command: command?, env, unused_params })
     }
 }
 

@@ -106,14 +106,16 @@ pub fn template_file(raw: &RawManifest) -> Result<Checked, Vec<Diagnostic>> {
                 }
             };
             if let Some(c) = &spec.container {
-                check(&strings(&c.args), &ctx, file);
+                let args: Vec<_> = c.args.iter().flat_map(|a| a.texts()).cloned().collect();
+                check(&strings(&args), &ctx, file);
                 check(&strings(&c.extra_args), &ctx, file);
                 for m in &c.mounts {
                     check(&strings(&[m.source.clone(), m.target.clone()]), &ctx, file);
                 }
             }
             if let Some(n) = &spec.native {
-                check(&strings(&n.command), &ctx, file);
+                let command: Vec<_> = n.command.iter().flat_map(|a| a.texts()).cloned().collect();
+                check(&strings(&command), &ctx, file);
             }
             for call in &spec.setup {
                 if let Some(b) = &call.body {

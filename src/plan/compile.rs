@@ -17,10 +17,13 @@ use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::load::{ApiKind, LoadSpec, RequestTimeout};
 use crate::manifest::secret::{SecretOr, check_inline};
 use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, Network, SAMPLING_KEYS};
-use crate::manifest::template_kind::{ApiCall, EngineSpec, Mechanism, ParamDecl, ParamType};
+use crate::manifest::template_kind::{ApiCall, Arg, EngineSpec, Mechanism, ParamDecl, ParamType, truthy};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
 use crate::template::{Renderer, placeholder};
+
+mod modes;
+mod sampling;
 
 /// Reads and decodes a suite file.
 pub fn load_suite(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
@@ -86,6 +89,8 @@ struct EngineVariant<'a> {
     template: &'a Entry<EngineSpec>,
     name: String,
     params: BTreeMap<String, Json>,
+    /// The instance's `sampling`: a value replaces the suite's, `None` unsets it.
+    sampling: Vec<(String, Option<Json>, Pos)>,
 }
 
 /// One benchmark instance × one combination of swept values.
@@ -95,6 +100,8 @@ struct BenchVariant<'a> {
     params: BTreeMap<String, Json>,
     swept: BTreeMap<String, Json>,
     sampling: BTreeMap<String, Json>,
+    /// Sampling keys the instance's params set, where.
+    explicit: BTreeMap<String, Pos>,
 }
 
 /// Compiles a decoded suite against a catalog.
@@ -424,6 +431,8 @@ impl<'a> Compiler<'a> {
                 ));
             }
             self.errors.extend(cx.errors);
+            self.check_mode_keys(inst, &template.manifest.spec);
+            let sampling = self.engine_sampling(inst);
             let what = format!("engine template `{}`", inst.template.value);
             let set = self.typed_params(inst.params.as_ref(), &template.manifest.spec.params, false, &what);
             let Some(base) =
@@ -445,7 +454,7 @@ impl<'a> Compiler<'a> {
                 } else {
                     format!("{}[{}]", inst.name.value, label.join(","))
                 };
-                out.push(EngineVariant { instance: inst, template, name, params });
+                out.push(EngineVariant { instance: inst, template, name, params, sampling: sampling.clone() });
             }
         }
         out
@@ -495,6 +504,14 @@ impl<'a> Compiler<'a> {
             };
             let what = format!("benchmark template `{}`", inst.template.value);
             let set = self.typed_params(inst.params.as_ref(), &entry.manifest.spec.params, true, &what);
+            let explicit: BTreeMap<String, Pos> = match inst.params.as_ref() {
+                Some(Node { value: Value::Map(entries), .. }) => entries
+                    .iter()
+                    .filter(|(k, _)| SAMPLING_KEYS.iter().any(|(s, _)| *s == k.name))
+                    .map(|(k, _)| (k.name.clone(), k.pos))
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
             let Some(base) =
                 self.resolve_params(&entry.manifest.spec.params, &set, &suite_sampling, &what, inst.name.pos)
             else {
@@ -516,7 +533,7 @@ impl<'a> Compiler<'a> {
                         sampling.insert((*k).to_string(), v.clone());
                     }
                 }
-                out.push(BenchVariant { instance: inst, entry, params, swept, sampling });
+                out.push(BenchVariant { instance: inst, entry, params, swept, sampling, explicit: explicit.clone() });
             }
         }
         out
@@ -595,6 +612,16 @@ impl<'a> Compiler<'a> {
                 String::new()
             })
         };
+        let mut when_errors: Vec<Diagnostic> = Vec::new();
+        let mut when = |s: &Spanned<String>, file: &Path| -> bool {
+            match r.render_str(&s.value, &ctx, s.pos) {
+                Ok(v) => truthy(v.as_ref()),
+                Err(d) => {
+                    when_errors.push(d.in_file(file));
+                    false
+                }
+            }
+        };
         let suite_file = self.suite.file.clone();
         let env_of = |env: &BTreeMap<String, Spanned<SecretOr>>,
                       file: &Path,
@@ -625,7 +652,7 @@ impl<'a> Compiler<'a> {
                 (None, Some(n)) => (n.command.clone(), tfile.clone()),
                 (None, None) => (Vec::new(), tfile.clone()),
             };
-            let argv: Vec<String> = command.iter().map(|a| text(a, &file)).collect();
+            let argv = argv_of(&command, &file, &mut text, &mut when);
             let mut env = spec.native.as_ref().map(|n| env_of(&n.env, &tfile, &mut text)).unwrap_or_default();
             env.extend(env_of(&inst.env, &suite_file, &mut text));
             Mode::Native { argv, env, cwd: native.cwd.map(|c| c.value) }
@@ -634,8 +661,8 @@ impl<'a> Compiler<'a> {
             let over = inst.container.clone().unwrap_or_default();
             let image = inst.image.as_ref().map(|i| i.value.clone()).or_else(|| spec.image.clone()).unwrap_or_default();
             let args: Vec<String> = match &over.args {
-                Some(a) => a.iter().map(|s| text(s, &suite_file)).collect(),
-                None => c.map(|c| c.args.iter().map(|s| text(s, &tfile)).collect()).unwrap_or_default(),
+                Some(a) => argv_of(a, &suite_file, &mut text, &mut when),
+                None => c.map(|c| argv_of(&c.args, &tfile, &mut text, &mut when)).unwrap_or_default(),
             };
             let mut env = c.map(|c| env_of(&c.env, &tfile, &mut text)).unwrap_or_default();
             env.extend(env_of(&inst.env, &suite_file, &mut text));
@@ -669,7 +696,7 @@ impl<'a> Compiler<'a> {
             extra_args.extend(over.extra_args.iter().map(|s| text(s, &suite_file)));
             Mode::Container {
                 image,
-                pull: inst.pull.or(spec.pull).unwrap_or(PullPolicy::IfNotPresent),
+                pull: inst.pull.as_ref().map(|p| p.value).or(spec.pull).unwrap_or(PullPolicy::IfNotPresent),
                 args,
                 env,
                 mounts,
@@ -680,6 +707,7 @@ impl<'a> Compiler<'a> {
             }
         };
         errors.append(&mut gpu_errors);
+        errors.append(&mut when_errors);
         let mut setup = Vec::new();
         for call in &spec.setup {
             let body = call
@@ -701,6 +729,12 @@ impl<'a> Compiler<'a> {
         let warmup_req = self.suite.spec.warmup.requests;
         let warmup = if warmup_req > 0 {
             let mut sampling: BTreeMap<String, Json> = self.suite.spec.sampling.to_map().into_iter().collect();
+            for (k, v, _) in &ev.sampling {
+                match v {
+                    Some(v) => sampling.insert(k.clone(), v.clone()),
+                    None => sampling.remove(k),
+                };
+            }
             sampling.insert("max_tokens".into(), json!(16));
             // The completion call when the engine has one, else chat (decoding guarantees one).
             let (api, call) = match (&spec.api.completion, &spec.api.chat) {
@@ -733,7 +767,6 @@ impl<'a> Compiler<'a> {
         let model_ref = ModelRef {
             name: model.name.value.clone(),
             path: model.path.as_ref().map(|p| p.value.clone()),
-            source: model.source.as_ref().map(|s| s.value.clone()),
             served_name: served,
             tokenizer: model.tokenizer.as_ref().map(|t| t.value.clone()),
         };
@@ -846,17 +879,20 @@ impl<'a> Compiler<'a> {
             engine: ev.name.clone(),
             benchmark: bv.instance.name.value.clone(),
             template: bv.instance.template.value.clone(),
-            params: bv.params.clone(),
+            params: BTreeMap::new(),
             swept: bv.swept.clone(),
             run_index,
-            sampling: bv.sampling.clone(),
+            sampling: BTreeMap::new(),
             load: None,
             request: None,
             eval: None,
         };
+        let (params, sampling, origins) = self.cell_sampling(ev, bv);
+        cell.params = params;
+        cell.sampling = sampling;
         let ctx = json!({
-            "params": bv.params,
-            "sampling": bv.sampling,
+            "params": cell.params,
+            "sampling": cell.sampling,
             "model": self.model_context(model),
             "engine": {"name": ev.name, "template": ev.instance.template.value},
             "run": {"index": run_index},
@@ -926,7 +962,10 @@ impl<'a> Compiler<'a> {
             }
             return None;
         };
-        match self.request(ectx, &bv.sampling, load.ignore_eos, call) {
+        if !self.check_slots(&cell.sampling, &origins, call, load.api, ev) {
+            return None;
+        }
+        match self.request(ectx, &cell.sampling, load.ignore_eos, call) {
             Ok(req) => cell.request = Some(req),
             Err(d) => {
                 let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
@@ -993,7 +1032,7 @@ impl<'a> Compiler<'a> {
             }
             return None;
         };
-        let mut sampling = bv.sampling.clone();
+        let mut sampling = cell.sampling.clone();
         let g = &spec.generation;
         sampling.insert("max_tokens".into(), json!(g.max_tokens));
         if let Some(t) = g.temperature {
@@ -1001,6 +1040,10 @@ impl<'a> Compiler<'a> {
         }
         if !g.stop.is_empty() {
             sampling.insert("stop".into(), json!(g.stop));
+        }
+        let (_, _, origins) = self.cell_sampling(ev, bv);
+        if !self.check_slots(&sampling, &origins, call, spec.prompt.api, ev) {
+            return None;
         }
         match self.request(ectx, &sampling, false, call) {
             Ok(req) => cell.request = Some(req),
@@ -1016,6 +1059,37 @@ impl<'a> Compiler<'a> {
         cell.eval = Some(spec);
         Some(cell)
     }
+}
+
+/// An argv rendered: each text item, and each `{when, args}` group whose condition holds.
+fn argv_of(
+    items: &[Arg],
+    file: &Path,
+    text: &mut dyn FnMut(&Spanned<String>, &Path) -> String,
+    when: &mut dyn FnMut(&Spanned<String>, &Path) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Arg::Text(s) => out.push(text(s, file)),
+            Arg::When(g) => {
+                if when(&g.when, file) {
+                    out.extend(g.args.iter().map(|s| text(s, file)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a cell's sampling value was set, for an error about a value no request can carry.
+#[derive(Debug, Clone, Copy)]
+enum SamplingOrigin {
+    Suite(Pos),
+    Engine(Pos),
+    Benchmark(Pos),
+    /// The benchmark template's default (or an eval's generation settings).
+    Template(Pos),
 }
 
 fn unreachable_api() -> ! {

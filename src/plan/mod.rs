@@ -110,8 +110,6 @@ pub struct ModelRef {
     /// As written, relative to the suite file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
     pub served_name: String,
     /// A local tokenizer.json, as written (relative to the suite file).
     #[serde(skip_serializing_if = "Option::is_none")]
