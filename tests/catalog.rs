@@ -200,7 +200,7 @@ fn every_engine_param_reaches_every_mode_that_offers_it() {
             };
             let suite_with = |params: &serde_json::Map<String, serde_json::Value>| {
                 format!(
-                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m, path: models/m.gguf}}]\n  engines: [{{name: e, template: {name}, {how}, params: {}}}]\n  benchmarks: [{{name: b, template: latency, params: {{requests: 1}}}}]\n",
+                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m, path: models/m.gguf, tokenizer: tokenizer.json}}]\n  engines: [{{name: e, template: {name}, {how}, params: {}}}]\n  benchmarks: [{{name: b, template: latency, params: {{requests: 1}}}}]\n",
                     serde_json::Value::Object(params.clone())
                 )
             };
@@ -273,7 +273,7 @@ fn every_sampling_key_reaches_each_api_or_is_refused() {
             for (i, (key, ty)) in SAMPLING_KEYS.iter().enumerate() {
                 let (v, text) = value(i, *ty);
                 let suite = format!(
-                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  templates: [chat.yaml, completion.yaml]\n  models: [{{name: m, path: m.gguf}}]\n  engines: [{{name: e, template: {name}, endpoint: {{url: \"http://127.0.0.1:9\"}}}}]\n  benchmarks: [{{name: b, template: {bench}}}]\n  warmup: {{requests: 0}}\n  sampling: {{{key}: {v}}}\n"
+                    "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  templates: [chat.yaml, completion.yaml]\n  models: [{{name: m, path: m.gguf, tokenizer: tokenizer.json}}]\n  engines: [{{name: e, template: {name}, endpoint: {{url: \"http://127.0.0.1:9\"}}}}]\n  benchmarks: [{{name: b, template: {bench}}}]\n  warmup: {{requests: 0}}\n  sampling: {{{key}: {v}}}\n"
                 );
                 let path = dir.path().join("suite.yaml");
                 std::fs::write(&path, &suite).unwrap();

@@ -141,6 +141,8 @@ spec:
   container:
     extra_args: ["--entrypoint", "/usr/local/bin/kitt"]
     args: ["sim", "--host", "127.0.0.1", "--port", "{other}"]
+    unused_params: {{gpu_memory_utilization: "a simulator", max_model_len: "a simulator",
+                    tensor_parallel_size: "a simulator", dtype: "a simulator"}}
 "#
     );
     std::fs::write(env.path().join("slow.yaml"), template).unwrap();

@@ -55,6 +55,11 @@ fn serial_two_users_share_one_host_lease_and_never_load_or_measure_at_once() {
     let d = tempfile::tempdir().unwrap();
     // The test's own scratch space is open to both users; the lease directory is not prepared.
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A copy of kitt both users can run (the build's own may sit in a home directory only root
+    // enters, as CI's target directory does).
+    let kitt = d.path().join("kitt");
+    std::fs::copy(env!("CARGO_BIN_EXE_kitt"), &kitt).unwrap();
+    std::fs::set_permissions(&kitt, std::fs::Permissions::from_mode(0o755)).unwrap();
     let base = 20_000 + std::process::id() % 20_000;
     let users = [base, base + 1];
     let children: Vec<(u32, PathBuf, std::process::Child)> = users
@@ -67,7 +72,7 @@ fn serial_two_users_share_one_host_lease_and_never_load_or_measure_at_once() {
             std::fs::write(&s, suite(&format!("u{uid}"), &format!("lease{uid}"))).unwrap();
             let child = Command::new("/usr/bin/setpriv")
                 .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
-                .arg(env!("CARGO_BIN_EXE_kitt"))
+                .arg(&kitt)
                 .arg("apply")
                 .arg(&s)
                 .env_remove("KITT_HOST_LOCK")

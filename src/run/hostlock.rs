@@ -65,10 +65,8 @@ fn prepare_dir(dir: &Path, shared: bool) -> Result<(), LeaseError> {
     if !shared {
         return std::fs::create_dir_all(dir).map_err(io_err);
     }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(e)),
+    if matches!(std::fs::symlink_metadata(dir), Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        create_shared_dir(dir).map_err(io_err)?;
     }
     let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
     if !meta.is_dir() {
@@ -84,6 +82,49 @@ fn prepare_dir(dir: &Path, shared: bool) -> Result<(), LeaseError> {
         return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SHARED)).map_err(io_err);
     }
     Err(LeaseError::NotShared { path: dir.to_path_buf(), uid: meta.uid(), mode: meta.mode() & 0o7777 })
+}
+
+/// Creates the shared directory so that no one ever sees it half made: under a private name, made
+/// world-writable and sticky, then renamed into place without replacing one that another kitt put
+/// there first (two kitts starting at once would otherwise see the other's directory before its
+/// `chmod`, with the creator's umask, and refuse it).
+fn create_shared_dir(dir: &Path) -> io::Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.with_file_name(format!(".{name}.{}.{nanos}", std::process::id()));
+    std::fs::create_dir(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))
+        .and_then(|()| rename_noreplace(&tmp, dir));
+    match placed {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&tmp);
+            // Another kitt placed it first: use theirs.
+            if dir.is_dir() { Ok(()) } else { Err(e) }
+        }
+    }
+}
+
+/// `rename`, failing when `to` exists (even as an empty directory, which a plain rename replaces).
+#[cfg(target_os = "linux")]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Elsewhere, a directory made with `mkdir` and shared with `chmod` (a race there is reported as
+/// a directory that is not shared, and resolves on the next try).
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    if to.exists() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    std::fs::rename(from, to)
 }
 
 /// Opens (creating when absent) a file without following a symlink, never truncating it.
