@@ -403,3 +403,43 @@ fn the_summary_shows_accuracy_over_answered_items_and_the_error_share_apart() {
     assert!(md.contains(&format!("| 25/{answered} | {errors} ({:.1} %) |", errors as f64)), "{md}");
     drop(sim);
 }
+
+/// An engine that crashes mid-eval: the step fails, a retry restarts it (it serves on: the crash is
+/// recorded in its state file) and asks only the items that failed; the score is a clean run's.
+#[test]
+fn an_eval_under_a_crash_finishes_on_a_retry_with_the_clean_runs_score() {
+    let Some(data) = test_data() else { return };
+    let source = format!("{}/mmlu/data/{{split}}/{{group}}_{{split}}.csv", data.display());
+    let params = format!(r#"{{source: "{source}", subjects: [abstract_algebra], k: 0}}"#);
+    let clean_dir = tempfile::tempdir().unwrap();
+    half_key(&data, clean_dir.path());
+    let clean = apply(clean_dir.path(), &suite("mmlu", &params));
+
+    let d = tempfile::tempdir().unwrap();
+    half_key(&data, d.path());
+    std::fs::write(
+        d.path().join("restarting.yaml"),
+        "apiVersion: kitt/v1\nkind: Engine\nmetadata: {name: restarting-sim}\nspec:\n  base: sim\n  restart_on_retry: true\n",
+    )
+    .unwrap();
+    let crashing = suite("mmlu", &params).replace(
+        "template: sim, params: {answers: key.jsonl}",
+        "template: restarting-sim, params: {answers: key.jsonl, faults: [\"crash::30\"], fault_state: sim.state}",
+    ) + "  execution: {retries: 1}\n  templates: [restarting.yaml]\n";
+    let log = d.path().join("log.jsonl");
+    std::fs::write(d.path().join("suite.yaml"), &crashing).unwrap();
+    let runs = d.path().join("runs");
+    let out =
+        kitt(&runs).arg("apply").arg(d.path().join("suite.yaml")).env("KITT_SIM_REQUEST_LOG", &log).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.path().join("sim.state").exists(), "the engine crashed once");
+    let report: Json =
+        serde_json::from_slice(&std::fs::read(the_run(&runs).join("report/result.json")).unwrap()).unwrap();
+    let (got, want) = (&report["cells"][0]["metrics"]["eval"], &clean["cells"][0]["metrics"]["eval"]);
+    assert_eq!(report["cells"][0]["provenance"]["attempt"], 1);
+    assert_eq!(got["counts"], want["counts"], "{got}\n{want}");
+    assert_eq!(got["accuracy"], want["accuracy"]);
+    // The retry asked only what the crash left unanswered.
+    let asked = logged_prompts(&log).len();
+    assert!(asked > 100 && asked < 200, "{asked} prompts for 100 items");
+}
