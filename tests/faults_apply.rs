@@ -377,3 +377,32 @@ fn serial_a_cell_cut_by_step_timeout_is_truncated_and_never_reused() {
     assert_eq!(benchmark_starts, 2, "{journal}");
     assert_eq!(sims_alive("slow-model"), 0);
 }
+
+/// Faults of the calls around the measured ones only slow a run down: a health check held or
+/// answered 503 while the engine "loads" delays the start, a slow tokenize delays prompt building,
+/// and no measured request fails.
+#[test]
+fn serial_slow_health_loading_and_slow_tokenize_only_slow_the_run_down() {
+    for (fault, waits_in) in [("slow_health", "start"), ("loading", "start"), ("slow_tokenize:1/4", "benchmark")] {
+        let env = Env::new();
+        let model = format!("{}-model", fault.split(':').next().unwrap().replace('_', "-"));
+        let suite = suite(&model, &format!("\"{fault}\""), 4, "max_error_rate: 0", "")
+            .replace("fault_delay_ms: 2000", "fault_delay_ms: 600");
+        let out = env.apply(&suite);
+        assert!(out.status.success(), "{fault}: {}", text(&out));
+        let (cell, records) = env.cell();
+        assert_eq!((cell["status"].as_str(), records.len(), errors_of(&records).len()), (Some("ok"), 4, 0), "{fault}");
+        // The step that makes those calls took at least the delay.
+        let journal: Vec<Json> = std::fs::read_to_string(env.run().join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let at = |event: &str| {
+            journal.iter().find(|r| r["event"] == event && r["kind"] == waits_in).unwrap()["unix_ns"].as_u64().unwrap()
+        };
+        let took_ms = (at("step_finished") - at("step_started")) / 1_000_000;
+        assert!(took_ms >= 600, "{fault}: the {waits_in} step took {took_ms} ms");
+        assert_eq!(sims_alive(&model), 0, "{fault}");
+    }
+}
