@@ -313,3 +313,95 @@ spec:
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("generated fewer tokens than asked"), "{summary}");
 }
+
+/// An Engine template with a secret param that reaches the engine both ways: on its command line
+/// (the simulator's request log path) and in its environment (the simulator's model list).
+const SECRET_SIM: &str = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: keyed-sim}
+spec:
+  base: vllm
+  image: null
+  container: null
+  metrics: null
+  params:
+    gpu_memory_utilization: null
+    max_model_len: null
+    tensor_parallel_size: null
+    dtype: null
+    binary: null
+    api_key: {type: string, secret: true, description: the key the server wants}
+  native:
+    command: ["{{kitt.exe}}", "sim", "--api", "openai", "--host", "{{bind_host}}", "--port", "{{port}}",
+              "--model", "{{model.served_name}}", "--request-log", "{{params.api_key}}.jsonl"]
+    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
+  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
+"#;
+
+fn secret_param_suite(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("keyed-sim.yaml"), SECRET_SIM).unwrap();
+    let p = dir.join("suite.yaml");
+    std::fs::write(
+        &p,
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: keyed}\nspec:\n  templates: [keyed-sim.yaml]\n  models: [{name: m}]\n  engines: [{name: s, template: keyed-sim, params: {api_key: {from_env: KITT_TEST_API_KEY}}}]\n  benchmarks: [{name: lat, template: latency, params: {requests: 3, max_tokens: 4}}]\n  warmup: {requests: 1}\n  reporters: [json, csv, markdown]\n",
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_secret_param_reaches_the_engine_and_is_written_nowhere() {
+    let d = tempfile::tempdir().unwrap();
+    let suite = secret_param_suite(d.path());
+    // The value is a path outside the run directory: the simulator writes its request log there
+    // only if the value reached its argv.
+    let secret = d.path().join("k3y-9d2e-sentinel");
+    let secret = secret.to_str().unwrap();
+    let plan_with = |value: &str| -> Json {
+        let out =
+            kitt(d.path()).args(["plan", "--output", "json"]).arg(&suite).env("KITT_TEST_API_KEY", value).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!text(&out).contains(value), "the value leaked into `kitt plan`");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plan = plan_with(secret);
+    assert_eq!(plan["groups"][0]["params"]["api_key"], "secret:api_key");
+    assert_eq!(plan["groups"][0]["secrets"]["api_key"], "KITT_TEST_API_KEY");
+    let keys = |p: &Json| -> Vec<String> {
+        p["steps"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(keys(&plan), keys(&plan_with("another-value")), "keys do not depend on a secret's value");
+    let text_plan = kitt(d.path()).arg("plan").arg(&suite).env("KITT_TEST_API_KEY", secret).output().unwrap();
+    assert!(text_plan.status.success() && !text(&text_plan).contains(secret), "{}", text(&text_plan));
+
+    let out = kitt(d.path()).arg("apply").arg(&suite).env("KITT_TEST_API_KEY", secret).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains(secret), "the value leaked into kitt's output");
+    // It reached the engine's argv: the request log is where the value says.
+    let log = std::fs::read_to_string(format!("{secret}.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("/v1/completions")).count(), 1 + 3);
+    let runs = d.path().join("runs");
+    let files = files_under(&runs);
+    assert!(files.iter().any(|f| f.ends_with("plan.json")) && files.iter().any(|f| f.ends_with("engine.log")));
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(secret), "the secret leaked into {}", f.display());
+        assert!(!String::from_utf8_lossy(&bytes).contains("k3y-9d2e"), "the secret leaked into {}", f.display());
+    }
+}
+
+#[test]
+fn a_secret_param_whose_variable_is_unset_stops_before_anything_starts() {
+    let d = tempfile::tempdir().unwrap();
+    let suite = secret_param_suite(d.path());
+    let out = kitt(d.path()).arg("apply").arg(&suite).env_remove("KITT_TEST_API_KEY").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("secret param `api_key` reads the environment variable `KITT_TEST_API_KEY`, which is not set"),
+        "{}",
+        text(&out)
+    );
+    assert!(!d.path().join("runs").exists(), "no run was started");
+}

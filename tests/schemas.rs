@@ -84,3 +84,124 @@ fn broken_manifests_marked_as_schema_errors_are_rejected_by_the_schema() {
     }
     assert!(checked >= 15, "only {checked} schema-error manifests");
 }
+
+/// A bound kitt enforces on one field, as the schema must state it too.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// An integer of at least this.
+    AtLeast(i64),
+    /// A number in this closed range.
+    Within(f64, f64),
+    /// A number above this.
+    Above(f64),
+    /// A duration longer than 0.
+    Deadline,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+}
+
+const SUITE: &str = r#"{"apiVersion": "kitt/v1", "kind": "Suite", "metadata": {"name": "s"},
+  "spec": {"models": [{"name": "m"}], "engines": [{"name": "e", "template": "sim"}],
+           "benchmarks": [{"name": "b", "template": "latency"}]}}"#;
+const BENCHMARK: &str = r#"{"apiVersion": "kitt/v1", "kind": "Benchmark", "metadata": {"name": "b"},
+  "spec": {"mechanism": "load", "load": {"profile": "synchronous", "requests": 2,
+           "prompt": {"synthetic": {"input_tokens": 16}}}}}"#;
+
+const CONCURRENT: &str = r#"{"apiVersion": "kitt/v1", "kind": "Benchmark", "metadata": {"name": "b"},
+  "spec": {"mechanism": "load", "load": {"profile": {"concurrency": 2}, "requests": 2,
+           "prompt": {"synthetic": {"input_tokens": 16}}}}}"#;
+const CONSTANT: &str = r#"{"apiVersion": "kitt/v1", "kind": "Benchmark", "metadata": {"name": "b"},
+  "spec": {"mechanism": "load", "load": {"profile": {"constant": 2}, "requests": 2,
+           "prompt": {"synthetic": {"input_tokens": 16}}}}}"#;
+const POISSON: &str = r#"{"apiVersion": "kitt/v1", "kind": "Benchmark", "metadata": {"name": "b"},
+  "spec": {"mechanism": "load", "load": {"profile": {"poisson": {"rate": 2, "burstiness": 1}}, "requests": 2,
+           "prompt": {"synthetic": {"input_tokens": 16}}}}}"#;
+
+/// Every bounded field: (minimal manifest, JSON pointer of the field in it, bound). A new bound
+/// kitt enforces is one line here.
+const BOUNDS: &[(&str, &str, Bound)] = &[
+    (SUITE, "/spec/runs", Bound::AtLeast(1)),
+    (SUITE, "/spec/execution/max_parallel", Bound::AtLeast(1)),
+    (SUITE, "/spec/execution/retries", Bound::AtLeast(0)),
+    (SUITE, "/spec/execution/max_error_rate", Bound::Within(0.0, 1.0)),
+    (SUITE, "/spec/execution/request_timeout/first_token", Bound::Deadline),
+    (SUITE, "/spec/execution/request_timeout/between_events", Bound::Deadline),
+    (SUITE, "/spec/execution/request_timeout/total", Bound::Deadline),
+    (SUITE, "/spec/execution/isolation", Bound::OneOf(&["host", "engine", "none"])),
+    (SUITE, "/spec/execution/on_failure", Bound::OneOf(&["continue", "stop"])),
+    (SUITE, "/spec/warmup/requests", Bound::AtLeast(0)),
+    (BENCHMARK, "/spec/load/requests", Bound::AtLeast(1)),
+    (BENCHMARK, "/spec/load/request_timeout/total", Bound::Deadline),
+    (BENCHMARK, "/spec/load/profile", Bound::OneOf(&["synchronous"])),
+    (BENCHMARK, "/spec/load/max_concurrency", Bound::AtLeast(1)),
+    (BENCHMARK, "/spec/load/api", Bound::OneOf(&["completion", "chat"])),
+    (BENCHMARK, "/spec/load/prompt/synthetic/input_tokens", Bound::AtLeast(1)),
+    (CONCURRENT, "/spec/load/profile/concurrency", Bound::AtLeast(1)),
+    (CONSTANT, "/spec/load/profile/constant", Bound::Above(0.0)),
+    (POISSON, "/spec/load/profile/poisson/rate", Bound::Above(0.0)),
+    (POISSON, "/spec/load/profile/poisson/burstiness", Bound::Above(0.0)),
+];
+
+/// Values just below, at and just above each bound (each allowed value and one more for an
+/// enum), with whether the bound admits them.
+fn probes(bound: Bound) -> Vec<(serde_json::Value, bool)> {
+    use serde_json::json;
+    match bound {
+        Bound::AtLeast(m) => vec![(json!(m - 1), false), (json!(m), true), (json!(m + 1), true)],
+        Bound::Within(lo, hi) => vec![
+            (json!(lo - 0.01), false),
+            (json!(lo), true),
+            (json!(lo + 0.01), true),
+            (json!(hi - 0.01), true),
+            (json!(hi), true),
+            (json!(hi + 0.01), false),
+        ],
+        Bound::Above(m) => vec![(json!(m - 0.01), false), (json!(m), false), (json!(m + 0.01), true)],
+        Bound::Deadline => vec![
+            (json!(0), false),
+            (json!("0s"), false),
+            (json!("0ms"), false),
+            (json!(0.001), true),
+            (json!("1ms"), true),
+            (json!("0.5s"), true),
+        ],
+        Bound::OneOf(values) => {
+            let mut out: Vec<_> = values.iter().map(|v| (json!(v), true)).collect();
+            out.push((json!("no-such-value"), false));
+            out
+        }
+    }
+}
+
+/// Sets `pointer` in `doc`, making the mappings on the way.
+fn set(doc: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    let mut at = doc;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        at = at.as_object_mut().unwrap().entry(*part).or_insert_with(|| serde_json::json!({}));
+    }
+    at[parts[parts.len() - 1]] = value;
+}
+
+#[test]
+fn kitt_and_the_schemas_agree_on_every_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut disagreements = Vec::new();
+    for (i, (base, pointer, bound)) in BOUNDS.iter().enumerate() {
+        for (j, (value, admitted)) in probes(*bound).into_iter().enumerate() {
+            let mut doc: serde_json::Value = serde_json::from_str(base).unwrap();
+            set(&mut doc, pointer, value.clone());
+            let kind = if doc["kind"] == "Suite" { Kind::Suite } else { Kind::Benchmark };
+            // JSON is YAML: kitt reads the same document the schema checks.
+            let path = dir.path().join(format!("m{i}-{j}.yaml"));
+            std::fs::write(&path, doc.to_string()).unwrap();
+            let kitt_ok = kitt::cli::validate_file(&path).is_ok();
+            let schema_ok = schema(kind).is_valid(&doc);
+            if kitt_ok != admitted || schema_ok != admitted {
+                disagreements
+                    .push(format!("{pointer} = {value}: expected {admitted}, kitt {kitt_ok}, schema {schema_ok}"));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}

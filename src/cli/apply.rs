@@ -165,6 +165,13 @@ fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<t
 
 /// Runs a compiled plan and prints the outcome; returns the exit code.
 fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
+    let unset = unset_secrets(&plan);
+    if !unset.is_empty() {
+        for e in &unset {
+            eprintln!("error: {e}");
+        }
+        return EXIT_FAILED;
+    }
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
@@ -225,6 +232,24 @@ fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
             0
         }
     })
+}
+
+/// Every secret param whose environment variable is not set, checked before anything starts (an
+/// engine started with a placeholder for its key would fail later and less clearly).
+fn unset_secrets(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in &plan.groups {
+        for (param, var) in &g.secrets {
+            if std::env::var_os(var).is_none() {
+                out.push(format!(
+                    "engine `{}`: secret param `{param}` reads the environment variable `{var}`, which is not set; export it and run again",
+                    g.id
+                ));
+            }
+        }
+    }
+    out.dedup();
+    out
 }
 
 pub fn apply(suite: &Path, flags: &RunFlags, quiet: bool) -> i32 {

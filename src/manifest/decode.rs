@@ -207,6 +207,25 @@ impl JsonSchema for Dur {
     }
 }
 
+/// The schema of a duration that must be longer than 0 (a deadline): a number above 0, or a
+/// duration string with a digit other than 0 in it.
+pub struct Deadline;
+
+impl JsonSchema for Deadline {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Deadline".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration longer than 0: `30m`, `10s`, `250ms`, `1h 30m`, or a number of seconds.",
+            "anyOf": [
+                {"type": "string", "pattern": "^(?=[^1-9]*[1-9])\\s*([0-9]+(\\.[0-9]+)?\\s*(ns|us|ms|s|m|h|d|sec|min|hour|hours|days|secs|mins)\\s*)+$"},
+                {"type": "number", "exclusiveMinimum": 0}
+            ]
+        })
+    }
+}
+
 impl Decode for Dur {
     fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
         match &node.value {

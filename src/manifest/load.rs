@@ -20,6 +20,7 @@ pub struct LoadSpec {
     pub profile: Profile,
     /// Stop after this many measured requests.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub requests: Option<u64>,
     /// Stop after this long.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +32,7 @@ pub struct LoadSpec {
     /// Open-loop profiles: most requests in flight; an arrival beyond it waits (client queue time,
     /// reported). Default 1024.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_concurrency: Option<u32>,
     /// Service-level objectives: goodput counts the requests that meet all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,17 +58,17 @@ pub struct LoadSpec {
 /// How long one measured (or eval) request may take, by phase. A request past a deadline ends as
 /// error `timeout`, naming the deadline, and its connection is dropped; the cell goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RequestTimeout {
     /// Send → the first byte of the answer's body (a streamed answer's first event; the whole
     /// answer when it is not streamed). Default 60s.
-    #[schemars(with = "Dur")]
+    #[schemars(with = "super::decode::Deadline")]
     pub first_token: Dur,
     /// Longest silence between two reads of a streamed answer once its body has begun. Default 30s.
-    #[schemars(with = "Dur")]
+    #[schemars(with = "super::decode::Deadline")]
     pub between_events: Dur,
     /// Send → the end of the answer. Default 20m.
-    #[schemars(with = "Dur")]
+    #[schemars(with = "super::decode::Deadline")]
     pub total: Dur,
 }
 
@@ -306,7 +308,7 @@ impl JsonSchema for Profile {
                 {"type": "object", "properties": {"constant": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["constant"], "additionalProperties": false},
                 {"type": "object", "properties": {"poisson": {"anyOf": [
                     {"type": ["number", "string"], "exclusiveMinimum": 0},
-                    {"type": "object", "properties": {"rate": {"type": ["number", "string"]}, "burstiness": {"type": ["number", "string"]}}, "required": ["rate"], "additionalProperties": false}
+                    {"type": "object", "properties": {"rate": {"type": ["number", "string"], "exclusiveMinimum": 0}, "burstiness": {"type": ["number", "string"], "exclusiveMinimum": 0}}, "required": ["rate"], "additionalProperties": false}
                 ]}}, "required": ["poisson"], "additionalProperties": false},
                 {"type": "object", "properties": {"stages": {"type": "array", "minItems": 1, "items": {
                     "type": "object",

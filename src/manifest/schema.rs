@@ -77,17 +77,7 @@ pub fn generate(kind: Kind, catalog: &Catalog) -> String {
                     b.manifest.spec.params.iter().map(|(k, v)| (k.as_str(), v.value.clone())).collect();
                 for (k, ty) in SAMPLING_KEYS {
                     if !decls.iter().any(|(d, _)| d == k) {
-                        decls.push((
-                            k,
-                            ParamDecl {
-                                ty: *ty,
-                                default: None,
-                                description: None,
-                                minimum: None,
-                                maximum: None,
-                                choices: None,
-                            },
-                        ));
+                        decls.push((k, ParamDecl::of_type(*ty)));
                     }
                 }
                 (name.clone(), params_schema(decls.into_iter()))

@@ -52,15 +52,15 @@ pub fn looks_secret(name: &str) -> bool {
     known.iter().any(|s| n.contains(s)) || n.split(['-', '_', '.']).any(|word| word.ends_with("key"))
 }
 
-/// An error when a secret-looking entry is written inline.
-pub fn check_inline(name: &str, value: &SecretOr, pos: super::diag::Pos, cx: &mut Cx) {
+/// An error when a secret entry — declared one (`declared`) or looking like one — is written inline.
+pub fn check_inline(name: &str, value: &SecretOr, declared: bool, pos: super::diag::Pos, cx: &mut Cx) {
     if let SecretOr::Plain(_) = value
-        && looks_secret(name)
+        && (declared || looks_secret(name))
     {
         cx.error(
                 Diagnostic::new(pos, format!("secret `{name}` is written inline"))
                     .help(format!(
-                        "read it from the environment instead: `{name}: {{from_env: MY_VAR}}` (secrets never enter plans, journals or reports)"
+                        "read it from the environment instead: `{name}: {{from_env: MY_VAR}}` (secrets never enter plans, keys, journals or reports)"
                     )),
             );
     }

@@ -28,6 +28,7 @@ pub struct SuiteSpec {
     pub sampling: Sampling,
     /// Repetitions of every cell (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub runs: u32,
     #[serde(default)]
     pub matrix: Matrix,
@@ -486,6 +487,7 @@ pub struct Execution {
     pub isolation: Isolation,
     /// Most steps running at once (leases still apply).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub max_parallel: u32,
     /// Re-runs of a failed step.
     #[serde(default)]
@@ -498,6 +500,7 @@ pub struct Execution {
     pub on_failure: OnFailure,
     /// A cell whose share of failed requests exceeds this fails (default 0.05).
     #[serde(default = "default_max_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: f64,
     /// How often GPU, host and engine resources are sampled during a benchmark (default 200ms).
     #[serde(default = "default_sample_interval")]

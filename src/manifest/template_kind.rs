@@ -94,9 +94,18 @@ pub struct ParamDecl {
     #[serde(rename = "enum", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Vec<serde_json::Value>>")]
     pub choices: Option<Vec<serde_json::Value>>,
+    /// The value is a secret (an API key, a password): a suite gives it as `{from_env: NAME}`,
+    /// and plans, keys, journals and reports see `secret:<param>` instead (Engine templates only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 impl ParamDecl {
+    /// A declaration of only a type (sampling keys, which have no template declaration).
+    pub fn of_type(ty: ParamType) -> ParamDecl {
+        ParamDecl { ty, default: None, description: None, minimum: None, maximum: None, choices: None, secret: false }
+    }
+
     /// Checks one (non-sweep) value; returns the problem in words.
     pub fn check(&self, v: &serde_json::Value) -> Result<(), String> {
         if !self.ty.accepts(v) {
@@ -121,6 +130,18 @@ impl ParamDecl {
 
     /// The JSON Schema of a suite value for this param: a value, or a list of values to sweep.
     pub fn suite_schema(&self) -> serde_json::Value {
+        if self.secret {
+            let mut s = serde_json::json!({
+                "type": "object",
+                "properties": {"from_env": {"type": "string"}, "prefix": {"type": "string"}},
+                "required": ["from_env"],
+                "additionalProperties": false,
+            });
+            if let Some(d) = &self.description {
+                s["description"] = format!("{d} (a secret: `{{from_env: NAME}}`)").into();
+            }
+            return s;
+        }
         let mut one = self.ty.json_schema();
         if let Some(c) = &self.choices {
             one["enum"] = serde_json::Value::Array(c.clone());
@@ -164,8 +185,25 @@ impl Decode for ParamDecl {
             minimum: f.opt(cx, "minimum"),
             maximum: f.opt(cx, "maximum"),
             choices: f.opt::<Vec<Node>>(cx, "enum").map(|v| v.iter().map(Node::to_json).collect()),
+            secret: f.opt(cx, "secret").unwrap_or(false),
         };
+        let secret_pos = f.key_pos("secret");
         f.finish(cx);
+        if d.secret
+            && let Some(pos) = secret_pos
+        {
+            if d.ty != ParamType::String {
+                cx.error(
+                    Diagnostic::new(pos, format!("{what} is secret but not a string"))
+                        .help("a secret param is `type: string` (its value comes from the environment)"),
+                );
+            }
+            if let Some(node) = &default {
+                cx.error(Diagnostic::new(node.pos, format!("{what} is secret and has a default")).help(
+                    "remove the default: a secret is never written in a file; suites give it as `{from_env: NAME}`",
+                ));
+            }
+        }
         if let (Some(node), Some(value)) = (&default, &d.default)
             && let Err(problem) = d.check(value)
         {
@@ -255,6 +293,10 @@ pub struct EngineSpec {
     /// benchmarked on this template must name its local `tokenizer:`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_tokenizer: bool,
+    /// Request headers that carry secrets for this API even where their names do not look secret
+    /// (`X-Tenant-Signature`): an endpoint's value for one must be `{from_env: NAME}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
     pub api: ApiSpec,
 }
 
@@ -276,6 +318,7 @@ impl Decode for EngineSpec {
         let metrics = f.opt(cx, "metrics");
         let endpoint_only = f.opt(cx, "endpoint_only").unwrap_or(false);
         let needs_tokenizer = f.opt(cx, "needs_tokenizer").unwrap_or(false);
+        let secret_headers = f.opt(cx, "secret_headers").unwrap_or_default();
         let api = f.req(cx, "api");
         if endpoint_only && (container.is_some() || native.is_some()) {
             let pos = f.key_pos("endpoint_only").unwrap_or(node.pos);
@@ -317,6 +360,7 @@ impl Decode for EngineSpec {
             metrics,
             endpoint_only,
             needs_tokenizer,
+            secret_headers,
             api: api?,
         })
     }
@@ -760,6 +804,12 @@ impl Decode for BenchmarkSpec {
             if ["requests", "duration"].contains(&name.as_str()) && p.value.ty == ParamType::List {
                 cx.error(Diagnostic::new(p.pos, format!("param `{name}` cannot be a list")));
             }
+        }
+        for (name, p) in params.iter().filter(|(_, p)| p.value.secret) {
+            cx.error(
+                Diagnostic::new(p.pos, format!("param `{name}` of {what} is secret, but benchmark params never reach the engine"))
+                    .help("declare the secret on the Engine template, whose params reach the engine's command, environment and requests"),
+            );
         }
         Some(BenchmarkSpec { base, mechanism: mechanism?, params, load, eval })
     }

@@ -51,14 +51,7 @@ fn full_context(params: serde_json::Map<String, Json>) -> Json {
     });
     let mut sampling = serde_json::Map::new();
     for (k, ty) in SAMPLING_KEYS {
-        let v = sample(&ParamDecl {
-            ty: *ty,
-            default: None,
-            description: None,
-            minimum: None,
-            maximum: None,
-            choices: None,
-        });
+        let v = sample(&ParamDecl::of_type(*ty));
         ctx[*k] = v.clone();
         sampling.insert((*k).to_string(), v);
     }

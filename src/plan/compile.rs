@@ -20,7 +20,7 @@ use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, Network, 
 use crate::manifest::template_kind::{ApiCall, Arg, EngineSpec, Mechanism, ParamDecl, ParamType, truthy};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
-use crate::template::{Renderer, placeholder};
+use crate::template::{Renderer, env_placeholder, env_placeholders, placeholder};
 
 mod modes;
 mod sampling;
@@ -311,9 +311,7 @@ impl<'a> Compiler<'a> {
             let sampling_ty = with_sampling.then(|| SAMPLING_KEYS.iter().find(|(k, _)| *k == key.name)).flatten();
             let decl: ParamDecl = match (decls.get(&key.name), sampling_ty) {
                 (Some(d), _) => d.value.clone(),
-                (None, Some((_, ty))) => {
-                    ParamDecl { ty: *ty, default: None, description: None, minimum: None, maximum: None, choices: None }
-                }
+                (None, Some((_, ty))) => ParamDecl::of_type(*ty),
                 (None, None) => {
                     let mut names: Vec<&str> = decls.keys().map(String::as_str).collect();
                     if with_sampling {
@@ -328,6 +326,14 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
             };
+            if decl.secret {
+                // An invalid one has been reported: it stands in redacted, so that it is not also
+                // reported as unset.
+                let v = self.secret_param(&key.name, node, what);
+                let v = v.unwrap_or_else(|| Json::String(format!("secret:{}", key.name)));
+                out.push((key.name.clone(), vec![v], false));
+                continue;
+            }
             let value = node.to_json();
             let sweep = match (&value, decl.ty) {
                 (Json::Array(items), ParamType::List) => items.iter().all(Json::is_array) && !items.is_empty(),
@@ -364,6 +370,37 @@ impl<'a> Compiler<'a> {
         out
     }
 
+    /// A secret param's value: `{from_env: NAME}` becomes the late-bound placeholder
+    /// `{{from_env.NAME}}` (after its prefix), bound from the environment only when the engine
+    /// starts; anything written inline is an error.
+    fn secret_param(&mut self, name: &str, node: &Node, what: &str) -> Option<Json> {
+        let mut cx = Cx::default();
+        let value = SecretOr::decode(node, &mut cx, &format!("secret param `{name}`"));
+        self.errors.extend(cx.errors);
+        match value? {
+            SecretOr::Plain(_) => {
+                self.err(
+                    Diagnostic::new(node.pos, format!("secret param `{name}` of {what} is written inline")).help(format!(
+                        "read it from the environment instead: `{name}: {{from_env: MY_VAR}}` (secrets never enter plans, keys, journals or reports)"
+                    )),
+                );
+                None
+            }
+            SecretOr::FromEnv { from_env, prefix } => {
+                let valid = from_env.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && from_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    self.err(
+                        Diagnostic::new(node.pos, format!("`{from_env}` is not an environment variable name"))
+                            .help("use letters, digits and `_`, not starting with a digit: `{from_env: MY_API_KEY}`"),
+                    );
+                    return None;
+                }
+                Some(Json::String(format!("{}{}", prefix.unwrap_or_default(), env_placeholder(&from_env))))
+            }
+        }
+    }
+
     fn engine_variants(&mut self) -> Vec<EngineVariant<'a>> {
         let mut out = Vec::new();
         for inst in &self.suite.spec.engines {
@@ -377,11 +414,13 @@ impl<'a> Compiler<'a> {
             };
             let mut cx = Cx::default();
             for (name, v) in &inst.env {
-                check_inline(name, &v.value, v.pos, &mut cx);
+                check_inline(name, &v.value, false, v.pos, &mut cx);
             }
             if let Some(ep) = &inst.endpoint {
+                let declared = &template.manifest.spec.secret_headers;
                 for (name, v) in &ep.headers {
-                    check_inline(name, &v.value, v.pos, &mut cx);
+                    let secret = declared.iter().any(|h| h.eq_ignore_ascii_case(name));
+                    check_inline(name, &v.value, secret, v.pos, &mut cx);
                 }
                 if !(ep.url.value.starts_with("http://") || ep.url.value.starts_with("https://")) {
                     cx.error(
@@ -480,9 +519,13 @@ impl<'a> Compiler<'a> {
             } else if let Some(d) = &decl.value.default {
                 out.insert(name.clone(), d.clone());
             } else {
+                let help = if decl.value.secret {
+                    format!("set it from the environment: `params: {{{name}: {{from_env: MY_VAR}}}}`")
+                } else {
+                    format!("set it: `params: {{{name}: …}}`")
+                };
                 self.err(
-                    Diagnostic::new(pos, format!("param `{name}` of {what} has no default and is not set"))
-                        .help(format!("set it: `params: {{{name}: …}}`")),
+                    Diagnostic::new(pos, format!("param `{name}` of {what} has no default and is not set")).help(help),
                 );
                 ok = false;
             }
@@ -714,6 +757,17 @@ impl<'a> Compiler<'a> {
                 .body
                 .as_ref()
                 .and_then(|b| r.render(b, &ctx).map_err(|d| errors.push(d.in_file(&tfile))).ok().flatten());
+            // Setup bodies are sent as rendered, with no late binding: a secret there would be
+            // sent as its placeholder.
+            if let (Some(b), Some(node)) = (&body, &call.body)
+                && b.to_string().contains("{{from_env.")
+            {
+                errors.push(
+                    Diagnostic::new(node.pos, format!("a setup call of engine template `{}` sends a secret param", inst.template.value))
+                        .help("send secrets through the engine's command, `env:` or request bodies; setup calls carry no secrets")
+                        .in_file(&tfile),
+                );
+            }
             setup.push(HttpRequest { method: call.method.clone(), path: call.path.clone(), body });
         }
         let tokenize = spec.tokenize.as_ref().map(|t| HttpRequest {
@@ -776,6 +830,8 @@ impl<'a> Compiler<'a> {
             initial_interval: spec.health.initial_interval,
             max_interval: spec.health.max_interval,
         };
+        // Plans, keys and reports see `secret:<param>`; the rendered mode keeps the placeholder.
+        let (params, secrets) = redact(&ev.params, &spec.params);
         let key = if !self.keys {
             String::new()
         } else {
@@ -784,7 +840,7 @@ impl<'a> Compiler<'a> {
             "template": inst.template.value,
             "engine": ev.name,
             "model": model_ref,
-            "params": ev.params,
+            "params": params,
             "mode": mode,
             "health": health,
             "setup": setup,
@@ -796,7 +852,8 @@ impl<'a> Compiler<'a> {
             engine: ev.name.clone(),
             template: inst.template.value.clone(),
             model: model_ref,
-            params: ev.params.clone(),
+            params,
+            secrets,
             mode,
             health,
             version: spec.version.clone(),
@@ -1131,4 +1188,23 @@ fn valid_gpus(g: &str) -> bool {
     matches!(g, "auto" | "all" | "none")
         || g.strip_prefix("device=").is_some_and(|d| !d.is_empty() && d.split(',').all(|x| !x.trim().is_empty()))
         || g.parse::<u32>().is_ok_and(|n| n > 0)
+}
+
+/// `params` as plans, keys and reports see them: a secret param's value is `secret:<param>`;
+/// and each secret param's environment variable (names only).
+fn redact(
+    params: &BTreeMap<String, Json>,
+    decls: &BTreeMap<String, Spanned<ParamDecl>>,
+) -> (BTreeMap<String, Json>, BTreeMap<String, String>) {
+    let mut shown = params.clone();
+    let mut secrets = BTreeMap::new();
+    for name in decls.iter().filter(|(_, d)| d.value.secret).map(|(name, _)| name) {
+        if let Some(v) = shown.get_mut(name) {
+            if let Some(var) = v.as_str().and_then(|s| env_placeholders(s).next()) {
+                secrets.insert(name.clone(), var.to_string());
+            }
+            *v = Json::String(format!("secret:{name}"));
+        }
+    }
+    (shown, secrets)
 }

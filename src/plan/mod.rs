@@ -125,7 +125,12 @@ pub struct EngineGroup {
     pub engine: String,
     pub template: String,
     pub model: ModelRef,
+    /// The template's params; a secret one reads `secret:<param>`.
     pub params: BTreeMap<String, Json>,
+    /// Each secret param's environment variable (a name, never a value): bound when the engine
+    /// starts, where the rendered mode holds its `{{from_env.NAME}}` placeholder.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     pub mode: Mode,
     pub health: Health,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,10 @@
 //! Late-bound variables (`port`, `run.id`, `kitt.exe`, per request `prompt` and `messages`, and
 //! an endpoint's `model.served_name` when it is `auto`) render to themselves (`{{port}}`) so keys
 //! hash placeholders; the runner binds them with `bind_late` when the values exist.
+//!
+//! A secret param renders to `{{from_env.NAME}}`, a placeholder naming its environment variable:
+//! plans, keys and logs hold the name, and `bind_late` reads the value only where the bound
+//! string goes straight to the engine (its argv, environment, headers or request bodies).
 
 use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::{Map, Value as Json};
@@ -203,8 +207,33 @@ fn unknown_variable(path: &str, ctx: &Json, pos: Pos) -> Diagnostic {
     Diagnostic::new(pos, format!("unknown template variable `{path}`")).help(help)
 }
 
+const FROM_ENV: &str = "{{from_env.";
+
+/// The placeholder of a secret read from the environment variable `var` when the engine starts.
+pub fn env_placeholder(var: &str) -> String {
+    placeholder(&format!("from_env.{var}"))
+}
+
+/// The environment variables named by `{{from_env.NAME}}` placeholders in `s`.
+pub fn env_placeholders(s: &str) -> impl Iterator<Item = &str> {
+    s.split(FROM_ENV).skip(1).filter_map(|rest| rest.split_once("}}").map(|(var, _)| var))
+}
+
+/// Replaces each `{{from_env.NAME}}` whose variable is set by its value; an unset one stays a
+/// placeholder (`kitt apply` checks every secret's variable before it starts anything).
+fn bind_env(s: &str) -> String {
+    let mut out = s.to_string();
+    for var in env_placeholders(s) {
+        if let Ok(value) = std::env::var(var) {
+            out = out.replace(&env_placeholder(var), &value);
+        }
+    }
+    out
+}
+
 /// Binds late variables in a rendered tree: a string that is exactly a placeholder takes the
-/// value's type; placeholders inside longer strings are replaced as text.
+/// value's type; placeholders inside longer strings are replaced as text. Secret placeholders
+/// (`{{from_env.NAME}}`) take their value from the environment.
 pub fn bind_late(value: &Json, vars: &[(&str, Json)]) -> Json {
     match value {
         Json::String(s) if s.contains("{{") => {
@@ -216,6 +245,9 @@ pub fn bind_late(value: &Json, vars: &[(&str, Json)]) -> Json {
             let mut out = s.clone();
             for (name, v) in vars {
                 out = out.replace(&placeholder(name), &scalar_text(v));
+            }
+            if out.contains(FROM_ENV) {
+                out = bind_env(&out);
             }
             Json::String(out)
         }
@@ -266,5 +298,19 @@ mod tests {
         let v = json!({"port": "{{port}}", "url": "http://127.0.0.1:{{port}}/x"});
         let b = bind_late(&v, &[("port", json!(8123))]);
         assert_eq!(b, json!({"port": 8123, "url": "http://127.0.0.1:8123/x"}));
+    }
+
+    #[test]
+    fn secret_placeholders_bind_from_the_environment_and_only_there() {
+        let var = "KITT_TEMPLATE_TEST_SECRET";
+        let v = json!({"auth": format!("Bearer {}", env_placeholder(var)), "port": "{{port}}"});
+        assert_eq!(env_placeholders(v["auth"].as_str().unwrap()).collect::<Vec<_>>(), [var]);
+        // SAFETY: no other thread reads the environment: nextest runs each test in its own process,
+        // and no other test names this variable.
+        unsafe { std::env::set_var(var, "s3") };
+        let b = bind_late(&v, &[("port", json!(1))]);
+        assert_eq!(b, json!({"auth": "Bearer s3", "port": 1}));
+        unsafe { std::env::remove_var(var) };
+        assert_eq!(bind_late(&v, &[])["auth"], v["auth"], "an unset variable stays a placeholder");
     }
 }

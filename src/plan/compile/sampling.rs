@@ -38,8 +38,7 @@ impl Compiler<'_> {
                 out.push((key.name.clone(), None, key.pos));
                 continue;
             }
-            let decl =
-                ParamDecl { ty: *ty, default: None, description: None, minimum: None, maximum: None, choices: None };
+            let decl = ParamDecl::of_type(*ty);
             let value = node.to_json();
             match decl.check(&value) {
                 Ok(()) => out.push((key.name.clone(), Some(value), key.pos)),
