@@ -526,6 +526,10 @@ fn sim(args: crate::engine::sim::SimArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
+    if let Some(line) = crate::engine::sim::startup_report(&args) {
+        // Data, not a log line: what the imitated engine would have understood (docs/engines.md).
+        eprintln!("{line}");
+    }
     let result = rt.block_on(crate::engine::sim::serve(args, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
