@@ -528,6 +528,34 @@ fn kitt_run_builds_a_suite_from_flags_and_prints_it() {
 }
 
 #[test]
+fn kitt_run_resolves_a_suite_files_paths_against_its_directory() {
+    let env = Env::new();
+    let dir = env.path().join("elsewhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {name: beside_the_suite}\nspec:\n  mechanism: load\n  params:\n    max_tokens: {type: integer, default: 2, minimum: 1}\n  load: {api: chat, profile: synchronous, requests: 1, prompt: {synthetic: {input_tokens: 8}}, ignore_eos: true}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mine.yaml"),
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: mine}\nspec:\n  models: [{name: replaced}]\n  engines: [{name: replaced, template: sim}]\n  benchmarks: [{name: chat, template: beside_the_suite}]\n  templates: [./chat.yaml]\n",
+    )
+    .unwrap();
+    // Run from the parent directory: `./chat.yaml` is the suite file's, not the working directory's.
+    let out = env
+        .cmd()
+        .args(["run", "-m", "flagmodel", "-e", "sim", "-s", "elsewhere/mine.yaml"])
+        .current_dir(env.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&env.only_run());
+    assert_eq!(r["cells"][0]["cell"]["benchmark"], "chat", "{r}");
+    assert_eq!(r["cells"][0]["status"], "ok", "{r}");
+}
+
+#[test]
 fn serial_the_open_loop_example_keeps_its_schedule() {
     let env = Env::new();
     let out = env.apply(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rate.yaml"), &[]);
