@@ -528,6 +528,63 @@ fn kitt_run_builds_a_suite_from_flags_and_prints_it() {
 }
 
 #[test]
+fn kitt_run_resolves_a_suite_files_paths_against_its_directory() {
+    let env = Env::new();
+    let dir = env.path().join("elsewhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {name: beside_the_suite}\nspec:\n  mechanism: load\n  params:\n    max_tokens: {type: integer, default: 2, minimum: 1}\n  load: {api: chat, profile: synchronous, requests: 1, prompt: {synthetic: {input_tokens: 8}}, ignore_eos: true}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mine.yaml"),
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: mine}\nspec:\n  models: [{name: replaced}]\n  engines: [{name: replaced, template: sim}]\n  benchmarks: [{name: chat, template: beside_the_suite}]\n  templates: [./chat.yaml]\n",
+    )
+    .unwrap();
+    // Run from the parent directory: `./chat.yaml` is the suite file's, not the working directory's.
+    let out = env
+        .cmd()
+        .args(["run", "-m", "flagmodel", "-e", "sim", "-s", "elsewhere/mine.yaml"])
+        .current_dir(env.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&env.only_run());
+    assert_eq!(r["cells"][0]["cell"]["benchmark"], "chat", "{r}");
+    assert_eq!(r["cells"][0]["status"], "ok", "{r}");
+}
+
+#[test]
+fn plan_json_marks_the_steps_a_resume_reuses_as_the_text_does() {
+    let env = Env::new();
+    let suite = env.suite("s.yaml", &small_suite("planjson", "", 6));
+    let plan = |output: &str| env.cmd().args(["plan", "--output", output]).arg(&suite).output().unwrap();
+    let fresh: Json = serde_json::from_slice(&plan("json").stdout).unwrap();
+    assert!(fresh.get("resume").is_none() && fresh["steps"][0].get("state").is_none(), "nothing to resume yet");
+    let out = env.cmd().arg("apply").arg(&suite).env("KITT_TEST_KILL_AFTER_RECORD", "8").output().unwrap();
+    assert!(!out.status.success());
+    let id = env.only_run().file_name().unwrap().to_string_lossy().to_string();
+    let json: Json = serde_json::from_slice(&plan("json").stdout).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    let reused: Vec<&str> =
+        steps.iter().filter(|s| s["state"] == "reused").map(|s| s["key"].as_str().unwrap()).collect();
+    assert!(steps.iter().all(|s| s["state"] == "reused" || s["state"] == "pending"), "{json}");
+    assert!(!reused.is_empty() && reused.len() < steps.len(), "{reused:?}");
+    assert_eq!(json["resume"]["run"], id.as_str());
+    assert_eq!(json["resume"]["reused"], reused.len());
+    assert_eq!(json["resume"]["pending"], steps.len() - reused.len());
+    // The text marks the same count.
+    let text = String::from_utf8(plan("text").stdout).unwrap();
+    let line = format!(
+        "resume: {} step(s) reused from the unfinished run, {} pending",
+        reused.len(),
+        steps.len() - reused.len()
+    );
+    assert!(text.contains(&line), "{text}");
+}
+
+#[test]
 fn serial_the_open_loop_example_keeps_its_schedule() {
     let env = Env::new();
     let out = env.apply(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rate.yaml"), &[]);

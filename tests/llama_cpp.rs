@@ -262,3 +262,61 @@ spec:
     let resumed = report(killed.path());
     assert_eq!(resumed["cells"][0]["metrics"]["eval"]["accuracy"].as_f64().unwrap(), accuracy, "the same score");
 }
+
+/// The thread count llama-server logged at startup (`llama threadpool init, n_threads = N`), from
+/// the engine log of the one run under `runs`.
+fn logged_threads(runs: &Path) -> Vec<u64> {
+    fn logs(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                logs(&path, out);
+            } else if path.file_name().is_some_and(|n| n == "engine.log") {
+                out.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    logs(runs, &mut found);
+    assert!(!found.is_empty(), "no engine.log under {}", runs.display());
+    found
+        .iter()
+        .flat_map(|log| {
+            let text = std::fs::read_to_string(log).unwrap();
+            text.lines()
+                .filter_map(|l| l.split_once("threadpool init, n_threads = ").map(|(_, n)| n.trim().parse().unwrap()))
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+#[test]
+fn serial_threads_1_reaches_llama_server_and_unset_lets_it_choose() {
+    let Some((server, model)) = build() else { return };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in [Some(1), None] {
+        let d = tempfile::tempdir().unwrap();
+        let suite = d.path().join("s.yaml");
+        let param = threads.map_or(String::new(), |t| format!(", threads: {t}"));
+        std::fs::write(
+            &suite,
+            format!(
+                "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: llama-threads}}\nspec:\n  models: [{{name: tiny, path: \"{}\"}}]\n  engines: [{{name: llama, template: llama_cpp, params: {{binary: \"{}\", ctx_size: 512, parallel: 1{param}}}, native: {{}}}}]\n  benchmarks: [{{name: latency, template: latency, params: {{requests: 1, input_tokens: 8, max_tokens: 2}}}}]\n",
+                model.display(),
+                server.display()
+            ),
+        )
+        .unwrap();
+        let runs = tempfile::tempdir().unwrap();
+        let out = kitt(runs.path()).arg("apply").arg(&suite).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logged = logged_threads(runs.path());
+        assert!(!logged.is_empty(), "llama-server logged no thread count");
+        match threads {
+            Some(t) => assert!(logged.iter().all(|n| *n == t), "threads: {t}, llama-server used {logged:?}"),
+            // Unset, llama.cpp picks by the cores it finds: more than one where there are.
+            None if cores >= 2 => assert!(logged.iter().all(|n| *n > 1), "{cores} cores, llama-server used {logged:?}"),
+            None => {}
+        }
+    }
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::Parser as _;
 use kitt::bench::load::body_for;
 use kitt::engine::client::{EngineClient, ErrorKind, RequestRecord};
-use kitt::engine::sim::{SimApi, SimArgs, resolve};
+use kitt::engine::sim::{Parsed, SimApi, SimArgs, resolve};
 use kitt::manifest::load::ApiKind;
 use kitt::manifest::secret::SecretOr;
 use kitt::plan::{EngineGroup, Mode, Plan, RequestTemplate};
@@ -325,40 +325,94 @@ async fn fixtures_parse_through_the_builtin_templates() {
     }
 }
 
+/// The argv a mimic's parsed flags spell, as given: equal to the rendered args only when the
+/// engine read every token of them, each as the flag or value the template meant.
+fn respelled(parsed: &[Parsed]) -> Vec<String> {
+    parsed.iter().flat_map(|p| std::iter::once(p.given.clone()).chain(p.values.iter().cloned())).collect()
+}
+
+/// The values the engine read for `flag` (its long name).
+fn read<'a>(served: &'a kitt::engine::sim::Served, flag: &str) -> Vec<&'a str> {
+    served.parsed.iter().filter(|p| p.flag == flag).flat_map(|p| p.values.iter().map(String::as_str)).collect()
+}
+
 #[test]
 fn mimic_accepts_each_templates_container_args() {
     let no_env = |_: &str| None;
+    let mimic = |engine: &str, args: &[String], env: &dyn Fn(&str) -> Option<String>| {
+        let argv = [&["--mimic".into(), engine.into(), "--".into()][..], args].concat();
+        resolve(&sim_args(&argv), env).unwrap_or_else(|e| panic!("{engine} {args:?}: {e}"))
+    };
     let vllm = compile("vllm", "m-served");
     let (args, _) = container(&vllm.group, 18000);
-    let served =
-        resolve(&sim_args(&[&["--mimic".into(), "vllm".into(), "--".into()][..], &args].concat()), &no_env).unwrap();
+    let served = mimic("vllm", &args, &no_env);
+    assert_eq!(respelled(&served.parsed), args);
+    assert_eq!(read(&served, "--gpu-memory-utilization"), ["0.9"]);
     assert_eq!((served.api, served.host.as_str(), served.port), (SimApi::Openai, "127.0.0.1", 18000));
     assert_eq!(
         (served.models, served.root.as_str(), served.max_model_len),
         (vec!["m-served".to_string()], "/models/m.gguf", 4096)
     );
-    assert_eq!(served.ignored, ["--gpu-memory-utilization 0.9", "--tensor-parallel-size 1", "--dtype auto"]);
 
     let tgi = compile("tgi", "m-served");
     let (args, _) = container(&tgi.group, 18080);
-    let served =
-        resolve(&sim_args(&[&["--mimic".into(), "tgi".into(), "--".into()][..], &args].concat()), &no_env).unwrap();
+    let served = mimic("tgi", &args, &no_env);
+    assert_eq!(respelled(&served.parsed), args);
+    assert_eq!(read(&served, "--num-shard"), ["1"]);
     assert_eq!((served.api, served.host.as_str(), served.port), (SimApi::Tgi, "127.0.0.1", 18080));
     assert_eq!(
         (served.models, served.max_input_tokens, served.max_model_len),
         (vec!["/models/m.gguf".to_string()], 4096, 8192)
     );
-    assert_eq!(served.ignored, ["--num-shard 1"]);
+
+    let llama = compile("llama_cpp", "m-served");
+    let (args, _) = container(&llama.group, 18081);
+    let served = mimic("llama_cpp", &args, &no_env);
+    assert_eq!(respelled(&served.parsed), args);
+    assert_eq!((served.api, served.host.as_str(), served.port), (SimApi::Openai, "127.0.0.1", 18081));
+    assert_eq!(
+        (&served.models, served.root.as_str(), served.max_model_len),
+        (&vec!["m-served".to_string()], "/models/m.gguf", 2048)
+    );
+    // Short flags read as llama-server reads them; `threads: 0` sends no -t.
+    assert_eq!(
+        (read(&served, "--ctx-size"), read(&served, "--gpu-layers"), read(&served, "--parallel")),
+        (vec!["2048"], vec!["0"], vec!["4"])
+    );
+    assert!(read(&served, "--threads").is_empty() && args.iter().all(|a| a != "-t"), "{args:?}");
 
     // Ollama's container gets no args (the image runs `ollama serve`) and reads OLLAMA_HOST.
     let ollama = compile("ollama", "tinyllama");
     let (args, env) = container(&ollama.group, 18434);
     assert!(args.is_empty(), "{args:?}");
     let env_of = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let served =
-        resolve(&sim_args(&["--mimic".into(), "ollama".into(), "--".into(), "serve".into()]), &env_of).unwrap();
+    let served = mimic("ollama", &["serve".into()], &env_of);
     assert_eq!((served.api, served.host.as_str(), served.port), (SimApi::Ollama, "127.0.0.1", 18434));
-    assert!(served.models.is_empty() && served.ignored.is_empty());
+    assert!(served.models.is_empty() && served.parsed.is_empty());
+    assert_eq!(served.env, env);
+}
+
+#[test]
+fn mimic_refuses_a_flag_the_engine_lacks_naming_it() {
+    for (engine, flag, program) in [
+        ("llama_cpp", "--max-model-len", "llama-server"),
+        ("vllm", "--ctx-size", "vllm serve"),
+        ("tgi", "--served-model-name", "text-generation-launcher"),
+        ("ollama", "--port", "ollama serve"),
+    ] {
+        let mut argv: Vec<String> = ["--mimic", engine, "--"].into_iter().map(String::from).collect();
+        if engine == "ollama" {
+            argv.push("serve".into());
+        }
+        argv.extend([flag.to_string(), "9".into()]);
+        let error = resolve(&sim_args(&argv), &|_| None).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "--mimic {engine}: `{flag}` is not a flag of `{program}` (see `{program} --help`); drop it or fix its spelling"
+            )
+        );
+    }
 }
 
 /// A `kitt sim` process, killed when dropped.
@@ -418,13 +472,13 @@ fn stderr_of(mut process: SimProcess) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kitt_sim_mimic_serves_each_template_from_its_container_args() {
-    for (template, mimic) in [("vllm", "vllm"), ("tgi", "tgi"), ("ollama", "ollama")] {
+    for (template, mimic) in [("vllm", "vllm"), ("tgi", "tgi"), ("ollama", "ollama"), ("llama_cpp", "llama_cpp")] {
         let compiled = compile(template, "m-served");
         let port = free_port();
         let (args, mut env) = container(&compiled.group, port);
         // The way a container image would run it: the template's args after `kitt sim --mimic X --`.
         let mut argv: Vec<String> = ["sim", "--mimic", mimic, "--"].into_iter().map(String::from).collect();
-        argv.extend(if template == "ollama" { vec!["serve".to_string()] } else { args });
+        argv.extend(if template == "ollama" { vec!["serve".to_string()] } else { args.clone() });
         env.push(("KITT_SIM_TTFT_MS".into(), "40".into()));
         let process = spawn_sim(&argv, &env, port, &compiled.group.health.path).await;
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), vec![], 1).unwrap();
@@ -437,9 +491,27 @@ async fn kitt_sim_mimic_serves_each_template_from_its_container_args() {
         assert_eq!(r.usage_completion_tokens, Some(u64::from(r.content_events)), "{template}: {r:?}");
         // KITT_SIM_TTFT_MS configured the delay, as a container's env would.
         assert!(r.first_content_ns.unwrap() - r.sent_ns >= 40_000_000, "{template}: {r:?}");
+        // The startup report: every flag the engine read, token for token what the template sent.
         let stderr = stderr_of(process);
-        if template != "ollama" {
-            assert!(stderr.contains("ignoring --"), "{template}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with('{') && l.contains(r#""mimic":"#))
+            .unwrap_or_else(|| panic!("{stderr}"));
+        let report: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(report["mimic"], mimic, "{line}");
+        let parsed: Vec<Parsed> = report["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Parsed {
+                flag: p["flag"].as_str().unwrap().into(),
+                given: p["given"].as_str().unwrap().into(),
+                values: p["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect(),
+            })
+            .collect();
+        assert_eq!(respelled(&parsed), args, "{template}: {line}");
+        if template == "ollama" {
+            assert_eq!(report["env"]["OLLAMA_HOST"], format!("127.0.0.1:{port}"), "{line}");
         }
     }
 }

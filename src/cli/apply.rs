@@ -53,7 +53,8 @@ pub struct RunArgs {
     /// Engine template (sim, llama_cpp, vllm, tgi, ollama, or a template of yours).
     #[arg(short, long)]
     pub engine: String,
-    /// Suite whose benchmarks to run: quick, standard, performance, memory, or a suite file.
+    /// Suite whose benchmarks to run: quick, standard, performance, memory, or a suite file (whose
+    /// relative paths stay relative to its own directory; a relative `-m` path to this one).
     #[arg(short, long, default_value = "quick")]
     pub suite: String,
     /// Print the suite built from these flags (YAML) instead of running it.
@@ -264,13 +265,17 @@ pub fn apply(suite: &Path, flags: &RunFlags, quiet: bool) -> i32 {
 
 /// The suite `kitt run` builds: the named suite's benchmarks, with this model and engine.
 pub fn suite_from_flags(args: &RunArgs) -> Result<(String, PathBuf), String> {
-    let (text, base) = match READY_SUITES.iter().find(|(n, _)| *n == args.suite) {
-        Some((name, text)) => (text.to_string(), format!("suites/{name}.yaml")),
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // The directory the built suite's relative paths resolve against: a suite file's own (its
+    // templates, answer keys and data sit beside it), the working directory for a ready suite.
+    let (text, base, dir) = match READY_SUITES.iter().find(|(n, _)| *n == args.suite) {
+        Some((name, text)) => (text.to_string(), format!("suites/{name}.yaml"), cwd.clone()),
         None => {
             let text = std::fs::read_to_string(&args.suite).map_err(|e| {
                 format!("cannot read suite `{}`: {e} (ready suites: quick, standard, performance)", args.suite)
             })?;
-            (text, args.suite.clone())
+            let dir = cwd.join(Path::new(&args.suite).parent().unwrap_or(Path::new("")));
+            (text, args.suite.clone(), dir)
         }
     };
     let node = crate::manifest::yaml::parse(&text).map_err(|d| d.headline())?;
@@ -281,7 +286,13 @@ pub fn suite_from_flags(args: &RunArgs) -> Result<(String, PathBuf), String> {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "model".into());
-        json!({"name": stem, "path": args.model})
+        // A model path on the command line is the working directory's, wherever the suite file is.
+        let path = if dir != cwd && Path::new(&args.model).is_relative() {
+            cwd.join(&args.model).to_string_lossy().to_string()
+        } else {
+            args.model.clone()
+        };
+        json!({"name": stem, "path": path})
     } else {
         json!({"name": args.model})
     };
@@ -300,8 +311,7 @@ pub fn suite_from_flags(args: &RunArgs) -> Result<(String, PathBuf), String> {
     yaml.push_str(&crate::manifest::emit::to_yaml(&json!({
         "apiVersion": suite["apiVersion"], "kind": "Suite", "metadata": suite["metadata"], "spec": suite["spec"],
     })));
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    Ok((yaml, cwd.join(format!("{name}.yaml"))))
+    Ok((yaml, dir.join(format!("{name}.yaml"))))
 }
 
 pub fn run_from_flags(args: &RunArgs, quiet: bool) -> i32 {

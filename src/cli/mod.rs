@@ -297,7 +297,8 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>) -> i32 {
     match plan::compile::compile_file(suite) {
         Ok(plan) => {
             let mut states = BTreeMap::new();
-            if let Some((run, reused)) = crate::run::pending_resume(&plan, runs_dir) {
+            let resumes = crate::run::pending_resume(&plan, runs_dir);
+            if let Some((run, reused)) = &resumes {
                 if output == PlanOutput::Text {
                     println!("unfinished run {run}: `kitt apply` resumes it");
                 }
@@ -309,7 +310,9 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>) -> i32 {
             }
             match output {
                 PlanOutput::Text => print!("{}", render::text(&plan, &states)),
-                PlanOutput::Json => print_json(&plan),
+                PlanOutput::Json => {
+                    print_json(&plan_json(&plan, resumes.as_ref().map(|(run, _)| run.as_str()), &states))
+                }
                 PlanOutput::Dot => print!("{}", render::dot(&plan)),
             }
             0
@@ -319,6 +322,30 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>) -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// The plan as JSON; with an unfinished run to resume, the same marks as the text: a top-level
+/// `resume` (`{run, reused, pending}`) and each step's `state` (`reused` or `pending`).
+fn plan_json(
+    plan: &plan::Plan,
+    run: Option<&str>,
+    states: &BTreeMap<plan::StepKey, render::StepState>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(plan).unwrap_or_default();
+    let Some(run) = run else { return value };
+    let state_of = |key: &serde_json::Value| match key.as_str().and_then(|k| states.get(k)) {
+        Some(render::StepState::Reused) => "reused",
+        _ => "pending",
+    };
+    if let Some(steps) = value.get_mut("steps").and_then(serde_json::Value::as_array_mut) {
+        for step in steps {
+            let state = state_of(&step["key"]);
+            step["state"] = state.into();
+        }
+    }
+    let reused = states.values().filter(|s| **s == render::StepState::Reused).count();
+    value["resume"] = serde_json::json!({"run": run, "reused": reused, "pending": plan.steps.len() - reused});
+    value
 }
 
 fn schema(out: Option<&Path>, kind: &str) -> i32 {
@@ -526,6 +553,10 @@ fn sim(args: crate::engine::sim::SimArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
+    if let Some(line) = crate::engine::sim::startup_report(&args) {
+        // Data, not a log line: what the imitated engine would have understood (docs/engines.md).
+        eprintln!("{line}");
+    }
     let result = rt.block_on(crate::engine::sim::serve(args, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

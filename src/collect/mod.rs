@@ -44,6 +44,14 @@ impl EngineTarget {
     }
 }
 
+/// Cgroups are Linux's: elsewhere a container's usage is not read (a Docker Desktop VM's are
+/// not the host's to read anyway).
+#[cfg(not(target_os = "linux"))]
+fn cgroup_of(_pid: u32) -> Option<CgroupFiles> {
+    None
+}
+
+#[cfg(target_os = "linux")]
 fn cgroup_of(pid: u32) -> Option<CgroupFiles> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let root = Path::new("/sys/fs/cgroup");
@@ -92,7 +100,14 @@ struct CpuClock {
     engine_ns: Option<u64>,
 }
 
+/// Host CPU: (busy, total) jiffies from the first line of /proc/stat; none without /proc.
+#[cfg(not(target_os = "linux"))]
+fn host_cpu() -> Option<(u64, u64)> {
+    None
+}
+
 /// Host CPU: (busy, total) jiffies from the first line of /proc/stat.
+#[cfg(target_os = "linux")]
 fn host_cpu() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
@@ -106,6 +121,13 @@ fn meminfo(key: &str, text: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok()
 }
 
+/// Host memory in use, from /proc/meminfo; none without /proc.
+#[cfg(not(target_os = "linux"))]
+fn host_mem_used_mib() -> Option<f64> {
+    None
+}
+
+#[cfg(target_os = "linux")]
 fn host_mem_used_mib() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     Some((meminfo("MemTotal:", &text)? - meminfo("MemAvailable:", &text)?) / 1024.0)

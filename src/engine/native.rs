@@ -6,6 +6,8 @@
 //! stopped kills the group at once; and `PR_SET_PDEATHSIG` kills it if kitt itself is killed
 //! (SIGKILL cannot be caught). The parent-death signal fires when the *thread* that forked the
 //! child exits, so every spawn happens on one dedicated thread that lives as long as kitt.
+//! `PR_SET_PDEATHSIG` and the /proc reads (who holds a port, whose descendant a process is) are
+//! Linux's: elsewhere they fall back to none, and the pid file and `kitt gc` do the cleaning up.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,9 @@ impl EngineProcess {
         // async-signal-safe functions (prctl, getppid).
         unsafe {
             cmd.pre_exec(move || {
+                // Linux only: elsewhere an engine outlives a kill -9 of kitt, and the pid file
+                // and `kitt gc` stop it (its process group goes down with it all the same).
+                #[cfg(target_os = "linux")]
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -216,10 +221,17 @@ pub fn owns_port(root: u32, port: u16) -> Result<(), String> {
 }
 
 /// `/proc/PID/stat` fields after the command: (ppid, process group).
+#[cfg(target_os = "linux")]
 fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut rest = stat[stat.rfind(')')? + 2..].split_whitespace().skip(1);
     Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
+}
+
+/// Without /proc the parent and group are unknown: only `root` itself is recognised.
+#[cfg(not(target_os = "linux"))]
+fn parent_and_group(_pid: u32) -> Option<(u32, u32)> {
+    None
 }
 
 /// Whether `pid` is `root`, in `root`'s process group, or a descendant of `root`.
@@ -255,8 +267,16 @@ pub fn port_holder(port: u16) -> Option<String> {
     }
 }
 
+/// Without /proc (`/proc/net/tcp`) the listeners are unknown: as if nothing listened, so the
+/// bind itself is what finds a taken port.
+#[cfg(not(target_os = "linux"))]
+pub fn listener_pids(_port: u16) -> Option<Vec<u32>> {
+    None
+}
+
 /// The processes listening on TCP `port` in this network namespace: `None` when nothing
 /// listens, an empty list when something listens that this user cannot see.
+#[cfg(target_os = "linux")]
 pub fn listener_pids(port: u16) -> Option<Vec<u32>> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -289,7 +309,7 @@ pub fn listener_pids(port: u16) -> Option<Vec<u32>> {
     Some(pids)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod port_tests {
     #[test]
     fn finds_who_listens() {

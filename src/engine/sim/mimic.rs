@@ -3,11 +3,14 @@
 //! their real container arguments.
 //!
 //! Owns the translation of an engine's own argv and environment into what the sim serves
-//! ([`Served`]: API, listen address, model names, context limits) and nothing else. Parsing is
-//! lenient on purpose: the engines take hundreds of flags (GPU memory, parallelism, dtype) that mean
-//! nothing to a simulator, so a flag that is not understood is accepted and ignored, its value with
-//! it, and listed once at startup. Only what decides where the sim listens and what it calls its
-//! model is read, with each engine's own defaults:
+//! ([`Served`]: API, listen address, model names, context limits) and nothing else. The argv is read
+//! against the engine's real flag table (`flags`): a flag the engine lacks is refused, as the
+//! engine refuses it, and every flag read is kept with its values ([`Served::parsed`], printed at
+//! startup as one JSON line on stderr, [`report`]) so a test can compare what a template sent with
+//! what the engine would have understood. Of those, only what decides where the sim listens and what
+//! it calls its model is used, with each engine's own defaults:
+//! - llama.cpp (`llama-server`): `-m/--model`, `-a/--alias` (comma-separated names), `--host`
+//!   (127.0.0.1), `--port` (8080), `-c/--ctx-size` (0: the model's own; the sim's `--max-model-len`).
 //! - vLLM (`vllm serve [MODEL]` or the image's entrypoint): `--model`, `--served-model-name` (one or
 //!   more names), `--host` (default all interfaces), `--port` (8000), `--max-model-len`; `--flag=value`
 //!   and underscores (`--max_model_len`) as vLLM's argument parser accepts them.
@@ -16,13 +19,17 @@
 //!   (`MODEL_ID`, `PORT`, …; a flag wins). `HOSTNAME` is not read: Docker sets it to the container's
 //!   name, which is no address to listen on.
 //! - Ollama (`ollama serve`): `OLLAMA_HOST` (`[scheme://]host[:port]`, default 127.0.0.1:11434),
-//!   parsed as Ollama's `envconfig.Host` parses it.
+//!   parsed as Ollama's `envconfig.Host` parses it; the other `OLLAMA_*` settings it knows are reported.
 
+use super::flags::{Argv, LLAMA_SERVER, OLLAMA_SERVE, Parsed, TGI_LAUNCHER, VLLM_SERVE};
 use super::{SimApi, SimArgs};
 
 /// An engine whose command line `kitt sim --mimic` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mimic {
+    /// llama.cpp's `llama-server` (OpenAI-compatible, with `/props`); implies `--api openai`.
+    #[value(name = "llama_cpp", alias = "llama-cpp")]
+    LlamaCpp,
     /// vLLM's OpenAI-compatible server (`vllm serve`); implies `--api openai`.
     Vllm,
     /// Hugging Face text-generation-inference (`text-generation-launcher`); implies `--api tgi`.
@@ -34,7 +41,7 @@ pub enum Mimic {
 impl Mimic {
     fn api(self) -> SimApi {
         match self {
-            Mimic::Vllm => SimApi::Openai,
+            Mimic::LlamaCpp | Mimic::Vllm => SimApi::Openai,
             Mimic::Tgi => SimApi::Tgi,
             Mimic::Ollama => SimApi::Ollama,
         }
@@ -42,6 +49,7 @@ impl Mimic {
 
     pub fn name(self) -> &'static str {
         match self {
+            Mimic::LlamaCpp => "llama_cpp",
             Mimic::Vllm => "vllm",
             Mimic::Tgi => "tgi",
             Mimic::Ollama => "ollama",
@@ -60,25 +68,35 @@ pub struct Served {
     pub models: Vec<String>,
     /// What the model was loaded from (vLLM's `root`): the `--model` path, else the first name.
     pub root: String,
-    /// Context length: vLLM's `max_model_len`, TGI's `max_total_tokens`.
+    /// Context length: vLLM's `max_model_len`, TGI's `max_total_tokens`, llama.cpp's `n_ctx`.
     pub max_model_len: u32,
     /// TGI's `max_input_tokens`.
     pub max_input_tokens: u32,
-    /// Engine arguments accepted and ignored, as given (`--dtype auto`).
-    pub ignored: Vec<String>,
+    /// Every engine flag read, in argv order, with its values (empty without `--mimic`).
+    pub parsed: Vec<Parsed>,
+    /// The engine's environment variables that were set and read, in table order.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MimicError {
     #[error("--mimic {engine}: `{flag}` needs a value")]
     MissingValue { engine: &'static str, flag: String },
+    #[error("--mimic {engine}: `{flag}` takes no value")]
+    NoValue { engine: &'static str, flag: String },
+    #[error(
+        "--mimic {engine}: `{flag}` is not a flag of `{program}` (see `{program} --help`); drop it or fix its spelling"
+    )]
+    UnknownFlag { engine: &'static str, program: &'static str, flag: String },
+    #[error("--mimic {engine}: `{arg}` is not an argument `{program}` takes; only flags follow {takes}")]
+    Unexpected { engine: &'static str, program: &'static str, arg: String, takes: &'static str },
     #[error("--mimic {engine}: `{flag} {value}` is not {what}")]
     BadValue { engine: &'static str, flag: String, value: String, what: &'static str },
     #[error("--mimic {mimic} implies `--api {implied}`; drop `--api {api}`")]
     ApiConflict { mimic: &'static str, api: &'static str, implied: &'static str },
     #[error("--mimic ollama imitates `ollama serve` only, not `ollama {0}`")]
     OllamaCommand(String),
-    #[error("engine arguments after `--` need `--mimic vllm|tgi|ollama` to say whose they are")]
+    #[error("engine arguments after `--` need `--mimic llama_cpp|vllm|tgi|ollama` to say whose they are")]
     NoMimic,
 }
 
@@ -105,7 +123,8 @@ pub fn resolve(args: &SimArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             models,
             max_model_len: args.max_model_len,
             max_input_tokens: args.max_model_len.saturating_sub(1).max(1),
-            ignored: Vec::new(),
+            parsed: Vec::new(),
+            env: Vec::new(),
         });
     };
     if let Some(api) = args.api
@@ -114,6 +133,7 @@ pub fn resolve(args: &SimArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<S
         return Err(MimicError::ApiConflict { mimic: mimic.name(), api: api.name(), implied: mimic.api().name() });
     }
     let mut served = match mimic {
+        Mimic::LlamaCpp => llama_cpp(&args.engine_args, args.max_model_len)?,
         Mimic::Vllm => vllm(&args.engine_args, args.max_model_len)?,
         Mimic::Tgi => tgi(&args.engine_args, env, args.max_model_len)?,
         Mimic::Ollama => ollama(&args.engine_args, env, args.max_model_len)?,
@@ -124,92 +144,47 @@ pub fn resolve(args: &SimArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(served)
 }
 
-/// A flag and what follows it, read off an argv one at a time.
-struct Flags<'a> {
+/// The startup report of a `--mimic` sim: one JSON line with every flag read and its values, and
+/// the engine's environment variables that were read (`{"mimic":…,"args":[{"flag","given","values"}],"env":{…}}`).
+pub fn report(mimic: Mimic, served: &Served) -> String {
+    let env: serde_json::Map<String, serde_json::Value> =
+        served.env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    serde_json::json!({"mimic": mimic.name(), "args": served.parsed, "env": env}).to_string()
+}
+
+fn number<T: std::str::FromStr>(
     engine: &'static str,
-    argv: &'a [String],
-    at: usize,
-    ignored: Vec<String>,
+    flag: &str,
+    value: &str,
+    what: &'static str,
+) -> Result<T, MimicError> {
+    value.parse().map_err(|_| bad(engine, flag, value, what))
 }
 
-/// One item of an engine argv.
-enum Item<'a> {
-    /// `--name` (underscores turned into dashes), with the value written as `--name=value`.
-    Flag(String, Option<&'a str>),
-    Bare(&'a str),
+fn bad(engine: &'static str, flag: &str, value: &str, what: &'static str) -> MimicError {
+    MimicError::BadValue { engine, flag: flag.into(), value: value.into(), what }
 }
 
-impl<'a> Flags<'a> {
-    fn new(engine: &'static str, argv: &'a [String]) -> Self {
-        Flags { engine, argv, at: 0, ignored: Vec::new() }
-    }
+/// A port flag's value, or `default`.
+fn port(engine: &'static str, read: &Argv, default: u16) -> Result<u16, MimicError> {
+    read.last("--port").map_or(Ok(default), |p| number(engine, "--port", p, "a port"))
+}
 
-    fn next(&mut self) -> Option<Item<'a>> {
-        let arg = self.argv.get(self.at)?;
-        self.at += 1;
-        if !arg.starts_with('-') || arg == "-" {
-            return Some(Item::Bare(arg));
-        }
-        let (name, value) = match arg.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (arg.as_str(), None),
-        };
-        let name = if name.starts_with("--") { name.replace('_', "-") } else { name.to_string() };
-        Some(Item::Flag(name, value))
-    }
-
-    /// The next argument, when it is not itself a flag.
-    fn peek_value(&self) -> Option<&'a str> {
-        self.argv.get(self.at).map(String::as_str).filter(|a| !a.starts_with('-'))
-    }
-
-    /// The value of `flag`: inline (`--port=8000`) or the next argument.
-    fn value(&mut self, flag: &str, inline: Option<&'a str>) -> Result<&'a str, MimicError> {
-        if let Some(value) = inline {
-            return Ok(value);
-        }
-        let value =
-            self.peek_value().ok_or_else(|| MimicError::MissingValue { engine: self.engine, flag: flag.into() })?;
-        self.at += 1;
-        Ok(value)
-    }
-
-    /// Every value up to the next flag (vLLM's `nargs="+"`).
-    fn values(&mut self, flag: &str, inline: Option<&'a str>) -> Result<Vec<String>, MimicError> {
-        let mut values = vec![self.value(flag, inline)?.to_string()];
-        if inline.is_none() {
-            while let Some(value) = self.peek_value() {
-                values.push(value.to_string());
-                self.at += 1;
-            }
-        }
-        Ok(values)
-    }
-
-    /// An unknown flag: ignored, with the value that follows it if any.
-    fn ignore(&mut self, flag: String, inline: Option<&'a str>) {
-        let value = inline.or_else(|| {
-            let next = self.peek_value();
-            self.at += usize::from(next.is_some());
-            next
-        });
-        self.ignored.push(match value {
-            Some(value) => format!("{flag} {value}"),
-            None => flag,
-        });
-    }
-
-    fn number<T: std::str::FromStr>(&self, flag: &str, value: &str, what: &'static str) -> Result<T, MimicError> {
-        value.parse().map_err(|_| self.bad(flag, value, what))
-    }
-
-    fn bad(&self, flag: &str, value: &str, what: &'static str) -> MimicError {
-        MimicError::BadValue { engine: self.engine, flag: flag.into(), value: value.into(), what }
+/// No bare argument where the engine takes none.
+fn no_positionals(
+    engine: &'static str,
+    program: &'static str,
+    read: &Argv,
+    takes: &'static str,
+) -> Result<(), MimicError> {
+    match read.positionals.first() {
+        Some(arg) => Err(MimicError::Unexpected { engine, program, arg: arg.clone(), takes }),
+        None => Ok(()),
     }
 }
 
 /// vLLM's `--max-model-len`: a number, or with a `k`/`m` (×1000) or `K`/`M` (×1024) suffix.
-fn context_length(flags: &Flags, flag: &str, value: &str) -> Result<u32, MimicError> {
+fn context_length(flag: &str, value: &str) -> Result<u32, MimicError> {
     let (digits, scale) = match value.char_indices().last() {
         Some((i, 'k')) => (&value[..i], 1_000),
         Some((i, 'K')) => (&value[..i], 1_024),
@@ -218,118 +193,131 @@ fn context_length(flags: &Flags, flag: &str, value: &str) -> Result<u32, MimicEr
         _ => (value, 1),
     };
     let what = "a context length";
-    let n: u32 = flags.number(flag, digits, what)?;
-    n.checked_mul(scale).filter(|n| *n > 0).ok_or_else(|| flags.bad(flag, value, what))
+    let n: u32 = number("vllm", flag, digits, what)?;
+    n.checked_mul(scale).filter(|n| *n > 0).ok_or_else(|| bad("vllm", flag, value, what))
+}
+
+fn llama_cpp(argv: &[String], default_context: u32) -> Result<Served, MimicError> {
+    let read = LLAMA_SERVER.read(argv)?;
+    no_positionals("llama_cpp", "llama-server", &read, "the program")?;
+    let root = read.last("--model").unwrap_or(DEFAULT_MODEL).to_string();
+    // `--alias a,b`: several names; without one, llama-server names the model by its file.
+    let mut models: Vec<String> =
+        read.last("--alias").map(|a| a.split(',').map(str::trim).map(String::from).collect()).unwrap_or_default();
+    if models.is_empty() {
+        models.push(root.clone());
+    }
+    // `-c 0`, the default, takes the model's own context length: here the sim's.
+    let context = match read.last("--ctx-size") {
+        Some(c) => number::<u32>("llama_cpp", "--ctx-size", c, "a context size")?,
+        None => 0,
+    };
+    let context = if context == 0 { default_context } else { context };
+    Ok(Served {
+        api: SimApi::Openai,
+        host: read.last("--host").unwrap_or("127.0.0.1").to_string(),
+        port: port("llama_cpp", &read, 8080)?,
+        models,
+        root,
+        max_model_len: context,
+        max_input_tokens: context.saturating_sub(1).max(1),
+        parsed: read.flags,
+        env: Vec::new(),
+    })
 }
 
 fn vllm(argv: &[String], default_context: u32) -> Result<Served, MimicError> {
-    let mut flags = Flags::new("vllm", argv);
-    let (mut model, mut names, mut host, mut port) = (None, Vec::new(), None, 8000);
-    let mut context = default_context;
     // `vllm serve MODEL …` (the native command); the image's entrypoint already says `vllm serve`.
-    if argv.first().is_some_and(|a| a == "serve") {
-        flags.at = 1;
+    let argv = argv.strip_prefix(&["serve".to_string()]).unwrap_or(argv);
+    let read = VLLM_SERVE.read(argv)?;
+    // One bare argument: the model (`model_tag`).
+    if let Some(extra) = read.positionals.get(1) {
+        return Err(MimicError::Unexpected {
+            engine: "vllm",
+            program: "vllm serve",
+            arg: extra.clone(),
+            takes: "the model",
+        });
     }
-    if let Some(positional) = flags.peek_value() {
-        model = Some(positional.to_string());
-        flags.at += 1;
-    }
-    while let Some(item) = flags.next() {
-        match item {
-            Item::Bare(arg) => flags.ignored.push(arg.to_string()),
-            Item::Flag(flag, inline) => match flag.as_str() {
-                "--model" => model = Some(flags.value(&flag, inline)?.to_string()),
-                "--served-model-name" => names = flags.values(&flag, inline)?,
-                "--host" => host = Some(flags.value(&flag, inline)?.to_string()),
-                "--port" => {
-                    let value = flags.value(&flag, inline)?;
-                    port = flags.number(&flag, value, "a port")?;
-                }
-                "--max-model-len" => {
-                    let value = flags.value(&flag, inline)?;
-                    context = context_length(&flags, &flag, value)?;
-                }
-                _ => flags.ignore(flag, inline),
-            },
-        }
-    }
-    let root = model.unwrap_or_else(|| DEFAULT_MODEL.into());
+    let root = read.last("--model").or(read.positionals.first().map(String::as_str)).unwrap_or(DEFAULT_MODEL);
+    let root = root.to_string();
+    let mut names = read.all("--served-model-name").map(<[String]>::to_vec).unwrap_or_default();
     if names.is_empty() {
         names.push(root.clone());
     }
+    let context = match read.last("--max-model-len") {
+        Some(value) => context_length("--max-model-len", value)?,
+        None => default_context,
+    };
     Ok(Served {
         api: SimApi::Openai,
         // vLLM's default host (none) listens on every interface.
-        host: host.unwrap_or_else(|| "0.0.0.0".into()),
-        port,
+        host: read.last("--host").unwrap_or("0.0.0.0").to_string(),
+        port: port("vllm", &read, 8000)?,
         models: names,
         root,
         max_model_len: context,
         max_input_tokens: context.saturating_sub(1).max(1),
-        ignored: flags.ignored,
+        parsed: read.flags,
+        env: Vec::new(),
     })
 }
 
 fn tgi(argv: &[String], env: &dyn Fn(&str) -> Option<String>, default_context: u32) -> Result<Served, MimicError> {
-    let mut flags = Flags::new("tgi", argv);
+    let read = TGI_LAUNCHER.read(argv)?;
+    no_positionals("tgi", "text-generation-launcher", &read, "the program")?;
     // The launcher's clap reads each flag from its environment variable when the flag is absent.
-    let mut model = env("MODEL_ID");
-    let mut host = None;
-    let mut port = env("PORT");
-    let mut max_input = env("MAX_INPUT_TOKENS").or_else(|| env("MAX_INPUT_LENGTH"));
-    let mut max_total = env("MAX_TOTAL_TOKENS");
-    while let Some(item) = flags.next() {
-        match item {
-            Item::Bare(arg) => flags.ignored.push(arg.to_string()),
-            Item::Flag(flag, inline) => match flag.as_str() {
-                "--model-id" => model = Some(flags.value(&flag, inline)?.to_string()),
-                "--hostname" => host = Some(flags.value(&flag, inline)?.to_string()),
-                "--port" | "-p" => port = Some(flags.value(&flag, inline)?.to_string()),
-                "--max-input-tokens" | "--max-input-length" => {
-                    max_input = Some(flags.value(&flag, inline)?.to_string())
-                }
-                "--max-total-tokens" => max_total = Some(flags.value(&flag, inline)?.to_string()),
-                _ => flags.ignore(flag, inline),
-            },
-        }
-    }
-    let port = match port {
-        Some(p) => flags.number("--port", &p, "a port")?,
+    let read_env: Vec<(String, String)> =
+        ["MODEL_ID", "PORT", "MAX_INPUT_TOKENS", "MAX_INPUT_LENGTH", "MAX_TOTAL_TOKENS"]
+            .into_iter()
+            .filter_map(|name| env(name).map(|v| (name.to_string(), v)))
+            .collect();
+    let from_env = |name: &str| read_env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let flag_or_env = |flag: &str, var: &str| read.last(flag).or_else(|| from_env(var));
+    let port = match flag_or_env("--port", "PORT") {
+        Some(p) => number("tgi", "--port", p, "a port")?,
         None => 3000,
     };
-    let max_total = match max_total {
-        Some(t) => flags.number::<u32>("--max-total-tokens", &t, "a token count")?.max(2),
+    let max_total = match flag_or_env("--max-total-tokens", "MAX_TOTAL_TOKENS") {
+        Some(t) => number::<u32>("tgi", "--max-total-tokens", t, "a token count")?.max(2),
         None => default_context.max(2),
     };
+    let max_input = flag_or_env("--max-input-tokens", "MAX_INPUT_TOKENS")
+        .or_else(|| flag_or_env("--max-input-length", "MAX_INPUT_LENGTH"));
     // TGI's default input limit leaves room for one new token.
     let max_input = match max_input {
-        Some(i) => flags.number("--max-input-tokens", &i, "a token count")?,
+        Some(i) => number("tgi", "--max-input-tokens", i, "a token count")?,
         None => max_total - 1,
     };
-    let model = model.unwrap_or_else(|| DEFAULT_MODEL.into());
+    let model = flag_or_env("--model-id", "MODEL_ID").unwrap_or(DEFAULT_MODEL).to_string();
+    let host = read.last("--hostname").unwrap_or("0.0.0.0").to_string();
     Ok(Served {
         api: SimApi::Tgi,
-        host: host.unwrap_or_else(|| "0.0.0.0".into()),
+        host,
         port,
         models: vec![model.clone()],
         root: model,
         max_model_len: max_total,
         max_input_tokens: max_input,
-        ignored: flags.ignored,
+        parsed: read.flags,
+        env: read_env,
     })
 }
 
 fn ollama(argv: &[String], env: &dyn Fn(&str) -> Option<String>, context: u32) -> Result<Served, MimicError> {
-    match argv {
-        [] => {}
-        [serve, rest @ ..] if serve == "serve" => {
-            if let Some(extra) = rest.first() {
-                return Err(MimicError::OllamaCommand(format!("serve {extra}")));
-            }
-        }
+    let rest = match argv {
+        [] => &[][..],
+        [serve, rest @ ..] if serve == "serve" => rest,
         [other, ..] => return Err(MimicError::OllamaCommand(other.clone())),
+    };
+    let read = OLLAMA_SERVE.read(rest)?;
+    if let Some(extra) = read.positionals.first() {
+        return Err(MimicError::OllamaCommand(format!("serve {extra}")));
     }
-    let (host, port) = ollama_host(env("OLLAMA_HOST").as_deref().unwrap_or(""));
+    let read_env: Vec<(String, String)> =
+        OLLAMA_SERVE.env_names().filter_map(|name| env(name).map(|v| (name.to_string(), v))).collect();
+    let host = read_env.iter().find(|(k, _)| k == "OLLAMA_HOST").map_or("", |(_, v)| v.as_str());
+    let (host, port) = ollama_host(host);
     Ok(Served {
         api: SimApi::Ollama,
         host,
@@ -338,7 +326,8 @@ fn ollama(argv: &[String], env: &dyn Fn(&str) -> Option<String>, context: u32) -
         root: String::new(),
         max_model_len: context,
         max_input_tokens: context.saturating_sub(1).max(1),
-        ignored: Vec::new(),
+        parsed: read.flags,
+        env: read_env,
     })
 }
 

@@ -26,6 +26,7 @@ mod access;
 mod fault;
 #[cfg(test)]
 mod fault_tests;
+mod flags;
 mod generation;
 mod log;
 mod metrics;
@@ -64,10 +65,11 @@ use tokio::time::Instant;
 pub use access::RequiredHeader;
 pub use fault::{CRASH_EXIT, FaultArg, FaultKind, FaultSpec};
 use fault::{Call, Faults};
+pub use flags::Parsed;
 use generation::Generation;
 use log::RequestLog;
 use metrics::Counters;
-pub use mimic::{Mimic, MimicError, Served, resolve};
+pub use mimic::{Mimic, MimicError, Served, report, resolve};
 use socket::{Socket, Switch};
 use stream::{EventStream, Pacing, SimBody, Wire};
 
@@ -100,8 +102,9 @@ pub struct SimArgs {
     #[arg(long, value_enum)]
     pub api: Option<SimApi>,
     /// Imitate this engine's command line: the arguments after `--` are the engine's own (its
-    /// container args), read for where to listen and what to call the model; the rest are ignored.
-    /// Ollama reads `OLLAMA_HOST` from the environment.
+    /// container args), checked against the engine's real flags (an unknown one is refused) and read
+    /// for where to listen and what to call the model; every flag read is printed at startup as one
+    /// JSON line on stderr. Ollama reads `OLLAMA_HOST` from the environment.
     #[arg(long, value_enum)]
     pub mimic: Option<Mimic>,
     /// With --mimic: the engine's own arguments, after `--`.
@@ -220,6 +223,13 @@ pub async fn bind(args: &SimArgs) -> io::Result<TcpListener> {
     TcpListener::bind((served.host.as_str(), served.port)).await
 }
 
+/// With `--mimic`, the startup report ([`report`]) of what the engine argv and environment said;
+/// `None` without `--mimic`, or when they do not resolve (serving then reports why).
+pub fn startup_report(args: &SimArgs) -> Option<String> {
+    let mimic = args.mimic?;
+    served(args).ok().map(|served| report(mimic, &served))
+}
+
 /// [`resolve`] against the process environment, as an I/O error for the binary's one error path.
 fn served(args: &SimArgs) -> io::Result<Served> {
     resolve(args, &|name| std::env::var(name).ok()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
@@ -241,10 +251,6 @@ pub async fn serve_on(
     let scheme = if sim.tls.is_some() { "https" } else { "http" };
     let api = sim.served.api.name();
     tracing::info!("listening on {scheme}://{} ({api} API)", listener.local_addr()?);
-    if let (Some(mimic), false) = (sim.args.mimic, sim.served.ignored.is_empty()) {
-        // Once, at startup: the engine flags that mean nothing to a simulator.
-        tracing::warn!("imitating {}: ignoring {}", mimic.name(), sim.served.ignored.join(", "));
-    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);

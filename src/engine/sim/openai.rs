@@ -1,6 +1,6 @@
 //! `--api openai`: the OpenAI-compatible API as vLLM serves it (`vllm/entrypoints/openai/`):
 //! `/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/tokenize`, `/version`, `/health`,
-//! `/metrics`.
+//! `/metrics`, and llama-server's `/props` (what `--mimic llama_cpp` needs beyond vLLM's shapes).
 //!
 //! Owns vLLM's shapes: a chat stream opens with a role-only delta, every streamed choice carries
 //! `stop_reason`, the last choice its `finish_reason`, and the `choices: []` usage chunk comes only
@@ -102,6 +102,7 @@ pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], s
         (&Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/version") => json_response(StatusCode::OK, json!({"version": sim.args.server_version})),
         (&Method::GET, "/v1/models") => json_response(StatusCode::OK, models(sim)),
+        (&Method::GET, "/props") => json_response(StatusCode::OK, props(sim)),
         (&Method::GET, "/metrics") => text_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -123,6 +124,7 @@ pub(super) async fn route(sim: &Sim, method: &Method, path: &str, body: &[u8], s
             "/health"
             | "/version"
             | "/v1/models"
+            | "/props"
             | "/metrics"
             | "/tokenize"
             | "/v1/completions"
@@ -144,6 +146,14 @@ fn models(sim: &Sim) -> Value {
         })
         .collect();
     json!({"object": "list", "data": cards})
+}
+
+/// llama-server's `/props`: the build (where kitt's llama.cpp template reads the version), the
+/// model's names and the context size each slot has.
+fn props(sim: &Sim) -> Value {
+    json!({"build_info": sim.args.server_version, "model_path": sim.served.root,
+        "model_alias": sim.served.models.join(","),
+        "default_generation_settings": {"n_ctx": sim.served.max_model_len}})
 }
 
 /// `/tokenize` in both shapes: vLLM's `{"prompt"}` (or `{"messages"}`) and llama.cpp's `{"content"}`.

@@ -355,7 +355,7 @@ fn argv(args: &str) -> Vec<String> {
 }
 
 #[test]
-fn mimic_reads_vllm_argv_leniently() {
+fn mimic_reads_vllm_argv_as_vllm_does() {
     let args = sim_args(&["--mimic", "vllm", "--"]).unwrap();
     let no_env = |_: &str| None;
     let parse = |line: &str| {
@@ -367,7 +367,26 @@ fn mimic_reads_vllm_argv_leniently() {
     assert_eq!((served.api, served.host.as_str(), served.port), (SimApi::Openai, "0.0.0.0", 9001));
     assert_eq!((served.models, served.root.as_str()), (vec!["a".to_string(), "b".into()], "/models/m.gguf"));
     assert_eq!(served.max_model_len, 8000);
-    assert_eq!(served.ignored, ["--enable-prefix-caching", "--dtype auto", "--seed", "-1"]);
+    let flags: Vec<(&str, &str, String)> =
+        served.parsed.iter().map(|p| (p.flag.as_str(), p.given.as_str(), p.values.join(" "))).collect();
+    assert_eq!(
+        &flags[..],
+        [
+            ("--served-model-name", "--served-model-name", "a b".to_string()),
+            ("--port", "--port", "9001".into()),
+            ("--max-model-len", "--max_model_len", "8k".into()),
+            ("--enable-prefix-caching", "--enable-prefix-caching", String::new()),
+            ("--dtype", "--dtype", "auto".into()),
+            ("--seed", "--seed", "-1".into()),
+        ]
+    );
+    let unknown = parse("--model /m --max-tokens 9").unwrap_err().to_string();
+    assert_eq!(
+        unknown,
+        "--mimic vllm: `--max-tokens` is not a flag of `vllm serve` (see `vllm serve --help`); drop it or fix its spelling"
+    );
+    let extra = parse("serve /m /n").unwrap_err().to_string();
+    assert_eq!(extra, "--mimic vllm: `/n` is not an argument `vllm serve` takes; only flags follow the model");
     let served = parse("--model /m --host 127.0.0.1 --max-model-len 2K").unwrap();
     assert_eq!((served.models, served.port, served.max_model_len), (vec!["/m".to_string()], 8000, 2048));
     assert_eq!(parse("--port").unwrap_err().to_string(), "--mimic vllm: `--port` needs a value");
@@ -390,7 +409,14 @@ fn mimic_reads_tgi_flags_over_its_environment_and_never_hostname() {
         (served.models, served.max_model_len, served.max_input_tokens),
         (vec!["/models/x".to_string()], 512, 511)
     );
-    assert_eq!(served.ignored, ["--num-shard 2"]);
+    assert_eq!(
+        served.parsed.last().map(|p| (p.flag.as_str(), p.values.as_slice())),
+        Some(("--num-shard", &["2".to_string()][..]))
+    );
+    assert_eq!(
+        served.env,
+        [("MODEL_ID".to_string(), "from-env".to_string()), ("MAX_TOTAL_TOKENS".into(), "512".into())]
+    );
     args.engine_args.clear();
     let served = resolve(&args, &env).unwrap();
     assert_eq!((served.models, served.port), (vec!["from-env".to_string()], 3000));
