@@ -55,7 +55,14 @@ impl Decode for SuiteSpec {
         let engines = f.req(cx, "engines");
         let benchmarks = f.req(cx, "benchmarks");
         let sampling = f.opt(cx, "sampling").unwrap_or_default();
-        let runs = f.opt(cx, "runs").unwrap_or(1);
+        let runs: Option<Spanned<u32>> = f.opt(cx, "runs");
+        if let Some(r) = runs.as_ref().filter(|r| r.value == 0) {
+            cx.error(
+                super::diag::Diagnostic::new(r.pos, "`runs` must be at least 1")
+                    .help("`runs` is how many times every cell is measured; leave it out for 1"),
+            );
+        }
+        let runs = runs.map_or(1, |r| r.value);
         let matrix = f.opt(cx, "matrix").unwrap_or_default();
         let execution = f.opt(cx, "execution").unwrap_or_default();
         let warmup = f.opt(cx, "warmup").unwrap_or_default();

@@ -134,6 +134,7 @@ impl<'a> Compiler<'a> {
         self.check_unique("engine", spec.engines.iter().map(|e| &e.name));
         self.check_unique("benchmark", spec.benchmarks.iter().map(|b| &b.name));
         if spec.runs == 0 {
+            // The decoder refuses `runs: 0` at its position; a suite built in memory may not.
             self.err(Diagnostic::new(Pos::START, "`runs` must be at least 1"));
         }
         for (what, list) in
