@@ -200,7 +200,7 @@ fn serial_docker_sigint_sigterm_and_kill_leave_no_container_behind() {
             .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("engine.log")).ok())
             .collect();
-        assert!(logs.contains("imitating vllm"), "{next}: {logs}");
+        assert!(logs.contains("\"mimic\":\"vllm\""), "{next}: {logs}");
         if next == "gc" {
             assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed container {}", left[0])));
         }

@@ -189,7 +189,7 @@ fn serial_docker_a_dead_containerised_kitts_engine_is_swept_from_the_host() {
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("engine.log")).ok())
         .collect();
-    assert!(logs.contains("imitating vllm"), "the orphan's logs were saved: {logs}");
+    assert!(logs.contains("\"mimic\":\"vllm\""), "the orphan's logs were saved: {logs}");
 }
 
 /// A `docker run` the CLI gives up on (no answer within `KITT_DOCKER_TIMEOUT`) may still have
@@ -226,6 +226,6 @@ fn serial_docker_a_docker_run_that_times_out_leaves_no_container() {
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("engine.log")).ok())
         .collect();
-    assert!(logs.contains("imitating vllm"), "what the engine wrote is kept: {logs}");
+    assert!(logs.contains("\"mimic\":\"vllm\""), "what the engine wrote is kept: {logs}");
     assert!(logs.contains("no answer within"), "and why it was removed: {logs}");
 }
