@@ -14,6 +14,7 @@ impl RunExecutor {
         let s = &self.plan.steps[step];
         let ci = s.cell.ok_or_else(|| err("benchmark step without a cell"))?;
         let cell = &self.plan.cells[ci];
+        let at = self.at(step)?;
         if cell.eval.is_some() {
             return self.eval_benchmark(step, attempt, cancel).await;
         }
@@ -36,7 +37,7 @@ impl RunExecutor {
         }
         let (client, target) = {
             let engines = self.engines.lock().await;
-            let e = engines.get(&cell.group);
+            let e = engines.get(&at.unit);
             (e.map(|e| e.client.clone()), e.map(|e| e.target.clone()).unwrap_or(EngineTarget::None))
         };
         let metrics_path = self.plan.groups[cell.group].metrics_path.clone();
@@ -76,7 +77,7 @@ impl RunExecutor {
             window_opens: Some(window_opens),
             cutoff: Some(step_cutoff(std::time::Instant::now(), self.plan.execution.step_timeout.0)),
         };
-        let outcome = self.run_load(cell.group, m, cancel).await;
+        let outcome = self.run_load(at, m, cancel).await;
         let (before, sampler) = {
             let mut w = window.lock().await;
             (w.before.take(), w.sampler.take())
@@ -165,12 +166,12 @@ impl RunExecutor {
     /// each stage's own metrics).
     pub(super) async fn run_load(
         &self,
-        gi: usize,
+        at: At,
         m: Measurement<'_>,
         cancel: &Cancel,
     ) -> Result<(load::LoadOutcome, Option<Vec<Json>>), StepError> {
         if !matches!(m.spec.profile, Profile::Stages(_) | Profile::Sweep { .. }) {
-            return Ok((self.measure(gi, m, cancel).await?, None));
+            return Ok((self.measure(at, m, cancel).await?, None));
         }
         let Measurement { call, spec, label, expected_output_tokens, seed, records, window_opens, cutoff, .. } = m;
         let mut stages: Vec<Json> = Vec::new();
@@ -203,7 +204,7 @@ impl RunExecutor {
                 window_opens: window_opens.clone(),
                 cutoff,
             };
-            let outcome = self.measure(gi, stage_m, cancel).await?;
+            let outcome = self.measure(at, stage_m, cancel).await?;
             let truncated = outcome.truncated;
             let sm = metrics::summarize(&outcome);
             throughputs.push(sm.request_throughput);

@@ -35,7 +35,7 @@ impl RunExecutor {
             .ok_or_else(|| err(format!("cannot read {}", path.display())))?;
         let gi = self.plan.cells[ci].group;
         let mut facts = self.facts.clone();
-        if let Some(e) = self.engines.lock().await.get(&gi) {
+        if let Some(e) = self.engines.lock().await.get(&self.at(step)?.unit) {
             facts.extend(e.facts.clone());
         }
         let mut drift = self.run_drift.clone();
@@ -58,6 +58,7 @@ impl RunExecutor {
                 facts,
                 drift,
                 prompts_exact: raw["prompts_exact"].as_bool().unwrap_or(false),
+                granularity: self.plan.execution.granularity,
             },
         };
         self.write(self.step_dir(&s.key)?.join("result.json"), &result)?;

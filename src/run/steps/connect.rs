@@ -9,7 +9,8 @@ use super::*;
 
 impl RunExecutor {
     /// An endpoint engine: nothing to start; check its health, learn what it serves, record facts.
-    pub(super) async fn connect(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
+    pub(super) async fn connect(&self, at: At, cancel: &Cancel) -> Result<Json, StepError> {
+        let gi = at.group;
         let g = &self.plan.groups[gi];
         let Mode::Endpoint { url, headers, ca_file, insecure, skip_health } = &g.mode else {
             return Err(err(format!("engine `{}` is not an endpoint", g.id)));
@@ -58,7 +59,7 @@ impl RunExecutor {
         };
         self.check_drift(gi, &facts)?;
         self.engines.lock().await.insert(
-            gi,
+            at.unit,
             Engine { process: None, container: None, client, facts: facts.clone(), served, target: EngineTarget::None },
         );
         Ok(json!({"facts": facts, "model": model}))

@@ -21,7 +21,7 @@ impl RunExecutor {
             return Err(err(format!("benchmark `{}` has no eval", cell.benchmark)));
         };
         let started = unix_ns();
-        let (client, served) = self.engine_handle(cell.group).await?;
+        let (client, served) = self.engine_handle(self.at(step)?).await?;
         let mut call = call.clone();
         if let Some(name) = &served {
             call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);

@@ -27,7 +27,7 @@ impl RunExecutor {
 
     pub(super) async fn measure(
         &self,
-        gi: usize,
+        at: At,
         m: Measurement<'_>,
         cancel: &Cancel,
     ) -> Result<load::LoadOutcome, StepError> {
@@ -42,14 +42,14 @@ impl RunExecutor {
             window_opens,
             cutoff,
         } = m;
-        let g = &self.plan.groups[gi];
-        let (client, served) = self.engine_handle(gi).await?;
+        let g = &self.plan.groups[at.group];
+        let (client, served) = self.engine_handle(at).await?;
         let mut call = call.clone();
         if let Some(name) = served {
             call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);
         }
         let mut tokenize = self.tokenizer(g)?;
-        if let (Some(t), Some(name)) = (tokenize.as_mut(), self.served_name(gi).await) {
+        if let (Some(t), Some(name)) = (tokenize.as_mut(), self.served_name(at).await) {
             t.bind(&[("model.served_name", json!(name))]);
         }
         self.progress.requests.store(0, Ordering::Relaxed);

@@ -95,12 +95,23 @@ pub struct RunExecutor {
     /// Collect keys finished by earlier attempts (their results are marked reused).
     pub reused: HashSet<String>,
     pub progress: Arc<Progress>,
+    /// Running engines by unit: each unit (an engine group, or one cell) starts its own.
     engines: tokio::sync::Mutex<HashMap<usize, Engine>>,
+    /// The unit of each step.
+    unit_of: Vec<Option<usize>>,
     /// Containers started so far (names are `kitt-<run id>-<group>-<n>`).
     containers_started: AtomicU64,
     /// Local tokenizers loaded so far, by file.
     local_tokenizers: Mutex<HashMap<PathBuf, Tokenizer>>,
     drift: Mutex<HashMap<usize, Vec<String>>>,
+}
+
+/// Where a step runs: what to run (its engine group) and which running engine it uses (its
+/// unit's: each unit starts its own).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    group: usize,
+    unit: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> StepError {
@@ -121,6 +132,7 @@ impl RunExecutor {
     ) -> RunExecutor {
         let kitt_exe =
             std::env::current_exe().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|_| "kitt".into());
+        let unit_of = plan.unit_of_steps();
         RunExecutor {
             plan,
             run_id,
@@ -135,6 +147,7 @@ impl RunExecutor {
             reused,
             progress,
             engines: tokio::sync::Mutex::new(HashMap::new()),
+            unit_of,
             containers_started: AtomicU64::new(0),
             local_tokenizers: Mutex::new(HashMap::new()),
             drift: Mutex::new(HashMap::new()),
@@ -236,21 +249,41 @@ impl RunExecutor {
         Ok(())
     }
 
-    async fn client(&self, gi: usize) -> Result<EngineClient, StepError> {
-        Ok(self.engine_handle(gi).await?.0)
+    /// Where `step` runs: its engine group and its unit.
+    fn at(&self, step: usize) -> Result<At, StepError> {
+        let s = &self.plan.steps[step];
+        match (s.group, self.unit_of[step]) {
+            (Some(group), Some(unit)) => Ok(At { group, unit }),
+            _ => Err(err(format!("{} step without an engine group", s.kind.name()))),
+        }
+    }
+
+    /// The name of the pid file of a unit's engine process: its group's key for a group unit
+    /// (one engine per group), its start step's key for a cell unit.
+    fn pid_key(&self, at: At) -> String {
+        let start =
+            self.plan.units[at.unit].steps.iter().map(|s| &self.plan.steps[*s]).find(|s| s.kind == StepKind::Start);
+        match (self.plan.units[at.unit].kind, start) {
+            (crate::plan::UnitKind::Group, _) | (_, None) => self.plan.groups[at.group].key.clone(),
+            (_, Some(s)) => s.key.clone(),
+        }
+    }
+
+    async fn client(&self, at: At) -> Result<EngineClient, StepError> {
+        Ok(self.engine_handle(at).await?.0)
     }
 
     /// The client of a running engine and the model name it serves, when learned at run time.
-    async fn engine_handle(&self, gi: usize) -> Result<(EngineClient, Option<String>), StepError> {
+    async fn engine_handle(&self, at: At) -> Result<(EngineClient, Option<String>), StepError> {
         let engines = self.engines.lock().await;
         engines
-            .get(&gi)
+            .get(&at.unit)
             .map(|e| (e.client.clone(), e.served.clone()))
-            .ok_or_else(|| err(format!("engine `{}` is not running", self.plan.groups[gi].id)))
+            .ok_or_else(|| err(format!("engine `{}` is not running", self.plan.groups[at.group].id)))
     }
 
-    async fn served_name(&self, gi: usize) -> Option<String> {
-        self.engines.lock().await.get(&gi).and_then(|e| e.served.clone())
+    async fn served_name(&self, at: At) -> Option<String> {
+        self.engines.lock().await.get(&at.unit).and_then(|e| e.served.clone())
     }
 }
 
@@ -260,16 +293,17 @@ impl Executor for RunExecutor {
             let s = &self.plan.steps[step];
             let group = s.group;
             let g = || group.ok_or_else(|| err("step without an engine group"));
+            let at = || self.at(step);
             panic_if_asked(s.kind, &self.plan.step_label(s), attempt);
             let result = match s.kind {
                 StepKind::Pull => self.pull(g()?).await,
-                StepKind::Start => self.start(g()?, &s.key, &cancel).await,
-                StepKind::Connect => self.connect(g()?, &cancel).await,
-                StepKind::Setup => self.setup(g()?).await,
-                StepKind::Warmup => self.warmup(g()?, &cancel).await,
+                StepKind::Start => self.start(at()?, &s.key, &cancel).await,
+                StepKind::Connect => self.connect(at()?, &cancel).await,
+                StepKind::Setup => self.setup(at()?).await,
+                StepKind::Warmup => self.warmup(at()?, &cancel).await,
                 StepKind::Benchmark => self.benchmark(step, attempt, &cancel).await,
                 StepKind::Collect => self.collect(step).await,
-                StepKind::Stop => self.stop(g()?, &cancel).await,
+                StepKind::Stop => self.stop(at()?, &cancel).await,
                 StepKind::Report => self.write_reports(),
             };
             if result.is_ok() {
@@ -279,22 +313,24 @@ impl Executor for RunExecutor {
         })
     }
 
-    fn restart(self: Arc<Self>, group: usize, cancel: Cancel) -> StepFuture {
+    fn restart(self: Arc<Self>, step: usize, cancel: Cancel) -> StepFuture {
         Box::pin(async move {
+            let at = self.at(step)?;
             // kitt did not start an endpoint and cannot restart it: the retry simply runs again.
-            if matches!(self.plan.groups[group].mode, Mode::Endpoint { .. }) {
+            if matches!(self.plan.groups[at.group].mode, Mode::Endpoint { .. }) {
                 return Ok(Json::Null);
             }
-            self.stop(group, &cancel).await?;
-            let key = self
-                .plan
+            self.stop(at, &cancel).await?;
+            // The start of the step's own unit: with `granularity: cell` each cell has one.
+            let key = self.plan.units[at.unit]
                 .steps
                 .iter()
-                .find(|s| s.kind == StepKind::Start && s.group == Some(group))
+                .map(|s| &self.plan.steps[*s])
+                .find(|s| s.kind == StepKind::Start)
                 .map(|s| s.key.clone())
                 .unwrap_or_default();
-            self.start(group, &key, &cancel).await?;
-            self.warmup(group, &cancel).await
+            self.start(at, &key, &cancel).await?;
+            self.warmup(at, &cancel).await
         })
     }
 }

@@ -67,6 +67,7 @@ impl RunExecutor {
                             facts: self.facts.clone(),
                             drift: Vec::new(),
                             prompts_exact: false,
+                            granularity: self.plan.execution.granularity,
                         },
                     }
                 }

@@ -7,8 +7,9 @@
 use super::*;
 
 impl RunExecutor {
-    pub(super) async fn setup(&self, gi: usize) -> Result<Json, StepError> {
-        let client = self.client(gi).await?;
+    pub(super) async fn setup(&self, at: At) -> Result<Json, StepError> {
+        let gi = at.group;
+        let client = self.client(at).await?;
         for call in &self.plan.groups[gi].setup {
             let body = call.body.clone().unwrap_or(Json::Null);
             client.post_json(&call.path, &body).await.map_err(err)?;

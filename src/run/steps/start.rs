@@ -10,10 +10,11 @@
 use super::*;
 
 impl RunExecutor {
-    pub(super) async fn start(&self, gi: usize, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+    pub(super) async fn start(&self, at: At, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+        let gi = at.group;
         let g = &self.plan.groups[gi];
         if matches!(g.mode, Mode::Container { .. }) {
-            return self.start_container(gi, key, cancel).await;
+            return self.start_container(at, key, cancel).await;
         }
         let Mode::Native { argv, env, cwd } = &g.mode else {
             return Err(err(format!("engine `{}`: {} mode has nothing to start", g.engine, g.mode.name())));
@@ -41,23 +42,23 @@ impl RunExecutor {
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         // Recorded at once: an engine may load for minutes, and a kitt killed meanwhile must leave
         // the next apply (or `kitt gc`) enough to stop everything it started.
-        crate::run::pidfile::write(&self.run_dir, &g.key, process.pid());
+        crate::run::pidfile::write(&self.run_dir, &self.pid_key(at), process.pid());
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256)
             .map_err(err)
-            .map_err(|e| self.forget_process(&g.key, e))?;
+            .map_err(|e| self.forget_process(&self.pid_key(at), e))?;
         if let Err(e) = wait_healthy(g, &client, Watch::Process(&mut process), cancel).await {
             process.stop(Duration::from_secs(2), true).await;
-            return Err(self.forget_process(&g.key, e));
+            return Err(self.forget_process(&self.pid_key(at), e));
         }
         let mut facts = self.observe(g, &client).await;
         Self::add_model_fact(&mut facts, model.as_ref());
         if let Err(e) = self.check_drift(gi, &facts) {
             process.stop(Duration::from_secs(2), false).await;
-            return Err(self.forget_process(&g.key, e));
+            return Err(self.forget_process(&self.pid_key(at), e));
         }
         let pid = process.pid();
         self.engines.lock().await.insert(
-            gi,
+            at.unit,
             Engine {
                 process: Some(process),
                 container: None,
@@ -71,13 +72,14 @@ impl RunExecutor {
     }
 
     /// Removes the pid file of an engine that was stopped because it failed to start.
-    pub(super) fn forget_process(&self, group_key: &str, e: StepError) -> StepError {
-        crate::run::pidfile::remove(&self.run_dir, group_key);
+    pub(super) fn forget_process(&self, pid_key: &str, e: StepError) -> StepError {
+        crate::run::pidfile::remove(&self.run_dir, pid_key);
         e
     }
 
     /// A container engine: `docker run` it, wait until it is healthy and its own, record facts.
-    pub(super) async fn start_container(&self, gi: usize, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+    pub(super) async fn start_container(&self, at: At, key: &str, cancel: &Cancel) -> Result<Json, StepError> {
+        let gi = at.group;
         let g = &self.plan.groups[gi];
         let Mode::Container { image, args, env, mounts, gpus, shm_size, extra_args, network, .. } = &g.mode else {
             return Err(err(format!("engine `{}` is not a container", g.id)));
@@ -157,7 +159,7 @@ impl RunExecutor {
             _ => EngineTarget::None,
         };
         self.engines.lock().await.insert(
-            gi,
+            at.unit,
             Engine { process: None, container: Some(container), client, facts: facts.clone(), served: None, target },
         );
         Ok(json!({"port": port, "container": name, "gpus": gpus, "facts": facts, "model": model}))

@@ -8,8 +8,8 @@
 use super::*;
 
 impl RunExecutor {
-    pub(super) async fn stop(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
-        let engine = self.engines.lock().await.remove(&gi);
+    pub(super) async fn stop(&self, at: At, cancel: &Cancel) -> Result<Json, StepError> {
+        let engine = self.engines.lock().await.remove(&at.unit);
         let mut status = None;
         if let Some(e) = engine {
             if let Some(p) = e.process {
@@ -25,14 +25,15 @@ impl RunExecutor {
             }
         }
         // Only once the process is gone: a kill meanwhile leaves the pid file for the sweep.
-        crate::run::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
+        crate::run::pidfile::remove(&self.run_dir, &self.pid_key(at));
         Ok(json!({"exit": status}))
     }
 
     /// Stops every engine still running (every ending path calls this).
     pub async fn shutdown(&self, urgent: bool) {
         let engines: Vec<(usize, Engine)> = self.engines.lock().await.drain().collect();
-        for (gi, e) in engines {
+        for (unit, e) in engines {
+            let at = At { group: self.plan.units[unit].group, unit };
             if let Some(p) = e.process {
                 p.stop(Duration::from_secs(5), urgent).await;
             }
@@ -42,7 +43,7 @@ impl RunExecutor {
                     tracing::error!("cannot remove container {name}: {e}");
                 }
             }
-            crate::run::pidfile::remove(&self.run_dir, &self.plan.groups[gi].key);
+            crate::run::pidfile::remove(&self.run_dir, &self.pid_key(at));
         }
     }
 }

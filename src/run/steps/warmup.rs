@@ -7,7 +7,8 @@
 use super::*;
 
 impl RunExecutor {
-    pub(super) async fn warmup(&self, gi: usize, cancel: &Cancel) -> Result<Json, StepError> {
+    pub(super) async fn warmup(&self, at: At, cancel: &Cancel) -> Result<Json, StepError> {
+        let gi = at.group;
         let g = &self.plan.groups[gi];
         let Some(w) = &g.warmup else {
             return Ok(Json::Null);
@@ -37,7 +38,7 @@ impl RunExecutor {
             window_opens: None,
             cutoff: None,
         };
-        let outcome = self.measure(gi, m, cancel).await?;
+        let outcome = self.measure(at, m, cancel).await?;
         let (requests, ok) = outcome.tally.requests();
         let failed = requests - ok;
         if failed == requests && failed > 0 {
