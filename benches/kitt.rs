@@ -73,7 +73,7 @@ impl Executor for Noop {
     fn run(self: Arc<Self>, _step: usize, _attempt: u32, _cancel: Cancel) -> StepFuture {
         Box::pin(async { Ok(serde_json::Value::Null) })
     }
-    fn restart(self: Arc<Self>, _group: usize, _cancel: Cancel) -> StepFuture {
+    fn restart(self: Arc<Self>, _step: usize, _cancel: Cancel) -> StepFuture {
         Box::pin(async { Ok(serde_json::Value::Null) })
     }
 }

@@ -664,3 +664,42 @@ fn runs_list_and_show_say_what_ran_and_what_is_left() {
     let text_out = env.cmd().args(["runs", "show", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&text_out.stdout).contains(&format!("run {id} of suite `small`")));
 }
+
+#[test]
+fn with_cell_granularity_each_cell_runs_on_a_freshly_started_engine() {
+    let env = Env::new();
+    let suite = env.suite(
+        "s.yaml",
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: cellwise}
+spec:
+  models: [{name: cellwise}]
+  engines: [{name: sim, template: sim}]
+  benchmarks:
+    - {name: tput, template: throughput, params: {concurrency: [1, 2], requests: 4, max_tokens: 4}}
+  warmup: {requests: 1}
+  execution: {granularity: cell}
+"#,
+    );
+    let out = env.apply(&suite, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let finished: Vec<Json> = journal(&run).into_iter().filter(|r| r["event"] == "step_finished").collect();
+    let kinds: Vec<&str> = finished.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    // Each cell: its own engine started, warmed up, measured and stopped before the next starts.
+    let one = ["start", "warmup", "benchmark", "collect", "stop"];
+    assert_eq!(kinds, [&one[..], &one[..], &["report"]].concat());
+    let pids: Vec<u64> =
+        finished.iter().filter(|r| r["kind"] == "start").map(|r| r["outputs"]["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    assert_ne!(pids[0], pids[1], "the second cell ran on the first cell's engine");
+    let r = report(&run);
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    for c in cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert_eq!(c["provenance"]["granularity"], "cell", "{c}");
+    }
+    assert!(sims_alive("cellwise").is_empty(), "an engine outlived the run");
+}

@@ -202,3 +202,91 @@ fn an_eval_cells_key_follows_its_eval_not_only_its_params() {
     assert_ne!(number, exact);
     assert_eq!(number, bench_key("number").0);
 }
+
+/// Unit ids by what each unit holds: the group's id, or the group's id and the cell's label.
+fn unit_ids(plan: &Plan) -> BTreeMap<String, String> {
+    plan.units
+        .iter()
+        .map(|u| {
+            let who = match u.cell {
+                Some(c) => format!("{} {}", plan.groups[u.group].id, plan.cells[c].label()),
+                None => plan.groups[u.group].id.clone(),
+            };
+            (who, u.id.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_units_id_survives_an_edit_of_a_benchmark_it_does_not_run() {
+    let t = tempfile::tempdir().unwrap();
+    let suite = format!("{SUITE}  matrix: {{exclude: [{{engine: a, benchmark: lat}}]}}\n");
+    let before = unit_ids(&compile(t.path(), &suite));
+    let after = unit_ids(&compile(t.path(), &suite.replace("params: {requests: 10}", "params: {requests: 11}")));
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before["a/tiny"], after["a/tiny"], "engine a does not run `lat`");
+    assert_ne!(before["b/tiny"], after["b/tiny"], "engine b runs the edited `lat`");
+    // Its own steps changing changes it: a new image is a new unit.
+    let image = unit_ids(&compile(t.path(), &suite.replace("v0.6.0", "v0.6.1")));
+    assert_ne!(before["a/tiny"], image["a/tiny"]);
+    assert_eq!(before["b/tiny"], image["b/tiny"]);
+}
+
+#[test]
+fn with_cell_granularity_each_cell_is_a_unit_with_an_engine_of_its_own() {
+    let t = tempfile::tempdir().unwrap();
+    let cellwise = SUITE.replace("  sampling:", "  execution: {granularity: cell}\n  sampling:");
+    let group = compile(&t.path().join("g"), SUITE);
+    let plan = compile(&t.path().join("c"), &cellwise);
+    assert_eq!(plan.units.len(), plan.cells.len());
+    let group_keys: std::collections::HashSet<&str> = group.steps.iter().map(|s| s.key.as_str()).collect();
+    for u in &plan.units {
+        assert_eq!(u.kind, plan::UnitKind::Cell);
+        let kinds: Vec<StepKind> = u.steps.iter().map(|s| plan.steps[*s].kind).collect();
+        let count = |k: StepKind| kinds.iter().filter(|x| **x == k).count();
+        for k in [StepKind::Start, StepKind::Benchmark, StepKind::Collect, StepKind::Stop] {
+            assert_eq!(count(k), 1, "unit {} has {kinds:?}", u.id);
+        }
+        assert_eq!(kinds.last(), Some(&StepKind::Stop), "unit {} has {kinds:?}", u.id);
+        // A cell on a fresh engine is another measurement: none of its keys but the image
+        // check's is a group plan's.
+        for s in u.steps.iter().map(|s| &plan.steps[*s]).filter(|s| s.kind != StepKind::Pull) {
+            assert!(!group_keys.contains(s.key.as_str()), "{} keeps its group key", s.kind.name());
+        }
+    }
+    // Editing `lat` changes exactly the units of `lat` cells.
+    let before = unit_ids(&plan);
+    let after =
+        unit_ids(&compile(&t.path().join("c"), &cellwise.replace("params: {requests: 10}", "params: {requests: 11}")));
+    let changed: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(changed, vec!["a/tiny lat run=0", "b/tiny lat run=0"]);
+}
+
+#[test]
+fn units_snapshot() {
+    let quickstart = plan::compile::compile_file(Path::new("examples/quickstart.yaml")).unwrap();
+    insta::assert_snapshot!("units.quickstart.text", plan::render::units_text(&quickstart));
+    let t = tempfile::tempdir().unwrap();
+    let cellwise = SUITE.replace("  sampling:", "  execution: {granularity: cell, isolation: engine}\n  sampling:");
+    let plan = compile(t.path(), &cellwise);
+    let shown = plan::render::units_text(&plan).replace(&plan.suite.file.display().to_string(), "[suite]");
+    insta::assert_snapshot!("units.cells.text", shown);
+    insta::assert_json_snapshot!("units.cells.json", plan::render::units(&plan));
+}
+
+#[test]
+fn kitt_plan_units_prints_the_units_as_json() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"))
+        .args(["plan", "examples/quickstart.yaml", "--units", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let units: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let units = units.as_array().unwrap();
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0]["kind"], "group");
+    assert_eq!(units[0]["needs"]["exclusive_host"], true);
+    let kinds: Vec<&str> = units[0]["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert_eq!(kinds.last(), Some(&"stop"));
+}

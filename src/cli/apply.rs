@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Output, print_json, report};
 use crate::cancel::Cancel;
 use crate::plan::{self, Plan};
-use crate::run::{self, ApplyOptions, dir, exec::Progress, journal};
+use crate::run::{self, ApplyOptions, dir, journal, steps::Progress};
 
 #[derive(Debug, Args)]
 pub struct RunFlags {

@@ -78,6 +78,10 @@ pub enum Command {
         /// Where runs live, to mark the steps an unfinished run would reuse.
         #[arg(long)]
         runs_dir: Option<PathBuf>,
+        /// Show the units the plan is cut into (what an executor places), their steps and what
+        /// each needs, instead of the step graph (text or json).
+        #[arg(long)]
+        units: bool,
     },
     /// Run a suite (or resume its unfinished run): start engines, benchmark, report.
     Apply {
@@ -181,7 +185,7 @@ pub fn run(cli: Cli) -> i32 {
     }
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
-        Command::Plan { suite, output, runs_dir } => plan_cmd(&suite, output, runs_dir.as_deref()),
+        Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
         Command::Apply { suite, flags } => apply::apply(&suite, &flags, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Runs { command: RunsCommand::List { runs_dir, output } } => {
@@ -293,8 +297,22 @@ fn validate(files: &[PathBuf], output: Output) -> i32 {
     }
 }
 
-fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>) -> i32 {
+fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bool) -> i32 {
     match plan::compile::compile_file(suite) {
+        Ok(plan) if units => match output {
+            PlanOutput::Text => {
+                print!("{}", render::units_text(&plan));
+                0
+            }
+            PlanOutput::Json => {
+                print_json(&render::units(&plan));
+                0
+            }
+            PlanOutput::Dot => {
+                eprintln!("error: --units prints text or json; drop --units for the step graph in dot");
+                EXIT_USAGE
+            }
+        },
         Ok(plan) => {
             let mut states = BTreeMap::new();
             let resumes = crate::run::pending_resume(&plan, runs_dir);

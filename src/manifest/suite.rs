@@ -485,6 +485,18 @@ pub enum OnFailure {
     /// Stop starting new steps after the first failed cell.
     Stop,
 }
+/// What one unit of the plan is (`execution.granularity`): the thing an executor places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// An engine group: its lifecycle (pull … stop) and all its cells, on one engine.
+    #[default]
+    Group,
+    /// One cell, on an engine started, warmed up and stopped for it alone.
+    Cell,
+}
+string_enum!(Granularity { "group" => Granularity::Group, "cell" => Granularity::Cell });
+
 string_enum!(OnFailure { "continue" => OnFailure::Continue, "stop" => OnFailure::Stop });
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -517,6 +529,10 @@ pub struct Execution {
     /// 30s, total 20m); a benchmark's `load.request_timeout` overrides them for its cells.
     #[serde(default)]
     pub request_timeout: super::load::RequestTimeout,
+    /// How the plan is cut into units: one engine group with its cells (default), or one cell
+    /// on an engine started for it alone (which changes what is measured: every result records it).
+    #[serde(default)]
+    pub granularity: Granularity,
 }
 
 fn default_sample_interval() -> Dur {
@@ -546,6 +562,7 @@ impl Default for Execution {
             max_error_rate: 0.05,
             sample_interval: Dur(std::time::Duration::from_millis(200)),
             request_timeout: super::load::RequestTimeout::default(),
+            granularity: Granularity::Group,
         }
     }
 }
@@ -565,6 +582,7 @@ impl Decode for Execution {
             max_error_rate: max_error_rate.as_ref().map_or(d.max_error_rate, |m| m.value),
             sample_interval: f.opt(cx, "sample_interval").unwrap_or(d.sample_interval),
             request_timeout: f.opt(cx, "request_timeout").unwrap_or(d.request_timeout),
+            granularity: f.opt(cx, "granularity").unwrap_or(d.granularity),
         };
         f.finish(cx);
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {

@@ -191,7 +191,9 @@ impl<'a> Compiler<'a> {
             let t = load.request_timeout.unwrap_or(spec.execution.request_timeout);
             load.request_timeout = (t != RequestTimeout::default()).then_some(t);
         }
-        let steps = layout(&groups, &cells, spec.execution.isolation, &reporters, self.keys);
+        let steps =
+            layout(&groups, &cells, spec.execution.isolation, spec.execution.granularity, &reporters, self.keys);
+        let units = unit::cut(&groups, &steps, &spec.execution, self.keys);
         let mut templates: Vec<TemplateRef> = Vec::new();
         for (kind, name) in spec
             .engines
@@ -233,6 +235,7 @@ impl<'a> Compiler<'a> {
             groups,
             cells,
             steps,
+            units,
             reporters,
             templates,
         })

@@ -12,6 +12,7 @@
 pub mod compile;
 pub mod layout;
 pub mod render;
+pub mod unit;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::manifest::suite::{Execution, Network, PullPolicy};
 use crate::manifest::template_kind::{Probe, StreamFormat, UsagePointers};
 
 pub use compile::compile;
+pub use unit::{Unit, UnitKind};
 
 /// Version of the key derivation; bump it and every key changes.
 pub const KEY_FORMAT: u32 = 2;
@@ -71,6 +73,8 @@ pub struct Plan {
     pub groups: Vec<EngineGroup>,
     pub cells: Vec<Cell>,
     pub steps: Vec<Step>,
+    /// The steps cut into what an executor places (every step but the report is in one).
+    pub units: Vec<Unit>,
     pub reporters: Vec<ReporterRef>,
     /// Every template the suite uses and the file it came from.
     pub templates: Vec<TemplateRef>,
@@ -348,6 +352,17 @@ impl Plan {
             (None, Some(g)) => self.groups[g].id.clone(),
             _ => self.reporters.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
         }
+    }
+
+    /// The unit of each step (`None` for the report).
+    pub fn unit_of_steps(&self) -> Vec<Option<usize>> {
+        let mut of = vec![None; self.steps.len()];
+        for (ui, u) in self.units.iter().enumerate() {
+            for s in &u.steps {
+                of[*s] = Some(ui);
+            }
+        }
+        of
     }
 
     /// The petgraph form of the step DAG (ids are node indices).

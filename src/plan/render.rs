@@ -1,9 +1,12 @@
-//! Printing a plan: text (a tree per engine group), JSON (the value the executor consumes) and
-//! Graphviz DOT.
+//! Printing a plan: text (a tree per engine group), JSON (the value the executor consumes),
+//! Graphviz DOT, and its units (`kitt plan --units`: what an executor places and what each needs).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
+use super::unit::Needs;
 use super::{Mode, Plan, StepKey, StepKind};
 
 /// What is known about each step from an existing run (for `kitt plan` on a resumable suite).
@@ -36,6 +39,9 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
         e.on_failure,
         e.max_error_rate
     );
+    if e.granularity == crate::manifest::suite::Granularity::Cell {
+        out.push_str("granularity: cell (each cell on an engine started for it alone)\n");
+    }
     out.push_str("templates:\n");
     for t in &plan.templates {
         let _ = writeln!(out, "  {:<9} {:<12} {}", t.kind.to_lowercase(), t.name, t.origin);
@@ -94,6 +100,97 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
     }
     if let Some(r) = plan.steps.iter().find(|s| s.kind == StepKind::Report) {
         let _ = writeln!(out, "\nreport    {}  {}", &r.key[..12], plan.step_label(r));
+    }
+    out
+}
+
+/// One unit as `kitt plan --units --output json` prints it.
+#[derive(Debug, Serialize)]
+pub struct UnitView<'a> {
+    pub id: &'a str,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<[u32; 2]>,
+    /// The engine group's id (`engine/model`).
+    pub group: &'a str,
+    /// The cell's label (cell units and client shards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
+    pub needs: &'a Needs,
+    pub steps: Vec<UnitStep<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnitStep<'a> {
+    pub id: usize,
+    pub kind: &'static str,
+    pub key: &'a str,
+    pub label: String,
+}
+
+/// The units of `plan`, with their steps spelled out.
+pub fn units(plan: &Plan) -> Vec<UnitView<'_>> {
+    plan.units
+        .iter()
+        .map(|u| UnitView {
+            id: &u.id,
+            kind: u.kind.name(),
+            shard: match u.kind {
+                super::UnitKind::ClientShard { shard, of } => Some([shard, of]),
+                _ => None,
+            },
+            group: &plan.groups[u.group].id,
+            cell: u.cell.map(|c| plan.cells[c].label()),
+            needs: &u.needs,
+            steps: u
+                .steps
+                .iter()
+                .map(|i| {
+                    let s = &plan.steps[*i];
+                    UnitStep { id: s.id, kind: s.kind.name(), key: &s.key, label: plan.step_label(s) }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The units of `plan` as text: each with what it needs and its steps.
+pub fn units_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "suite `{}` ({}): {} unit(s) of granularity {}",
+        plan.suite.name,
+        plan.suite.file.display(),
+        plan.units.len(),
+        match plan.execution.granularity {
+            crate::manifest::suite::Granularity::Group => "group",
+            crate::manifest::suite::Granularity::Cell => "cell",
+        }
+    );
+    for u in units(plan) {
+        let what = match (&u.cell, u.shard) {
+            (Some(c), Some([i, n])) => format!("{} · {c} · shard {}/{n}", u.group, i + 1),
+            (Some(c), None) => format!("{} · {c}", u.group),
+            (None, _) => u.group.to_string(),
+        };
+        let _ = writeln!(out, "\nunit {} [{}] {what}", u.id, u.kind);
+        let _ = writeln!(
+            out,
+            "  needs: gpus {}, engine {}, {}",
+            u.needs.gpus.describe(),
+            u.needs.engine,
+            if u.needs.exclusive_host { "the host to itself while measuring" } else { "a shared host" }
+        );
+        for s in &u.steps {
+            let short = s.key.get(..12).unwrap_or(s.key);
+            let label = if matches!(s.kind, "benchmark" | "collect") { s.label.as_str() } else { "" };
+            let _ = writeln!(out, "  {:<9} {short}  {label}", s.kind);
+        }
+    }
+    if let Some(r) = plan.steps.iter().find(|s| s.kind == StepKind::Report) {
+        let _ =
+            writeln!(out, "\nafter every unit: report {}  {}", r.key.get(..12).unwrap_or(&r.key), plan.step_label(r));
     }
     out
 }

@@ -62,6 +62,11 @@ pub struct Provenance {
     pub drift: Vec<String>,
     /// Whether every prompt had exactly the requested token count (engine tokenizer).
     pub prompts_exact: bool,
+    /// What the cell was measured as part of: its engine group (after its siblings, on one
+    /// engine) or itself alone (`cell`: on an engine started for it). Results older than the
+    /// field were all `group`.
+    #[serde(default)]
+    pub granularity: crate::manifest::suite::Granularity,
 }
 
 /// The result of one cell.

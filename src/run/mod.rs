@@ -1,15 +1,15 @@
 //! Running a plan: the run directory, the journal, locks and the scheduler.
 //!
 //! Owns the filesystem layout of runs and the order in which steps execute; what a step does
-//! lives in `exec`, which calls into `engine` and `bench`.
+//! lives in `steps` (one file per step kind), which calls into `engine` and `bench`.
 
 pub mod dir;
-pub mod exec;
 pub mod facts;
 pub mod hostlock;
 pub mod journal;
 pub mod pidfile;
 pub mod scheduler;
+pub mod steps;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ pub async fn apply(
     plan: Plan,
     opts: &ApplyOptions,
     cancel: &Cancel,
-    progress: Arc<exec::Progress>,
+    progress: Arc<steps::Progress>,
 ) -> Result<ApplyOutcome, ApplyError> {
     let root = dir::runs_root(opts.runs_dir.as_deref());
     for what in pidfile::sweep(&root, None) {
@@ -310,7 +310,7 @@ pub async fn apply(
         kept_failed,
     };
     let reused_collects: HashSet<String> = reusable.clone();
-    let mut exec = exec::RunExecutor::new(
+    let mut exec = steps::RunExecutor::new(
         plan.clone(),
         run.id.clone(),
         run.path.clone(),

@@ -60,8 +60,9 @@ impl StepError {
 pub trait Executor: Send + Sync + 'static {
     /// Runs one attempt of `step`.
     fn run(self: Arc<Self>, step: usize, attempt: u32, cancel: Cancel) -> StepFuture;
-    /// Restarts the engine of `group` before a retry (templates with `restart_on_retry`).
-    fn restart(self: Arc<Self>, group: usize, cancel: Cancel) -> StepFuture;
+    /// Restarts the engine `step` measures on before a retry of it (templates with
+    /// `restart_on_retry`).
+    fn restart(self: Arc<Self>, step: usize, cancel: Cancel) -> StepFuture;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -160,10 +161,13 @@ pub async fn run<E: Executor>(
     }
     // Skipped because there was nothing to do (as opposed to because something failed).
     let mut harmless = vec![false; n];
-    let mut needed = vec![false; plan.groups.len()];
+    // Engines are per unit (an engine group, or one cell with `granularity: cell`): a unit's
+    // lifecycle runs only while one of its cells is still to run.
+    let unit_of = plan.unit_of_steps();
+    let mut needed = vec![false; plan.units.len()];
     for s in &plan.steps {
-        if let (Some(g), true) = (s.group, matches!(s.kind, StepKind::Benchmark | StepKind::Collect)) {
-            needed[g] |= !state[s.id].terminal();
+        if let (Some(u), true) = (unit_of[s.id], matches!(s.kind, StepKind::Benchmark | StepKind::Collect)) {
+            needed[u] |= !state[s.id].terminal();
         }
     }
     for s in &plan.steps {
@@ -171,8 +175,8 @@ pub async fn run<E: Executor>(
             s.kind,
             StepKind::Pull | StepKind::Start | StepKind::Connect | StepKind::Setup | StepKind::Warmup | StepKind::Stop
         );
-        if let (Some(g), true) = (s.group, lifecycle)
-            && !needed[g]
+        if let (Some(u), true) = (unit_of[s.id], lifecycle)
+            && !needed[u]
         {
             state[s.id] = State::Skipped;
             harmless[s.id] = true;
@@ -198,19 +202,19 @@ pub async fn run<E: Executor>(
         }
     }
 
-    let mut engine_busy = vec![false; plan.groups.len()];
+    let mut engine_busy = vec![false; plan.units.len()];
     let mut attempts = vec![0u32; n];
     let mut stop_new_cells = false;
     // Skipped because `on_failure: stop` stopped the run (not because something failed).
     let mut by_policy = vec![false; n];
     let mut errors = Vec::new();
     let mut tasks: JoinSet<(usize, u32, Result<Json, StepError>, Held)> = JoinSet::new();
-    // With host isolation an engine group holds the host lease from its start to its stop, so no
+    // With host isolation a unit holds the host lease from its engine's start to its stop, so no
     // kitt loads a model while another measures; measuring steps take it too (endpoint groups
     // have no start). Holds are released only after the step's end is journaled, so journal
     // windows never overlap across kitt processes.
     let lease = HostLease::new(opts.host_lock.clone(), opts.holder.clone());
-    let mut group_holds: Vec<Option<LeaseHold>> = (0..plan.groups.len()).map(|_| None).collect();
+    let mut group_holds: Vec<Option<LeaseHold>> = (0..plan.units.len()).map(|_| None).collect();
     let mut running = 0usize;
     let mut abandoned = false;
     let mut aborted: Option<String> = None;
@@ -295,12 +299,12 @@ pub async fn run<E: Executor>(
             let group = step.group;
             if measures
                 && step.lease.engine
-                && let Some(g) = group
+                && let Some(u) = unit_of[id]
             {
-                if engine_busy[g] {
+                if engine_busy[u] {
                     continue;
                 }
-                engine_busy[g] = true;
+                engine_busy[u] = true;
             }
             ready.remove(&id);
             state[id] = State::Running;
@@ -316,14 +320,10 @@ pub async fn run<E: Executor>(
             let group_lease =
                 (step.kind == StepKind::Start && opts.isolation == Isolation::Host).then(|| lease.clone());
             let timeout = opts.step_timeout;
-            let restart = (attempt > 0 && measures && group.is_some_and(|g| plan.groups[g].restart_on_retry))
-                .then_some(group)
-                .flatten();
+            let restart = attempt > 0 && measures && group.is_some_and(|g| plan.groups[g].restart_on_retry);
             let span = tracing::info_span!("step", kind = kind.name(), key = %key, label = %label, attempt);
             let body = async move {
-                if let Some(g) = restart
-                    && let Err(e) = exec.clone().restart(g, c.clone()).await
-                {
+                if restart && let Err(e) = exec.clone().restart(id, c.clone()).await {
                     return (
                         id,
                         attempt,
@@ -407,16 +407,16 @@ pub async fn run<E: Executor>(
         let step = &plan.steps[id];
         if step.kind.measures()
             && step.lease.engine
-            && let Some(g) = step.group
+            && let Some(u) = unit_of[id]
         {
-            engine_busy[g] = false;
+            engine_busy[u] = false;
         }
         match result {
             Ok(outputs) => {
                 state[id] = State::Done;
                 journal(&j, Event::StepFinished { step: id, key: step.key.clone(), kind: step.kind, attempt, outputs });
-                if let (Some(g), Some(hold)) = (step.group, held.group) {
-                    group_holds[g] = Some(hold); // kept until the group's stop is journaled
+                if let (Some(u), Some(hold)) = (unit_of[id], held.group) {
+                    group_holds[u] = Some(hold); // kept until the unit's stop is journaled
                 }
                 settle(id, &mut remaining, &mut ready, &state);
             }
@@ -470,9 +470,9 @@ pub async fn run<E: Executor>(
             }
         }
         if step.kind == StepKind::Stop
-            && let Some(g) = step.group
+            && let Some(u) = unit_of[id]
         {
-            group_holds[g] = None; // however the stop ended, the engine is no longer ours to keep
+            group_holds[u] = None; // however the stop ended, the engine is no longer ours to keep
         }
     }
     let failed_cells =

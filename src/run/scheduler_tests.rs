@@ -29,7 +29,7 @@ impl Executor for Fake {
             if self.fail.contains(&name) { Err(StepError::new("boom")) } else { Ok(Json::Null) }
         })
     }
-    fn restart(self: Arc<Self>, _group: usize, _cancel: Cancel) -> StepFuture {
+    fn restart(self: Arc<Self>, _step: usize, _cancel: Cancel) -> StepFuture {
         Box::pin(async { Ok(Json::Null) })
     }
 }
