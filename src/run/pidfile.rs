@@ -65,7 +65,7 @@ pub fn machine_id() -> String {
 
 /// `$XDG_STATE_HOME/kitt` (an absolute one; the XDG spec ignores a relative one), else
 /// `~/.local/state/kitt`.
-fn state_dir() -> Option<PathBuf> {
+pub(crate) fn state_dir() -> Option<PathBuf> {
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let base =
         env("XDG_STATE_HOME").filter(|p| p.is_absolute()).or_else(|| env("HOME").map(|h| h.join(".local/state")))?;

@@ -68,8 +68,8 @@ pub(super) struct Conn {
     keep_alive: bool,
     /// Bytes of the current answer read so far (a failure after any is never resent).
     received: usize,
-    /// The request's deadline timer, made on the first read that has to wait and re-armed only
-    /// when that read's deadline differs: one per connection, not one per request or read.
+    /// The request's deadline timer, made on the first read that has to wait: one per connection,
+    /// not one per request or read (see `fill`).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -587,7 +587,7 @@ impl Conn {
 
     /// One read into the free end of the buffer by `deadline`: how many bytes came (none: the
     /// server closed its side). A read that is ready never touches the timer; one that must wait
-    /// arms the connection's timer (re-armed only when the deadline moved).
+    /// polls the connection's timer, which fires no later than the deadline.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, WireError> {
         if self.pos == self.end {
             self.pos = 0;
@@ -599,11 +599,22 @@ impl Conn {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    // Deadlines only move later as an answer (and the next one) goes on, so the
+                    // timer is moved only when it must fire earlier; when it fires before the
+                    // read's deadline it is re-armed then. A read that waits thus costs a poll of
+                    // the timer, not a trip through the timer wheel.
                     let at = tokio::time::Instant::from_std(deadline);
                     let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                    if timer.deadline() != at {
+                    if timer.deadline() > at {
                         timer.as_mut().reset(at);
                     }
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut)));
+                    }
+                    timer.as_mut().reset(at);
                     match timer.as_mut().poll(cx) {
                         Poll::Ready(()) => Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut))),
                         Poll::Pending => Poll::Pending,
