@@ -7,73 +7,13 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
-        c.env("KITT_RUNS_DIR", self.path().join("runs"))
-            .env("KITT_STORE", "off")
-            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
-            .env_remove("KITT_SIM_REQUEST_LOG")
-            .env_remove("KITT_TEST_KILL_AFTER_RECORD")
-            .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
-            .env_remove("KITT_TEST_BUILD_ID")
-            .env_remove("KITT_TEST_PANIC_STEP")
-            .env_remove("KITT_SIM_VERSION")
-            .env("NO_COLOR", "1");
-        c
-    }
-
-    fn suite(&self, yaml: &str) -> PathBuf {
-        let p = self.path().join("suite.yaml");
-        std::fs::write(&p, yaml).unwrap();
-        p
-    }
-
-    fn only_run(&self) -> PathBuf {
-        let runs: Vec<PathBuf> =
-            std::fs::read_dir(self.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(runs.len(), 1, "expected one run, found {runs:?}");
-        runs[0].clone()
-    }
-}
-
-fn journal(run: &Path) -> Vec<Json> {
-    std::fs::read_to_string(run.join("journal.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn report(run: &Path) -> Json {
-    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{KittEnv as Env, journal, report, text};
 
 /// The journal record after which the first cell is complete (its collect finished), found by a
 /// whole run of `yaml` in a scratch directory with `env` set.

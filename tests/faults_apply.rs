@@ -3,22 +3,24 @@
 //! kind, ok + errors = sent, the cell's status follows `max_error_rate`, and no engine is left.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{KittEnv, sims_alive, text};
+
+/// A [`KittEnv`] whose runs' sim logs every request it reads.
+struct Env(KittEnv);
 
 impl Env {
     fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env(KittEnv::new())
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.0.path()
     }
 
     fn apply(&self, suite: &str) -> Output {
@@ -26,32 +28,24 @@ impl Env {
     }
 
     fn apply_with(&self, suite: &str, extra: &[&str]) -> Output {
-        let file = self.path().join("suite.yaml");
-        std::fs::write(&file, suite).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_kitt"))
+        let file = self.0.suite(suite);
+        self.0
+            .cmd()
             .arg("apply")
             .arg(&file)
             .args(extra)
-            .env("KITT_RUNS_DIR", self.path().join("runs"))
-            .env("KITT_STORE", "off")
-            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
             .env("KITT_SIM_REQUEST_LOG", self.path().join("sim-requests.jsonl"))
-            .env("NO_COLOR", "1")
             .output()
             .unwrap()
     }
 
     fn run(&self) -> PathBuf {
-        let runs: Vec<PathBuf> =
-            std::fs::read_dir(self.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(runs.len(), 1, "{runs:?}");
-        runs[0].clone()
+        self.0.only_run()
     }
 
     /// The one cell's result and its request records.
     fn cell(&self) -> (Json, Vec<Json>) {
-        let report: Json =
-            serde_json::from_slice(&std::fs::read(self.run().join("report/result.json")).unwrap()).unwrap();
+        let report = common::report(&self.run());
         let cells = report["cells"].as_array().unwrap();
         assert_eq!(cells.len(), 1, "{report}");
         let cell = cells[0].clone();
@@ -69,24 +63,6 @@ impl Env {
             .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/completions")))
             .collect()
     }
-}
-
-fn text(o: &Output) -> String {
-    format!("{:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Live `kitt sim` processes whose command line holds `marker`.
-fn sims_alive(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            cmdline.contains(" sim ") && cmdline.contains(marker) && !stat.contains(") Z ")
-        })
-        .count()
 }
 
 /// A suite of one latency cell of `requests` on the sim with `faults`, `model` naming it (and
@@ -350,7 +326,7 @@ fn serial_a_cell_cut_by_step_timeout_is_truncated_and_never_reused() {
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let run = env.run();
-    let report: Json = serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap();
+    let report = common::report(&run);
     let cell = &report["cells"][0];
     assert_eq!(cell["status"], "failed");
     assert!(cell["error"].as_str().unwrap().starts_with("truncated: `step_timeout` (2s) passed"), "{cell}");

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// The shared datasets (`KITT_TEST_DATA`, default ../shared/datasets), or `None` (a skip, said
 /// on stderr) when they are absent outside CI. Under `CI=true` absence fails the test.
+#[allow(dead_code)] // each test binary uses what it needs
 pub fn test_data() -> Option<PathBuf> {
     let dir = std::env::var_os("KITT_TEST_DATA")
         .map(PathBuf::from)
@@ -17,4 +18,93 @@ pub fn test_data() -> Option<PathBuf> {
     }
     eprintln!("skipping: {msg}");
     None
+}
+
+/// A scratch place for `kitt` runs: its own runs directory, host lock and no store, with every
+/// test hook cleared, so a test sees only what it set.
+#[allow(dead_code)] // each test binary uses what it needs
+pub struct KittEnv {
+    pub dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl KittEnv {
+    pub fn new() -> KittEnv {
+        KittEnv { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn runs(&self) -> PathBuf {
+        self.path().join("runs")
+    }
+
+    /// `kitt` with this place's runs directory and host lock, and no hook set.
+    pub fn cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kitt"));
+        c.env("KITT_RUNS_DIR", self.runs())
+            .env("KITT_STORE", "off")
+            .env("KITT_HOST_LOCK", self.path().join("host.lock"))
+            .env_remove("KITT_SIM_REQUEST_LOG")
+            .env_remove("KITT_TEST_KILL_AFTER_RECORD")
+            .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
+            .env_remove("KITT_TEST_BUILD_ID")
+            .env_remove("KITT_TEST_PANIC_STEP")
+            .env_remove("KITT_SIM_VERSION")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Writes `yaml` as `suite.yaml` here; its path.
+    pub fn suite(&self, yaml: &str) -> PathBuf {
+        let p = self.path().join("suite.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    /// The one run in the runs directory.
+    pub fn only_run(&self) -> PathBuf {
+        let runs: Vec<PathBuf> = std::fs::read_dir(self.runs()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(runs.len(), 1, "expected one run, found {runs:?}");
+        runs[0].clone()
+    }
+}
+
+/// A run's journal records.
+#[allow(dead_code)]
+pub fn journal(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A run's `report/result.json`.
+#[allow(dead_code)]
+pub fn report(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
+}
+
+/// A finished command's status and output, for assertion messages.
+#[allow(dead_code)]
+pub fn text(o: &std::process::Output) -> String {
+    format!("{:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Live `kitt sim` processes whose command line holds `marker` (each test names its model).
+#[allow(dead_code)]
+pub fn sims_alive(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmdline.contains(" sim ") && cmdline.contains(marker) && !stat.contains(") Z ")
+        })
+        .count()
 }
