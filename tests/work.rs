@@ -300,3 +300,36 @@ fn a_changed_plan_or_another_build_is_refused_naming_both() {
     assert!(!run.join("steps").read_dir().unwrap().any(|e| e.unwrap().path().join(".committed").exists()));
     assert!(!run.join("attempts").exists(), "refused before claiming");
 }
+
+#[test]
+fn an_attempt_that_lost_its_claim_commits_nothing_and_exits_3() {
+    let env = Env::new();
+    let suite = env.suite(2);
+    let run = env.created_run(&suite, "b1");
+    let unit = units(&run).remove(0);
+    let gate = env.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let child = env
+        .work(&run, &unit, "b1")
+        .env("KITT_TEST_WORK_GATE", &gate)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&gate.join("ready.0"));
+    // Another holder takes the unit over (as a driver requeueing it would) before the first commit.
+    let owner = kitt::run::pidfile::owner_of(std::process::id()).unwrap();
+    let mut claim = serde_json::to_value(&owner).unwrap();
+    claim["host"] = "new-holder".into();
+    claim["started_unix_ns"] = 1.into();
+    std::fs::write(run.join("attempts").join(&unit).join("0"), serde_json::to_vec(&claim).unwrap()).unwrap();
+    std::fs::write(gate.join("go"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    for key in measured_keys(&run) {
+        assert!(!run.join("steps").join(&key).exists(), "{key} must not be committed");
+    }
+    let shard = records(&run.join(format!("journal/{unit}.0.jsonl")));
+    assert!(shard.iter().any(|r| r["event"] == "run_stopped"), "{shard:?}");
+    assert!(shard.iter().any(|r| r["event"] == "step_finished" && r["kind"] == "stop"), "its engine was stopped");
+}
