@@ -244,6 +244,7 @@ fn main() {
         host_lock: jdir.path().join("host.lock"),
         holder: "bench".into(),
         kept_failed: HashSet::new(),
+        only: None,
     };
     let (t, n) = best(3, || {
         let p = jdir.path().join(format!("j{}.jsonl", journal::unix_ns()));

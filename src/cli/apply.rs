@@ -72,7 +72,7 @@ const READY_SUITES: &[(&str, &str)] = &[
     ("memory", include_str!("../../suites/memory.yaml")),
 ];
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
@@ -86,7 +86,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 /// closed terminal, a dropped SSH session) is a request to stop like the others: left to its
 /// default it would kill kitt without stopping the engines. The terminal may be gone, so what is
 /// said about it is written without failing.
-fn watch_signals(cancel: Cancel) {
+pub(super) fn watch_signals(cancel: Cancel) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
         let mut term = signal(SignalKind::terminate()).ok();

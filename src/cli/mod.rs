@@ -10,6 +10,7 @@ mod engines;
 pub mod fingerprint;
 mod gc;
 mod results;
+mod work;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -28,6 +29,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code after Ctrl-C or SIGTERM.
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code of a `kitt work` attempt whose claim was taken from it (it committed nothing more).
+pub const EXIT_LOST_CLAIM: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(name = "kitt", version, about = "Declarative test harness for LLM inference engines")]
@@ -88,6 +91,18 @@ pub enum Command {
         suite: PathBuf,
         #[command(flatten)]
         flags: apply::RunFlags,
+    },
+    /// Run one unit of an existing run (its uncommitted steps): what executors place. Exits 0
+    /// done, 1 failed or refused, 130 cancelled, 3 lost its claim.
+    Work {
+        /// The run directory (`.kitt/runs/RUN`), created by `kitt apply`.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// The unit's id (`kitt plan SUITE --units` lists them).
+        #[arg(long)]
+        unit: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Run a ready suite on one model and engine given as flags (a suite built in memory).
     Run(apply::RunArgs),
@@ -188,6 +203,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
         Command::Apply { suite, flags } => apply::apply(&suite, &flags, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
+        Command::Work { run_dir, unit, output } => work::work(&run_dir, &unit, output, cli.quiet),
         Command::Runs { command: RunsCommand::List { runs_dir, output } } => {
             apply::runs_list(runs_dir.as_deref(), output)
         }

@@ -76,6 +76,14 @@ pub enum Event {
         scope: String,
         facts: Facts,
     },
+    /// A measured step finished, but another attempt had already committed its key: this
+    /// attempt's output was discarded (`kitt work`).
+    Duplicate {
+        step: usize,
+        key: String,
+        kind: StepKind,
+        attempt: u32,
+    },
     /// Every step reached an end.
     RunFinished {
         ok: bool,
@@ -154,6 +162,44 @@ pub fn read(path: &Path) -> Result<Contents, JournalError> {
         offset += nl + 1;
     }
     Ok(Contents { records, torn_bytes: 0, valid_len: offset as u64 })
+}
+
+/// The directory of the per-attempt journal shards of the run at `run_dir`.
+pub fn shards_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("journal")
+}
+
+/// The journal shard of one `kitt work` attempt: `journal/<unit>.<attempt>.jsonl`.
+pub fn shard_path(run_dir: &Path, unit: &str, attempt: u32) -> PathBuf {
+    shards_dir(run_dir).join(format!("{unit}.{attempt}.jsonl"))
+}
+
+/// Everything a run recorded: `journal.jsonl` and every attempt's shard, merged in order (by
+/// timestamp, then seq). A shard's torn tail is ignored with a warning (its own attempt cuts it
+/// if it ever appends again).
+pub fn read_run(run_dir: &Path) -> Result<Vec<Record>, JournalError> {
+    let mut records = read(&run_dir.join("journal.jsonl"))?.records;
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(shards_dir(run_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    shards.sort();
+    for shard in shards {
+        let c = read(&shard)?;
+        if c.torn_bytes > 0 {
+            tracing::warn!(
+                "ignoring a torn last line ({} bytes) in {}: a kitt work was killed while writing it",
+                c.torn_bytes,
+                shard.display()
+            );
+        }
+        records.extend(c.records);
+    }
+    records.sort_by_key(|r| (r.unix_ns, r.seq));
+    Ok(records)
 }
 
 impl Journal {
@@ -246,6 +292,34 @@ mod tests {
         let c = read(&path).unwrap();
         assert_eq!(c.records.len(), 2);
         assert_eq!(c.records[1].seq, 1);
+    }
+
+    #[test]
+    fn a_run_reads_its_journal_and_every_shard_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("journal.jsonl");
+        std::fs::create_dir_all(shards_dir(dir.path())).unwrap();
+        let shard = shard_path(dir.path(), "u1", 0);
+        let mut a = Journal::open(&main, &read(&main).unwrap()).unwrap();
+        let mut b = Journal::open(&shard, &read(&shard).unwrap()).unwrap();
+        a.append(started()).unwrap();
+        b.append(Event::Duplicate { step: 1, key: "k".into(), kind: StepKind::Benchmark, attempt: 0 }).unwrap();
+        a.append(Event::RunFinished { ok: true, failed_cells: 0 }).unwrap();
+        drop(b);
+        // A shard torn by a killed attempt loses only its last line.
+        let mut f = OpenOptions::new().append(true).open(&shard).unwrap();
+        f.write_all(br#"{"seq":1,"unix_ns":5,"event":"dupl"#).unwrap();
+        let events: Vec<&str> = read_run(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| match r.event {
+                Event::StepStarted { .. } => "started",
+                Event::Duplicate { .. } => "duplicate",
+                Event::RunFinished { .. } => "finished",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(events, ["started", "duplicate", "finished"]);
     }
 
     #[test]

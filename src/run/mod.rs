@@ -3,6 +3,7 @@
 //! Owns the filesystem layout of runs and the order in which steps execute; what a step does
 //! lives in `steps` (one file per step kind), which calls into `engine` and `bench`.
 
+pub mod commit;
 pub mod dir;
 pub mod facts;
 pub mod hostlock;
@@ -10,6 +11,7 @@ pub mod journal;
 pub mod pidfile;
 pub mod scheduler;
 pub mod steps;
+pub mod work;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -133,7 +135,7 @@ pub fn pending_resume(plan: &Plan, runs_dir: Option<&Path>) -> Option<(String, H
     if !matches!(info.status, RunStatus::Unfinished | RunStatus::Running | RunStatus::Failed) {
         return None;
     }
-    let records = journal::read(&info.path.join("journal.jsonl")).ok()?.records;
+    let records = journal::read_run(&info.path).ok()?;
     let finished: HashSet<String> = records
         .iter()
         .filter_map(|r| match &r.event {
@@ -204,6 +206,8 @@ pub async fn apply(
     }
     let (run, resumed) = select_run(&plan, &root, opts)?;
     let contents = journal::read(&run.journal_path())?;
+    // What every attempt recorded, `kitt work` shards included: their commits are finished keys.
+    let records = journal::read_run(&run.path)?;
     let facts = observed_facts();
     // Facts and finished keys from earlier attempts of this run.
     let mut finished: HashSet<String> = HashSet::new();
@@ -219,7 +223,7 @@ pub async fn apply(
         .filter(|s| matches!(s.kind, StepKind::Start | StepKind::Connect))
         .filter_map(|s| s.group.map(|g| (s.key.as_str(), plan.groups[g].id.as_str())))
         .collect();
-    for r in &contents.records {
+    for r in &records {
         match &r.event {
             Event::RunStarted { facts, .. } => {
                 attempt += 1;
@@ -253,6 +257,8 @@ pub async fn apply(
             _ => {}
         }
     }
+    // A `kitt work` killed between its commit and its journal record still committed.
+    finished.extend(commit::committed_keys(&plan, &run.path));
     let reusable = reusable_keys(&plan, &finished);
     let kept_failed = kept_failed_keys(&plan, &reusable, &last_word, opts.rerun_failed);
     let pending_cells = plan
@@ -308,6 +314,7 @@ pub async fn apply(
         host_lock: hostlock::default_path(),
         holder: format!("{} (run {})", dir::holder_description(), run.id),
         kept_failed,
+        only: None,
     };
     let reused_collects: HashSet<String> = reusable.clone();
     let mut exec = steps::RunExecutor::new(

@@ -96,6 +96,9 @@ pub struct Options {
     /// Cell keys (benchmark and collect) that failed in an earlier attempt of this run and are
     /// not run again (`--rerun-failed` empties it): they stay failed.
     pub kept_failed: HashSet<String>,
+    /// Run only these steps (one unit, for `kitt work`); every other step is left alone, neither
+    /// run nor journaled. `None` runs the whole plan.
+    pub only: Option<HashSet<usize>>,
 }
 
 /// Why a step was skipped when `on_failure: stop` stopped the run.
@@ -161,6 +164,12 @@ pub async fn run<E: Executor>(
     }
     // Skipped because there was nothing to do (as opposed to because something failed).
     let mut harmless = vec![false; n];
+    if let Some(only) = &opts.only {
+        for id in (0..n).filter(|id| !only.contains(id)) {
+            state[id] = State::Skipped;
+            harmless[id] = true;
+        }
+    }
     // Engines are per unit (an engine group, or one cell with `granularity: cell`): a unit's
     // lifecycle runs only while one of its cells is still to run.
     let unit_of = plan.unit_of_steps();

@@ -55,6 +55,7 @@ fn options(dir: &std::path::Path) -> Options {
         host_lock: dir.join("host.lock"),
         holder: "test".into(),
         kept_failed: HashSet::new(),
+        only: None,
     }
 }
 

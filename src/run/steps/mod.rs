@@ -95,6 +95,10 @@ pub struct RunExecutor {
     /// Collect keys finished by earlier attempts (their results are marked reused).
     pub reused: HashSet<String>,
     pub progress: Arc<Progress>,
+    /// A `kitt work` attempt's private directory and tag: step outputs are written under it
+    /// (measured ones are committed from there), and its engines' pid files carry the tag, so
+    /// attempts racing one unit never write each other's files.
+    pub private: Option<(PathBuf, String)>,
     /// Running engines by unit: each unit (an engine group, or one cell) starts its own.
     engines: tokio::sync::Mutex<HashMap<usize, Engine>>,
     /// The unit of each step.
@@ -146,6 +150,7 @@ impl RunExecutor {
             verify_models: false,
             reused,
             progress,
+            private: None,
             engines: tokio::sync::Mutex::new(HashMap::new()),
             unit_of,
             containers_started: AtomicU64::new(0),
@@ -155,7 +160,10 @@ impl RunExecutor {
     }
 
     fn step_dir(&self, key: &str) -> Result<PathBuf, StepError> {
-        let d = self.run_dir.join("steps").join(key);
+        let d = match &self.private {
+            Some((dir, _)) => dir.join(key),
+            None => self.run_dir.join("steps").join(key),
+        };
         std::fs::create_dir_all(&d).map_err(|e| err(format!("cannot create {}: {e}", d.display())))?;
         Ok(d)
     }
@@ -263,9 +271,13 @@ impl RunExecutor {
     fn pid_key(&self, at: At) -> String {
         let start =
             self.plan.units[at.unit].steps.iter().map(|s| &self.plan.steps[*s]).find(|s| s.kind == StepKind::Start);
-        match (self.plan.units[at.unit].kind, start) {
+        let key = match (self.plan.units[at.unit].kind, start) {
             (crate::plan::UnitKind::Group, _) | (_, None) => self.plan.groups[at.group].key.clone(),
             (_, Some(s)) => s.key.clone(),
+        };
+        match &self.private {
+            Some((_, tag)) => format!("{key}.{tag}"),
+            None => key,
         }
     }
 

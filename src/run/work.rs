@@ -1,0 +1,389 @@
+//! `kitt work`: runs one unit of an existing run directory, the same code whatever places it (a
+//! shell, a process pool, a Slurm node, an agent).
+//!
+//! Results commit exactly once whatever runs them: an attempt first claims the unit (an
+//! exclusively created `attempts/<unit>/<n>` naming its holder), journals only into its own shard
+//! `journal/<unit>.<n>.jsonl`, writes every step's output under a private directory, and commits a
+//! finished measured step with one atomic exclusive operation (`commit`). When two attempts race
+//! one key, one commit stands and the other is journaled as a `duplicate` and discarded.
+//! Lifecycle steps are services: every attempt that needs the engine runs its own.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use super::journal::{self, Event, Journal, JournalError};
+use super::pidfile::{self, Owner};
+use super::scheduler::{self, Executor, StepError, StepFuture};
+use super::steps::{Progress, RunExecutor};
+use super::{commit, dir, facts, hostlock, observed_facts, reusable_keys};
+use crate::cancel::Cancel;
+use crate::plan::{Plan, StepKind};
+
+/// Test hook: with `KITT_TEST_SKIP_CLAIM=1` a live claim is not refused, so tests can make two
+/// attempts race one unit. Never set it outside tests.
+pub const SKIP_CLAIM_ENV: &str = "KITT_TEST_SKIP_CLAIM";
+/// Test hook: `KITT_TEST_WORK_GATE=DIR` makes an attempt, once it has read the run's state,
+/// create `DIR/ready.<attempt>` and wait for `DIR/go`, so tests order racing attempts by files.
+/// Never set it outside tests.
+pub const GATE_ENV: &str = "KITT_TEST_WORK_GATE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0} is not a run directory (no run.json); create the run with `kitt apply` first")]
+    NotARun(PathBuf),
+    #[error("run {run} has no unit `{unit}`; its units are: {known} (`kitt plan SUITE --units` lists them)")]
+    NoSuchUnit { run: String, unit: String, known: String },
+    #[error(
+        "the plan changed: the run's plan.json has digest {run}, but its suite {suite} now compiles to {ours}; resume it with `kitt apply` (which rewrites the plan) before running its units"
+    )]
+    PlanMismatch { run: String, ours: String, suite: String },
+    #[error(
+        "this kitt is build {ours}, but run {run} was started by build {theirs}; run `kitt work` with the same kitt binary as the run, or resume with `kitt apply --accept-drift`"
+    )]
+    BuildMismatch { run: String, theirs: String, ours: String },
+    #[error(
+        "unit {unit} is claimed by attempt {attempt} ({holder}); wait for it to end or stop it (a dead holder's claim is taken over)"
+    )]
+    Claimed { unit: String, attempt: u32, holder: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Who holds an attempt: written into `attempts/<unit>/<n>` when it is claimed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub host: String,
+    pub started_unix_ns: u64,
+    #[serde(flatten)]
+    pub owner: Owner,
+}
+
+impl Claim {
+    fn mine() -> Result<Claim, WorkError> {
+        let owner = pidfile::owner_of(std::process::id())
+            .ok_or_else(|| WorkError::Io("cannot read this process's start time from /proc".into()))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        Ok(Claim { host, started_unix_ns: journal::unix_ns(), owner })
+    }
+
+    fn describe(&self) -> String {
+        let started = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.started_unix_ns);
+        format!("host {}, pid {}, started {}", self.host, self.owner.pid, humantime::format_rfc3339_seconds(started))
+    }
+
+    /// Whether the holder still runs (a claim from another machine cannot be judged here: live).
+    fn live(&self) -> bool {
+        pidfile::foreign(&self.owner) || pidfile::still_running(&self.owner)
+    }
+}
+
+/// What one `kitt work` attempt did.
+pub struct WorkOutcome {
+    pub run_id: String,
+    pub unit: String,
+    pub attempt: u32,
+    pub committed: usize,
+    pub duplicates: usize,
+    pub failed_cells: usize,
+    pub errors: Vec<String>,
+    pub interrupted: bool,
+    /// Its claim was taken from it: it stopped and committed nothing more.
+    pub lost_claim: bool,
+}
+
+fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> WorkError {
+    WorkError::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// sha256 of a plan as `kitt apply` writes it into plan.json.
+pub fn plan_digest(bytes: &[u8]) -> String {
+    let h = Sha256::digest(bytes);
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The attempt numbers under `dir`, in order.
+fn attempts(dir: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn read_claim(path: &Path) -> Option<Claim> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Claims `unit`: creates the next `attempts/<unit>/<n>` exclusively, refusing while an earlier
+/// attempt's holder is live (unless the test hook says otherwise).
+fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
+    let dir = run_dir.join("attempts").join(unit);
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    let skip = std::env::var(SKIP_CLAIM_ENV).is_ok_and(|v| v == "1");
+    let bytes = serde_json::to_vec(me).map_err(|e| WorkError::Io(e.to_string()))?;
+    let held_before = |below: Option<u32>| -> Option<(u32, Claim)> {
+        attempts(&dir)
+            .into_iter()
+            .rev()
+            .filter(|n| below.is_none_or(|b| *n < b))
+            .find_map(|n| read_claim(&dir.join(n.to_string())).filter(Claim::live).map(|c| (n, c)))
+    };
+    loop {
+        if !skip && let Some((attempt, c)) = held_before(None) {
+            return Err(WorkError::Claimed { unit: unit.into(), attempt, holder: c.describe() });
+        }
+        let n = attempts(&dir).last().map_or(0, |n| n + 1);
+        let path = dir.join(n.to_string());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| io("write", &path, e))?;
+                // Two claims may have passed the check at once: the earliest live one holds.
+                if !skip && let Some((attempt, c)) = held_before(Some(n)) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(WorkError::Claimed { unit: unit.into(), attempt, holder: c.describe() });
+                }
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("create", &path, e)),
+        }
+    }
+}
+
+/// The build that started the run: the first `kitt.build` its journal records.
+fn run_build(run_dir: &Path) -> Result<Option<String>, WorkError> {
+    Ok(journal::read(&run_dir.join("journal.jsonl"))?.records.iter().find_map(|r| match &r.event {
+        Event::RunStarted { facts, .. } => facts.get("kitt.build").cloned(),
+        _ => None,
+    }))
+}
+
+/// Checks the run at `run_dir` against this kitt and returns its plan: the suite it was created
+/// from must compile to its plan.json exactly, and this kitt must be the build that started it.
+pub fn open_run(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
+    let meta: dir::RunMeta = std::fs::read(run_dir.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| WorkError::NotARun(run_dir.to_path_buf()))?;
+    let plan_path = run_dir.join("plan.json");
+    let written = std::fs::read(&plan_path).map_err(|e| io("read", &plan_path, e))?;
+    let plan = crate::plan::compile::compile_file(&meta.file).map_err(|diags| {
+        let first = diags.first().map(|d| d.message.clone()).unwrap_or_default();
+        WorkError::Io(format!("the run's suite {} no longer compiles: {first}", meta.file.display()))
+    })?;
+    let ours = serde_json::to_vec_pretty(&plan).map_err(|e| WorkError::Io(e.to_string()))?;
+    let (run, ours) = (plan_digest(&written), plan_digest(&ours));
+    if run != ours {
+        return Err(WorkError::PlanMismatch { run, ours, suite: meta.file.display().to_string() });
+    }
+    if let Some(theirs) = run_build(run_dir)?
+        && theirs != facts::build_id()
+    {
+        return Err(WorkError::BuildMismatch { run: meta.id.clone(), theirs, ours: facts::build_id() });
+    }
+    Ok((meta, plan))
+}
+
+/// Runs the uncommitted steps of `unit` in the run at `run_dir`.
+pub async fn work(
+    run_dir: &Path,
+    unit: &str,
+    cancel: &Cancel,
+    progress: Arc<Progress>,
+) -> Result<WorkOutcome, WorkError> {
+    let (meta, plan) = open_run(run_dir)?;
+    let Some(ui) = plan.units.iter().position(|u| u.id == unit) else {
+        let known = plan.units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(WorkError::NoSuchUnit { run: meta.id, unit: unit.into(), known });
+    };
+    let me = Claim::mine()?;
+    let attempt = claim(run_dir, unit, &me)?;
+    let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());
+
+    // What is finished: every attempt's journal, and every commit (journaled or not).
+    let records = journal::read_run(run_dir)?;
+    let mut finished: HashSet<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::StepFinished { key, kind: StepKind::Benchmark | StepKind::Collect, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    finished.extend(commit::committed_keys(&plan, run_dir));
+    let reusable = reusable_keys(&plan, &finished);
+    wait_at_gate(attempt).await;
+
+    let shards = journal::shards_dir(run_dir);
+    std::fs::create_dir_all(&shards).map_err(|e| io("create", &shards, e))?;
+    let shard_path = journal::shard_path(run_dir, unit, attempt);
+    let mut shard = Journal::open(&shard_path, &journal::read(&shard_path)?)?;
+    let facts = observed_facts();
+    shard.append(Event::RunStarted {
+        attempt,
+        kitt_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        facts: facts.clone(),
+        accept_drift: false,
+    })?;
+    let shard = Arc::new(Mutex::new(shard));
+
+    let private = run_dir.join("attempts").join(unit).join(format!("{attempt}.out"));
+    let mut exec = RunExecutor::new(
+        plan.clone(),
+        meta.id.clone(),
+        run_dir.to_path_buf(),
+        facts,
+        HashMap::new(),
+        false,
+        reusable.clone(),
+        progress,
+    );
+    exec.private = Some((private.clone(), format!("{unit}.{attempt}")));
+    let inner = Arc::new(exec);
+    let committer = Arc::new(Committer {
+        inner: inner.clone(),
+        run_dir: run_dir.to_path_buf(),
+        private,
+        claim_path,
+        me: me.clone(),
+        shard: shard.clone(),
+        lost: AtomicBool::new(false),
+        committed: AtomicUsize::new(0),
+        duplicates: AtomicUsize::new(0),
+    });
+    let opts = scheduler::Options {
+        max_parallel: plan.execution.max_parallel as usize,
+        retries: plan.execution.retries,
+        step_timeout: plan.execution.step_timeout.0,
+        on_failure: plan.execution.on_failure,
+        isolation: plan.execution.isolation,
+        host_lock: hostlock::default_path(),
+        holder: format!("{} (run {}, unit {unit}, attempt {attempt})", dir::holder_description(), meta.id),
+        kept_failed: HashSet::new(),
+        only: Some(plan.units[ui].steps.iter().copied().collect()),
+    };
+    let outcome = scheduler::run(&plan, committer.clone(), &reusable, &opts, shard.clone(), cancel).await;
+    inner.shutdown(cancel.is_urgent()).await;
+    let lost_claim = committer.lost.load(Ordering::SeqCst);
+    let event = if lost_claim || outcome.aborted.is_some() {
+        Event::RunStopped { reason: outcome.aborted.clone().unwrap_or_default() }
+    } else if outcome.interrupted {
+        Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
+    } else {
+        Event::RunFinished {
+            ok: outcome.failed_cells == 0 && outcome.errors.is_empty(),
+            failed_cells: outcome.failed_cells,
+        }
+    };
+    if let Ok(mut j) = shard.lock() {
+        j.append(event)?;
+    }
+    let mut errors: Vec<String> = outcome
+        .errors
+        .iter()
+        .map(|(id, e)| format!("{} `{}`: {e}", plan.steps[*id].kind.name(), plan.step_label(&plan.steps[*id])))
+        .collect();
+    if let Some(reason) = outcome.aborted.filter(|_| !lost_claim) {
+        errors.push(reason);
+    }
+    Ok(WorkOutcome {
+        run_id: meta.id,
+        unit: unit.into(),
+        attempt,
+        committed: committer.committed.load(Ordering::SeqCst),
+        duplicates: committer.duplicates.load(Ordering::SeqCst),
+        failed_cells: outcome.failed_cells,
+        errors,
+        interrupted: outcome.interrupted && !lost_claim,
+        lost_claim,
+    })
+}
+
+/// The test gate (`KITT_TEST_WORK_GATE`): announce readiness, wait for the go file.
+async fn wait_at_gate(attempt: u32) {
+    let Ok(gate) = std::env::var(GATE_ENV) else { return };
+    let gate = PathBuf::from(gate);
+    let _ = std::fs::write(gate.join(format!("ready.{attempt}")), b"");
+    while !gate.join("go").exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The executor of a `kitt work` attempt: runs steps with the real executor, then commits each
+/// finished measured step from the attempt's private directory.
+struct Committer {
+    inner: Arc<RunExecutor>,
+    run_dir: PathBuf,
+    private: PathBuf,
+    claim_path: PathBuf,
+    me: Claim,
+    shard: Arc<Mutex<Journal>>,
+    lost: AtomicBool,
+    committed: AtomicUsize,
+    duplicates: AtomicUsize,
+}
+
+impl Committer {
+    fn commit(&self, step: usize, attempt: u32) -> Result<serde_json::Value, StepError> {
+        let s = &self.inner.plan.steps[step];
+        // Fencing: an attempt whose claim was taken from it commits nothing.
+        if read_claim(&self.claim_path).as_ref() != Some(&self.me) {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(StepError::abort(format!(
+                "lost its claim ({} no longer names this process); committed nothing more",
+                self.claim_path.display()
+            )));
+        }
+        let from = self.private.join(&s.key);
+        let to = self.run_dir.join("steps").join(&s.key);
+        let marker = serde_json::to_vec(&json!({"claim": self.me, "attempt_file": self.claim_path}))
+            .map_err(|e| StepError::new(e.to_string()))?;
+        let won = commit::commit_dir(&from, &to, &marker)
+            .map_err(|e| StepError::new(format!("cannot commit {} as {}: {e}", from.display(), to.display())))?;
+        if won {
+            self.committed.fetch_add(1, Ordering::SeqCst);
+            return Ok(json!({"committed": true}));
+        }
+        self.duplicates.fetch_add(1, Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(&from);
+        if let Ok(mut j) = self.shard.lock()
+            && let Err(e) = j.append(Event::Duplicate { step, key: s.key.clone(), kind: s.kind, attempt })
+        {
+            tracing::error!("{e}");
+        }
+        Ok(json!({"duplicate": true}))
+    }
+}
+
+impl Executor for Committer {
+    fn run(self: Arc<Self>, step: usize, attempt: u32, cancel: Cancel) -> StepFuture {
+        Box::pin(async move {
+            let mut out = self.inner.clone().run(step, attempt, cancel).await?;
+            if !matches!(self.inner.plan.steps[step].kind, StepKind::Benchmark | StepKind::Collect) {
+                return Ok(out);
+            }
+            let committed = self.commit(step, attempt)?;
+            if let (Some(o), Some(c)) = (out.as_object_mut(), committed.as_object()) {
+                o.extend(c.clone());
+                return Ok(out);
+            }
+            Ok(committed)
+        })
+    }
+
+    fn restart(self: Arc<Self>, step: usize, cancel: Cancel) -> StepFuture {
+        self.inner.clone().restart(step, cancel)
+    }
+}
