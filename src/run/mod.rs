@@ -8,6 +8,7 @@ pub mod dir;
 pub mod facts;
 pub mod hostlock;
 pub mod journal;
+pub mod lease;
 pub mod pidfile;
 pub mod scheduler;
 pub mod steps;
