@@ -31,6 +31,8 @@ impl Env {
             .env_remove("KITT_TEST_KILL_AFTER_RECORD")
             .env_remove("KITT_TEST_SKIP_CLAIM")
             .env_remove("KITT_TEST_WORK_GATE")
+            .env_remove("KITT_TEST_LEASE_RENEW_MS")
+            .env_remove("KITT_TEST_LEASE_MS")
             .env_remove("KITT_TEST_BUILD_ID")
             .env("NO_COLOR", "1");
         c
@@ -332,4 +334,74 @@ fn an_attempt_that_lost_its_claim_commits_nothing_and_exits_3() {
     let shard = records(&run.join(format!("journal/{unit}.0.jsonl")));
     assert!(shard.iter().any(|r| r["event"] == "run_stopped"), "{shard:?}");
     assert!(shard.iter().any(|r| r["event"] == "step_finished" && r["kind"] == "stop"), "its engine was stopped");
+}
+
+/// The epoch a committed step directory names.
+fn committed_epoch(run: &Path, key: &str) -> Json {
+    let marker = std::fs::read(run.join("steps").join(key).join(".committed")).unwrap();
+    serde_json::from_slice::<Json>(&marker).unwrap()["epoch"].clone()
+}
+
+#[test]
+fn a_stopped_attempt_is_superseded_once_its_lease_expires_and_commits_nothing_when_resumed() {
+    use kitt::run::lease::{RealClock, file};
+    let env = Env::new();
+    let suite = env.suite(2);
+    let run = env.created_run(&suite, "b1");
+    let unit = units(&run).remove(0);
+    let attempts = run.join("attempts").join(&unit);
+    let gate = env.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let lease = Duration::from_millis(1000);
+    let leased = |mut c: Command| {
+        c.env("KITT_TEST_LEASE_RENEW_MS", "50").env("KITT_TEST_LEASE_MS", lease.as_millis().to_string());
+        c
+    };
+    let child = leased(env.work(&run, &unit, "b1"))
+        .env("KITT_TEST_WORK_GATE", &gate)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    wait_for(&gate.join("ready.0"));
+    // While it renews, the driver never judges it expired, and another attempt is refused.
+    let mut watch = file::Watch::new(&attempts, 0, lease, RealClock::default());
+    let until = Instant::now() + lease * 3 / 2;
+    while Instant::now() < until {
+        assert!(!watch.poll(), "a renewing attempt was judged expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = leased(env.work(&run, &unit, "b1")).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    // Stopped, it renews no more: the driver judges it expired on its own clock and marks it.
+    // SAFETY: signalling the child this test spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !watch.poll() {
+        assert!(Instant::now() < deadline, "a stopped attempt never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    file::mark_expired(&attempts, 0).unwrap();
+    // The next attempt claims the unit although the stopped process still exists, and commits.
+    let second = leased(env.work(&run, &unit, "b1")).output().unwrap();
+    assert!(second.status.success(), "{}", text(&second));
+    let keys = measured_keys(&run);
+    for key in &keys {
+        assert_eq!(committed_epoch(&run, key), 1, "{key}");
+    }
+    // Resumed, the first attempt finds it was superseded: it stops its engine, commits nothing.
+    std::fs::write(gate.join("go"), b"").unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    for key in &keys {
+        assert_eq!(committed_epoch(&run, key), 1, "{key}: the second attempt's commit stands");
+    }
+    let shard = records(&run.join(format!("journal/{unit}.0.jsonl")));
+    let stopped = shard.iter().find(|r| r["event"] == "run_stopped").expect("a run_stopped record");
+    assert!(stopped["reason"].as_str().unwrap().contains("attempt 1 superseded it"), "{stopped}");
+    assert!(shard.iter().any(|r| r["event"] == "step_finished" && r["kind"] == "stop"), "its engine was stopped");
+    assert!(!shard.iter().any(|r| r["event"] == "duplicate"), "it never reached a commit: {shard:?}");
 }

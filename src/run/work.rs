@@ -18,6 +18,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::journal::{self, Event, Journal, JournalError};
+use super::lease::{self, file::Renewer};
 use super::pidfile::{self, Owner};
 use super::scheduler::{self, Executor, StepError, StepFuture};
 use super::steps::{Progress, RunExecutor};
@@ -25,8 +26,9 @@ use super::{commit, dir, facts, hostlock, observed_facts, reusable_keys};
 use crate::cancel::Cancel;
 use crate::plan::{Plan, StepKind};
 
-/// Test hook: with `KITT_TEST_SKIP_CLAIM=1` a live claim is not refused, so tests can make two
-/// attempts race one unit. Never set it outside tests.
+/// Test hook: with `KITT_TEST_SKIP_CLAIM=1` a live claim is not refused and a higher attempt
+/// does not fence a lower one, so tests can make two attempts race one key's commit. Never set it
+/// outside tests.
 pub const SKIP_CLAIM_ENV: &str = "KITT_TEST_SKIP_CLAIM";
 /// Test hook: `KITT_TEST_WORK_GATE=DIR` makes an attempt, once it has read the run's state,
 /// create `DIR/ready.<attempt>` and wait for `DIR/go`, so tests order racing attempts by files.
@@ -137,6 +139,8 @@ fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
             .into_iter()
             .rev()
             .filter(|n| below.is_none_or(|b| *n < b))
+            // An attempt a driver judged expired holds nothing, even while its process exists.
+            .filter(|n| !lease::file::marked_expired(&dir, *n))
             .find_map(|n| read_claim(&dir.join(n.to_string())).filter(Claim::live).map(|c| (n, c)))
     };
     loop {
@@ -211,6 +215,13 @@ pub async fn work(
     let me = Claim::mine()?;
     let attempt = claim(run_dir, unit, &me)?;
     let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());
+    let renewer = Renewer::start(
+        &run_dir.join("attempts").join(unit),
+        attempt,
+        lease::LeaseConfig::from_env(),
+        Arc::new(lease::RealClock::default()),
+    )
+    .map_err(|e| io("start renewing the lease of", &claim_path, e))?;
 
     // What is finished: every attempt's journal, and every commit (journaled or not).
     let records = journal::read_run(run_dir)?;
@@ -258,6 +269,8 @@ pub async fn work(
         private,
         claim_path,
         me: me.clone(),
+        renewer,
+        epoch: attempt,
         shard: shard.clone(),
         lost: AtomicBool::new(false),
         committed: AtomicUsize::new(0),
@@ -329,6 +342,10 @@ struct Committer {
     private: PathBuf,
     claim_path: PathBuf,
     me: Claim,
+    /// Renews this attempt's lease while it runs, and fences its commits.
+    renewer: Renewer,
+    /// The attempt number: every commit carries it in its `.committed` marker.
+    epoch: u32,
     shard: Arc<Mutex<Journal>>,
     lost: AtomicBool,
     committed: AtomicUsize,
@@ -346,10 +363,22 @@ impl Committer {
                 self.claim_path.display()
             )));
         }
+        // Fencing by epoch: a superseded attempt, or one whose lease lapsed, commits nothing.
+        // (The claim-race test hook lets a lower attempt pass a higher one, as two attempts that
+        // passed this check at once would; the exclusive rename then keeps one commit.)
+        let skip = std::env::var(SKIP_CLAIM_ENV).is_ok_and(|v| v == "1");
+        if let Err(why) = self.renewer.check().or_else(|f| match f {
+            lease::file::Fenced::Superseded(_) if skip => Ok(()),
+            f => Err(f),
+        }) {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(StepError::abort(format!("{why}; committed nothing more")));
+        }
         let from = self.private.join(&s.key);
         let to = self.run_dir.join("steps").join(&s.key);
-        let marker = serde_json::to_vec(&json!({"claim": self.me, "attempt_file": self.claim_path}))
-            .map_err(|e| StepError::new(e.to_string()))?;
+        let marker =
+            serde_json::to_vec(&json!({"epoch": self.epoch, "claim": self.me, "attempt_file": self.claim_path}))
+                .map_err(|e| StepError::new(e.to_string()))?;
         let won = commit::commit_dir(&from, &to, &marker)
             .map_err(|e| StepError::new(format!("cannot commit {} as {}: {e}", from.display(), to.display())))?;
         if won {
