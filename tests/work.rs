@@ -390,10 +390,20 @@ fn a_stopped_attempt_is_superseded_once_its_lease_expires_and_commits_nothing_wh
     for key in &keys {
         assert_eq!(committed_epoch(&run, key), 1, "{key}");
     }
-    // Resumed, the first attempt finds it was superseded: it stops its engine, commits nothing.
-    std::fs::write(gate.join("go"), b"").unwrap();
+    let requests = env.sim_requests();
+    // Resumed, the first attempt finds it was superseded, before its gate opens (it never does):
+    // it stops at once, starting no engine and committing nothing.
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the resumed attempt never stopped: {}", text(&child.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     for key in &keys {
@@ -402,6 +412,8 @@ fn a_stopped_attempt_is_superseded_once_its_lease_expires_and_commits_nothing_wh
     let shard = records(&run.join(format!("journal/{unit}.0.jsonl")));
     let stopped = shard.iter().find(|r| r["event"] == "run_stopped").expect("a run_stopped record");
     assert!(stopped["reason"].as_str().unwrap().contains("attempt 1 superseded it"), "{stopped}");
-    assert!(shard.iter().any(|r| r["event"] == "step_finished" && r["kind"] == "stop"), "its engine was stopped");
+    let finished = |kind: &str| shard.iter().filter(|r| r["event"] == "step_finished" && r["kind"] == kind).count();
+    assert_eq!((finished("start"), finished("benchmark")), (0, 0), "it started nothing: {shard:?}");
     assert!(!shard.iter().any(|r| r["event"] == "duplicate"), "it never reached a commit: {shard:?}");
+    assert_eq!(env.sim_requests(), requests, "it sent no request");
 }

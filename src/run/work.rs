@@ -215,11 +215,15 @@ pub async fn work(
     let me = Claim::mine()?;
     let attempt = claim(run_dir, unit, &me)?;
     let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());
+    // A renewal that finds the attempt fenced stops it at once: no step starts, its engine is
+    // stopped (and a commit would be refused anyway).
+    let fenced = Arc::new(Mutex::new(None::<String>));
     let renewer = Renewer::start(
         &run_dir.join("attempts").join(unit),
         attempt,
         lease::LeaseConfig::from_env(),
         Arc::new(lease::RealClock::default()),
+        on_fenced(fenced.clone(), cancel.clone()),
     )
     .map_err(|e| io("start renewing the lease of", &claim_path, e))?;
 
@@ -234,7 +238,7 @@ pub async fn work(
         .collect();
     finished.extend(commit::committed_keys(&plan, run_dir));
     let reusable = reusable_keys(&plan, &finished);
-    wait_at_gate(attempt).await;
+    wait_at_gate(attempt, cancel).await;
 
     let shards = journal::shards_dir(run_dir);
     std::fs::create_dir_all(&shards).map_err(|e| io("create", &shards, e))?;
@@ -289,9 +293,10 @@ pub async fn work(
     };
     let outcome = scheduler::run(&plan, committer.clone(), &reusable, &opts, shard.clone(), cancel).await;
     inner.shutdown(cancel.is_urgent()).await;
-    let lost_claim = committer.lost.load(Ordering::SeqCst);
+    let fence = fenced.lock().ok().and_then(|f| f.clone());
+    let lost_claim = committer.lost.load(Ordering::SeqCst) || fence.is_some();
     let event = if lost_claim || outcome.aborted.is_some() {
-        Event::RunStopped { reason: outcome.aborted.clone().unwrap_or_default() }
+        Event::RunStopped { reason: outcome.aborted.clone().or(fence).unwrap_or_default() }
     } else if outcome.interrupted {
         Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
     } else {
@@ -324,12 +329,28 @@ pub async fn work(
     })
 }
 
-/// The test gate (`KITT_TEST_WORK_GATE`): announce readiness, wait for the go file.
-async fn wait_at_gate(attempt: u32) {
+/// What a renewal that finds the attempt fenced does: records why and cancels the attempt.
+fn on_fenced(fenced: Arc<Mutex<Option<String>>>, cancel: Cancel) -> Box<dyn Fn(lease::file::Fenced) + Send> {
+    let skip = std::env::var(SKIP_CLAIM_ENV).is_ok_and(|v| v == "1");
+    Box::new(move |f| {
+        // (The claim-race test hook lets a lower attempt run on beside a higher one.)
+        if skip && matches!(f, lease::file::Fenced::Superseded(_)) {
+            return;
+        }
+        tracing::warn!("{f}: stopping; this attempt commits nothing more");
+        if let Ok(mut slot) = fenced.lock() {
+            *slot = Some(format!("{f}; committed nothing more"));
+        }
+        cancel.cancel();
+    })
+}
+
+/// The test gate (`KITT_TEST_WORK_GATE`): announce readiness, wait for the go file (or a cancel).
+async fn wait_at_gate(attempt: u32, cancel: &Cancel) {
     let Ok(gate) = std::env::var(GATE_ENV) else { return };
     let gate = PathBuf::from(gate);
     let _ = std::fs::write(gate.join(format!("ready.{attempt}")), b"");
-    while !gate.join("go").exists() {
+    while !gate.join("go").exists() && !cancel.is_cancelled() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

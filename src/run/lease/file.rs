@@ -82,12 +82,15 @@ pub struct Renewer {
 }
 
 impl Renewer {
-    /// Writes the first lease of attempt `epoch` under `attempts_dir` and starts renewing it.
+    /// Writes the first lease of attempt `epoch` under `attempts_dir` and starts renewing it;
+    /// `on_fenced` is called (once, from the renewing thread) when a renewal finds the attempt
+    /// fenced, so that it can stop at once rather than at its next commit.
     pub fn start(
         attempts_dir: &Path,
         epoch: Epoch,
         cfg: LeaseConfig,
         clock: Arc<dyn Clock>,
+        on_fenced: Box<dyn Fn(Fenced) + Send>,
     ) -> std::io::Result<Renewer> {
         let now = clock.now();
         write(attempts_dir, epoch, 0)?;
@@ -103,7 +106,11 @@ impl Renewer {
         std::thread::Builder::new().name(format!("lease-{epoch}")).spawn(move || {
             while !me.done.load(Ordering::SeqCst) {
                 std::thread::sleep(me.cfg.renew);
-                if me.done.load(Ordering::SeqCst) || me.renew().is_err() {
+                if me.done.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Err(f) = me.renew() {
+                    on_fenced(f);
                     break;
                 }
             }

@@ -166,7 +166,7 @@ fn the_renewer_fences_once_superseded_and_the_watch_expires_a_silent_lease() {
     std::fs::write(d.path().join("0"), b"{}").unwrap();
     let cfg = LeaseConfig { renew: Duration::from_secs(3600), lease: Duration::from_secs(10) };
     let attempt_clock = FakeClock::default();
-    let r = file::Renewer::start(d.path(), 0, cfg, Arc::new(attempt_clock.clone())).unwrap();
+    let r = file::Renewer::start(d.path(), 0, cfg, Arc::new(attempt_clock.clone()), Box::new(|_| {})).unwrap();
     let driver = FakeClock::default();
     let mut watch = file::Watch::new(d.path(), 0, cfg.lease, driver.clone());
     assert!(!watch.poll());
@@ -182,8 +182,33 @@ fn the_renewer_fences_once_superseded_and_the_watch_expires_a_silent_lease() {
     assert!(file::marked_expired(d.path(), 0));
     attempt_clock.advance(Duration::from_secs(10));
     assert_eq!(r.check(), Err(file::Fenced::Lapsed));
-    let r2 = file::Renewer::start(d.path(), 2, cfg, Arc::new(FakeClock::default())).unwrap();
+    let r2 = file::Renewer::start(d.path(), 2, cfg, Arc::new(FakeClock::default()), Box::new(|_| {})).unwrap();
     std::fs::write(d.path().join("3"), b"{}").unwrap();
     assert_eq!(r2.renew(), Err(file::Fenced::Superseded(3)));
     assert_eq!(r2.check(), Err(file::Fenced::Superseded(3)), "fenced for good");
+}
+
+#[test]
+fn the_renewing_thread_reports_a_higher_attempt_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = LeaseConfig { renew: Duration::from_millis(5), lease: Duration::from_secs(3600) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let on_fenced = Box::new(move |f| tx.lock().unwrap().send(f).unwrap());
+    let r = file::Renewer::start(d.path(), 0, cfg, Arc::new(RealClock::default()), on_fenced).unwrap();
+    let counter = || {
+        std::fs::read(d.path().join("0.lease"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<file::LeaseFile>(&b).ok())
+            .map_or(0, |l| l.counter)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counter() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the lease was never renewed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(rx.try_recv().is_err(), "fenced with no higher attempt");
+    std::fs::write(d.path().join("1"), b"{}").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(file::Fenced::Superseded(1)));
+    assert_eq!(r.check(), Err(file::Fenced::Superseded(1)));
 }
