@@ -28,7 +28,8 @@ mod tests;
 
 /// Test hook: the renewal interval in milliseconds. Never set it outside tests.
 pub const RENEW_ENV: &str = "KITT_TEST_LEASE_RENEW_MS";
-/// Test hook: the lease length in milliseconds. Never set it outside tests.
+/// Test hook: the lease length in milliseconds (4× the renewal interval when only that is set).
+/// Never set it outside tests.
 pub const LEASE_ENV: &str = "KITT_TEST_LEASE_MS";
 
 /// A monotonic clock: the time since an arbitrary origin of this process.
