@@ -19,7 +19,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Two cells, each a unit of its own (`granularity: cell`) with its own simulator.
+/// Two cells, each a unit of its own (`granularity: cell`) with its own simulator, measured at
+/// once (`isolation: engine`; with `host` each unit's start waits for the previous one's stop).
 fn suite(env: &KittEnv, model: &str, requests: u32, itl_ms: u32) -> PathBuf {
     let p = env.path().join("suite.yaml");
     std::fs::write(
@@ -37,7 +38,7 @@ spec:
       params: {{concurrency: [1, 2], requests: {requests}, input_tokens: 16, max_tokens: 6}}
   sampling: {{temperature: 0, seed: 5}}
   warmup: {{requests: 0}}
-  execution: {{granularity: cell}}
+  execution: {{granularity: cell, isolation: engine}}
 "#
         ),
     )
@@ -163,12 +164,19 @@ fn sigterm_stops_every_unit_and_local_apply_resumes_the_run() {
     let run = loop {
         let runs: Vec<PathBuf> =
             std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        // Both units measuring at once: two children, two simulators to stop.
         if let Some(run) = runs.first()
-            && shard_records(run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+            && shard_records(run)
+                .iter()
+                .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+                .map(|r| r["key"].to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 2
         {
             break run.clone();
         }
-        assert!(Instant::now() < deadline, "no unit started a benchmark");
+        assert!(Instant::now() < deadline, "the two units never measured at once");
         std::thread::sleep(Duration::from_millis(10));
     };
     // SAFETY: signalling the kitt process this test started.

@@ -157,3 +157,111 @@ pub async fn place(
     }
     Ok(Placed { ended, interrupted: cancel.is_cancelled() })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Units that run for `polls` state queries, then succeed; cancelled ones end cancelled.
+    #[derive(Default)]
+    struct Counted {
+        polls: u32,
+        left: HashMap<String, u32>,
+        submitted: Vec<String>,
+        cancelled: Vec<String>,
+        most_at_once: usize,
+        /// Cancelled at this many submits (a Ctrl-C while units run).
+        cancel_at: Option<(usize, Cancel)>,
+    }
+
+    impl UnitExecutor for Counted {
+        fn submit(&mut self, unit: &str) -> Result<(), ExecError> {
+            self.left.insert(unit.into(), self.polls);
+            self.submitted.push(unit.into());
+            let running = self.left.values().filter(|n| **n > 0).count();
+            self.most_at_once = self.most_at_once.max(running);
+            if let Some((n, c)) = &self.cancel_at
+                && self.submitted.len() == *n
+            {
+                c.cancel();
+            }
+            Ok(())
+        }
+
+        fn submit_gang(&mut self, units: &[&str]) -> Result<(), ExecError> {
+            units.iter().try_for_each(|u| self.submit(u))
+        }
+
+        fn state(&mut self, unit: &str) -> UnitState {
+            if self.cancelled.iter().any(|c| c == unit) {
+                return UnitState::Cancelled;
+            }
+            match self.left.get_mut(unit) {
+                Some(0) => UnitState::Succeeded,
+                Some(n) => {
+                    *n -= 1;
+                    UnitState::Running
+                }
+                None => UnitState::Failed("never submitted".into()),
+            }
+        }
+
+        fn cancel(&mut self, unit: &str) {
+            self.cancelled.push(unit.into());
+        }
+    }
+
+    fn plan(cells: &str, isolation: &str) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let suite = dir.path().join("s.yaml");
+        let yaml = format!(
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m}}]\n  engines: [{{name: a, template: sim}}]\n  benchmarks: [{{name: t, template: throughput, params: {{concurrency: [{cells}]}}}}]\n  execution: {{granularity: cell, isolation: {isolation}}}\n"
+        );
+        std::fs::write(&suite, yaml).unwrap();
+        crate::plan::compile::compile_file(&suite).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_unit_is_placed_once_and_never_more_than_workers_at_once() {
+        let plan = plan("1, 2, 3, 4, 5", "engine");
+        assert_eq!(plan.units.len(), 5);
+        let mut exec = Counted { polls: 3, ..Default::default() };
+        let all: Vec<usize> = (0..5).collect();
+        let placed = place(&plan, &all, &mut exec, 2, &Cancel::default()).await.unwrap();
+        assert!(!placed.interrupted);
+        let mut submitted = exec.submitted.clone();
+        submitted.sort();
+        let mut ids: Vec<String> = plan.units.iter().map(|u| u.id.clone()).collect();
+        ids.sort();
+        assert_eq!(submitted, ids, "each unit once");
+        assert_eq!(exec.most_at_once, 2);
+        assert_eq!(placed.ended.len(), 5);
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded));
+    }
+
+    #[tokio::test]
+    async fn with_host_isolation_units_wait_for_the_one_before() {
+        let plan = plan("1, 2, 3", "host");
+        let mut exec = Counted { polls: 2, ..Default::default() };
+        let placed = place(&plan, &[0, 1, 2], &mut exec, 3, &Cancel::default()).await.unwrap();
+        assert_eq!(exec.most_at_once, 1, "each unit's start depends on the previous unit's stop");
+        let order: Vec<&str> = placed.ended.iter().map(|(u, _)| u.as_str()).collect();
+        let ids: Vec<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(order, ids);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_the_running_units_and_places_no_more() {
+        let plan = plan("1, 2, 3, 4", "engine");
+        let cancel = Cancel::default();
+        let mut exec = Counted { polls: u32::MAX, cancel_at: Some((2, cancel.clone())), ..Default::default() };
+        let all: Vec<usize> = (0..4).collect();
+        let placed = place(&plan, &all, &mut exec, 2, &cancel).await.unwrap();
+        assert!(placed.interrupted);
+        assert_eq!(exec.submitted.len(), 2, "nothing placed after the cancel");
+        assert_eq!(exec.cancelled, exec.submitted, "each running unit cancelled once");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Cancelled));
+    }
+}
