@@ -14,6 +14,7 @@ pub mod compare;
 pub mod docker;
 pub mod engine;
 pub mod eval;
+pub mod exec;
 pub mod fingerprint;
 pub mod manifest;
 pub mod plan;

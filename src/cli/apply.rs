@@ -45,6 +45,18 @@ pub struct RunFlags {
     pub output: Output,
 }
 
+/// Where `kitt apply` runs the units of its plan (placement only: never part of a step's key).
+#[derive(Debug, Args)]
+pub struct PlacementFlags {
+    /// `local`: this process runs every step; `processes`: each unit runs as a child
+    /// `kitt work` process, and this one runs the report over what they committed.
+    #[arg(long, value_enum, default_value_t)]
+    pub executor: crate::exec::ExecutorKind,
+    /// With `--executor processes`: at most this many units at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Model: a name, or a path to a model file (its stem becomes the name).
@@ -165,7 +177,7 @@ fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<t
 }
 
 /// Runs a compiled plan and prints the outcome; returns the exit code.
-fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
+fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet: bool) -> i32 {
     let unset = unset_secrets(&plan);
     if !unset.is_empty() {
         for e in &unset {
@@ -183,6 +195,8 @@ fn drive(plan: Plan, flags: &RunFlags, quiet: bool) -> i32 {
         accept_drift: flags.accept_drift,
         rerun_failed: flags.rerun_failed,
         verify_models: flags.verify_models,
+        executor: placement.map_or_else(Default::default, |p| p.executor),
+        workers: placement.map_or(1, |p| p.workers as usize),
     };
     let output = flags.output;
     rt.block_on(async move {
@@ -253,9 +267,9 @@ fn unset_secrets(plan: &Plan) -> Vec<String> {
     out
 }
 
-pub fn apply(suite: &Path, flags: &RunFlags, quiet: bool) -> i32 {
+pub fn apply(suite: &Path, flags: &RunFlags, placement: &PlacementFlags, quiet: bool) -> i32 {
     match plan::compile::compile_file(suite) {
-        Ok(plan) => drive(plan, flags, quiet),
+        Ok(plan) => drive(plan, flags, Some(placement), quiet),
         Err(diags) => {
             report(&diags);
             EXIT_FAILED
@@ -327,7 +341,8 @@ pub fn run_from_flags(args: &RunArgs, quiet: bool) -> i32 {
         return 0;
     }
     match plan::compile::compile_source(&yaml, &path) {
-        Ok(plan) => drive(plan, &args.flags, quiet),
+        // `kitt run`'s suite lives only in memory, where a `kitt work` child could not compile it.
+        Ok(plan) => drive(plan, &args.flags, None, quiet),
         Err(diags) => {
             report(&diags);
             EXIT_FAILED

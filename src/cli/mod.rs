@@ -91,6 +91,8 @@ pub enum Command {
         suite: PathBuf,
         #[command(flatten)]
         flags: apply::RunFlags,
+        #[command(flatten)]
+        placement: apply::PlacementFlags,
     },
     /// Run one unit of an existing run (its uncommitted steps): what executors place. Exits 0
     /// done, 1 failed or refused, 130 cancelled, 3 lost its claim.
@@ -201,7 +203,7 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
-        Command::Apply { suite, flags } => apply::apply(&suite, &flags, cli.quiet),
+        Command::Apply { suite, flags, placement } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Work { run_dir, unit, output } => work::work(&run_dir, &unit, output, cli.quiet),
         Command::Runs { command: RunsCommand::List { runs_dir, output } } => {

@@ -10,6 +10,7 @@ pub mod hostlock;
 pub mod journal;
 pub mod lease;
 pub mod pidfile;
+mod placed;
 pub mod scheduler;
 pub mod steps;
 pub mod work;
@@ -35,6 +36,10 @@ pub struct ApplyOptions {
     pub rerun_failed: bool,
     /// Hash whole model files instead of their first and last MiB.
     pub verify_models: bool,
+    /// Where the units run: this process (`local`) or child `kitt work` processes.
+    pub executor: crate::exec::ExecutorKind,
+    /// At most this many units at once (`processes`).
+    pub workers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,11 +347,38 @@ pub async fn apply(
         };
     }
     let span = tracing::info_span!("run", id = %run.id, suite = %plan.suite.name, resumed);
-    let outcome = tracing::Instrument::instrument(
-        scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel),
-        span,
-    )
-    .await;
+    let mut unit_errors = Vec::new();
+    let outcome = match opts.executor {
+        crate::exec::ExecutorKind::Local => {
+            tracing::Instrument::instrument(
+                scheduler::run(&plan, exec.clone(), &reusable, &sched_opts, j.clone(), cancel),
+                span,
+            )
+            .await
+        }
+        crate::exec::ExecutorKind::Processes => {
+            let program = std::env::current_exe()
+                .map_err(|e| ApplyError::Io(format!("cannot find this kitt binary to run its units: {e}")))?;
+            let mut units = crate::exec::processes::Processes::new(program, run.path.clone());
+            let placed = tracing::Instrument::instrument(
+                placed::run(
+                    &plan,
+                    &run.path,
+                    &mut units,
+                    opts.workers,
+                    exec.clone(),
+                    &reusable,
+                    sched_opts,
+                    j.clone(),
+                    cancel,
+                ),
+                span,
+            )
+            .await;
+            unit_errors = placed.unit_errors;
+            placed.outcome
+        }
+    };
     exec.shutdown(cancel.is_urgent()).await;
     let event = if let Some(reason) = &outcome.aborted {
         Event::RunStopped { reason: reason.clone() }
@@ -369,6 +401,7 @@ pub async fn apply(
         .errors
         .iter()
         .map(|(id, e)| format!("{} `{}`: {e}", plan.steps[*id].kind.name(), plan.step_label(&plan.steps[*id])))
+        .chain(unit_errors)
         .collect();
     Ok(ApplyOutcome {
         run_id: run.id.clone(),

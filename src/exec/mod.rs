@@ -1,0 +1,267 @@
+//! Executors: where the units of a run are placed.
+//!
+//! A run directory is the one truth (`run/`); an executor only starts `kitt work` for units,
+//! watches them end and stops them. It never reads or writes results: every unit commits its
+//! own measured steps, and the driver reads the commits afterwards. So an executor can die and a
+//! resume (any executor) finds what its units committed.
+//!
+//! `local` is the in-process scheduler `kitt apply` always had (no `UnitExecutor`: one process
+//! runs the whole plan, engines and all). `processes` runs each unit as a child `kitt work`,
+//! at most `--workers` at once. `executor` and `workers` are placement, never part of a step's
+//! key: the same suite measured either way reuses the same steps.
+
+pub mod processes;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use crate::cancel::Cancel;
+use crate::plan::Plan;
+
+/// How `kitt apply` runs the units of a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// This process runs every step (the scheduler, in process).
+    #[default]
+    Local,
+    /// Each unit is a child `kitt work` process, at most `--workers` at once.
+    Processes,
+}
+
+/// The state of a submitted unit, as its executor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitState {
+    Running,
+    /// Ended with everything committed.
+    Succeeded,
+    /// Ended with a failure (`kitt work`'s exit code and what it means).
+    Failed(String),
+    /// Ended because it was cancelled.
+    Cancelled,
+}
+
+impl UnitState {
+    pub fn ended(&self) -> bool {
+        !matches!(self, UnitState::Running)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot start unit {unit}: {reason}")]
+    Submit { unit: String, reason: String },
+}
+
+/// Places units of one run and watches them. Implementations own what they started: dropping
+/// one stops every unit still running.
+pub trait UnitExecutor {
+    /// Starts one unit.
+    fn submit(&mut self, unit: &str) -> Result<(), ExecError>;
+    /// Starts all of `units` or none: if one cannot start, those already started are cancelled
+    /// and waited for before the error returns.
+    fn submit_gang(&mut self, units: &[&str]) -> Result<(), ExecError>;
+    /// The state of a submitted unit now (never blocks).
+    fn state(&mut self, unit: &str) -> UnitState;
+    /// Asks a submitted unit to stop (it stops its engine); asked again, to stop now.
+    fn cancel(&mut self, unit: &str);
+}
+
+/// How the placed units ended.
+pub struct Placed {
+    /// Unit id and how it ended, in the order they ended.
+    pub ended: Vec<(String, UnitState)>,
+    pub interrupted: bool,
+}
+
+/// The units each unit waits for: those holding a step one of its steps depends on.
+fn unit_deps(plan: &Plan) -> Vec<HashSet<usize>> {
+    let unit_of = plan.unit_of_steps();
+    plan.units
+        .iter()
+        .enumerate()
+        .map(|(ui, u)| {
+            u.steps
+                .iter()
+                .flat_map(|s| plan.steps[*s].deps.iter())
+                .filter_map(|d| unit_of[*d])
+                .filter(|d| *d != ui)
+                .collect()
+        })
+        .collect()
+}
+
+/// Places the units `todo` (indices into `plan.units`) on `exec`, at most `workers` at once and
+/// each only after the units it depends on ended, until all ended or `cancel`: then every
+/// running unit is cancelled (again when `cancel` turns urgent) and waited for.
+pub async fn place(
+    plan: &Plan,
+    todo: &[usize],
+    exec: &mut dyn UnitExecutor,
+    workers: usize,
+    cancel: &Cancel,
+) -> Result<Placed, ExecError> {
+    let deps = unit_deps(plan);
+    let mut pending: BTreeSet<usize> = todo.iter().copied().collect();
+    let mut running: Vec<usize> = Vec::new();
+    let mut done: HashSet<usize> = (0..plan.units.len()).filter(|u| !pending.contains(u)).collect();
+    let mut ended = Vec::new();
+    let mut cancelled_level = 0;
+    let tick = Duration::from_millis(20);
+    while !running.is_empty() || (!pending.is_empty() && !cancel.is_cancelled()) {
+        let level = if cancel.is_urgent() { 2 } else { u8::from(cancel.is_cancelled()) };
+        if level > cancelled_level {
+            cancelled_level = level;
+            for u in &running {
+                exec.cancel(&plan.units[*u].id);
+            }
+        }
+        if !cancel.is_cancelled() {
+            let ready: Vec<usize> =
+                pending.iter().copied().filter(|u| deps[*u].iter().all(|d| done.contains(d))).collect();
+            for u in ready.into_iter().take(workers.max(1).saturating_sub(running.len())) {
+                pending.remove(&u);
+                if let Err(e) = exec.submit(&plan.units[u].id) {
+                    // What runs is stopped before the error is returned: nothing is left behind.
+                    for r in &running {
+                        exec.cancel(&plan.units[*r].id);
+                    }
+                    while running.iter().any(|r| !exec.state(&plan.units[*r].id).ended()) {
+                        tokio::time::sleep(tick).await;
+                    }
+                    return Err(e);
+                }
+                running.push(u);
+            }
+        }
+        if running.is_empty() {
+            // Nothing runs and nothing became ready: what is left waits on nothing that can end.
+            break;
+        }
+        let mut still = Vec::new();
+        for u in running.drain(..) {
+            match exec.state(&plan.units[u].id) {
+                UnitState::Running => still.push(u),
+                state => {
+                    done.insert(u);
+                    ended.push((plan.units[u].id.clone(), state));
+                }
+            }
+        }
+        running = still;
+        if !running.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = cancel.cancelled(), if cancelled_level == 0 => {}
+            }
+        }
+    }
+    Ok(Placed { ended, interrupted: cancel.is_cancelled() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Units that run for `polls` state queries, then succeed; cancelled ones end cancelled.
+    #[derive(Default)]
+    struct Counted {
+        polls: u32,
+        left: HashMap<String, u32>,
+        submitted: Vec<String>,
+        cancelled: Vec<String>,
+        most_at_once: usize,
+        /// Cancelled at this many submits (a Ctrl-C while units run).
+        cancel_at: Option<(usize, Cancel)>,
+    }
+
+    impl UnitExecutor for Counted {
+        fn submit(&mut self, unit: &str) -> Result<(), ExecError> {
+            self.left.insert(unit.into(), self.polls);
+            self.submitted.push(unit.into());
+            let running = self.left.values().filter(|n| **n > 0).count();
+            self.most_at_once = self.most_at_once.max(running);
+            if let Some((n, c)) = &self.cancel_at
+                && self.submitted.len() == *n
+            {
+                c.cancel();
+            }
+            Ok(())
+        }
+
+        fn submit_gang(&mut self, units: &[&str]) -> Result<(), ExecError> {
+            units.iter().try_for_each(|u| self.submit(u))
+        }
+
+        fn state(&mut self, unit: &str) -> UnitState {
+            if self.cancelled.iter().any(|c| c == unit) {
+                return UnitState::Cancelled;
+            }
+            match self.left.get_mut(unit) {
+                Some(0) => UnitState::Succeeded,
+                Some(n) => {
+                    *n -= 1;
+                    UnitState::Running
+                }
+                None => UnitState::Failed("never submitted".into()),
+            }
+        }
+
+        fn cancel(&mut self, unit: &str) {
+            self.cancelled.push(unit.into());
+        }
+    }
+
+    fn plan(cells: &str, isolation: &str) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let suite = dir.path().join("s.yaml");
+        let yaml = format!(
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m}}]\n  engines: [{{name: a, template: sim}}]\n  benchmarks: [{{name: t, template: throughput, params: {{concurrency: [{cells}]}}}}]\n  execution: {{granularity: cell, isolation: {isolation}}}\n"
+        );
+        std::fs::write(&suite, yaml).unwrap();
+        crate::plan::compile::compile_file(&suite).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_unit_is_placed_once_and_never_more_than_workers_at_once() {
+        let plan = plan("1, 2, 3, 4, 5", "engine");
+        assert_eq!(plan.units.len(), 5);
+        let mut exec = Counted { polls: 3, ..Default::default() };
+        let all: Vec<usize> = (0..5).collect();
+        let placed = place(&plan, &all, &mut exec, 2, &Cancel::default()).await.unwrap();
+        assert!(!placed.interrupted);
+        let mut submitted = exec.submitted.clone();
+        submitted.sort();
+        let mut ids: Vec<String> = plan.units.iter().map(|u| u.id.clone()).collect();
+        ids.sort();
+        assert_eq!(submitted, ids, "each unit once");
+        assert_eq!(exec.most_at_once, 2);
+        assert_eq!(placed.ended.len(), 5);
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded));
+    }
+
+    #[tokio::test]
+    async fn with_host_isolation_units_wait_for_the_one_before() {
+        let plan = plan("1, 2, 3", "host");
+        let mut exec = Counted { polls: 2, ..Default::default() };
+        let placed = place(&plan, &[0, 1, 2], &mut exec, 3, &Cancel::default()).await.unwrap();
+        assert_eq!(exec.most_at_once, 1, "each unit's start depends on the previous unit's stop");
+        let order: Vec<&str> = placed.ended.iter().map(|(u, _)| u.as_str()).collect();
+        let ids: Vec<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(order, ids);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_the_running_units_and_places_no_more() {
+        let plan = plan("1, 2, 3, 4", "engine");
+        let cancel = Cancel::default();
+        let mut exec = Counted { polls: u32::MAX, cancel_at: Some((2, cancel.clone())), ..Default::default() };
+        let all: Vec<usize> = (0..4).collect();
+        let placed = place(&plan, &all, &mut exec, 2, &cancel).await.unwrap();
+        assert!(placed.interrupted);
+        assert_eq!(exec.submitted.len(), 2, "nothing placed after the cancel");
+        assert_eq!(exec.cancelled, exec.submitted, "each running unit cancelled once");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Cancelled));
+    }
+}

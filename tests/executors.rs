@@ -1,0 +1,202 @@
+//! `kitt apply --executor processes` end to end: the real binary placing each unit on a child
+//! `kitt work`, the real simulator, and a real SIGTERM ordered by the journal (never by sleeps).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::KittEnv;
+use serde_json::Value as Json;
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Two cells, each a unit of its own (`granularity: cell`) with its own simulator, measured at
+/// once (`isolation: engine`; with `host` each unit's start waits for the previous one's stop).
+fn suite(env: &KittEnv, model: &str, requests: u32, itl_ms: u32) -> PathBuf {
+    let p = env.path().join("suite.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: executors}}
+spec:
+  models: [{{name: {model}}}]
+  engines: [{{name: sim, template: sim, params: {{tokens_per_chunk: 2, itl_ms: {itl_ms}}}}}]
+  benchmarks:
+    - name: tput
+      template: throughput
+      params: {{concurrency: [1, 2], requests: {requests}, input_tokens: 16, max_tokens: 6}}
+  sampling: {{temperature: 0, seed: 5}}
+  warmup: {{requests: 0}}
+  execution: {{granularity: cell, isolation: engine}}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn only_run(env: &KittEnv) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(env.runs()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+fn report(run: &Path) -> Json {
+    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
+}
+
+/// What must be equal between two runs' reports apart from timings.
+fn comparable(report: &Json) -> Vec<Json> {
+    report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let m = &c["metrics"];
+            let names: Vec<&String> = m.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            serde_json::json!({
+                "cell": c["cell"], "status": c["status"], "metric_names": names, "reused": c["provenance"]["reused"],
+                "requests": m["requests"], "errors": m["errors"], "output_tokens": m["output_tokens"]["total"],
+                "input_tokens": m["input_tokens"]["total"],
+            })
+        })
+        .collect()
+}
+
+/// Every record of every journal shard of `run` (the `kitt work` attempts').
+fn shard_records(run: &Path) -> Vec<Json> {
+    std::fs::read_dir(run.join("journal"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>()
+        })
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// Live processes whose command line has every one of `words`.
+fn alive_with(words: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if words.iter().all(|w| cmdline.contains(w)) && !stat.contains(") Z ") {
+            out.push(cmdline);
+        }
+    }
+    out
+}
+
+#[test]
+fn processes_measure_every_cell_once_and_report_like_a_local_run() {
+    let (local, placed) = (KittEnv::new(), KittEnv::new());
+    let log = |env: &KittEnv| env.path().join("requests.jsonl");
+    let out = local
+        .cmd()
+        .arg("apply")
+        .arg(suite(&local, "exec-eq", 4, 0))
+        .env("KITT_SIM_REQUEST_LOG", log(&local))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = placed
+        .cmd()
+        .arg("apply")
+        .arg(suite(&placed, "exec-eq", 4, 0))
+        .args(["--executor", "processes", "--workers", "2"])
+        .env("KITT_SIM_REQUEST_LOG", log(&placed))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = only_run(&placed);
+    let plan: Json = serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();
+    let units: Vec<&str> = plan["units"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(units.len(), 2, "one unit per cell");
+    for u in &units {
+        assert!(run.join(format!("journal/{u}.0.jsonl")).exists(), "unit {u} ran as one `kitt work` attempt");
+    }
+    for s in plan["steps"].as_array().unwrap().iter().filter(|s| s["kind"] == "benchmark" || s["kind"] == "collect") {
+        assert!(run.join("steps").join(s["key"].as_str().unwrap()).join(".committed").exists(), "{s}");
+    }
+    let measured = |env: &KittEnv| {
+        std::fs::read_to_string(log(env)).unwrap_or_default().lines().filter(|l| l.contains("completions")).count()
+    };
+    assert_eq!(measured(&placed), 8, "two cells of four requests, each measured once");
+    assert_eq!(measured(&local), measured(&placed));
+    let (a, b) = (report(&only_run(&local)), report(&run));
+    assert_eq!(b["cells"].as_array().unwrap().len(), 2, "one result per cell");
+    assert_eq!(comparable(&a), comparable(&b));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tput"), "the summary is printed: {}", text(&out));
+}
+
+#[test]
+fn sigterm_stops_every_unit_and_local_apply_resumes_the_run() {
+    let env = KittEnv::new();
+    let marker = "execsigterm";
+    let suite = suite(&env, marker, 40, 20);
+    let driver = env
+        .cmd()
+        .arg("apply")
+        .arg(&suite)
+        .args(["--executor", "processes", "--workers", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let runs: Vec<PathBuf> =
+            std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        // Both units measuring at once: two children, two simulators to stop.
+        if let Some(run) = runs.first()
+            && shard_records(run)
+                .iter()
+                .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+                .map(|r| r["key"].to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 2
+        {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "the two units never measured at once");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // SAFETY: signalling the kitt process this test started.
+    unsafe { libc::kill(driver.id() as i32, libc::SIGTERM) };
+    let out = driver.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(alive_with(&[" sim ", marker]).is_empty(), "a simulator was left running");
+    let run_arg = run.to_string_lossy().to_string();
+    assert!(alive_with(&[" work ", &run_arg]).is_empty(), "a `kitt work` was left running");
+    assert!(shard_records(&run).iter().any(|r| r["event"] == "run_interrupted"), "the units journaled the stop");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    assert!(journal.contains("run_interrupted"), "{journal}");
+
+    let id = run.file_name().unwrap().to_string_lossy().to_string();
+    let out = env.cmd().arg("apply").arg(&suite).args(["--resume", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 2);
+    for c in &cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert_eq!(c["metrics"]["requests"], 40, "{c}");
+    }
+}
