@@ -228,6 +228,24 @@ fn main() {
         "< 50 ms"
     );
 
+    // 3b. A run driven by many `kitt work` attempts: the same 10,000 records spread over 1,000
+    //     journal shards (10 each), merged in time order.
+    let run_dir = dir.path().join("sharded-run");
+    std::fs::create_dir_all(journal::shards_dir(&run_dir)).unwrap();
+    std::fs::write(run_dir.join("journal.jsonl"), "").unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&jpath).unwrap().lines().map(String::from).collect();
+    for (i, chunk) in lines.chunks(10).enumerate() {
+        let path = journal::shard_path(&run_dir, &format!("u{i:04}"), 0);
+        std::fs::write(path, chunk.join("\n") + "\n").unwrap();
+    }
+    let (t, merged) = best(5, || journal::read_run(&run_dir).unwrap().len());
+    println!(
+        "{:<58} {:>11.1} ms {:>12}",
+        format!("resume: merge 1,000 shards, {merged} records"),
+        t.as_secs_f64() * 1e3,
+        "< 1000 ms"
+    );
+
     // 4. Scheduler overhead per step over no-op steps. The journal is on tmpfs when available so
     //    this measures the scheduler, not the disk; the fsync cost is printed separately.
     let shm = Path::new("/dev/shm");
