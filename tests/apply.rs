@@ -160,9 +160,10 @@ fn quickstart_runs_end_to_end_and_every_sampling_value_reaches_the_sim() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("tput concurrency=4 #0") && stdout.contains("latency #0"), "{stdout}");
     let run = env.only_run();
-    for f in ["run.json", "plan.json", "journal.jsonl", "lock", "report/result.json", "report/report.md"] {
+    for f in ["run.json", "plan.json", "journal.jsonl", "report/result.json", "report/report.md"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    assert!(!run.join("run.lease").exists(), "the run lock is let go at the end");
     // The markdown reporter (a template over the result model) has a row per cell.
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(md.contains("| sim | tiny | concurrency=4 | 0 | ok | 32/32 |"), "{md}");
@@ -702,4 +703,36 @@ spec:
         assert_eq!(c["provenance"]["granularity"], "cell", "{c}");
     }
     assert!(sims_alive("cellwise").is_empty(), "an engine outlived the run");
+}
+
+#[test]
+fn without_flock_a_run_is_locked_refused_killed_and_resumed() {
+    let env = Env::new();
+    // `isolation: engine`: the host lease is the one flock kitt keeps (on the local /tmp).
+    let yaml = small_suite("noflock", ", itl_ms: 10", 40)
+        .replace("  sampling:", "  execution: {isolation: engine}\n  sampling:");
+    let suite = env.suite("s.yaml", &yaml);
+    let mut first = env
+        .cmd()
+        .arg("apply")
+        .arg(&suite)
+        .env("KITT_TEST_NO_FLOCK", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = wait_for(&env.runs(), "benchmark", Duration::from_secs(30));
+    let second = env.cmd().arg("apply").arg(&suite).env("KITT_TEST_NO_FLOCK", "1").output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another kitt") && err.contains(&format!("pid {}", first.id())), "{err}");
+    // kill -9 leaves the lease behind; the next kitt takes it over from its dead holder.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    assert!(run.join("run.lease").exists());
+    let out = env.cmd().arg("apply").arg(&suite).env("KITT_TEST_NO_FLOCK", "1").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.run_dirs().len(), 1, "the killed run was resumed");
+    assert_eq!(finished_benchmarks(&run).len(), 3);
+    assert!(!run.join("run.lease").exists(), "let go at the end");
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! <runs dir>/<run-id>/
 //!   run.json        identity of the suite this run belongs to
-//!   lock            flock'd by the one kitt process driving the run (holder written inside)
+//!   run.lease       the run lock: a lease of the one kitt process driving the run (see runlock)
 //!   plan.json       the compiled plan (secrets are references, never values)
 //!   journal.jsonl   append-only record of steps
 //!   steps/<key>/    per-step outputs
@@ -13,12 +13,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::journal::{self, Event};
+pub use super::runlock::LockError;
+use super::runlock::{self, RunLock};
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -173,7 +174,7 @@ pub fn info(path: &Path) -> Option<RunInfo> {
         _ => None,
     });
     let status = match (finish, last_start) {
-        _ if LockFile::is_held(&path.join("lock")) => RunStatus::Running,
+        _ if RunLock::is_held(&runlock::lock_path(path)) => RunStatus::Running,
         (Some((f, ok)), Some(s)) if f > s => {
             if ok {
                 RunStatus::Succeeded
@@ -198,7 +199,7 @@ pub fn new_run_id() -> String {
 pub struct RunDir {
     pub id: String,
     pub path: PathBuf,
-    _lock: LockFile,
+    lock: RunLock,
 }
 
 impl RunDir {
@@ -206,16 +207,21 @@ impl RunDir {
     pub fn create(root: &Path, meta: &RunMeta) -> Result<RunDir, LockError> {
         let path = root.join(&meta.id);
         std::fs::create_dir_all(path.join("steps")).map_err(|e| LockError::Io(path.clone(), e))?;
-        let lock = LockFile::acquire(&path.join("lock"))?;
+        let lock = RunLock::acquire(&runlock::lock_path(&path))?;
         let json = serde_json::to_vec_pretty(meta).unwrap_or_default();
         write_atomic(&path.join("run.json"), &json).map_err(|e| LockError::Io(path.clone(), e))?;
-        Ok(RunDir { id: meta.id.clone(), path, _lock: lock })
+        Ok(RunDir { id: meta.id.clone(), path, lock })
     }
 
     /// Locks an existing run directory.
     pub fn open(info: &RunInfo) -> Result<RunDir, LockError> {
-        let lock = LockFile::acquire(&info.path.join("lock"))?;
-        Ok(RunDir { id: info.meta.id.clone(), path: info.path.clone(), _lock: lock })
+        let lock = RunLock::acquire(&runlock::lock_path(&info.path))?;
+        Ok(RunDir { id: info.meta.id.clone(), path: info.path.clone(), lock })
+    }
+
+    /// Lets go of the run lock now (dropping the run directory does too).
+    pub fn release(&mut self) {
+        self.lock.release();
     }
 
     pub fn plan_path(&self) -> PathBuf {
@@ -238,87 +244,9 @@ impl RunDir {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("{0} is in use by another kitt ({1}); wait for it to finish or stop it")]
-    Held(PathBuf, String),
-    #[error("cannot use {0}: {1}")]
-    Io(PathBuf, io::Error),
-}
-
-/// An exclusive `flock` on a file, released when dropped (or when the process dies).
-pub struct LockFile {
-    file: File,
-}
-
-/// Who holds a lock, written into the lock file.
+/// Who a process is, for people: in holder descriptions of claims.
 pub fn holder_description() -> String {
     format!("pid {}, started {}", std::process::id(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()))
-}
-
-impl LockFile {
-    /// Takes the lock or fails at once naming the holder.
-    pub fn acquire(path: &Path) -> Result<LockFile, LockError> {
-        match Self::try_acquire(path)? {
-            Some(lock) => Ok(lock),
-            None => {
-                let holder = std::fs::read_to_string(path).unwrap_or_default();
-                let holder =
-                    if holder.trim().is_empty() { "unknown holder".to_string() } else { holder.trim().to_string() };
-                Err(LockError::Held(path.parent().unwrap_or(path).to_path_buf(), holder))
-            }
-        }
-    }
-
-    /// Takes the lock if it is free; `None` when another holder has it.
-    pub fn try_acquire(path: &Path) -> Result<Option<LockFile>, LockError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| LockError::Io(path.to_path_buf(), e))?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| LockError::Io(path.to_path_buf(), e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(LockError::Io(path.to_path_buf(), err));
-        }
-        let _ = file.set_len(0);
-        let _ = file.write_all(holder_description().as_bytes());
-        let _ = file.sync_data();
-        Ok(Some(LockFile { file }))
-    }
-
-    /// Whether some process holds the lock at `path` now.
-    pub fn is_held(path: &Path) -> bool {
-        let Ok(file) = OpenOptions::new().read(true).open(path) else {
-            return false;
-        };
-        // SAFETY: flock on a file descriptor we own; released at once.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        if rc == 0 {
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-            false
-        } else {
-            true
-        }
-    }
-
-    /// Rewrites the holder description (e.g. to add the run being measured).
-    pub fn describe(&mut self, text: &str) {
-        let _ = self.file.set_len(0);
-        use std::io::Seek as _;
-        let _ = self.file.seek(io::SeekFrom::Start(0));
-        let _ = self.file.write_all(text.as_bytes());
-    }
 }
 
 #[cfg(test)]
@@ -352,19 +280,5 @@ mod tests {
         assert!(write_inside(&root, "../outside", b"two").is_err());
         assert!(write_inside(&root, "/tmp/x", b"two").is_err());
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
-    }
-
-    #[test]
-    fn a_held_lock_names_its_holder() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("lock");
-        let _held = LockFile::acquire(&p).unwrap();
-        assert!(LockFile::is_held(&p));
-        match LockFile::acquire(&p) {
-            Err(LockError::Held(_, holder)) => {
-                assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}")
-            }
-            other => panic!("expected Held, got {:?}", other.err()),
-        }
     }
 }

@@ -161,12 +161,9 @@ fn open_lock_file(path: &Path) -> Result<File, LeaseError> {
 
 /// `flock(LOCK_EX | LOCK_NB)`: whether it was taken.
 fn try_flock(file: &File, path: &Path) -> Result<bool, LeaseError> {
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
+    let Err(e) = super::runlock::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) else {
         return Ok(true);
-    }
-    let e = io::Error::last_os_error();
+    };
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(LeaseError::Io(path.to_path_buf(), e)) }
 }
 
@@ -190,8 +187,7 @@ pub fn holders(path: &Path) -> Vec<String> {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             continue;
         }
-        // SAFETY: flock on a file descriptor we own.
-        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+        let free = super::runlock::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB).is_ok();
         if free {
             // Left by a kitt that died: its owner (or root) can remove it; others leave it.
             let _ = std::fs::remove_file(&p);
@@ -255,8 +251,7 @@ fn write_holder(path: &Path, holder: &str) -> Option<(PathBuf, File)> {
     let _ = std::fs::remove_file(&p); // a stale one of a dead kitt with our pid
     let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(flags).open(&p).ok()?;
-    // SAFETY: flock on a file descriptor we own.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let _ = super::runlock::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB);
     let _ = file.write_all(holder.as_bytes());
     Some((p, file))
 }

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod lease;
 pub mod pidfile;
 mod placed;
+pub mod runlock;
 pub mod scheduler;
 pub mod steps;
 pub mod work;
@@ -210,7 +211,7 @@ pub async fn apply(
             swept.foreign.len()
         );
     }
-    let (run, resumed) = select_run(&plan, &root, opts)?;
+    let (mut run, resumed) = select_run(&plan, &root, opts)?;
     let contents = journal::read(&run.journal_path())?;
     // What every attempt recorded, `kitt work` shards included: their commits are finished keys.
     let records = journal::read_run(&run.path)?;
@@ -403,6 +404,7 @@ pub async fn apply(
         .map(|(id, e)| format!("{} `{}`: {e}", plan.steps[*id].kind.name(), plan.step_label(&plan.steps[*id])))
         .chain(unit_errors)
         .collect();
+    run.release();
     Ok(ApplyOutcome {
         run_id: run.id.clone(),
         run_dir: run.path.clone(),

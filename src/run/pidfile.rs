@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::dir::LockFile;
+use super::runlock::{self, RunLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Owner {
@@ -212,7 +212,7 @@ pub fn sweep(runs_root: &Path, only: Option<&str>) -> Vec<Stopped> {
             continue;
         }
         let Ok(files) = std::fs::read_dir(run.join("pids")) else { continue };
-        if LockFile::is_held(&run.join("lock")) {
+        if RunLock::is_held(&runlock::lock_path(&run)) {
             continue; // its kitt is alive and owns these processes
         }
         for file in files.filter_map(|e| e.ok()).map(|e| e.path()) {
@@ -269,7 +269,7 @@ mod tests {
         // A live run's processes are not touched.
         let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
         write(&run, "k", child.id());
-        let _lock = LockFile::acquire(&run.join("lock")).unwrap();
+        let _lock = RunLock::acquire(&runlock::lock_path(&run)).unwrap();
         assert!(sweep(root.path(), None).is_empty());
         assert!(child.try_wait().unwrap().is_none());
         let _ = child.kill();
