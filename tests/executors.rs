@@ -297,7 +297,10 @@ fn serial_a_killed_kitt_work_is_requeued_and_the_report_equals_a_local_run() {
     let out = local.cmd().arg("apply").arg(suite(&local, "execkilled", 4, 0)).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let expected = comparable(&report(&only_run(&local)));
-    for n in [1, 3, 6] {
+    // A unit's shard: run_started, then started/finished of start (1, 2), benchmark (3, 4),
+    // collect (5, 6) and stop (7, 8): killed as its engine starts, mid-benchmark, right after
+    // the benchmark committed (the new attempt must not measure it again), after collect.
+    for n in [1, 3, 4, 6] {
         let env = KittEnv::new();
         let out = env
             .cmd()
@@ -318,4 +321,29 @@ fn serial_a_killed_kitt_work_is_requeued_and_the_report_equals_a_local_run() {
         assert_eq!(comparable(&report(&run)), expected, "killed after record {n}");
         assert!(alive_with(&[" sim ", "execkilled"]).is_empty(), "a simulator was left running");
     }
+}
+
+/// A unit lost on each of its `--max-attempts` attempts fails its cells: the run exits 1 and says
+/// why.
+#[test]
+fn a_unit_lost_on_every_attempt_fails_its_cells() {
+    let env = KittEnv::new();
+    let out = env
+        .cmd()
+        .arg("apply")
+        .arg(suite(&env, "execexhausted", 4, 0))
+        .args(["--executor", "processes", "--workers", "2", "--max-attempts", "1"])
+        .env("KITT_TEST_WORK_KILL_AFTER_RECORD", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gave up after 1 attempt(s)"), "{}", text(&out));
+    let run = only_run(&env);
+    for u in units(&run) {
+        assert_eq!(attempt_shards(&run, &u), 1, "no attempt beyond --max-attempts");
+    }
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 2);
+    assert!(cells.iter().all(|c| c["status"] != "ok"), "{cells:?}");
+    assert!(alive_with(&[" sim ", "execexhausted"]).is_empty(), "a simulator was left running");
 }
