@@ -183,8 +183,9 @@ pub async fn place(
             match exec.state(id) {
                 UnitState::Running => {
                     match abandoned.get_mut(&u) {
-                        None if cancelled_level == 0 && leases.expired(id) => {
-                            tracing::warn!("unit {id}: its attempt's lease expired; stopping it to place it again");
+                        // Watched while cancelling too: a stopped child would never end on SIGTERM.
+                        None if leases.expired(id) => {
+                            tracing::warn!("unit {id}: its attempt's lease expired; stopping it");
                             exec.abandon(id, false);
                             abandoned.insert(u, (Instant::now(), false));
                         }
@@ -202,12 +203,16 @@ pub async fn place(
                     let lost = match &state {
                         UnitState::Lost(why) => Some(why.clone()),
                         UnitState::Succeeded => None,
-                        _ if was_abandoned && cancelled_level == 0 => Some("its lease expired".to_string()),
+                        _ if was_abandoned => Some("its lease expired".to_string()),
                         _ => None,
                     };
                     let n = attempts.get(&u).copied().unwrap_or(0);
                     match lost {
-                        Some(why) if n < opts.max_attempts.max(1) && !cancel.is_cancelled() => {
+                        Some(_) if cancel.is_cancelled() => {
+                            done.insert(u);
+                            ended.push((id.clone(), UnitState::Cancelled));
+                        }
+                        Some(why) if n < opts.max_attempts.max(1) => {
                             tracing::warn!("unit {id}: attempt {n} was lost ({why}); placing it again");
                             pending.insert(u);
                         }
@@ -256,12 +261,15 @@ mod tests {
         /// Abandoned units, and whether with a kill.
         abandoned: Vec<(String, bool)>,
         abandon_log: Vec<(String, bool)>,
+        /// Stopped units (SIGSTOP): a cancel does not end them, only a kill.
+        stopped: HashSet<String>,
     }
 
-    /// Leases that never expire, or expire once per unit in `expire_once`.
+    /// Leases that never expire, or expire once per unit in `expire_once` (after `polls` polls).
     #[derive(Default)]
     struct Watched {
         expire_once: HashSet<String>,
+        polls: u32,
         placed: Vec<String>,
     }
 
@@ -271,6 +279,10 @@ mod tests {
         }
 
         fn expired(&mut self, unit: &str) -> bool {
+            if self.expire_once.contains(unit) && self.polls > 0 {
+                self.polls -= 1;
+                return false;
+            }
             self.expire_once.remove(unit)
         }
     }
@@ -323,7 +335,9 @@ mod tests {
         }
 
         fn cancel(&mut self, unit: &str) {
-            self.cancelled.push(unit.into());
+            if !self.stopped.contains(unit) {
+                self.cancelled.push(unit.into());
+            }
         }
 
         /// An abandoned unit keeps running (it is stopped) until it is killed.
@@ -422,5 +436,29 @@ mod tests {
         assert_eq!(exec.submitted.iter().filter(|u| **u == a).count(), 2, "placed again after its lease expired");
         assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded), "{:?}", placed.ended);
         assert_eq!(placed.ended.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_still_kills_a_stopped_unit_whose_lease_expired_and_places_none_again() {
+        let plan = plan("1, 2", "engine");
+        let (a, b) = (plan.units[0].id.clone(), plan.units[1].id.clone());
+        let cancel = Cancel::default();
+        let mut exec = Counted {
+            polls: u32::MAX,
+            cancel_at: Some((2, cancel.clone())),
+            stopped: [a.clone()].into(),
+            ..Default::default()
+        };
+        // Expires only after the cancel was seen.
+        let mut leases = Watched { expire_once: [a.clone()].into(), polls: 3, ..Default::default() };
+        let placing = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &cancel);
+        let placed = tokio::time::timeout(Duration::from_secs(10), placing)
+            .await
+            .expect("a stopped unit must not keep the placement waiting")
+            .unwrap();
+        assert!(placed.interrupted);
+        assert!(exec.abandon_log.contains(&(a.clone(), true)), "the stopped unit was killed");
+        assert_eq!(exec.submitted, vec![a.clone(), b.clone()], "nothing placed again after the cancel");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Cancelled), "{:?}", placed.ended);
     }
 }
