@@ -213,7 +213,11 @@ pub async fn place(
                             ended.push((id.clone(), UnitState::Cancelled));
                         }
                         Some(why) if n < opts.max_attempts.max(1) => {
-                            tracing::warn!("unit {id}: attempt {n} was lost ({why}); placing it again");
+                            tracing::warn!(
+                                "unit {id}: lost ({why}); placing it again ({} of {})",
+                                n + 1,
+                                opts.max_attempts
+                            );
                             pending.insert(u);
                         }
                         Some(why) => {
