@@ -200,3 +200,150 @@ fn sigterm_stops_every_unit_and_local_apply_resumes_the_run() {
         assert_eq!(c["metrics"]["requests"], 40, "{c}");
     }
 }
+
+/// The committed steps of `run`: each key at most once (a second commit would be a duplicate).
+fn assert_each_measured_step_committed_once(run: &Path) {
+    let plan: Json = serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();
+    for s in plan["steps"].as_array().unwrap().iter().filter(|s| s["kind"] == "benchmark" || s["kind"] == "collect") {
+        let dir = run.join("steps").join(s["key"].as_str().unwrap());
+        assert!(dir.join(".committed").exists(), "{s} was committed");
+    }
+    let results: Vec<Json> =
+        shard_records(run).into_iter().filter(|r| r["event"] == "step_finished" && r["kind"] == "benchmark").collect();
+    let keys: std::collections::HashSet<String> = results.iter().map(|r| r["key"].to_string()).collect();
+    assert_eq!(keys.len(), results.len(), "no benchmark finished twice: {results:?}");
+}
+
+/// Attempts of a unit that its `kitt work` journaled (`journal/<unit>.<n>.jsonl`).
+fn attempt_shards(run: &Path, unit: &str) -> usize {
+    (0..10).filter(|n| run.join(format!("journal/{unit}.{n}.jsonl")).exists()).count()
+}
+
+fn units(run: &Path) -> Vec<String> {
+    let plan: Json = serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();
+    plan["units"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A `kitt work` stopped (SIGSTOP) mid-benchmark stops renewing its lease; the driver judges it
+/// expired, kills it, and places the unit again: the new attempt measures the cell and the run
+/// finishes with every cell once.
+#[test]
+fn serial_a_stopped_kitt_work_is_requeued_and_its_new_attempt_finishes_the_run() {
+    let env = KittEnv::new();
+    let marker = "execstopped";
+    let suite = suite(&env, marker, 30, 20);
+    let driver = env
+        .cmd()
+        .arg("apply")
+        .arg(&suite)
+        .args(["--executor", "processes", "--workers", "2", "--max-attempts", "3"])
+        .env("KITT_TEST_LEASE_RENEW_MS", "100")
+        .env("KITT_TEST_LEASE_MS", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The first unit whose attempt 0 journaled the start of its benchmark.
+    let (run, unit) = loop {
+        let runs: Vec<PathBuf> =
+            std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        if let Some(run) = runs.first()
+            && run.join("plan.json").exists()
+            && let Some(unit) = units(run).into_iter().find(|u| {
+                std::fs::read_to_string(run.join(format!("journal/{u}.0.jsonl")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+                    .any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+            })
+        {
+            break (run.clone(), unit);
+        }
+        assert!(Instant::now() < deadline, "no unit started measuring");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let claim: Json = serde_json::from_slice(&std::fs::read(run.join(format!("attempts/{unit}/0"))).unwrap()).unwrap();
+    let pid = claim["pid"].as_i64().unwrap() as i32;
+    // SAFETY: signalling the `kitt work` this test's kitt started (named by its claim).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = driver.wait_with_output().unwrap();
+    let stopped_alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    if stopped_alive {
+        // SAFETY: as above; let it go rather than leave it stopped.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stopped_alive, "the stopped `kitt work` (pid {pid}) was not killed");
+    assert!(run.join(format!("attempts/{unit}/0.expired")).exists(), "attempt 0 was marked expired");
+    assert!(attempt_shards(&run, &unit) >= 2, "unit {unit} was placed again");
+    assert!(alive_with(&[" sim ", marker]).is_empty(), "a simulator was left running");
+    let run_arg = run.to_string_lossy().to_string();
+    assert!(alive_with(&[" work ", &run_arg]).is_empty(), "a `kitt work` was left running");
+    assert_each_measured_step_committed_once(&run);
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 2, "one result per cell");
+    for c in &cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert_eq!(c["metrics"]["requests"], 30, "{c}");
+    }
+}
+
+/// A `kitt work` killed (`kill -9`) after its N-th journal record, for N across its steps: the
+/// driver places the unit again, the run finishes, and its report equals a local run's.
+#[test]
+fn serial_a_killed_kitt_work_is_requeued_and_the_report_equals_a_local_run() {
+    let local = KittEnv::new();
+    let out = local.cmd().arg("apply").arg(suite(&local, "execkilled", 4, 0)).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let expected = comparable(&report(&only_run(&local)));
+    // A unit's shard: run_started, then started/finished of start (1, 2), benchmark (3, 4),
+    // collect (5, 6) and stop (7, 8): killed as its engine starts, mid-benchmark, right after
+    // the benchmark committed (the new attempt must not measure it again), after collect.
+    for n in [1, 3, 4, 6] {
+        let env = KittEnv::new();
+        let out = env
+            .cmd()
+            .arg("apply")
+            .arg(suite(&env, "execkilled", 4, 0))
+            .args(["--executor", "processes", "--workers", "2"])
+            .env("KITT_TEST_WORK_KILL_AFTER_RECORD", n.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "killed after record {n}: {}", text(&out));
+        let run = only_run(&env);
+        for u in units(&run) {
+            let first = std::fs::read_to_string(run.join(format!("journal/{u}.0.jsonl"))).unwrap();
+            assert_eq!(first.lines().count(), n + 1, "attempt 0 of {u} died after record {n}: {first}");
+            assert_eq!(attempt_shards(&run, &u), 2, "unit {u} was placed once more");
+        }
+        assert_each_measured_step_committed_once(&run);
+        assert_eq!(comparable(&report(&run)), expected, "killed after record {n}");
+        assert!(alive_with(&[" sim ", "execkilled"]).is_empty(), "a simulator was left running");
+    }
+}
+
+/// A unit lost on each of its `--max-attempts` attempts fails its cells: the run exits 1 and says
+/// why.
+#[test]
+fn a_unit_lost_on_every_attempt_fails_its_cells() {
+    let env = KittEnv::new();
+    let out = env
+        .cmd()
+        .arg("apply")
+        .arg(suite(&env, "execexhausted", 4, 0))
+        .args(["--executor", "processes", "--workers", "2", "--max-attempts", "1"])
+        .env("KITT_TEST_WORK_KILL_AFTER_RECORD", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gave up after 1 attempt(s)"), "{}", text(&out));
+    let run = only_run(&env);
+    for u in units(&run) {
+        assert_eq!(attempt_shards(&run, &u), 1, "no attempt beyond --max-attempts");
+    }
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 2);
+    assert!(cells.iter().all(|c| c["status"] != "ok"), "{cells:?}");
+    assert!(alive_with(&[" sim ", "execexhausted"]).is_empty(), "a simulator was left running");
+}

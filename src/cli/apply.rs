@@ -55,6 +55,12 @@ pub struct PlacementFlags {
     /// With `--executor processes`: at most this many units at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: u32,
+    /// With `--executor processes`: at most this many attempts of one unit. A unit whose
+    /// `kitt work` died, or stopped renewing its lease, is placed again as a new attempt that
+    /// runs only what no earlier attempt committed (`execution.retries` counts retries of a
+    /// step within one attempt).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +203,7 @@ fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet
         verify_models: flags.verify_models,
         executor: placement.map_or_else(Default::default, |p| p.executor),
         workers: placement.map_or(1, |p| p.workers as usize),
+        max_attempts: placement.map_or(3, |p| p.max_attempts),
     };
     let output = flags.output;
     rt.block_on(async move {

@@ -9,11 +9,16 @@
 //! runs the whole plan, engines and all). `processes` runs each unit as a child `kitt work`,
 //! at most `--workers` at once. `executor` and `workers` are placement, never part of a step's
 //! key: the same suite measured either way reuses the same steps.
+//!
+//! A placed unit whose attempt is lost (its process died, or its lease expired because it was
+//! stopped or hung) is placed again as a new attempt, up to `max_attempts`: the new attempt runs
+//! only what no earlier one committed.
 
+pub mod leases;
 pub mod processes;
 
-use std::collections::{BTreeSet, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
 use crate::plan::Plan;
@@ -38,6 +43,9 @@ pub enum UnitState {
     Failed(String),
     /// Ended because it was cancelled.
     Cancelled,
+    /// Ended without finishing or failing a step: its process died, or was stopped because its
+    /// lease expired. Placed again while attempts are left.
+    Lost(String),
 }
 
 impl UnitState {
@@ -64,6 +72,30 @@ pub trait UnitExecutor {
     fn state(&mut self, unit: &str) -> UnitState;
     /// Asks a submitted unit to stop (it stops its engine); asked again, to stop now.
     fn cancel(&mut self, unit: &str);
+    /// Stops a unit whose attempt expired: asks it to stop (`kill: false`), or kills it and all
+    /// its process group (`kill: true`, for one that did not stop, e.g. a stopped process). It
+    /// then ends [`UnitState::Lost`].
+    fn abandon(&mut self, unit: &str, kill: bool);
+}
+
+/// Watches the leases of placed units' attempts.
+pub trait Leases {
+    /// `unit` was placed (again): watch its new attempt.
+    fn placed(&mut self, unit: &str);
+    /// Whether the unit's running attempt expired (and if so marks it expired, so that its
+    /// claim no longer holds the unit).
+    fn expired(&mut self, unit: &str) -> bool;
+}
+
+/// How units are placed.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaceOptions {
+    /// At most this many units at once.
+    pub workers: usize,
+    /// At most this many attempts of one unit (placed again while its attempts are lost).
+    pub max_attempts: u32,
+    /// How long an expired attempt is given to stop before its process group is killed.
+    pub grace: Duration,
 }
 
 /// How the placed units ended.
@@ -92,20 +124,26 @@ fn unit_deps(plan: &Plan) -> Vec<HashSet<usize>> {
 
 /// Places the units `todo` (indices into `plan.units`) on `exec`, at most `workers` at once and
 /// each only after the units it depends on ended, until all ended or `cancel`: then every
-/// running unit is cancelled (again when `cancel` turns urgent) and waited for.
+/// running unit is cancelled (again when `cancel` turns urgent) and waited for. A unit whose
+/// lease expires is abandoned; a lost unit is placed again while it has attempts left.
 pub async fn place(
     plan: &Plan,
     todo: &[usize],
     exec: &mut dyn UnitExecutor,
-    workers: usize,
+    leases: &mut dyn Leases,
+    opts: PlaceOptions,
     cancel: &Cancel,
 ) -> Result<Placed, ExecError> {
+    let workers = opts.workers;
     let deps = unit_deps(plan);
     let mut pending: BTreeSet<usize> = todo.iter().copied().collect();
     let mut running: Vec<usize> = Vec::new();
     let mut done: HashSet<usize> = (0..plan.units.len()).filter(|u| !pending.contains(u)).collect();
     let mut ended = Vec::new();
     let mut cancelled_level = 0;
+    let mut attempts: HashMap<usize, u32> = HashMap::new();
+    // Units abandoned for an expired lease: when, and whether they were killed yet.
+    let mut abandoned: HashMap<usize, (Instant, bool)> = HashMap::new();
     let tick = Duration::from_millis(20);
     while !running.is_empty() || (!pending.is_empty() && !cancel.is_cancelled()) {
         let level = if cancel.is_urgent() { 2 } else { u8::from(cancel.is_cancelled()) };
@@ -120,6 +158,8 @@ pub async fn place(
                 pending.iter().copied().filter(|u| deps[*u].iter().all(|d| done.contains(d))).collect();
             for u in ready.into_iter().take(workers.max(1).saturating_sub(running.len())) {
                 pending.remove(&u);
+                *attempts.entry(u).or_default() += 1;
+                leases.placed(&plan.units[u].id);
                 if let Err(e) = exec.submit(&plan.units[u].id) {
                     // What runs is stopped before the error is returned: nothing is left behind.
                     for r in &running {
@@ -139,11 +179,57 @@ pub async fn place(
         }
         let mut still = Vec::new();
         for u in running.drain(..) {
-            match exec.state(&plan.units[u].id) {
-                UnitState::Running => still.push(u),
+            let id = &plan.units[u].id;
+            match exec.state(id) {
+                UnitState::Running => {
+                    match abandoned.get_mut(&u) {
+                        // Watched while cancelling too: a stopped child would never end on SIGTERM.
+                        None if leases.expired(id) => {
+                            tracing::warn!("unit {id}: its attempt's lease expired; stopping it");
+                            exec.abandon(id, false);
+                            abandoned.insert(u, (Instant::now(), false));
+                        }
+                        Some((since, killed)) if !*killed && since.elapsed() >= opts.grace => {
+                            tracing::warn!("unit {id}: its expired attempt did not stop; killing it");
+                            exec.abandon(id, true);
+                            *killed = true;
+                        }
+                        _ => {}
+                    }
+                    still.push(u);
+                }
                 state => {
-                    done.insert(u);
-                    ended.push((plan.units[u].id.clone(), state));
+                    let was_abandoned = abandoned.remove(&u).is_some();
+                    let lost = match &state {
+                        UnitState::Lost(why) => Some(why.clone()),
+                        UnitState::Succeeded => None,
+                        _ if was_abandoned => Some("its lease expired".to_string()),
+                        _ => None,
+                    };
+                    let n = attempts.get(&u).copied().unwrap_or(0);
+                    match lost {
+                        Some(_) if cancel.is_cancelled() => {
+                            done.insert(u);
+                            ended.push((id.clone(), UnitState::Cancelled));
+                        }
+                        Some(why) if n < opts.max_attempts.max(1) => {
+                            tracing::warn!(
+                                "unit {id}: lost ({why}); placing it again ({} of {})",
+                                n + 1,
+                                opts.max_attempts
+                            );
+                            pending.insert(u);
+                        }
+                        Some(why) => {
+                            done.insert(u);
+                            let why = format!("{why}; gave up after {n} attempt(s) (--max-attempts)");
+                            ended.push((id.clone(), UnitState::Failed(why)));
+                        }
+                        None => {
+                            done.insert(u);
+                            ended.push((id.clone(), state));
+                        }
+                    }
                 }
             }
         }
@@ -174,6 +260,39 @@ mod tests {
         most_at_once: usize,
         /// Cancelled at this many submits (a Ctrl-C while units run).
         cancel_at: Option<(usize, Cancel)>,
+        /// Each of these units' attempts is lost this many times before one runs.
+        lose: HashMap<String, u32>,
+        /// Abandoned units, and whether with a kill.
+        abandoned: Vec<(String, bool)>,
+        abandon_log: Vec<(String, bool)>,
+        /// Stopped units (SIGSTOP): a cancel does not end them, only a kill.
+        stopped: HashSet<String>,
+    }
+
+    /// Leases that never expire, or expire once per unit in `expire_once` (after `polls` polls).
+    #[derive(Default)]
+    struct Watched {
+        expire_once: HashSet<String>,
+        polls: u32,
+        placed: Vec<String>,
+    }
+
+    impl Leases for Watched {
+        fn placed(&mut self, unit: &str) {
+            self.placed.push(unit.into());
+        }
+
+        fn expired(&mut self, unit: &str) -> bool {
+            if self.expire_once.contains(unit) && self.polls > 0 {
+                self.polls -= 1;
+                return false;
+            }
+            self.expire_once.remove(unit)
+        }
+    }
+
+    fn opts(workers: usize) -> PlaceOptions {
+        PlaceOptions { workers, max_attempts: 3, grace: Duration::ZERO }
     }
 
     impl UnitExecutor for Counted {
@@ -198,6 +317,17 @@ mod tests {
             if self.cancelled.iter().any(|c| c == unit) {
                 return UnitState::Cancelled;
             }
+            if self.abandoned.iter().any(|(u, kill)| u == unit && *kill) && self.left.get(unit) != Some(&0) {
+                self.left.insert(unit.into(), 0);
+                self.abandoned.retain(|(u, _)| u != unit);
+                return UnitState::Lost("killed".into());
+            }
+            if let Some(n) = self.lose.get_mut(unit)
+                && *n > 0
+            {
+                *n -= 1;
+                return UnitState::Lost("died".into());
+            }
             match self.left.get_mut(unit) {
                 Some(0) => UnitState::Succeeded,
                 Some(n) => {
@@ -209,7 +339,18 @@ mod tests {
         }
 
         fn cancel(&mut self, unit: &str) {
-            self.cancelled.push(unit.into());
+            if !self.stopped.contains(unit) {
+                self.cancelled.push(unit.into());
+            }
+        }
+
+        /// An abandoned unit keeps running (it is stopped) until it is killed.
+        fn abandon(&mut self, unit: &str, kill: bool) {
+            self.abandoned.push((unit.into(), kill));
+            self.abandon_log.push((unit.into(), kill));
+            if kill {
+                self.left.insert(unit.into(), 1);
+            }
         }
     }
 
@@ -229,7 +370,7 @@ mod tests {
         assert_eq!(plan.units.len(), 5);
         let mut exec = Counted { polls: 3, ..Default::default() };
         let all: Vec<usize> = (0..5).collect();
-        let placed = place(&plan, &all, &mut exec, 2, &Cancel::default()).await.unwrap();
+        let placed = place(&plan, &all, &mut exec, &mut Watched::default(), opts(2), &Cancel::default()).await.unwrap();
         assert!(!placed.interrupted);
         let mut submitted = exec.submitted.clone();
         submitted.sort();
@@ -245,7 +386,8 @@ mod tests {
     async fn with_host_isolation_units_wait_for_the_one_before() {
         let plan = plan("1, 2, 3", "host");
         let mut exec = Counted { polls: 2, ..Default::default() };
-        let placed = place(&plan, &[0, 1, 2], &mut exec, 3, &Cancel::default()).await.unwrap();
+        let placed =
+            place(&plan, &[0, 1, 2], &mut exec, &mut Watched::default(), opts(3), &Cancel::default()).await.unwrap();
         assert_eq!(exec.most_at_once, 1, "each unit's start depends on the previous unit's stop");
         let order: Vec<&str> = placed.ended.iter().map(|(u, _)| u.as_str()).collect();
         let ids: Vec<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
@@ -258,10 +400,69 @@ mod tests {
         let cancel = Cancel::default();
         let mut exec = Counted { polls: u32::MAX, cancel_at: Some((2, cancel.clone())), ..Default::default() };
         let all: Vec<usize> = (0..4).collect();
-        let placed = place(&plan, &all, &mut exec, 2, &cancel).await.unwrap();
+        let placed = place(&plan, &all, &mut exec, &mut Watched::default(), opts(2), &cancel).await.unwrap();
         assert!(placed.interrupted);
         assert_eq!(exec.submitted.len(), 2, "nothing placed after the cancel");
         assert_eq!(exec.cancelled, exec.submitted, "each running unit cancelled once");
         assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Cancelled));
+    }
+
+    #[tokio::test]
+    async fn a_lost_unit_is_placed_again_until_max_attempts() {
+        let plan = plan("1, 2", "engine");
+        let (a, b) = (plan.units[0].id.clone(), plan.units[1].id.clone());
+        let mut exec = Counted { polls: 2, ..Default::default() };
+        exec.lose.insert(a.clone(), 2);
+        exec.lose.insert(b.clone(), 3);
+        let mut leases = Watched::default();
+        let placed = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
+        assert!(!placed.interrupted);
+        assert_eq!(exec.submitted.iter().filter(|u| **u == a).count(), 3, "lost twice, placed a third time");
+        assert_eq!(exec.submitted.iter().filter(|u| **u == b).count(), 3, "no fourth attempt");
+        assert_eq!(leases.placed.len(), 6, "every attempt's lease is watched");
+        let state = |u: &str| placed.ended.iter().find(|(id, _)| id == u).map(|(_, s)| s.clone());
+        assert_eq!(state(&a), Some(UnitState::Succeeded));
+        match state(&b) {
+            Some(UnitState::Failed(why)) => assert!(why.contains("gave up after 3 attempt(s)"), "{why}"),
+            other => panic!("unit {b} should fail after 3 lost attempts: {other:?}"),
+        }
+        assert_eq!(placed.ended.len(), 2, "each unit ends once");
+    }
+
+    #[tokio::test]
+    async fn an_expired_unit_is_stopped_killed_and_placed_again() {
+        let plan = plan("1, 2", "engine");
+        let a = plan.units[0].id.clone();
+        let mut exec = Counted { polls: 50, ..Default::default() };
+        let mut leases = Watched { expire_once: [a.clone()].into(), ..Default::default() };
+        let placed = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
+        assert_eq!(exec.abandon_log, vec![(a.clone(), false), (a.clone(), true)], "asked to stop, then killed");
+        assert_eq!(exec.submitted.iter().filter(|u| **u == a).count(), 2, "placed again after its lease expired");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded), "{:?}", placed.ended);
+        assert_eq!(placed.ended.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_still_kills_a_stopped_unit_whose_lease_expired_and_places_none_again() {
+        let plan = plan("1, 2", "engine");
+        let (a, b) = (plan.units[0].id.clone(), plan.units[1].id.clone());
+        let cancel = Cancel::default();
+        let mut exec = Counted {
+            polls: u32::MAX,
+            cancel_at: Some((2, cancel.clone())),
+            stopped: [a.clone()].into(),
+            ..Default::default()
+        };
+        // Expires only after the cancel was seen.
+        let mut leases = Watched { expire_once: [a.clone()].into(), polls: 3, ..Default::default() };
+        let placing = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &cancel);
+        let placed = tokio::time::timeout(Duration::from_secs(10), placing)
+            .await
+            .expect("a stopped unit must not keep the placement waiting")
+            .unwrap();
+        assert!(placed.interrupted);
+        assert!(exec.abandon_log.contains(&(a.clone(), true)), "the stopped unit was killed");
+        assert_eq!(exec.submitted, vec![a.clone(), b.clone()], "nothing placed again after the cancel");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Cancelled), "{:?}", placed.ended);
     }
 }

@@ -5,9 +5,11 @@
 //! driver, which then sends each child one SIGTERM (a graceful stop: the child stops its engine
 //! and journals its interruption) and a second one if the driver is told to hurry. Dropping the
 //! executor stops (two SIGTERMs: stop now) and reaps whatever still runs, so no path leaves a
-//! child, or the engine a child started, behind.
+//! child, or the engine a child started, behind. A child whose lease expired is abandoned: a
+//! SIGTERM, then (if it did not stop, e.g. it is stopped itself) SIGKILL to its process group;
+//! its engines die with it (`PR_SET_PDEATHSIG`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -20,11 +22,19 @@ pub struct Processes {
     children: HashMap<String, Child>,
     ended: HashMap<String, UnitState>,
     cancelled: HashMap<String, u32>,
+    abandoned: HashSet<String>,
 }
 
 impl Processes {
     pub fn new(program: PathBuf, run_dir: PathBuf) -> Processes {
-        Processes { program, run_dir, children: HashMap::new(), ended: HashMap::new(), cancelled: HashMap::new() }
+        Processes {
+            program,
+            run_dir,
+            children: HashMap::new(),
+            ended: HashMap::new(),
+            cancelled: HashMap::new(),
+            abandoned: HashSet::new(),
+        }
     }
 
     fn spawn(&self, unit: &str) -> Result<Child, ExecError> {
@@ -38,6 +48,15 @@ impl Processes {
         })
     }
 
+    /// Signals the child's whole process group (it leads one: `process_group(0)`).
+    fn signal_group(child: &Child, signal: i32) {
+        // The pid is our own unreaped child, so its group id cannot name another group.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on a process group we own; no memory is involved.
+            unsafe { libc::kill(-pid, signal) };
+        }
+    }
+
     fn signal(child: &Child, signal: i32) {
         // The pid is our own unreaped child, so it cannot name another process.
         if let Ok(pid) = i32::try_from(child.id()) {
@@ -48,20 +67,27 @@ impl Processes {
 }
 
 /// What `kitt work`'s exit code says (see `kitt work --help`).
-fn state_of(code: Option<i32>, cancelled: bool) -> UnitState {
-    match code {
+fn state_of(status: std::process::ExitStatus, cancelled: bool, abandoned: bool) -> UnitState {
+    use std::os::unix::process::ExitStatusExt as _;
+    if abandoned && status.code() != Some(0) {
+        return UnitState::Lost("its lease expired, so it was stopped".into());
+    }
+    match status.code() {
         Some(0) => UnitState::Succeeded,
         Some(130) => UnitState::Cancelled,
         _ if cancelled => UnitState::Cancelled,
         Some(3) => UnitState::Failed("lost its claim to another attempt (exit 3)".into()),
         Some(c) => UnitState::Failed(format!("kitt work exited with {c}; its journal shard says why")),
-        None => UnitState::Failed("kitt work was killed by a signal".into()),
+        None => UnitState::Lost(format!("kitt work was killed by signal {}", status.signal().unwrap_or(0))),
     }
 }
 
 impl UnitExecutor for Processes {
     fn submit(&mut self, unit: &str) -> Result<(), ExecError> {
         let child = self.spawn(unit)?;
+        // Placed again: its earlier attempt's end is history.
+        self.ended.remove(unit);
+        self.cancelled.remove(unit);
         self.children.insert(unit.to_string(), child);
         Ok(())
     }
@@ -96,7 +122,7 @@ impl UnitExecutor for Processes {
         };
         let state = match child.try_wait() {
             Ok(None) => return UnitState::Running,
-            Ok(Some(status)) => state_of(status.code(), self.cancelled.contains_key(unit)),
+            Ok(Some(status)) => state_of(status, self.cancelled.contains_key(unit), self.abandoned.remove(unit)),
             Err(e) => UnitState::Failed(format!("cannot wait for kitt work: {e}")),
         };
         self.children.remove(unit);
@@ -110,6 +136,13 @@ impl UnitExecutor for Processes {
             Self::signal(child, libc::SIGTERM);
         }
     }
+
+    fn abandon(&mut self, unit: &str, kill: bool) {
+        if let Some(child) = self.children.get(unit) {
+            self.abandoned.insert(unit.to_string());
+            Self::signal_group(child, if kill { libc::SIGKILL } else { libc::SIGTERM });
+        }
+    }
 }
 
 impl Drop for Processes {
@@ -118,6 +151,8 @@ impl Drop for Processes {
         for (_, mut child) in self.children.drain() {
             Self::signal(&child, libc::SIGTERM);
             Self::signal(&child, libc::SIGTERM);
+            // A stopped child would never handle them (nor end): continue it.
+            Self::signal(&child, libc::SIGCONT);
             let _ = child.wait();
         }
     }

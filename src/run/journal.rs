@@ -230,6 +230,12 @@ impl Journal {
         Ok(Journal { file, path: path.to_path_buf(), next_seq, kill_after })
     }
 
+    /// Test hook: SIGKILL this process right after writing the record with seq `n` (what
+    /// `KITT_TEST_KILL_AFTER_RECORD` sets for every journal this process opens).
+    pub fn kill_after(&mut self, n: Option<u64>) {
+        self.kill_after = n;
+    }
+
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, event: Event) -> Result<Record, JournalError> {
         let record = Record { seq: self.next_seq, unix_ns: unix_ns(), event };

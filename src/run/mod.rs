@@ -41,6 +41,8 @@ pub struct ApplyOptions {
     pub executor: crate::exec::ExecutorKind,
     /// At most this many units at once (`processes`).
     pub workers: usize,
+    /// At most this many attempts of one unit (`processes`: a lost attempt is placed again).
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +368,12 @@ pub async fn apply(
                     &plan,
                     &run.path,
                     &mut units,
-                    opts.workers,
+                    crate::exec::PlaceOptions {
+                        workers: opts.workers,
+                        max_attempts: opts.max_attempts,
+                        // An expired attempt gets a lease's length to stop its engine itself.
+                        grace: lease::LeaseConfig::from_env().lease,
+                    },
                     exec.clone(),
                     &reusable,
                     sched_opts,

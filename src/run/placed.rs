@@ -41,7 +41,7 @@ pub(super) async fn run(
     plan: &Plan,
     run_dir: &Path,
     units: &mut dyn UnitExecutor,
-    workers: usize,
+    place: exec::PlaceOptions,
     exec: Arc<RunExecutor>,
     reusable: &HashSet<String>,
     mut opts: scheduler::Options,
@@ -50,7 +50,8 @@ pub(super) async fn run(
 ) -> Placed {
     let todo = units_to_place(plan, reusable, &opts.kept_failed);
     let mut unit_errors = Vec::new();
-    let placed = exec::place(plan, &todo, units, workers, cancel).await;
+    let mut leases = exec::leases::LeaseWatches::new(run_dir, super::lease::LeaseConfig::from_env().lease);
+    let placed = exec::place(plan, &todo, units, &mut leases, place, cancel).await;
     let interrupted = match placed {
         Ok(p) => {
             for (unit, state) in &p.ended {

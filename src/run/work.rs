@@ -34,6 +34,10 @@ pub const SKIP_CLAIM_ENV: &str = "KITT_TEST_SKIP_CLAIM";
 /// create `DIR/ready.<attempt>` and wait for `DIR/go`, so tests order racing attempts by files.
 /// Never set it outside tests.
 pub const GATE_ENV: &str = "KITT_TEST_WORK_GATE";
+/// Test hook: `KITT_TEST_WORK_KILL_AFTER_RECORD=N` makes the first attempt (attempt 0) of a unit
+/// die like `kill -9` right after record N of its journal shard; later attempts run on, so tests
+/// can see a unit lost and placed again. Never set it outside tests.
+pub const WORK_KILL_ENV: &str = "KITT_TEST_WORK_KILL_AFTER_RECORD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkError {
@@ -244,6 +248,11 @@ pub async fn work(
     std::fs::create_dir_all(&shards).map_err(|e| io("create", &shards, e))?;
     let shard_path = journal::shard_path(run_dir, unit, attempt);
     let mut shard = Journal::open(&shard_path, &journal::read(&shard_path)?)?;
+    if attempt == 0
+        && let Some(n) = std::env::var(WORK_KILL_ENV).ok().and_then(|v| v.parse().ok())
+    {
+        shard.kill_after(Some(n));
+    }
     let facts = observed_facts();
     shard.append(Event::RunStarted {
         attempt,

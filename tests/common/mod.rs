@@ -49,6 +49,7 @@ impl KittEnv {
             .env("KITT_HOST_LOCK", self.path().join("host.lock"))
             .env_remove("KITT_SIM_REQUEST_LOG")
             .env_remove("KITT_TEST_KILL_AFTER_RECORD")
+            .env_remove("KITT_TEST_WORK_KILL_AFTER_RECORD")
             .env_remove("KITT_TEST_KILL_IN_BENCHMARK")
             .env_remove("KITT_TEST_BUILD_ID")
             .env_remove("KITT_TEST_PANIC_STEP")
