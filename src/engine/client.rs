@@ -260,8 +260,16 @@ impl EngineClient {
         let (head_deadline, head_kind) = clock.before_body();
         let mut resent = false;
         let (mut conn, status) = loop {
-            let leased = async { if resent { transport.fresh().await } else { transport.lease().await } };
-            let mut lease = match tokio::time::timeout_at(head_deadline.into(), leased).await {
+            let fresh = resent;
+            let leased = async move { if fresh { transport.fresh().await } else { transport.lease().await } };
+            let mut leased = std::pin::pin!(leased);
+            // A pooled connection is ready at once: only a wait (a new connection) needs a timer.
+            let ready = futures_util::FutureExt::now_or_never(leased.as_mut()).map(Ok);
+            let outcome = match ready {
+                Some(done) => done,
+                None => tokio::time::timeout_at(head_deadline.into(), leased).await,
+            };
+            let mut lease = match outcome {
                 Ok(Ok(lease)) => lease,
                 Ok(Err(e)) => {
                     let kind = if e.timed_out { ErrorKind::Timeout } else { ErrorKind::Connect };

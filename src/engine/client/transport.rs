@@ -398,11 +398,16 @@ impl Conn {
         let mut out = std::mem::take(&mut self.out);
         route.write(body, &mut out);
         self.received = 0;
-        let written = tokio::time::timeout_at(deadline.into(), async {
+        let mut write = std::pin::pin!(async {
             self.stream.write_all(&out).await?;
             self.stream.flush().await
-        })
-        .await;
+        });
+        // A request almost always fits the socket's buffer at once: only a write that has to
+        // wait needs a timer.
+        let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout_at(deadline.into(), write).await,
+        };
         self.out = out;
         written.map_err(|_| WireError::Deadline)?.map_err(WireError::Io)?;
         loop {
