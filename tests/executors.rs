@@ -4,20 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::KittEnv;
+use common::{KittEnv, report, text};
 use serde_json::Value as Json;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Two cells, each a unit of its own (`granularity: cell`) with its own simulator, measured at
 /// once (`isolation: engine`; with `host` each unit's start waits for the previous one's stop).
@@ -50,28 +41,6 @@ fn only_run(env: &KittEnv) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(env.runs()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs[0].clone()
-}
-
-fn report(run: &Path) -> Json {
-    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
-}
-
-/// What must be equal between two runs' reports apart from timings.
-fn comparable(report: &Json) -> Vec<Json> {
-    report["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let m = &c["metrics"];
-            let names: Vec<&String> = m.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-            serde_json::json!({
-                "cell": c["cell"], "status": c["status"], "metric_names": names, "reused": c["provenance"]["reused"],
-                "requests": m["requests"], "errors": m["errors"], "output_tokens": m["output_tokens"]["total"],
-                "input_tokens": m["input_tokens"]["total"],
-            })
-        })
-        .collect()
 }
 
 /// Every record of every journal shard of `run` (the `kitt work` attempts').
@@ -142,7 +111,7 @@ fn processes_measure_every_cell_once_and_report_like_a_local_run() {
     assert_eq!(measured(&local), measured(&placed));
     let (a, b) = (report(&only_run(&local)), report(&run));
     assert_eq!(b["cells"].as_array().unwrap().len(), 2, "one result per cell");
-    assert_eq!(comparable(&a), comparable(&b));
+    assert_eq!(common::comparable(&a, true), common::comparable(&b, true));
     assert!(String::from_utf8_lossy(&out.stdout).contains("tput"), "the summary is printed: {}", text(&out));
 }
 
@@ -296,7 +265,7 @@ fn serial_a_killed_kitt_work_is_requeued_and_the_report_equals_a_local_run() {
     let local = KittEnv::new();
     let out = local.cmd().arg("apply").arg(suite(&local, "execkilled", 4, 0)).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let expected = comparable(&report(&only_run(&local)));
+    let expected = common::comparable(&report(&only_run(&local)), true);
     // A unit's shard: run_started, then started/finished of start (1, 2), benchmark (3, 4),
     // collect (5, 6) and stop (7, 8): killed as its engine starts, mid-benchmark, right after
     // the benchmark committed (the new attempt must not measure it again), after collect.
@@ -318,7 +287,7 @@ fn serial_a_killed_kitt_work_is_requeued_and_the_report_equals_a_local_run() {
             assert_eq!(attempt_shards(&run, &u), 2, "unit {u} was placed once more");
         }
         assert_each_measured_step_committed_once(&run);
-        assert_eq!(comparable(&report(&run)), expected, "killed after record {n}");
+        assert_eq!(common::comparable(&report(&run), true), expected, "killed after record {n}");
         assert!(alive_with(&[" sim ", "execkilled"]).is_empty(), "a simulator was left running");
     }
 }

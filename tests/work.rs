@@ -2,9 +2,12 @@
 //! the real simulator. Runs are created by killing `kitt apply` right after its first journal
 //! record (the journal hook), and racing attempts are ordered by files, never by sleeps.
 
+mod common;
+use common::{report, text};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -94,15 +97,6 @@ spec:
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn plan(run: &Path) -> Json {
     serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap()
 }
@@ -124,28 +118,6 @@ fn measured_keys(run: &Path) -> Vec<String> {
 
 fn records(path: &Path) -> Vec<Json> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn report(run: &Path) -> Json {
-    serde_json::from_slice(&std::fs::read(run.join("report/result.json")).unwrap()).unwrap()
-}
-
-/// What must be equal between two runs' reports apart from timings (DESIGN decision 7).
-fn comparable(report: &Json) -> Vec<Json> {
-    report["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let m = &c["metrics"];
-            let names: Vec<&String> = m.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-            serde_json::json!({
-                "cell": c["cell"], "status": c["status"], "metric_names": names,
-                "requests": m["requests"], "errors": m["errors"], "output_tokens": m["output_tokens"]["total"],
-                "input_tokens": m["input_tokens"]["total"],
-            })
-        })
-        .collect()
 }
 
 fn wait_for(path: &Path) {
@@ -270,7 +242,7 @@ fn racing_attempts_commit_each_key_once_and_journal_the_duplicates() {
     let out = single.cmd().arg("apply").arg(&s).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let run1: PathBuf = std::fs::read_dir(single.path().join("runs")).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(comparable(&raced), comparable(&report(&run1)));
+    assert_eq!(common::comparable(&raced, false), common::comparable(&report(&run1), false));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -388,16 +388,7 @@ pub async fn apply(
         }
     };
     exec.shutdown(cancel.is_urgent()).await;
-    let event = if let Some(reason) = &outcome.aborted {
-        Event::RunStopped { reason: reason.clone() }
-    } else if outcome.interrupted {
-        Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
-    } else {
-        Event::RunFinished {
-            ok: outcome.failed_cells == 0 && outcome.errors.is_empty(),
-            failed_cells: outcome.failed_cells,
-        }
-    };
+    let event = outcome.ending(None);
     if let Ok(mut j) = j.lock() {
         j.append(event)?;
     }

@@ -122,6 +122,20 @@ pub struct Outcome {
     pub aborted: Option<String>,
 }
 
+impl Outcome {
+    /// The journal record that ends a run (or one attempt's shard): stopped, with `stopped` or
+    /// the abort's reason; interrupted; or finished, ok when no cell or step failed.
+    pub fn ending(&self, stopped: Option<String>) -> Event {
+        if let Some(reason) = stopped.or_else(|| self.aborted.clone()) {
+            Event::RunStopped { reason }
+        } else if self.interrupted {
+            Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
+        } else {
+            Event::RunFinished { ok: self.failed_cells == 0 && self.errors.is_empty(), failed_cells: self.failed_cells }
+        }
+    }
+}
+
 type Shared = Arc<Mutex<Journal>>;
 
 fn journal(j: &Shared, event: Event) {

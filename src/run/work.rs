@@ -304,16 +304,8 @@ pub async fn work(
     inner.shutdown(cancel.is_urgent()).await;
     let fence = fenced.lock().ok().and_then(|f| f.clone());
     let lost_claim = committer.lost.load(Ordering::SeqCst) || fence.is_some();
-    let event = if lost_claim || outcome.aborted.is_some() {
-        Event::RunStopped { reason: outcome.aborted.clone().or(fence).unwrap_or_default() }
-    } else if outcome.interrupted {
-        Event::RunInterrupted { signal: "SIGINT/SIGTERM".into() }
-    } else {
-        Event::RunFinished {
-            ok: outcome.failed_cells == 0 && outcome.errors.is_empty(),
-            failed_cells: outcome.failed_cells,
-        }
-    };
+    let stopped = lost_claim.then(|| outcome.aborted.clone().or(fence).unwrap_or_default());
+    let event = outcome.ending(stopped);
     if let Ok(mut j) = shard.lock() {
         j.append(event)?;
     }

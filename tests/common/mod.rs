@@ -109,3 +109,27 @@ pub fn sims_alive(marker: &str) -> usize {
         })
         .count()
 }
+
+/// What must be equal between two runs' reports apart from timings (DESIGN decision 7): each
+/// cell's identity, status, metric names and counts; with `reused`, also whether it was reused.
+#[allow(dead_code)]
+pub fn comparable(report: &serde_json::Value, reused: bool) -> Vec<serde_json::Value> {
+    report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let m = &c["metrics"];
+            let names: Vec<&String> = m.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let mut v = serde_json::json!({
+                "cell": c["cell"], "status": c["status"], "metric_names": names,
+                "requests": m["requests"], "errors": m["errors"], "output_tokens": m["output_tokens"]["total"],
+                "input_tokens": m["input_tokens"]["total"],
+            });
+            if reused {
+                v["reused"] = c["provenance"]["reused"].clone();
+            }
+            v
+        })
+        .collect()
+}
