@@ -13,7 +13,7 @@ use common::test_data;
 use docker_support::*;
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -429,36 +429,11 @@ fn serial_docker_kitt_in_a_container_runs_engines_as_siblings() {
     if docker_missing() {
         return;
     }
-    let socket = Path::new("/var/run/docker.sock");
-    let cli = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
-    let cli = String::from_utf8_lossy(&cli.stdout).trim().to_string();
-    if (!socket.exists() || cli.is_empty()) && skip("sibling mode needs /var/run/docker.sock and the docker CLI") {
-        return;
-    }
     let image = sim_image("vllm");
-    let kitt_image = "kitt-local/kitt:test";
-    let o = Command::new(root().join("scripts/pack-image.sh"))
-        .arg(kitt_image)
-        .arg(env!("CARGO_BIN_EXE_kitt"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let env = Env::new();
-    let dir = std::fs::canonicalize(env.path()).unwrap();
+    let Some(kitt) = kitt_in_container(env.path()) else { return };
     let s = env.suite(&suite("vllm", &image, "      env: {KITT_SIM_IGNORE_EOS: \"true\"}", 10));
-    let d = dir.to_string_lossy().to_string();
-    let out = Command::new("docker")
-        .args(["run", "--rm", "--network", "host"])
-        .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
-        .args(["-v", &format!("{cli}:/usr/local/bin/docker:ro")])
-        .args(["-v", &format!("{d}:{d}"), "-w", &d])
-        .args(["-e", &format!("KITT_RUNS_DIR={d}/runs"), "-e", &format!("KITT_HOST_LOCK={d}/host.lock")])
-        .args(["-e", "KITT_STORE=off", "-e", "NO_COLOR=1"])
-        .arg(kitt_image)
-        .arg("apply")
-        .arg(&s)
-        .output()
-        .unwrap();
+    let out = Command::new("docker").args(["run", "--rm"]).args(&kitt).arg("apply").arg(&s).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let run = env.only_run();
     let r = report(&run);

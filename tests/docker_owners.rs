@@ -8,7 +8,6 @@ mod docker_support;
 use docker_support::*;
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -113,24 +112,10 @@ fn serial_docker_a_dead_containerised_kitts_engine_is_swept_from_the_host() {
     if docker_missing() {
         return;
     }
-    let socket = Path::new("/var/run/docker.sock");
-    let cli = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
-    let cli = String::from_utf8_lossy(&cli.stdout).trim().to_string();
-    if (!socket.exists() || cli.is_empty()) && skip("sibling mode needs /var/run/docker.sock and the docker CLI") {
-        return;
-    }
     let image = sim_image("vllm");
-    let kitt_image = "kitt-local/kitt:test";
-    let o = Command::new(root().join("scripts/pack-image.sh"))
-        .arg(kitt_image)
-        .arg(env!("CARGO_BIN_EXE_kitt"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let env = Env::new();
-    let dir = std::fs::canonicalize(env.path()).unwrap();
+    let Some(kitt) = kitt_in_container(env.path()) else { return };
     let s = env.suite(&suite("vllm", &image, "      env: {KITT_SIM_ITL_MS: \"20\"}", 400));
-    let d = dir.to_string_lossy().to_string();
     /// Removes kitt's container however the test ends.
     struct Removed(String);
     impl Drop for Removed {
@@ -141,31 +126,10 @@ fn serial_docker_a_dead_containerised_kitts_engine_is_swept_from_the_host() {
     let kitt_name = format!("kitt-test-sibling-{}", std::process::id());
     let _removed = Removed(kitt_name.clone());
     let _ = Command::new("docker").args(["rm", "--force", &kitt_name]).output();
-    docker(&[
-        "run",
-        "--detach",
-        "--name",
-        &kitt_name,
-        "--network",
-        "host",
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        &format!("{cli}:/usr/local/bin/docker:ro"),
-        "-v",
-        &format!("{d}:{d}"),
-        "-w",
-        &d,
-        "-e",
-        &format!("KITT_RUNS_DIR={d}/runs"),
-        "-e",
-        &format!("KITT_HOST_LOCK={d}/host.lock"),
-        "-e",
-        "KITT_STORE=off",
-        kitt_image,
-        "apply",
-        &s.to_string_lossy(),
-    ]);
+    let mut args: Vec<String> = ["run", "--detach", "--name", &kitt_name].map(String::from).to_vec();
+    args.extend(kitt);
+    args.extend(["apply".to_string(), s.to_string_lossy().to_string()]);
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let run = wait_for_step(&env.runs(), "benchmark", Duration::from_secs(60));
     let engine = containers_of(&run_id(&run));
     assert_eq!(engine.len(), 1);

@@ -195,3 +195,46 @@ pub fn as_machine(env: &Env, machine: &str) -> Command {
 pub fn json_of(o: &Output) -> Json {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
 }
+
+/// Sibling mode: packs this kitt into the local image `kitt-local/kitt:test` and returns the
+/// `docker run` arguments (up to the image, with the image last) that run it with the daemon's
+/// socket and CLI mounted, `dir` mounted at its own path as the working, runs and lock directory,
+/// host networking and no store; `None` (a skip, said) where there is no socket or CLI.
+pub fn kitt_in_container(dir: &Path) -> Option<Vec<String>> {
+    let socket = Path::new("/var/run/docker.sock");
+    let cli = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
+    let cli = String::from_utf8_lossy(&cli.stdout).trim().to_string();
+    if (!socket.exists() || cli.is_empty()) && skip("sibling mode needs /var/run/docker.sock and the docker CLI") {
+        return None;
+    }
+    let kitt_image = "kitt-local/kitt:test";
+    let o = Command::new(root().join("scripts/pack-image.sh"))
+        .arg(kitt_image)
+        .arg(env!("CARGO_BIN_EXE_kitt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = std::fs::canonicalize(dir).unwrap().to_string_lossy().to_string();
+    let args = [
+        "--network".to_string(),
+        "host".into(),
+        "-v".into(),
+        "/var/run/docker.sock:/var/run/docker.sock".into(),
+        "-v".into(),
+        format!("{cli}:/usr/local/bin/docker:ro"),
+        "-v".into(),
+        format!("{d}:{d}"),
+        "-w".into(),
+        d.clone(),
+        "-e".into(),
+        format!("KITT_RUNS_DIR={d}/runs"),
+        "-e".into(),
+        format!("KITT_HOST_LOCK={d}/host.lock"),
+        "-e".into(),
+        "KITT_STORE=off".into(),
+        "-e".into(),
+        "NO_COLOR=1".into(),
+        kitt_image.into(),
+    ];
+    Some(args.to_vec())
+}
