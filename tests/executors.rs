@@ -316,3 +316,147 @@ fn a_unit_lost_on_every_attempt_fails_its_cells() {
     assert!(cells.iter().all(|c| c["status"] != "ok"), "{cells:?}");
     assert!(alive_with(&[" sim ", "execexhausted"]).is_empty(), "a simulator was left running");
 }
+
+/// `apply --detach` as `--output json` prints: the run's id.
+fn detach(env: &KittEnv, suite: &Path) -> String {
+    let out = env
+        .cmd()
+        .arg("apply")
+        .arg(suite)
+        .args(["--executor", "processes", "--workers", "2", "--detach", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["detached"], true, "{v}");
+    assert!(v["driver_pid"].as_u64().is_some(), "{v}");
+    v["run_id"].as_str().unwrap().to_string()
+}
+
+/// `kitt runs show RUN --output json`.
+fn show(env: &KittEnv, id: &str) -> Json {
+    let out = env.cmd().args(["runs", "show", id, "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until both units of `run` have started measuring.
+fn wait_both_measuring(run: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let measuring: std::collections::HashSet<String> = shard_records(run)
+            .iter()
+            .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+            .map(|r| r["key"].to_string())
+            .collect();
+        if measuring.len() == 2 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the two units never measured at once");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `apply --detach` returns at once; the detached driver finishes the run; `runs follow` from
+/// another process waits for it and prints its outcome; `runs show` lists every unit done.
+#[test]
+fn a_detached_run_is_finished_by_its_driver_and_followed_from_another_process() {
+    let env = KittEnv::new();
+    let marker = "execdetach";
+    let suite = suite(&env, marker, 20, 5);
+    let id = detach(&env, &suite);
+    let run = env.runs().join(&id);
+    let out = env.cmd().args(["runs", "follow", &id, "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 2);
+    assert!(cells.iter().all(|c| c["status"] == "ok" && c["metrics"]["requests"] == 20), "{cells:?}");
+    assert_each_measured_step_committed_once(&run);
+    let shown = show(&env, &id);
+    assert_eq!(shown["executor"], "processes", "{shown}");
+    let units = shown["units"].as_array().unwrap();
+    assert_eq!(units.len(), 2, "{shown}");
+    for u in units {
+        assert_eq!(u["state"], "done", "{u}");
+        assert_eq!(u["cells_done"], u["cells"], "{u}");
+        assert!(u["attempts"].as_u64().unwrap() >= 1, "{u}");
+    }
+    assert!(alive_with(&[" sim ", marker]).is_empty(), "a simulator was left running");
+    assert!(alive_with(&[" runs ", " follow ", &id]).is_empty(), "the detached driver was left running");
+}
+
+/// `runs cancel` stops a detached run's driver and every unit, and waits for them; `apply
+/// --resume` then finishes it and withdraws the request.
+#[test]
+fn runs_cancel_stops_a_detached_run_everywhere_and_apply_resumes_it() {
+    let env = KittEnv::new();
+    let marker = "execcancel";
+    let suite = suite(&env, marker, 40, 20);
+    let id = detach(&env, &suite);
+    let run = env.runs().join(&id);
+    wait_both_measuring(&run);
+    let out = env.cmd().args(["runs", "cancel", &id, "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["driver_running"], false, "{v}");
+    assert!(v["units"].as_array().unwrap().iter().all(|u| u["state"] != "running"), "{v}");
+    assert!(alive_with(&[" sim ", marker]).is_empty(), "a simulator was left running");
+    let run_arg = run.to_string_lossy().to_string();
+    assert!(alive_with(&[" work ", &run_arg]).is_empty(), "a `kitt work` was left running");
+    assert!(alive_with(&[" runs ", " follow ", &id]).is_empty(), "the detached driver was left running");
+    assert_eq!(show(&env, &id)["cancel_requested"], true);
+
+    let out = env.cmd().arg("apply").arg(&suite).args(["--resume", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert!(cells.iter().all(|c| c["status"] == "ok" && c["metrics"]["requests"] == 40), "{cells:?}");
+    assert!(!run.join("cancel.requested").exists(), "a resumed run withdrew the request");
+}
+
+/// kill -9 of the driver mid-run and of each unit's first `kitt work` (at its journal record N,
+/// the hook): `kitt runs follow` adopts what still runs (and leaves its engines alone), places
+/// the lost units again, and the run ends with every cell measured once and no engine left.
+#[test]
+fn serial_a_killed_driver_and_killed_workers_are_taken_over_by_follow() {
+    for record in [3, 6] {
+        let env = KittEnv::new();
+        let marker = format!("execdriverkill{record}");
+        let suite = suite(&env, &marker, 20, 10);
+        let log = std::fs::File::create(env.path().join("driver.err")).unwrap();
+        let mut driver = env
+            .cmd()
+            .arg("apply")
+            .arg(&suite)
+            .args(["--executor", "processes", "--workers", "2"])
+            .env("KITT_TEST_WORK_KILL_AFTER_RECORD", record.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // Ordered by the units' journals: once a benchmark started, the driver dies.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let run = loop {
+            let runs: Vec<PathBuf> =
+                std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            if let Some(run) = runs.first()
+                && shard_records(run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+            {
+                break run.clone();
+            }
+            assert!(Instant::now() < deadline, "no unit ever measured");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        driver.kill().unwrap();
+        driver.wait().unwrap();
+        let id = run.file_name().unwrap().to_string_lossy().to_string();
+        let out = env.cmd().args(["runs", "follow", &id]).output().unwrap();
+        assert!(out.status.success(), "record {record}: {}", text(&out));
+        let cells = report(&run)["cells"].as_array().unwrap().clone();
+        assert_eq!(cells.len(), 2);
+        assert!(cells.iter().all(|c| c["status"] == "ok" && c["metrics"]["requests"] == 20), "{cells:?}");
+        assert_each_measured_step_committed_once(&run);
+        assert!(alive_with(&[" sim ", &marker]).is_empty(), "record {record}: a simulator was left running");
+        let run_arg = run.to_string_lossy().to_string();
+        assert!(alive_with(&[" work ", &run_arg]).is_empty(), "record {record}: a `kitt work` was left running");
+    }
+}

@@ -389,3 +389,83 @@ fn a_stopped_attempt_is_superseded_once_its_lease_expires_and_commits_nothing_wh
     assert!(!shard.iter().any(|r| r["event"] == "duplicate"), "it never reached a commit: {shard:?}");
     assert_eq!(env.sim_requests(), requests, "it sent no request");
 }
+
+/// Runs `unit`'s attempt 0 with `hook` (it dies like `kill -9`), then attempt 1 and a resuming
+/// `kitt apply`; returns the run and its report.
+fn killed_then_finished(env: &Env, hook: (&str, &str)) -> (PathBuf, Json) {
+    let suite = env.suite(3);
+    let run = env.created_run(&suite, "b1");
+    let unit = units(&run).remove(0);
+    let out = env.work(&run, &unit, "b1").env(hook.0, hook.1).output().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{hook:?}: attempt 0 died by the hook: {}",
+        text(&out)
+    );
+    let out = env.work(&run, &unit, "b1").output().unwrap();
+    assert!(out.status.success(), "{hook:?}: {}", text(&out));
+    let out = env.cmd().arg("apply").arg(&suite).env("KITT_TEST_BUILD_ID", "b1").output().unwrap();
+    assert!(out.status.success(), "{hook:?}: {}", text(&out));
+    // Each measured key committed once, by exactly one attempt, and journaled finished once.
+    let shards: Vec<Json> = (0..2)
+        .map(|n| run.join(format!("journal/{unit}.{n}.jsonl")))
+        .filter(|p| p.exists())
+        .flat_map(|p| records(&p))
+        .collect();
+    for key in measured_keys(&run) {
+        assert!(run.join("steps").join(&key).join(".committed").exists(), "{hook:?}: {key} committed");
+        let finished = shards.iter().filter(|r| r["event"] == "step_finished" && r["key"] == key.as_str()).count();
+        assert!(finished <= 1, "{hook:?}: {key} finished {finished} times");
+    }
+    assert!(!shards.iter().any(|r| r["event"] == "duplicate"), "{hook:?}: nothing raced");
+    let report = report(&run);
+    (run, report)
+}
+
+/// kill -9 of a `kitt work` right after each record its shard gets, one run per record: the next
+/// attempt redoes only what was not committed, and the report equals an unkilled run's.
+#[test]
+fn a_kitt_work_killed_after_any_record_is_finished_by_the_next_attempt_with_nothing_counted_twice() {
+    let reference = Env::new();
+    let suite = reference.suite(3);
+    let run = reference.created_run(&suite, "b1");
+    let unit = units(&run).remove(0);
+    let out = reference.work(&run, &unit, "b1").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let total = records(&run.join(format!("journal/{unit}.0.jsonl"))).len();
+    assert!(total >= 8, "a unit's shard has its steps' records: {total}");
+    let out = reference.cmd().arg("apply").arg(&suite).env("KITT_TEST_BUILD_ID", "b1").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let expected = common::comparable(&report(&run), true);
+    // The last record is the attempt's end: killed after it, the attempt already finished.
+    for n in 0..total - 1 {
+        let env = Env::new();
+        let (run, report) = killed_then_finished(&env, ("KITT_TEST_WORK_KILL_AFTER_RECORD", &n.to_string()));
+        assert_eq!(common::comparable(&report, true), expected, "killed after record {n}");
+        let attempt0 = records(&run.join(format!("journal/{unit}.0.jsonl")));
+        assert_eq!(attempt0.len(), n + 1, "attempt 0 died right after record {n}");
+        for c in report["cells"].as_array().unwrap() {
+            assert_eq!(c["metrics"]["requests"], 3, "killed after record {n}: {c}");
+        }
+    }
+}
+
+/// kill -9 at the commit's three points (output complete; marker written, not renamed;
+/// renamed, not journaled): a commit is whole or absent, and the next attempt finishes the rest.
+#[test]
+fn a_kitt_work_killed_around_a_commit_leaves_it_whole_or_absent() {
+    for point in ["before", "mid", "after"] {
+        let env = Env::new();
+        let (run, report) = killed_then_finished(&env, ("KITT_TEST_WORK_KILL_AT_COMMIT", point));
+        let unit = units(&run).remove(0);
+        let attempt1 = records(&run.join(format!("journal/{unit}.1.jsonl")));
+        let redone = attempt1.iter().filter(|r| r["event"] == "step_finished" && r["kind"] == "benchmark").count();
+        // Committed before the kill (`after`): attempt 1 reuses it and measures only the other cell.
+        assert_eq!(redone, if point == "after" { 1 } else { 2 }, "{point}: {attempt1:?}");
+        for c in report["cells"].as_array().unwrap() {
+            assert_eq!(c["status"], "ok", "{point}: {c}");
+            assert_eq!(c["metrics"]["requests"], 3, "{point}: {c}");
+        }
+    }
+}

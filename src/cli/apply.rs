@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Output, print_json, report};
 use crate::cancel::Cancel;
 use crate::plan::{self, Plan};
-use crate::run::{self, ApplyOptions, dir, journal, steps::Progress};
+use crate::run::{self, ApplyOptions, steps::Progress};
 
 #[derive(Debug, Args)]
 pub struct RunFlags {
@@ -61,6 +61,11 @@ pub struct PlacementFlags {
     /// step within one attempt).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Start the run and return: a driver in the background places the units, merges and
+    /// reports (its log: RUN_DIR/driver.log). `kitt runs follow RUN` watches it, `kitt runs
+    /// cancel RUN` stops it. Needs an executor that runs units outside this process.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -182,8 +187,15 @@ fn spawn_progress(plan: &Plan, progress: Arc<Progress>, quiet: bool) -> Option<t
     }))
 }
 
-/// Runs a compiled plan and prints the outcome; returns the exit code.
-fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet: bool) -> i32 {
+/// Runs a compiled plan and prints the outcome; returns the exit code. `follow`: driving a run
+/// another driver left (`kitt runs follow`), whose cancel request stands.
+pub(super) fn drive(
+    plan: Plan,
+    flags: &RunFlags,
+    placement: Option<&PlacementFlags>,
+    quiet: bool,
+    follow: bool,
+) -> i32 {
     let unset = unset_secrets(&plan);
     if !unset.is_empty() {
         for e in &unset {
@@ -204,7 +216,15 @@ fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet
         executor: placement.map_or_else(Default::default, |p| p.executor),
         workers: placement.map_or(1, |p| p.workers as usize),
         max_attempts: placement.map_or(3, |p| p.max_attempts),
+        detach: placement.is_some_and(|p| p.detach),
+        keep_cancel_request: follow,
     };
+    if opts.detach && opts.executor == crate::exec::ExecutorKind::Local {
+        eprintln!(
+            "error: --detach needs an executor that runs units outside this process (`--executor processes`); the local executor runs them in `kitt apply` itself"
+        );
+        return EXIT_USAGE;
+    }
     let output = flags.output;
     rt.block_on(async move {
         let cancel = Cancel::default();
@@ -224,6 +244,9 @@ fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet
         };
         if outcome.resumed && !quiet {
             eprintln!("resumed run {} ({} finished step(s) reused)", outcome.run_id, outcome.reused_steps);
+        }
+        if outcome.detached {
+            return detach(&outcome, flags, quiet);
         }
         let stored = outcome.report.as_ref().map_or(Json::Null, |r| {
             super::results::index_finished(flags.store.as_deref(), r, &outcome.run_dir, quiet || output == Output::Json)
@@ -256,6 +279,99 @@ fn drive(plan: Plan, flags: &RunFlags, placement: Option<&PlacementFlags>, quiet
     })
 }
 
+/// Hands a prepared run to a background driver (`kitt runs follow`, in a session of its own so
+/// that no terminal signal reaches it; its output goes to RUN_DIR/driver.log) and returns once it
+/// holds the run.
+fn detach(outcome: &run::ApplyOutcome, flags: &RunFlags, quiet: bool) -> i32 {
+    use std::os::unix::process::CommandExt as _;
+    let log_path = outcome.run_dir.join("driver.log");
+    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", log_path.display());
+            return EXIT_FAILED;
+        }
+    };
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find this kitt binary to run the driver: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let root = outcome.run_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(["runs", "follow", &outcome.run_id, "--runs-dir"]).arg(&root);
+    if let Some(store) = &flags.store {
+        cmd.arg("--store").arg(store);
+    }
+    cmd.stdin(std::process::Stdio::null());
+    match log.try_clone() {
+        Ok(out) => {
+            cmd.stdout(out).stderr(log);
+        }
+        Err(_) => {
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        }
+    }
+    // SAFETY: setsid(2) is async-signal-safe; the child only execs after it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot start the run's driver: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let lock = run::runlock::lock_path(&outcome.run_dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = run::runlock::RunLock::holder(&lock)
+            && l.owner.pid == child.id()
+        {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            // It may have finished the whole run already (nothing was left to measure).
+            if status.success() {
+                break;
+            }
+            eprintln!("error: the run's driver ended at once ({status}): {}", log.trim_end());
+            return EXIT_FAILED;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "error: the run's driver (pid {}) did not take the run within 30 s; see {}",
+                child.id(),
+                log_path.display()
+            );
+            return EXIT_FAILED;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match flags.output {
+        Output::Json => print_json(&json!({
+            "run_id": outcome.run_id, "run_dir": outcome.run_dir, "detached": true, "driver_pid": child.id(),
+            "log": log_path,
+        })),
+        Output::Text if !quiet => eprintln!(
+            "run {} detached: driver pid {}, log {}\n  kitt runs follow {id}   # watch it\n  kitt runs cancel {id}   # stop it",
+            outcome.run_id,
+            child.id(),
+            log_path.display(),
+            id = outcome.run_id
+        ),
+        Output::Text => {}
+    }
+    0
+}
+
 /// Every secret param whose environment variable is not set, checked before anything starts (an
 /// engine started with a placeholder for its key would fail later and less clearly).
 fn unset_secrets(plan: &Plan) -> Vec<String> {
@@ -276,7 +392,7 @@ fn unset_secrets(plan: &Plan) -> Vec<String> {
 
 pub fn apply(suite: &Path, flags: &RunFlags, placement: &PlacementFlags, quiet: bool) -> i32 {
     match plan::compile::compile_file(suite) {
-        Ok(plan) => drive(plan, flags, Some(placement), quiet),
+        Ok(plan) => drive(plan, flags, Some(placement), quiet, false),
         Err(diags) => {
             report(&diags);
             EXIT_FAILED
@@ -349,113 +465,10 @@ pub fn run_from_flags(args: &RunArgs, quiet: bool) -> i32 {
     }
     match plan::compile::compile_source(&yaml, &path) {
         // `kitt run`'s suite lives only in memory, where a `kitt work` child could not compile it.
-        Ok(plan) => drive(plan, &args.flags, None, quiet),
+        Ok(plan) => drive(plan, &args.flags, None, quiet, false),
         Err(diags) => {
             report(&diags);
             EXIT_FAILED
         }
     }
-}
-
-pub fn runs_list(runs_dir: Option<&Path>, output: Output) -> i32 {
-    let root = dir::runs_root(runs_dir);
-    let runs = dir::list(&root);
-    match output {
-        Output::Json => print_json(&runs),
-        Output::Text => {
-            if runs.is_empty() {
-                eprintln!("no runs under {}", root.display());
-            }
-            println!("{:<24} {:<12} {:<24} {:>7}  created", "run", "status", "suite", "records");
-            for r in &runs {
-                let created = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_nanos(r.meta.created_unix_ns),
-                );
-                let status =
-                    serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-                println!("{:<24} {:<12} {:<24} {:>7}  {created}", r.meta.id, status, r.meta.suite, r.records);
-            }
-        }
-    }
-    0
-}
-
-pub fn runs_show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
-    let root = dir::runs_root(runs_dir);
-    let Some(info) = dir::info(&root.join(id)) else {
-        eprintln!("error: no run `{id}` under {} (see `kitt runs list`)", root.display());
-        return EXIT_FAILED;
-    };
-    let plan: Json = std::fs::read(info.path.join("plan.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Json::Null);
-    let records = match journal::read(&info.path.join("journal.jsonl")) {
-        Ok(c) => c.records,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    // The last word on each step, by key.
-    let mut last: std::collections::HashMap<String, (String, Option<String>)> = std::collections::HashMap::new();
-    for r in &records {
-        let (key, state, detail) = match &r.event {
-            journal::Event::StepStarted { key, .. } => (key, "running", None),
-            journal::Event::StepFinished { key, .. } => (key, "done", None),
-            journal::Event::StepFailed { key, error, will_retry, .. } => {
-                (key, if *will_retry { "retrying" } else { "failed" }, Some(error.clone()))
-            }
-            journal::Event::StepSkipped { key, reason, .. } => (key, "skipped", Some(reason.clone())),
-            _ => continue,
-        };
-        last.insert(key.clone(), (state.to_string(), detail));
-    }
-    let steps: Vec<Json> = plan["steps"]
-        .as_array()
-        .map(|steps| {
-            steps
-                .iter()
-                .map(|s| {
-                    let key = s["key"].as_str().unwrap_or_default();
-                    let (state, detail) = last.get(key).cloned().unwrap_or(("pending".into(), None));
-                    let label = match (s["cell"].as_u64(), s["group"].as_u64()) {
-                        (Some(c), _) => {
-                            let cell = &plan["cells"][c as usize];
-                            let swept: Vec<String> = cell["swept"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", crate::template::scalar_text(v))).collect()).unwrap_or_default();
-                            format!("{} {} {} run={}", cell["engine"].as_str().unwrap_or(""), cell["benchmark"].as_str().unwrap_or(""), swept.join(" "), cell["run_index"])
-                        }
-                        (None, Some(g)) => plan["groups"][g as usize]["id"].as_str().unwrap_or("").to_string(),
-                        _ => String::new(),
-                    };
-                    json!({"id": s["id"], "kind": s["kind"], "key": key, "label": label, "state": state, "detail": detail})
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    match output {
-        Output::Json => print_json(&json!({"run": info, "steps": steps})),
-        Output::Text => {
-            let status =
-                serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            println!(
-                "run {} of suite `{}` ({}): {status}, {} journal records",
-                info.meta.id,
-                info.meta.suite,
-                info.meta.file.display(),
-                info.records
-            );
-            for s in &steps {
-                let detail = s["detail"].as_str().map(|d| format!("  ({d})")).unwrap_or_default();
-                println!(
-                    "  {:<9} {:<9} {}  {}{detail}",
-                    s["kind"].as_str().unwrap_or(""),
-                    s["state"].as_str().unwrap_or(""),
-                    &s["key"].as_str().unwrap_or("")[..12.min(s["key"].as_str().unwrap_or("").len())],
-                    s["label"].as_str().unwrap_or("")
-                );
-            }
-        }
-    }
-    0
 }

@@ -10,6 +10,7 @@ mod engines;
 pub mod fingerprint;
 mod gc;
 mod results;
+mod runs;
 mod work;
 
 use std::collections::BTreeMap;
@@ -152,11 +153,34 @@ pub enum RunsCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// The steps of one run and where each stands.
+    /// One run: each unit (state, attempts, host, pid, cells) and each step, and where it stands.
     Show {
         run: String,
         #[arg(long)]
         runs_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Watch a run to its end; if nothing drives it (a detached driver died), drive it here:
+    /// adopt the units that still run, place the rest, report.
+    Follow {
+        run: String,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        /// The results store the finished run is indexed into (as for `kitt apply`).
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Stop a run: its driver and every unit, wherever they run; `kitt apply` resumes it later.
+    Cancel {
+        run: String,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        /// How long to wait for everything to stop.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -206,11 +230,15 @@ pub fn run(cli: Cli) -> i32 {
         Command::Apply { suite, flags, placement } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Work { run_dir, unit, output } => work::work(&run_dir, &unit, output, cli.quiet),
-        Command::Runs { command: RunsCommand::List { runs_dir, output } } => {
-            apply::runs_list(runs_dir.as_deref(), output)
-        }
+        Command::Runs { command: RunsCommand::List { runs_dir, output } } => runs::list(runs_dir.as_deref(), output),
         Command::Runs { command: RunsCommand::Show { run, runs_dir, output } } => {
-            apply::runs_show(runs_dir.as_deref(), &run, output)
+            runs::show(runs_dir.as_deref(), &run, output)
+        }
+        Command::Runs { command: RunsCommand::Follow { run, runs_dir, store, output } } => {
+            runs::follow(runs_dir.as_deref(), &run, store.as_deref(), output, cli.quiet)
+        }
+        Command::Runs { command: RunsCommand::Cancel { run, runs_dir, wait, output } } => {
+            runs::cancel(runs_dir.as_deref(), &run, wait, output)
         }
         Command::Schema { out, kind } => schema(out.as_deref(), &kind),
         Command::Engines { command: EnginesCommand::List { output } } => engines_list(output, cli.verbose > 0),

@@ -34,6 +34,11 @@ impl Leases for LeaseWatches {
         self.watching.insert(unit.to_string(), (epoch, Watch::new(&dir, epoch, self.lease, RealClock::default())));
     }
 
+    fn adopted(&mut self, unit: &str, attempt: u32) {
+        let dir = self.attempts.join(unit);
+        self.watching.insert(unit.to_string(), (attempt, Watch::new(&dir, attempt, self.lease, RealClock::default())));
+    }
+
     fn expired(&mut self, unit: &str) -> bool {
         let Some((epoch, watch)) = self.watching.get_mut(unit) else { return false };
         if !watch.poll() {

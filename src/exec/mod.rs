@@ -16,6 +16,7 @@
 
 pub mod leases;
 pub mod processes;
+pub mod state;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -24,7 +25,8 @@ use crate::cancel::Cancel;
 use crate::plan::Plan;
 
 /// How `kitt apply` runs the units of a plan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     /// This process runs every step (the scheduler, in process).
     #[default]
@@ -76,12 +78,21 @@ pub trait UnitExecutor {
     /// its process group (`kill: true`, for one that did not stop, e.g. a stopped process). It
     /// then ends [`UnitState::Lost`].
     fn abandon(&mut self, unit: &str, kill: bool);
+    /// What names the unit's submission outside this process (a process's identity, a batch
+    /// job's id), persisted in the run directory so that another driver can adopt it.
+    fn external_id(&self, unit: &str) -> Option<String>;
+    /// Watches a unit that an earlier driver submitted as `external_id` (from
+    /// [`UnitExecutor::external_id`]) as if this executor had submitted it; its `state`, `cancel`
+    /// and `abandon` then work as for its own.
+    fn adopt(&mut self, unit: &str, attempt: u32, external_id: &str);
 }
 
 /// Watches the leases of placed units' attempts.
 pub trait Leases {
     /// `unit` was placed (again): watch its new attempt.
     fn placed(&mut self, unit: &str);
+    /// `unit`'s running attempt `attempt` was placed by an earlier driver: watch it.
+    fn adopted(&mut self, unit: &str, attempt: u32);
     /// Whether the unit's running attempt expired (and if so marks it expired, so that its
     /// claim no longer holds the unit).
     fn expired(&mut self, unit: &str) -> bool;
@@ -126,9 +137,14 @@ fn unit_deps(plan: &Plan) -> Vec<HashSet<usize>> {
 /// each only after the units it depends on ended, until all ended or `cancel`: then every
 /// running unit is cancelled (again when `cancel` turns urgent) and waited for. A unit whose
 /// lease expires is abandoned; a lost unit is placed again while it has attempts left.
+///
+/// `adopted` are units an earlier driver placed that still run, with their attempt number: they
+/// were adopted by `exec` already and count as running (and as `attempt + 1` attempts made).
+#[allow(clippy::too_many_arguments)]
 pub async fn place(
     plan: &Plan,
     todo: &[usize],
+    adopted: &[(usize, u32)],
     exec: &mut dyn UnitExecutor,
     leases: &mut dyn Leases,
     opts: PlaceOptions,
@@ -138,10 +154,17 @@ pub async fn place(
     let deps = unit_deps(plan);
     let mut pending: BTreeSet<usize> = todo.iter().copied().collect();
     let mut running: Vec<usize> = Vec::new();
-    let mut done: HashSet<usize> = (0..plan.units.len()).filter(|u| !pending.contains(u)).collect();
+    let mut attempts: HashMap<usize, u32> = HashMap::new();
+    for (u, attempt) in adopted {
+        pending.remove(u);
+        running.push(*u);
+        attempts.insert(*u, attempt + 1);
+        leases.adopted(&plan.units[*u].id, *attempt);
+    }
+    let mut done: HashSet<usize> =
+        (0..plan.units.len()).filter(|u| !pending.contains(u) && !running.contains(u)).collect();
     let mut ended = Vec::new();
     let mut cancelled_level = 0;
-    let mut attempts: HashMap<usize, u32> = HashMap::new();
     // Units abandoned for an expired lease: when, and whether they were killed yet.
     let mut abandoned: HashMap<usize, (Instant, bool)> = HashMap::new();
     let tick = Duration::from_millis(20);
@@ -282,6 +305,10 @@ mod tests {
             self.placed.push(unit.into());
         }
 
+        fn adopted(&mut self, unit: &str, attempt: u32) {
+            self.placed.push(format!("{unit}@{attempt}"));
+        }
+
         fn expired(&mut self, unit: &str) -> bool {
             if self.expire_once.contains(unit) && self.polls > 0 {
                 self.polls -= 1;
@@ -352,6 +379,15 @@ mod tests {
                 self.left.insert(unit.into(), 1);
             }
         }
+
+        fn external_id(&self, unit: &str) -> Option<String> {
+            self.left.contains_key(unit).then(|| format!("fake:{unit}"))
+        }
+
+        fn adopt(&mut self, unit: &str, _attempt: u32, external_id: &str) {
+            assert_eq!(external_id, format!("fake:{unit}"));
+            self.left.insert(unit.into(), self.polls);
+        }
     }
 
     fn plan(cells: &str, isolation: &str) -> Plan {
@@ -370,7 +406,8 @@ mod tests {
         assert_eq!(plan.units.len(), 5);
         let mut exec = Counted { polls: 3, ..Default::default() };
         let all: Vec<usize> = (0..5).collect();
-        let placed = place(&plan, &all, &mut exec, &mut Watched::default(), opts(2), &Cancel::default()).await.unwrap();
+        let placed =
+            place(&plan, &all, &[], &mut exec, &mut Watched::default(), opts(2), &Cancel::default()).await.unwrap();
         assert!(!placed.interrupted);
         let mut submitted = exec.submitted.clone();
         submitted.sort();
@@ -383,11 +420,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn adopted_units_are_watched_not_placed_again_and_their_dependents_wait_for_them() {
+        let plan = plan("1, 2, 3", "host");
+        let mut exec = Counted { polls: 2, ..Default::default() };
+        let first = plan.units[0].id.clone();
+        exec.adopt(&first, 4, &format!("fake:{first}"));
+        let mut leases = Watched::default();
+        let placed =
+            place(&plan, &[1, 2], &[(0, 4)], &mut exec, &mut leases, opts(3), &Cancel::default()).await.unwrap();
+        assert_eq!(leases.placed[0], format!("{first}@4"), "the adopted attempt is the one watched");
+        assert!(!exec.submitted.contains(&first), "an adopted unit is not placed again");
+        let order: Vec<&str> = placed.ended.iter().map(|(u, _)| u.as_str()).collect();
+        let ids: Vec<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(order, ids, "the next unit waited for the adopted one to end");
+        assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded));
+    }
+
+    #[tokio::test]
     async fn with_host_isolation_units_wait_for_the_one_before() {
         let plan = plan("1, 2, 3", "host");
         let mut exec = Counted { polls: 2, ..Default::default() };
-        let placed =
-            place(&plan, &[0, 1, 2], &mut exec, &mut Watched::default(), opts(3), &Cancel::default()).await.unwrap();
+        let placed = place(&plan, &[0, 1, 2], &[], &mut exec, &mut Watched::default(), opts(3), &Cancel::default())
+            .await
+            .unwrap();
         assert_eq!(exec.most_at_once, 1, "each unit's start depends on the previous unit's stop");
         let order: Vec<&str> = placed.ended.iter().map(|(u, _)| u.as_str()).collect();
         let ids: Vec<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
@@ -400,7 +455,7 @@ mod tests {
         let cancel = Cancel::default();
         let mut exec = Counted { polls: u32::MAX, cancel_at: Some((2, cancel.clone())), ..Default::default() };
         let all: Vec<usize> = (0..4).collect();
-        let placed = place(&plan, &all, &mut exec, &mut Watched::default(), opts(2), &cancel).await.unwrap();
+        let placed = place(&plan, &all, &[], &mut exec, &mut Watched::default(), opts(2), &cancel).await.unwrap();
         assert!(placed.interrupted);
         assert_eq!(exec.submitted.len(), 2, "nothing placed after the cancel");
         assert_eq!(exec.cancelled, exec.submitted, "each running unit cancelled once");
@@ -415,7 +470,7 @@ mod tests {
         exec.lose.insert(a.clone(), 2);
         exec.lose.insert(b.clone(), 3);
         let mut leases = Watched::default();
-        let placed = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
+        let placed = place(&plan, &[0, 1], &[], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
         assert!(!placed.interrupted);
         assert_eq!(exec.submitted.iter().filter(|u| **u == a).count(), 3, "lost twice, placed a third time");
         assert_eq!(exec.submitted.iter().filter(|u| **u == b).count(), 3, "no fourth attempt");
@@ -435,7 +490,7 @@ mod tests {
         let a = plan.units[0].id.clone();
         let mut exec = Counted { polls: 50, ..Default::default() };
         let mut leases = Watched { expire_once: [a.clone()].into(), ..Default::default() };
-        let placed = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
+        let placed = place(&plan, &[0, 1], &[], &mut exec, &mut leases, opts(2), &Cancel::default()).await.unwrap();
         assert_eq!(exec.abandon_log, vec![(a.clone(), false), (a.clone(), true)], "asked to stop, then killed");
         assert_eq!(exec.submitted.iter().filter(|u| **u == a).count(), 2, "placed again after its lease expired");
         assert!(placed.ended.iter().all(|(_, s)| *s == UnitState::Succeeded), "{:?}", placed.ended);
@@ -455,7 +510,7 @@ mod tests {
         };
         // Expires only after the cancel was seen.
         let mut leases = Watched { expire_once: [a.clone()].into(), polls: 3, ..Default::default() };
-        let placing = place(&plan, &[0, 1], &mut exec, &mut leases, opts(2), &cancel);
+        let placing = place(&plan, &[0, 1], &[], &mut exec, &mut leases, opts(2), &cancel);
         let placed = tokio::time::timeout(Duration::from_secs(10), placing)
             .await
             .expect("a stopped unit must not keep the placement waiting")

@@ -25,11 +25,17 @@ pub const COMMITTED: &str = ".committed";
 /// A `to` without the marker is the leftover of a writer that never committed (a killed attempt,
 /// the local driver's in-place output): it is set aside next to `from` and the commit retried.
 pub fn commit_dir(from: &Path, to: &Path, marker: &[u8]) -> io::Result<bool> {
+    commit_dir_hooked(from, to, marker, &|| {})
+}
+
+/// [`commit_dir`], calling `mid` between writing the marker and the rename (a test's kill point).
+pub fn commit_dir_hooked(from: &Path, to: &Path, marker: &[u8], mid: &dyn Fn()) -> io::Result<bool> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::create_dir_all(from)?;
     super::dir::write_atomic(&from.join(COMMITTED), marker)?;
+    mid();
     for _ in 0..3 {
         match rename_noreplace(from, to) {
             Ok(()) => {

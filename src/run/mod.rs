@@ -14,6 +14,7 @@ mod placed;
 pub mod runlock;
 pub mod scheduler;
 pub mod steps;
+pub mod units;
 pub mod work;
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +44,32 @@ pub struct ApplyOptions {
     pub workers: usize,
     /// At most this many attempts of one unit (`processes`: a lost attempt is placed again).
     pub max_attempts: u32,
+    /// Prepare the run and return without placing its units: the caller hands it to a detached
+    /// driver (`kitt runs follow`).
+    pub detach: bool,
+    /// Driving a run that `kitt runs cancel` may have asked to stop (`kitt runs follow`): the
+    /// request stands. A plain `kitt apply` withdraws it (the user resumes the run).
+    pub keep_cancel_request: bool,
+}
+
+/// The file `kitt runs cancel` creates to ask a run's driver, wherever it runs, to stop.
+pub fn cancel_request_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("cancel.requested")
+}
+
+/// Cancels `cancel` once `kitt runs cancel` asked the run at `run_dir` to stop.
+fn watch_cancel_request(run_dir: &Path, cancel: Cancel) -> tokio::task::JoinHandle<()> {
+    let path = cancel_request_path(run_dir);
+    tokio::spawn(async move {
+        while !cancel.is_cancelled() {
+            if path.exists() {
+                tracing::warn!("cancel requested ({}): no new steps; stopping engines", path.display());
+                cancel.cancel();
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +103,8 @@ pub struct ApplyOutcome {
     pub interrupted: bool,
     pub errors: Vec<String>,
     pub report: Option<RunReport>,
+    /// Prepared for a detached driver, nothing run (`ApplyOptions::detach`).
+    pub detached: bool,
 }
 
 /// The run-level observed facts of this process.
@@ -304,6 +333,38 @@ pub async fn apply(
     let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| ApplyError::Io(e.to_string()))?;
     dir::write_atomic(&run.plan_path(), &plan_json)
         .map_err(|e| ApplyError::Io(format!("cannot write {}: {e}", run.plan_path().display())))?;
+    if !opts.keep_cancel_request {
+        let _ = std::fs::remove_file(cancel_request_path(&run.path));
+    }
+    // The executor's record: what an earlier driver submitted stays, to be adopted.
+    let recorded = match opts.executor {
+        crate::exec::ExecutorKind::Local => None,
+        kind => {
+            let mut state = crate::exec::state::ExecutorState::load(&run.path)
+                .map_err(ApplyError::Io)?
+                .filter(|s| s.executor == kind)
+                .unwrap_or_else(|| crate::exec::state::ExecutorState::new(kind, opts.workers, opts.max_attempts));
+            state.workers = opts.workers;
+            state.max_attempts = opts.max_attempts;
+            state.save(&run.path).map_err(ApplyError::Io)?;
+            Some(state)
+        }
+    };
+    if opts.detach {
+        run.release();
+        return Ok(ApplyOutcome {
+            run_id: run.id.clone(),
+            run_dir: run.path.clone(),
+            resumed,
+            reused_steps: plan.steps.iter().filter(|s| reusable.contains(&s.key)).count(),
+            failed_cells: 0,
+            interrupted: false,
+            errors: Vec::new(),
+            report: None,
+            detached: true,
+        });
+    }
+    let cancel_watch = watch_cancel_request(&run.path, cancel.clone());
     let mut j = Journal::open(&run.journal_path(), &contents)?;
     j.append(Event::RunStarted {
         attempt,
@@ -363,11 +424,15 @@ pub async fn apply(
             let program = std::env::current_exe()
                 .map_err(|e| ApplyError::Io(format!("cannot find this kitt binary to run its units: {e}")))?;
             let mut units = crate::exec::processes::Processes::new(program, run.path.clone());
+            let recorded = recorded.unwrap_or_else(|| {
+                crate::exec::state::ExecutorState::new(opts.executor, opts.workers, opts.max_attempts)
+            });
             let placed = tracing::Instrument::instrument(
                 placed::run(
                     &plan,
                     &run.path,
                     &mut units,
+                    recorded,
                     crate::exec::PlaceOptions {
                         workers: opts.workers,
                         max_attempts: opts.max_attempts,
@@ -387,6 +452,7 @@ pub async fn apply(
             placed.outcome
         }
     };
+    cancel_watch.abort();
     exec.shutdown(cancel.is_urgent()).await;
     let event = outcome.ending(None);
     if let Ok(mut j) = j.lock() {
@@ -412,5 +478,6 @@ pub async fn apply(
         interrupted: outcome.interrupted,
         errors,
         report,
+        detached: false,
     })
 }

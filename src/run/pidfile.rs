@@ -129,11 +129,22 @@ fn path(run_dir: &Path, key: &str) -> PathBuf {
     run_dir.join("pids").join(format!("{key}.json"))
 }
 
+/// A pid file: the engine process and the kitt that started it (a `kitt work` of a unit, or the
+/// run's driver), so a sweep leaves a live unit's engine alone even when no driver holds the run.
+#[derive(Serialize, Deserialize)]
+struct EngineRecord {
+    #[serde(flatten)]
+    engine: Owner,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_by: Option<Owner>,
+}
+
 /// Records a started engine process.
 pub fn write(run_dir: &Path, key: &str, pid: u32) {
-    let Some(owner) = owner_of(pid) else { return };
+    let Some(engine) = owner_of(pid) else { return };
     let p = path(run_dir, key);
-    let bytes = serde_json::to_vec(&owner).unwrap_or_default();
+    let record = EngineRecord { engine, started_by: owner_of(std::process::id()) };
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = super::dir::write_atomic(&p, &bytes) {
         tracing::warn!("cannot write the pid file {}: {e}", p.display());
     }
@@ -216,10 +227,14 @@ pub fn sweep(runs_root: &Path, only: Option<&str>) -> Vec<Stopped> {
             continue; // its kitt is alive and owns these processes
         }
         for file in files.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let owner: Option<Owner> = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            if owner.as_ref().is_some_and(foreign) {
+            let record: Option<EngineRecord> = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if record.as_ref().is_some_and(|r| foreign(&r.engine)) {
                 continue; // another machine's process: its own kitt judges it
             }
+            if record.as_ref().and_then(|r| r.started_by.as_ref()).is_some_and(still_running) {
+                continue; // the unit's `kitt work` that started it is alive and owns it
+            }
+            let owner = record.map(|r| r.engine);
             if let Some(owner) = owner.filter(|o| !group_members(o).is_empty()) {
                 signal_group(owner.pid, libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(5);

@@ -13,7 +13,8 @@ use super::journal::{self, Event, Journal};
 use super::steps::RunExecutor;
 use super::{commit, reusable_keys, scheduler};
 use crate::cancel::Cancel;
-use crate::exec::{self, UnitExecutor, UnitState};
+use crate::exec::state::{ExecutorState, Submitted};
+use crate::exec::{self, ExecError, UnitExecutor, UnitState};
 use crate::plan::{Plan, StepKind};
 
 /// What the placed units did, and the report step's outcome (none when interrupted).
@@ -36,11 +37,100 @@ fn units_to_place(plan: &Plan, reusable: &HashSet<String>, kept_failed: &HashSet
         .collect()
 }
 
+/// An executor whose every submission is recorded in the run's `executor.json` before it is
+/// watched, so that a later driver can adopt it.
+struct Recording<'a> {
+    inner: &'a mut dyn UnitExecutor,
+    state: ExecutorState,
+    run_dir: &'a Path,
+}
+
+impl Recording<'_> {
+    /// The attempt a submission made now will claim: the one after the newest (this driver is
+    /// the only one placing the run's units while it holds the run lock). Read before submitting,
+    /// as the unit may claim it at once.
+    fn next_attempt(&self, unit: &str) -> u32 {
+        let dir = self.run_dir.join("attempts").join(unit);
+        super::lease::file::newest(&dir).map_or(0, |n| n + 1)
+    }
+
+    fn record(&mut self, unit: &str, attempt: u32) {
+        let Some(external_id) = self.inner.external_id(unit) else { return };
+        self.state
+            .units
+            .insert(unit.to_string(), Submitted { attempt, external_id, submitted_unix_ns: journal::unix_ns() });
+        if let Err(e) = self.state.save(self.run_dir) {
+            tracing::warn!("{e}; a later driver cannot adopt unit {unit}");
+        }
+    }
+}
+
+impl UnitExecutor for Recording<'_> {
+    fn submit(&mut self, unit: &str) -> Result<(), ExecError> {
+        let attempt = self.next_attempt(unit);
+        self.inner.submit(unit)?;
+        self.record(unit, attempt);
+        Ok(())
+    }
+
+    fn submit_gang(&mut self, units: &[&str]) -> Result<(), ExecError> {
+        let attempts: Vec<u32> = units.iter().map(|u| self.next_attempt(u)).collect();
+        self.inner.submit_gang(units)?;
+        for (u, a) in units.iter().zip(attempts) {
+            self.record(u, a);
+        }
+        Ok(())
+    }
+
+    fn state(&mut self, unit: &str) -> UnitState {
+        self.inner.state(unit)
+    }
+
+    fn cancel(&mut self, unit: &str) {
+        self.inner.cancel(unit)
+    }
+
+    fn abandon(&mut self, unit: &str, kill: bool) {
+        self.inner.abandon(unit, kill)
+    }
+
+    fn external_id(&self, unit: &str) -> Option<String> {
+        self.inner.external_id(unit)
+    }
+
+    fn adopt(&mut self, unit: &str, attempt: u32, external_id: &str) {
+        self.inner.adopt(unit, attempt, external_id)
+    }
+}
+
+/// Adopts the units of `todo` that an earlier driver submitted and that still run: they are
+/// watched, not placed again (a second attempt would be refused while their claim is live).
+fn adopt(plan: &Plan, todo: &[usize], recorded: &ExecutorState, units: &mut dyn UnitExecutor) -> Vec<(usize, u32)> {
+    let mut adopted = Vec::new();
+    for u in todo {
+        let id = &plan.units[*u].id;
+        let Some(sub) = recorded.units.get(id) else { continue };
+        units.adopt(id, sub.attempt, &sub.external_id);
+        match units.state(id) {
+            UnitState::Running => {
+                tracing::info!("unit {id}: attempt {} still runs; adopted", sub.attempt);
+                adopted.push((*u, sub.attempt));
+            }
+            // Ended while no driver watched: what it committed counts, the rest is placed again.
+            state => tracing::info!("unit {id}: attempt {} ended while undriven ({state:?})", sub.attempt),
+        }
+    }
+    adopted
+}
+
+/// Places the units with something left to measure, adopting those an earlier driver left
+/// running (`recorded`), and runs the report over what they committed.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     plan: &Plan,
     run_dir: &Path,
     units: &mut dyn UnitExecutor,
+    recorded: ExecutorState,
     place: exec::PlaceOptions,
     exec: Arc<RunExecutor>,
     reusable: &HashSet<String>,
@@ -51,7 +141,9 @@ pub(super) async fn run(
     let todo = units_to_place(plan, reusable, &opts.kept_failed);
     let mut unit_errors = Vec::new();
     let mut leases = exec::leases::LeaseWatches::new(run_dir, super::lease::LeaseConfig::from_env().lease);
-    let placed = exec::place(plan, &todo, units, &mut leases, place, cancel).await;
+    let adopted = adopt(plan, &todo, &recorded, units);
+    let mut units = Recording { inner: units, state: recorded, run_dir };
+    let placed = exec::place(plan, &todo, &adopted, &mut units, &mut leases, place, cancel).await;
     let interrupted = match placed {
         Ok(p) => {
             for (unit, state) in &p.ended {

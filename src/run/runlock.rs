@@ -263,6 +263,11 @@ impl RunLock {
         }
     }
 
+    /// Who holds the lock at `path`, unless this machine can tell that holder is gone.
+    pub fn holder(path: &Path) -> Option<Lease> {
+        read(path).ok().flatten().filter(|l| !provably_gone(&l.owner))
+    }
+
     /// Lets go of the lock now (also done on drop).
     pub fn release(&mut self) {
         let Ok(mut released) = self.done.lock() else { return };

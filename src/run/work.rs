@@ -38,6 +38,20 @@ pub const GATE_ENV: &str = "KITT_TEST_WORK_GATE";
 /// die like `kill -9` right after record N of its journal shard; later attempts run on, so tests
 /// can see a unit lost and placed again. Never set it outside tests.
 pub const WORK_KILL_ENV: &str = "KITT_TEST_WORK_KILL_AFTER_RECORD";
+/// Test hook: `KITT_TEST_WORK_KILL_AT_COMMIT=before|mid|after` makes attempt 0 die like `kill -9`
+/// at its first commit of a measured step: `before` once the step's output is complete and the
+/// commit not begun, `mid` with the commit marker written into the private directory but not yet
+/// renamed onto `steps/<key>/`, `after` once committed but before its journal record. Never set it
+/// outside tests.
+pub const WORK_KILL_AT_COMMIT_ENV: &str = "KITT_TEST_WORK_KILL_AT_COMMIT";
+
+/// Dies like `kill -9` if [`WORK_KILL_AT_COMMIT_ENV`] names `point` and this is attempt 0.
+pub(crate) fn kill_at_commit(epoch: u32, point: &str) {
+    if epoch == 0 && std::env::var(WORK_KILL_AT_COMMIT_ENV).is_ok_and(|v| v == point) {
+        // SAFETY: raising SIGKILL on ourselves (test hook).
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkError {
@@ -115,18 +129,6 @@ pub fn plan_digest(bytes: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The attempt numbers under `dir`, in order.
-fn attempts(dir: &Path) -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
-    v.sort_unstable();
-    v
-}
-
 fn read_claim(path: &Path) -> Option<Claim> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -139,7 +141,7 @@ fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
     let skip = std::env::var(SKIP_CLAIM_ENV).is_ok_and(|v| v == "1");
     let bytes = serde_json::to_vec(me).map_err(|e| WorkError::Io(e.to_string()))?;
     let held_before = |below: Option<u32>| -> Option<(u32, Claim)> {
-        attempts(&dir)
+        super::units::attempt_numbers(&dir)
             .into_iter()
             .rev()
             .filter(|n| below.is_none_or(|b| *n < b))
@@ -151,7 +153,7 @@ fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
         if !skip && let Some((attempt, c)) = held_before(None) {
             return Err(WorkError::Claimed { unit: unit.into(), attempt, holder: c.describe() });
         }
-        let n = attempts(&dir).last().map_or(0, |n| n + 1);
+        let n = super::units::attempt_numbers(&dir).last().map_or(0, |n| n + 1);
         let path = dir.join(n.to_string());
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
@@ -401,9 +403,11 @@ impl Committer {
         let marker =
             serde_json::to_vec(&json!({"epoch": self.epoch, "claim": self.me, "attempt_file": self.claim_path}))
                 .map_err(|e| StepError::new(e.to_string()))?;
-        let won = commit::commit_dir(&from, &to, &marker)
+        kill_at_commit(self.epoch, "before");
+        let won = commit::commit_dir_hooked(&from, &to, &marker, &|| kill_at_commit(self.epoch, "mid"))
             .map_err(|e| StepError::new(format!("cannot commit {} as {}: {e}", from.display(), to.display())))?;
         if won {
+            kill_at_commit(self.epoch, "after");
             self.committed.fetch_add(1, Ordering::SeqCst);
             return Ok(json!({"committed": true}));
         }
