@@ -139,11 +139,17 @@ struct EngineRecord {
     started_by: Option<Owner>,
 }
 
-/// Records a started engine process.
+/// Records a started engine process (of no kitt in particular: only the run lock spares it).
 pub fn write(run_dir: &Path, key: &str, pid: u32) {
+    write_started_by(run_dir, key, pid, None);
+}
+
+/// Records an engine process that `starter` (this kitt, as a rule) started and owns: a sweep
+/// spares it while `starter` lives, as it does every engine of a run whose lock is held.
+pub fn write_started_by(run_dir: &Path, key: &str, pid: u32, starter: Option<Owner>) {
     let Some(engine) = owner_of(pid) else { return };
     let p = path(run_dir, key);
-    let record = EngineRecord { engine, started_by: owner_of(std::process::id()) };
+    let record = EngineRecord { engine, started_by: starter };
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = super::dir::write_atomic(&p, &bytes) {
         tracing::warn!("cannot write the pid file {}: {e}", p.display());
@@ -289,6 +295,23 @@ mod tests {
         assert!(child.try_wait().unwrap().is_none());
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn the_sweep_spares_an_engine_whose_starter_lives_and_stops_it_once_the_starter_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("r1");
+        std::fs::create_dir_all(&run).unwrap();
+        let mut engine = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        // A `kitt work` of a unit: alive, holding no run lock.
+        let mut starter = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        write_started_by(&run, "k", engine.id(), owner_of(starter.id()));
+        assert!(sweep(root.path(), None).is_empty(), "a live starter's engine is spared");
+        assert!(engine.try_wait().unwrap().is_none());
+        let _ = starter.kill();
+        let _ = starter.wait();
+        assert_eq!(sweep(root.path(), None), [Stopped { pid: engine.id(), run: "r1".into() }]);
+        assert!(engine.wait().is_ok());
     }
 
     #[test]

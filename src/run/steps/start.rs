@@ -42,7 +42,12 @@ impl RunExecutor {
         let mut process = EngineProcess::spawn(&argv, &env, &dir, &log).await.map_err(err)?;
         // Recorded at once: an engine may load for minutes, and a kitt killed meanwhile must leave
         // the next apply (or `kitt gc`) enough to stop everything it started.
-        crate::run::pidfile::write(&self.run_dir, &self.pid_key(at), process.pid());
+        crate::run::pidfile::write_started_by(
+            &self.run_dir,
+            &self.pid_key(at),
+            process.pid(),
+            crate::run::pidfile::owner_of(std::process::id()),
+        );
         let client = EngineClient::new(&format!("http://127.0.0.1:{port}"), Vec::new(), 256)
             .map_err(err)
             .map_err(|e| self.forget_process(&self.pid_key(at), e))?;
