@@ -31,8 +31,9 @@ pub struct CompareArgs {
     /// Exit 3 when B crosses this against A, e.g. "ttft.p99 > +5%" (repeatable; see docs/results.md).
     #[arg(long = "fail-if", value_name = "EXPR")]
     pub fail_if: Vec<String>,
-    /// The results store (default: $KITT_STORE, else $XDG_DATA_HOME/kitt/results.db).
-    #[arg(long, value_name = "PATH")]
+    /// The results store: a SQLite file or a postgres:// URL (default: $KITT_STORE, else
+    /// $XDG_DATA_HOME/kitt/results.db).
+    #[arg(long, value_name = "PATH|URL")]
     pub store: Option<PathBuf>,
     /// Where runs live, for run ids not in the store (default: $KITT_RUNS_DIR, else ./.kitt/runs).
     #[arg(long)]

@@ -441,6 +441,7 @@ impl Store {
             out = Some(work(tx)?);
             Ok(())
         })?;
+        // A backend answers Ok only after `work` ran to Ok, so `out` is set; never reached.
         out.ok_or(StoreError::Column { column: 0, expected: "a committed write" })
     }
 
