@@ -20,5 +20,6 @@ pub mod manifest;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod settings;
 pub mod store;
 pub mod template;

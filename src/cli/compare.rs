@@ -31,8 +31,9 @@ pub struct CompareArgs {
     /// Exit 3 when B crosses this against A, e.g. "ttft.p99 > +5%" (repeatable; see docs/results.md).
     #[arg(long = "fail-if", value_name = "EXPR")]
     pub fail_if: Vec<String>,
-    /// The results store (default: $KITT_STORE, else $XDG_DATA_HOME/kitt/results.db).
-    #[arg(long, value_name = "PATH")]
+    /// The results store: a SQLite file or a postgres:// URL (default: $KITT_STORE, else
+    /// $XDG_DATA_HOME/kitt/results.db).
+    #[arg(long, value_name = "PATH|URL")]
     pub store: Option<PathBuf>,
     /// Where runs live, for run ids not in the store (default: $KITT_RUNS_DIR, else ./.kitt/runs).
     #[arg(long)]
@@ -62,7 +63,7 @@ fn resolve(spec: &str, store: Option<&Store>, runs_root: &Path) -> Result<(Strin
         let record = store
             .record(id)
             .map_err(store_err)?
-            .ok_or_else(|| format!("no result {id} in {} (see `kitt results list`)", store.path().display()))?;
+            .ok_or_else(|| format!("no result {id} in {} (see `kitt results list`)", store.location()))?;
         let key = Identity::of(&record.cell).key();
         let reps: Vec<Record> = store
             .run_records(&record.run_id)
@@ -86,7 +87,7 @@ fn resolve(spec: &str, store: Option<&Store>, runs_root: &Path) -> Result<(Strin
     }
     Err(format!(
         "`{spec}` is not a run directory, a result id or a run id in the store ({}) or under {}",
-        store.map_or("none".to_string(), |s| s.path().display().to_string()),
+        store.map_or("none".to_string(), |s| s.location().to_string()),
         runs_root.display()
     ))
 }
@@ -106,7 +107,7 @@ pub fn compare(args: &CompareArgs) -> i32 {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(s))) => Some(s),
         Some(Err((p, e))) => {
-            eprintln!("error: results store {}: {e}", p.display());
+            eprintln!("error: results store {p}: {e}");
             return EXIT_FAILED;
         }
     };

@@ -11,6 +11,7 @@ pub mod fingerprint;
 mod gc;
 mod results;
 mod runs;
+mod settings;
 mod work;
 
 use std::collections::BTreeMap;
@@ -142,6 +143,8 @@ pub enum Command {
     },
     /// Compare two runs (run ids, result ids or run directories): deltas, verdicts, --fail-if gates.
     Compare(compare::CompareArgs),
+    /// Settings kept in the results store: list (with each value's source), get, set, unset, history.
+    Settings(settings::SettingsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +256,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
         Command::Results { command } => results::run(command),
         Command::Compare(args) => compare::compare(&args),
+        Command::Settings(args) => settings::run(&args),
     }
 }
 

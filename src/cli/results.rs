@@ -10,13 +10,13 @@ use serde_json::{Value as Json, json};
 use super::{EXIT_FAILED, Output, print_json};
 use crate::compare::{self, metric::KEY_METRICS, render};
 use crate::report::{CellStatus, RunReport};
-use crate::store::{self, Filter, Record, Store};
+use crate::store::{self, Filter, Location, Record, Store};
 
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The results store (default: $KITT_STORE, else $XDG_DATA_HOME/kitt/results.db, else
-    /// ~/.local/share/kitt/results.db).
-    #[arg(long, value_name = "PATH")]
+    /// The results store: a SQLite file, or a postgres:// URL (default: $KITT_STORE, else
+    /// $XDG_DATA_HOME/kitt/results.db, else ~/.local/share/kitt/results.db).
+    #[arg(long, value_name = "PATH|URL")]
     pub store: Option<PathBuf>,
 }
 
@@ -77,10 +77,17 @@ pub enum ResultsCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Results (all, or those the filters select) as JSON or CSV on stdout.
+    /// Results (all, or those the filters select) as JSON or CSV on stdout; or, with --to, every
+    /// row of the store (runs, results, settings and their history) copied into another store.
     Export {
         #[arg(long, value_enum, default_value_t)]
         format: ExportFormat,
+        /// Copy the whole store into this one (a SQLite file or a postgres:// URL; created if
+        /// needed). Idempotent: copying again adds no rows.
+        #[arg(long, value_name = "PATH|URL", conflicts_with_all = ["format", "suite", "engine", "model", "fingerprint", "since"])]
+        to: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -117,9 +124,9 @@ fn time_text(ns: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
-fn store_path(flag: Option<&Path>) -> Result<PathBuf, i32> {
+fn store_path(flag: Option<&Path>) -> Result<Location, i32> {
     store::location(flag).ok_or_else(|| {
-        eprintln!("error: the results store is turned off (KITT_STORE=off); give --store PATH");
+        eprintln!("error: the results store is turned off (KITT_STORE=off); give --store PATH|URL");
         EXIT_FAILED
     })
 }
@@ -131,13 +138,12 @@ fn open_existing(flag: Option<&Path>) -> Result<Option<Store>, i32> {
         Ok(Some(s)) => Ok(Some(s)),
         Ok(None) => {
             eprintln!(
-                "no results store at {} yet: `kitt apply` creates it, `kitt results import RUN_DIR` fills it",
-                path.display()
+                "no results store at {path} yet: `kitt apply` creates it, `kitt results import RUN_DIR` fills it"
             );
             Ok(None)
         }
         Err(e) => {
-            eprintln!("error: results store {}: {e}", path.display());
+            eprintln!("error: results store {path}: {e}");
             Err(EXIT_FAILED)
         }
     }
@@ -147,14 +153,15 @@ pub fn run(command: ResultsCommand) -> i32 {
     let result = match command {
         ResultsCommand::List { filter, store, output } => list(&filter, store.store.as_deref(), output),
         ResultsCommand::Show { id, store, output } => show(&id, store.store.as_deref(), output),
-        ResultsCommand::Export { format, filter, store } => export(format, &filter, store.store.as_deref()),
+        ResultsCommand::Export { to: Some(to), store, output, .. } => copy(store.store.as_deref(), &to, output),
+        ResultsCommand::Export { format, filter, store, .. } => export(format, &filter, store.store.as_deref()),
         ResultsCommand::Import { run_dirs, store, output } => import(&run_dirs, store.store.as_deref(), output),
     };
     result.unwrap_or_else(|code| code)
 }
 
 fn fail(store: &Store, e: store::StoreError) -> i32 {
-    eprintln!("error: results store {}: {e}", store.path().display());
+    eprintln!("error: results store {}: {e}", store.location());
     EXIT_FAILED
 }
 
@@ -227,7 +234,7 @@ fn show(id: &str, flag: Option<&Path>, output: Output) -> Result<i32, i32> {
     };
     if let Ok(n) = id.parse::<i64>() {
         let Some(record) = store.record(n).map_err(|e| fail(&store, e))? else {
-            eprintln!("error: no result {n} in {} (see `kitt results list`)", store.path().display());
+            eprintln!("error: no result {n} in {} (see `kitt results list`)", store.location());
             return Err(EXIT_FAILED);
         };
         let reps = repetitions(&store, &record).map_err(|e| fail(&store, e))?;
@@ -247,7 +254,7 @@ fn show(id: &str, flag: Option<&Path>, output: Output) -> Result<i32, i32> {
     }
     let records = store.run_records(id).map_err(|e| fail(&store, e))?;
     if records.is_empty() {
-        eprintln!("error: no run `{id}` in {} (see `kitt results list`)", store.path().display());
+        eprintln!("error: no run `{id}` in {} (see `kitt results list`)", store.location());
         return Err(EXIT_FAILED);
     }
     let run = store.run(id).map_err(|e| fail(&store, e))?;
@@ -378,7 +385,7 @@ fn export(format: ExportFormat, filter: &FilterArgs, flag: Option<&Path>) -> Res
 fn import(dirs: &[PathBuf], flag: Option<&Path>, output: Output) -> Result<i32, i32> {
     let path = store_path(flag)?;
     let mut store = Store::open(&path).map_err(|e| {
-        eprintln!("error: results store {}: {e}", path.display());
+        eprintln!("error: results store {path}: {e}");
         EXIT_FAILED
     })?;
     let started = Instant::now();
@@ -410,11 +417,11 @@ fn import(dirs: &[PathBuf], flag: Option<&Path>, output: Output) -> Result<i32, 
     let rows: usize = done.iter().filter_map(|d| d["indexed"]["cells"].as_u64()).sum::<u64>() as usize;
     let elapsed = started.elapsed();
     match output {
-        Output::Json => print_json(&json!({"store": store.path(), "runs": done})),
+        Output::Json => print_json(&json!({"store": store.location().to_string(), "runs": done})),
         Output::Text => eprintln!(
             "{rows} result(s) from {} run(s) indexed into {} in {} ms",
             dirs.len() - failed,
-            store.path().display(),
+            store.location(),
             elapsed.as_millis()
         ),
     }
@@ -432,18 +439,62 @@ pub fn index_finished(flag: Option<&Path>, report: &RunReport, run_dir: &Path, q
     match Store::open(&path).and_then(|mut s| s.index(report, &dir, created)) {
         Ok(i) => {
             if !quiet {
-                eprintln!("indexed {} result(s) into {}", i.cells, path.display());
+                eprintln!("indexed {} result(s) into {path}", i.cells);
             }
-            json!({"path": path, "indexed": i})
+            json!({"path": path.to_string(), "indexed": i})
         }
         Err(e) => {
             eprintln!(
-                "warning: the run is complete but the results store {} could not index it: {e}; \
+                "warning: the run is complete but the results store {path} could not index it: {e}; \
                  `kitt results import {}` indexes it later",
-                path.display(),
                 dir.display()
             );
-            json!({"path": path, "error": e.to_string()})
+            json!({"path": path.to_string(), "error": e.to_string()})
         }
     }
+}
+
+/// `kitt results export --to`: copies the whole store into another one.
+fn copy(flag: Option<&Path>, to: &Path, output: Output) -> Result<i32, i32> {
+    let Some(source) = open_existing(flag)? else {
+        return Err(EXIT_FAILED);
+    };
+    let target_location = Location::parse(to);
+    if &target_location == source.location() {
+        eprintln!("error: --to names the store being exported ({target_location})");
+        return Err(EXIT_FAILED);
+    }
+    let mut target = Store::open(&target_location).map_err(|e| {
+        eprintln!("error: results store {target_location}: {e}");
+        EXIT_FAILED
+    })?;
+    let started = Instant::now();
+    let done = source.export_to(&mut target).map_err(|e| {
+        eprintln!("error: copying {} into {target_location}: {e}", source.location());
+        EXIT_FAILED
+    })?;
+    let elapsed = started.elapsed();
+    let counts = |s: &Store| -> Result<Json, i32> {
+        let c = s.row_counts().map_err(|e| fail(s, e))?;
+        Ok(c.into_iter().map(|(t, n)| (t.to_string(), Json::from(n))).collect::<serde_json::Map<_, _>>().into())
+    };
+    let (from_rows, to_rows) = (counts(&source)?, counts(&target)?);
+    match output {
+        Output::Json => print_json(&json!({
+            "from": source.location().to_string(), "to": target_location.to_string(), "copied": done,
+            "rows": {"from": from_rows, "to": to_rows}, "elapsed_ms": elapsed.as_millis() as u64,
+        })),
+        Output::Text => println!(
+            "{} run(s), {} result(s) ({} new, {} already there), {} setting(s), {} new history entr(ies) copied from {} into {target_location} in {} ms",
+            done.runs,
+            done.results,
+            done.inserted,
+            done.updated,
+            done.settings,
+            done.history_inserted,
+            source.location(),
+            elapsed.as_millis()
+        ),
+    }
+    Ok(0)
 }

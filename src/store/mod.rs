@@ -1,27 +1,36 @@
-//! The results store: every cell result of every finished run, in one SQLite file.
+//! The results store: every cell result of every finished run, and the settings, in one
+//! database: a SQLite file, or a PostgreSQL database a team shares.
 //!
-//! Owns the database file — its location, its schema and migrations (`schema`), and the only
-//! SQL in kitt. It never runs anything and never writes into run directories: a run directory
-//! stays the source of truth, and the store is an index over many of them that can always be
-//! rebuilt (`kitt results import`). Decisions that shaped it: one row per cell result keyed by
-//! (run id, step key), so indexing a run again updates its rows instead of adding rows;
-//! WAL and a busy timeout with every write in an IMMEDIATE transaction, so several kitt
-//! processes indexing at once wait for each other instead of failing or losing rows; JSON
-//! columns for params and metrics, since the metric set grows with the benchmarks.
+//! Owns the database — its location, its schema and migrations (`schema`), and the only SQL in
+//! kitt. It never runs anything and never writes into run directories: a run directory stays the
+//! source of truth, and the store is an index over many of them that can always be rebuilt
+//! (`kitt results import`). Decisions that shaped it: one row per cell result keyed by (run id,
+//! step key), so indexing a run again updates its rows instead of adding rows; every write in
+//! one transaction that excludes the writers it could race with, so several kitt processes
+//! indexing at once wait for each other instead of failing or losing rows; JSON columns for
+//! params and metrics, since the metric set grows with the benchmarks; the store's logic written
+//! once against one small interface (`backend`) that SQLite and PostgreSQL implement, so the two
+//! cannot drift apart.
 
+mod backend;
+mod export;
+mod postgres;
 mod record;
 mod schema;
+mod settings;
+mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior};
 use serde_json::Value as Json;
 
+use backend::{Backend, Row, Tx, Value};
+pub use export::Exported;
 pub use record::{Record, RunEntry, from_report, label};
 pub use schema::VERSION;
+pub use settings::{SettingChange, StoredSetting};
 
 use crate::report::{CellIdentity, CellStatus, RunReport};
 
@@ -29,12 +38,16 @@ use crate::report::{CellIdentity, CellStatus, RunReport};
 pub enum StoreError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] ::postgres::Error),
+    #[error("not a PostgreSQL connection URL ({0}): expected postgres://USER@HOST:PORT/DATABASE")]
+    Dsn(String),
     #[error(
-        "the store is at schema version {found}, this kitt knows versions up to {supported}: use a newer kitt, or point --store or KITT_STORE at another file"
+        "the store is at schema version {found}, this kitt knows versions up to {supported}: use a newer kitt, or point --store or KITT_STORE at another store"
     )]
     Newer { found: u32, supported: u32 },
-    #[error("upgrading the store to schema version {to} failed, nothing was changed: {source}")]
-    Migration { to: u32, source: rusqlite::Error },
+    #[error("upgrading the store to schema version {to} failed, nothing was changed: {reason}")]
+    Migration { to: u32, reason: String },
     #[error("cannot create {0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error(
@@ -45,19 +58,91 @@ pub enum StoreError {
     BadReport(PathBuf, serde_json::Error),
     #[error("result {id} in the store is damaged ({what}); re-import its run directory")]
     Corrupt { id: i64, what: String },
+    #[error("the store answered a row whose column {column} is not {expected}: is it a kitt store?")]
+    Column { column: usize, expected: &'static str },
 }
 
-/// How long a writer waits for another one before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Which database a store is in: a SQLite file, or a PostgreSQL database (a
+/// `postgres://` or `postgresql://` URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
 
-/// Whether SQLite said another connection holds the lock.
-fn busy(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+impl Location {
+    /// A URL starting `postgres://` or `postgresql://` is a PostgreSQL database; anything else
+    /// is a file path.
+    pub fn parse(text: &Path) -> Location {
+        match text.to_str() {
+            Some(t) if t.starts_with("postgres://") || t.starts_with("postgresql://") => {
+                Location::Postgres(t.to_string())
+            }
+            _ => Location::Sqlite(text.to_path_buf()),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The path, or the URL with its password (if any) left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+                let (authority, tail) = rest.split_at(authority_end);
+                match authority.rsplit_once('@') {
+                    Some((user, host)) if user.contains(':') => {
+                        let user = user.split(':').next().unwrap_or_default();
+                        write!(f, "{scheme}://{user}:***@{host}{tail}")
+                    }
+                    _ => write!(f, "{url}"),
+                }
+            }
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Location {
+        Location::parse(p)
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Location {
+        Location::parse(p)
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(p: PathBuf) -> Location {
+        Location::parse(&p)
+    }
+}
+
+impl From<&str> for Location {
+    fn from(s: &str) -> Location {
+        Location::parse(Path::new(s))
+    }
+}
+
+impl From<&String> for Location {
+    fn from(s: &String) -> Location {
+        Location::parse(Path::new(s))
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Location {
+        l.clone()
+    }
 }
 
 /// Where the store is: `--store`, else `$KITT_STORE`, else `$XDG_DATA_HOME/kitt/results.db`, else
 /// `~/.local/share/kitt/results.db`. `None` when it is turned off (`off`).
-pub fn location(flag: Option<&Path>) -> Option<PathBuf> {
+pub fn location(flag: Option<&Path>) -> Option<Location> {
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let path = flag.map(Path::to_path_buf).or_else(|| env("KITT_STORE")).unwrap_or_else(|| {
         // The XDG spec ignores a relative XDG_DATA_HOME.
@@ -67,7 +152,7 @@ pub fn location(flag: Option<&Path>) -> Option<PathBuf> {
             .unwrap_or_else(|| PathBuf::from(".kitt"));
         data.join("kitt").join("results.db")
     });
-    (path.as_os_str() != "off").then_some(path)
+    (path.as_os_str() != "off").then(|| Location::parse(&path))
 }
 
 /// What indexing one run did.
@@ -97,8 +182,9 @@ pub struct Filter {
 
 /// An open store.
 pub struct Store {
-    conn: Connection,
-    path: PathBuf,
+    /// Behind a lock so that reads can take `&self`, as they do on one SQLite connection.
+    db: Mutex<Box<dyn Backend>>,
+    location: Location,
 }
 
 const RESULT_COLUMNS: &[&str] = &[
@@ -143,9 +229,9 @@ const RUN_COLUMNS: &[&str] = &[
     "run_dir",
 ];
 
-/// `INSERT … ON CONFLICT (unique) DO UPDATE` over `columns`.
+/// `INSERT … ON CONFLICT (unique) DO UPDATE` over `columns` (both databases speak it).
 fn upsert_sql(table: &str, columns: &[&str], unique: &str) -> String {
-    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let placeholders = vec!["?"; columns.len()];
     let unique_cols: Vec<&str> = unique.split(',').map(str::trim).collect();
     let set: Vec<String> =
         columns.iter().filter(|c| !unique_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
@@ -155,18 +241,6 @@ fn upsert_sql(table: &str, columns: &[&str], unique: &str) -> String {
         placeholders.join(", "),
         set.join(", ")
     )
-}
-
-fn json_text(v: &impl serde::Serialize) -> Value {
-    Value::Text(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
-}
-
-fn opt_text(v: Option<&str>) -> Value {
-    v.map_or(Value::Null, |s| Value::Text(s.to_string()))
-}
-
-fn ns(v: u64) -> Value {
-    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 fn now_ns() -> u64 {
@@ -182,31 +256,47 @@ fn status_text(s: CellStatus) -> &'static str {
 
 fn result_values(r: &Record) -> Vec<Value> {
     vec![
-        Value::Text(r.run_id.clone()),
-        Value::Text(r.key.clone()),
-        Value::Text(r.suite.clone()),
-        Value::Text(r.cell.model.clone()),
-        Value::Text(r.cell.engine.clone()),
-        Value::Text(r.cell.engine_template.clone()),
-        Value::Text(r.cell.benchmark.clone()),
-        Value::Text(r.cell.template.clone()),
-        json_text(&r.cell.params),
-        json_text(&r.cell.swept),
-        json_text(&r.cell.sampling),
-        Value::Integer(i64::from(r.cell.run_index)),
-        Value::Text(status_text(r.status).into()),
-        opt_text(r.error.as_deref()),
-        json_text(&r.metrics),
-        json_text(&r.facts),
-        opt_text(r.fact("engine.image")),
-        opt_text(r.fact("engine.image_id")),
-        opt_text(r.fact("engine.image_digest")),
-        opt_text(r.fact("engine.version")),
-        opt_text(r.fingerprint.as_deref()),
-        opt_text(r.fingerprint_hash.as_deref()),
-        ns(r.started_unix_ns),
-        ns(r.finished_unix_ns),
-        Value::Text(r.run_dir.to_string_lossy().into_owned()),
+        Value::text(&r.run_id),
+        Value::text(&r.key),
+        Value::text(&r.suite),
+        Value::text(&r.cell.model),
+        Value::text(&r.cell.engine),
+        Value::text(&r.cell.engine_template),
+        Value::text(&r.cell.benchmark),
+        Value::text(&r.cell.template),
+        Value::json(&r.cell.params),
+        Value::json(&r.cell.swept),
+        Value::json(&r.cell.sampling),
+        Value::Int(i64::from(r.cell.run_index)),
+        Value::text(status_text(r.status)),
+        Value::opt_text(r.error.as_deref()),
+        Value::json(&r.metrics),
+        Value::json(&r.facts),
+        Value::opt_text(r.fact("engine.image")),
+        Value::opt_text(r.fact("engine.image_id")),
+        Value::opt_text(r.fact("engine.image_digest")),
+        Value::opt_text(r.fact("engine.version")),
+        Value::opt_text(r.fingerprint.as_deref()),
+        Value::opt_text(r.fingerprint_hash.as_deref()),
+        Value::u64(r.started_unix_ns),
+        Value::u64(r.finished_unix_ns),
+        Value::text(r.run_dir.to_string_lossy()),
+    ]
+}
+
+fn run_values(run: &RunEntry) -> Vec<Value> {
+    vec![
+        Value::text(&run.run_id),
+        Value::text(&run.suite),
+        Value::text(&run.suite_file),
+        Value::text(&run.kitt_version),
+        Value::opt_text(run.fingerprint.as_deref()),
+        Value::opt_text(run.fingerprint_hash.as_deref()),
+        run.hardware.as_ref().map_or(Value::Null, Value::json),
+        Value::json(&run.facts),
+        Value::u64(run.started_unix_ns),
+        Value::u64(now_ns()),
+        Value::text(run.run_dir.to_string_lossy()),
     ]
 }
 
@@ -217,48 +307,45 @@ const SELECT: &str = "SELECT r.id, r.run_id, r.cell_key, r.suite, r.model, r.eng
     FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
 
 fn record_from_row(row: &Row) -> Result<Record, StoreError> {
-    let id: i64 = row.get(0)?;
+    let id = row.int(0)?;
     let json = |i: usize, what: &str| -> Result<Json, StoreError> {
-        let text: String = row.get(i)?;
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { id, what: format!("{what}: {e}") })
+        serde_json::from_str(&row.text(i)?).map_err(|e| StoreError::Corrupt { id, what: format!("{what}: {e}") })
     };
     let map = |v: Json, what: &str| -> Result<BTreeMap<String, Json>, StoreError> {
         serde_json::from_value(v).map_err(|e| StoreError::Corrupt { id, what: format!("{what}: {e}") })
     };
-    let status: String = row.get(13)?;
-    let status = match status.as_str() {
+    let status = match row.text(13)?.as_str() {
         "ok" => CellStatus::Ok,
         "failed" => CellStatus::Failed,
         other => return Err(StoreError::Corrupt { id, what: format!("status `{other}`") }),
     };
     let facts: BTreeMap<String, String> = serde_json::from_value(json(16, "facts")?)
         .map_err(|e| StoreError::Corrupt { id, what: format!("facts: {e}") })?;
-    let u64_at = |i: usize| -> Result<u64, StoreError> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
     Ok(Record {
         id: Some(id),
-        run_id: row.get(1)?,
-        key: row.get(2)?,
-        suite: row.get(3)?,
+        run_id: row.text(1)?,
+        key: row.text(2)?,
+        suite: row.text(3)?,
         cell: CellIdentity {
-            model: row.get(4)?,
-            engine: row.get(5)?,
-            engine_template: row.get(6)?,
-            benchmark: row.get(7)?,
-            template: row.get(8)?,
+            model: row.text(4)?,
+            engine: row.text(5)?,
+            engine_template: row.text(6)?,
+            benchmark: row.text(7)?,
+            template: row.text(8)?,
             params: map(json(9, "params")?, "params")?,
             swept: map(json(10, "swept")?, "swept")?,
-            run_index: row.get::<_, i64>(12)?.clamp(0, i64::from(u32::MAX)) as u32,
+            run_index: row.int(12)?.clamp(0, i64::from(u32::MAX)) as u32,
             sampling: map(json(11, "sampling")?, "sampling")?,
         },
         status,
-        error: row.get(14)?,
+        error: row.opt_text(14)?,
         metrics: json(15, "metrics")?,
         facts,
-        fingerprint: row.get(17)?,
-        fingerprint_hash: row.get(18)?,
-        started_unix_ns: u64_at(19)?,
-        finished_unix_ns: u64_at(20)?,
-        run_dir: PathBuf::from(row.get::<_, String>(21)?),
+        fingerprint: row.opt_text(17)?,
+        fingerprint_hash: row.opt_text(18)?,
+        started_unix_ns: row.u64(19)?,
+        finished_unix_ns: row.u64(20)?,
+        run_dir: PathBuf::from(row.text(21)?),
     })
 }
 
@@ -276,51 +363,91 @@ pub fn read_run_dir(dir: &Path) -> Result<(RunReport, Option<u64>), StoreError> 
     Ok((report, created))
 }
 
+/// Writes one run's entry and exactly `records` as its rows (updating those it had, removing
+/// those it no longer has), inside the caller's transaction.
+fn put_run(tx: &mut dyn Tx, run: &RunEntry, records: &[Record]) -> Result<Indexed, StoreError> {
+    // Two writers of the same run take turns (SQLite's write lock does this for every write).
+    tx.lock(&run.run_id)?;
+    let existing: HashMap<String, i64> = tx
+        .query("SELECT cell_key, id FROM results WHERE run_id = ?", &[Value::text(&run.run_id)])?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    tx.execute(&upsert_sql("runs", RUN_COLUMNS, "run_id"), &run_values(run))?;
+    let mut done = Indexed { run_id: run.run_id.clone(), cells: records.len(), inserted: 0, updated: 0, removed: 0 };
+    let insert = upsert_sql("results", RESULT_COLUMNS, "run_id, cell_key");
+    for r in records {
+        tx.execute(&insert, &result_values(r))?;
+        if existing.contains_key(&r.key) {
+            done.updated += 1;
+        } else {
+            done.inserted += 1;
+        }
+    }
+    let kept: HashSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    for (key, id) in &existing {
+        if !kept.contains(key.as_str()) {
+            tx.execute("DELETE FROM results WHERE id = ?", &[Value::Int(*id)])?;
+            done.removed += 1;
+        }
+    }
+    Ok(done)
+}
+
 impl Store {
-    /// Opens the store at `path`, creating it (and its directory) if needed and upgrading an
-    /// older one.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.to_path_buf(), e))?;
-        }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Switching a new file to WAL while another process does the same can answer "locked"
-        // at once, without the busy handler (SQLite takes that lock without waiting): retry
-        // within the busy timeout.
-        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let setup = (|| -> Result<(), StoreError> {
-                // WAL lets readers go on while one process writes; set before anything else touches it.
-                conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
-                conn.pragma_update(None, "synchronous", "normal")?;
-                schema::migrate(&mut conn)
-            })();
-            match setup {
-                Err(StoreError::Sqlite(e)) if busy(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e),
-                Ok(()) => break,
-            }
-        }
-        Ok(Store { conn, path: path.to_path_buf() })
+    /// Opens the store at `location` — creating it (and a SQLite file's directory) if needed —
+    /// and upgrades an older one.
+    pub fn open(location: impl Into<Location>) -> Result<Store, StoreError> {
+        let location = location.into();
+        let db: Box<dyn Backend> = match &location {
+            Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path)?),
+            Location::Postgres(dsn) => Box::new(postgres::Postgres::open(dsn)?),
+        };
+        Ok(Store { db: Mutex::new(db), location })
     }
 
-    /// Opens the store if its file exists (readers never create one).
-    pub fn open_existing(path: &Path) -> Result<Option<Store>, StoreError> {
-        if path.exists() { Store::open(path).map(Some) } else { Ok(None) }
+    /// Opens the store if it exists (readers never create one): a SQLite file that exists, a
+    /// PostgreSQL database that has a store.
+    pub fn open_existing(location: impl Into<Location>) -> Result<Option<Store>, StoreError> {
+        let location = location.into();
+        match &location {
+            Location::Sqlite(path) if !path.exists() => Ok(None),
+            Location::Sqlite(_) => Store::open(location).map(Some),
+            Location::Postgres(dsn) => Ok(postgres::Postgres::open_existing(dsn)?
+                .map(|p| Store { db: Mutex::new(Box::new(p) as Box<dyn Backend>), location })),
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Box<dyn Backend>> {
+        // A panic while holding the lock leaves the connection as usable as before it.
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn select(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.db().query(sql, params)
+    }
+
+    /// Runs `work` in one write transaction and returns what it returned.
+    fn write<T: Send>(
+        &mut self,
+        mut work: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let mut out = None;
+        self.db().write(&mut |tx| {
+            out = Some(work(tx)?);
+            Ok(())
+        })?;
+        // A backend answers Ok only after `work` ran to Ok, so `out` is set; never reached.
+        out.ok_or(StoreError::Column { column: 0, expected: "a committed write" })
     }
 
     /// The schema version of the open store.
     pub fn version(&self) -> Result<u32, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        self.db().version()
     }
 
     /// Indexes a finished run: its rows are inserted, or updated when the run was indexed
@@ -332,48 +459,7 @@ impl Store {
         created_unix_ns: Option<u64>,
     ) -> Result<Indexed, StoreError> {
         let (run, records) = from_report(report, run_dir, created_unix_ns);
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: HashMap<String, i64> = {
-            let mut q = tx.prepare("SELECT cell_key, id FROM results WHERE run_id = ?1")?;
-            q.query_map([&run.run_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-        };
-        let run_values = vec![
-            Value::Text(run.run_id.clone()),
-            Value::Text(run.suite.clone()),
-            Value::Text(run.suite_file.clone()),
-            Value::Text(run.kitt_version.clone()),
-            opt_text(run.fingerprint.as_deref()),
-            opt_text(run.fingerprint_hash.as_deref()),
-            run.hardware.as_ref().map_or(Value::Null, json_text),
-            json_text(&run.facts),
-            ns(run.started_unix_ns),
-            ns(now_ns()),
-            Value::Text(run.run_dir.to_string_lossy().into_owned()),
-        ];
-        tx.execute(&upsert_sql("runs", RUN_COLUMNS, "run_id"), rusqlite::params_from_iter(run_values))?;
-        let mut done =
-            Indexed { run_id: run.run_id.clone(), cells: records.len(), inserted: 0, updated: 0, removed: 0 };
-        {
-            let mut insert = tx.prepare(&upsert_sql("results", RESULT_COLUMNS, "run_id, cell_key"))?;
-            for r in &records {
-                insert.execute(rusqlite::params_from_iter(result_values(r)))?;
-                if existing.contains_key(&r.key) {
-                    done.updated += 1;
-                } else {
-                    done.inserted += 1;
-                }
-            }
-            let kept: HashSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
-            let mut delete = tx.prepare("DELETE FROM results WHERE id = ?1")?;
-            for (key, id) in &existing {
-                if !kept.contains(key.as_str()) {
-                    delete.execute([id])?;
-                    done.removed += 1;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(done)
+        self.write(|tx| put_run(tx, &run, &records))
     }
 
     /// Indexes the run directory `dir` (its `report/result.json`).
@@ -387,18 +473,17 @@ impl Store {
     pub fn records(&self, filter: &Filter) -> Result<Vec<Record>, StoreError> {
         let mut clauses: Vec<&str> = Vec::new();
         let mut values: Vec<Value> = Vec::new();
-        let text = |s: &String| Value::Text(s.clone());
         if let Some(s) = &filter.suite {
             clauses.push("r.suite = ?");
-            values.push(text(s));
+            values.push(Value::text(s));
         }
         if let Some(e) = &filter.engine {
             clauses.push("(r.engine = ? OR r.engine_template = ?)");
-            values.extend([text(e), text(e)]);
+            values.extend([Value::text(e), Value::text(e)]);
         }
         if let Some(m) = &filter.model {
             clauses.push("r.model = ?");
-            values.push(text(m));
+            values.push(Value::text(m));
         }
         if let Some(f) = &filter.fingerprint {
             clauses.push("(r.fingerprint_hash LIKE ? ESCAPE '\\' OR r.fingerprint LIKE ? ESCAPE '\\')");
@@ -407,11 +492,11 @@ impl Store {
         }
         if let Some(since) = filter.since_unix_ns {
             clauses.push("COALESCE(NULLIF(u.started_unix_ns, 0), r.started_unix_ns) >= ?");
-            values.push(ns(since));
+            values.push(Value::u64(since));
         }
         if let Some(run) = &filter.run_id {
             clauses.push("r.run_id = ?");
-            values.push(text(run));
+            values.push(Value::text(run));
         }
         let mut sql = SELECT.to_string();
         if !clauses.is_empty() {
@@ -419,22 +504,16 @@ impl Store {
             sql.push_str(&clauses.join(" AND "));
         }
         sql.push_str(" ORDER BY r.id");
-        self.query(&sql, values)
+        self.query(&sql, &values)
     }
 
-    fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<Record>, StoreError> {
-        let mut q = self.conn.prepare(sql)?;
-        let mut rows = q.query(rusqlite::params_from_iter(values))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(record_from_row(row)?);
-        }
-        Ok(out)
+    fn query(&self, sql: &str, values: &[Value]) -> Result<Vec<Record>, StoreError> {
+        self.select(sql, values)?.iter().map(record_from_row).collect()
     }
 
     /// One record by id.
     pub fn record(&self, id: i64) -> Result<Option<Record>, StoreError> {
-        Ok(self.query(&format!("{SELECT} WHERE r.id = ?"), vec![Value::Integer(id)])?.into_iter().next())
+        Ok(self.query(&format!("{SELECT} WHERE r.id = ?"), &[Value::Int(id)])?.into_iter().next())
     }
 
     /// Every record of the run `run_id`.
@@ -444,45 +523,27 @@ impl Store {
 
     /// The run-level entry of `run_id`.
     pub fn run(&self, run_id: &str) -> Result<Option<RunEntry>, StoreError> {
-        let sql = format!("SELECT {} FROM runs WHERE run_id = ?1", RUN_COLUMNS.join(", "));
-        let row = self
-            .conn
-            .query_row(&sql, [run_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, String>(10)?,
-                ))
-            })
-            .optional()?;
-        Ok(row.map(
-            |(run_id, suite, suite_file, kitt_version, fingerprint, fingerprint_hash, hw, facts, started, dir)| {
-                RunEntry {
-                    run_id,
-                    suite,
-                    suite_file,
-                    kitt_version,
-                    fingerprint,
-                    fingerprint_hash,
-                    hardware: hw.and_then(|h| serde_json::from_str(&h).ok()),
-                    facts: serde_json::from_str(&facts).unwrap_or_default(),
-                    started_unix_ns: started.max(0) as u64,
-                    run_dir: PathBuf::from(dir),
-                }
-            },
-        ))
+        let sql = format!("SELECT {} FROM runs WHERE run_id = ?", RUN_COLUMNS.join(", "));
+        let Some(r) = self.select(&sql, &[Value::text(run_id)])?.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some(RunEntry {
+            run_id: r.text(0)?,
+            suite: r.text(1)?,
+            suite_file: r.text(2)?,
+            kitt_version: r.text(3)?,
+            fingerprint: r.opt_text(4)?,
+            fingerprint_hash: r.opt_text(5)?,
+            hardware: r.opt_text(6)?.and_then(|h| serde_json::from_str(&h).ok()),
+            facts: serde_json::from_str(&r.text(7)?).unwrap_or_default(),
+            started_unix_ns: r.u64(8)?,
+            run_dir: PathBuf::from(r.text(10)?),
+        }))
     }
 
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
     }
 }
 
@@ -493,12 +554,23 @@ mod tests {
     #[test]
     fn upsert_updates_every_column_but_the_unique_ones() {
         let sql = upsert_sql("t", &["a", "b", "c"], "a, b");
-        assert_eq!(sql, "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?3) ON CONFLICT (a, b) DO UPDATE SET c = excluded.c");
+        assert_eq!(sql, "INSERT INTO t (a, b, c) VALUES (?, ?, ?) ON CONFLICT (a, b) DO UPDATE SET c = excluded.c");
     }
 
     #[test]
-    fn off_turns_the_store_off() {
+    fn off_turns_the_store_off_and_a_url_is_postgres() {
         assert_eq!(location(Some(Path::new("off"))), None);
-        assert_eq!(location(Some(Path::new("/x/r.db"))), Some(PathBuf::from("/x/r.db")));
+        assert_eq!(location(Some(Path::new("/x/r.db"))), Some(Location::Sqlite(PathBuf::from("/x/r.db"))));
+        for url in ["postgres://kitt@db/results", "postgresql://kitt@%2Frun%2Fpg:5433/results"] {
+            assert_eq!(location(Some(Path::new(url))), Some(Location::Postgres(url.into())));
+        }
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let shown = Location::from("postgres://kitt:secret@db:5432/results?sslmode=disable").to_string();
+        assert_eq!(shown, "postgres://kitt:***@db:5432/results?sslmode=disable");
+        let plain = "postgresql://kitt@%2Frun%2Fpg/results";
+        assert_eq!(Location::from(plain).to_string(), plain);
     }
 }
