@@ -56,6 +56,32 @@ fn shard_records(run: &Path) -> Vec<Json> {
         .collect()
 }
 
+/// How many benchmark steps the units of `run` have started.
+fn measuring(run: &Path) -> usize {
+    shard_records(run)
+        .iter()
+        .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+        .map(|r| r["key"].to_string())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// The (one) run of `env` once `ready` holds of it, polled; fails with `never` after a minute.
+fn run_once(env: &KittEnv, ready: impl Fn(&Path) -> bool, never: &str) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs: Vec<PathBuf> =
+            std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        if let Some(run) = runs.first()
+            && ready(run)
+        {
+            return run.clone();
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Live processes whose command line has every one of `words`.
 fn alive_with(words: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
@@ -129,25 +155,8 @@ fn sigterm_stops_every_unit_and_local_apply_resumes_the_run() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let runs: Vec<PathBuf> =
-            std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-        // Both units measuring at once: two children, two simulators to stop.
-        if let Some(run) = runs.first()
-            && shard_records(run)
-                .iter()
-                .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
-                .map(|r| r["key"].to_string())
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                == 2
-        {
-            break run.clone();
-        }
-        assert!(Instant::now() < deadline, "the two units never measured at once");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    // Both units measuring at once: two children, two simulators to stop.
+    let run = run_once(&env, |run| measuring(run) == 2, "the two units never measured at once");
     // SAFETY: signalling the kitt process this test started.
     unsafe { libc::kill(driver.id() as i32, libc::SIGTERM) };
     let out = driver.wait_with_output().unwrap();
@@ -340,23 +349,6 @@ fn show(env: &KittEnv, id: &str) -> Json {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Waits until both units of `run` have started measuring.
-fn wait_both_measuring(run: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let measuring: std::collections::HashSet<String> = shard_records(run)
-            .iter()
-            .filter(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
-            .map(|r| r["key"].to_string())
-            .collect();
-        if measuring.len() == 2 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the two units never measured at once");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// `apply --detach` returns at once; the detached driver finishes the run; `runs follow` from
 /// another process waits for it and prints its outcome; `runs show` lists every unit done.
 #[test]
@@ -394,7 +386,7 @@ fn runs_cancel_stops_a_detached_run_everywhere_and_apply_resumes_it() {
     let suite = suite(&env, marker, 40, 20);
     let id = detach(&env, &suite);
     let run = env.runs().join(&id);
-    wait_both_measuring(&run);
+    run_once(&env, |run| measuring(run) == 2, "the two units never measured at once");
     let out = env.cmd().args(["runs", "cancel", &id, "--output", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let v: Json = serde_json::from_slice(&out.stdout).unwrap();
@@ -434,18 +426,7 @@ fn serial_a_killed_driver_and_killed_workers_are_taken_over_by_follow() {
             .spawn()
             .unwrap();
         // Ordered by the units' journals: once a benchmark started, the driver dies.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let run = loop {
-            let runs: Vec<PathBuf> =
-                std::fs::read_dir(env.runs()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-            if let Some(run) = runs.first()
-                && shard_records(run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
-            {
-                break run.clone();
-            }
-            assert!(Instant::now() < deadline, "no unit ever measured");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let run = run_once(&env, |run| measuring(run) > 0, "no unit ever measured");
         driver.kill().unwrap();
         driver.wait().unwrap();
         let id = run.file_name().unwrap().to_string_lossy().to_string();

@@ -38,8 +38,9 @@ pub struct RunFlags {
     #[arg(long)]
     pub verify_models: bool,
     /// The results store a finished run is indexed into (default: $KITT_STORE, else
-    /// $XDG_DATA_HOME/kitt/results.db, else ~/.local/share/kitt/results.db; `off` skips it).
-    #[arg(long, value_name = "PATH")]
+    /// $XDG_DATA_HOME/kitt/results.db, else ~/.local/share/kitt/results.db; a SQLite path or a
+    /// `postgres://` URL; `off` skips it).
+    #[arg(long, value_name = "PATH|URL")]
     pub store: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
