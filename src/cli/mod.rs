@@ -63,6 +63,11 @@ pub enum PlanOutput {
     Text,
     Json,
     Dot,
+    /// The `sbatch` argv and job script of each array job (needs `execution.slurm`); nothing is
+    /// submitted.
+    Sbatch,
+    /// The same as JSON.
+    SbatchJson,
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +353,13 @@ fn validate(files: &[PathBuf], output: Output) -> i32 {
 }
 
 fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bool) -> i32 {
+    if matches!(output, PlanOutput::Sbatch | PlanOutput::SbatchJson) {
+        if units {
+            eprintln!("error: --output sbatch lists the units itself; drop --units");
+            return EXIT_USAGE;
+        }
+        return plan_sbatch(suite, output == PlanOutput::SbatchJson);
+    }
     match plan::compile::compile_file(suite) {
         Ok(plan) if units => match output {
             PlanOutput::Text => {
@@ -358,7 +370,7 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
                 print_json(&render::units(&plan));
                 0
             }
-            PlanOutput::Dot => {
+            PlanOutput::Dot | PlanOutput::Sbatch | PlanOutput::SbatchJson => {
                 eprintln!("error: --units prints text or json; drop --units for the step graph in dot");
                 EXIT_USAGE
             }
@@ -382,6 +394,7 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
                     print_json(&plan_json(&plan, resumes.as_ref().map(|(run, _)| run.as_str()), &states))
                 }
                 PlanOutput::Dot => print!("{}", render::dot(&plan)),
+                PlanOutput::Sbatch | PlanOutput::SbatchJson => {}
             }
             0
         }
@@ -390,6 +403,30 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
             EXIT_FAILED
         }
     }
+}
+
+/// `kitt plan --output sbatch`: the array jobs a Slurm run of `suite` would submit.
+fn plan_sbatch(suite: &Path, json: bool) -> i32 {
+    let plan = match plan::compile::compile_file(suite) {
+        Ok(plan) => plan,
+        Err(diags) => {
+            report(&diags);
+            return EXIT_FAILED;
+        }
+    };
+    let Some(jobs) = plan::sbatch::jobs(&plan, plan::sbatch::RUN_PLACEHOLDER) else {
+        eprintln!(
+            "error: {}: the suite has no `execution.slurm`, which --output sbatch needs\n  = help: add `execution: {{slurm: {{partition: …, time: 2h, shared_dir: /shared/kitt-runs}}}}` (docs/manifest.md)",
+            suite.display()
+        );
+        return EXIT_FAILED;
+    };
+    if json {
+        print_json(&serde_json::json!({"run": plan::sbatch::RUN_PLACEHOLDER, "jobs": jobs}));
+    } else {
+        print!("{}", plan::sbatch::text(&plan, &jobs));
+    }
+    0
 }
 
 /// The plan as JSON; with an unfinished run to resume, the same marks as the text: a top-level

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod load;
 pub mod schema;
 pub mod secret;
+pub mod slurm;
 pub mod suite;
 pub mod template_kind;
 pub mod validate;

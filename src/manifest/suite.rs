@@ -533,6 +533,10 @@ pub struct Execution {
     /// on an engine started for it alone (which changes what is measured: every result records it).
     #[serde(default)]
     pub granularity: Granularity,
+    /// What the run's Slurm array jobs ask for (`kitt plan SUITE --output sbatch`); placement
+    /// only, it never enters a step's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<super::slurm::Slurm>,
 }
 
 fn default_sample_interval() -> Dur {
@@ -563,6 +567,7 @@ impl Default for Execution {
             sample_interval: Dur(std::time::Duration::from_millis(200)),
             request_timeout: super::load::RequestTimeout::default(),
             granularity: Granularity::Group,
+            slurm: None,
         }
     }
 }
@@ -583,6 +588,7 @@ impl Decode for Execution {
             sample_interval: f.opt(cx, "sample_interval").unwrap_or(d.sample_interval),
             request_timeout: f.opt(cx, "request_timeout").unwrap_or(d.request_timeout),
             granularity: f.opt(cx, "granularity").unwrap_or(d.granularity),
+            slurm: f.opt(cx, "slurm"),
         };
         f.finish(cx);
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {

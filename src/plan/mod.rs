@@ -12,6 +12,7 @@
 pub mod compile;
 pub mod layout;
 pub mod render;
+pub mod sbatch;
 pub mod unit;
 
 use std::collections::BTreeMap;
