@@ -115,6 +115,19 @@ impl Decode for Slurm {
             );
             ok = false;
         }
+        if let Some(d) = shared_dir.as_ref().filter(|d| d.value.contains(|c: char| c == '%' || c.is_control())) {
+            cx.error(
+                Diagnostic::new(
+                    d.pos,
+                    format!(
+                        "`shared_dir` in `execution.slurm`: `{}` has a `%` or a control character",
+                        d.value.escape_debug()
+                    ),
+                )
+                .help("Slurm expands `%` in a job's log path: pick a directory whose path has neither"),
+            );
+            ok = false;
+        }
         for e in &extra {
             ok &= check_extra(cx, e);
         }
