@@ -58,6 +58,7 @@ fn every_key_reaches_the_argv_and_the_units_list_is_the_plans_units() {
             "kitt-RUN",
             "--output",
             &format!("{dir}/%A_%a.log"),
+            "--open-mode=append",
             "--partition",
             "gpu",
             "--gres",
@@ -110,7 +111,15 @@ fn optional_keys_are_left_out_and_humane_times_become_slurm_times() {
         let tail: Vec<&str> = a[12..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
-            ["--partition", "debug", "--time", want, "/scratch/my runs/RUN/slurm/job-0.sh"],
+            [
+                "--open-mode=append",
+                "--exclusive",
+                "--partition",
+                "debug",
+                "--time",
+                want,
+                "/scratch/my runs/RUN/slurm/job-0.sh"
+            ],
             "time {time}"
         );
     }

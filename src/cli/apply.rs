@@ -50,7 +50,8 @@ pub struct RunFlags {
 #[derive(Debug, Args)]
 pub struct PlacementFlags {
     /// `local`: this process runs every step; `processes`: each unit runs as a child
-    /// `kitt work` process, and this one runs the report over what they committed.
+    /// `kitt work` process, and this one runs the report over what they committed; `slurm`: each
+    /// unit is a task of a Slurm array job (`execution.slurm`), the run under its `shared_dir`.
     #[arg(long, value_enum, default_value_t)]
     pub executor: crate::exec::ExecutorKind,
     /// With `--executor processes`: at most this many units at once.
@@ -207,14 +208,38 @@ pub(super) fn drive(
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
+    let executor = placement.map_or_else(Default::default, |p| p.executor);
+    let mut runs_dir = flags.runs_dir.clone();
+    if executor == crate::exec::ExecutorKind::Slurm {
+        let Some(slurm) = &plan.execution.slurm else {
+            eprintln!(
+                "error: {}: --executor slurm needs `execution.slurm` in the suite\n  = help: add `execution: {{slurm: {{partition: …, time: 2h, shared_dir: /shared/kitt-runs}}}}` (docs/executors.md)",
+                plan.suite.file.display()
+            );
+            return EXIT_USAGE;
+        };
+        // Every node sees the run only under the shared directory.
+        let shared = &slurm.shared_dir.value;
+        match &runs_dir {
+            Some(d) if d != shared => {
+                eprintln!(
+                    "error: --runs-dir {} is not `execution.slurm.shared_dir` ({}): Slurm runs live in the directory every node mounts\n  = help: drop --runs-dir",
+                    d.display(),
+                    shared.display()
+                );
+                return EXIT_USAGE;
+            }
+            _ => runs_dir = Some(shared.clone()),
+        }
+    }
     let opts = ApplyOptions {
-        runs_dir: flags.runs_dir.clone(),
+        runs_dir,
         fresh: flags.fresh,
         resume: flags.resume.clone(),
         accept_drift: flags.accept_drift,
         rerun_failed: flags.rerun_failed,
         verify_models: flags.verify_models,
-        executor: placement.map_or_else(Default::default, |p| p.executor),
+        executor,
         workers: placement.map_or(1, |p| p.workers as usize),
         max_attempts: placement.map_or(3, |p| p.max_attempts),
         detach: placement.is_some_and(|p| p.detach),
@@ -245,6 +270,9 @@ pub(super) fn drive(
         };
         if outcome.resumed && !quiet {
             eprintln!("resumed run {} ({} finished step(s) reused)", outcome.run_id, outcome.reused_steps);
+        }
+        if let Some(job) = &outcome.report_job {
+            return detached_on_slurm(&outcome, job, flags.output, quiet);
         }
         if outcome.detached {
             return detach(&outcome, flags, quiet);
@@ -278,6 +306,22 @@ pub(super) fn drive(
             0
         }
     })
+}
+
+/// `--detach` on Slurm: the units and the report job that drives the rest are submitted.
+fn detached_on_slurm(outcome: &run::ApplyOutcome, report_job: &str, output: Output, quiet: bool) -> i32 {
+    let dir = outcome.run_dir.display();
+    match output {
+        Output::Json => print_json(&json!({
+            "run_id": outcome.run_id, "run_dir": outcome.run_dir, "detached": true, "report_job": report_job,
+        })),
+        Output::Text if !quiet => eprintln!(
+            "run {} submitted to Slurm; report job {report_job} drives the rest\n  kitt runs show {dir}     # units, jobs, nodes\n  kitt runs follow {dir}   # watch it\n  kitt runs cancel {dir}   # stop it",
+            outcome.run_id
+        ),
+        Output::Text => {}
+    }
+    0
 }
 
 /// Hands a prepared run to a background driver (`kitt runs follow`, in a session of its own so

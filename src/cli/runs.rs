@@ -126,8 +126,11 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
                 .collect()
         })
         .unwrap_or_default();
-    let units = units::statuses(&info.path, &plan, &records);
+    let mut units = units::statuses(&info.path, &plan, &records);
     let executor = crate::exec::state::ExecutorState::load(&info.path).ok().flatten();
+    if executor.as_ref().is_some_and(|e| e.executor == crate::exec::ExecutorKind::Slurm) {
+        slurm_jobs(&info.meta.id, &mut units);
+    }
     let cancel_requested = run::cancel_request_path(&info.path).exists();
     match output {
         Output::Json => print_json(&json!({
@@ -157,13 +160,17 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
             }
             println!("units:");
             println!(
-                "  {:<14} {:<7} {:<10} {:>8} {:>7}  {:<16} {:>8}",
-                "unit", "kind", "state", "attempts", "cells", "host", "pid"
+                "  {:<14} {:<7} {:<10} {:>8} {:>7}  {:<16} {:>8}  {:<12}",
+                "unit", "kind", "state", "attempts", "cells", "host", "pid", "job"
             );
             for u in &units {
                 let detail = u.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default();
+                let job = u.job.as_ref().map_or_else(
+                    || u.external_id.as_deref().filter(|_| u.pid.is_none()).unwrap_or("-").to_string(),
+                    |j| format!("{} {}", j.id, j.state),
+                );
                 println!(
-                    "  {:<14} {:<7} {:<10} {:>8} {:>7}  {:<16} {:>8}{detail}",
+                    "  {:<14} {:<7} {:<10} {:>8} {:>7}  {:<16} {:>8}  {job:<12}{detail}",
                     u.id,
                     u.kind,
                     u.state,
@@ -188,6 +195,45 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
         }
     }
     0
+}
+
+/// Each unit's Slurm job as squeue sees it now (one squeue for the whole run). A unit whose job
+/// waits in the queue (first, or after a requeue) is `queued`, with Slurm's reason.
+fn slurm_jobs(run_id: &str, units: &mut [units::UnitStatus]) {
+    let rows = match crate::exec::slurm::squeue(run_id) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("warning: {e}; Slurm job states are not shown");
+            return;
+        }
+    };
+    for u in units.iter_mut() {
+        let Some(id) = &u.external_id else { continue };
+        let Some(row) = rows.iter().find(|r| &r.id == id) else { continue };
+        u.job = Some(units::JobState {
+            id: row.id.clone(),
+            state: row.state.clone(),
+            reason: row.reason.clone(),
+            node: (!row.node.is_empty()).then(|| row.node.clone()),
+        });
+        if matches!(u.state.as_str(), "done" | "failed") {
+            continue;
+        }
+        match row.state.as_str() {
+            "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" => {
+                u.state = "queued".into();
+                u.detail = Some(format!("Slurm: {} ({})", row.state, row.reason));
+            }
+            "RUNNING" | "CONFIGURING" | "COMPLETING" => {
+                u.state = "running".into();
+                u.detail = None;
+                if !row.node.is_empty() {
+                    u.host = Some(row.node.clone());
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `kitt runs follow`: while another kitt drives the run, prints its steps as they end; once none
@@ -337,6 +383,20 @@ pub fn cancel(runs_dir: Option<&Path>, id: &str, wait: Duration, output: Output)
         let mut exec: Box<dyn crate::exec::UnitExecutor> = match recorded.executor {
             crate::exec::ExecutorKind::Processes | crate::exec::ExecutorKind::Local => {
                 Box::new(crate::exec::processes::Processes::new(program, info.path.clone()))
+            }
+            crate::exec::ExecutorKind::Slurm => {
+                // The job that would drive the rest after the units must not.
+                crate::exec::slurm::cancel_report_job(&info.meta.id);
+                let slurm = run::work::open_run(&info.path).map_err(|e| e.to_string()).and_then(|(_, plan)| {
+                    crate::exec::slurm::Slurm::for_run(&plan, &info.meta.id, &info.path).map_err(|e| e.to_string())
+                });
+                match slurm {
+                    Ok(s) => Box::new(s),
+                    Err(e) => {
+                        eprintln!("error: cannot stop the run's Slurm jobs: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
             }
         };
         let mut running = Vec::new();

@@ -52,6 +52,21 @@ impl Leases for LeaseWatches {
     }
 }
 
+/// No lease is watched: the executor's own system judges liveness (Slurm marks a silent node
+/// down and requeues its tasks, a hung task meets its time limit), and a task pending in a queue
+/// for hours has no lease to renew yet.
+pub struct NoLeases;
+
+impl Leases for NoLeases {
+    fn placed(&mut self, _: &str) {}
+
+    fn adopted(&mut self, _: &str, _: u32) {}
+
+    fn expired(&mut self, _: &str) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@
 
 pub mod leases;
 pub mod processes;
+pub mod slurm;
 pub mod state;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -33,6 +34,9 @@ pub enum ExecutorKind {
     Local,
     /// Each unit is a child `kitt work` process, at most `--workers` at once.
     Processes,
+    /// Each unit is a task of a Slurm array job (`execution.slurm`), on whatever node Slurm
+    /// gives it; the run lives under `execution.slurm.shared_dir`.
+    Slurm,
 }
 
 /// The state of a submitted unit, as its executor sees it.
@@ -107,6 +111,10 @@ pub struct PlaceOptions {
     pub max_attempts: u32,
     /// How long an expired attempt is given to stop before its process group is killed.
     pub grace: Duration,
+    /// Units never wait for one another: each gets a machine of its own (a Slurm node with
+    /// `--exclusive` under `isolation: host`), so the order `isolation: host` puts between
+    /// units on one host does not hold between them.
+    pub independent: bool,
 }
 
 /// How the placed units ended.
@@ -151,7 +159,7 @@ pub async fn place(
     cancel: &Cancel,
 ) -> Result<Placed, ExecError> {
     let workers = opts.workers;
-    let deps = unit_deps(plan);
+    let deps = if opts.independent { vec![HashSet::new(); plan.units.len()] } else { unit_deps(plan) };
     let mut pending: BTreeSet<usize> = todo.iter().copied().collect();
     let mut running: Vec<usize> = Vec::new();
     let mut attempts: HashMap<usize, u32> = HashMap::new();
@@ -319,7 +327,7 @@ mod tests {
     }
 
     fn opts(workers: usize) -> PlaceOptions {
-        PlaceOptions { workers, max_attempts: 3, grace: Duration::ZERO }
+        PlaceOptions { workers, max_attempts: 3, grace: Duration::ZERO, independent: false }
     }
 
     impl UnitExecutor for Counted {

@@ -87,6 +87,19 @@ pub fn probe(library: &OsStr) -> GpuProbe {
     GpuProbe { gpus, driver_version, cuda_version, note: (!notes.is_empty()).then(|| notes.join("; ")) }
 }
 
+/// The UUIDs of the GPUs whose device minor numbers (`/dev/nvidiaN`) are `minors`, in that
+/// order; none when NVML cannot tell for every one of them.
+pub fn uuids_by_minor(library: &OsStr, minors: &[u32]) -> Option<Vec<String>> {
+    let nvml = open(library).ok()?;
+    let n = nvml.device_count().ok()?;
+    let mut by_minor = std::collections::HashMap::new();
+    for i in 0..n {
+        let d = nvml.device_by_index(i).ok()?;
+        by_minor.insert(d.minor_number().ok()?, d.uuid().ok()?);
+    }
+    minors.iter().map(|m| by_minor.get(m).cloned()).collect()
+}
+
 /// Unified-memory GPUs get the system's memory as theirs.
 pub(crate) fn with_unified_memory(mut gpus: Vec<Gpu>, system_bytes: u64) -> Vec<Gpu> {
     for g in gpus.iter_mut().filter(|g| g.unified_memory && system_bytes > 0) {

@@ -2,13 +2,14 @@
 //!
 //! Plain data only: this module builds each array job's argv (a `Vec<String>`, handed to
 //! `sbatch` as it is, never joined into a command line that a shell runs), the fixed job script
-//! and the units list that maps an array index to a unit id. It submits nothing; the Slurm
-//! executor that will submit these is not written yet.
+//! and the units list that maps an array index to a unit id. It submits nothing: the Slurm
+//! executor (`exec::slurm`) submits what it builds.
 //!
 //! The job script holds no suite text and no secret (Slurm keeps scripts in its state
 //! directory): it reads its unit id from the units list by `$SLURM_ARRAY_TASK_ID` and execs
 //! `kitt work`. Until engines can ask for resources of their own, every unit has the one shape
-//! of `execution.slurm`, so a plan has one array job.
+//! of `execution.slurm`, so a plan has one array job (the Slurm executor submits the units it
+//! places together as one, and lost ones again as another).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,18 @@ pub struct ArrayJob {
 /// The submissions of `plan` for run `run`, or `None` when it has no `execution.slurm`.
 pub fn jobs(plan: &Plan, run: &str) -> Option<Vec<ArrayJob>> {
     let slurm = plan.execution.slurm.as_ref()?;
-    let units: Vec<String> = plan.units.iter().map(|u| u.id.clone()).collect();
-    if units.is_empty() {
+    let s = submission(plan, run, &kitt_path(slurm))?;
+    if s.units.is_empty() {
         return Some(Vec::new());
     }
-    Some(vec![array_job(slurm, run, 0, units)])
+    let all: Vec<usize> = (0..s.units.len()).collect();
+    Some(vec![ArrayJob {
+        argv: s.argv(&all),
+        script_path: s.script_path.clone(),
+        script: s.script.clone(),
+        units_path: s.units_path.clone(),
+        units: s.units.clone(),
+    }])
 }
 
 /// The directory of run `run` under the shared directory.
@@ -54,46 +62,180 @@ pub fn kitt_path(slurm: &Slurm) -> PathBuf {
     slurm.shared_dir.value.join("bin/kitt-BUILD")
 }
 
-fn array_job(slurm: &Slurm, run: &str, shape: usize, units: Vec<String>) -> ArrayJob {
+/// The path of the copy of the kitt build `build` (its version and content hash) every node runs.
+pub fn kitt_copy_path(slurm: &Slurm, build: &str) -> PathBuf {
+    slurm.shared_dir.value.join("bin").join(format!("kitt-{build}"))
+}
+
+/// The name of run `run`'s array jobs (squeue finds them by it).
+pub fn job_name(run: &str) -> String {
+    format!("kitt-{run}")
+}
+
+/// What submitting units of one run takes: the `sbatch` options every array job of it shares,
+/// the fixed job script, the units list (array index → unit id) and the report job's script.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub run_dir: PathBuf,
+    pub slurm_dir: PathBuf,
+    pub script_path: PathBuf,
+    pub script: String,
+    pub units_path: PathBuf,
+    pub units: Vec<String>,
+    report_path: PathBuf,
+    report_script: String,
+    /// Every option but `--array` (between `sbatch --parsable` and the script).
+    options: Vec<String>,
+    /// Options the report job shares with the units' jobs (partition, account, time, extra).
+    report_options: Vec<String>,
+    max_jobs: Option<u32>,
+}
+
+/// The submission of `plan`'s units for run `run`, whose tasks run the kitt binary at `kitt`.
+pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
+    let slurm = plan.execution.slurm.as_ref()?;
+    let units: Vec<String> = plan.units.iter().map(|u| u.id.clone()).collect();
     let dir = run_dir(slurm, run);
     let slurm_dir = dir.join("slurm");
-    let script_path = slurm_dir.join(format!("job-{shape}.sh"));
-    let units_path = slurm_dir.join(format!("units-{shape}.txt"));
-    let last = units.len() - 1;
-    let array = match &slurm.max_jobs {
-        Some(m) => format!("--array=0-{last}%{}", m.value),
-        None => format!("--array=0-{last}"),
-    };
-    let mut argv: Vec<String> = vec![
-        "sbatch".into(),
-        "--parsable".into(),
-        array,
+    let script_path = slurm_dir.join("job-0.sh");
+    let units_path = slurm_dir.join("units-0.txt");
+    let report_path = slurm_dir.join("report.sh");
+    let mut options: Vec<String> = vec![
         "--requeue".into(),
         "--signal=B:TERM@120".into(),
         "--export=NONE".into(),
         "--comment".into(),
         format!("kitt:{run}"),
         "--job-name".into(),
-        format!("kitt-{run}"),
+        job_name(run),
         "--output".into(),
         slurm_dir.join("%A_%a.log").display().to_string(),
-        "--partition".into(),
-        slurm.partition.value.clone(),
+        // A requeued task appends to its log instead of erasing the lost one's.
+        "--open-mode=append".into(),
     ];
-    if let Some(g) = &slurm.gres {
-        argv.extend(["--gres".into(), g.value.clone()]);
+    // A node is the boundary of `isolation: host`: no other job shares it.
+    if plan.execution.isolation == crate::manifest::suite::Isolation::Host {
+        options.push("--exclusive".into());
     }
-    argv.extend(["--time".into(), slurm.time.value.clone()]);
+    let mut shared = vec!["--partition".to_string(), slurm.partition.value.clone()];
+    shared.extend(["--time".into(), slurm.time.value.clone()]);
     if let Some(a) = &slurm.account {
-        argv.extend(["--account".into(), a.value.clone()]);
+        shared.extend(["--account".into(), a.value.clone()]);
+    }
+    options.extend(["--partition".into(), slurm.partition.value.clone()]);
+    if let Some(g) = &slurm.gres {
+        options.extend(["--gres".into(), g.value.clone()]);
+    }
+    options.extend(["--time".into(), slurm.time.value.clone()]);
+    if let Some(a) = &slurm.account {
+        options.extend(["--account".into(), a.value.clone()]);
     }
     if let Some(c) = &slurm.constraint {
-        argv.extend(["--constraint".into(), c.value.clone()]);
+        options.extend(["--constraint".into(), c.value.clone()]);
     }
-    argv.extend(slurm.extra.iter().map(|e| e.value.clone()));
-    argv.push(script_path.display().to_string());
-    let script = script(&kitt_path(slurm), &dir, &units_path);
-    ArrayJob { argv, script_path, script, units_path, units }
+    options.extend(slurm.extra.iter().map(|e| e.value.clone()));
+    shared.extend(slurm.extra.iter().map(|e| e.value.clone()));
+    let mut report_options = vec![
+        "--export=NONE".to_string(),
+        "--comment".into(),
+        format!("kitt:{run}"),
+        "--job-name".into(),
+        format!("kitt-{run}-report"),
+        "--output".into(),
+        slurm_dir.join("report-%j.log").display().to_string(),
+        "--open-mode=append".into(),
+    ];
+    report_options.extend(shared);
+    let runs_root = slurm.shared_dir.value.clone();
+    Some(Submission {
+        script: script(kitt, &dir, &units_path),
+        report_script: report_script(kitt, run, &runs_root),
+        run_dir: dir,
+        slurm_dir,
+        script_path,
+        units_path,
+        units,
+        report_path,
+        options,
+        report_options,
+        max_jobs: slurm.max_jobs.as_ref().map(|m| m.value),
+    })
+}
+
+/// Slurm's `--array` list of `indices` (ascending): runs as ranges, `%max_jobs` last.
+pub fn array_spec(indices: &[usize], max_jobs: Option<u32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < indices.len() {
+        let start = indices[i];
+        let mut end = start;
+        while i + 1 < indices.len() && indices[i + 1] == end + 1 {
+            i += 1;
+            end = indices[i];
+        }
+        parts.push(if end == start { start.to_string() } else { format!("{start}-{end}") });
+        i += 1;
+    }
+    let mut spec = parts.join(",");
+    if let Some(m) = max_jobs {
+        spec.push_str(&format!("%{m}"));
+    }
+    spec
+}
+
+impl Submission {
+    /// `sbatch` and its arguments for one array job of the units at `indices`.
+    pub fn argv(&self, indices: &[usize]) -> Vec<String> {
+        let mut argv = vec!["sbatch".to_string(), "--parsable".into()];
+        argv.push(format!("--array={}", array_spec(indices, self.max_jobs)));
+        argv.extend(self.options.iter().cloned());
+        argv.push(self.script_path.display().to_string());
+        argv
+    }
+
+    /// `sbatch` and its arguments for the report job, which waits for every task of `arrays`.
+    pub fn report_argv(&self, arrays: &[&str]) -> Vec<String> {
+        let mut argv = vec!["sbatch".to_string(), "--parsable".into()];
+        if !arrays.is_empty() {
+            argv.push(format!("--dependency=afterany:{}", arrays.join(":")));
+        }
+        argv.extend(self.report_options.iter().cloned());
+        argv.push(self.report_path.display().to_string());
+        argv
+    }
+
+    /// Passes these environment variables of the submitting kitt to the tasks by name (never
+    /// their values through Slurm): `--export=NAME,…` instead of `--export=NONE`.
+    pub fn forward_env(&mut self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let export = format!("--export={}", names.join(","));
+        for o in self.options.iter_mut().chain(self.report_options.iter_mut()) {
+            if o == "--export=NONE" {
+                *o = export.clone();
+            }
+        }
+    }
+
+    /// Writes the job scripts and the units list into the run's `slurm/` directory.
+    pub fn write(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(&self.slurm_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.slurm_dir.display()))?;
+        let mut list = self.units.join("\n");
+        list.push('\n');
+        for (path, text, mode) in [
+            (&self.units_path, list.as_str(), 0o644),
+            (&self.script_path, self.script.as_str(), 0o755),
+            (&self.report_path, self.report_script.as_str(), 0o755),
+        ] {
+            crate::run::dir::write_atomic(path, text.as_bytes())
+                .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// The fixed job script: array index → unit id → `exec kitt work`.
@@ -110,6 +252,21 @@ fn script(kitt: &Path, run_dir: &Path, units: &Path) -> String {
         units = q(units),
         kitt = q(kitt),
         run_dir = q(run_dir),
+    )
+}
+
+/// The report job's script: `kitt runs follow` drives what is left of the run and reports it into
+/// the run directory only (a node's store may sit on NFS, where SQLite's WAL does not work):
+/// `kitt results import` indexes it.
+fn report_script(kitt: &Path, run: &str, runs_root: &Path) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    format!(
+        "#!/bin/sh\n\
+         # Written by kitt: after the run's tasks ended, places lost units again and writes the report.\n\
+         exec {kitt} runs follow {run} --runs-dir {root} --store off\n",
+        kitt = q(kitt),
+        run = shell_quote(run),
+        root = q(runs_root),
     )
 }
 

@@ -105,6 +105,8 @@ pub struct ApplyOutcome {
     pub report: Option<RunReport>,
     /// Prepared for a detached driver, nothing run (`ApplyOptions::detach`).
     pub detached: bool,
+    /// With `--detach` on Slurm: the job that drives the rest of the run after its units.
+    pub report_job: Option<String>,
 }
 
 /// The run-level observed facts of this process.
@@ -350,9 +352,22 @@ pub async fn apply(
             Some(state)
         }
     };
+    let mut report_job = None;
+    if opts.detach && opts.executor == crate::exec::ExecutorKind::Slurm {
+        let mut slurm =
+            crate::exec::slurm::Slurm::for_run(&plan, &run.id, &run.path).map_err(|e| ApplyError::Io(e.to_string()))?;
+        let recorded = recorded
+            .clone()
+            .unwrap_or_else(|| crate::exec::state::ExecutorState::new(opts.executor, opts.workers, opts.max_attempts));
+        let (job, submitted) = placed::submit_detached(&plan, &run.path, &mut slurm, recorded, &reusable, &kept_failed)
+            .map_err(|e| ApplyError::Io(e.to_string()))?;
+        tracing::info!("submitted {submitted} unit(s); report job {job}");
+        report_job = Some(job);
+    }
     if opts.detach {
         run.release();
         return Ok(ApplyOutcome {
+            report_job,
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
             resumed,
@@ -420,25 +435,43 @@ pub async fn apply(
             )
             .await
         }
-        crate::exec::ExecutorKind::Processes => {
-            let program = std::env::current_exe()
-                .map_err(|e| ApplyError::Io(format!("cannot find this kitt binary to run its units: {e}")))?;
-            let mut units = crate::exec::processes::Processes::new(program, run.path.clone());
+        kind => {
+            // An expired attempt gets a lease's length to stop its engine itself.
+            let grace = lease::LeaseConfig::from_env().lease;
             let recorded = recorded.unwrap_or_else(|| {
                 crate::exec::state::ExecutorState::new(opts.executor, opts.workers, opts.max_attempts)
             });
+            let mut place = crate::exec::PlaceOptions {
+                workers: opts.workers,
+                max_attempts: opts.max_attempts,
+                grace,
+                independent: false,
+            };
+            let (mut units, mut leases): (Box<dyn crate::exec::UnitExecutor>, Box<dyn crate::exec::Leases>) =
+                if kind == crate::exec::ExecutorKind::Slurm {
+                    // Slurm throttles (`%max_jobs`) and judges liveness; each unit has a node's
+                    // share (or, under `isolation: host`, a node) of its own.
+                    place.workers = usize::MAX;
+                    place.independent = true;
+                    let slurm = crate::exec::slurm::Slurm::for_run(&plan, &run.id, &run.path)
+                        .map_err(|e| ApplyError::Io(e.to_string()))?;
+                    (Box::new(slurm), Box::new(crate::exec::leases::NoLeases))
+                } else {
+                    let program = std::env::current_exe()
+                        .map_err(|e| ApplyError::Io(format!("cannot find this kitt binary to run its units: {e}")))?;
+                    (
+                        Box::new(crate::exec::processes::Processes::new(program, run.path.clone())),
+                        Box::new(crate::exec::leases::LeaseWatches::new(&run.path, grace)),
+                    )
+                };
             let placed = tracing::Instrument::instrument(
                 placed::run(
                     &plan,
                     &run.path,
-                    &mut units,
+                    units.as_mut(),
+                    leases.as_mut(),
                     recorded,
-                    crate::exec::PlaceOptions {
-                        workers: opts.workers,
-                        max_attempts: opts.max_attempts,
-                        // An expired attempt gets a lease's length to stop its engine itself.
-                        grace: lease::LeaseConfig::from_env().lease,
-                    },
+                    place,
                     exec.clone(),
                     &reusable,
                     sched_opts,
@@ -448,6 +481,7 @@ pub async fn apply(
                 span,
             )
             .await;
+            drop(units);
             unit_errors = placed.unit_errors;
             placed.outcome
         }
@@ -479,5 +513,6 @@ pub async fn apply(
         errors,
         report,
         detached: false,
+        report_job: None,
     })
 }

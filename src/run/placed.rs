@@ -5,7 +5,7 @@
 //! then runs only the report step itself, over what the units committed. It starts no engine
 //! and measures nothing, so it holds no host lease: each `kitt work` takes it as it measures.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +43,9 @@ struct Recording<'a> {
     inner: &'a mut dyn UnitExecutor,
     state: ExecutorState,
     run_dir: &'a Path,
+    /// Submitted units the executor has no external id for yet (it submits them in a batch
+    /// later, such as Slurm's array job), with their attempt: recorded once it has.
+    unrecorded: HashMap<String, u32>,
 }
 
 impl Recording<'_> {
@@ -55,7 +58,11 @@ impl Recording<'_> {
     }
 
     fn record(&mut self, unit: &str, attempt: u32) {
-        let Some(external_id) = self.inner.external_id(unit) else { return };
+        let Some(external_id) = self.inner.external_id(unit) else {
+            self.unrecorded.insert(unit.to_string(), attempt);
+            return;
+        };
+        self.unrecorded.remove(unit);
         self.state
             .units
             .insert(unit.to_string(), Submitted { attempt, external_id, submitted_unix_ns: journal::unix_ns() });
@@ -83,7 +90,11 @@ impl UnitExecutor for Recording<'_> {
     }
 
     fn state(&mut self, unit: &str) -> UnitState {
-        self.inner.state(unit)
+        let state = self.inner.state(unit);
+        if let Some(attempt) = self.unrecorded.get(unit).copied() {
+            self.record(unit, attempt);
+        }
+        state
     }
 
     fn cancel(&mut self, unit: &str) {
@@ -123,6 +134,30 @@ fn adopt(plan: &Plan, todo: &[usize], recorded: &ExecutorState, units: &mut dyn 
     adopted
 }
 
+/// `kitt apply --detach` on Slurm: submits every unit with something left to measure as one
+/// array job (adopting those an earlier submission left queued or running), and a report job that
+/// runs after all of them and drives what is left (`kitt runs follow`). The report job's id and
+/// how many units were submitted.
+pub(super) fn submit_detached(
+    plan: &Plan,
+    run_dir: &Path,
+    slurm: &mut crate::exec::slurm::Slurm,
+    recorded: ExecutorState,
+    reusable: &HashSet<String>,
+    kept_failed: &HashSet<String>,
+) -> Result<(String, usize), ExecError> {
+    let todo = units_to_place(plan, reusable, kept_failed);
+    let adopted: HashSet<usize> = adopt(plan, &todo, &recorded, slurm).into_iter().map(|(u, _)| u).collect();
+    let submit: Vec<&str> = todo.iter().filter(|u| !adopted.contains(u)).map(|u| plan.units[*u].id.as_str()).collect();
+    let mut units = Recording { inner: slurm, state: recorded, run_dir, unrecorded: HashMap::new() };
+    if !submit.is_empty() {
+        units.submit_gang(&submit)?;
+    }
+    let job = slurm.submit_report_job()?;
+    slurm.detach();
+    Ok((job, submit.len()))
+}
+
 /// Places the units with something left to measure, adopting those an earlier driver left
 /// running (`recorded`), and runs the report over what they committed.
 #[allow(clippy::too_many_arguments)]
@@ -130,6 +165,7 @@ pub(super) async fn run(
     plan: &Plan,
     run_dir: &Path,
     units: &mut dyn UnitExecutor,
+    leases: &mut dyn exec::Leases,
     recorded: ExecutorState,
     place: exec::PlaceOptions,
     exec: Arc<RunExecutor>,
@@ -140,10 +176,9 @@ pub(super) async fn run(
 ) -> Placed {
     let todo = units_to_place(plan, reusable, &opts.kept_failed);
     let mut unit_errors = Vec::new();
-    let mut leases = exec::leases::LeaseWatches::new(run_dir, super::lease::LeaseConfig::from_env().lease);
     let adopted = adopt(plan, &todo, &recorded, units);
-    let mut units = Recording { inner: units, state: recorded, run_dir };
-    let placed = exec::place(plan, &todo, &adopted, &mut units, &mut leases, place, cancel).await;
+    let mut units = Recording { inner: units, state: recorded, run_dir, unrecorded: HashMap::new() };
+    let placed = exec::place(plan, &todo, &adopted, &mut units, leases, place, cancel).await;
     let interrupted = match placed {
         Ok(p) => {
             for (unit, state) in &p.ended {

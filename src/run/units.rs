@@ -33,6 +33,22 @@ pub struct UnitStatus {
     /// Measured cells committed, of its cells.
     pub cells_done: usize,
     pub cells: usize,
+    /// Its batch job as the scheduler sees it now (Slurm), when the scheduler still lists it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobState>,
+}
+
+/// A unit's batch job as its scheduler lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobState {
+    /// The scheduler's id (Slurm: `ARRAYJOB_TASK`).
+    pub id: String,
+    /// The scheduler's state (`PENDING`, `RUNNING`, …).
+    pub state: String,
+    /// Why it waits (`Resources`, `BeginTime` after a requeue, …), or `None`.
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The attempt numbers claimed under `dir`, in order.
@@ -112,6 +128,7 @@ pub fn statuses(run_dir: &Path, plan: &Json, records: &[Record]) -> Vec<UnitStat
                 external_id: recorded.as_ref().and_then(|r| r.units.get(&id)).map(|s| s.external_id.clone()),
                 cells_done,
                 cells: cell_keys.len(),
+                job: None,
                 id,
             }
         })

@@ -84,6 +84,12 @@ pub struct Claim {
     pub started_unix_ns: u64,
     #[serde(flatten)]
     pub owner: Owner,
+    /// The Slurm job this attempt runs in (`SLURM_JOB_ID`), when it runs under Slurm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
+    /// How often Slurm had requeued that job when this attempt started (`SLURM_RESTART_COUNT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_restart: Option<u32>,
 }
 
 impl Claim {
@@ -91,7 +97,22 @@ impl Claim {
         let owner = pidfile::owner_of(std::process::id())
             .ok_or_else(|| WorkError::Io("cannot read this process's start time from /proc".into()))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-        Ok(Claim { host, started_unix_ns: journal::unix_ns(), owner })
+        let slurm_job = std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty());
+        let slurm_restart = slurm_job
+            .as_ref()
+            .map(|_| std::env::var("SLURM_RESTART_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(0));
+        Ok(Claim { host, started_unix_ns: journal::unix_ns(), owner, slurm_job, slurm_restart })
+    }
+
+    /// Whether `self` is an earlier run of the Slurm job `me` runs in: Slurm requeued that job
+    /// (its node failed or was set down), so that run holds nothing, even where its process still
+    /// exists on a lost node (its slurmd kills it when it returns; it can commit nothing more
+    /// once `me` claimed a higher attempt).
+    fn requeued_by(&self, me: &Claim) -> bool {
+        matches!(
+            (&self.slurm_job, self.slurm_restart, &me.slurm_job, me.slurm_restart),
+            (Some(a), Some(n), Some(b), Some(m)) if a == b && n < m
+        )
     }
 
     fn describe(&self) -> String {
@@ -147,7 +168,9 @@ fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
             .filter(|n| below.is_none_or(|b| *n < b))
             // An attempt a driver judged expired holds nothing, even while its process exists.
             .filter(|n| !lease::file::marked_expired(&dir, *n))
-            .find_map(|n| read_claim(&dir.join(n.to_string())).filter(Claim::live).map(|c| (n, c)))
+            .find_map(|n| {
+                read_claim(&dir.join(n.to_string())).filter(|c| c.live() && !c.requeued_by(me)).map(|c| (n, c))
+            })
     };
     loop {
         if !skip && let Some((attempt, c)) = held_before(None) {

@@ -117,6 +117,21 @@ impl RunExecutor {
             "auto" => crate::docker::nvidia_runtime().then(|| "all".to_string()),
             other => Some(other.to_string()),
         };
+        let gpus = match std::env::var("SLURM_JOB_GPUS") {
+            Ok(job) if !job.trim().is_empty() => {
+                let minors: Vec<u32> = job.split(',').filter_map(|m| m.trim().parse().ok()).collect();
+                let uuids = crate::fingerprint::gpu::uuids_by_minor(
+                    std::ffi::OsStr::new(crate::fingerprint::gpu::LIBRARY),
+                    &minors,
+                );
+                let (narrowed, warning) = crate::exec::slurm::narrow_gpus(gpus.as_deref(), &job, uuids);
+                if let Some(w) = warning {
+                    tracing::warn!("engine `{}`: {w}", g.id);
+                }
+                narrowed
+            }
+            _ => gpus,
+        };
         let n = self.containers_started.fetch_add(1, Ordering::Relaxed);
         let spec = RunSpec {
             name: format!("kitt-{}-{gi}-{n}", self.run_id),

@@ -1,0 +1,367 @@
+//! `kitt apply --executor slurm` on a real single-host Slurm cluster (Debian's slurm-wlm and
+//! munge, started privately by scripts/slurm-cluster.sh in a temp dir with its own ports): units
+//! as array tasks, states from squeue, requeue after a node is set down, cancel, `--detach` with
+//! a report job. Without Slurm installed these tests fail under CI=true and skip elsewhere.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{KittEnv, report, text};
+use serde_json::Value as Json;
+
+/// A private cluster; stopped (its jobs cancelled first) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let have = Command::new("sh").args(["-c", "command -v slurmctld && command -v munged"]).output();
+        if !have.is_ok_and(|o| o.status.success()) {
+            assert!(
+                std::env::var("CI").is_err(),
+                "Slurm is not installed (Debian: slurmd slurmctld slurm-client munge); CI must run these tests"
+            );
+            eprintln!("skipping: Slurm is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the test cluster did not start: {}", text(&out));
+        Some(Cluster { dir })
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("etc/slurm.conf")
+    }
+
+    fn tool(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", self.conf());
+        c
+    }
+
+    /// `kitt` of `env`, talking to this cluster, polling squeue every 200 ms.
+    fn kitt(&self, env: &KittEnv) -> Command {
+        let mut c = env.cmd();
+        c.env("SLURM_CONF", self.conf()).env("KITT_SLURM_POLL", "200ms").env("KITT_SLURM_EXIT_READ_TIMEOUT", "5s");
+        c
+    }
+
+    fn scontrol(&self, args: &[&str]) -> std::process::Output {
+        self.tool("scontrol").args(args).output().unwrap()
+    }
+
+    /// The cluster's jobs now: `ID STATE`.
+    fn jobs(&self) -> Vec<String> {
+        let out = self.tool("squeue").args(["-h", "-r", "-o", "%i %T %j"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.tool("scancel").args(["--user", "root", "--full"]).output();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !self.jobs().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn node() -> String {
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A suite of `engines` simulator groups (a unit each), each measuring `cells` throughput cells
+/// of `requests` requests; its runs live under `shared`.
+fn suite(env: &KittEnv, name: &str, engines: usize, cells: &str, requests: u32, itl_ms: u32, slurm: &str) -> PathBuf {
+    let engines: Vec<String> = (0..engines)
+        .map(|i| format!("{{name: sim{i}, template: sim, params: {{tokens_per_chunk: 2, itl_ms: {itl_ms}}}}}"))
+        .collect();
+    let shared = env.path().join("shared");
+    let p = env.path().join("suite.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: {name}}}
+spec:
+  models: [{{name: {name}-model}}]
+  engines: [{engines}]
+  benchmarks:
+    - name: tput
+      template: throughput
+      params: {{concurrency: [{cells}], requests: {requests}, input_tokens: 16, max_tokens: 6}}
+  sampling: {{temperature: 0, seed: 5}}
+  warmup: {{requests: 0}}
+  execution:
+    isolation: engine
+    slurm: {{partition: gpu, time: 10m, shared_dir: {shared}{slurm}}}
+"#,
+            engines = engines.join(", "),
+            shared = shared.display(),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The one run under `env`'s shared directory once it exists.
+fn shared_run(env: &KittEnv) -> Option<PathBuf> {
+    std::fs::read_dir(env.path().join("shared"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("plan.json").exists() && p.file_name().is_some_and(|n| n != "bin"))
+}
+
+fn shard_records(run: &Path) -> Vec<Json> {
+    std::fs::read_dir(run.join("journal"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>()
+        })
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// Benchmark keys, each with how often it was started and finished across all attempts.
+fn benchmark_counts(run: &Path) -> HashMap<String, (usize, usize)> {
+    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+    for r in shard_records(run).iter().filter(|r| r["kind"] == "benchmark") {
+        let e = counts.entry(r["key"].as_str().unwrap_or_default().to_string()).or_default();
+        match r["event"].as_str() {
+            Some("step_started") => e.0 += 1,
+            Some("step_finished") => e.1 += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+fn show(cluster: &Cluster, env: &KittEnv, run: &Path) -> Json {
+    let out = cluster.kitt(env).args(["runs", "show"]).arg(run).args(["--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serial_slurm_measures_every_cell_like_a_local_run_and_shows_queued_running_done() {
+    let Some(cluster) = Cluster::start() else { return };
+    let (local, env) = (KittEnv::new(), KittEnv::new());
+    let out = local.cmd().arg("apply").arg(suite(&local, "slurmeq", 4, "1", 6, 15, "")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let suite = suite(&env, "slurmeq", 4, "1", 6, 15, ", max_jobs: 2");
+    let mut driver = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--executor", "slurm", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut reasons = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while driver.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the Slurm run did not finish in 2 minutes: {:?}", cluster.jobs());
+        if let Some(run) = shared_run(&env)
+            && run.join("executor.json").exists()
+        {
+            for u in show(&cluster, &env, &run)["units"].as_array().unwrap() {
+                seen.entry(u["id"].as_str().unwrap().into()).or_default().insert(u["state"].as_str().unwrap().into());
+                if let Some(r) = u["job"]["reason"].as_str() {
+                    reasons.insert(r.to_string());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = shared_run(&env).expect("the run lives under shared_dir");
+
+    // Placed by Slurm: one array job, one task per unit, throttled to two at once.
+    let executor: Json = serde_json::from_slice(&std::fs::read(run.join("executor.json")).unwrap()).unwrap();
+    assert_eq!(executor["executor"], "slurm");
+    let ids: Vec<&str> =
+        executor["units"].as_object().unwrap().values().map(|s| s["external_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "{executor}");
+    let arrays: HashSet<&str> = ids.iter().map(|i| i.split('_').next().unwrap()).collect();
+    assert_eq!(arrays.len(), 1, "the units were submitted as one array job: {ids:?}");
+    assert!(reasons.contains("JobArrayTaskLimit"), "max_jobs held tasks back: {reasons:?}");
+    for (unit, states) in &seen {
+        assert!(
+            states.is_subset(&["pending", "queued", "running", "done"].map(String::from).into()),
+            "{unit}: {states:?}"
+        );
+    }
+    assert!(seen.values().any(|s| s.contains("queued")), "{seen:?}");
+    assert!(seen.values().any(|s| s.contains("running")), "{seen:?}");
+    let last = show(&cluster, &env, &run);
+    for u in last["units"].as_array().unwrap() {
+        assert_eq!(u["state"], "done", "{u}");
+        assert_eq!(u["attempts"], 1, "{u}");
+    }
+    for (key, (started, finished)) in benchmark_counts(&run) {
+        assert_eq!((started, finished), (1, 1), "cell {key} measured once");
+    }
+    let (a, b) = (report(&local.only_run()), report(&run));
+    assert_eq!(b["cells"].as_array().unwrap().len(), 4);
+    assert_eq!(common::comparable(&a, true), common::comparable(&b, true));
+    // The tasks ran kitt's copy in the shared directory, and logged there.
+    assert!(
+        std::fs::read_dir(env.path().join("shared/bin"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("kitt-"))
+    );
+    assert!(
+        std::fs::read_dir(run.join("slurm"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "log"))
+    );
+}
+
+#[test]
+fn serial_slurm_requeues_a_unit_whose_node_is_set_down_and_reruns_only_uncommitted_cells() {
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    let suite = suite(&env, "slurmdown", 1, "1, 2, 3", 24, 25, "");
+    let driver = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--executor", "slurm", "--max-attempts", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first cell committed and the second measuring: the node goes down mid-cell.
+    let mut run = PathBuf::new();
+    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
+        let Some(r) = shared_run(&env) else { return false };
+        run = r;
+        let counts = benchmark_counts(&run);
+        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
+    });
+    let committed_first: Vec<String> =
+        benchmark_counts(&run).into_iter().filter(|(_, (_, f))| *f == 1).map(|(k, _)| k).collect();
+    let down = cluster.scontrol(&["update", &format!("nodename={}", node()), "state=down", "reason=kitt-test"]);
+    assert!(down.status.success(), "{}", text(&down));
+    wait_for("the requeue", Duration::from_secs(30), || cluster.jobs().iter().any(|j| j.contains("PENDING")));
+    // An administrator returns the node (it may have returned already: ReturnToService=2).
+    let _ = cluster.scontrol(&["update", &format!("nodename={}", node()), "state=resume"]);
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let unit = std::fs::read_dir(run.join("attempts")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(common_attempts(&unit), 2, "the requeued task claimed a second attempt");
+    let counts = benchmark_counts(&run);
+    assert_eq!(counts.len(), 3);
+    for key in &committed_first {
+        assert_eq!(counts[key], (1, 1), "a committed cell is not measured again");
+    }
+    for (key, (_, finished)) in &counts {
+        assert_eq!(*finished, 1, "cell {key} committed exactly once");
+        assert!(run.join("steps").join(key).join(".committed").exists());
+    }
+    let cells = report(&run)["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 3);
+    assert!(cells.iter().all(|c| c["status"] == "ok"), "{cells:?}");
+}
+
+fn common_attempts(unit_dir: &Path) -> usize {
+    std::fs::read_dir(unit_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count()
+}
+
+#[test]
+fn serial_slurm_detach_leaves_the_rest_to_a_report_job_and_cancel_stops_every_task() {
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    let detached = suite(&env, "slurmdetach", 2, "1", 6, 10, "");
+    let out = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&detached)
+        .args(["--executor", "slurm", "--detach", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["detached"], true);
+    assert!(v["report_job"].as_str().is_some_and(|j| !j.is_empty()), "{v}");
+    let run = PathBuf::from(v["run_dir"].as_str().unwrap());
+    // Nobody follows it here: the report job drives it to its report once the tasks ended.
+    wait_for("the report job's report", Duration::from_secs(90), || run.join("report/result.json").exists());
+    assert_eq!(report(&run)["cells"].as_array().unwrap().len(), 2);
+    let log: Vec<PathBuf> = std::fs::read_dir(run.join("slurm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("report-")))
+        .collect();
+    assert_eq!(log.len(), 1, "the report job wrote its log");
+    let said = std::fs::read_to_string(&log[0]).unwrap();
+    assert!(said.contains("driving it here"), "the report job drove the run: {said}");
+    // Followed afterwards, the run tells its outcome.
+    let out = cluster.kitt(&env).args(["runs", "follow"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A long run, cancelled while its tasks run: every task and simulator stops.
+    let env = KittEnv::new();
+    let marker = "slurmcancel";
+    let long = suite(&env, marker, 2, "1", 400, 30, "");
+    let out = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&long)
+        .args(["--executor", "slurm", "--detach", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run =
+        PathBuf::from(serde_json::from_slice::<Json>(&out.stdout).unwrap()["run_dir"].as_str().unwrap().to_string());
+    wait_for("both units measuring", Duration::from_secs(60), || {
+        benchmark_counts(&run).values().filter(|(s, _)| *s == 1).count() == 2
+    });
+    let out = cluster.kitt(&env).args(["runs", "cancel"]).arg(&run).args(["--wait", "60s"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the run's jobs to leave the queue", Duration::from_secs(30), || {
+        cluster.jobs().iter().all(|j| !j.contains(marker) && !j.contains(run.file_name().unwrap().to_str().unwrap()))
+    });
+    assert_eq!(common::sims_alive(marker), 0, "a simulator was left running");
+    assert!(shard_records(&run).iter().any(|r| r["event"] == "run_interrupted"), "the tasks journaled the stop");
+}
