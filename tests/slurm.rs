@@ -86,7 +86,7 @@ fn node() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A suite of `engines` simulator groups (a unit each), each measuring `cells` throughput cells
+/// A suite (`executor: slurm`) of `engines` simulator groups (a unit each), each measuring `cells` throughput cells
 /// of `requests` requests; its runs live under `shared`.
 fn suite(env: &KittEnv, name: &str, engines: usize, cells: &str, requests: u32, itl_ms: u32, slurm: &str) -> PathBuf {
     let engines: Vec<String> = (0..engines)
@@ -110,6 +110,7 @@ spec:
   sampling: {{temperature: 0, seed: 5}}
   warmup: {{requests: 0}}
   execution:
+    executor: slurm
     isolation: engine
     slurm: {{partition: gpu, time: 10m, shared_dir: {shared}{slurm}}}
 "#,
@@ -174,7 +175,9 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 fn serial_slurm_measures_every_cell_like_a_local_run_and_shows_queued_running_done() {
     let Some(cluster) = Cluster::start() else { return };
     let (local, env) = (KittEnv::new(), KittEnv::new());
-    let out = local.cmd().arg("apply").arg(suite(&local, "slurmeq", 4, "1", 6, 15, "")).output().unwrap();
+    // `--executor local` overrides the suite's `executor: slurm`.
+    let local_suite = suite(&local, "slurmeq", 4, "1", 6, 15, "");
+    let out = local.cmd().arg("apply").arg(local_suite).args(["--executor", "local"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
     let suite = suite(&env, "slurmeq", 4, "1", 6, 15, ", max_jobs: 2");
@@ -182,7 +185,7 @@ fn serial_slurm_measures_every_cell_like_a_local_run_and_shows_queued_running_do
         .kitt(&env)
         .arg("apply")
         .arg(&suite)
-        .args(["--executor", "slurm", "--output", "json"])
+        .args(["--output", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -52,8 +52,9 @@ pub struct PlacementFlags {
     /// `local`: this process runs every step; `processes`: each unit runs as a child
     /// `kitt work` process, and this one runs the report over what they committed; `slurm`: each
     /// unit is a task of a Slurm array job (`execution.slurm`), the run under its `shared_dir`.
-    #[arg(long, value_enum, default_value_t)]
-    pub executor: crate::exec::ExecutorKind,
+    /// (Default: the suite's `execution.executor`, else `local`.)
+    #[arg(long, value_enum)]
+    pub executor: Option<crate::exec::ExecutorKind>,
     /// With `--executor processes`: at most this many units at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: u32,
@@ -208,12 +209,13 @@ pub(super) fn drive(
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    let executor = placement.map_or_else(Default::default, |p| p.executor);
+    let executor =
+        placement.and_then(|p| p.executor).or(plan.execution.executor.as_ref().map(|x| x.value)).unwrap_or_default();
     let mut runs_dir = flags.runs_dir.clone();
     if executor == crate::exec::ExecutorKind::Slurm {
         let Some(slurm) = &plan.execution.slurm else {
             eprintln!(
-                "error: {}: --executor slurm needs `execution.slurm` in the suite\n  = help: add `execution: {{slurm: {{partition: …, time: 2h, shared_dir: /shared/kitt-runs}}}}` (docs/executors.md)",
+                "error: {}: the Slurm executor needs `execution.slurm` in the suite\n  = help: add `execution: {{slurm: {{partition: …, time: 2h, shared_dir: /shared/kitt-runs}}}}` (docs/executors.md)",
                 plan.suite.file.display()
             );
             return EXIT_USAGE;

@@ -323,7 +323,7 @@ fn drive_rest(runs_dir: Option<&Path>, info: &dir::RunInfo, store: Option<&Path>
         }
     };
     let placement = PlacementFlags {
-        executor: recorded.as_ref().map_or_else(Default::default, |r| r.executor),
+        executor: Some(recorded.as_ref().map_or_else(Default::default, |r| r.executor)),
         workers: recorded.as_ref().map_or(1, |r| r.workers as u32),
         max_attempts: recorded.as_ref().map_or(3, |r| r.max_attempts),
         detach: false,

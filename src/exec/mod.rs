@@ -25,8 +25,19 @@ use std::time::{Duration, Instant};
 use crate::cancel::Cancel;
 use crate::plan::Plan;
 
-/// How `kitt apply` runs the units of a plan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+/// How `kitt apply` runs the units of a plan (`execution.executor`, or `--executor`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     /// This process runs every step (the scheduler, in process).

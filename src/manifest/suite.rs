@@ -499,6 +499,12 @@ string_enum!(Granularity { "group" => Granularity::Group, "cell" => Granularity:
 
 string_enum!(OnFailure { "continue" => OnFailure::Continue, "stop" => OnFailure::Stop });
 
+string_enum!(crate::exec::ExecutorKind {
+    "local" => crate::exec::ExecutorKind::Local,
+    "processes" => crate::exec::ExecutorKind::Processes,
+    "slurm" => crate::exec::ExecutorKind::Slurm,
+});
+
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Execution {
@@ -533,6 +539,11 @@ pub struct Execution {
     /// on an engine started for it alone (which changes what is measured: every result records it).
     #[serde(default)]
     pub granularity: Granularity,
+    /// Where `kitt apply` runs the units (default `local`; `kitt apply --executor` overrides it).
+    /// Placement only: it never enters a step's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::exec::ExecutorKind>")]
+    pub executor: Option<super::decode::Spanned<crate::exec::ExecutorKind>>,
     /// What the run's Slurm array jobs ask for (`kitt plan SUITE --output sbatch`); placement
     /// only, it never enters a step's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -567,6 +578,7 @@ impl Default for Execution {
             sample_interval: Dur(std::time::Duration::from_millis(200)),
             request_timeout: super::load::RequestTimeout::default(),
             granularity: Granularity::Group,
+            executor: None,
             slurm: None,
         }
     }
@@ -588,9 +600,18 @@ impl Decode for Execution {
             sample_interval: f.opt(cx, "sample_interval").unwrap_or(d.sample_interval),
             request_timeout: f.opt(cx, "request_timeout").unwrap_or(d.request_timeout),
             granularity: f.opt(cx, "granularity").unwrap_or(d.granularity),
+            executor: f.opt(cx, "executor"),
             slurm: f.opt(cx, "slurm"),
         };
         f.finish(cx);
+        if let Some(x) = e.executor.as_ref().filter(|x| x.value == crate::exec::ExecutorKind::Slurm)
+            && e.slurm.is_none()
+        {
+            cx.error(
+                super::diag::Diagnostic::new(x.pos, "`executor: slurm` needs an `execution.slurm` block")
+                    .help("add `slurm: {partition: …, time: 2h, shared_dir: /shared/kitt-runs}` under `execution` (docs/executors.md)"),
+            );
+        }
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {
             cx.error(super::diag::Diagnostic::new(m.pos, "`max_parallel` must be at least 1"));
         }
