@@ -180,7 +180,8 @@ fn serial_slurm_measures_every_cell_like_a_local_run_and_shows_queued_running_do
     let out = local.cmd().arg("apply").arg(local_suite).args(["--executor", "local"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
-    let suite = suite(&env, "slurmeq", 4, "1", 6, 15, ", max_jobs: 2");
+    let lock = env.path().join("node-local/kitt-host.lock");
+    let suite = suite(&env, "slurmeq", 4, "1", 6, 15, &format!(", max_jobs: 2, host_lock: {}", lock.display()));
     let mut driver = cluster
         .kitt(&env)
         .arg("apply")
@@ -239,6 +240,8 @@ fn serial_slurm_measures_every_cell_like_a_local_run_and_shows_queued_running_do
     let (a, b) = (report(&local.only_run()), report(&run));
     assert_eq!(b["cells"].as_array().unwrap().len(), 4);
     assert_eq!(common::comparable(&a, true), common::comparable(&b, true));
+    let script = std::fs::read_to_string(run.join("slurm/job-0.sh")).unwrap();
+    assert!(script.contains(&format!("export KITT_HOST_LOCK={}\n", lock.display())), "{script}");
     // The tasks ran kitt's copy in the shared directory, and logged there.
     assert!(
         std::fs::read_dir(env.path().join("shared/bin"))

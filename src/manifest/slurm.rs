@@ -78,6 +78,12 @@ pub struct Slurm {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<ExtraFlag>")]
     pub extra: Vec<Spanned<String>>,
+    /// The host lock's path on a node (absolute, node-local): the file that keeps two units'
+    /// measurements on one node apart. Set it where a job's `/tmp` is private to the job (Slurm's
+    /// `job_container/tmpfs`), which would give each job a lock of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = r"^/"))]
+    pub host_lock: Option<Spanned<PathBuf>>,
 }
 
 impl Decode for Slurm {
@@ -91,6 +97,7 @@ impl Decode for Slurm {
         let max_jobs: Option<Spanned<u32>> = f.opt(cx, "max_jobs");
         let shared_dir: Option<Spanned<String>> = f.req(cx, "shared_dir");
         let extra: Vec<Spanned<String>> = f.opt(cx, "extra").unwrap_or_default();
+        let host_lock: Option<Spanned<String>> = f.opt(cx, "host_lock");
         f.finish(cx);
         let mut ok = true;
         for (key, v) in [("partition", &partition), ("account", &account), ("constraint", &constraint)] {
@@ -131,6 +138,16 @@ impl Decode for Slurm {
         for e in &extra {
             ok &= check_extra(cx, e);
         }
+        if let Some(h) = host_lock.as_ref().filter(|h| !h.value.starts_with('/') || h.value.ends_with('/')) {
+            cx.error(
+                Diagnostic::new(
+                    h.pos,
+                    format!("`host_lock` in `execution.slurm`: `{}` is not an absolute file path", h.value),
+                )
+                .help("write the absolute path of a file on the node's own disk, such as `/var/lock/kitt-host.lock`"),
+            );
+            ok = false;
+        }
         let slurm = Slurm {
             partition: partition?,
             gres,
@@ -140,6 +157,7 @@ impl Decode for Slurm {
             max_jobs,
             shared_dir: shared_dir.map(|d| Spanned::new(d.pos, PathBuf::from(d.value)))?,
             extra,
+            host_lock: host_lock.map(|h| Spanned::new(h.pos, PathBuf::from(h.value))),
         };
         ok.then_some(slurm)
     }

@@ -148,7 +148,7 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     report_options.extend(shared);
     let runs_root = slurm.shared_dir.value.clone();
     Some(Submission {
-        script: script(kitt, &dir, &units_path),
+        script: script(kitt, &dir, &units_path, slurm.host_lock.as_ref().map(|h| h.value.as_path())),
         report_script: report_script(kitt, run, &runs_root),
         run_dir: dir,
         slurm_dir,
@@ -239,8 +239,9 @@ impl Submission {
 }
 
 /// The fixed job script: array index → unit id → `exec kitt work`.
-fn script(kitt: &Path, run_dir: &Path, units: &Path) -> String {
+fn script(kitt: &Path, run_dir: &Path, units: &Path, host_lock: Option<&Path>) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
+    let lock = host_lock.map(|h| format!("export KITT_HOST_LOCK={}\n", q(h))).unwrap_or_default();
     format!(
         "#!/bin/sh\n\
          # Written by kitt: runs one unit of a run; it holds no suite text and no secret.\n\
@@ -248,7 +249,7 @@ fn script(kitt: &Path, run_dir: &Path, units: &Path) -> String {
          : \"${{SLURM_ARRAY_TASK_ID:?kitt: run this script as a task of a Slurm array job}}\"\n\
          unit=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {units})\n\
          if [ -z \"$unit\" ]; then echo \"kitt: no unit at array index $SLURM_ARRAY_TASK_ID\" >&2; exit 1; fi\n\
-         exec {kitt} work --run-dir {run_dir} --unit \"$unit\"\n",
+         {lock}exec {kitt} work --run-dir {run_dir} --unit \"$unit\"\n",
         units = q(units),
         kitt = q(kitt),
         run_dir = q(run_dir),
