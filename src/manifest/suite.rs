@@ -537,6 +537,11 @@ pub struct Execution {
     /// only, it never enters a step's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<super::slurm::Slurm>,
+    /// What the run's Kubernetes Indexed Jobs ask for (`kitt plan SUITE --output k8s`). Unlike
+    /// `slurm`, it changes how engines run: each is a sidecar container of the pod, which kitt
+    /// connects to on localhost instead of starting it (engine mode `sidecar`, keys of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<super::kubernetes::Kubernetes>,
 }
 
 fn default_sample_interval() -> Dur {
@@ -568,6 +573,7 @@ impl Default for Execution {
             request_timeout: super::load::RequestTimeout::default(),
             granularity: Granularity::Group,
             slurm: None,
+            kubernetes: None,
         }
     }
 }
@@ -589,8 +595,17 @@ impl Decode for Execution {
             request_timeout: f.opt(cx, "request_timeout").unwrap_or(d.request_timeout),
             granularity: f.opt(cx, "granularity").unwrap_or(d.granularity),
             slurm: f.opt(cx, "slurm"),
+            kubernetes: f.opt(cx, "kubernetes"),
         };
+        let both = f.key_pos("slurm").and(f.key_pos("kubernetes"));
         f.finish(cx);
+        if let Some(pos) = both {
+            // Kubernetes runs engines as sidecars, which changes the plan; Slurm runs them itself.
+            cx.error(
+                super::diag::Diagnostic::new(pos, "`execution.kubernetes` and `execution.slurm` exclude each other")
+                    .help("keep one: engines run as sidecars on Kubernetes and as kitt starts them on Slurm, so the two plans differ"),
+            );
+        }
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {
             cx.error(super::diag::Diagnostic::new(m.pos, "`max_parallel` must be at least 1"));
         }
