@@ -239,6 +239,17 @@ fn a_service_account_of_ones_own_means_no_rbac_objects() {
 }
 
 #[test]
+fn units_and_k8s_do_not_combine() {
+    let t = tempfile::tempdir().unwrap();
+    let out = kitt(t.path())
+        .args(["plan", "--units", "--output", "k8s"])
+        .arg(root().join("examples/kubernetes.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
 fn a_suite_without_the_block_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let out =
@@ -328,10 +339,9 @@ fn kitt_work_runs_a_unit_against_a_sidecar_and_says_so() {
     assert_eq!(facts["engine.mode"], "sidecar", "{facts}");
     assert_eq!(facts["engine.url"], format!("http://127.0.0.1:{port}"));
     assert_eq!(facts["sidecar.image"], format!("registry.example.com/kitt@{DIGEST}"));
-    assert!(
-        report["cells"][0]["metrics"]["requests"].as_u64().unwrap_or_default() > 0
-            || report["cells"][0]["metrics"].is_object()
-    );
+    // The cell was measured on the engine kitt found there.
+    assert_eq!(report["cells"][0]["metrics"]["requests"], 4, "{}", report["cells"][0]["metrics"]);
+    assert_eq!(report["cells"][0]["metrics"]["ok"], 4);
 
     // `--unit-file`, as a pod reads its unit from the units list: the unit is done, so it
     // commits nothing more and exits 0; an empty file is refused.
@@ -385,11 +395,18 @@ fn without_its_sidecar_a_unit_fails_at_connect() {
     // A port nothing listens on: bind one and let it go.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let suite = t.path().join("suite.yaml");
+    // The simulator with a short health timeout: kitt waits that long for a sidecar to answer.
+    std::fs::write(
+        t.path().join("quick-sim.yaml"),
+        "apiVersion: kitt/v1\nkind: Engine\nmetadata: {name: quick-sim}\nspec:\n  base: sim\n  \
+         health: {path: /health, timeout: 2s, initial_interval: 10ms, max_interval: 200ms}\n",
+    )
+    .unwrap();
     std::fs::write(
         &suite,
         format!(
-            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: alone}}\nspec:\n  models: [{{name: tiny}}]\n  \
-             engines: [{{name: sim, template: sim, params: {{}}}}]\n  benchmarks: [{{name: lat, template: latency, params: {{requests: 2}}}}]\n  \
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: alone}}\nspec:\n  templates: [quick-sim.yaml]\n  models: [{{name: tiny}}]\n  \
+             engines: [{{name: sim, template: quick-sim}}]\n  benchmarks: [{{name: lat, template: latency, params: {{requests: 2}}}}]\n  \
              reporters: [json]\n{}",
             k8s_block(&format!("      engine_port: {port}\n"))
         ),
@@ -398,4 +415,106 @@ fn without_its_sidecar_a_unit_fails_at_connect() {
     let out = kitt(t.path()).arg("apply").arg(&suite).output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("connect"), "{}", text(&out));
+}
+
+/// kitt's simulator behind a key: a secret param in its args and its env.
+const KEYED_SIM: &str = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: keyed-sim}
+spec:
+  base: vllm
+  image: null
+  container: null
+  metrics: null
+  params:
+    gpu_memory_utilization: null
+    max_model_len: null
+    tensor_parallel_size: null
+    dtype: null
+    binary: null
+    api_key: {type: string, secret: true}
+  native:
+    command: ["{{kitt.exe}}", "sim", "--host", "{{bind_host}}", "--port", "{{port}}", "--api-key", "{{params.api_key}}"]
+    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
+  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
+"#;
+
+fn keyed_suite(dir: &Path, k8s_extra: &str) -> PathBuf {
+    std::fs::write(dir.join("keyed-sim.yaml"), KEYED_SIM).unwrap();
+    let p = dir.join("suite.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: keyed}}\nspec:\n  templates: [keyed-sim.yaml]\n  models: [{{name: m}}]\n  \
+             engines:\n    - name: s\n      template: keyed-sim\n      params: {{api_key: {{from_env: SIM_KEY}}}}\n      \
+             env: {{TOKEN: {{from_env: SIM_TOKEN}}, AUTH: {{from_env: SIM_TOKEN, prefix: \"Bearer \"}}, PLAIN: x}}\n  \
+             benchmarks: [{{name: lat, template: latency, params: {{requests: 3}}}}]\n  execution:\n    on_failure: stop\n{}",
+            k8s_block(k8s_extra).replacen("  execution:\n", "", 1)
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn every_key_of_the_block_reaches_the_objects() {
+    let t = tempfile::tempdir().unwrap();
+    let suite = keyed_suite(
+        t.path(),
+        "      secret: bench-secrets\n      engine_port: 9100\n      priority_class: batch-low\n      \
+         image_pull_secrets: [registry-creds]\n      gpu_product: NVIDIA-A100-SXM4-80GB\n      max_jobs: 8\n      \
+         max_attempts: 5\n      deadline: 90m\n      ttl_after_finished: 10m\n",
+    );
+    let yaml = plan_k8s(t.path(), &suite, "k8s");
+    let file = t.path().join("objects.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    validate(&file);
+    let list: Json = serde_json::from_str(&plan_k8s(t.path(), &suite, "k8s-json")).unwrap();
+    for o in list["items"].as_array().unwrap() {
+        assert_eq!(o["metadata"]["namespace"], "llm-bench", "{o}");
+        assert_eq!(o["metadata"]["labels"]["kitt-run"], "00000000-000000-0000");
+    }
+    let job = &items(&list, "Job")[0];
+    let spec = &job["spec"];
+    assert_eq!(spec["parallelism"], 1, "max_jobs 8, but one unit");
+    assert_eq!(spec["backoffLimitPerIndex"], 4);
+    assert_eq!(spec["maxFailedIndexes"], 0, "on_failure: stop");
+    assert_eq!(spec["activeDeadlineSeconds"], 5400);
+    assert_eq!(spec["ttlSecondsAfterFinished"], 600);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "batch-low");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "registry-creds");
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.product"], "NVIDIA-A100-SXM4-80GB");
+    assert!(pod["tolerations"].is_null(), "no GPUs asked for, no GPU toleration");
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "kitt-runs");
+    assert_eq!(pod["containers"][0]["envFrom"][0]["secretRef"]["name"], "bench-secrets");
+
+    let engine = &pod["initContainers"][0];
+    assert_eq!(engine["startupProbe"]["httpGet"]["port"], 9100, "engine_port");
+    let args: Vec<&str> = engine["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args, ["sim", "--host", "0.0.0.0", "--port", "9100", "--api-key", "$(SIM_KEY)"]);
+    let env = engine["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} in {env:?}"));
+    // The secret param's variable comes first, so that `$(SIM_KEY)` expands.
+    assert_eq!(env[0]["name"], "SIM_KEY");
+    assert_eq!(env[0]["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "bench-secrets", "key": "SIM_KEY"}));
+    assert_eq!(var("TOKEN")["valueFrom"]["secretKeyRef"]["key"], "SIM_TOKEN");
+    assert_eq!(var("AUTH")["value"], "Bearer $(SIM_TOKEN)");
+    assert_eq!(var("PLAIN")["value"], "x");
+    assert_eq!(var("KITT_SIM_MODELS")["value"], "m,$(SIM_KEY)");
+    // No secret value is anywhere: only names.
+    assert!(!yaml.contains("from_env"), "{yaml}");
+}
+
+#[test]
+fn a_secret_without_a_kubernetes_secret_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let suite = keyed_suite(t.path(), "");
+    let out = kitt(t.path()).args(["validate"]).arg(&suite).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("engine `s` reads `SIM_TOKEN` from the environment"),
+        "{}",
+        text(&out)
+    );
 }

@@ -35,7 +35,7 @@ use super::{EngineGroup, Mode, MountRef, Plan};
 use crate::manifest::kubernetes::{KITT_IN_IMAGE, Kubernetes};
 use crate::manifest::secret::SecretOr;
 use crate::manifest::suite::{OnFailure, PullPolicy};
-use crate::template::placeholder;
+use crate::template::{env_placeholder, env_placeholders, placeholder};
 
 /// What stands for the run id in a plan: a run id of the right shape (`kitt apply` makes
 /// `YYYYMMDD-HHMMSS-xxxx`), so every name built from it is a valid Kubernetes name.
@@ -319,7 +319,47 @@ fn sidecar(k: &Kubernetes, g: &EngineGroup, volumes: &mut Vec<Volume>) -> Option
     let Mode::Sidecar { image, pull, command, args, env, mounts, gpus, shm_size, port } = &g.mode else {
         return None;
     };
-    let bind = |a: &String| a.replace(&placeholder("port"), &port.to_string());
+    // `{{port}}` is the engine port; a secret param's `{{from_env.NAME}}` is `$(NAME)`, which
+    // Kubernetes expands from the env var NAME below (read from the Secret).
+    let bind = |a: &String| {
+        let mut out = a.replace(&placeholder("port"), &port.to_string());
+        for var in env_placeholders(a) {
+            out = out.replace(&env_placeholder(var), &format!("$({var})"));
+        }
+        out
+    };
+    let from_secret = |name: &str, key: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                // Compiling refused a secret without `execution.kubernetes.secret`.
+                name: k.secret.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
+                key: key.to_string(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Variables that args and env values name, defined first so that `$(NAME)` expands.
+    let plain = env.values().filter_map(|v| match v {
+        SecretOr::Plain(p) => Some(p),
+        SecretOr::FromEnv { .. } => None,
+    });
+    // A prefixed secret (`prefix: "Bearer "`) is its prefix before `$(NAME)`.
+    let prefixed = env.values().filter_map(|v| match v {
+        SecretOr::FromEnv { from_env, prefix: Some(_) } => Some(from_env.as_str()),
+        _ => None,
+    });
+    let mut named: Vec<&str> = args
+        .iter()
+        .chain(plain)
+        .flat_map(|a| env_placeholders(a))
+        .chain(prefixed)
+        .filter(|v| !env.contains_key(*v))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
     let mut volume_mounts: Vec<VolumeMount> = mounts.iter().map(model_mount).collect();
     if !mounts.is_empty()
         && let Some(claim) = &k.models_claim
@@ -348,24 +388,16 @@ fn sidecar(k: &Kubernetes, g: &EngineGroup, volumes: &mut Vec<Volume>) -> Option
             ..Default::default()
         });
     }
-    let env: Vec<EnvVar> = env
+    let env: Vec<EnvVar> = named
         .iter()
-        .map(|(name, v)| match v {
-            SecretOr::Plain(value) => EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() },
-            // Compiling refused a secret without `execution.kubernetes.secret`.
-            SecretOr::FromEnv { from_env, .. } => EnvVar {
-                name: name.clone(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: k.secret.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
-                        key: from_env.clone(),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        })
+        .map(|var| from_secret(var, var))
+        .chain(env.iter().map(|(name, v)| match v {
+            SecretOr::Plain(value) => EnvVar { name: name.clone(), value: Some(bind(value)), ..Default::default() },
+            SecretOr::FromEnv { from_env, prefix: None } => from_secret(name, from_env),
+            SecretOr::FromEnv { from_env, prefix: Some(prefix) } => {
+                EnvVar { name: name.clone(), value: Some(format!("{prefix}$({from_env})")), ..Default::default() }
+            }
+        }))
         .collect();
     let health = |period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

@@ -14,7 +14,7 @@ use crate::manifest::kubernetes::{DEFAULT_ENGINE_PORT, KITT_IN_IMAGE, Kubernetes
 use crate::manifest::secret::SecretOr;
 use crate::manifest::suite::{EngineInstance, PullPolicy};
 use crate::plan::Mode;
-use crate::template::placeholder;
+use crate::template::{env_placeholders, placeholder};
 
 /// The sidecar form of `mode` (an engine's container or native mode), or why it has none.
 pub(super) fn sidecar(
@@ -26,9 +26,16 @@ pub(super) fn sidecar(
     let name = &inst.name.value;
     let at = |message: String, help: &str| Diagnostic::new(inst.name.pos, message).help(help.to_string());
     let port = k.engine_port.as_ref().map(|p| p.value).or(default_port).unwrap_or(DEFAULT_ENGINE_PORT);
-    let secrets = |env: &BTreeMap<String, SecretOr>| -> Result<(), Diagnostic> {
-        match env.iter().find(|(_, v)| matches!(v, SecretOr::FromEnv { .. })) {
-            Some((var, _)) if k.secret.is_none() => Err(at(
+    // A secret reaches a pod only from a Kubernetes Secret: an env value `{from_env: NAME}`, a
+    // secret param (its `{{from_env.NAME}}` placeholder in args or env), an endpoint's header.
+    let secrets = |env: &BTreeMap<String, SecretOr>, args: &[String]| -> Result<(), Diagnostic> {
+        let from_env = env.values().find_map(|v| match v {
+            SecretOr::FromEnv { from_env, .. } => Some(from_env.clone()),
+            SecretOr::Plain(p) => env_placeholders(p).next().map(str::to_string),
+        });
+        let var = from_env.or_else(|| args.iter().find_map(|a| env_placeholders(a).next().map(str::to_string)));
+        match var {
+            Some(var) if k.secret.is_none() => Err(at(
                 format!(
                     "engine `{name}` reads `{var}` from the environment, but a pod has no environment of kitt's to read it from"
                 ),
@@ -37,6 +44,9 @@ pub(super) fn sidecar(
             _ => Ok(()),
         }
     };
+    if let Mode::Endpoint { headers, .. } = &mode {
+        secrets(headers, &[])?;
+    }
     match mode {
         Mode::Container { image, pull, args, env, mounts, gpus, shm_size, extra_args, network: _ } => {
             let gpus = match gpus.as_str() {
@@ -82,7 +92,7 @@ pub(super) fn sidecar(
                     ));
                 }
             }
-            secrets(&env)?;
+            secrets(&env, &args)?;
             Ok(Mode::Sidecar { image, pull, command: Vec::new(), args, env, mounts, gpus, shm_size, port })
         }
         Mode::Native { argv, env, cwd } => {
@@ -100,7 +110,7 @@ pub(super) fn sidecar(
                     "remove `cwd`",
                 ));
             }
-            secrets(&env)?;
+            secrets(&env, rest)?;
             Ok(Mode::Sidecar {
                 image: k.image.value.clone(),
                 pull: PullPolicy::IfNotPresent,
