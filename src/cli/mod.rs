@@ -68,6 +68,12 @@ pub enum PlanOutput {
     Sbatch,
     /// The same as JSON.
     SbatchJson,
+    /// The Kubernetes objects of a run (needs `execution.kubernetes`): ServiceAccount, Role,
+    /// RoleBinding, and per engine group a units ConfigMap and an Indexed Job, as YAML
+    /// documents; nothing is applied.
+    K8s,
+    /// The same as a JSON `List`.
+    K8sJson,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,8 +114,16 @@ pub enum Command {
         #[arg(long)]
         run_dir: PathBuf,
         /// The unit's id (`kitt plan SUITE --units` lists them).
+        #[arg(long, required_unless_present = "unit_file", conflicts_with = "unit_file")]
+        unit: Option<String>,
+        /// A file holding the unit's id (a Kubernetes pod's units list entry for its index).
+        #[arg(long, value_name = "FILE")]
+        unit_file: Option<PathBuf>,
+        /// Where no driver judges leases (a Kubernetes retry pod): an earlier attempt held on
+        /// another machine whose lease does not move for a whole lease is marked expired, and
+        /// this attempt takes the unit.
         #[arg(long)]
-        unit: String,
+        take_over_silent: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -237,7 +251,15 @@ pub fn run(cli: Cli) -> i32 {
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
         Command::Apply { suite, flags, placement } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
-        Command::Work { run_dir, unit, output } => work::work(&run_dir, &unit, output, cli.quiet),
+        Command::Work { run_dir, unit, unit_file, take_over_silent, output } => {
+            match work::unit_id(unit, unit_file.as_deref()) {
+                Ok(unit) => work::work(&run_dir, &unit, take_over_silent, output, cli.quiet),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
         Command::Runs { command: RunsCommand::List { runs_dir, output } } => runs::list(runs_dir.as_deref(), output),
         Command::Runs { command: RunsCommand::Show { run, runs_dir, output } } => {
             runs::show(runs_dir.as_deref(), &run, output)
@@ -360,6 +382,13 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
         }
         return plan_sbatch(suite, output == PlanOutput::SbatchJson);
     }
+    if matches!(output, PlanOutput::K8s | PlanOutput::K8sJson) {
+        if units {
+            eprintln!("error: --output k8s lists the units itself; drop --units");
+            return EXIT_USAGE;
+        }
+        return plan_k8s(suite, output == PlanOutput::K8sJson);
+    }
     match plan::compile::compile_file(suite) {
         Ok(plan) if units => match output {
             PlanOutput::Text => {
@@ -370,7 +399,7 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
                 print_json(&render::units(&plan));
                 0
             }
-            PlanOutput::Dot | PlanOutput::Sbatch | PlanOutput::SbatchJson => {
+            PlanOutput::Dot | PlanOutput::Sbatch | PlanOutput::SbatchJson | PlanOutput::K8s | PlanOutput::K8sJson => {
                 eprintln!("error: --units prints text or json; drop --units for the step graph in dot");
                 EXIT_USAGE
             }
@@ -394,7 +423,7 @@ fn plan_cmd(suite: &Path, output: PlanOutput, runs_dir: Option<&Path>, units: bo
                     print_json(&plan_json(&plan, resumes.as_ref().map(|(run, _)| run.as_str()), &states))
                 }
                 PlanOutput::Dot => print!("{}", render::dot(&plan)),
-                PlanOutput::Sbatch | PlanOutput::SbatchJson => {}
+                PlanOutput::Sbatch | PlanOutput::SbatchJson | PlanOutput::K8s | PlanOutput::K8sJson => {}
             }
             0
         }
@@ -425,6 +454,30 @@ fn plan_sbatch(suite: &Path, json: bool) -> i32 {
         print_json(&serde_json::json!({"run": plan::sbatch::RUN_PLACEHOLDER, "jobs": jobs}));
     } else {
         print!("{}", plan::sbatch::text(&plan, &jobs));
+    }
+    0
+}
+
+/// `kitt plan --output k8s`: the Kubernetes objects a run of `suite` would create.
+fn plan_k8s(suite: &Path, json: bool) -> i32 {
+    let plan = match plan::compile::compile_file(suite) {
+        Ok(plan) => plan,
+        Err(diags) => {
+            report(&diags);
+            return EXIT_FAILED;
+        }
+    };
+    let Some(objects) = plan::k8s::objects(&plan, plan::k8s::RUN_PLACEHOLDER) else {
+        eprintln!(
+            "error: {}: the suite has no `execution.kubernetes`, which --output k8s needs\n  = help: add `execution: {{kubernetes: {{namespace: …, image: …/kitt@sha256:…, runs_claim: …}}}}` (docs/executors.md)",
+            suite.display()
+        );
+        return EXIT_FAILED;
+    };
+    if json {
+        print_json(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}));
+    } else {
+        print!("{}", plan::k8s::yaml(&plan, &objects));
     }
     0
 }

@@ -11,14 +11,28 @@ use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOST_CLAIM, Output, print_json};
 use crate::cancel::Cancel;
 use crate::run::steps::Progress;
 
-pub fn work(run_dir: &Path, unit: &str, output: Output, quiet: bool) -> i32 {
+/// The unit to run: `--unit`, or the first line of `--unit-file` (clap requires one of them).
+pub fn unit_id(unit: Option<String>, file: Option<&Path>) -> Result<String, String> {
+    if let Some(u) = unit {
+        return Ok(u);
+    }
+    let Some(file) = file else { return Err("give --unit or --unit-file".into()) };
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read the unit file {}: {e}", file.display()))?;
+    match text.lines().next().map(str::trim) {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(format!("the unit file {} is empty; it holds the id of the unit to run", file.display())),
+    }
+}
+
+pub fn work(run_dir: &Path, unit: &str, take_over: bool, output: Output, quiet: bool) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
     rt.block_on(async move {
         let cancel = Cancel::default();
         watch_signals(cancel.clone());
-        let o = match crate::run::work::work(run_dir, unit, &cancel, Arc::new(Progress::default())).await {
+        let o = match crate::run::work::work_with(run_dir, unit, take_over, &cancel, Arc::new(Progress::default())).await {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("error: {e}");

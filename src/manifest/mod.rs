@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod diag;
 pub mod emit;
+pub mod kubernetes;
 pub mod load;
 pub mod schema;
 pub mod secret;

@@ -548,6 +548,11 @@ pub struct Execution {
     /// only, it never enters a step's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<super::slurm::Slurm>,
+    /// What the run's Kubernetes Indexed Jobs ask for (`kitt plan SUITE --output k8s`). Unlike
+    /// `slurm`, it changes how engines run: each is a sidecar container of the pod, which kitt
+    /// connects to on localhost instead of starting it (engine mode `sidecar`, keys of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<super::kubernetes::Kubernetes>,
 }
 
 fn default_sample_interval() -> Dur {
@@ -580,6 +585,7 @@ impl Default for Execution {
             granularity: Granularity::Group,
             executor: None,
             slurm: None,
+            kubernetes: None,
         }
     }
 }
@@ -602,7 +608,9 @@ impl Decode for Execution {
             granularity: f.opt(cx, "granularity").unwrap_or(d.granularity),
             executor: f.opt(cx, "executor"),
             slurm: f.opt(cx, "slurm"),
+            kubernetes: f.opt(cx, "kubernetes"),
         };
+        let both = f.key_pos("slurm").and(f.key_pos("kubernetes"));
         f.finish(cx);
         if let Some(x) = e.executor.as_ref().filter(|x| x.value == crate::exec::ExecutorKind::Slurm)
             && e.slurm.is_none()
@@ -610,6 +618,13 @@ impl Decode for Execution {
             cx.error(
                 super::diag::Diagnostic::new(x.pos, "`executor: slurm` needs an `execution.slurm` block")
                     .help("add `slurm: {partition: …, time: 2h, shared_dir: /shared/kitt-runs}` under `execution` (docs/executors.md)"),
+            );
+        }
+        if let Some(pos) = both {
+            // Kubernetes runs engines as sidecars, which changes the plan; Slurm runs them itself.
+            cx.error(
+                super::diag::Diagnostic::new(pos, "`execution.kubernetes` and `execution.slurm` exclude each other")
+                    .help("keep one: engines run as sidecars on Kubernetes and as kitt starts them on Slurm, so the two plans differ"),
             );
         }
         if let Some(m) = max_parallel.filter(|m| m.value == 0) {

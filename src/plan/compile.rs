@@ -24,6 +24,7 @@ use crate::template::{Renderer, env_placeholder, env_placeholders, placeholder};
 
 mod modes;
 mod sampling;
+mod sidecar;
 
 /// Reads and decodes a suite file.
 pub fn load_suite(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
@@ -608,7 +609,9 @@ impl<'a> Compiler<'a> {
 
     fn engine_context(&self, ev: &EngineVariant, model: &Model) -> Json {
         // Where the engine listens: inside a bridge-networked container only 0.0.0.0 is reachable.
-        let bind_host = if network_of(ev) == Network::Bridge { "0.0.0.0" } else { "127.0.0.1" };
+        // A sidecar is probed by the kubelet on the pod's address, not on 127.0.0.1.
+        let sidecar = self.suite.spec.execution.kubernetes.is_some() && ev.instance.endpoint.is_none();
+        let bind_host = if network_of(ev) == Network::Bridge || sidecar { "0.0.0.0" } else { "127.0.0.1" };
         json!({
             "bind_host": bind_host,
             "model": self.model_context(model),
@@ -755,6 +758,14 @@ impl<'a> Compiler<'a> {
         };
         errors.append(&mut gpu_errors);
         errors.append(&mut when_errors);
+        let mode = match &self.suite.spec.execution.kubernetes {
+            Some(k) => sidecar::sidecar(mode, k, spec.default_port, inst).unwrap_or_else(|d| {
+                errors.push(d.in_file(&suite_file));
+                // Never used: the group is dropped because of the error.
+                Mode::Native { argv: Vec::new(), env: BTreeMap::new(), cwd: None }
+            }),
+            None => mode,
+        };
         let mut setup = Vec::new();
         for call in &spec.setup {
             let body = call
@@ -845,7 +856,7 @@ impl<'a> Compiler<'a> {
             "engine": ev.name,
             "model": model_ref,
             "params": params,
-            "mode": mode,
+            "mode": mode_for_key(&mode),
             "health": health,
             "setup": setup,
             "warmup": warmup,
@@ -1173,6 +1184,16 @@ fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, boo
         out = next;
     }
     out
+}
+
+/// The mode as it enters the group's key: a sidecar's port is placement, like the port of an
+/// engine kitt starts.
+fn mode_for_key(mode: &Mode) -> Json {
+    let mut v = serde_json::to_value(mode).unwrap_or_default();
+    if let Some(s) = v.get_mut("sidecar").and_then(Json::as_object_mut) {
+        s.remove("port");
+    }
+    v
 }
 
 /// The network a container engine uses: the instance's choice, else the template's, else host.

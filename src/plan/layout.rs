@@ -92,7 +92,7 @@ pub(crate) fn layout(
                 let pk = maybe_key(keys, &json!({"kind": "pull", "image": image, "policy": pull}));
                 ready = vec![push(steps, StepKind::Pull, pk, Some(gi), None, vec![])];
             }
-            if matches!(g.mode, Mode::Endpoint { .. }) {
+            if g.mode.connects() {
                 // Nothing to start or stop: check the server and record what it says about itself.
                 ready = vec![push(steps, StepKind::Connect, lifecycle("connect"), Some(gi), None, ready.clone())];
             } else {

@@ -10,6 +10,7 @@
 //! cell and its group; `report` by the reporters only, since it always re-runs.
 
 pub mod compile;
+pub mod k8s;
 pub mod layout;
 pub mod render;
 pub mod sbatch;
@@ -176,6 +177,27 @@ pub enum Mode {
         #[serde(skip_serializing_if = "Option::is_none")]
         cwd: Option<String>,
     },
+    /// A container beside kitt's in one pod (a Kubernetes native sidecar) that kitt does not
+    /// start, stop or pull: it connects to it on `127.0.0.1:{port}` (`execution.kubernetes`).
+    /// Its args keep `{{port}}` as a placeholder, bound to `port` where the pod is written, so
+    /// the port stays out of keys as it does for a container kitt starts.
+    Sidecar {
+        image: String,
+        pull: PullPolicy,
+        /// The container's command when it is not the image's entrypoint (kitt's own simulator
+        /// runs from the kitt image).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        command: Vec<String>,
+        args: Vec<String>,
+        env: BTreeMap<String, SecretOr>,
+        mounts: Vec<MountRef>,
+        /// `nvidia.com/gpu` the container asks for.
+        gpus: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shm_size: Option<String>,
+        /// Where it listens in the pod (placement: left out of the group's key).
+        port: u16,
+    },
     Endpoint {
         url: String,
         headers: BTreeMap<String, SecretOr>,
@@ -191,8 +213,14 @@ impl Mode {
         match self {
             Mode::Container { .. } => "container",
             Mode::Native { .. } => "native",
+            Mode::Sidecar { .. } => "sidecar",
             Mode::Endpoint { .. } => "endpoint",
         }
+    }
+
+    /// An engine kitt does not start (an endpoint or a sidecar): its lifecycle is one connect.
+    pub fn connects(&self) -> bool {
+        matches!(self, Mode::Endpoint { .. } | Mode::Sidecar { .. })
     }
 }
 

@@ -61,6 +61,7 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
             Mode::Native { argv, .. } => {
                 format!("native {}", argv.first().map(String::as_str).unwrap_or(""))
             }
+            Mode::Sidecar { image, .. } => format!("sidecar {image}"),
             Mode::Endpoint { url, .. } => format!("endpoint {url}"),
         };
         let _ = writeln!(out, "\nengine group {} [{}, template {}] ({} steps)", g.id, how, g.template, steps.len());
@@ -73,12 +74,13 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
                         let names: Vec<&str> = headers.keys().map(String::as_str).collect();
                         if names.is_empty() { url.clone() } else { format!("{url} (headers: {})", names.join(", ")) }
                     }
+                    Mode::Sidecar { port, .. } => format!("sidecar on 127.0.0.1:{port}, started by Kubernetes"),
                     _ => String::new(),
                 },
                 StepKind::Start => match &g.mode {
                     Mode::Native { argv, .. } => argv.join(" "),
                     Mode::Container { args, .. } => args.join(" "),
-                    Mode::Endpoint { .. } => String::new(),
+                    Mode::Sidecar { .. } | Mode::Endpoint { .. } => String::new(),
                 },
                 _ => String::new(),
             };

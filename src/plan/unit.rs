@@ -63,7 +63,7 @@ pub struct Needs {
     /// The machine to itself while it measures (`execution.isolation: host`).
     pub exclusive_host: bool,
     /// How its engine runs: `container` needs Docker, `native` the engine's binary, `endpoint`
-    /// only a route to the server.
+    /// only a route to the server, `sidecar` the engine's container beside kitt in one pod.
     pub engine: &'static str,
 }
 
@@ -79,11 +79,18 @@ pub enum Gpus {
     All,
     /// These devices (`gpus: "device=0,1"`).
     Devices(Vec<String>),
+    /// This many, wherever the cluster places them (a sidecar's `nvidia.com/gpu`).
+    Count(u32),
 }
 
 impl Gpus {
     fn of(g: &EngineGroup) -> Gpus {
-        let Mode::Container { gpus, .. } = &g.mode else { return Gpus::None };
+        let gpus = match &g.mode {
+            Mode::Container { gpus, .. } => gpus,
+            Mode::Sidecar { gpus: 0, .. } => return Gpus::None,
+            Mode::Sidecar { gpus, .. } => return Gpus::Count(*gpus),
+            _ => return Gpus::None,
+        };
         match gpus.as_str() {
             "none" => Gpus::None,
             "auto" => Gpus::Auto,
@@ -101,6 +108,7 @@ impl Gpus {
             Gpus::Auto => "auto (all, if any)".into(),
             Gpus::All => "all".into(),
             Gpus::Devices(d) => format!("devices {}", d.join(",")),
+            Gpus::Count(n) => format!("{n}"),
         }
     }
 }
@@ -127,8 +135,7 @@ pub(crate) fn cut(groups: &[EngineGroup], steps: &[Step], execution: &Execution,
                 current.push(s.id);
                 cell = cell.or(s.cell);
                 let ends = s.kind == StepKind::Stop
-                    || (s.kind == StepKind::Collect
-                        && s.group.is_some_and(|g| matches!(groups[g].mode, Mode::Endpoint { .. })));
+                    || (s.kind == StepKind::Collect && s.group.is_some_and(|g| groups[g].mode.connects()));
                 if ends {
                     let gi = s.group.unwrap_or_default();
                     let ids = std::mem::take(&mut current);

@@ -154,6 +154,52 @@ fn read_claim(path: &Path) -> Option<Claim> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// With no driver to judge leases (a Kubernetes retry pod), waits out an earlier attempt that
+/// another machine holds: if its lease file does not move for a whole lease, that attempt is
+/// silent (its pod is gone), so it is marked expired, as a driver would, and the claim that
+/// follows may take the unit. A lease that moves means a live holder: the claim refuses as
+/// usual. Safe for the same reason as a driver's judgement: a silent holder that wakes up is
+/// fenced by the higher attempt and commits nothing.
+pub async fn take_over_silent(run_dir: &Path, unit: &str, cancel: &Cancel) -> Result<(), WorkError> {
+    let dir = run_dir.join("attempts").join(unit);
+    let holder = super::units::attempt_numbers(&dir)
+        .into_iter()
+        .rev()
+        .filter(|n| !lease::file::marked_expired(&dir, *n))
+        .find_map(|n| read_claim(&dir.join(n.to_string())).filter(Claim::live).map(|c| (n, c)));
+    // A holder on this machine is judged by its process, in `claim`.
+    let Some((n, c)) = holder.filter(|(_, c)| pidfile::foreign(&c.owner)) else { return Ok(()) };
+    let counter = || {
+        std::fs::read(lease::file::lease_path(&dir, n))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<lease::file::LeaseFile>(&b).ok())
+            .map(|l| l.counter)
+    };
+    let config = lease::LeaseConfig::from_env();
+    let first = counter();
+    let began = tokio::time::Instant::now();
+    tracing::info!(
+        "unit {unit}: attempt {n} is held by {}; waiting up to {:?} for its lease to move",
+        c.describe(),
+        config.lease
+    );
+    while began.elapsed() < config.lease {
+        tokio::select! {
+            _ = tokio::time::sleep(config.renew.min(std::time::Duration::from_secs(1))) => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        if counter() != first {
+            return Ok(());
+        }
+    }
+    tracing::warn!(
+        "unit {unit}: attempt {n} ({}) renewed nothing for {:?}: marking it expired",
+        c.describe(),
+        config.lease
+    );
+    lease::file::mark_expired(&dir, n).map_err(|e| io("mark expired", &dir, e))
+}
+
 /// Claims `unit`: creates the next `attempts/<unit>/<n>` exclusively, refusing while an earlier
 /// attempt's holder is live (unless the test hook says otherwise).
 fn claim(run_dir: &Path, unit: &str, me: &Claim) -> Result<u32, WorkError> {
@@ -236,11 +282,25 @@ pub async fn work(
     cancel: &Cancel,
     progress: Arc<Progress>,
 ) -> Result<WorkOutcome, WorkError> {
+    work_with(run_dir, unit, false, cancel, progress).await
+}
+
+/// [`work`], first taking over a silent earlier attempt with `take_over` ([`take_over_silent`]).
+pub async fn work_with(
+    run_dir: &Path,
+    unit: &str,
+    take_over: bool,
+    cancel: &Cancel,
+    progress: Arc<Progress>,
+) -> Result<WorkOutcome, WorkError> {
     let (meta, plan) = open_run(run_dir)?;
     let Some(ui) = plan.units.iter().position(|u| u.id == unit) else {
         let known = plan.units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>().join(", ");
         return Err(WorkError::NoSuchUnit { run: meta.id, unit: unit.into(), known });
     };
+    if take_over {
+        take_over_silent(run_dir, unit, cancel).await?;
+    }
     let me = Claim::mine()?;
     let attempt = claim(run_dir, unit, &me)?;
     let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());

@@ -12,6 +12,9 @@ impl RunExecutor {
     pub(super) async fn connect(&self, at: At, cancel: &Cancel) -> Result<Json, StepError> {
         let gi = at.group;
         let g = &self.plan.groups[gi];
+        if let Mode::Sidecar { image, port, .. } = &g.mode {
+            return self.connect_sidecar(at, image, *port, cancel).await;
+        }
         let Mode::Endpoint { url, headers, ca_file, insecure, skip_health } = &g.mode else {
             return Err(err(format!("engine `{}` is not an endpoint", g.id)));
         };
@@ -61,6 +64,37 @@ impl RunExecutor {
         self.engines.lock().await.insert(
             at.unit,
             Engine { process: None, container: None, client, facts: facts.clone(), served, target: EngineTarget::None },
+        );
+        Ok(json!({"facts": facts, "model": model}))
+    }
+
+    /// A sidecar engine: a container of the same pod, started (and probed) by Kubernetes before
+    /// kitt. kitt waits for its health on 127.0.0.1 as for an endpoint, and records that it did
+    /// not start it: `engine.mode: sidecar` and the image the pod was given (a digest only when
+    /// the suite names the image by one; kitt pulled nothing, so it observed none).
+    async fn connect_sidecar(&self, at: At, image: &str, port: u16, cancel: &Cancel) -> Result<Json, StepError> {
+        let gi = at.group;
+        let g = &self.plan.groups[gi];
+        let url = format!("http://127.0.0.1:{port}");
+        let client = EngineClient::with_tls(&url, Vec::new(), 256, &TlsOptions::default()).map_err(err)?;
+        wait_healthy(g, &client, Watch::Nothing, cancel).await?;
+        let model = self.model_stat(gi).await?;
+        let mut facts = self.observe(g, &client).await;
+        Self::add_model_fact(&mut facts, model.as_ref());
+        facts.insert("engine.mode".into(), "sidecar".into());
+        facts.insert("engine.url".into(), url);
+        facts.insert("sidecar.image".into(), image.to_string());
+        self.check_drift(gi, &facts)?;
+        self.engines.lock().await.insert(
+            at.unit,
+            Engine {
+                process: None,
+                container: None,
+                client,
+                facts: facts.clone(),
+                served: None,
+                target: EngineTarget::None,
+            },
         );
         Ok(json!({"facts": facts, "model": model}))
     }

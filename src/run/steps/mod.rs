@@ -210,7 +210,8 @@ impl RunExecutor {
         let path = self.plan.suite.dir.join(path);
         let previous = self.previous_models.get(&g.id).cloned();
         let verify = self.verify_models;
-        let endpoint = matches!(g.mode, Mode::Endpoint { .. });
+        // A sidecar's models lie in the pod's models volume, which kitt's container need not mount.
+        let endpoint = g.mode.connects();
         let p = path.clone();
         let taken = tokio::task::spawn_blocking(move || model_fingerprint(&p, previous.as_ref(), verify))
             .await
@@ -329,7 +330,7 @@ impl Executor for RunExecutor {
         Box::pin(async move {
             let at = self.at(step)?;
             // kitt did not start an endpoint and cannot restart it: the retry simply runs again.
-            if matches!(self.plan.groups[at.group].mode, Mode::Endpoint { .. }) {
+            if self.plan.groups[at.group].mode.connects() {
                 return Ok(Json::Null);
             }
             self.stop(at, &cancel).await?;
