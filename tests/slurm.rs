@@ -371,3 +371,93 @@ fn serial_slurm_detach_leaves_the_rest_to_a_report_job_and_cancel_stops_every_ta
     assert_eq!(common::sims_alive(marker), 0, "a simulator was left running");
     assert!(shard_records(&run).iter().any(|r| r["event"] == "run_interrupted"), "the tasks journaled the stop");
 }
+
+#[test]
+fn serial_slurm_a_task_stopped_outside_kitt_is_submitted_again_and_runs_only_what_is_left() {
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    let suite = suite(&env, "slurmscancel", 1, "1, 2, 3", 24, 25, "");
+    let driver = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--max-attempts", "2", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = PathBuf::new();
+    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
+        let Some(r) = shared_run(&env) else { return false };
+        run = r;
+        let counts = benchmark_counts(&run);
+        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
+    });
+    let executor: Json = serde_json::from_slice(&std::fs::read(run.join("executor.json")).unwrap()).unwrap();
+    let job =
+        executor["units"].as_object().unwrap().values().next().unwrap()["external_id"].as_str().unwrap().to_string();
+    // An operator (or a preemption) cancels the task: kitt did not ask for it, so it is lost, not done.
+    let out = cluster.tool("scancel").arg(&job).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("placing it again"), "the driver said why it submitted again: {stderr}");
+
+    let executor: Json = serde_json::from_slice(&std::fs::read(run.join("executor.json")).unwrap()).unwrap();
+    let again =
+        executor["units"].as_object().unwrap().values().next().unwrap()["external_id"].as_str().unwrap().to_string();
+    assert_ne!(again, job, "a second array job holds the unit's second attempt");
+    let unit = std::fs::read_dir(run.join("attempts")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(common_attempts(&unit), 2);
+    for (key, counts) in benchmark_counts(&run) {
+        assert_eq!(counts.1, 1, "cell {key} committed exactly once: {counts:?}");
+    }
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+}
+
+#[test]
+fn serial_slurm_kill_9_of_slurmd_mid_cell_requeues_and_the_old_attempt_commits_nothing_more() {
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    let marker = "slurmdkill";
+    // A short first cell, then a long one (about 36 s) that outlives Slurm's SlurmdTimeout.
+    let suite = suite(&env, marker, 1, "8, 1", 300, 40, "");
+    let driver = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--max-attempts", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = PathBuf::new();
+    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
+        let Some(r) = shared_run(&env) else { return false };
+        run = r;
+        let counts = benchmark_counts(&run);
+        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
+    });
+    let pid_file = cluster.dir.path().join("run/slurmd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: killing the slurmd this test's cluster started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The task's process lives on without its slurmd; Slurm marks the node down and requeues it.
+    wait_for("the requeue after SlurmdTimeout", Duration::from_secs(45), || {
+        cluster.jobs().iter().any(|j| j.contains("PENDING"))
+    });
+    let out = cluster.tool("slurmd").output().unwrap();
+    assert!(out.status.success(), "slurmd did not restart: {}", text(&out));
+    let _ = cluster.scontrol(&["update", &format!("nodename={}", node()), "state=resume"]);
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let unit = std::fs::read_dir(run.join("attempts")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(common_attempts(&unit), 2, "the requeued task claimed a second attempt");
+    for (key, counts) in benchmark_counts(&run) {
+        assert_eq!(counts.1, 1, "cell {key} committed exactly once: {counts:?}");
+    }
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+    // The returned slurmd killed the lost attempt; its simulator died with it.
+    wait_for("no simulator of the run left", Duration::from_secs(30), || common::sims_alive(marker) == 0);
+}
