@@ -461,3 +461,111 @@ fn serial_slurm_kill_9_of_slurmd_mid_cell_requeues_and_the_old_attempt_commits_n
     // The returned slurmd killed the lost attempt; its simulator died with it.
     wait_for("no simulator of the run left", Duration::from_secs(30), || common::sims_alive(marker) == 0);
 }
+
+/// A simulator template with a secret param: its value names the simulator's request log, so the
+/// log's existence proves the value reached the engine.
+const KEYED_SIM: &str = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: keyed-sim}
+spec:
+  base: vllm
+  image: null
+  container: null
+  metrics: null
+  params:
+    gpu_memory_utilization: null
+    max_model_len: null
+    tensor_parallel_size: null
+    dtype: null
+    binary: null
+    api_key: {type: string, secret: true, description: the key the server wants}
+  native:
+    command: ["{{kitt.exe}}", "sim", "--api", "openai", "--host", "{{bind_host}}", "--port", "{{port}}",
+              "--model", "{{model.served_name}}", "--request-log", "{{params.api_key}}.jsonl"]
+    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
+  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
+"#;
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file()
+                && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn serial_slurm_a_secret_is_read_on_the_node_and_is_in_no_file_of_the_run_or_of_slurm() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    std::fs::write(env.path().join("keyed-sim.yaml"), KEYED_SIM).unwrap();
+    let sentinel = "k3y-5lurm-sentinel";
+    let secret = env.path().join(sentinel);
+    let secrets = env.path().join("secrets");
+    std::fs::write(&secrets, format!("# read on the node\nBENCH_API_KEY={}\n", secret.display())).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let shared = env.path().join("shared");
+    let suite = env.suite(&format!(
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: keyed}}\nspec:\n  templates: [keyed-sim.yaml]\n  \
+         models: [{{name: m}}]\n  engines: [{{name: s, template: keyed-sim, params: {{api_key: {{from_env: BENCH_API_KEY}}}}}}]\n  \
+         benchmarks: [{{name: lat, template: latency, params: {{requests: 3, max_tokens: 4}}}}]\n  warmup: {{requests: 1}}\n  \
+         execution:\n    executor: slurm\n    slurm: {{partition: gpu, time: 10m, shared_dir: {}, secrets_file: {}}}\n",
+        shared.display(),
+        secrets.display()
+    ));
+    // The driver has no such variable: the node reads the value from the secrets file.
+    let out = cluster.kitt(&env).arg("apply").arg(&suite).env_remove("BENCH_API_KEY").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        env.path().join(format!("{sentinel}.jsonl")).exists(),
+        "the secret reached the engine: it names the simulator's request log"
+    );
+    let run = shared_run(&env).unwrap();
+    assert_eq!(report(&run)["cells"][0]["status"], "ok");
+    assert_eq!(files_containing(&run, sentinel), Vec::<PathBuf>::new(), "the secret is in a file of the run");
+    assert_eq!(
+        files_containing(cluster.dir.path(), sentinel),
+        Vec::<PathBuf>::new(),
+        "the secret is in Slurm's state, spool or logs"
+    );
+    assert!(!text(&out).contains(sentinel));
+
+    // A secrets file others may read is refused on the node, naming the fix.
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--fresh", "--max-attempts", "1"])
+        .env_remove("BENCH_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let run = std::fs::read_dir(&shared)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("plan.json").exists() && *p != run)
+        .expect("the second run");
+    let logs: String = std::fs::read_dir(run.join("slurm"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("chmod 600"), "the task said why: {logs}");
+    assert!(text(&out).contains("slurm/"), "the driver names the task's log: {}", text(&out));
+}

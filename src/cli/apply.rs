@@ -199,7 +199,10 @@ pub(super) fn drive(
     quiet: bool,
     follow: bool,
 ) -> i32 {
-    let unset = unset_secrets(&plan);
+    let executor =
+        placement.and_then(|p| p.executor).or(plan.execution.executor.as_ref().map(|x| x.value)).unwrap_or_default();
+    // On Slurm the nodes read secrets (their environment, or `secrets_file`), never the driver.
+    let unset = if executor == crate::exec::ExecutorKind::Slurm { Vec::new() } else { unset_secrets(&plan) };
     if !unset.is_empty() {
         for e in &unset {
             eprintln!("error: {e}");
@@ -209,8 +212,6 @@ pub(super) fn drive(
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    let executor =
-        placement.and_then(|p| p.executor).or(plan.execution.executor.as_ref().map(|x| x.value)).unwrap_or_default();
     let mut runs_dir = flags.runs_dir.clone();
     if executor == crate::exec::ExecutorKind::Slurm {
         let Some(slurm) = &plan.execution.slurm else {
@@ -425,11 +426,13 @@ fn unset_secrets(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for g in &plan.groups {
         for (param, var) in &g.secrets {
-            if std::env::var_os(var).is_none() {
-                out.push(format!(
+            match crate::secrets::lookup(var) {
+                Ok(Some(_)) => {}
+                Ok(None) => out.push(format!(
                     "engine `{}`: secret param `{param}` reads the environment variable `{var}`, which is not set; export it and run again",
                     g.id
-                ));
+                )),
+                Err(e) => out.push(e),
             }
         }
     }

@@ -84,6 +84,12 @@ pub struct Slurm {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", regex(pattern = r"^/"))]
     pub host_lock: Option<Spanned<PathBuf>>,
+    /// A file on the nodes (absolute; mode 0600) of `NAME=VALUE` lines where `{from_env: NAME}`
+    /// values are read when a node's environment lacks them. Secrets never go through Slurm,
+    /// which keeps every job's script and environment in its state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = r"^/"))]
+    pub secrets_file: Option<Spanned<PathBuf>>,
 }
 
 impl Decode for Slurm {
@@ -98,6 +104,7 @@ impl Decode for Slurm {
         let shared_dir: Option<Spanned<String>> = f.req(cx, "shared_dir");
         let extra: Vec<Spanned<String>> = f.opt(cx, "extra").unwrap_or_default();
         let host_lock: Option<Spanned<String>> = f.opt(cx, "host_lock");
+        let secrets_file: Option<Spanned<String>> = f.opt(cx, "secrets_file");
         f.finish(cx);
         let mut ok = true;
         for (key, v) in [("partition", &partition), ("account", &account), ("constraint", &constraint)] {
@@ -138,15 +145,20 @@ impl Decode for Slurm {
         for e in &extra {
             ok &= check_extra(cx, e);
         }
-        if let Some(h) = host_lock.as_ref().filter(|h| !h.value.starts_with('/') || h.value.ends_with('/')) {
-            cx.error(
-                Diagnostic::new(
-                    h.pos,
-                    format!("`host_lock` in `execution.slurm`: `{}` is not an absolute file path", h.value),
-                )
-                .help("write the absolute path of a file on the node's own disk, such as `/var/lock/kitt-host.lock`"),
-            );
-            ok = false;
+        for (key, v, example) in [
+            ("host_lock", &host_lock, "a file on the node's own disk, such as `/var/lock/kitt-host.lock`"),
+            ("secrets_file", &secrets_file, "a 0600 file every node sees, such as `/home/me/.kitt/secrets`"),
+        ] {
+            if let Some(h) = v.as_ref().filter(|h| !h.value.starts_with('/') || h.value.ends_with('/')) {
+                cx.error(
+                    Diagnostic::new(
+                        h.pos,
+                        format!("`{key}` in `execution.slurm`: `{}` is not an absolute file path", h.value),
+                    )
+                    .help(format!("write the absolute path of {example}")),
+                );
+                ok = false;
+            }
         }
         let slurm = Slurm {
             partition: partition?,
@@ -158,6 +170,7 @@ impl Decode for Slurm {
             shared_dir: shared_dir.map(|d| Spanned::new(d.pos, PathBuf::from(d.value)))?,
             extra,
             host_lock: host_lock.map(|h| Spanned::new(h.pos, PathBuf::from(h.value))),
+            secrets_file: secrets_file.map(|h| Spanned::new(h.pos, PathBuf::from(h.value))),
         };
         ok.then_some(slurm)
     }

@@ -148,7 +148,7 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     report_options.extend(shared);
     let runs_root = slurm.shared_dir.value.clone();
     Some(Submission {
-        script: script(kitt, &dir, &units_path, slurm.host_lock.as_ref().map(|h| h.value.as_path())),
+        script: script(kitt, &dir, &units_path, &node_env(slurm)),
         report_script: report_script(kitt, run, &runs_root),
         run_dir: dir,
         slurm_dir,
@@ -238,10 +238,22 @@ impl Submission {
     }
 }
 
+/// Paths the job script exports for `kitt work` on the node (paths, never secrets).
+fn node_env(slurm: &Slurm) -> Vec<(&'static str, &Path)> {
+    let mut env = Vec::new();
+    if let Some(h) = &slurm.host_lock {
+        env.push(("KITT_HOST_LOCK", h.value.as_path()));
+    }
+    if let Some(f) = &slurm.secrets_file {
+        env.push((crate::secrets::FILE_ENV, f.value.as_path()));
+    }
+    env
+}
+
 /// The fixed job script: array index → unit id → `exec kitt work`.
-fn script(kitt: &Path, run_dir: &Path, units: &Path, host_lock: Option<&Path>) -> String {
+fn script(kitt: &Path, run_dir: &Path, units: &Path, env: &[(&str, &Path)]) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
-    let lock = host_lock.map(|h| format!("export KITT_HOST_LOCK={}\n", q(h))).unwrap_or_default();
+    let lock: String = env.iter().map(|(name, path)| format!("export {name}={}\n", q(path))).collect();
     format!(
         "#!/bin/sh\n\
          # Written by kitt: runs one unit of a run; it holds no suite text and no secret.\n\

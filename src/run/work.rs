@@ -301,6 +301,22 @@ pub async fn work_with(
     if take_over {
         take_over_silent(run_dir, unit, cancel).await?;
     }
+    // Secrets are read here, on the machine that runs the unit (never carried by a batch system):
+    // one that is missing fails the unit before it claims anything.
+    let g = &plan.groups[plan.units[ui].group];
+    for (param, var) in &g.secrets {
+        match crate::secrets::lookup(var) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(WorkError::Io(format!(
+                    "engine `{}`: secret param `{param}` reads `{var}`, which is not set in {}",
+                    g.id,
+                    crate::secrets::looked_in()
+                )));
+            }
+            Err(e) => return Err(WorkError::Io(e)),
+        }
+    }
     let me = Claim::mine()?;
     let attempt = claim(run_dir, unit, &me)?;
     let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());

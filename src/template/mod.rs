@@ -219,12 +219,12 @@ pub fn env_placeholders(s: &str) -> impl Iterator<Item = &str> {
     s.split(FROM_ENV).skip(1).filter_map(|rest| rest.split_once("}}").map(|(var, _)| var))
 }
 
-/// Replaces each `{{from_env.NAME}}` whose variable is set by its value; an unset one stays a
-/// placeholder (`kitt apply` checks every secret's variable before it starts anything).
+/// Replaces each `{{from_env.NAME}}` whose variable is set (in the environment or the secrets
+/// file, `crate::secrets`) by its value; an unset one stays a placeholder (`kitt apply` checks every secret's variable before it starts anything).
 fn bind_env(s: &str) -> String {
     let mut out = s.to_string();
     for var in env_placeholders(s) {
-        if let Ok(value) = std::env::var(var) {
+        if let Ok(Some(value)) = crate::secrets::lookup(var) {
             out = out.replace(&env_placeholder(var), &value);
         }
     }

@@ -180,9 +180,13 @@ impl RunExecutor {
     fn secret(name: &str, v: &SecretOr, late: &[(&str, Json)]) -> Result<String, StepError> {
         match v {
             SecretOr::Plain(s) => Ok(scalar_text(&bind_late(&json!(s), late))),
-            SecretOr::FromEnv { from_env, prefix } => match std::env::var(from_env) {
-                Ok(value) => Ok(format!("{}{value}", prefix.as_deref().unwrap_or(""))),
-                Err(_) => Err(err(format!("`{name}` reads the environment variable `{from_env}`, which is not set"))),
+            SecretOr::FromEnv { from_env, prefix } => match crate::secrets::lookup(from_env) {
+                Ok(Some(value)) => Ok(format!("{}{value}", prefix.as_deref().unwrap_or(""))),
+                Ok(None) => Err(err(format!(
+                    "`{name}` reads the secret `{from_env}`, which is not set in {}",
+                    crate::secrets::looked_in()
+                ))),
+                Err(e) => Err(err(e)),
             },
         }
     }
