@@ -441,3 +441,29 @@ fn serial_a_killed_driver_and_killed_workers_are_taken_over_by_follow() {
         assert!(alive_with(&[" work ", &run_arg]).is_empty(), "record {record}: a `kitt work` was left running");
     }
 }
+
+#[test]
+fn a_container_unit_on_a_machine_whose_docker_does_not_answer_fails_at_once_naming_it() {
+    let env = KittEnv::new();
+    let suite = env.suite(
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: nodocker}\nspec:\n  models: [{name: m, path: model}]\n  \
+         engines: [{name: c, template: vllm, image: kitt-local/none:1, pull: never, container: {gpus: none}}]\n  \
+         benchmarks: [{name: lat, template: latency, params: {requests: 2}}]\n",
+    );
+    std::fs::create_dir_all(env.path().join("model")).unwrap();
+    let started = Instant::now();
+    let out = env
+        .cmd()
+        .arg("apply")
+        .arg(&suite)
+        .args(["--executor", "processes", "--max-attempts", "1"])
+        .env("DOCKER_HOST", format!("unix://{}", env.path().join("no-docker.sock").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let run = only_run(&env);
+    let unit = units(&run).pop().unwrap();
+    assert_eq!(attempt_shards(&run, &unit), 0, "it failed before claiming an attempt");
+    assert!(started.elapsed() < Duration::from_secs(60), "it failed at once");
+    assert!(text(&out).contains("runs in a container, but Docker does not answer on"), "{}", text(&out));
+}

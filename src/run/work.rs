@@ -275,6 +275,37 @@ pub fn open_run(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
     Ok((meta, plan))
 }
 
+/// Before a unit starts on a machine: engines and containers of this runs directory whose kitt
+/// died here (a lost attempt that Slurm's slurmd killed without cleanup, a SIGKILLed driver) are
+/// stopped, and a container unit on a machine whose Docker does not answer fails at once.
+async fn sweep_dead_owners(run_dir: &Path, g: &crate::plan::EngineGroup) -> Result<(), WorkError> {
+    let Some(root) = run_dir.parent().map(Path::to_path_buf) else { return Ok(()) };
+    for what in pidfile::sweep(&root, None) {
+        tracing::warn!("stopped {what}");
+    }
+    if !matches!(g.mode, crate::plan::Mode::Container { .. }) {
+        return Ok(());
+    }
+    let swept = tokio::task::spawn_blocking(move || {
+        crate::docker::server_version()?;
+        Ok::<_, crate::docker::DockerError>(crate::docker::sweep(&crate::docker::Scope::RunsDir(root), false))
+    })
+    .await
+    .map_err(|e| WorkError::Io(e.to_string()))?
+    .map_err(|e| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        WorkError::Io(format!(
+            "engine `{}` runs in a container, but Docker does not answer on {}: {e}",
+            g.id,
+            host.trim()
+        ))
+    })?;
+    for c in &swept.removed {
+        tracing::warn!("removed container {} ({})", c.name, c.reason);
+    }
+    Ok(())
+}
+
 /// Runs the uncommitted steps of `unit` in the run at `run_dir`.
 pub async fn work(
     run_dir: &Path,
@@ -317,6 +348,7 @@ pub async fn work_with(
             Err(e) => return Err(WorkError::Io(e)),
         }
     }
+    sweep_dead_owners(run_dir, g).await?;
     let me = Claim::mine()?;
     let attempt = claim(run_dir, unit, &me)?;
     let claim_path = run_dir.join("attempts").join(unit).join(attempt.to_string());
