@@ -161,3 +161,38 @@ fn units_and_sbatch_do_not_combine() {
     let out = kitt(&["plan", "examples/slurm.yaml", "--units", "--output", "sbatch"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn an_engine_with_a_shape_of_its_own_is_an_array_job_of_its_own() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("suite.yaml");
+    std::fs::write(
+        &p,
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: s}\nspec:\n  models: [{name: m}]\n  \
+         engines:\n    - {name: small, template: sim}\n    - {name: big, template: sim, params: {ttft_ms: 50}, slurm: {gres: 'gpu:4', time: 6h, constraint: h200}}\n    - {name: small2, template: sim, params: {ttft_ms: 70}}\n  \
+         benchmarks: [{name: l, template: latency}]\n  execution:\n    slurm: {partition: gpu, gres: 'gpu:1', time: 2h, constraint: h100, shared_dir: /s}\n",
+    )
+    .unwrap();
+    let v = sbatch_json(&p);
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "one array job per shape");
+    let (base, big) = (argv(&jobs[0]), argv(&jobs[1]));
+    assert!(base.windows(2).any(|w| w == ["--gres", "gpu:1"]) && base.windows(2).any(|w| w == ["--time", "02:00:00"]));
+    assert!(big.windows(2).any(|w| w == ["--gres", "gpu:4"]), "{big:?}");
+    assert!(big.windows(2).any(|w| w == ["--time", "06:00:00"]), "{big:?}");
+    assert!(big.windows(2).any(|w| w == ["--constraint", "h200"]), "{big:?}");
+    assert_eq!(jobs[0]["units"].as_array().unwrap().len(), 2);
+    assert_eq!(jobs[1]["units"].as_array().unwrap().len(), 1);
+    assert_eq!(jobs[1]["units_path"], "/s/RUN/slurm/units-1.txt");
+    assert!(big.last().unwrap().ends_with("/s/RUN/slurm/job-1.sh"));
+    // The shape is placement: the engine's steps keep the keys they have without it.
+    let keys = |suite: &Path| -> Vec<String> {
+        let out = kitt(&["plan", suite.to_str().unwrap(), "--output", "json"]);
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["steps"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap().to_string()).collect()
+    };
+    let with = keys(&p);
+    let text = std::fs::read_to_string(&p).unwrap().replace(", slurm: {gres: 'gpu:4', time: 6h, constraint: h200}", "");
+    std::fs::write(&p, text).unwrap();
+    assert_eq!(keys(&p), with);
+}

@@ -569,3 +569,31 @@ fn serial_slurm_a_secret_is_read_on_the_node_and_is_in_no_file_of_the_run_or_of_
     assert!(logs.contains("chmod 600"), "the task said why: {logs}");
     assert!(text(&out).contains("slurm/"), "the driver names the task's log: {}", text(&out));
 }
+
+#[test]
+fn serial_slurm_an_engine_asking_two_gpus_runs_as_an_array_job_of_its_own() {
+    let Some(cluster) = Cluster::start() else { return };
+    let env = KittEnv::new();
+    let shared = env.path().join("shared");
+    let suite = env.suite(&format!(
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: shapes}}\nspec:\n  models: [{{name: shapes-model}}]\n  \
+         engines:\n    - {{name: one, template: sim}}\n    - {{name: two, template: sim, params: {{ttft_ms: 5}}, slurm: {{gres: 'gpu:2'}}}}\n  \
+         benchmarks: [{{name: lat, template: latency, params: {{requests: 3, max_tokens: 4}}}}]\n  warmup: {{requests: 0}}\n  \
+         execution:\n    executor: slurm\n    isolation: engine\n    slurm: {{partition: gpu, gres: 'gpu:1', time: 10m, shared_dir: {}}}\n",
+        shared.display()
+    ));
+    let out = cluster.kitt(&env).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = shared_run(&env).unwrap();
+    let executor: Json = serde_json::from_slice(&std::fs::read(run.join("executor.json")).unwrap()).unwrap();
+    let arrays: HashSet<String> = executor["units"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["external_id"].as_str().unwrap().split('_').next().unwrap().to_string())
+        .collect();
+    assert_eq!(arrays.len(), 2, "one array job per shape: {executor}");
+    let script = std::fs::read_to_string(run.join("slurm/job-1.sh")).unwrap();
+    assert!(script.contains("units-1.txt"), "{script}");
+    assert_eq!(report(&run)["cells"].as_array().unwrap().len(), 2);
+}

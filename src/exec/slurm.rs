@@ -200,8 +200,8 @@ pub struct Slurm {
     run_id: String,
     run_dir: PathBuf,
     submission: Submission,
-    /// Unit id → array index (its line in the units list).
-    index: HashMap<String, usize>,
+    /// Unit id → its shape's array job and array index (its line in that shape's units list).
+    index: HashMap<String, (usize, usize)>,
     queued: Vec<String>,
     /// Why the last submission of queued units failed, per unit.
     refused: HashMap<String, String>,
@@ -229,7 +229,12 @@ impl Slurm {
         forwarded.sort();
         submission.forward_env(&forwarded);
         submission.write().map_err(|reason| ExecError::Submit { unit: "*".into(), reason })?;
-        let index = submission.units.iter().enumerate().map(|(i, u)| (u.clone(), i)).collect();
+        let index = submission
+            .arrays
+            .iter()
+            .enumerate()
+            .flat_map(|(shape, a)| a.units.iter().enumerate().map(move |(i, u)| (u.clone(), (shape, i))))
+            .collect();
         Ok(Slurm {
             run_id: run_id.to_string(),
             run_dir: run_dir.to_path_buf(),
@@ -273,26 +278,34 @@ impl Slurm {
             return;
         }
         let units = std::mem::take(&mut self.queued);
-        let mut indices: Vec<usize> = units.iter().filter_map(|u| self.index.get(u).copied()).collect();
-        indices.sort_unstable();
-        let argv = self.submission.argv(&indices);
-        match run_sbatch(&argv) {
-            Ok(array_job) => {
-                for u in units {
-                    let i = self.index[&u];
-                    let attempt =
-                        crate::run::lease::file::newest(&self.run_dir.join("attempts").join(&u)).map_or(0, |n| n + 1);
-                    self.jobs.insert(u, Job { id: format!("{array_job}_{i}"), attempt, gone_since: None });
+        // One array job per shape among the queued units.
+        let mut shapes: Vec<usize> = units.iter().filter_map(|u| self.index.get(u).map(|(s, _)| *s)).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        for shape in shapes {
+            let members: Vec<&String> =
+                units.iter().filter(|u| self.index.get(*u).is_some_and(|(s, _)| *s == shape)).collect();
+            let mut indices: Vec<usize> = members.iter().map(|u| self.index[*u].1).collect();
+            indices.sort_unstable();
+            let argv = self.submission.argv(shape, &indices);
+            match run_sbatch(&argv) {
+                Ok(array_job) => {
+                    for u in members {
+                        let i = self.index[u].1;
+                        let attempt = crate::run::lease::file::newest(&self.run_dir.join("attempts").join(u))
+                            .map_or(0, |n| n + 1);
+                        self.jobs.insert(u.clone(), Job { id: format!("{array_job}_{i}"), attempt, gone_since: None });
+                    }
                 }
-                // The new tasks are asked about at the next state, not a poll later.
-                self.polled = None;
-            }
-            Err(reason) => {
-                for u in units {
-                    self.refused.insert(u, reason.clone());
+                Err(reason) => {
+                    for u in members {
+                        self.refused.insert(u.clone(), reason.clone());
+                    }
                 }
             }
         }
+        // The new tasks are asked about at the next state, not a poll later.
+        self.polled = None;
     }
 
     /// Submits a job that runs `kitt runs follow` after every task of the submitted array jobs

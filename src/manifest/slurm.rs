@@ -109,11 +109,11 @@ impl Decode for Slurm {
         let mut ok = true;
         for (key, v) in [("partition", &partition), ("account", &account), ("constraint", &constraint)] {
             if let Some(v) = v {
-                ok &= check_name(cx, key, v);
+                ok &= check_name(cx, "`execution.slurm`", key, v);
             }
         }
         if let Some(g) = &gres {
-            ok &= check_gres(cx, g);
+            ok &= check_gres(cx, "`execution.slurm`", g);
         }
         if let Some(m) = max_jobs.as_ref().filter(|m| m.value == 0) {
             cx.error(
@@ -176,20 +176,75 @@ impl Decode for Slurm {
     }
 }
 
+/// What one engine's units ask Slurm for instead of `execution.slurm`'s values (`engines[].slurm`):
+/// units of different shapes are different array jobs. Placement only: never in a step's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmShape {
+    /// Generic resources per task for this engine's units (`gpu:4`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<GresSchema>")]
+    pub gres: Option<String>,
+    /// One node feature for this engine's units (`h100`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<SlurmName>")]
+    pub constraint: Option<String>,
+    /// Time limit per task for this engine's units (same forms as `execution.slurm.time`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<SlurmTimeSchema>")]
+    pub time: Option<String>,
+}
+
+impl Decode for SlurmShape {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let block = what.to_string();
+        let mut f = Fields::open(node, cx, &block)?;
+        let gres: Option<Spanned<String>> = f.opt(cx, "gres");
+        let constraint: Option<Spanned<String>> = f.opt(cx, "constraint");
+        let time = f.node("time").cloned();
+        f.finish(cx);
+        let mut ok = true;
+        if let Some(g) = &gres {
+            ok &= check_gres(cx, &block, g);
+        }
+        if let Some(c) = &constraint {
+            ok &= check_name(cx, &block, "constraint", c);
+        }
+        let time = match time {
+            Some(t) => {
+                let v = time_value(cx, &t, &block);
+                ok &= v.is_some();
+                v
+            }
+            None => None,
+        };
+        ok.then(|| SlurmShape {
+            gres: gres.map(|g| g.value),
+            constraint: constraint.map(|c| c.value),
+            time: time.map(|t| t.value),
+        })
+    }
+}
+
 /// `time`, required, normalized to Slurm's form.
 fn time_field(f: &mut Fields, cx: &mut Cx, block: &Node) -> Option<Spanned<String>> {
-    let Some(node) = f.node("time").filter(|n| n.value != Value::Null) else {
+    let Some(node) = f.node("time").filter(|n| n.value != Value::Null).cloned() else {
         cx.error(
             Diagnostic::new(block.pos, "missing key `time` in `execution.slurm`")
                 .help("add `time:`, the limit of each array task, such as `time: 2h`"),
         );
         return None;
     };
+    time_value(cx, &node, "`execution.slurm`")
+}
+
+/// A Slurm time of `node`, normalized (`HH:MM:SS` or `D-HH:MM:SS`), more than 2 minutes.
+fn time_value(cx: &mut Cx, node: &Node, block: &str) -> Option<Spanned<String>> {
     let text = match &node.value {
         Value::Str(s) => s.trim().to_string(),
         Value::Int(i) => i.to_string(),
         _ => {
-            cx.mismatch(node, "a time such as `2h` or `02:00:00`", "`time` in `execution.slurm`");
+            cx.mismatch(node, "a time such as `2h` or `02:00:00`", &format!("`time` in {block}"));
             return None;
         }
     };
@@ -197,14 +252,14 @@ fn time_field(f: &mut Fields, cx: &mut Cx, block: &Node) -> Option<Spanned<Strin
         Ok(secs) if secs > 120 => Some(Spanned::new(node.pos, format_slurm_time(secs))),
         Ok(_) => {
             cx.error(
-                Diagnostic::new(node.pos, format!("`time` in `execution.slurm`: `{text}` is 2 minutes or less"))
+                Diagnostic::new(node.pos, format!("`time` in {block}: `{text}` is 2 minutes or less"))
                     .help("kitt asks Slurm for SIGTERM 120 s before the limit: give each task more, such as `2h`"),
             );
             None
         }
         Err(why) => {
             cx.error(
-                Diagnostic::new(node.pos, format!("`time` in `execution.slurm`: `{text}` is not a Slurm time ({why})"))
+                Diagnostic::new(node.pos, format!("`time` in {block}: `{text}` is not a Slurm time ({why})"))
                     .help("write `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`, or a duration like `2h` or `90m`"),
             );
             None
@@ -267,18 +322,18 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn check_name(cx: &mut Cx, key: &str, v: &Spanned<String>) -> bool {
+fn check_name(cx: &mut Cx, block: &str, key: &str, v: &Spanned<String>) -> bool {
     if is_name(&v.value) {
         return true;
     }
     cx.error(
-        Diagnostic::new(v.pos, format!("`{key}` in `execution.slurm`: `{}` is not a Slurm name", v.value))
+        Diagnostic::new(v.pos, format!("`{key}` in {block}: `{}` is not a Slurm name", v.value))
             .help("write one name of letters, digits, `_`, `.` or `-`, such as `gpu`"),
     );
     false
 }
 
-fn check_gres(cx: &mut Cx, g: &Spanned<String>) -> bool {
+fn check_gres(cx: &mut Cx, block: &str, g: &Spanned<String>) -> bool {
     let parts: Vec<&str> = g.value.split(':').collect();
     let (names, count) = parts.split_at(parts.len() - 1);
     let problem = if names.is_empty() {
@@ -297,11 +352,8 @@ fn check_gres(cx: &mut Cx, g: &Spanned<String>) -> bool {
     };
     let Some(problem) = problem else { return true };
     cx.error(
-        Diagnostic::new(
-            g.pos,
-            format!("`gres` in `execution.slurm`: `{}` is not `name[:type]:count` ({problem})", g.value),
-        )
-        .help("write one resource with a count, such as `gpu:1` or `gpu:h100:4`"),
+        Diagnostic::new(g.pos, format!("`gres` in {block}: `{}` is not `name[:type]:count` ({problem})", g.value))
+            .help("write one resource with a count, such as `gpu:1` or `gpu:h100:4`"),
     );
     false
 }

@@ -151,6 +151,11 @@ pub struct EngineInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub sampling: Option<Node>,
+    /// What this engine's units ask Slurm for instead of `execution.slurm`'s `gres`,
+    /// `constraint` and `time` (a multi-GPU engine: `{gres: "gpu:4"}`); placement only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<super::slurm::SlurmShape>")]
+    pub slurm: Option<Spanned<super::slurm::SlurmShape>>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema, Default)]
@@ -260,6 +265,7 @@ impl Decode for EngineInstance {
         let container = f.opt(cx, "container");
         let native = f.opt(cx, "native");
         let endpoint = f.opt(cx, "endpoint");
+        let slurm = f.opt(cx, "slurm");
         let sampling: Option<Node> = f.node("sampling").cloned();
         if let Some(s) = &sampling
             && !matches!(s.value, super::yaml::Value::Map(_))
@@ -278,6 +284,7 @@ impl Decode for EngineInstance {
             native,
             endpoint,
             sampling,
+            slurm,
         })
     }
 }

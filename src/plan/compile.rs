@@ -832,6 +832,15 @@ impl<'a> Compiler<'a> {
         if had_errors {
             return None;
         }
+        if let Some(shape) = &inst.slurm
+            && self.suite.spec.execution.slurm.is_none()
+        {
+            let d = Diagnostic::new(shape.pos, format!("`slurm` of engine `{}` needs `execution.slurm`", inst.name.value))
+                .help("add `execution: {slurm: {partition: …, time: 2h, shared_dir: /shared/kitt-runs}}`, or remove the engine's `slurm`");
+            if !self.errors.contains(&d) {
+                self.errors.push(d);
+            }
+        }
         let served = model.served_name.as_ref().unwrap_or(&model.name).value.clone();
         let model_ref = ModelRef {
             name: model.name.value.clone(),
@@ -878,6 +887,7 @@ impl<'a> Compiler<'a> {
             tokenize_pointer: spec.tokenize.as_ref().map(|t| t.tokens.clone()),
             metrics_path: spec.metrics.as_ref().map(|m| m.path.clone()),
             restart_on_retry: spec.restart_on_retry,
+            slurm: inst.slurm.as_ref().map(|s| s.value.clone()),
             key,
         })
     }

@@ -152,6 +152,10 @@ pub struct EngineGroup {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_path: Option<String>,
     pub restart_on_retry: bool,
+    /// What its units ask Slurm for instead of `execution.slurm`'s values (placement only: not
+    /// in `key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::manifest::slurm::SlurmShape>,
     /// The group's identity key; every step of the group hashes it.
     pub key: StepKey,
 }

@@ -39,17 +39,22 @@ pub struct ArrayJob {
 pub fn jobs(plan: &Plan, run: &str) -> Option<Vec<ArrayJob>> {
     let slurm = plan.execution.slurm.as_ref()?;
     let s = submission(plan, run, &kitt_path(slurm))?;
-    if s.units.is_empty() {
-        return Some(Vec::new());
-    }
-    let all: Vec<usize> = (0..s.units.len()).collect();
-    Some(vec![ArrayJob {
-        argv: s.argv(&all),
-        script_path: s.script_path.clone(),
-        script: s.script.clone(),
-        units_path: s.units_path.clone(),
-        units: s.units.clone(),
-    }])
+    Some(
+        s.arrays
+            .iter()
+            .enumerate()
+            .map(|(shape, a)| {
+                let all: Vec<usize> = (0..a.units.len()).collect();
+                ArrayJob {
+                    argv: s.argv(shape, &all),
+                    script_path: a.script_path.clone(),
+                    script: a.script.clone(),
+                    units_path: a.units_path.clone(),
+                    units: a.units.clone(),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The directory of run `run` under the shared directory.
@@ -72,35 +77,40 @@ pub fn job_name(run: &str) -> String {
     format!("kitt-{run}")
 }
 
-/// What submitting units of one run takes: the `sbatch` options every array job of it shares,
-/// the fixed job script, the units list (array index → unit id) and the report job's script.
+/// What submitting units of one run takes: per resource shape (`execution.slurm`, or an engine's
+/// `slurm` in its place) one array job's options, job script and units list (array index → unit
+/// id), and the report job's script.
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub run_dir: PathBuf,
     pub slurm_dir: PathBuf,
-    pub script_path: PathBuf,
-    pub script: String,
-    pub units_path: PathBuf,
-    pub units: Vec<String>,
+    /// One per shape, in the order the plan's units first use them.
+    pub arrays: Vec<Shape>,
     report_path: PathBuf,
     report_script: String,
-    /// Every option but `--array` (between `sbatch --parsable` and the script).
-    options: Vec<String>,
     /// Options the report job shares with the units' jobs (partition, account, time, extra).
     report_options: Vec<String>,
     max_jobs: Option<u32>,
 }
 
+/// The array job of one resource shape.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub script_path: PathBuf,
+    pub script: String,
+    pub units_path: PathBuf,
+    pub units: Vec<String>,
+    /// Every option but `--array` (between `sbatch --parsable` and the script).
+    options: Vec<String>,
+}
+
 /// The submission of `plan`'s units for run `run`, whose tasks run the kitt binary at `kitt`.
 pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     let slurm = plan.execution.slurm.as_ref()?;
-    let units: Vec<String> = plan.units.iter().map(|u| u.id.clone()).collect();
     let dir = run_dir(slurm, run);
     let slurm_dir = dir.join("slurm");
-    let script_path = slurm_dir.join("job-0.sh");
-    let units_path = slurm_dir.join("units-0.txt");
     let report_path = slurm_dir.join("report.sh");
-    let mut options: Vec<String> = vec![
+    let mut common: Vec<String> = vec![
         "--requeue".into(),
         "--signal=B:TERM@120".into(),
         "--export=NONE".into(),
@@ -115,26 +125,53 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     ];
     // A node is the boundary of `isolation: host`: no other job shares it.
     if plan.execution.isolation == crate::manifest::suite::Isolation::Host {
-        options.push("--exclusive".into());
+        common.push("--exclusive".into());
     }
-    let mut shared = vec!["--partition".to_string(), slurm.partition.value.clone()];
-    shared.extend(["--time".into(), slurm.time.value.clone()]);
-    if let Some(a) = &slurm.account {
-        shared.extend(["--account".into(), a.value.clone()]);
+    common.extend(["--partition".into(), slurm.partition.value.clone()]);
+    // Shapes in the order the units first use them; each unit's engine may replace values.
+    let mut shapes: Vec<Option<&crate::manifest::slurm::SlurmShape>> = Vec::new();
+    let mut members: Vec<Vec<String>> = Vec::new();
+    for u in &plan.units {
+        let shape = plan.groups[u.group].slurm.as_ref();
+        let i = shapes.iter().position(|s| *s == shape).unwrap_or_else(|| {
+            shapes.push(shape);
+            members.push(Vec::new());
+            shapes.len() - 1
+        });
+        members[i].push(u.id.clone());
     }
-    options.extend(["--partition".into(), slurm.partition.value.clone()]);
-    if let Some(g) = &slurm.gres {
-        options.extend(["--gres".into(), g.value.clone()]);
-    }
-    options.extend(["--time".into(), slurm.time.value.clone()]);
-    if let Some(a) = &slurm.account {
-        options.extend(["--account".into(), a.value.clone()]);
-    }
-    if let Some(c) = &slurm.constraint {
-        options.extend(["--constraint".into(), c.value.clone()]);
-    }
-    options.extend(slurm.extra.iter().map(|e| e.value.clone()));
-    shared.extend(slurm.extra.iter().map(|e| e.value.clone()));
+    let env = node_env(slurm);
+    let arrays = shapes
+        .into_iter()
+        .zip(members)
+        .enumerate()
+        .map(|(i, (shape, units))| {
+            let mut options = common.clone();
+            let gres = shape.and_then(|s| s.gres.clone()).or_else(|| slurm.gres.as_ref().map(|g| g.value.clone()));
+            if let Some(g) = gres {
+                options.extend(["--gres".into(), g]);
+            }
+            let time = shape.and_then(|s| s.time.clone()).unwrap_or_else(|| slurm.time.value.clone());
+            options.extend(["--time".into(), time]);
+            if let Some(a) = &slurm.account {
+                options.extend(["--account".into(), a.value.clone()]);
+            }
+            let constraint =
+                shape.and_then(|s| s.constraint.clone()).or_else(|| slurm.constraint.as_ref().map(|c| c.value.clone()));
+            if let Some(c) = constraint {
+                options.extend(["--constraint".into(), c]);
+            }
+            options.extend(slurm.extra.iter().map(|e| e.value.clone()));
+            let units_path = slurm_dir.join(format!("units-{i}.txt"));
+            Shape {
+                script_path: slurm_dir.join(format!("job-{i}.sh")),
+                script: script(kitt, &dir, &units_path, &env),
+                units_path,
+                units,
+                options,
+            }
+        })
+        .collect();
     let mut report_options = vec![
         "--export=NONE".to_string(),
         "--comment".into(),
@@ -144,19 +181,22 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         "--output".into(),
         slurm_dir.join("report-%j.log").display().to_string(),
         "--open-mode=append".into(),
+        "--partition".into(),
+        slurm.partition.value.clone(),
+        "--time".into(),
+        slurm.time.value.clone(),
     ];
-    report_options.extend(shared);
+    if let Some(a) = &slurm.account {
+        report_options.extend(["--account".into(), a.value.clone()]);
+    }
+    report_options.extend(slurm.extra.iter().map(|e| e.value.clone()));
     let runs_root = slurm.shared_dir.value.clone();
     Some(Submission {
-        script: script(kitt, &dir, &units_path, &node_env(slurm)),
         report_script: report_script(kitt, run, &runs_root),
         run_dir: dir,
         slurm_dir,
-        script_path,
-        units_path,
-        units,
+        arrays,
         report_path,
-        options,
         report_options,
         max_jobs: slurm.max_jobs.as_ref().map(|m| m.value),
     })
@@ -184,12 +224,13 @@ pub fn array_spec(indices: &[usize], max_jobs: Option<u32>) -> String {
 }
 
 impl Submission {
-    /// `sbatch` and its arguments for one array job of the units at `indices`.
-    pub fn argv(&self, indices: &[usize]) -> Vec<String> {
+    /// `sbatch` and its arguments for one array job of shape `shape`'s units at `indices`.
+    pub fn argv(&self, shape: usize, indices: &[usize]) -> Vec<String> {
+        let a = &self.arrays[shape];
         let mut argv = vec!["sbatch".to_string(), "--parsable".into()];
         argv.push(format!("--array={}", array_spec(indices, self.max_jobs)));
-        argv.extend(self.options.iter().cloned());
-        argv.push(self.script_path.display().to_string());
+        argv.extend(a.options.iter().cloned());
+        argv.push(a.script_path.display().to_string());
         argv
     }
 
@@ -211,25 +252,28 @@ impl Submission {
             return;
         }
         let export = format!("--export={}", names.join(","));
-        for o in self.options.iter_mut().chain(self.report_options.iter_mut()) {
+        let options = self.arrays.iter_mut().flat_map(|a| a.options.iter_mut());
+        for o in options.chain(self.report_options.iter_mut()) {
             if o == "--export=NONE" {
                 *o = export.clone();
             }
         }
     }
 
-    /// Writes the job scripts and the units list into the run's `slurm/` directory.
+    /// Writes the job scripts and the units lists into the run's `slurm/` directory.
     pub fn write(&self) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(&self.slurm_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.slurm_dir.display()))?;
-        let mut list = self.units.join("\n");
-        list.push('\n');
-        for (path, text, mode) in [
-            (&self.units_path, list.as_str(), 0o644),
-            (&self.script_path, self.script.as_str(), 0o755),
-            (&self.report_path, self.report_script.as_str(), 0o755),
-        ] {
+        let mut files: Vec<(&PathBuf, String, u32)> = Vec::new();
+        for a in &self.arrays {
+            let mut list = a.units.join("\n");
+            list.push('\n');
+            files.push((&a.units_path, list, 0o644));
+            files.push((&a.script_path, a.script.clone(), 0o755));
+        }
+        files.push((&self.report_path, self.report_script.clone(), 0o755));
+        for (path, text, mode) in files {
             crate::run::dir::write_atomic(path, text.as_bytes())
                 .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
