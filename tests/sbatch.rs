@@ -59,6 +59,8 @@ fn every_key_reaches_the_argv_and_the_units_list_is_the_plans_units() {
             "--output",
             &format!("{dir}/%A_%a.log"),
             "--open-mode=append",
+            "--chdir",
+            "/lustre/team/kitt-runs/RUN",
             "--partition",
             "gpu",
             "--gres",
@@ -113,6 +115,8 @@ fn optional_keys_are_left_out_and_humane_times_become_slurm_times() {
             tail,
             [
                 "--open-mode=append",
+                "--chdir",
+                "/scratch/my runs/RUN",
                 "--exclusive",
                 "--partition",
                 "debug",

@@ -16,10 +16,22 @@ use serde_json::Value as Json;
 /// A private cluster; stopped (its jobs cancelled first) on drop.
 struct Cluster {
     dir: tempfile::TempDir,
+    /// scripts/slurm-cluster.sh (one node: this machine) or scripts/slurm-nodes.sh (containers).
+    script: &'static str,
+    conf: &'static str,
 }
 
 impl Cluster {
     fn start() -> Option<Cluster> {
+        Cluster::start_with("scripts/slurm-cluster.sh", "etc/slurm.conf", None)
+    }
+
+    /// Nodes `n1`…`nN` in containers on a private network, `mounts` mounted into each.
+    fn nodes(n: usize, mounts: &[&Path]) -> Option<Cluster> {
+        Cluster::start_with("scripts/slurm-nodes.sh", "etc/slurm-ctld.conf", Some((n, mounts)))
+    }
+
+    fn start_with(script: &'static str, conf: &'static str, nodes: Option<(usize, &[&Path])>) -> Option<Cluster> {
         let have = Command::new("sh").args(["-c", "command -v slurmctld && command -v munged"]).output();
         if !have.is_ok_and(|o| o.status.success()) {
             assert!(
@@ -30,17 +42,19 @@ impl Cluster {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh"))
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let mut c = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(script));
+        c.arg("start").arg(dir.path());
+        if let Some((count, mounts)) = nodes {
+            let mounts: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+            c.env("KITT_SLURM_NODE_MOUNTS", mounts.join(" ")).arg(count.to_string());
+        }
+        let out = c.output().unwrap();
         assert!(out.status.success(), "the test cluster did not start: {}", text(&out));
-        Some(Cluster { dir })
+        Some(Cluster { dir, script, conf })
     }
 
     fn conf(&self) -> PathBuf {
-        self.dir.path().join("etc/slurm.conf")
+        self.dir.path().join(self.conf)
     }
 
     fn tool(&self, program: &str) -> Command {
@@ -74,7 +88,7 @@ impl Drop for Cluster {
         while !self.jobs().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh"))
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(self.script))
             .arg("stop")
             .arg(self.dir.path())
             .output();
@@ -86,8 +100,9 @@ fn node() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A suite (`executor: slurm`) of `engines` simulator groups (a unit each), each measuring `cells` throughput cells
-/// of `requests` requests; its runs live under `shared`.
+/// A suite (`executor: slurm`) of `engines` simulator groups (a unit each), each measuring `cells`
+/// throughput cells of `requests` requests, `isolation: engine`; its runs live under `shared`;
+/// `slurm` adds keys to `execution.slurm`.
 fn suite(env: &KittEnv, name: &str, engines: usize, cells: &str, requests: u32, itl_ms: u32, slurm: &str) -> PathBuf {
     let engines: Vec<String> = (0..engines)
         .map(|i| format!("{{name: sim{i}, template: sim, params: {{tokens_per_chunk: 2, itl_ms: {itl_ms}}}}}"))
@@ -596,4 +611,91 @@ fn serial_slurm_an_engine_asking_two_gpus_runs_as_an_array_job_of_its_own() {
     let script = std::fs::read_to_string(run.join("slurm/job-1.sh")).unwrap();
     assert!(script.contains("units-1.txt"), "{script}");
     assert_eq!(report(&run)["cells"].as_array().unwrap().len(), 2);
+}
+
+/// The host each attempt of `run`'s units claimed from: unit → hosts by attempt.
+fn claim_hosts(run: &Path) -> HashMap<String, Vec<String>> {
+    let mut out = HashMap::new();
+    for unit in std::fs::read_dir(run.join("attempts")).unwrap().flatten() {
+        let mut hosts = Vec::new();
+        for n in 0..10 {
+            let Ok(bytes) = std::fs::read(unit.path().join(n.to_string())) else { break };
+            let claim: Json = serde_json::from_slice(&bytes).unwrap();
+            hosts.push(claim["host"].as_str().unwrap().to_string());
+        }
+        out.insert(unit.file_name().to_string_lossy().to_string(), hosts);
+    }
+    out
+}
+
+fn with_host_isolation(suite: &Path) {
+    let text = std::fs::read_to_string(suite).unwrap().replace("isolation: engine", "isolation: host");
+    std::fs::write(suite, text).unwrap();
+}
+
+#[test]
+fn serial_slurm_nodes_a_killed_node_container_loses_nothing_and_the_unit_finishes_elsewhere() {
+    let env = KittEnv::new();
+    let Some(cluster) = Cluster::nodes(3, &[env.path()]) else { return };
+    // A short first cell, then a long one (about 36 s) that outlives SlurmdTimeout; the node's
+    // own host lock (its /var/lock), not one shared through the mounted directory.
+    let suite = suite(&env, "slurmnodes", 1, "8, 1", 300, 40, ", host_lock: /var/lock/kitt-host.lock");
+    with_host_isolation(&suite);
+    let driver = cluster
+        .kitt(&env)
+        .arg("apply")
+        .arg(&suite)
+        .args(["--max-attempts", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = PathBuf::new();
+    wait_for("a first commit and a second cell", Duration::from_secs(90), || {
+        let Some(r) = shared_run(&env) else { return false };
+        run = r;
+        let counts = benchmark_counts(&run);
+        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
+    });
+    let first = claim_hosts(&run).into_values().next().unwrap()[0].clone();
+    let nodes = std::fs::read_to_string(cluster.dir.path().join("nodes")).unwrap();
+    let container = nodes.lines().find(|c| c.ends_with(&format!("-{first}"))).unwrap().to_string();
+    let out = Command::new("docker").args(["kill", &container]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let hosts = claim_hosts(&run).into_values().next().unwrap();
+    assert_eq!(hosts.len(), 2, "the requeued task claimed a second attempt: {hosts:?}");
+    assert_ne!(hosts[1], first, "it ran on another node");
+    for (key, counts) in benchmark_counts(&run) {
+        assert_eq!(counts.1, 1, "cell {key} committed exactly once: {counts:?}");
+    }
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+}
+
+#[test]
+fn serial_slurm_nodes_units_share_a_node_under_engine_isolation_and_never_under_host() {
+    let env = KittEnv::new();
+    let Some(cluster) = Cluster::nodes(3, &[env.path()]) else { return };
+    let nodes_of = |isolation_host: bool| -> HashSet<String> {
+        let env_run = KittEnv::new();
+        let suite = suite(&env, "slurmshare", 2, "1", 20, 20, ", gres: 'gpu:1', host_lock: /var/lock/kitt-host.lock");
+        if isolation_host {
+            with_host_isolation(&suite);
+        }
+        let out = cluster.kitt(&env_run).arg("apply").arg(&suite).arg("--fresh").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let runs: Vec<PathBuf> = std::fs::read_dir(env.path().join("shared"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("report/result.json").exists())
+            .collect();
+        let newest = runs.into_iter().max_by_key(|p| p.file_name().unwrap().to_owned()).unwrap();
+        claim_hosts(&newest).into_values().map(|h| h[0].clone()).collect()
+    };
+    // Two 1-GPU units fit one 2-GPU node: the GPU allocation is the boundary.
+    assert_eq!(nodes_of(false).len(), 1, "both units on one node");
+    // `--exclusive`: a node is the boundary.
+    assert_eq!(nodes_of(true).len(), 2, "each unit on a node of its own");
 }

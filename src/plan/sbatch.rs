@@ -122,6 +122,9 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         slurm_dir.join("%A_%a.log").display().to_string(),
         // A requeued task appends to its log instead of erasing the lost one's.
         "--open-mode=append".into(),
+        // The submitting directory may not exist on the nodes; the run's does.
+        "--chdir".into(),
+        dir.display().to_string(),
     ];
     // A node is the boundary of `isolation: host`: no other job shares it.
     if plan.execution.isolation == crate::manifest::suite::Isolation::Host {
@@ -181,6 +184,8 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         "--output".into(),
         slurm_dir.join("report-%j.log").display().to_string(),
         "--open-mode=append".into(),
+        "--chdir".into(),
+        dir.display().to_string(),
         "--partition".into(),
         slurm.partition.value.clone(),
         "--time".into(),
