@@ -357,9 +357,15 @@ fn serial_slurm_detach_leaves_the_rest_to_a_report_job_and_cancel_stops_every_ta
     assert_eq!(log.len(), 1, "the report job wrote its log");
     let said = std::fs::read_to_string(&log[0]).unwrap();
     assert!(said.contains("driving it here"), "the report job drove the run: {said}");
-    // Followed afterwards, the run tells its outcome.
-    let out = cluster.kitt(&env).args(["runs", "follow"]).arg(&run).output().unwrap();
+    // Followed afterwards on the login node, the run tells its outcome and reaches its store.
+    let store = env.path().join("results.db");
+    let out = cluster.kitt(&env).args(["runs", "follow"]).arg(&run).env("KITT_STORE", &store).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    let out =
+        cluster.kitt(&env).args(["results", "list", "--output", "json"]).env("KITT_STORE", &store).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "both cells indexed: {listed}");
 
     // A long run, cancelled while its tasks run: every task and simulator stops.
     let env = KittEnv::new();

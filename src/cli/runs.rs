@@ -269,6 +269,15 @@ pub fn follow(runs_dir: Option<&Path>, id: &str, store: Option<&Path>, output: O
                 let report = std::fs::read(info.path.join("report").join("result.json"))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<crate::report::RunReport>(&b).ok());
+                // A Slurm report job writes the run directory only (a node's store may sit on NFS):
+                // the run reaches this machine's store here.
+                let slurm = crate::exec::state::ExecutorState::load(&info.path)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.executor == crate::exec::ExecutorKind::Slurm);
+                if slurm && let Some(r) = &report {
+                    super::results::index_finished(store, r, &info.path, quiet || output == Output::Json);
+                }
                 match (output, &report) {
                     (Output::Json, _) => print_json(&json!({
                         "run_id": id, "run_dir": info.path, "status": now.status, "report": report,
