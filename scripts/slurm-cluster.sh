@@ -11,6 +11,8 @@
 # SlurmdTimeout=10, ReturnToService=2, MinJobAge=2, credentials expire after 5 s. Needs root
 # (slurmd runs jobs as their submitting user).
 set -euo pipefail
+# shellcheck source=scripts/slurm-common.sh
+. "$(dirname "$0")/slurm-common.sh"
 
 cmd=${1:?usage: slurm-cluster.sh start|stop DIR [CTLD_PORT SLURMD_PORT]}
 dir=${2:?usage: slurm-cluster.sh start|stop DIR [CTLD_PORT SLURMD_PORT]}
@@ -90,23 +92,9 @@ SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=$dir/run/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-SwitchType=switch/none
-ReturnToService=2
-SlurmdTimeout=10
-MinJobAge=2
-KillWait=30
-JobRequeue=1
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1
-MessageTimeout=5
-GresTypes=gpu
+EOF
+slurm_common_conf >>"$dir/etc/slurm.conf"
+cat >>"$dir/etc/slurm.conf" <<EOF
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=gpu Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF

@@ -13,6 +13,8 @@
 # Node names are n1…nN (containers kitt-slurm-<id>-nK, listed in DIR/nodes); `docker kill` or
 # `docker network disconnect` of one is a node failure. Needs root.
 set -euo pipefail
+# shellcheck source=scripts/slurm-common.sh
+. "$(dirname "$0")/slurm-common.sh"
 
 image=kitt-local/slurm-node:bookworm-22.05
 cmd=${1:?usage: slurm-nodes.sh start|stop DIR [NODES] | image}
@@ -118,24 +120,8 @@ SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=/var/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-SwitchType=switch/none
-ReturnToService=2
-SlurmdTimeout=10
-MinJobAge=2
-KillWait=30
-JobRequeue=1
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1
-MessageTimeout=5
-GresTypes=gpu
 EOF
+  slurm_common_conf
   for n in $(seq 1 "$nodes"); do
     echo "NodeName=n$n NodeAddr=$prefix.$((10 + n)) CPUs=2 RealMemory=1000 Gres=gpu:2 State=UNKNOWN"
   done

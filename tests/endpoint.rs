@@ -1,5 +1,7 @@
 //! Endpoint engines (a server kitt does not start) and argv safety of native engines.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -314,32 +316,8 @@ spec:
     assert!(summary.contains("generated fewer tokens than asked"), "{summary}");
 }
 
-/// An Engine template with a secret param that reaches the engine both ways: on its command line
-/// (the simulator's request log path) and in its environment (the simulator's model list).
-const SECRET_SIM: &str = r#"apiVersion: kitt/v1
-kind: Engine
-metadata: {name: keyed-sim}
-spec:
-  base: vllm
-  image: null
-  container: null
-  metrics: null
-  params:
-    gpu_memory_utilization: null
-    max_model_len: null
-    tensor_parallel_size: null
-    dtype: null
-    binary: null
-    api_key: {type: string, secret: true, description: the key the server wants}
-  native:
-    command: ["{{kitt.exe}}", "sim", "--api", "openai", "--host", "{{bind_host}}", "--port", "{{port}}",
-              "--model", "{{model.served_name}}", "--request-log", "{{params.api_key}}.jsonl"]
-    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
-  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
-"#;
-
 fn secret_param_suite(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("keyed-sim.yaml"), SECRET_SIM).unwrap();
+    std::fs::write(dir.join("keyed-sim.yaml"), common::KEYED_SIM).unwrap();
     let p = dir.join("suite.yaml");
     std::fs::write(
         &p,

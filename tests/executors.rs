@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{KittEnv, report, text};
+use common::{KittEnv, report, shard_records, text};
 use serde_json::Value as Json;
 
 /// Two cells, each a unit of its own (`granularity: cell`) with its own simulator, measured at
@@ -41,19 +41,6 @@ fn only_run(env: &KittEnv) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(env.runs()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs[0].clone()
-}
-
-/// Every record of every journal shard of `run` (the `kitt work` attempts').
-fn shard_records(run: &Path) -> Vec<Json> {
-    std::fs::read_dir(run.join("journal"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path()).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>()
-        })
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
 }
 
 /// How many benchmark steps the units of `run` have started.

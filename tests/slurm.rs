@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KittEnv, report, text};
+use common::{KittEnv, report, shard_records, text};
 use serde_json::Value as Json;
 
 /// A private cluster; stopped (its jobs cancelled first) on drop.
@@ -146,18 +146,6 @@ fn shared_run(env: &KittEnv) -> Option<PathBuf> {
         .find(|p| p.join("plan.json").exists() && p.file_name().is_some_and(|n| n != "bin"))
 }
 
-fn shard_records(run: &Path) -> Vec<Json> {
-    std::fs::read_dir(run.join("journal"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path()).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>()
-        })
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
-}
-
 /// Benchmark keys, each with how often it was started and finished across all attempts.
 fn benchmark_counts(run: &Path) -> HashMap<String, (usize, usize)> {
     let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
@@ -170,6 +158,23 @@ fn benchmark_counts(run: &Path) -> HashMap<String, (usize, usize)> {
         }
     }
     counts
+}
+
+/// Starts `kitt apply SUITE ARGS` on `cluster` in the background, its output captured.
+fn spawn_apply(cluster: &Cluster, env: &KittEnv, suite: &Path, args: &[&str]) -> std::process::Child {
+    cluster.kitt(env).arg("apply").arg(suite).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// The run under `env`'s shared directory once its first cell committed and its second measures.
+fn second_cell_measuring(env: &KittEnv, limit: Duration) -> PathBuf {
+    let mut run = PathBuf::new();
+    wait_for("a first commit and a second cell", limit, || {
+        let Some(r) = shared_run(env) else { return false };
+        run = r;
+        let counts = benchmark_counts(&run);
+        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
+    });
+    run
 }
 
 fn show(cluster: &Cluster, env: &KittEnv, run: &Path) -> Json {
@@ -277,23 +282,9 @@ fn serial_slurm_requeues_a_unit_whose_node_is_set_down_and_reruns_only_uncommitt
     let Some(cluster) = Cluster::start() else { return };
     let env = KittEnv::new();
     let suite = suite(&env, "slurmdown", 1, "1, 2, 3", 24, 25, "");
-    let driver = cluster
-        .kitt(&env)
-        .arg("apply")
-        .arg(&suite)
-        .args(["--executor", "slurm", "--max-attempts", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let driver = spawn_apply(&cluster, &env, &suite, &["--executor", "slurm", "--max-attempts", "2"]);
     // The first cell committed and the second measuring: the node goes down mid-cell.
-    let mut run = PathBuf::new();
-    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
-        let Some(r) = shared_run(&env) else { return false };
-        run = r;
-        let counts = benchmark_counts(&run);
-        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
-    });
+    let run = second_cell_measuring(&env, Duration::from_secs(60));
     let committed_first: Vec<String> =
         benchmark_counts(&run).into_iter().filter(|(_, (_, f))| *f == 1).map(|(k, _)| k).collect();
     let down = cluster.scontrol(&["update", &format!("nodename={}", node()), "state=down", "reason=kitt-test"]);
@@ -398,22 +389,8 @@ fn serial_slurm_a_task_stopped_outside_kitt_is_submitted_again_and_runs_only_wha
     let Some(cluster) = Cluster::start() else { return };
     let env = KittEnv::new();
     let suite = suite(&env, "slurmscancel", 1, "1, 2, 3", 24, 25, "");
-    let driver = cluster
-        .kitt(&env)
-        .arg("apply")
-        .arg(&suite)
-        .args(["--max-attempts", "2", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = PathBuf::new();
-    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
-        let Some(r) = shared_run(&env) else { return false };
-        run = r;
-        let counts = benchmark_counts(&run);
-        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
-    });
+    let driver = spawn_apply(&cluster, &env, &suite, &["--max-attempts", "2", "--output", "json"]);
+    let run = second_cell_measuring(&env, Duration::from_secs(60));
     let executor: Json = serde_json::from_slice(&std::fs::read(run.join("executor.json")).unwrap()).unwrap();
     let job =
         executor["units"].as_object().unwrap().values().next().unwrap()["external_id"].as_str().unwrap().to_string();
@@ -444,22 +421,8 @@ fn serial_slurm_kill_9_of_slurmd_mid_cell_requeues_and_the_old_attempt_commits_n
     let marker = "slurmdkill";
     // A short first cell, then a long one (about 36 s) that outlives Slurm's SlurmdTimeout.
     let suite = suite(&env, marker, 1, "8, 1", 300, 40, "");
-    let driver = cluster
-        .kitt(&env)
-        .arg("apply")
-        .arg(&suite)
-        .args(["--max-attempts", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = PathBuf::new();
-    wait_for("a first commit and a second cell", Duration::from_secs(60), || {
-        let Some(r) = shared_run(&env) else { return false };
-        run = r;
-        let counts = benchmark_counts(&run);
-        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
-    });
+    let driver = spawn_apply(&cluster, &env, &suite, &["--max-attempts", "2"]);
+    let run = second_cell_measuring(&env, Duration::from_secs(60));
     let pid_file = cluster.dir.path().join("run/slurmd.pid");
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     // SAFETY: killing the slurmd this test's cluster started.
@@ -482,30 +445,6 @@ fn serial_slurm_kill_9_of_slurmd_mid_cell_requeues_and_the_old_attempt_commits_n
     // The returned slurmd killed the lost attempt; its simulator died with it.
     wait_for("no simulator of the run left", Duration::from_secs(30), || common::sims_alive(marker) == 0);
 }
-
-/// A simulator template with a secret param: its value names the simulator's request log, so the
-/// log's existence proves the value reached the engine.
-const KEYED_SIM: &str = r#"apiVersion: kitt/v1
-kind: Engine
-metadata: {name: keyed-sim}
-spec:
-  base: vllm
-  image: null
-  container: null
-  metrics: null
-  params:
-    gpu_memory_utilization: null
-    max_model_len: null
-    tensor_parallel_size: null
-    dtype: null
-    binary: null
-    api_key: {type: string, secret: true, description: the key the server wants}
-  native:
-    command: ["{{kitt.exe}}", "sim", "--api", "openai", "--host", "{{bind_host}}", "--port", "{{port}}",
-              "--model", "{{model.served_name}}", "--request-log", "{{params.api_key}}.jsonl"]
-    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
-  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
-"#;
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
@@ -532,7 +471,7 @@ fn serial_slurm_a_secret_is_read_on_the_node_and_is_in_no_file_of_the_run_or_of_
     use std::os::unix::fs::PermissionsExt as _;
     let Some(cluster) = Cluster::start() else { return };
     let env = KittEnv::new();
-    std::fs::write(env.path().join("keyed-sim.yaml"), KEYED_SIM).unwrap();
+    std::fs::write(env.path().join("keyed-sim.yaml"), common::KEYED_SIM).unwrap();
     let sentinel = "k3y-5lurm-sentinel";
     let secret = env.path().join(sentinel);
     let secrets = env.path().join("secrets");
@@ -647,22 +586,8 @@ fn serial_slurm_nodes_a_killed_node_container_loses_nothing_and_the_unit_finishe
     // own host lock (its /var/lock), not one shared through the mounted directory.
     let suite = suite(&env, "slurmnodes", 1, "8, 1", 300, 40, ", host_lock: /var/lock/kitt-host.lock");
     with_host_isolation(&suite);
-    let driver = cluster
-        .kitt(&env)
-        .arg("apply")
-        .arg(&suite)
-        .args(["--max-attempts", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = PathBuf::new();
-    wait_for("a first commit and a second cell", Duration::from_secs(90), || {
-        let Some(r) = shared_run(&env) else { return false };
-        run = r;
-        let counts = benchmark_counts(&run);
-        counts.values().filter(|(_, f)| *f == 1).count() == 1 && counts.values().any(|(s, f)| *s == 1 && *f == 0)
-    });
+    let driver = spawn_apply(&cluster, &env, &suite, &["--max-attempts", "2"]);
+    let run = second_cell_measuring(&env, Duration::from_secs(90));
     let first = claim_hosts(&run).into_values().next().unwrap()[0].clone();
     let nodes = std::fs::read_to_string(cluster.dir.path().join("nodes")).unwrap();
     let container = nodes.lines().find(|c| c.ends_with(&format!("-{first}"))).unwrap().to_string();

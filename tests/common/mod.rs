@@ -133,3 +133,42 @@ pub fn comparable(report: &serde_json::Value, reused: bool) -> Vec<serde_json::V
         })
         .collect()
 }
+
+/// An Engine template with a secret param that reaches the engine both ways: on its command line
+/// (the simulator's request log path) and in its environment (the simulator's model list).
+#[allow(dead_code)]
+pub const KEYED_SIM: &str = r#"apiVersion: kitt/v1
+kind: Engine
+metadata: {name: keyed-sim}
+spec:
+  base: vllm
+  image: null
+  container: null
+  metrics: null
+  params:
+    gpu_memory_utilization: null
+    max_model_len: null
+    tensor_parallel_size: null
+    dtype: null
+    binary: null
+    api_key: {type: string, secret: true, description: the key the server wants}
+  native:
+    command: ["{{kitt.exe}}", "sim", "--api", "openai", "--host", "{{bind_host}}", "--port", "{{port}}",
+              "--model", "{{model.served_name}}", "--request-log", "{{params.api_key}}.jsonl"]
+    env: {KITT_SIM_MODELS: "{{model.served_name}},{{params.api_key}}"}
+  health: {path: /health, timeout: 30s, initial_interval: 10ms, max_interval: 500ms}
+"#;
+
+/// Every record of every journal shard of `run` (the `kitt work` attempts').
+#[allow(dead_code)]
+pub fn shard_records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(run.join("journal"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>()
+        })
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
