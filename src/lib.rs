@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod settings;
 pub mod store;
 pub mod template;

@@ -5,12 +5,13 @@
 //! failed, 130 interrupted.
 
 pub mod apply;
-mod compare;
+pub(crate) mod compare;
 mod engines;
 pub mod fingerprint;
 mod gc;
-mod results;
-mod runs;
+pub(crate) mod results;
+pub(crate) mod runs;
+pub mod serve;
 mod settings;
 mod work;
 
@@ -164,6 +165,9 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Settings kept in the results store: list (with each value's source), get, set, unset, history.
     Settings(settings::SettingsArgs),
+    /// The REST API (/api/v1, OpenAPI, live events) over the runs and the store; `serve token`
+    /// manages who may call it.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +288,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Results { command } => results::run(command),
         Command::Compare(args) => compare::compare(&args),
         Command::Settings(args) => settings::run(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 

@@ -46,6 +46,8 @@ impl FilterArgs {
             fingerprint: self.fingerprint.clone(),
             since_unix_ns: self.since,
             run_id: None,
+            after_id: None,
+            limit: None,
         }
     }
 }

@@ -1,0 +1,292 @@
+//! `/api/v1/events`: server-sent events read from the runs' journals.
+//!
+//! Each stream tails the journal files itself (a poll every 200 ms: journals are appended and
+//! fsynced a record at a time, so the files are the only queue). It reads a bounded chunk per
+//! shard per poll and produces events only as fast as the client takes them, so a slow client
+//! costs a file offset, never a growing buffer, and nothing is ever dropped.
+//!
+//! An event's id names its run, its journal shard and the record's sequence number in that shard
+//! (`RUN/SHARD/SEQ`), followed after `@` by how far the stream had got in every shard of the run
+//! (`journal:12,g0.1:5`). Records of different shards interleave in whatever order their
+//! writers appended them, so only that vector says what a client has seen: a reconnect with
+//! `Last-Event-ID` on a run's stream (`?run=ID`) replays exactly the records after it in every
+//! shard, including shards that appeared meanwhile, with no gap and no duplicate. The stream of
+//! all runs follows new records only; a reconnect to it gets a `reset` event (refetch the state,
+//! then follow), since one id cannot carry every run's position.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::App;
+use super::problem::{Problem, Query};
+use crate::run::journal::Record;
+
+/// How often a stream looks for new records.
+const POLL: Duration = Duration::from_millis(200);
+/// The most bytes read from one shard per poll (bounds a stream's memory).
+const CHUNK: u64 = 256 * 1024;
+/// The most streams open at once; more are refused with 503.
+pub const MAX_STREAMS: usize = 512;
+
+/// The journal shards of the run at `dir`, by name: `journal` (the driver's `journal.jsonl`)
+/// and `UNIT.ATTEMPT` for each `kitt work` attempt's shard, sorted by name.
+pub fn shards(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let main = dir.join("journal.jsonl");
+    if main.is_file() {
+        out.push(("journal".to_string(), main));
+    }
+    let mut rest: Vec<(String, PathBuf)> = std::fs::read_dir(crate::run::journal::shards_dir(dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".jsonl")?.to_string();
+            (super::api::valid_id(&name) && name != "journal").then(|| (name, e.path()))
+        })
+        .collect();
+    rest.sort();
+    out.extend(rest);
+    out
+}
+
+/// The journal event's name on the stream.
+fn event_name(record: &Record) -> &'static str {
+    use crate::run::journal::Event as E;
+    match record.event {
+        E::RunStarted { .. } => "run.started",
+        E::StepStarted { .. } => "step.started",
+        E::StepFinished { .. } => "step.finished",
+        E::StepFailed { .. } => "step.failed",
+        E::StepSkipped { .. } => "step.skipped",
+        E::Facts { .. } => "run.facts",
+        E::Duplicate { .. } => "step.duplicate",
+        E::RunFinished { .. } => "run.finished",
+        E::RunInterrupted { .. } => "run.interrupted",
+        E::RunStopped { .. } => "run.stopped",
+    }
+}
+
+/// How far a stream has read one shard.
+#[derive(Debug, Default, Clone)]
+struct ShardTail {
+    offset: u64,
+    /// The last sequence number delivered (records at or below it are skipped).
+    seen: Option<u64>,
+}
+
+/// One run's shards as a stream reads them.
+struct RunTail {
+    run: String,
+    dir: PathBuf,
+    shards: BTreeMap<String, ShardTail>,
+    /// Shards first met after the stream began are read from their start; at the start of a
+    /// live-only stream, existing ones from their end.
+    from_end: bool,
+}
+
+impl RunTail {
+    fn cursor(&self) -> String {
+        let parts: Vec<String> = self.shards.iter().filter_map(|(n, t)| t.seen.map(|s| format!("{n}:{s}"))).collect();
+        parts.join(",")
+    }
+
+    /// Reads what the shards gained since the last poll, into `out` as events.
+    fn poll(&mut self, out: &mut VecDeque<Event>) {
+        for (name, path) in shards(&self.dir) {
+            let from_end = self.from_end;
+            let tail = self.shards.entry(name.clone()).or_insert_with(|| ShardTail {
+                offset: if from_end { std::fs::metadata(&path).map_or(0, |m| m.len()) } else { 0 },
+                seen: None,
+            });
+            let records = read_lines(&path, &mut tail.offset);
+            for r in records {
+                let Some(tail) = self.shards.get_mut(&name) else { break };
+                if tail.seen.is_some_and(|s| r.seq <= s) {
+                    continue;
+                }
+                tail.seen = Some(r.seq);
+                let data = serde_json::json!({"run": self.run, "shard": name, "seq": r.seq, "record": r});
+                let id = format!("{}/{name}/{}@{}", self.run, r.seq, self.cursor());
+                out.push_back(Event::default().event(event_name(&r)).id(id).data(data.to_string()));
+            }
+        }
+        self.from_end = false;
+    }
+}
+
+/// The whole records of the file at `path` from `offset` on (at most `CHUNK` bytes of them),
+/// moving `offset` past them: a line without its newline is still being written (or torn).
+fn read_lines(path: &Path, offset: &mut u64) -> Vec<Record> {
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    if file.seek(SeekFrom::Start(*offset)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if file.take(CHUNK).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let Some(end) = memchr::memrchr(b'\n', &buf) else { return Vec::new() };
+    *offset += end as u64 + 1;
+    buf[..end].split(|b| *b == b'\n').filter_map(|line| serde_json::from_slice::<Record>(line).ok()).collect()
+}
+
+/// A `Last-Event-ID`: the run and its position in each shard.
+fn parse_last_id(id: &str) -> Option<(String, BTreeMap<String, u64>)> {
+    let (head, cursor) = id.split_once('@')?;
+    let run = head.split('/').next()?.to_string();
+    let mut seen = BTreeMap::new();
+    for part in cursor.split(',').filter(|p| !p.is_empty()) {
+        let (name, seq) = part.rsplit_once(':')?;
+        seen.insert(name.to_string(), seq.parse().ok()?);
+    }
+    Some((run, seen))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    run: Option<String>,
+}
+
+struct Stream {
+    app: Arc<App>,
+    /// `Some`: one run; `None`: every run, new ones as they appear.
+    only: Option<String>,
+    runs: BTreeMap<String, RunTail>,
+    pending: VecDeque<Event>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    ended: bool,
+    _slot: StreamSlot,
+}
+
+/// One of the `MAX_STREAMS` places, given back when the stream ends.
+struct StreamSlot(Arc<App>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Stream {
+    fn poll_files(&mut self) {
+        if self.only.is_none() {
+            // New runs only: a name already followed costs a map lookup, not a read.
+            let entries = std::fs::read_dir(&self.app.cfg.runs_root).into_iter().flatten().flatten();
+            for e in entries {
+                let Some(id) = e.file_name().to_str().map(String::from) else { continue };
+                if self.runs.contains_key(&id) || !super::api::valid_id(&id) || !e.path().join("run.json").is_file() {
+                    continue;
+                }
+                self.runs
+                    .insert(id.clone(), RunTail { run: id, dir: e.path(), shards: BTreeMap::new(), from_end: false });
+            }
+        }
+        for tail in self.runs.values_mut() {
+            tail.poll(&mut self.pending);
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Stream)> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(e) = self.pending.pop_front() {
+                return Some((Ok(e), self));
+            }
+            if *self.closing.borrow() {
+                self.ended = true;
+                return Some((Ok(Event::default().event("server.closing").data("{}")), self));
+            }
+            self.poll_files();
+            if self.pending.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = self.closing.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
+    if app.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
+        app.streams.fetch_sub(1, Ordering::SeqCst);
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} event streams are open; retry later"),
+        )
+        .into_response();
+    }
+    let slot = StreamSlot(app.clone());
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let mut pending = VecDeque::new();
+    let mut runs = BTreeMap::new();
+    match &q.run {
+        Some(id) => {
+            let info = match super::api::run_dir(&app, id) {
+                Ok(i) => i,
+                Err(p) => return p.into_response(),
+            };
+            let mut tail =
+                RunTail { run: info.meta.id.clone(), dir: info.path, shards: BTreeMap::new(), from_end: false };
+            if let Some(last) = &last {
+                match parse_last_id(last) {
+                    Some((run, seen)) if run == *id => {
+                        for (name, seq) in seen {
+                            tail.shards.insert(name, ShardTail { offset: 0, seen: Some(seq) });
+                        }
+                    }
+                    _ => {
+                        return Problem::bad_request("Last-Event-ID: not an id of this run's events").into_response();
+                    }
+                }
+            }
+            runs.insert(id.clone(), tail);
+        }
+        None => {
+            if last.is_some() {
+                pending.push_back(
+                    Event::default().event("reset").data(
+                        r#"{"reason":"the stream of all runs cannot replay; refetch what you show, then follow"}"#,
+                    ),
+                );
+            }
+            for info in crate::run::dir::list(&app.cfg.runs_root) {
+                let id = info.meta.id.clone();
+                runs.insert(id.clone(), RunTail { run: id, dir: info.path, shards: BTreeMap::new(), from_end: true });
+            }
+        }
+    }
+    let closing = app.closing.clone();
+    let state = Stream { app, only: q.run, runs, pending, closing, ended: false, _slot: slot };
+    let events = futures_util::stream::unfold(state, Stream::next);
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_event_id_gives_the_run_and_every_shard() {
+        let (run, seen) = parse_last_id("r1/g0.1/5@journal:12,g0.1:5").unwrap();
+        assert_eq!(run, "r1");
+        assert_eq!(seen, BTreeMap::from([("journal".to_string(), 12), ("g0.1".to_string(), 5)]));
+        assert!(parse_last_id("garbage").is_none());
+        assert!(parse_last_id("r/j/1@journal:x").is_none());
+    }
+}
