@@ -102,44 +102,78 @@ impl RunTail {
         parts.join(",")
     }
 
-    /// Reads what the shards gained since the last poll, into `out` as events.
+    /// Reads what the shards gained since the last poll, into `out` as events. The driver's
+    /// journal is read first and its records are sent last: it records a unit's end (and the
+    /// run's) only after the unit's shard is complete, so a client never sees `run.finished`
+    /// before a record written ahead of it. When a shard has more than a chunk waiting, the
+    /// driver's records wait for the next poll, for the same reason.
     fn poll(&mut self, out: &mut VecDeque<Event>) {
-        for (name, path) in shards(&self.dir) {
-            let from_end = self.from_end;
-            let tail = self.shards.entry(name.clone()).or_insert_with(|| ShardTail {
-                offset: if from_end { std::fs::metadata(&path).map_or(0, |m| m.len()) } else { 0 },
-                seen: None,
-            });
-            let records = read_lines(&path, &mut tail.offset);
-            for r in records {
-                let Some(tail) = self.shards.get_mut(&name) else { break };
-                if tail.seen.is_some_and(|s| r.seq <= s) {
-                    continue;
-                }
-                tail.seen = Some(r.seq);
-                let data = serde_json::json!({"run": self.run, "shard": name, "seq": r.seq, "record": r});
-                let id = format!("{}/{name}/{}@{}", self.run, r.seq, self.cursor());
-                out.push_back(Event::default().event(event_name(&r)).id(id).data(data.to_string()));
+        let all = shards(&self.dir);
+        let mut driver = None;
+        let mut behind = false;
+        for (name, path) in &all {
+            let tail = self.tail(name, path);
+            let (records, next, more) = read_lines(path, tail.offset);
+            if name == "journal" {
+                driver = Some((records, next));
+                continue;
             }
+            behind |= more;
+            self.deliver(name, records, next, out);
+        }
+        if let Some((records, next)) = driver
+            && !behind
+        {
+            self.deliver("journal", records, next, out);
         }
         self.from_end = false;
+    }
+
+    fn tail(&mut self, name: &str, path: &Path) -> ShardTail {
+        let from_end = self.from_end;
+        self.shards
+            .entry(name.to_string())
+            .or_insert_with(|| ShardTail {
+                offset: if from_end { std::fs::metadata(path).map_or(0, |m| m.len()) } else { 0 },
+                seen: None,
+            })
+            .clone()
+    }
+
+    fn deliver(&mut self, name: &str, records: Vec<Record>, next: u64, out: &mut VecDeque<Event>) {
+        if let Some(t) = self.shards.get_mut(name) {
+            t.offset = next;
+        }
+        for r in records {
+            let Some(tail) = self.shards.get_mut(name) else { break };
+            if tail.seen.is_some_and(|s| r.seq <= s) {
+                continue;
+            }
+            tail.seen = Some(r.seq);
+            let data = serde_json::json!({"run": self.run, "shard": name, "seq": r.seq, "record": r});
+            let id = format!("{}/{name}/{}@{}", self.run, r.seq, self.cursor());
+            out.push_back(Event::default().event(event_name(&r)).id(id).data(data.to_string()));
+        }
     }
 }
 
 /// The whole records of the file at `path` from `offset` on (at most `CHUNK` bytes of them),
-/// moving `offset` past them: a line without its newline is still being written (or torn).
-fn read_lines(path: &Path, offset: &mut u64) -> Vec<Record> {
-    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
-    if file.seek(SeekFrom::Start(*offset)).is_err() {
-        return Vec::new();
+/// the offset past them, and whether more was left unread. A line without its newline is still
+/// being written (or torn): it waits.
+fn read_lines(path: &Path, offset: u64) -> (Vec<Record>, u64, bool) {
+    let Ok(mut file) = std::fs::File::open(path) else { return (Vec::new(), offset, false) };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return (Vec::new(), offset, false);
     }
     let mut buf = Vec::new();
     if file.take(CHUNK).read_to_end(&mut buf).is_err() {
-        return Vec::new();
+        return (Vec::new(), offset, false);
     }
-    let Some(end) = memchr::memrchr(b'\n', &buf) else { return Vec::new() };
-    *offset += end as u64 + 1;
-    buf[..end].split(|b| *b == b'\n').filter_map(|line| serde_json::from_slice::<Record>(line).ok()).collect()
+    let more = buf.len() as u64 == CHUNK;
+    let Some(end) = memchr::memrchr(b'\n', &buf) else { return (Vec::new(), offset, more) };
+    let records =
+        buf[..end].split(|b| *b == b'\n').filter_map(|line| serde_json::from_slice::<Record>(line).ok()).collect();
+    (records, offset + end as u64 + 1, more)
 }
 
 /// A `Last-Event-ID`: the run and its position in each shard.

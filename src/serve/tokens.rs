@@ -88,7 +88,7 @@ pub enum TokenError {
     #[error("cannot write the token file {0}: {1}")]
     Write(PathBuf, std::io::Error),
     #[error(
-        "the token file {0} can be read by other users (mode {1:o}): `chmod 600 {0}`, since anyone who can read it could replace a hash with one of their own"
+        "the token file {0} can be written by other users (mode {1:o}): `chmod 600 {0}`, since anyone who can write it can add a token of their own"
     )]
     Mode(PathBuf, u32),
     #[error("no token `{0}` (see `kitt serve token list`)")]
