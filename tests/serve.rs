@@ -718,6 +718,13 @@ fn serial_a_run_started_over_the_api_streams_its_journals_exactly_once_across_re
     assert_eq!(started.status, 201, "{started:?}");
     let run = started.json()["run_id"].as_str().unwrap().to_string();
     assert_eq!(started.json()["started_by"], "ci");
+    let logged =
+        || server.stderr.lock().unwrap().iter().any(|l| l.contains(&format!("run {run} started by token `ci`")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !logged() {
+        assert!(Instant::now() < deadline, "no log line naming the token: {:?}", server.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // First connection: a few events, then gone; the reconnect resumes from the last id, while
     // the run goes on and its units' shards appear.
     let path = format!("/api/v1/events?run={run}");

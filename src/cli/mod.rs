@@ -246,7 +246,8 @@ pub enum EnginesCommand {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    init_logging(cli.verbose, cli.quiet);
+    // A server's log is its audit trail: who started, cancelled or made what (kitt::serve at info).
+    init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Serve(_)));
     if let Some(c) = &cli.docker_context {
         crate::docker::set_context(c);
     }
@@ -292,9 +293,10 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, serve: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (_, 0) if serve => "warn,kitt::serve=info",
         (_, 0) => "warn",
         (_, 1) => "info",
         _ => "debug",

@@ -537,7 +537,7 @@ fn started(ok: bool, stdout: &str, stderr: &str, caller: &Caller) -> Answer {
     }
     let mut value: JsonValue = serde_json::from_str(stdout).map_err(Problem::internal)?;
     value["started_by"] = caller.name.clone().into();
-    tracing::info!("run {} started by token `{}`", value["run_id"], caller.name);
+    tracing::info!("run {} started by token `{}`", value["run_id"].as_str().unwrap_or_default(), caller.name);
     Ok((StatusCode::CREATED, axum::Json(value)).into_response())
 }
 
