@@ -858,3 +858,48 @@ fn serial_self_signed_tls_is_trusted_through_the_printed_ca_and_plain_http_gets_
     let printed_again = again.stderr.lock().unwrap().iter().find_map(|l| l.split("SHA-256 ").nth(1).map(String::from));
     assert_eq!(printed_again.as_deref(), Some(printed.as_str()));
 }
+
+#[test]
+fn serial_a_run_cancelled_over_the_api_stops_and_resumes_over_the_api() {
+    let env = KittEnv::new();
+    // Slow enough to be caught measuring: each request takes about 0.5 s.
+    let slow = SUITE.replace("itl_ms: 1", "itl_ms: 100").replace("requests: 4", "requests: 6");
+    std::fs::write(suites_dir(&env).join("slow.yaml"), slow).unwrap();
+    let server = serve(&env, &[]);
+    let (p, t) = (server.port, token(&env, "ci", "run"));
+    let started = post_json(p, "/api/v1/runs", &t, &json!({"suite": "slow.yaml"}));
+    assert_eq!(started.status, 201, "{started:?}");
+    let run = started.json()["run_id"].as_str().unwrap().to_string();
+    let mut events = Stream::open(p, &format!("/api/v1/events?run={run}"), &t, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = events.next().unwrap();
+        if e.event == "step.started" && e.data["record"]["kind"] == "benchmark" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no benchmark started");
+    }
+    let refused = post_json(p, &format!("/api/v1/runs/{run}/resume"), &t, &json!({}));
+    assert_eq!(refused.status, 409, "a running run is not resumed: {refused:?}");
+    let cancelled = request(p, "POST", &format!("/api/v1/runs/{run}/cancel"), Some(&t), &[], b"");
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(cancelled.json()["driver_running"], false);
+    let shown = get(p, &format!("/api/v1/runs/{run}"), &t).json();
+    assert_eq!(shown["run"]["status"], "unfinished", "{shown}");
+    assert_eq!(shown["cancel_requested"], true);
+    // Resumed over the API, it finishes; what it measured before the cancel is kept.
+    let resumed = request(p, "POST", &format!("/api/v1/runs/{run}/resume"), Some(&t), &[], b"");
+    assert_eq!(resumed.status, 201, "{resumed:?}");
+    assert_eq!(resumed.json()["run_id"], run.as_str());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = get(p, &format!("/api/v1/runs/{run}"), &t).json()["run"]["status"].clone();
+        if status == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline && status != "failed", "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let results = get(p, &format!("/api/v1/results?run={run}"), &t).json();
+    assert_eq!(results["results"].as_array().unwrap().len(), 2, "{results}");
+}

@@ -606,6 +606,33 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_store_reads_what_is_there_makes_no_files_and_is_never_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Store::open_read_only(dir.path().join("none.db")).unwrap().is_none(), "readers never create one");
+        let path = dir.path().join("r.db");
+        Store::open(&path).unwrap().change_setting("engine.health_timeout", Some("\"5m\""), "test").unwrap();
+        let files = || {
+            let mut f: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            f.sort();
+            f
+        };
+        let before = files();
+        for immutable in [true, false] {
+            let db = sqlite::Sqlite::open_read_only_as(&path, immutable).unwrap();
+            let mut store = Store { db: Mutex::new(Box::new(db)), location: Location::Sqlite(path.clone()) };
+            assert_eq!(store.version().unwrap(), VERSION);
+            assert_eq!(store.settings().unwrap().len(), 1);
+            assert!(store.change_setting("engine.health_timeout", None, "test").is_err(), "it takes no write");
+            if immutable {
+                assert_eq!(files(), before, "an immutable open makes no -shm or -wal file");
+            }
+        }
+        let old = dir.path().join("old.db");
+        rusqlite::Connection::open(&old).unwrap().pragma_update(None, "user_version", 1).unwrap();
+        assert!(matches!(Store::open_read_only(&old), Err(StoreError::ReadOnlyVersion { found: 1, .. })));
+    }
+
+    #[test]
     fn a_password_is_never_shown() {
         let shown = Location::from("postgres://kitt:secret@db:5432/results?sslmode=disable").to_string();
         assert_eq!(shown, "postgres://kitt:***@db:5432/results?sslmode=disable");
