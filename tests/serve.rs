@@ -903,3 +903,84 @@ fn serial_a_run_cancelled_over_the_api_stops_and_resumes_over_the_api() {
     let results = get(p, &format!("/api/v1/results?run={run}"), &t).json();
     assert_eq!(results["results"].as_array().unwrap().len(), 2, "{results}");
 }
+
+/// A suite with a suite-local benchmark template, on the client's side.
+fn bundled_suite(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("templates/quick.yaml"),
+        "apiVersion: kitt/v1\nkind: Benchmark\nmetadata: {name: quick}\nspec:\n  mechanism: load\n  params:\n    max_tokens: {type: integer, default: 6, minimum: 1}\n  load:\n    profile: {concurrency: 2}\n    requests: 4\n    prompt: {synthetic: {input_tokens: 16}}\n",
+    )
+    .unwrap();
+    let suite = dir.join("bundled.yaml");
+    std::fs::write(
+        &suite,
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {name: bundled}\nspec:\n  models: [{name: bundled-model}]\n  engines: [{name: sim, template: sim, params: {tokens_per_chunk: 2, itl_ms: 1}}]\n  benchmarks: [{name: q, template: quick}]\n  warmup: {requests: 0}\n  templates: [templates/]\n",
+    )
+    .unwrap();
+    suite
+}
+
+#[test]
+fn serial_apply_with_server_uploads_a_bundle_and_the_run_lives_on_the_server() {
+    let env = KittEnv::new();
+    let suite = bundled_suite(&env.path().join("client"));
+    let closed = serve(&env, &[]);
+    let t = token(&env, "ci", "run");
+    let client = |server: &Server, token: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
+        c.env("KITT_SERVER_TOKEN", token).env("KITT_STORE", "off").env("NO_COLOR", "1");
+        c.args(["apply"]).arg(&suite).args([
+            "--server",
+            &format!("http://127.0.0.1:{}", server.port),
+            "--output",
+            "json",
+        ]);
+        c.output().unwrap()
+    };
+    let refused = client(&closed, &t);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-suite-upload"), "{}", text(&refused));
+    drop(closed);
+    let server = serve(&env, &["--allow-suite-upload"]);
+    let reader = token(&env, "reader", "read");
+    let weak = client(&server, &reader);
+    assert_eq!(weak.status.code(), Some(1), "{}", text(&weak));
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("403"), "{}", text(&weak));
+    let out = client(&server, &t);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let run = answer["run_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = get(server.port, &format!("/api/v1/runs/{run}"), &t).json()["run"]["status"].clone();
+        if status == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline && status != "failed", "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The run used the uploaded template, from the bundle kept on the server.
+    let bundles: Vec<PathBuf> =
+        std::fs::read_dir(env.runs().join(".bundles")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    assert!(bundles[0].join("templates/quick.yaml").is_file() && bundles[0].join("bundled.yaml").is_file());
+    let results = get(server.port, &format!("/api/v1/results?run={run}"), &t).json();
+    assert_eq!(results["results"][0]["cell"]["template"], "quick", "{results}");
+    // Bad bundles: a wrong digest, a name that climbs out, a suite not among the files.
+    let files = json!({"s.yaml": "x"});
+    let digest = |f: &Json| {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(serde_json::to_vec(f).unwrap());
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let post = |body: Json| post_json(server.port, "/api/v1/bundles", &t, &body).status;
+    assert_eq!(post(json!({"suite": "s.yaml", "files": files, "digest": "00"})), 400);
+    let climbing = json!({"../s.yaml": "x"});
+    assert_eq!(post(json!({"suite": "../s.yaml", "files": climbing, "digest": digest(&climbing)})), 400);
+    let hidden = json!({".s.yaml": "x"});
+    assert_eq!(post(json!({"suite": ".s.yaml", "files": hidden, "digest": digest(&hidden)})), 400);
+    assert_eq!(post(json!({"suite": "t.yaml", "files": files, "digest": digest(&files)})), 400);
+    // A bundle whose suite does not validate is refused by `kitt apply` on the server: 422.
+    assert_eq!(post(json!({"suite": "s.yaml", "files": files, "digest": digest(&files)})), 422);
+}

@@ -9,6 +9,7 @@ pub(crate) mod compare;
 mod engines;
 pub mod fingerprint;
 mod gc;
+mod remote;
 pub(crate) mod results;
 pub(crate) mod runs;
 pub mod serve;
@@ -107,6 +108,14 @@ pub enum Command {
         flags: apply::RunFlags,
         #[command(flatten)]
         placement: apply::PlacementFlags,
+        /// Run the suite on a `kitt serve` instead (its URL): the suite and its suite-local
+        /// templates are uploaded as a bundle, under the `run` token in $KITT_SERVER_TOKEN; the
+        /// run lives on the server (which needs --allow-suite-upload).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["resume", "runs_dir", "store", "executor", "detach"])]
+        server: Option<String>,
+        /// A CA to trust for --server (a server's `--tls-self-signed` ca.pem).
+        #[arg(long, value_name = "FILE", requires = "server")]
+        server_ca: Option<PathBuf>,
     },
     /// Run one unit of an existing run (its uncommitted steps): what executors place. Exits 0
     /// done, 1 failed or refused, 130 cancelled, 3 lost its claim.
@@ -254,7 +263,11 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
-        Command::Apply { suite, flags, placement } => apply::apply(&suite, &flags, &placement, cli.quiet),
+        Command::Apply { suite, flags, placement, server: Some(server), server_ca } => {
+            let _ = placement;
+            remote::apply(&suite, &server, server_ca.as_deref(), flags.fresh, flags.output)
+        }
+        Command::Apply { suite, flags, placement, .. } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Work { run_dir, unit, unit_file, take_over_silent, output } => {
             match work::unit_id(unit, unit_file.as_deref()) {

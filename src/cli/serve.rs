@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// server starts no runs.
     #[arg(long, value_name = "DIR")]
     pub suites_dir: Vec<PathBuf>,
+    /// Run suites uploaded by `kitt apply SUITE --server URL` (with their templates) from `run`
+    /// tokens: code execution on this machine for anyone holding one.
+    #[arg(long)]
+    pub allow_suite_upload: bool,
     /// The server's certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
     pub tls_cert: Option<PathBuf>,
@@ -271,8 +275,17 @@ pub fn serve(args: &ServeArgs) -> i32 {
         })
     });
     let tls_on = tls.is_some();
-    let cfg =
-        Config { bind: args.bind, store, store_flag, runs_root, read_only: args.read_only, tls, suites_dirs, exe };
+    let cfg = Config {
+        bind: args.bind,
+        store,
+        store_flag,
+        runs_root,
+        read_only: args.read_only,
+        tls,
+        suites_dirs,
+        allow_suite_upload: args.allow_suite_upload,
+        exe,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -153,6 +153,21 @@ pub static ROUTES: &[Route] = &[
         handler: || post(start_run),
     },
     Route {
+        method: Method::POST,
+        path: "/api/v1/bundles",
+        scope: Some(Scope::Run),
+        writes: true,
+        summary: "Run an uploaded suite and its templates (`kitt apply SUITE --server URL`); needs --allow-suite-upload.",
+        query: &[],
+        body: &[
+            p("suite", "string", "The suite's name among the files."),
+            p("files", "object", "File names (relative paths) to their text, at most 1 MiB in all."),
+            p("digest", "string", "SHA-256 (hex) of the JSON of the file map, names sorted."),
+            p("fresh", "boolean", "Start a new run even if the suite has an unfinished one."),
+        ],
+        handler: || post(super::bundle::upload),
+    },
+    Route {
         method: Method::GET,
         path: "/api/v1/runs/{id}",
         scope: Some(Scope::Read),
@@ -555,13 +570,28 @@ async fn start_run(
     Json(body): Json<StartBody>,
 ) -> Answer {
     let suite = allowed_suite(&app, &body.suite)?;
+    apply_detached(&app, &suite, body.fresh, None, &caller).await
+}
+
+/// `kitt apply SUITE --executor processes --detach` (resuming `resume`): a run that outlives
+/// the server.
+pub(super) async fn apply_detached(
+    app: &App,
+    suite: &Path,
+    fresh: bool,
+    resume: Option<&str>,
+    caller: &Caller,
+) -> Answer {
     let mut args: Vec<&std::ffi::OsStr> = vec!["apply".as_ref(), suite.as_os_str()];
     args.extend(["--executor", "processes", "--detach", "--output", "json", "-q"].map(std::ffi::OsStr::new));
-    if body.fresh {
+    if fresh {
         args.push("--fresh".as_ref());
     }
-    let (done, out, err) = kitt(&app, &args).await?;
-    started(done, &out, &err, &caller)
+    if let Some(run) = resume {
+        args.extend([std::ffi::OsStr::new("--resume"), std::ffi::OsStr::new(run)]);
+    }
+    let (done, out, err) = kitt(app, &args).await?;
+    started(done, &out, &err, caller)
 }
 
 async fn resume(
@@ -583,17 +613,15 @@ async fn resume(
         dir::RunStatus::Unfinished => {}
     }
     let suite = info.meta.file.canonicalize().unwrap_or_else(|_| info.meta.file.clone());
-    if !app.cfg.suites_dirs.iter().any(|d| suite.starts_with(d)) {
+    let uploaded = app.cfg.allow_suite_upload
+        && super::bundle::bundles_dir(&app).canonicalize().is_ok_and(|b| suite.starts_with(b));
+    if !uploaded && !app.cfg.suites_dirs.iter().any(|d| suite.starts_with(d)) {
         return Err(Problem::forbidden(format!(
             "run `{}`'s suite is not inside the server's suite directories",
             info.meta.id
         )));
     }
-    let mut args: Vec<&std::ffi::OsStr> = vec!["apply".as_ref(), suite.as_os_str(), "--resume".as_ref()];
-    args.push(info.meta.id.as_ref());
-    args.extend(["--executor", "processes", "--detach", "--output", "json", "-q"].map(std::ffi::OsStr::new));
-    let (done, out, err) = kitt(&app, &args).await?;
-    started(done, &out, &err, &caller)
+    apply_detached(&app, &suite, false, Some(&info.meta.id), &caller).await
 }
 
 async fn cancel(

@@ -10,6 +10,7 @@
 //! HTTP and TLS share it and SIGTERM ends streams and connections within a bound.
 
 pub mod api;
+pub mod bundle;
 pub mod events;
 pub mod openapi;
 pub mod problem;
@@ -38,6 +39,8 @@ use crate::store::{Location, Store};
 pub const MAX_BODY: usize = api::MAX_SUITE_BYTES + 4096;
 /// How long connections get to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(4);
+/// Connections the server keeps to the store.
+const STORE_CONNECTIONS: usize = 4;
 /// The cookie `/login` sets.
 pub const COOKIE: &str = "kitt_token";
 
@@ -52,6 +55,8 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     /// Canonical directories whose suites `POST /api/v1/runs` may start.
     pub suites_dirs: Vec<PathBuf>,
+    /// Whether `POST /api/v1/bundles` may run uploaded suites.
+    pub allow_suite_upload: bool,
     /// The kitt binary that runs `apply` and `runs cancel`.
     pub exe: PathBuf,
 }
@@ -60,30 +65,34 @@ pub struct Config {
 pub struct App {
     pub cfg: Config,
     pub keyring: Keyring,
-    store: Mutex<Option<Arc<Store>>>,
+    /// Connections to the store, opened on first use; requests take them in turn, so reads on
+    /// different connections run at once (a `Store` serializes the calls on its one connection).
+    stores: Mutex<Vec<Arc<Store>>>,
+    next_store: AtomicUsize,
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Event streams open now.
     pub streams: AtomicUsize,
 }
 
 impl App {
-    /// The store, opened on first use (it may not exist until the first run is indexed).
+    /// A connection to the store, opened on first use (the store may not exist until the
+    /// first run is indexed).
     pub fn store(&self) -> Result<Option<Arc<Store>>, Problem> {
         let Some(location) = &self.cfg.store else { return Ok(None) };
-        let mut slot = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(s) = &*slot {
-            return Ok(Some(s.clone()));
-        }
-        let opened = if self.cfg.read_only { Store::open_read_only(location) } else { Store::open_existing(location) };
-        match opened {
-            Ok(Some(s)) => {
-                let s = Arc::new(s);
-                *slot = Some(s.clone());
-                Ok(Some(s))
+        let mut pool = self.stores.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.is_empty() {
+            for _ in 0..STORE_CONNECTIONS {
+                let opened =
+                    if self.cfg.read_only { Store::open_read_only(location) } else { Store::open_existing(location) };
+                match opened {
+                    Ok(Some(s)) => pool.push(Arc::new(s)),
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(Problem::internal(format!("results store {location}: {e}"))),
+                }
             }
-            Ok(None) => Ok(None),
-            Err(e) => Err(Problem::internal(format!("results store {location}: {e}"))),
         }
+        let i = self.next_store.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
+        Ok(Some(pool[i].clone()))
     }
 }
 
@@ -284,7 +293,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(cfg.bind).await.map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let local = listener.local_addr().map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let (close_tx, closing) = tokio::sync::watch::channel(false);
-    let app = Arc::new(App { cfg, keyring, store: Mutex::new(None), closing, streams: AtomicUsize::new(0) });
+    let app = Arc::new(App {
+        cfg,
+        keyring,
+        stores: Mutex::new(Vec::new()),
+        next_store: AtomicUsize::new(0),
+        closing,
+        streams: AtomicUsize::new(0),
+    });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
