@@ -76,11 +76,17 @@ fn serve(env: &KittEnv, extra: &[&str]) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     let keep = lines.clone();
     std::thread::spawn(move || {
+        // The port from the first line; ready once the last line of the banner (`tokens:`) is in.
+        let mut port = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(port) = line.split("listening on ").nth(1).and_then(|u| u.rsplit(':').next()) {
-                let _ = tx.send(port.trim().parse::<u16>().unwrap());
+            if let Some(p) = line.split("listening on ").nth(1).and_then(|u| u.rsplit(':').next()) {
+                port = p.trim().parse::<u16>().ok();
             }
-            keep.lock().unwrap().push(line);
+            let last = line.starts_with("  tokens: ");
+            keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+            if let (true, Some(p)) = (last, port) {
+                let _ = tx.send(p);
+            }
         }
     });
     let port = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {

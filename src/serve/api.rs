@@ -1,16 +1,13 @@
-//! The `/api/v1` routes: one table (`ROUTES`) says each route's method, path, scope, whether it
-//! writes, and its parameters; the router and the OpenAPI document are both built from it, so
-//! they cannot disagree. Handlers read the same run directories and store as the CLI, and start,
-//! resume and cancel runs by running the same `kitt` commands a user would (`kitt apply
+//! The `/api/v1` handlers (their table is `routes::ROUTES`). They read the same run
+//! directories and store as the CLI, and start, resume and cancel runs by running the same `kitt` commands a user would (`kitt apply
 //! --detach`, `kitt runs cancel`): a run started here is an ordinary run that outlives the server.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
@@ -26,282 +23,6 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// The largest suite accepted in a request body.
 pub const MAX_SUITE_BYTES: usize = 1 << 20;
 
-/// A query parameter, for the OpenAPI document.
-pub struct Param {
-    pub name: &'static str,
-    /// A JSON Schema type: `string` or `integer`.
-    pub kind: &'static str,
-    pub doc: &'static str,
-}
-
-/// One route: what the router serves and the OpenAPI document describes.
-pub struct Route {
-    pub method: Method,
-    pub path: &'static str,
-    /// The scope a token needs; `None`: open to anyone.
-    pub scope: Option<Scope>,
-    /// Whether it changes anything (refused with `--read-only`).
-    pub writes: bool,
-    pub summary: &'static str,
-    pub query: &'static [Param],
-    /// The JSON body's fields, for the document: (name, type, doc).
-    pub body: &'static [Param],
-    pub handler: fn() -> MethodRouter<Arc<App>>,
-}
-
-const fn p(name: &'static str, kind: &'static str, doc: &'static str) -> Param {
-    Param { name, kind, doc }
-}
-
-const RESULT_FILTERS: &[Param] = &[
-    p("suite", "string", "Only this suite's results."),
-    p("engine", "string", "An engine instance name or an engine template."),
-    p("model", "string", "Only this model's results."),
-    p("fingerprint", "string", "A fingerprint hash or its prefix, or a part of the identity string."),
-    p("since", "string", "Runs started since: a date, an RFC 3339 time, or a duration ago (7d)."),
-    p("run", "string", "Only this run's results."),
-    p("after", "integer", "Keyset pagination: the `next` of the previous page (results with a larger id)."),
-    p("limit", "integer", "Page size, 1 to 1000 (default 100)."),
-];
-
-/// Every `/api/v1` route. Paths use axum's `{name}` captures, which OpenAPI spells the same.
-pub static ROUTES: &[Route] = &[
-    Route {
-        method: Method::GET,
-        path: "/api/v1/health",
-        scope: None,
-        writes: false,
-        summary: "Whether the server answers (no token needed).",
-        query: &[],
-        body: &[],
-        handler: || get(health),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/version",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "kitt's version, the store's schema version, and whether the server is read-only.",
-        query: &[],
-        body: &[],
-        handler: || get(version),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/openapi.json",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "This document.",
-        query: &[],
-        body: &[],
-        handler: || get(openapi),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/results",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Results in the store, in the order they were indexed (`kitt results list`), one page at a time.",
-        query: RESULT_FILTERS,
-        body: &[],
-        handler: || get(results),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/results/{id}",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "One result with its cell's repetitions aggregated (`kitt results show ID`).",
-        query: &[],
-        body: &[],
-        handler: || get(result),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/compare",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Compare two runs or results (`kitt compare A B --output json`).",
-        query: &[
-            p("a", "string", "The baseline: a run id or a result id."),
-            p("b", "string", "The candidate: a run id or a result id."),
-        ],
-        body: &[],
-        handler: || get(compare),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/runs",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Every run in the runs directory, oldest first (`kitt runs list`).",
-        query: &[],
-        body: &[],
-        handler: || get(runs),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/runs",
-        scope: Some(Scope::Run),
-        writes: true,
-        summary: "Start a run of a suite under one of the server's suite directories (`kitt apply SUITE --detach`).",
-        query: &[],
-        body: &[
-            p("suite", "string", "The suite file, relative to a --suites-dir."),
-            p("fresh", "boolean", "Start a new run even if the suite has an unfinished one."),
-        ],
-        handler: || post(start_run),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/bundles",
-        scope: Some(Scope::Run),
-        writes: true,
-        summary: "Run an uploaded suite and its templates (`kitt apply SUITE --server URL`); needs --allow-suite-upload.",
-        query: &[],
-        body: &[
-            p("suite", "string", "The suite's name among the files."),
-            p("files", "object", "File names (relative paths) to their text, at most 1 MiB in all."),
-            p("digest", "string", "SHA-256 (hex) of the JSON of the file map, names sorted."),
-            p("fresh", "boolean", "Start a new run even if the suite has an unfinished one."),
-        ],
-        handler: || post(super::bundle::upload),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/runs/{id}",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "One run: its status, units and steps (`kitt runs show RUN --output json`).",
-        query: &[],
-        body: &[],
-        handler: || get(run),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/runs/{id}/journal",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "One journal shard's records after a sequence number.",
-        query: &[
-            p("shard", "string", "`journal` (the driver's, the default) or a unit attempt's shard, `UNIT.ATTEMPT`."),
-            p("after", "integer", "Only records with a larger `seq`."),
-        ],
-        body: &[],
-        handler: || get(journal),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/runs/{id}/cancel",
-        scope: Some(Scope::Run),
-        writes: true,
-        summary: "Stop a run and its units (`kitt runs cancel RUN`); resume it later.",
-        query: &[],
-        body: &[],
-        handler: || post(cancel),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/runs/{id}/resume",
-        scope: Some(Scope::Run),
-        writes: true,
-        summary: "Resume an unfinished run (`kitt apply SUITE --resume RUN --detach`).",
-        query: &[],
-        body: &[],
-        handler: || post(resume),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/validate",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Validate a suite given as YAML text (`kitt validate`); nothing runs.",
-        query: &[],
-        body: &[p("suite", "string", "The suite's YAML text (at most 1 MiB).")],
-        handler: || post(validate),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/plan",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "The plan of a suite given as YAML text (`kitt plan --output json`); nothing runs.",
-        query: &[],
-        body: &[p("suite", "string", "The suite's YAML text (at most 1 MiB).")],
-        handler: || post(plan),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/engines",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "The built-in engine templates (`kitt engines list`).",
-        query: &[],
-        body: &[],
-        handler: || get(engines),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/settings",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Every setting in force and where it comes from (`kitt settings list`).",
-        query: &[],
-        body: &[],
-        handler: || get(settings),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/fingerprint",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "The server machine's fingerprint (`kitt fingerprint --output json`).",
-        query: &[],
-        body: &[],
-        handler: || get(fingerprint),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/tokens",
-        scope: Some(Scope::Admin),
-        writes: false,
-        summary: "Every token (never the token itself): name, scope, last use, revocation.",
-        query: &[],
-        body: &[],
-        handler: || get(tokens),
-    },
-    Route {
-        method: Method::POST,
-        path: "/api/v1/tokens",
-        scope: Some(Scope::Admin),
-        writes: true,
-        summary: "Make a token; the answer holds it, once.",
-        query: &[],
-        body: &[p("name", "string", "Its name."), p("scope", "string", "read, run, admin or agent.")],
-        handler: || post(token_create),
-    },
-    Route {
-        method: Method::DELETE,
-        path: "/api/v1/tokens/{id}",
-        scope: Some(Scope::Admin),
-        writes: true,
-        summary: "Revoke a token by id or name.",
-        query: &[],
-        body: &[],
-        handler: || delete(token_revoke),
-    },
-    Route {
-        method: Method::GET,
-        path: "/api/v1/events",
-        scope: Some(Scope::Read),
-        writes: false,
-        summary: "Server-sent events from the runs' journals; `Last-Event-ID` resumes a run's stream exactly.",
-        query: &[p("run", "string", "Only this run's events (replayable with Last-Event-ID).")],
-        body: &[],
-        handler: || get(super::events::stream),
-    },
-];
-
 type Answer = Result<Response, Problem>;
 
 fn ok(value: JsonValue) -> Answer {
@@ -313,11 +34,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Se
     tokio::task::spawn_blocking(f).await.map_err(Problem::internal)?
 }
 
-async fn health() -> Answer {
+pub(super) async fn health() -> Answer {
     ok(json!({"status": "ok"}))
 }
 
-async fn version(State(app): State<Arc<App>>) -> Answer {
+pub(super) async fn version(State(app): State<Arc<App>>) -> Answer {
     ok(json!({
         "kitt": env!("CARGO_PKG_VERSION"),
         "store_schema": crate::store::VERSION,
@@ -325,13 +46,13 @@ async fn version(State(app): State<Arc<App>>) -> Answer {
     }))
 }
 
-async fn openapi() -> Answer {
+pub(super) async fn openapi() -> Answer {
     ok(super::openapi::document())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ResultsQuery {
+pub(super) struct ResultsQuery {
     suite: Option<String>,
     engine: Option<String>,
     model: Option<String>,
@@ -342,15 +63,30 @@ struct ResultsQuery {
     limit: Option<u32>,
 }
 
-async fn results(State(app): State<Arc<App>>, Query(q): Query<ResultsQuery>) -> Answer {
+pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<ResultsQuery>) -> Answer {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(Problem::bad_request(format!("limit: {limit} is not between 1 and {MAX_PAGE}")));
     }
     let since = match &q.since {
-        Some(s) => Some(crate::cli::results::parse_since(s).map_err(|e| Problem::bad_request(format!("since: {e}")))?),
+        Some(s) => {
+            static FORM: std::sync::LazyLock<Option<regex::Regex>> =
+                std::sync::LazyLock::new(|| regex::Regex::new(super::routes::SINCE_PATTERN).ok());
+            if !FORM.as_ref().is_some_and(|re| re.is_match(s)) {
+                return Err(Problem::bad_request(
+                    "since: expected a date (2026-11-01), a UTC time (2026-11-01T12:00:00Z) or a duration ago (7d, 12h)",
+                ));
+            }
+            Some(crate::cli::results::parse_since(s).map_err(|e| Problem::bad_request(format!("since: {e}")))?)
+        }
         None => None,
     };
+    if let Some(run) = q.run.as_deref().filter(|r| !valid_id(r)) {
+        return Err(Problem::bad_request(format!("run: `{}` is not a run id", clip(run))));
+    }
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(Problem::bad_request("after: not below 0"));
+    }
     let filter = crate::store::Filter {
         suite: q.suite,
         engine: q.engine,
@@ -382,7 +118,7 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-async fn result(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
+pub(super) async fn result(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
     let n = result_id(&id)?;
     let value = blocking(move || {
         let store = app.store()?.ok_or_else(|| Problem::not_found(format!("no result {n}: the store is empty")))?;
@@ -404,12 +140,12 @@ async fn result(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> An
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CompareQuery {
+pub(super) struct CompareQuery {
     a: String,
     b: String,
 }
 
-async fn compare(State(app): State<Arc<App>>, Query(q): Query<CompareQuery>) -> Answer {
+pub(super) async fn compare(State(app): State<Arc<App>>, Query(q): Query<CompareQuery>) -> Answer {
     for (name, spec) in [("a", &q.a), ("b", &q.b)] {
         // Ids only: a path would let a caller read any directory on the server.
         if !valid_id(spec) {
@@ -457,12 +193,12 @@ pub(super) fn run_dir(app: &App, id: &str) -> Result<dir::RunInfo, Problem> {
     dir::info(&path).ok_or_else(missing)
 }
 
-async fn runs(State(app): State<Arc<App>>) -> Answer {
+pub(super) async fn runs(State(app): State<Arc<App>>) -> Answer {
     let list = blocking(move || Ok(dir::list(&app.cfg.runs_root))).await?;
     ok(json!({"runs": list}))
 }
 
-async fn run(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
+pub(super) async fn run(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
     let value = blocking(move || {
         let info = run_dir(&app, &id)?;
         let shown = crate::cli::runs::shown(info).map_err(Problem::internal)?;
@@ -474,12 +210,16 @@ async fn run(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answe
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JournalQuery {
+pub(super) struct JournalQuery {
     shard: Option<String>,
     after: Option<u64>,
 }
 
-async fn journal(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>, Query(q): Query<JournalQuery>) -> Answer {
+pub(super) async fn journal(
+    State(app): State<Arc<App>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<JournalQuery>,
+) -> Answer {
     let shard = q.shard.unwrap_or_else(|| "journal".into());
     if !valid_id(&shard) {
         return Err(Problem::bad_request(format!("shard: `{}` is not a shard name", clip(&shard))));
@@ -558,13 +298,13 @@ fn started(ok: bool, stdout: &str, stderr: &str, caller: &Caller) -> Answer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub(super) struct StartBody {
     suite: String,
     #[serde(default)]
     fresh: bool,
 }
 
-async fn start_run(
+pub(super) async fn start_run(
     State(app): State<Arc<App>>,
     axum::Extension(caller): axum::Extension<Caller>,
     Json(body): Json<StartBody>,
@@ -594,7 +334,7 @@ pub(super) async fn apply_detached(
     started(done, &out, &err, caller)
 }
 
-async fn resume(
+pub(super) async fn resume(
     State(app): State<Arc<App>>,
     axum::Extension(caller): axum::Extension<Caller>,
     UrlPath(id): UrlPath<String>,
@@ -624,7 +364,7 @@ async fn resume(
     apply_detached(&app, &suite, false, Some(&info.meta.id), &caller).await
 }
 
-async fn cancel(
+pub(super) async fn cancel(
     State(app): State<Arc<App>>,
     axum::Extension(caller): axum::Extension<Caller>,
     UrlPath(id): UrlPath<String>,
@@ -650,7 +390,7 @@ async fn cancel(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SuiteBody {
+pub(super) struct SuiteBody {
     suite: String,
 }
 
@@ -665,7 +405,7 @@ fn suite_file(text: &str) -> Result<(tempfile::TempDir, PathBuf), Problem> {
     Ok((dir, path))
 }
 
-async fn validate(Json(body): Json<SuiteBody>) -> Answer {
+pub(super) async fn validate(Json(body): Json<SuiteBody>) -> Answer {
     let value = blocking(move || {
         let (_dir, path) = suite_file(&body.suite)?;
         Ok(match crate::cli::validate_file(&path) {
@@ -677,7 +417,7 @@ async fn validate(Json(body): Json<SuiteBody>) -> Answer {
     ok(value)
 }
 
-async fn plan(Json(body): Json<SuiteBody>) -> Answer {
+pub(super) async fn plan(Json(body): Json<SuiteBody>) -> Answer {
     let value = blocking(move || {
         let (_dir, path) = suite_file(&body.suite)?;
         Ok(match crate::plan::compile::compile_file(&path) {
@@ -689,7 +429,7 @@ async fn plan(Json(body): Json<SuiteBody>) -> Answer {
     ok(value)
 }
 
-async fn engines() -> Answer {
+pub(super) async fn engines() -> Answer {
     let catalog = crate::catalog::Catalog::builtin();
     let rows: Vec<JsonValue> = catalog
         .engines
@@ -710,7 +450,7 @@ async fn engines() -> Answer {
     ok(json!({"engines": rows}))
 }
 
-async fn settings(State(app): State<Arc<App>>) -> Answer {
+pub(super) async fn settings(State(app): State<Arc<App>>) -> Answer {
     let value = blocking(move || {
         let stored = match app.store()? {
             Some(s) => s.settings().map_err(Problem::internal)?,
@@ -724,24 +464,24 @@ async fn settings(State(app): State<Arc<App>>) -> Answer {
     ok(value)
 }
 
-async fn fingerprint() -> Answer {
+pub(super) async fn fingerprint() -> Answer {
     let fp = blocking(|| Ok(crate::run::fingerprint().clone())).await?;
     ok(serde_json::to_value(fp).map_err(Problem::internal)?)
 }
 
-async fn tokens(State(app): State<Arc<App>>) -> Answer {
+pub(super) async fn tokens(State(app): State<Arc<App>>) -> Answer {
     let list = blocking(move || app.keyring.entries().map_err(Problem::internal)).await?;
     ok(json!({"tokens": list}))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenBody {
+pub(super) struct TokenBody {
     name: String,
     scope: Scope,
 }
 
-async fn token_create(
+pub(super) async fn token_create(
     State(app): State<Arc<App>>,
     axum::Extension(caller): axum::Extension<Caller>,
     Json(body): Json<TokenBody>,
@@ -757,7 +497,7 @@ async fn token_create(
     Ok((StatusCode::CREATED, axum::Json(json!({"token": token, "entry": entry}))).into_response())
 }
 
-async fn token_revoke(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
+pub(super) async fn token_revoke(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Answer {
     if !valid_id(&id) {
         return Err(Problem::bad_request(format!("id: `{}` is not a token id or name", clip(&id))));
     }

@@ -6,7 +6,7 @@
 //! goes on when the server stops. Every route but `/api/v1/health` needs a token (`tokens`):
 //! starting a run is code execution on this machine, so there is no open mode, on loopback
 //! either. Decisions: axum for routing with one route table that also generates the OpenAPI
-//! document (`api`, `openapi`); the connection loop is our own (hyper + tokio-rustls) so plain
+//! document (`routes`, `openapi`); the connection loop is our own (hyper + tokio-rustls) so plain
 //! HTTP and TLS share it and SIGTERM ends streams and connections within a bound.
 
 pub mod api;
@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod events;
 pub mod openapi;
 pub mod problem;
+pub mod routes;
 mod tls;
 pub mod tokens;
 
@@ -221,6 +222,16 @@ async fn login(State(app): State<Arc<App>>, method: Method, uri: axum::http::Uri
     res
 }
 
+/// A handler that panics answers 500 instead of dropping the connection (none should: this is
+/// the last line, and it logs).
+async fn contain_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(res) => res,
+        Err(_) => Problem::internal("the handler failed unexpectedly (a bug: see the server's log)").into_response(),
+    }
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     Problem::not_found(format!("no route {} (see /api/v1/openapi.json)", uri.path())).into_response()
 }
@@ -231,7 +242,7 @@ pub fn router(app: Arc<App>) -> Router {
     // One method router per path (GET and POST /api/v1/runs share one), each method behind
     // its own guard.
     let mut paths: std::collections::BTreeMap<&str, axum::routing::MethodRouter<Arc<App>>> = Default::default();
-    for r in api::ROUTES {
+    for r in routes::ROUTES {
         let g = Guard { app: app.clone(), scope: r.scope, writes: r.writes };
         let method_router = (r.handler)().route_layer(axum::middleware::from_fn_with_state(g, guard));
         let merged = match paths.remove(r.path) {
@@ -254,6 +265,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/login", axum::routing::get(login).post(login))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(contain_panics))
         .layer(axum::middleware::from_fn_with_state(tls, secure_headers))
         .with_state(app)
 }

@@ -1,13 +1,18 @@
-//! The OpenAPI 3.1 document of `/api/v1`, generated from the route table (`api::ROUTES`), the
+//! The OpenAPI 3.1 document of `/api/v1`, generated from the route table (`routes::ROUTES`), the
 //! same table the router is built from. `kitt serve openapi` prints it; docs/openapi.json is
 //! that output, checked in, and a test fails when it is stale.
 
 use serde_json::{Map, Value, json};
 
-use super::api::{Param, ROUTES};
+use super::routes::{Param, ROUTES};
 
 fn param_schema(p: &Param) -> Value {
-    json!({"type": p.kind})
+    if p.schema.starts_with('{') {
+        // The table's schemas are literals; a test (the document's freshness) parses each.
+        serde_json::from_str(p.schema).unwrap_or(Value::Null)
+    } else {
+        json!({"type": p.schema})
+    }
 }
 
 /// Path parameters (`{id}`) of a route's path.
@@ -32,10 +37,13 @@ pub fn document() -> Value {
         let method = r.method.as_str().to_ascii_lowercase();
         let mut params: Vec<Value> = path_params(r.path)
             .into_iter()
-            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|n| {
+                let schema: Value = serde_json::from_str(super::routes::id_schema(r.path)).unwrap_or(Value::Null);
+                json!({"name": n, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         params.extend(r.query.iter().map(|p| {
-            json!({"name": p.name, "in": "query", "required": false, "description": p.doc, "schema": param_schema(p)})
+            json!({"name": p.name, "in": "query", "required": p.required, "description": p.doc, "schema": param_schema(p)})
         }));
         let mut responses = Map::new();
         let ok_status =
@@ -67,9 +75,16 @@ pub fn document() -> Value {
             op["description"] = "Refused with 403 when the server is read-only (`kitt serve --read-only`).".into();
         }
         if !r.body.is_empty() {
-            let props: Map<String, Value> =
-                r.body.iter().map(|p| (p.name.to_string(), json!({"type": p.kind, "description": p.doc}))).collect();
-            let required: Vec<&str> = r.body.iter().filter(|p| p.kind != "boolean").map(|p| p.name).collect();
+            let props: Map<String, Value> = r
+                .body
+                .iter()
+                .map(|p| {
+                    let mut schema = param_schema(p);
+                    schema["description"] = p.doc.into();
+                    (p.name.to_string(), schema)
+                })
+                .collect();
+            let required: Vec<&str> = r.body.iter().filter(|p| p.required).map(|p| p.name).collect();
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
                 "type": "object", "properties": props, "required": required, "additionalProperties": false,
             }}}});
@@ -102,4 +117,25 @@ pub fn document() -> Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_in_the_route_table_is_json_and_every_path_parameter_has_one() {
+        for r in ROUTES {
+            for p in r.query.iter().chain(r.body) {
+                assert!(param_schema(p).is_object(), "{} {}: {}", r.path, p.name, p.schema);
+            }
+            assert!(serde_json::from_str::<Value>(super::super::routes::id_schema(r.path)).unwrap().is_object());
+        }
+        assert!(regex::Regex::new(super::super::routes::SINCE_PATTERN).is_ok());
+        let doc = document();
+        assert_eq!(
+            doc["paths"].as_object().unwrap().values().map(|m| m.as_object().unwrap().len()).sum::<usize>(),
+            ROUTES.len()
+        );
+    }
 }
