@@ -544,6 +544,8 @@ fn serial_bad_requests_get_their_exact_4xx_as_problem_json() {
     assert_eq!(raw.status, 400);
     let basic = request(p, "GET", "/api/v1/runs", None, &[("Authorization", "Basic YTpi")], b"");
     assert_eq!(basic.status, 401);
+    let lower = format!("bearer {t}");
+    assert_eq!(request(p, "GET", "/api/v1/runs", None, &[("Authorization", &lower)], b"").status, 200);
     // The server is still there and well.
     assert_eq!(request(p, "GET", "/api/v1/health", None, &[], b"").status, 200);
 }
@@ -959,11 +961,11 @@ fn serial_apply_with_server_uploads_a_bundle_and_the_run_lives_on_the_server() {
     let run = answer["run_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = get(server.port, &format!("/api/v1/runs/{run}"), &t).json()["run"]["status"].clone();
-        if status == "succeeded" {
+        let shown = get(server.port, &format!("/api/v1/runs/{run}"), &t).json();
+        if shown["run"]["status"] == "succeeded" {
             break;
         }
-        assert!(Instant::now() < deadline && status != "failed", "{status}");
+        assert!(Instant::now() < deadline && shown["run"]["status"] != "failed", "{shown}");
         std::thread::sleep(Duration::from_millis(100));
     }
     // The run used the uploaded template, from the bundle kept on the server.

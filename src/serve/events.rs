@@ -1,6 +1,7 @@
 //! `/api/v1/events`: server-sent events read from the runs' journals.
 //!
-//! Each stream tails the journal files itself (a poll every 200 ms: journals are appended and
+//! Each stream tails the journal files itself (a poll every 50 ms for one run's stream, 200 ms
+//! for the stream of every run, which also looks for new runs: journals are appended and
 //! fsynced a record at a time, so the files are the only queue). It reads a bounded chunk per
 //! shard per poll and produces events only as fast as the client takes them, so a slow client
 //! costs a file offset, never a growing buffer, and nothing is ever dropped.
@@ -32,8 +33,10 @@ use super::App;
 use super::problem::{Problem, Query};
 use crate::run::journal::Record;
 
-/// How often a stream looks for new records.
-const POLL: Duration = Duration::from_millis(200);
+/// How often a run's stream looks for new records (a few syscalls per shard when idle).
+const POLL_RUN: Duration = Duration::from_millis(50);
+/// How often the stream of every run does (it also looks for new runs).
+const POLL_ALL: Duration = Duration::from_millis(200);
 /// The most bytes read from one shard per poll (bounds a stream's memory).
 const CHUNK: u64 = 256 * 1024;
 /// The most streams open at once; more are refused with 503.
@@ -248,7 +251,7 @@ impl Stream {
             self.poll_files();
             if self.pending.is_empty() {
                 tokio::select! {
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = tokio::time::sleep(if self.only.is_some() { POLL_RUN } else { POLL_ALL }) => {}
                     _ = self.closing.changed() => {}
                 }
             }

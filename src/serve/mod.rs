@@ -109,8 +109,11 @@ struct Guard {
 fn presented(req: &Request) -> Result<Option<(String, bool)>, Problem> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let text = v.to_str().unwrap_or_default();
-        return match text.strip_prefix("Bearer ") {
-            Some(t) if !t.trim().is_empty() => Ok(Some((t.trim().to_string(), false))),
+        // The scheme is case-insensitive (RFC 9110).
+        return match text.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+                Ok(Some((t.trim().to_string(), false)))
+            }
             _ => Err(Problem::new(StatusCode::UNAUTHORIZED, "Authorization: expected `Bearer TOKEN`")),
         };
     }
