@@ -8,8 +8,8 @@
 #   scripts/schemathesis.sh [KITT] [MAX_EXAMPLES]     (default: target/debug/kitt, 30)
 set -euo pipefail
 KITT=$(realpath "${1:-target/debug/kitt}")
+ST=$(command -v "${ST:-st}")
 MAX=${2:-30}
-ST=${ST:-st}
 work=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
@@ -32,6 +32,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 pid=$!
 until curl -sf "http://127.0.0.1:$port/api/v1/health" >/dev/null; do sleep 0.05; done
 T=$(cat "$work/cfg/web-token")
+cd "$work"   # schemathesis keeps a cache in the current directory
 "$ST" run "http://127.0.0.1:$port/api/v1/openapi.json" -H "Authorization: Bearer $T" \
   --max-examples "$MAX" --checks all --workers 2 \
   --exclude-path-regex '^/api/v1/(runs$|runs/\{id\}/(cancel|resume)|bundles|events)' \

@@ -617,6 +617,20 @@ fn serial_results_and_compare_answer_what_the_cli_answers() {
     assert!(refused.json()["detail"].as_str().unwrap().contains("read-only"));
 }
 
+/// The store's results of `run` once there are `n` (a run is indexed after it lets go of its
+/// directory, so a finished run's results follow shortly).
+fn results_of(port: u16, run: &str, token: &str, n: usize) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = get(port, &format!("/api/v1/results?run={run}"), token).json();
+        if results["results"].as_array().unwrap().len() == n {
+            return results;
+        }
+        assert!(Instant::now() < deadline, "{results}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone)]
 struct Sse {
@@ -780,8 +794,7 @@ fn serial_a_run_started_over_the_api_streams_its_journals_exactly_once_across_re
     let mut all = Stream::open(p, "/api/v1/events", &reader, Some(&got[0].id));
     assert_eq!(all.next().unwrap().event, "reset");
     // The started run is an ordinary one: it finished and is indexed in the store.
-    let results = get(p, &format!("/api/v1/results?run={run}"), &reader).json();
-    assert_eq!(results["results"].as_array().unwrap().len(), 2, "{results}");
+    results_of(p, &run, &reader, 2);
 }
 
 #[test]
@@ -908,8 +921,7 @@ fn serial_a_run_cancelled_over_the_api_stops_and_resumes_over_the_api() {
         assert!(Instant::now() < deadline && status != "failed", "{status}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let results = get(p, &format!("/api/v1/results?run={run}"), &t).json();
-    assert_eq!(results["results"].as_array().unwrap().len(), 2, "{results}");
+    results_of(p, &run, &t, 2);
 }
 
 /// A suite with a suite-local benchmark template, on the client's side.
@@ -973,7 +985,7 @@ fn serial_apply_with_server_uploads_a_bundle_and_the_run_lives_on_the_server() {
         std::fs::read_dir(env.runs().join(".bundles")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(bundles.len(), 1, "{bundles:?}");
     assert!(bundles[0].join("templates/quick.yaml").is_file() && bundles[0].join("bundled.yaml").is_file());
-    let results = get(server.port, &format!("/api/v1/results?run={run}"), &t).json();
+    let results = results_of(server.port, &run, &t, 1);
     assert_eq!(results["results"][0]["cell"]["template"], "quick", "{results}");
     // Bad bundles: a wrong digest, a name that climbs out, a suite not among the files.
     let files = json!({"s.yaml": "x"});
@@ -991,4 +1003,41 @@ fn serial_apply_with_server_uploads_a_bundle_and_the_run_lives_on_the_server() {
     assert_eq!(post(json!({"suite": "t.yaml", "files": files, "digest": digest(&files)})), 400);
     // A bundle whose suite does not validate is refused by `kitt apply` on the server: 422.
     assert_eq!(post(json!({"suite": "s.yaml", "files": files, "digest": digest(&files)})), 422);
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 =
+        status.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn serial_a_stalled_client_costs_the_server_no_memory_and_loses_nothing() {
+    let env = KittEnv::new();
+    let run = env.runs().join("r1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("run.json"), r#"{"id":"r1","identity":"x","suite":"x","file":"/x","created_unix_ns":1}"#)
+        .unwrap();
+    std::fs::write(run.join("journal.jsonl"), "").unwrap();
+    let server = serve(&env, &[]);
+    let mut stalled = Stream::open(server.port, "/api/v1/events?run=r1", &server.admin, None);
+    let before = rss_mb(server.child.id());
+    // 30 MB of journal while the client reads nothing.
+    let mut text = String::new();
+    for seq in 0..300_000u64 {
+        text.push_str(&format!(
+            "{{\"seq\":{seq},\"unix_ns\":1,\"event\":\"run_stopped\",\"reason\":\"{}\"}}\n",
+            "x".repeat(40)
+        ));
+    }
+    std::fs::write(run.join("journal.jsonl"), &text).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = rss_mb(server.child.id());
+    assert!(during - before < 10.0, "the server grew from {before:.1} MB to {during:.1} MB for a stalled client");
+    // Nothing was dropped: the client, reading again, gets every record in order.
+    for seq in 0..2000u64 {
+        let e = stalled.next().unwrap();
+        assert_eq!(e.data["seq"], seq, "{e:?}");
+    }
 }

@@ -1,8 +1,9 @@
 //! `/api/v1/events`: server-sent events read from the runs' journals.
 //!
-//! Each stream tails the journal files itself (a poll every 50 ms for one run's stream, 200 ms
-//! for the stream of every run, which also looks for new runs: journals are appended and
-//! fsynced a record at a time, so the files are the only queue). It reads a bounded chunk per
+//! Each stream tails the journal files itself (journals are appended and fsynced a record at a
+//! time, so the files are the only queue): a run's stream when the run's one watcher (`Watchers`,
+//! a 10 ms look at the files' sizes, shared by all its streams) says they grew; the stream of
+//! every run every 200 ms, looking for new runs too. It reads a bounded chunk per
 //! shard per poll and produces events only as fast as the client takes them, so a slow client
 //! costs a file offset, never a growing buffer, and nothing is ever dropped.
 //!
@@ -33,10 +34,48 @@ use super::App;
 use super::problem::{Problem, Query};
 use crate::run::journal::Record;
 
-/// How often a run's stream looks for new records (a few syscalls per shard when idle).
-const POLL_RUN: Duration = Duration::from_millis(50);
-/// How often the stream of every run does (it also looks for new runs).
+/// How often a run's watcher looks at the sizes of its journal files.
+const WATCH: Duration = Duration::from_millis(10);
+/// How often a run's stream reads its files when its watcher says nothing (a safety net).
+const POLL_RUN: Duration = Duration::from_secs(1);
+/// How often the stream of every run reads the journals (it also looks for new runs).
 const POLL_ALL: Duration = Duration::from_millis(200);
+
+/// One watcher per run that some stream follows: a task that looks at the sizes of the run's
+/// journal files every `WATCH` and bumps a counter when they change. The run's streams wait on
+/// that counter and read the files only then, so a hundred idle streams of a run cost one
+/// `stat` loop, not a hundred; the task ends once no stream follows the run.
+#[derive(Default)]
+pub struct Watchers(std::sync::Mutex<std::collections::HashMap<PathBuf, tokio::sync::watch::Receiver<u64>>>);
+
+impl Watchers {
+    fn subscribe(&self, dir: &Path) -> tokio::sync::watch::Receiver<u64> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A watcher whose task ended has a closed channel: start another.
+        if let Some(rx) = map.get(dir).filter(|rx| rx.has_changed().is_ok()) {
+            return rx.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        map.insert(dir.to_path_buf(), rx.clone());
+        let dir = dir.to_path_buf();
+        // Taken before the subscriber's first read, so anything appended after that read shows.
+        let mut last = journal_sizes(&dir);
+        tokio::spawn(async move {
+            let mut changes = 0u64;
+            // The map keeps one receiver: with no other, no stream follows the run.
+            while tx.receiver_count() > 1 {
+                tokio::time::sleep(WATCH).await;
+                let now = journal_sizes(&dir);
+                if now != last {
+                    last = now;
+                    changes += 1;
+                    let _ = tx.send(changes);
+                }
+            }
+        });
+        rx
+    }
+}
 /// The most bytes read from one shard per poll (bounds a stream's memory).
 const CHUNK: u64 = 256 * 1024;
 /// The most streams open at once; more are refused with 503.
@@ -62,6 +101,11 @@ pub fn shards(dir: &Path) -> Vec<(String, PathBuf)> {
     rest.sort();
     out.extend(rest);
     out
+}
+
+/// Each shard of the run at `dir` and its length.
+fn journal_sizes(dir: &Path) -> Vec<(String, u64)> {
+    shards(dir).into_iter().map(|(n, p)| (n, std::fs::metadata(p).map_or(0, |m| m.len()))).collect()
 }
 
 /// The journal event's name on the stream.
@@ -203,6 +247,8 @@ struct Stream {
     only: Option<String>,
     runs: BTreeMap<String, RunTail>,
     pending: VecDeque<Event>,
+    /// The run's watcher (a run's stream only).
+    watch: Option<tokio::sync::watch::Receiver<u64>>,
     closing: tokio::sync::watch::Receiver<bool>,
     ended: bool,
     _slot: StreamSlot,
@@ -250,9 +296,23 @@ impl Stream {
             }
             self.poll_files();
             if self.pending.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(if self.only.is_some() { POLL_RUN } else { POLL_ALL }) => {}
-                    _ = self.closing.changed() => {}
+                let wait = if self.only.is_some() { POLL_RUN } else { POLL_ALL };
+                let mut closed_watch = false;
+                match self.watch.as_mut() {
+                    Some(w) => tokio::select! {
+                        changed = w.changed() => closed_watch = changed.is_err(),
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.closing.changed() => {}
+                    },
+                    None => tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.closing.changed() => {}
+                    },
+                }
+                if closed_watch {
+                    // Its task ended just as this stream subscribed: follow a new one.
+                    let dir = self.runs.values().next().map(|t| t.dir.clone());
+                    self.watch = dir.map(|d| self.app.watchers.subscribe(&d));
                 }
             }
         }
@@ -309,7 +369,8 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Q
         }
     }
     let closing = app.closing.clone();
-    let state = Stream { app, only: q.run, runs, pending, closing, ended: false, _slot: slot };
+    let watch = q.run.as_ref().and_then(|_| runs.values().next()).map(|t| app.watchers.subscribe(&t.dir));
+    let state = Stream { app, only: q.run, runs, pending, watch, closing, ended: false, _slot: slot };
     let events = futures_util::stream::unfold(state, Stream::next);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }

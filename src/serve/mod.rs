@@ -73,6 +73,8 @@ pub struct App {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Event streams open now.
     pub streams: AtomicUsize,
+    /// One journal watcher per run that some stream follows.
+    pub watchers: events::Watchers,
 }
 
 impl App {
@@ -315,6 +317,7 @@ pub async fn serve(
         next_store: AtomicUsize::new(0),
         closing,
         streams: AtomicUsize::new(0),
+        watchers: events::Watchers::default(),
     });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));
