@@ -873,6 +873,42 @@ fn serial_self_signed_tls_is_trusted_through_the_printed_ca_and_plain_http_gets_
     let mut buf = Vec::new();
     let _ = plain.read_to_end(&mut buf);
     assert!(!String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf));
+    // SIGHUP reads the certificate again: with its files gone, a new CA is made and printed.
+    for f in ["ca.pem", "ca-key.pem", "cert.pem", "key.pem"] {
+        std::fs::remove_file(tls_dir.join(f)).unwrap();
+    }
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reloaded = loop {
+        let line = server.stderr.lock().unwrap().iter().find(|l| l.contains("certificate reloaded")).cloned();
+        if let Some(l) = line {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no reload: {:?}", server.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let new_ca = rustls::pki_types::CertificateDer::from_pem_file(tls_dir.join("ca.pem")).unwrap();
+    let new_fp: Vec<String> = sha2::Sha256::digest(new_ca.as_ref()).iter().map(|b| format!("{b:02X}")).collect();
+    assert!(reloaded.ends_with(&new_fp.join(":")), "{reloaded}");
+    assert_ne!(new_fp.join(":"), printed);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(new_ca).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf);
+    assert_eq!(parse_answer(&buf).status, 200);
+    let printed = new_fp.join(":");
     // A second start reuses the CA: clients that trust it keep trusting the server.
     drop(server);
     let again = serve(&env, &["--tls-self-signed", "--tls-dir", tls_dir.to_str().unwrap()]);

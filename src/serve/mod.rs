@@ -284,6 +284,20 @@ async fn terminated() {
     }
 }
 
+/// SIGHUP: the certificate is read again (a self-signed one is made again if its files are
+/// gone); connections already open keep theirs. A certificate that does not load leaves the old
+/// one in place.
+fn reload(app: &App, acceptor: &mut Option<tls::Acceptor>) {
+    let Some(source) = &app.cfg.tls else { return };
+    match tls::acceptor(source) {
+        Ok(a) => {
+            tracing::info!("SIGHUP: certificate reloaded; to trust: SHA-256 {}", a.fingerprint);
+            *acceptor = Some(a);
+        }
+        Err(e) => tracing::warn!("SIGHUP: keeping the certificate in use: {e}"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {0}: {1}")]
@@ -302,10 +316,11 @@ pub async fn serve(
     admin_token: &str,
     ready: impl FnOnce(SocketAddr, Option<&str>),
 ) -> Result<(), ServeError> {
-    let acceptor = match &cfg.tls {
+    let mut acceptor = match &cfg.tls {
         Some(source) => Some(tls::acceptor(source)?),
         None => None,
     };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let keyring = Keyring::new(tokens_path, admin_token)?;
     let listener = tokio::net::TcpListener::bind(cfg.bind).await.map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let local = listener.local_addr().map_err(|e| ServeError::Bind(cfg.bind, e))?;
@@ -334,6 +349,10 @@ pub async fn serve(
                     continue;
                 }
             },
+            _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
+                reload(&app, &mut acceptor);
+                continue;
+            }
             _ = &mut stop => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
