@@ -1077,3 +1077,28 @@ fn serial_a_stalled_client_costs_the_server_no_memory_and_loses_nothing() {
         assert_eq!(e.data["seq"], seq, "{e:?}");
     }
 }
+
+#[test]
+fn serial_the_stream_of_every_run_follows_new_runs_new_results_and_settings_changes() {
+    let env = KittEnv::new();
+    let server = serve(&env, &[]);
+    let mut all = Stream::open(server.port, "/api/v1/events", &server.admin, None);
+    let set = kitt(&env).args(["settings", "set", "page_size", "20"]).output().unwrap();
+    assert!(set.status.success(), "{}", text(&set));
+    let run = apply(&env);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|e: &Sse| e.event == "result.added") {
+        assert!(Instant::now() < deadline, "{seen:?}");
+        seen.push(all.next().unwrap());
+    }
+    let settings = seen.iter().find(|e| e.event == "settings.changed").expect("settings.changed");
+    assert_eq!(settings.data["after"], 0);
+    assert!(seen.iter().any(|e| e.event == "run.started" && e.data["run"] == run.as_str()), "{seen:?}");
+    let added = seen.iter().find(|e| e.event == "result.added").unwrap();
+    let after = added.data["after"].as_i64().unwrap();
+    let listed = get(server.port, &format!("/api/v1/results?after={after}"), &server.admin).json();
+    let ids: Vec<i64> = listed["results"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.last().copied(), added.data["last"].as_i64(), "{added:?} {listed}");
+    assert!(ids.iter().all(|i| *i > after));
+}

@@ -247,6 +247,9 @@ struct Stream {
     only: Option<String>,
     runs: BTreeMap<String, RunTail>,
     pending: VecDeque<Event>,
+    /// The store's last result id and settings change this stream has told of (the stream of
+    /// every run only).
+    store_seen: Option<(i64, i64)>,
     /// The run's watcher (a run's stream only).
     watch: Option<tokio::sync::watch::Receiver<u64>>,
     closing: tokio::sync::watch::Receiver<bool>,
@@ -279,6 +282,33 @@ impl Stream {
         }
         for tail in self.runs.values_mut() {
             tail.poll(&mut self.pending);
+        }
+        if self.only.is_none() {
+            self.poll_store();
+        }
+    }
+
+    /// `result.added` and `settings.changed`: the store's last ids moved. The data says from
+    /// where (`{"after", "last"}`), so a client lists exactly the new rows
+    /// (`/api/v1/results?after=…`).
+    fn poll_store(&mut self) {
+        let (results, settings) = match self.app.store() {
+            Ok(Some(store)) => match (store.last_result_id(), store.last_setting_change()) {
+                (Ok(r), Ok(s)) => (r, s),
+                _ => return,
+            },
+            // No store yet: the first one to appear is all news.
+            Ok(None) => (0, 0),
+            Err(_) => return,
+        };
+        let Some((seen_results, seen_settings)) = self.store_seen.replace((results, settings)) else { return };
+        if results > seen_results {
+            let data = serde_json::json!({"after": seen_results, "last": results});
+            self.pending.push_back(Event::default().event("result.added").data(data.to_string()));
+        }
+        if settings > seen_settings {
+            let data = serde_json::json!({"after": seen_settings, "last": settings});
+            self.pending.push_back(Event::default().event("settings.changed").data(data.to_string()));
         }
     }
 
@@ -370,7 +400,12 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Q
     }
     let closing = app.closing.clone();
     let watch = q.run.as_ref().and_then(|_| runs.values().next()).map(|t| app.watchers.subscribe(&t.dir));
-    let state = Stream { app, only: q.run, runs, pending, watch, closing, ended: false, _slot: slot };
+    let mut state =
+        Stream { app, only: q.run, runs, pending, store_seen: None, watch, closing, ended: false, _slot: slot };
+    if state.only.is_none() {
+        // What the store holds now is not news.
+        state.poll_store();
+    }
     let events = futures_util::stream::unfold(state, Stream::next);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }

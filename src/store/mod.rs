@@ -580,6 +580,17 @@ impl Store {
         }))
     }
 
+    /// The largest result id (0 in an empty store): what a follower compares to see new rows,
+    /// which `Filter::after_id` then lists.
+    pub fn last_result_id(&self) -> Result<i64, StoreError> {
+        self.select("SELECT COALESCE(MAX(id), 0) FROM results", &[])?.first().map_or(Ok(0), |r| r.int(0))
+    }
+
+    /// The id of the latest settings change (0 when none was made).
+    pub fn last_setting_change(&self) -> Result<i64, StoreError> {
+        self.select("SELECT COALESCE(MAX(id), 0) FROM settings_history", &[])?.first().map_or(Ok(0), |r| r.int(0))
+    }
+
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
