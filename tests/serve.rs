@@ -608,6 +608,35 @@ fn serial_results_and_compare_answer_what_the_cli_answers() {
     let records = journal["records"].as_array().unwrap();
     assert!(!records.is_empty() && records.iter().all(|r| r["seq"].as_u64().unwrap() > 2), "{journal}");
     assert_eq!(journal["shards"][0], "journal");
+    // A step's files, as text, a chunk at a time; nothing outside the run's directory.
+    let steps = env.runs().join(&a).join("steps");
+    let (key, file) = std::fs::read_dir(&steps)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let f = e.path().join("requests.jsonl");
+            f.is_file().then(|| (e.file_name().to_string_lossy().to_string(), f))
+        })
+        .expect("a benchmark step's requests.jsonl");
+    let whole = std::fs::read(&file).unwrap();
+    let served = get(p, &format!("/api/v1/runs/{a}/steps/{key}/requests.jsonl"), &t);
+    assert_eq!(served.status, 200);
+    assert_eq!(served.body, whole);
+    assert_eq!(served.headers["x-kitt-file-size"], whole.len().to_string());
+    let chunk = get(p, &format!("/api/v1/runs/{a}/steps/{key}/requests.jsonl?offset=3&limit=10"), &t);
+    assert_eq!(chunk.body, whole[3..13]);
+    std::os::unix::fs::symlink("/etc/hostname", steps.join(&key).join("escape")).unwrap();
+    for (url, status) in [
+        (format!("/api/v1/runs/{a}/steps/{key}/escape"), 400),
+        (format!("/api/v1/runs/{a}/steps/..%2F..%2F..%2Fetc/hostname"), 400),
+        (format!("/api/v1/runs/{a}/steps/{key}/..%2Frun.json"), 400),
+        (format!("/api/v1/runs/{a}/steps/{key}/.hidden"), 400),
+        (format!("/api/v1/runs/{a}/steps/{key}/nope.log"), 404),
+        (format!("/api/v1/runs/{a}/steps/{key}/requests.jsonl?limit=0"), 400),
+        (format!("/api/v1/runs/{a}/steps/{key}/requests.jsonl?limit=2000000"), 400),
+    ] {
+        assert_eq!(get(p, &url, &t).status, status, "{url}");
+    }
     // Read-only: the same answers from a store opened read-only; writes refused with the reason.
     drop(server);
     let ro = serve(&env, &["--read-only"]);

@@ -517,3 +517,56 @@ pub(super) async fn token_revoke(State(app): State<Arc<App>>, UrlPath(id): UrlPa
     .await?;
     ok(json!({"revoked": done}))
 }
+
+/// The most bytes of a step's file one request reads.
+pub const MAX_FILE_CHUNK: u64 = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileQuery {
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// A file a step wrote (`steps/KEY/FILE`: its engine log, requests, samples, result), as text,
+/// a chunk at a time; `x-kitt-file-size` says how long it is. Only files inside the run's
+/// directory: names are plain, and a symlink out of it is refused.
+pub(super) async fn step_file(
+    State(app): State<Arc<App>>,
+    UrlPath((id, key, file)): UrlPath<(String, String, String)>,
+    Query(q): Query<FileQuery>,
+) -> Answer {
+    for (name, value) in [("key", &key), ("file", &file)] {
+        if !valid_id(value) {
+            return Err(Problem::bad_request(format!("{name}: `{}` is not a plain name", clip(value))));
+        }
+    }
+    let limit = q.limit.unwrap_or(MAX_FILE_CHUNK);
+    if limit == 0 || limit > MAX_FILE_CHUNK {
+        return Err(Problem::bad_request(format!("limit: {limit} is not between 1 and {MAX_FILE_CHUNK}")));
+    }
+    let (bytes, size) = blocking(move || {
+        use std::io::{Read as _, Seek as _};
+        let info = run_dir(&app, &id)?;
+        let missing = || Problem::not_found(format!("run `{id}` has no step file `{key}/{file}`"));
+        let path = info.path.join("steps").join(&key).join(&file).canonicalize().map_err(|_| missing())?;
+        if !path.starts_with(&info.path) {
+            return Err(Problem::bad_request(format!("file: `{key}/{file}` leads out of the run's directory")));
+        }
+        let mut f = std::fs::File::open(&path).map_err(|_| missing())?;
+        let size = f.metadata().map_err(Problem::internal)?.len();
+        f.seek(std::io::SeekFrom::Start(q.offset.unwrap_or(0))).map_err(Problem::internal)?;
+        let mut bytes = Vec::new();
+        f.take(limit).read_to_end(&mut bytes).map_err(Problem::internal)?;
+        Ok((bytes, size))
+    })
+    .await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            ("x-kitt-file-size".parse().map_err(Problem::internal)?, size.to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}

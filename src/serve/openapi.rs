@@ -50,6 +50,8 @@ pub fn document() -> Value {
             if r.writes && r.method == axum::http::Method::POST && !r.path.ends_with("cancel") { "201" } else { "200" };
         let ok_body = if r.path.ends_with("/events") {
             json!({"text/event-stream": {"schema": {"type": "string"}}})
+        } else if r.path.contains("/steps/") {
+            json!({"text/plain": {"schema": {"type": "string"}}})
         } else {
             json!({"application/json": {"schema": {"type": "object"}}})
         };

@@ -49,6 +49,7 @@ const fn r(name: &'static str, schema: &'static str, doc: &'static str) -> Param
 const ID: &str = r#"{"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"}"#;
 const RESULT_ID: &str = r#"{"type": "integer", "minimum": 1, "maximum": 9223372036854775807}"#;
 const SEQ: &str = r#"{"type": "integer", "minimum": 0, "maximum": 9223372036854775807}"#;
+const FILE_LIMIT: &str = r#"{"type": "integer", "minimum": 1, "maximum": 1048576}"#;
 const LIMIT: &str = r#"{"type": "integer", "minimum": 1, "maximum": 1000}"#;
 /// What `since` takes over the API: a date, a UTC time, or a whole number of seconds, minutes,
 /// hours, days or weeks ago (the CLI's `--since` takes more of humantime's forms).
@@ -205,6 +206,19 @@ pub static ROUTES: &[Route] = &[
         ],
         body: &[],
         handler: || get(api::journal),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/runs/{id}/steps/{key}/{file}",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "A file a step wrote (engine.log, requests.jsonl, samples.csv, result.json…), as text, a chunk at a time.",
+        query: &[
+            p("offset", SEQ, "Where to start, in bytes."),
+            p("limit", FILE_LIMIT, "At most this many bytes, 1 to 1 MiB (the default)."),
+        ],
+        body: &[],
+        handler: || get(api::step_file),
     },
     Route {
         method: Method::POST,
