@@ -1131,3 +1131,25 @@ fn serial_the_stream_of_every_run_follows_new_runs_new_results_and_settings_chan
     assert_eq!(ids.last().copied(), added.data["last"].as_i64(), "{added:?} {listed}");
     assert!(ids.iter().all(|i| *i > after));
 }
+
+#[test]
+fn serial_insecure_serves_plain_http_on_a_network_address_and_says_so() {
+    let env = KittEnv::new();
+    let mut child =
+        kitt(&env).args(["serve", "--bind", "0.0.0.0:0", "--insecure"]).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        let last = line.starts_with("  tokens: ");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(text.contains("listening on http://0.0.0.0:"), "{text}");
+    assert!(text.contains("warning: plain HTTP on a network address (--insecure)"), "{text}");
+    assert!(text.contains("log in: http://127.0.0.1:"), "{text}");
+}
