@@ -21,6 +21,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod secrets;
+pub mod serve;
 pub mod settings;
 pub mod store;
 pub mod template;

@@ -203,7 +203,7 @@ impl Catalog {
     }
 }
 
-fn template_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn template_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }

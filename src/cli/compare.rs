@@ -51,7 +51,7 @@ fn from_dir(dir: &Path) -> Result<Vec<Record>, String> {
 
 /// What `spec` names: a run directory, a result id (its repetitions), or a run id (the store
 /// first, then the runs directory).
-fn resolve(spec: &str, store: Option<&Store>, runs_root: &Path) -> Result<(String, Vec<Record>), String> {
+pub(crate) fn resolve(spec: &str, store: Option<&Store>, runs_root: &Path) -> Result<(String, Vec<Record>), String> {
     let path = Path::new(spec);
     if path.is_dir() {
         let records = from_dir(path)?;

@@ -5,12 +5,14 @@
 //! failed, 130 interrupted.
 
 pub mod apply;
-mod compare;
+pub(crate) mod compare;
 mod engines;
 pub mod fingerprint;
 mod gc;
-mod results;
-mod runs;
+mod remote;
+pub(crate) mod results;
+pub(crate) mod runs;
+pub mod serve;
 mod settings;
 mod work;
 
@@ -106,6 +108,14 @@ pub enum Command {
         flags: apply::RunFlags,
         #[command(flatten)]
         placement: apply::PlacementFlags,
+        /// Run the suite on a `kitt serve` instead (its URL): the suite and its suite-local
+        /// templates are uploaded as a bundle, under the `run` token in $KITT_SERVER_TOKEN; the
+        /// run lives on the server (which needs --allow-suite-upload).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["resume", "runs_dir", "store", "executor", "detach"])]
+        server: Option<String>,
+        /// A CA to trust for --server (a server's `--tls-self-signed` ca.pem).
+        #[arg(long, value_name = "FILE", requires = "server")]
+        server_ca: Option<PathBuf>,
     },
     /// Run one unit of an existing run (its uncommitted steps): what executors place. Exits 0
     /// done, 1 failed or refused, 130 cancelled, 3 lost its claim.
@@ -164,6 +174,9 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Settings kept in the results store: list (with each value's source), get, set, unset, history.
     Settings(settings::SettingsArgs),
+    /// The REST API (/api/v1, OpenAPI, live events) over the runs and the store; `serve token`
+    /// manages who may call it.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,14 +255,19 @@ pub enum EnginesCommand {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    init_logging(cli.verbose, cli.quiet);
+    // A server's log is its audit trail: who started, cancelled or made what (kitt::serve at info).
+    init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Serve(_)));
     if let Some(c) = &cli.docker_context {
         crate::docker::set_context(c);
     }
     match cli.command {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
-        Command::Apply { suite, flags, placement } => apply::apply(&suite, &flags, &placement, cli.quiet),
+        Command::Apply { suite, flags, placement, server: Some(server), server_ca } => {
+            let _ = placement;
+            remote::apply(&suite, &server, server_ca.as_deref(), flags.fresh, flags.output)
+        }
+        Command::Apply { suite, flags, placement, .. } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
         Command::Work { run_dir, unit, unit_file, take_over_silent, output } => {
             match work::unit_id(unit, unit_file.as_deref()) {
@@ -284,12 +302,14 @@ pub fn run(cli: Cli) -> i32 {
         Command::Results { command } => results::run(command),
         Command::Compare(args) => compare::compare(&args),
         Command::Settings(args) => settings::run(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, serve: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (_, 0) if serve => "warn,kitt::serve=info",
         (_, 0) => "warn",
         (_, 1) => "info",
         _ => "debug",

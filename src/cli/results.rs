@@ -46,6 +46,8 @@ impl FilterArgs {
             fingerprint: self.fingerprint.clone(),
             since_unix_ns: self.since,
             run_id: None,
+            after_id: None,
+            limit: None,
         }
     }
 }
@@ -112,7 +114,10 @@ pub fn parse_since(s: &str) -> Result<u64, String> {
         return Ok(to_ns(t));
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(to_ns(SystemTime::now() - d));
+        return SystemTime::now()
+            .checked_sub(d)
+            .map(to_ns)
+            .ok_or_else(|| format!("{s} ago is before any time kitt knows"));
     }
     Err("expected a date (2026-11-01), a time (2026-11-01T12:00:00Z) or a duration ago (7d, 12h)".into())
 }

@@ -98,20 +98,31 @@ fn step_states(records: &[journal::Record]) -> HashMap<String, (String, Option<S
     last
 }
 
-pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
-    let info = match find(runs_dir, id) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
+/// One run as data: its directory's status, executor, units and steps (`kitt runs show --output
+/// json`, and the server's `/api/v1/runs/{id}`).
+pub(crate) struct Shown {
+    pub info: dir::RunInfo,
+    pub executor: Option<crate::exec::state::ExecutorState>,
+    pub cancel_requested: bool,
+    pub units: Vec<units::UnitStatus>,
+    pub steps: Vec<Json>,
+    pub records: usize,
+}
+
+impl Shown {
+    pub(crate) fn json(&self) -> Json {
+        json!({
+            "run": self.info, "executor": self.executor.as_ref().map(|e| e.executor),
+            "cancel_requested": self.cancel_requested, "units": self.units, "steps": self.steps,
+        })
+    }
+}
+
+/// Reads what `kitt runs show` shows about the run at `info`.
+pub(crate) fn shown(info: dir::RunInfo) -> Result<Shown, journal::JournalError> {
     let plan = read_plan(&info.path);
     // Every attempt's records: the driver's journal and each `kitt work` shard.
-    let records = match journal::read_run(&info.path) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILED;
-        }
-    };
+    let records = journal::read_run(&info.path)?;
     let last = step_states(&records);
     let steps: Vec<Json> = plan["steps"]
         .as_array()
@@ -132,11 +143,24 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
         slurm_jobs(&info.meta.id, &mut units);
     }
     let cancel_requested = run::cancel_request_path(&info.path).exists();
+    Ok(Shown { info, executor, cancel_requested, units, steps, records: records.len() })
+}
+
+pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
+    let info = match find(runs_dir, id) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let shown = match shown(info) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let Shown { info, executor, cancel_requested, units, steps, records } = &shown;
     match output {
-        Output::Json => print_json(&json!({
-            "run": info, "executor": executor.as_ref().map(|e| e.executor),
-            "cancel_requested": cancel_requested, "units": units, "steps": steps,
-        })),
+        Output::Json => print_json(&shown.json()),
         Output::Text => {
             println!(
                 "run {} of suite `{}` ({}): {}{}, {} journal records",
@@ -144,8 +168,8 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
                 info.meta.suite,
                 info.meta.file.display(),
                 status_name(info.status),
-                if cancel_requested { " (cancel requested)" } else { "" },
-                records.len()
+                if *cancel_requested { " (cancel requested)" } else { "" },
+                records
             );
             if let Some(e) = &executor {
                 println!(
@@ -163,7 +187,7 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
                 "  {:<14} {:<7} {:<10} {:>8} {:>7}  {:<16} {:>8}  {:<12}",
                 "unit", "kind", "state", "attempts", "cells", "host", "pid", "job"
             );
-            for u in &units {
+            for u in units {
                 let detail = u.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default();
                 let job = u.job.as_ref().map_or_else(
                     || u.external_id.as_deref().filter(|_| u.pid.is_none()).unwrap_or("-").to_string(),
@@ -181,7 +205,7 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
                 );
             }
             println!("steps:");
-            for s in &steps {
+            for s in steps {
                 let detail = s["detail"].as_str().map(|d| format!("  ({d})")).unwrap_or_default();
                 let key = s["key"].as_str().unwrap_or("");
                 println!(

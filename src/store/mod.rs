@@ -48,6 +48,10 @@ pub enum StoreError {
     Newer { found: u32, supported: u32 },
     #[error("upgrading the store to schema version {to} failed, nothing was changed: {reason}")]
     Migration { to: u32, reason: String },
+    #[error(
+        "the store is at schema version {found} and this kitt reads version {supported}: a read-only store is never upgraded; open it once with a writable kitt of this version (`kitt results list --store …`), or use a kitt of its version"
+    )]
+    ReadOnlyVersion { found: u32, supported: u32 },
     #[error("cannot create {0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error(
@@ -178,6 +182,10 @@ pub struct Filter {
     /// Runs that started at or after this instant.
     pub since_unix_ns: Option<u64>,
     pub run_id: Option<String>,
+    /// Only records with a larger id (keyset pagination: the last id of the previous page).
+    pub after_id: Option<i64>,
+    /// At most this many records.
+    pub limit: Option<u32>,
 }
 
 /// An open store.
@@ -418,6 +426,29 @@ impl Store {
         }
     }
 
+    /// Opens an existing store for reading only: nothing is created, migrated or written. A
+    /// SQLite file whose directory this process cannot write is opened `immutable` (no lock or
+    /// WAL files are needed); a PostgreSQL store is opened as usual and left unwritten by the
+    /// caller. A store at another schema version than this kitt's is refused.
+    pub fn open_read_only(location: impl Into<Location>) -> Result<Option<Store>, StoreError> {
+        let location = location.into();
+        let store = match &location {
+            Location::Sqlite(path) if !path.exists() => return Ok(None),
+            Location::Sqlite(path) => {
+                Store { db: Mutex::new(Box::new(sqlite::Sqlite::open_read_only(path)?)), location }
+            }
+            Location::Postgres(_) => match Store::open_existing(location)? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+        };
+        let found = store.version()?;
+        if found != VERSION {
+            return Err(StoreError::ReadOnlyVersion { found, supported: VERSION });
+        }
+        Ok(Some(store))
+    }
+
     pub fn location(&self) -> &Location {
         &self.location
     }
@@ -498,12 +529,20 @@ impl Store {
             clauses.push("r.run_id = ?");
             values.push(Value::text(run));
         }
+        if let Some(after) = filter.after_id {
+            clauses.push("r.id > ?");
+            values.push(Value::Int(after));
+        }
         let mut sql = SELECT.to_string();
         if !clauses.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&clauses.join(" AND "));
         }
         sql.push_str(" ORDER BY r.id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(" LIMIT ?");
+            values.push(Value::Int(i64::from(limit)));
+        }
         self.query(&sql, &values)
     }
 
@@ -541,6 +580,17 @@ impl Store {
         }))
     }
 
+    /// The largest result id (0 in an empty store): what a follower compares to see new rows,
+    /// which `Filter::after_id` then lists.
+    pub fn last_result_id(&self) -> Result<i64, StoreError> {
+        self.select("SELECT COALESCE(MAX(id), 0) FROM results", &[])?.first().map_or(Ok(0), |r| r.int(0))
+    }
+
+    /// The id of the latest settings change (0 when none was made).
+    pub fn last_setting_change(&self) -> Result<i64, StoreError> {
+        self.select("SELECT COALESCE(MAX(id), 0) FROM settings_history", &[])?.first().map_or(Ok(0), |r| r.int(0))
+    }
+
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
@@ -564,6 +614,33 @@ mod tests {
         for url in ["postgres://kitt@db/results", "postgresql://kitt@%2Frun%2Fpg:5433/results"] {
             assert_eq!(location(Some(Path::new(url))), Some(Location::Postgres(url.into())));
         }
+    }
+
+    #[test]
+    fn a_read_only_store_reads_what_is_there_makes_no_files_and_is_never_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Store::open_read_only(dir.path().join("none.db")).unwrap().is_none(), "readers never create one");
+        let path = dir.path().join("r.db");
+        Store::open(&path).unwrap().change_setting("engine.health_timeout", Some("\"5m\""), "test").unwrap();
+        let files = || {
+            let mut f: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            f.sort();
+            f
+        };
+        let before = files();
+        for immutable in [true, false] {
+            let db = sqlite::Sqlite::open_read_only_as(&path, immutable).unwrap();
+            let mut store = Store { db: Mutex::new(Box::new(db)), location: Location::Sqlite(path.clone()) };
+            assert_eq!(store.version().unwrap(), VERSION);
+            assert_eq!(store.settings().unwrap().len(), 1);
+            assert!(store.change_setting("engine.health_timeout", None, "test").is_err(), "it takes no write");
+            if immutable {
+                assert_eq!(files(), before, "an immutable open makes no -shm or -wal file");
+            }
+        }
+        let old = dir.path().join("old.db");
+        rusqlite::Connection::open(&old).unwrap().pragma_update(None, "user_version", 1).unwrap();
+        assert!(matches!(Store::open_read_only(&old), Err(StoreError::ReadOnlyVersion { found: 1, .. })));
     }
 
     #[test]

@@ -87,6 +87,36 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// Opens the store file at `path` read-only; `immutable` where its directory is not
+    /// writable, since WAL readers otherwise need to create the `-shm` file beside it.
+    pub(super) fn open_read_only(path: &Path) -> Result<Sqlite, StoreError> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let writable = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            // SAFETY: access(2) on a NUL-terminated path; it only reads the string.
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0);
+        Sqlite::open_read_only_as(path, !writable)
+    }
+
+    /// Opens the store file read-only: `immutable` (SQLite then takes no locks and makes no
+    /// files) or `mode=ro`.
+    pub(super) fn open_read_only_as(path: &Path, immutable: bool) -> Result<Sqlite, StoreError> {
+        use rusqlite::OpenFlags;
+        let mut encoded = String::new();
+        for b in path.as_os_str().as_encoded_bytes() {
+            match b {
+                b'?' | b'#' | b'%' | 0x80.. => encoded.push_str(&format!("%{b:02X}")),
+                _ => encoded.push(char::from(*b)),
+            }
+        }
+        let uri = if immutable { format!("file:{encoded}?immutable=1") } else { format!("file:{encoded}?mode=ro") };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(uri, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Sqlite { conn })
+    }
+}
+
 fn version(conn: &Connection) -> Result<u32, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }

@@ -1,0 +1,333 @@
+//! The route table of `/api/v1`: each route's method, path, scope, whether it writes, and its
+//! parameters. The router (`serve::router`) and the OpenAPI document (`openapi`) are both built
+//! from it, so they cannot disagree; handlers live in `api`, `events` and `bundle`.
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, post};
+
+use super::App;
+use super::api;
+use super::tokens::Scope;
+
+/// A query parameter or a JSON body's field, for the OpenAPI document.
+pub struct Param {
+    pub name: &'static str,
+    /// Its JSON Schema: a bare type (`string`) or a whole schema (`{"type": …}`), as precise as
+    /// the handler is strict, so a request the document allows is never refused for its shape.
+    pub schema: &'static str,
+    pub doc: &'static str,
+    pub required: bool,
+}
+
+/// One route: what the router serves and the OpenAPI document describes.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// The scope a token needs; `None`: open to anyone.
+    pub scope: Option<Scope>,
+    /// Whether it changes anything (refused with `--read-only`).
+    pub writes: bool,
+    pub summary: &'static str,
+    pub query: &'static [Param],
+    /// The JSON body's fields, for the document.
+    pub body: &'static [Param],
+    pub handler: fn() -> MethodRouter<Arc<App>>,
+}
+
+const fn p(name: &'static str, schema: &'static str, doc: &'static str) -> Param {
+    Param { name, schema, doc, required: false }
+}
+
+/// A parameter or field that must be given.
+const fn r(name: &'static str, schema: &'static str, doc: &'static str) -> Param {
+    Param { name, schema, doc, required: true }
+}
+
+/// A run id, a shard or a token name: what `api::valid_id` takes.
+const ID: &str = r#"{"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"}"#;
+const RESULT_ID: &str = r#"{"type": "integer", "minimum": 1, "maximum": 9223372036854775807}"#;
+const SEQ: &str = r#"{"type": "integer", "minimum": 0, "maximum": 9223372036854775807}"#;
+const FILE_LIMIT: &str = r#"{"type": "integer", "minimum": 1, "maximum": 1048576}"#;
+const LIMIT: &str = r#"{"type": "integer", "minimum": 1, "maximum": 1000}"#;
+/// What `since` takes over the API: a date, a UTC time, or a whole number of seconds, minutes,
+/// hours, days or weeks ago (the CLI's `--since` takes more of humantime's forms).
+macro_rules! since_pattern {
+    () => {
+        "^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)?$|^[1-9][0-9]{0,5}[smhdw]$"
+    };
+}
+pub const SINCE_PATTERN: &str = since_pattern!();
+const SINCE: &str = concat!(r#"{"type": "string", "pattern": ""#, since_pattern!(), r#""}"#);
+const SUITE_TEXT: &str = r#"{"type": "string", "maxLength": 1048576}"#;
+const TOKEN_NAME: &str = r#"{"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}"#;
+const SCOPE: &str = r#"{"type": "string", "enum": ["read", "run", "admin", "agent"]}"#;
+const FILES: &str = r#"{"type": "object", "additionalProperties": {"type": "string"}}"#;
+
+/// The schema of a route's `{id}`: a result id is a positive integer, anything else an id.
+pub fn id_schema(path: &str) -> &'static str {
+    if path.starts_with("/api/v1/results/") { RESULT_ID } else { ID }
+}
+
+const RESULT_FILTERS: &[Param] = &[
+    p("suite", "string", "Only this suite's results."),
+    p("engine", "string", "An engine instance name or an engine template."),
+    p("model", "string", "Only this model's results."),
+    p("fingerprint", "string", "A fingerprint hash or its prefix, or a part of the identity string."),
+    p("since", SINCE, "Runs started since: a date, an RFC 3339 time, or a duration ago (7d)."),
+    p("run", ID, "Only this run's results."),
+    p("after", SEQ, "Keyset pagination: the `next` of the previous page (results with a larger id)."),
+    p("limit", LIMIT, "Page size, 1 to 1000 (default 100)."),
+];
+
+/// Every `/api/v1` route. Paths use axum's `{name}` captures, which OpenAPI spells the same.
+pub static ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/api/v1/health",
+        scope: None,
+        writes: false,
+        summary: "Whether the server answers (no token needed).",
+        query: &[],
+        body: &[],
+        handler: || get(api::health),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/version",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "kitt's version, the store's schema version, and whether the server is read-only.",
+        query: &[],
+        body: &[],
+        handler: || get(api::version),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/openapi.json",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "This document.",
+        query: &[],
+        body: &[],
+        handler: || get(api::openapi),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/results",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Results in the store, in the order they were indexed (`kitt results list`), one page at a time.",
+        query: RESULT_FILTERS,
+        body: &[],
+        handler: || get(api::results),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/results/{id}",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "One result with its cell's repetitions aggregated (`kitt results show ID`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::result),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/compare",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Compare two runs or results (`kitt compare A B --output json`).",
+        query: &[
+            r("a", ID, "The baseline: a run id or a result id."),
+            r("b", ID, "The candidate: a run id or a result id."),
+        ],
+        body: &[],
+        handler: || get(api::compare),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/runs",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Every run in the runs directory, oldest first (`kitt runs list`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::runs),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/runs",
+        scope: Some(Scope::Run),
+        writes: true,
+        summary: "Start a run of a suite under one of the server's suite directories (`kitt apply SUITE --detach`).",
+        query: &[],
+        body: &[
+            r("suite", "string", "The suite file, relative to a --suites-dir."),
+            p("fresh", "boolean", "Start a new run even if the suite has an unfinished one."),
+        ],
+        handler: || post(api::start_run),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/bundles",
+        scope: Some(Scope::Run),
+        writes: true,
+        summary: "Run an uploaded suite and its templates (`kitt apply SUITE --server URL`); needs --allow-suite-upload.",
+        query: &[],
+        body: &[
+            r("suite", "string", "The suite's name among the files."),
+            r("files", FILES, "File names (relative paths) to their text, at most 1 MiB in all."),
+            r("digest", "string", "SHA-256 (hex) of the JSON of the file map, names sorted."),
+            p("fresh", "boolean", "Start a new run even if the suite has an unfinished one."),
+        ],
+        handler: || post(super::bundle::upload),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/runs/{id}",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "One run: its status, units and steps (`kitt runs show RUN --output json`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::run),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/runs/{id}/journal",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "One journal shard's records after a sequence number.",
+        query: &[
+            p("shard", ID, "`journal` (the driver's, the default) or a unit attempt's shard, `UNIT.ATTEMPT`."),
+            p("after", SEQ, "Only records with a larger `seq`."),
+        ],
+        body: &[],
+        handler: || get(api::journal),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/runs/{id}/steps/{key}/{file}",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "A file a step wrote (engine.log, requests.jsonl, samples.csv, result.json…), as text, a chunk at a time.",
+        query: &[
+            p("offset", SEQ, "Where to start, in bytes."),
+            p("limit", FILE_LIMIT, "At most this many bytes, 1 to 1 MiB (the default)."),
+        ],
+        body: &[],
+        handler: || get(api::step_file),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/runs/{id}/cancel",
+        scope: Some(Scope::Run),
+        writes: true,
+        summary: "Stop a run and its units (`kitt runs cancel RUN`); resume it later.",
+        query: &[],
+        body: &[],
+        handler: || post(api::cancel),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/runs/{id}/resume",
+        scope: Some(Scope::Run),
+        writes: true,
+        summary: "Resume an unfinished run (`kitt apply SUITE --resume RUN --detach`).",
+        query: &[],
+        body: &[],
+        handler: || post(api::resume),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/validate",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Validate a suite given as YAML text (`kitt validate`); nothing runs.",
+        query: &[],
+        body: &[r("suite", SUITE_TEXT, "The suite's YAML text (at most 1 MiB).")],
+        handler: || post(api::validate),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/plan",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "The plan of a suite given as YAML text (`kitt plan --output json`); nothing runs.",
+        query: &[],
+        body: &[r("suite", SUITE_TEXT, "The suite's YAML text (at most 1 MiB).")],
+        handler: || post(api::plan),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/engines",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "The built-in engine templates (`kitt engines list`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::engines),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/settings",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Every setting in force and where it comes from (`kitt settings list`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::settings),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/fingerprint",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "The server machine's fingerprint (`kitt fingerprint --output json`).",
+        query: &[],
+        body: &[],
+        handler: || get(api::fingerprint),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/tokens",
+        scope: Some(Scope::Admin),
+        writes: false,
+        summary: "Every token (never the token itself): name, scope, last use, revocation.",
+        query: &[],
+        body: &[],
+        handler: || get(api::tokens),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/tokens",
+        scope: Some(Scope::Admin),
+        writes: true,
+        summary: "Make a token; the answer holds it, once.",
+        query: &[],
+        body: &[r("name", TOKEN_NAME, "Its name."), r("scope", SCOPE, "What it may do.")],
+        handler: || post(api::token_create),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/api/v1/tokens/{id}",
+        scope: Some(Scope::Admin),
+        writes: true,
+        summary: "Revoke a token by id or name.",
+        query: &[],
+        body: &[],
+        handler: || delete(api::token_revoke),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/events",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Server-sent events from the runs' journals; `Last-Event-ID` resumes a run's stream exactly.",
+        query: &[p("run", ID, "Only this run's events (replayable with Last-Event-ID).")],
+        body: &[],
+        handler: || get(super::events::stream),
+    },
+];
