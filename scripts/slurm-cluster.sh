@@ -20,21 +20,7 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
 stop() {
-  for pidfile in "$dir"/run/slurmd.pid "$dir"/run/slurmctld.pid "$dir"/run/munged.pid; do
-    [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile" 2>/dev/null || true)
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  done
-  # Jobs still running under this cluster's slurmd are its children's children: stop them too.
-  for _ in $(seq 1 50); do
-    alive=0
-    for pidfile in "$dir"/run/slurmd.pid "$dir"/run/slurmctld.pid "$dir"/run/munged.pid; do
-      [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
-    done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  rm -f "$dir"/run/*.pid
+  stop_pid_files "$dir"/run/slurmd.pid "$dir"/run/slurmctld.pid "$dir"/run/munged.pid
 }
 
 case "$cmd" in

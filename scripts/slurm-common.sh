@@ -24,3 +24,20 @@ MessageTimeout=5
 GresTypes=gpu
 EOF2
 }
+
+# Stops the daemons whose pid files are given (TERM, then waits up to 5 s) and removes the files.
+stop_pid_files() {
+  local pidfile alive
+  for pidfile in "$@"; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pidfile in "$@"; do
+      [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
+    done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  rm -f "$@"
+}

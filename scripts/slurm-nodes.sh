@@ -51,18 +51,7 @@ stop() {
     docker rm -f "$c" >/dev/null 2>&1 || true
   done
   docker network rm "$net" >/dev/null 2>&1 || true
-  for pidfile in "$dir"/run/slurmctld.pid "$dir"/run/munged.pid; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-  done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pidfile in "$dir"/run/slurmctld.pid "$dir"/run/munged.pid; do
-      [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
-    done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  rm -f "$dir"/run/*.pid
+  stop_pid_files "$dir"/run/slurmctld.pid "$dir"/run/munged.pid
 }
 
 case "$cmd" in
@@ -129,13 +118,11 @@ EOF
 } >"$dir/etc/slurm.conf"
 echo "Name=gpu File=/dev/kittgpu[0-1]" >"$dir/etc/gres.conf"
 
-# The controller and its munged on this machine, on the host's standard munge socket path being
-# avoided: its own socket, named for it by SLURM_CONF's AuthInfo only inside the nodes.
+# The controller and a munged of its own on this machine. The nodes' slurm.conf names munge's
+# standard socket (each node runs its munged); the controller's copy names this one's socket.
 munged --force --socket="$dir/munge/munge.sock" --key-file="$dir/munge/munge.key" \
   --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/seed"
-# The controller reads AuthInfo's socket; this machine's controller uses its own socket.
 sed "s|socket=/run/munge/munge.socket.2|socket=$dir/munge/munge.sock|" "$dir/etc/slurm.conf" >"$dir/etc/slurm-ctld.conf"
-cp "$dir/etc/gres.conf" "$dir/etc/gres-ctld.conf" 2>/dev/null || true
 SLURM_CONF="$dir/etc/slurm-ctld.conf" slurmctld -c -i
 
 mounts=()

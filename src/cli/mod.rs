@@ -570,11 +570,7 @@ fn engines_list(output: Output, verbose: bool) -> i32 {
         .iter()
         .map(|(name, e)| {
             let s = &e.manifest.spec;
-            let modes: Vec<&str> =
-                [s.container.as_ref().map(|_| "container"), s.native.as_ref().map(|_| "native"), Some("endpoint")]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+            let modes = s.modes();
             // What each mode leaves out, and why (`kitt engines list -v`); the sampling keys each API carries.
             let unused: BTreeMap<&str, BTreeMap<&String, String>> = crate::catalog::reach::offered(s)
                 .into_iter()

@@ -346,11 +346,6 @@ impl Slurm {
             _ => {}
         }
     }
-
-    /// The squeue row of the unit's job, if squeue lists it now.
-    pub fn row(&self, unit: &str) -> Option<&Row> {
-        self.jobs.get(unit).and_then(|j| self.rows.get(&j.id))
-    }
 }
 
 /// Copies the running kitt binary to `to` unless a copy is there (written under a temporary name

@@ -300,6 +300,17 @@ pub struct EngineSpec {
     pub api: ApiSpec,
 }
 
+impl EngineSpec {
+    /// The modes a suite may run this engine in: its container and native sections, and always
+    /// an endpoint (a server kitt does not start).
+    pub fn modes(&self) -> Vec<&'static str> {
+        [self.container.as_ref().map(|_| "container"), self.native.as_ref().map(|_| "native"), Some("endpoint")]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 impl Decode for EngineSpec {
     fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
         let mut f = Fields::open(node, cx, what)?;

@@ -82,7 +82,6 @@ pub fn job_name(run: &str) -> String {
 /// id), and the report job's script.
 #[derive(Debug, Clone)]
 pub struct Submission {
-    pub run_dir: PathBuf,
     pub slurm_dir: PathBuf,
     /// One per shape, in the order the plan's units first use them.
     pub arrays: Vec<Shape>,
@@ -198,7 +197,6 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     let runs_root = slurm.shared_dir.value.clone();
     Some(Submission {
         report_script: report_script(kitt, run, &runs_root),
-        run_dir: dir,
         slurm_dir,
         arrays,
         report_path,

@@ -443,11 +443,7 @@ pub(super) async fn engines() -> Answer {
         .iter()
         .map(|(name, e)| {
             let s = &e.manifest.spec;
-            let modes: Vec<&str> =
-                [s.container.as_ref().map(|_| "container"), s.native.as_ref().map(|_| "native"), Some("endpoint")]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+            let modes = s.modes();
             json!({
                 "name": name, "description": e.manifest.metadata.description, "image": s.image,
                 "default_port": s.default_port, "modes": modes, "params": s.params.keys().collect::<Vec<_>>(),
