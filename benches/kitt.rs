@@ -132,6 +132,7 @@ fn open_loop(
             tokenize: None,
             seed: 1,
             progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            errors: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             cancel: Cancel::default(),
             expected_output_tokens: None,
             records: None,

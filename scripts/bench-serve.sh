@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# kitt serve over a store of N results: start to first 200, and /api/v1/results pages under wrk
-# (unfiltered, filtered, and a deep keyset page), each for DURATION with 16 connections.
+# kitt serve over a store of N results: start to first 200, /api/v1/results pages under wrk
+# (unfiltered, filtered, and a deep keyset page), each for DURATION with 16 connections, and
+# /api/v1/compare of two real sim runs of one 10,000-request cell each.
 #   scripts/bench-serve.sh [KITT] [N] [DURATION]     (default: target/release/kitt, 10000, 10s)
 set -euo pipefail
 KITT=$(realpath "${1:-target/release/kitt}")
@@ -45,3 +46,25 @@ for q in "limit=100" "limit=100&engine=sim&suite=bench" "limit=100&after=$((N / 
   wrk -t2 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $T" "http://127.0.0.1:$port/api/v1/results?$q" |
     grep -E "Requests/sec|Latency  |  (50|90|99)%"
 done
+
+# Two real runs of one 10,000-request cell on the simulator, indexed into the served store.
+cat >"$work/compare.yaml" <<'YAML'
+apiVersion: kitt/v1
+kind: Suite
+metadata: {name: compare-bench}
+spec:
+  models: [{name: tiny}]
+  engines: [{name: sim, template: sim, params: {ttft_ms: 1, itl_ms: 0, tokens_per_chunk: 4}}]
+  benchmarks: [{name: tput, template: throughput, params: {concurrency: 64, requests: 10000, max_tokens: 4, input_tokens: 16}}]
+  warmup: {requests: 0}
+YAML
+runs=()
+for _ in 1 2; do
+  runs+=("$(KITT_STORE="$work/store.db" KITT_RUNS_DIR="$work/runs" KITT_HOST_LOCK="$work/host.lock" \
+    "$KITT" apply "$work/compare.yaml" --fresh -q --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')")
+done
+echo "== /api/v1/compare?a=${runs[0]}&b=${runs[1]} (two runs of one 10,000-request cell), 10 requests"
+for _ in $(seq 10); do
+  curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "Authorization: Bearer $T" \
+    "http://127.0.0.1:$port/api/v1/compare?a=${runs[0]}&b=${runs[1]}"
+done | sort -k2 -n | awk '{ t[NR] = $2 * 1000; code = $1 } END { printf "status %s, min %.1f ms, median %.1f ms, max %.1f ms\n", code, t[1], t[int((NR + 1) / 2)], t[NR] }'

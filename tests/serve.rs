@@ -697,6 +697,17 @@ impl Stream {
         Stream { reader }
     }
 
+    /// The next event from a journal (`step.progress`, which has none, skipped).
+    fn next_record(&mut self) -> Option<Sse> {
+        loop {
+            let e = self.next()?;
+            if e.event != "step.progress" {
+                return Some(e);
+            }
+            assert!(e.id.is_empty(), "progress is not replayed, so it has no id: {e:?}");
+        }
+    }
+
     /// The next event (chunked framing and comments skipped); `None` at the end of the stream.
     fn next(&mut self) -> Option<Sse> {
         let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
@@ -742,7 +753,7 @@ fn journal_records(run: &Path) -> BTreeSet<(String, u64)> {
 fn until_finished(stream: &mut Stream, got: &mut Vec<Sse>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
-        let e = stream.next().expect("the stream ended before the run finished");
+        let e = stream.next_record().expect("the stream ended before the run finished");
         let done = e.event == "run.finished" && e.data["shard"] == "journal";
         got.push(e);
         if done {
@@ -782,7 +793,7 @@ fn serial_a_run_started_over_the_api_streams_its_journals_exactly_once_across_re
     let mut got = Vec::new();
     let mut first = Stream::open(p, &path, &reader, None);
     for _ in 0..3 {
-        got.push(first.next().unwrap());
+        got.push(first.next_record().unwrap());
     }
     drop(first);
     let mut again = Stream::open(p, &path, &reader, Some(&got.last().unwrap().id));
@@ -813,7 +824,7 @@ fn serial_a_run_started_over_the_api_streams_its_journals_exactly_once_across_re
         let mut s = Stream::open(p, &path, &reader, Some(&got[cut].id));
         let mut rest = Vec::new();
         for _ in cut + 1..keys.len() {
-            rest.push(key(&s.next().unwrap()));
+            rest.push(key(&s.next_record().unwrap()));
         }
         let expected: BTreeSet<(String, u64)> = keys[cut + 1..].iter().cloned().collect();
         assert_eq!(rest.iter().cloned().collect::<BTreeSet<_>>(), expected, "reconnect after event {cut}");
@@ -1152,4 +1163,208 @@ fn serial_insecure_serves_plain_http_on_a_network_address_and_says_so() {
     assert!(text.contains("listening on http://0.0.0.0:"), "{text}");
     assert!(text.contains("warning: plain HTTP on a network address (--insecure)"), "{text}");
     assert!(text.contains("log in: http://127.0.0.1:"), "{text}");
+}
+
+/// A sim suite whose one benchmark measures for about three seconds (60 requests at 20 per second).
+const PROGRESS_SUITE: &str = r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {name: progress}
+spec:
+  models: [{name: progress-model}]
+  engines: [{name: sim, template: sim, params: {ttft_ms: 5, itl_ms: 1, tokens_per_chunk: 2}}]
+  benchmarks:
+    - name: poisson
+      template: rate
+      params: {rate: 20, requests: 60, max_tokens: 8, input_tokens: 16}
+  warmup: {requests: 0}
+"#;
+
+#[test]
+fn serial_a_measuring_step_streams_its_progress_at_most_once_a_second() {
+    let env = KittEnv::new();
+    std::fs::write(suites_dir(&env).join("progress.yaml"), PROGRESS_SUITE).unwrap();
+    let server = serve(&env, &[]);
+    let (p, t) = (server.port, token(&env, "ci", "run"));
+    let started = post_json(p, "/api/v1/runs", &t, &json!({"suite": "progress.yaml"}));
+    assert_eq!(started.status, 201, "{started:?}");
+    let run = started.json()["run_id"].as_str().unwrap().to_string();
+    let mut stream = Stream::open(p, &format!("/api/v1/events?run={run}"), &t, None);
+    let mut progress: Vec<(Instant, Sse)> = Vec::new();
+    let mut benchmark_keys = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "no run.finished");
+        let e = stream.next().expect("the stream ended before the run finished");
+        if e.event == "step.started" && e.data["record"]["kind"] == "benchmark" {
+            benchmark_keys.insert(e.data["record"]["key"].as_str().unwrap().to_string());
+        }
+        if e.event == "step.progress" {
+            assert!(e.id.is_empty(), "progress is not replayed, so it has no id: {e:?}");
+            progress.push((Instant::now(), e));
+        } else if e.event == "run.finished" && e.data["shard"] == "journal" {
+            break;
+        }
+    }
+    assert!(progress.len() >= 2, "a three-second benchmark gave {} progress events", progress.len());
+    let mut last_requests = 0;
+    for (_, e) in &progress {
+        assert_eq!(e.data["run"], run.as_str());
+        let key = e.data["key"].as_str().unwrap();
+        assert!(benchmark_keys.contains(key), "progress of a step that did not start as a benchmark: {e:?}");
+        assert_eq!(e.data["requests_total"], 60, "{e:?}");
+        assert!(e.data["label"].as_str().unwrap().contains("poisson"), "{e:?}");
+        let requests = e.data["requests"].as_u64().unwrap();
+        assert!(requests >= last_requests && requests <= 60, "{e:?}");
+        assert!(e.data["errors"] == 0 && e.data["elapsed_s"].as_f64().unwrap() >= 0.0, "{e:?}");
+        last_requests = requests;
+    }
+    assert!(last_requests > 0, "the counters never moved: {progress:?}");
+    // At most one a second per step (the writer's pace; wide slack for a loaded machine).
+    for pair in progress.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(400), "two progress events {gap:?} apart: {pair:?}");
+    }
+    // The advisory files go with their steps.
+    let dir = env.runs().join(&run).join("progress");
+    let left: Vec<_> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "progress files left behind: {left:?}");
+}
+
+#[test]
+fn serial_a_tokens_last_use_is_kept_in_the_token_file() {
+    let env = KittEnv::new();
+    let reader = token(&env, "dashboard", "read");
+    let unused = token(&env, "unused", "read");
+    let listed = |env: &KittEnv| -> Json {
+        let out = kitt(env).args(["serve", "token", "list", "--output", "json"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let last_use = |v: &Json, name: &str| {
+        v.as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()["last_used_unix_ns"].clone()
+    };
+    assert_eq!(last_use(&listed(&env), "dashboard"), Json::Null);
+    let mut server = serve(&env, &[]);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert_eq!(get(server.port, "/api/v1/version", &reader).status, 200);
+    // The first use is written at once, so another process sees it while the server runs.
+    let seen = last_use(&listed(&env), "dashboard").as_u64().expect("a last use in the file");
+    assert!(seen >= before, "{seen} < {before}");
+    assert_eq!(last_use(&listed(&env), "unused"), Json::Null, "{unused} was never used");
+    // Later uses are written at the latest when the server stops.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(get(server.port, "/api/v1/version", &reader).status, 200);
+    let term = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let after = last_use(&listed(&env), "dashboard").as_u64().unwrap();
+    assert!(after > seen, "the later use was not written at shutdown: {after} <= {seen}");
+}
+
+#[test]
+fn serial_a_store_in_a_directory_the_server_cannot_write_is_opened_immutable() {
+    // kitt serve runs as `nobody`, which may read the store but not write its directory (root
+    // may always write, so the server must not run as root here).
+    let env = KittEnv::new();
+    let run = apply(&env);
+    let public = tempfile::Builder::new().prefix("kitt-ro-").tempdir_in("/tmp").unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(public.path(), 0o755);
+    // The binary, where nobody may run it.
+    let exe = public.path().join("kitt");
+    std::fs::copy(env!("CARGO_BIN_EXE_kitt"), &exe).unwrap();
+    chmod(&exe, 0o755);
+    // The store, in a directory owned by root (mode 0755: nobody reads, only root writes).
+    let store_dir = public.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    chmod(&store_dir, 0o755);
+    let store = store_dir.join("results.db");
+    std::fs::copy(store_path(&env), &store).unwrap();
+    chmod(&store, 0o644);
+    // The server's own files, in a directory nobody owns.
+    let home = public.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let chown = Command::new("chown").args(["-R", "nobody:nogroup"]).arg(&home).status().unwrap();
+    assert!(chown.success());
+    let runs = public.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    chmod(&runs, 0o755);
+    let files = || {
+        let mut f: Vec<_> = std::fs::read_dir(&store_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        f.sort();
+        f
+    };
+    let before = files();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["serve", "--read-only", "--bind", "127.0.0.1:0", "--store"])
+        .arg(&store)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .env_clear()
+        .env("HOME", &home)
+        .env("KITT_TOKENS", home.join("tokens.json"))
+        .env("KITT_WEB_TOKEN", "kitt_readonly_0123456789abcdef0123456789")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut port = None;
+    let mut banner = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if let Some(p) = line.split("listening on ").nth(1).and_then(|u| u.rsplit(':').next()) {
+            port = p.trim().parse::<u16>().ok();
+        }
+        let done = line.starts_with("  tokens: ");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let Some(port) = port else {
+        let _ = child.kill();
+        panic!("kitt serve as nobody did not start: {banner:?}");
+    };
+    let page = get(port, &format!("/api/v1/results?run={run}"), "kitt_readonly_0123456789abcdef0123456789");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(page.json()["results"].as_array().unwrap().len(), 2, "{}", page.json());
+    assert_eq!(files(), before, "the store's directory gained files (a -shm or -wal: not opened immutable)");
+}
+
+/// schemathesis' command (`$ST`, else `st` on PATH), if there is one.
+fn schemathesis() -> Option<PathBuf> {
+    let named = std::env::var_os("ST").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("st"));
+    if named.is_absolute() {
+        return named.is_file().then_some(named);
+    }
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(&named)).find(|c| c.is_file()))
+}
+
+#[test]
+fn serial_schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
+    let Some(st) = schemathesis() else {
+        assert!(std::env::var("CI").is_err(), "schemathesis is missing ($ST or `st`): .ci/run installs it");
+        eprintln!("skipped: no schemathesis ($ST or `st` on PATH)");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/schemathesis.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_kitt"))
+        .arg("8")
+        .env("ST", &st)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    // It really ran: schemathesis' summary names the operations it tested and no failures.
+    assert!(said.contains("passed") && !said.contains("FAILURES"), "{said}");
 }

@@ -73,6 +73,8 @@ pub struct LoadInput {
     pub seed: u64,
     /// Completed requests, updated as they finish (for a progress display).
     pub progress: Arc<AtomicU64>,
+    /// Failed requests, counted as they finish (for a progress display).
+    pub errors: Arc<AtomicU64>,
     /// Output tokens each request must generate (`max_tokens` with `ignore_eos`), to flag early stops.
     pub expected_output_tokens: Option<u64>,
     pub cancel: Cancel,
@@ -237,6 +239,7 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         schedule: Schedule::closed(input.load.requests, earliest_instant(duration.map(|d| origin + d), input.cutoff)),
         origin,
         progress: input.progress,
+        errors: input.errors,
         spool: Some(Arc::clone(&spool)),
         keep_text,
         expected_events: expected_events(input.expected_output_tokens),
@@ -314,6 +317,7 @@ struct Shared {
     schedule: Schedule,
     origin: Instant,
     progress: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
     /// Where finished records go; `None`: they are dropped (a warmup).
     spool: Option<Arc<Spool>>,
     /// Whether records keep their answer's text (for the tokenizer after the window).
@@ -337,6 +341,9 @@ impl Shared {
 
     fn done(&self, mut record: RequestRecord) {
         self.progress.fetch_add(1, Ordering::Relaxed);
+        if record.error.is_some() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(spool) = &self.spool {
             if !self.keep_text {
                 record.text = String::new();
@@ -414,6 +421,7 @@ async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, worke
         schedule: Schedule::closed(w.requests, w.duration.map(|d| origin + d.0)),
         origin,
         progress: Arc::new(AtomicU64::new(0)),
+        errors: Arc::new(AtomicU64::new(0)),
         spool: None,
         keep_text: false,
         expected_events: expected_events(input.expected_output_tokens),

@@ -9,6 +9,7 @@ pub mod facts;
 pub mod hostlock;
 pub mod journal;
 pub mod lease;
+pub mod live;
 pub mod pidfile;
 mod placed;
 pub mod runlock;

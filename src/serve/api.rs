@@ -97,19 +97,22 @@ pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<Results
         after_id: q.after,
         limit: Some(limit),
     };
-    let records = blocking(move || match app.store()? {
-        Some(store) => store.records(&filter).map_err(Problem::internal),
-        None => Ok(Vec::new()),
+    // Written straight from the stored JSON (`Store::records_json`): the hot route.
+    let body = blocking(move || {
+        let mut body = Vec::with_capacity(64 * 1024);
+        body.extend_from_slice(b"{\"results\":");
+        let (count, last) = match app.store()? {
+            Some(store) => store.records_json(&filter, &mut body).map_err(Problem::internal)?,
+            None => {
+                body.extend_from_slice(b"[]");
+                (0, None)
+            }
+        };
+        let next = if count == limit as usize { last } else { None };
+        body.extend_from_slice(format!(",\"next\":{}}}", next.map_or("null".to_string(), |n| n.to_string())).as_bytes());
+        Ok(body)
     })
     .await?;
-    let next = (records.len() == limit as usize).then(|| records.last().and_then(|r| r.id)).flatten();
-    // Serialized straight from the records: no JSON tree in between (the hot route).
-    #[derive(serde::Serialize)]
-    struct Page<'a> {
-        results: &'a [crate::store::Record],
-        next: Option<i64>,
-    }
-    let body = serde_json::to_vec(&Page { results: &records, next }).map_err(Problem::internal)?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -451,6 +454,109 @@ pub(super) async fn engines() -> Answer {
         })
         .collect();
     ok(json!({"engines": rows}))
+}
+
+/// The models this server knows: those with results in the store, and those the suites under
+/// its suite directories name (with the model's local file: its format and size).
+pub(super) async fn models(State(app): State<Arc<App>>) -> Answer {
+    let value = blocking(move || {
+        let stored = match app.store()? {
+            Some(s) => s.models().map_err(Problem::internal)?,
+            None => Vec::new(),
+        };
+        let mut models: std::collections::BTreeMap<String, JsonValue> = stored
+            .into_iter()
+            .map(|m| {
+                let name = m.model.clone();
+                (name, json!({"name": m.model, "results": m.results, "engines": m.engines,
+                    "last_result_unix_ns": m.last_unix_ns, "suites": []}))
+            })
+            .collect();
+        for (suite_file, model) in suite_models(&app.cfg.suites_dirs) {
+            let entry = models.entry(model.name.value.clone()).or_insert_with(|| {
+                json!({"name": model.name.value, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": []})
+            });
+            let dir = suite_file.parent().unwrap_or(Path::new("."));
+            let local = model.path.as_ref().map(|p| model_file(&dir.join(&p.value)));
+            let rel = app
+                .cfg
+                .suites_dirs
+                .iter()
+                .find_map(|root| suite_file.strip_prefix(root).ok())
+                .unwrap_or(&suite_file)
+                .to_string_lossy()
+                .into_owned();
+            if let Some(list) = entry["suites"].as_array_mut() {
+                list.push(json!({
+                    "suite": rel,
+                    "path": model.path.as_ref().map(|p| p.value.clone()),
+                    "served_name": model.served_name.as_ref().map(|p| p.value.clone()),
+                    "file": local,
+                }));
+            }
+        }
+        Ok(json!({"models": models.into_values().collect::<Vec<_>>()}))
+    })
+    .await?;
+    ok(value)
+}
+
+/// The suites a model listing reads at most (a suites directory is a place for suites, not a
+/// file system to crawl).
+const MAX_SUITE_FILES: usize = 500;
+
+/// Every model of every suite (`*.yaml`, `*.yml`, two levels deep) under the suite directories
+/// that reads as a suite; other files are skipped.
+fn suite_models(roots: &[PathBuf]) -> Vec<(PathBuf, crate::manifest::suite::Model)> {
+    let mut files = Vec::new();
+    let mut dirs: Vec<(PathBuf, u32)> = roots.iter().map(|r| (r.clone(), 0)).collect();
+    while let Some((dir, depth)) = dirs.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() && depth < 2 {
+                dirs.push((path, depth + 1));
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") && files.len() < MAX_SUITE_FILES {
+                files.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let Ok(raw) = crate::manifest::read_raw(&file) else { continue };
+        if raw.kind != crate::manifest::Kind::Suite {
+            continue;
+        }
+        let Ok(suite) = raw.decode::<crate::manifest::suite::SuiteSpec>() else { continue };
+        out.extend(suite.spec.models.into_iter().map(|m| (file.clone(), m)));
+    }
+    out
+}
+
+/// A model's local file or directory: whether it is there, its format and its size in bytes.
+fn model_file(path: &Path) -> JsonValue {
+    let Ok(meta) = std::fs::metadata(path) else { return json!({"exists": false}) };
+    let ext = |p: &Path, e: &str| p.extension().is_some_and(|x| x.eq_ignore_ascii_case(e));
+    if meta.is_file() {
+        let format = if ext(path, "gguf") {
+            "gguf"
+        } else if ext(path, "safetensors") {
+            "safetensors"
+        } else {
+            "file"
+        };
+        return json!({"exists": true, "format": format, "size_bytes": meta.len()});
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    let size: u64 = entries.iter().filter_map(|p| std::fs::metadata(p).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
+    let format = if entries.iter().any(|p| ext(p, "safetensors")) {
+        "safetensors"
+    } else if entries.iter().any(|p| ext(p, "gguf")) {
+        "gguf"
+    } else {
+        "directory"
+    };
+    json!({"exists": true, "format": format, "size_bytes": size})
 }
 
 pub(super) async fn settings(State(app): State<Arc<App>>) -> Answer {

@@ -1,9 +1,10 @@
 //! `/api/v1/events`: server-sent events read from the runs' journals.
 //!
 //! Each stream tails the journal files itself (journals are appended and fsynced a record at a
-//! time, so the files are the only queue): a run's stream when the run's one watcher (`Watchers`,
-//! a 10 ms look at the files' sizes, shared by all its streams) says they grew; the stream of
-//! every run every 200 ms, looking for new runs too. It reads a bounded chunk per
+//! time, so the files are the only queue): a run's stream when the run's one watcher (`Watchers`:
+//! inotify on the run's directories, shared by all its streams) says they changed; the stream of
+//! every run every 200 ms, looking for new runs too. Running measuring steps add `step.progress`
+//! events from their advisory progress files (`run::live`), at most one a second per step. It reads a bounded chunk per
 //! shard per poll and produces events only as fast as the client takes them, so a slow client
 //! costs a file offset, never a growing buffer, and nothing is ever dropped.
 //!
@@ -34,17 +35,22 @@ use super::App;
 use super::problem::{Problem, Query};
 use crate::run::journal::Record;
 
-/// How often a run's watcher looks at the sizes of its journal files.
+/// How often a run's watcher looks at its files where inotify cannot be had.
 const WATCH: Duration = Duration::from_millis(10);
+/// How often a run's watcher looks at its files even when inotify says nothing (a safety net
+/// for events the kernel coalesced away or a directory made between two looks).
+const WATCH_SAFETY: Duration = Duration::from_secs(1);
 /// How often a run's stream reads its files when its watcher says nothing (a safety net).
 const POLL_RUN: Duration = Duration::from_secs(1);
 /// How often the stream of every run reads the journals (it also looks for new runs).
 const POLL_ALL: Duration = Duration::from_millis(200);
 
-/// One watcher per run that some stream follows: a task that looks at the sizes of the run's
-/// journal files every `WATCH` and bumps a counter when they change. The run's streams wait on
-/// that counter and read the files only then, so a hundred idle streams of a run cost one
-/// `stat` loop, not a hundred; the task ends once no stream follows the run.
+/// One watcher per run that some stream follows: a task that wakes when the run's directory,
+/// its journal shards' directory or its progress directory change (inotify; where there is
+/// none, every `WATCH`), looks at the sizes of the journal files and the stamps of the progress
+/// files, and bumps a counter when they changed. The run's streams wait on that counter and read
+/// the files only then, so a hundred idle streams of a run cost one watch, not a hundred; the
+/// task ends once no stream follows the run.
 #[derive(Default)]
 pub struct Watchers(std::sync::Mutex<std::collections::HashMap<PathBuf, tokio::sync::watch::Receiver<u64>>>);
 
@@ -58,14 +64,41 @@ impl Watchers {
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         map.insert(dir.to_path_buf(), rx.clone());
         let dir = dir.to_path_buf();
+        let mut inotify = match super::inotify::Inotify::new() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::debug!("inotify: {e}; watching {} by polling", dir.display());
+                None
+            }
+        };
+        let watched = [dir.clone(), crate::run::journal::shards_dir(&dir), crate::run::live::dir(&dir)];
+        if let Some(i) = inotify.as_mut() {
+            // Before the first look, so nothing written after it goes unseen.
+            for d in &watched {
+                i.watch(d);
+            }
+        }
         // Taken before the subscriber's first read, so anything appended after that read shows.
-        let mut last = journal_sizes(&dir);
+        let mut last = files_state(&dir);
         tokio::spawn(async move {
             let mut changes = 0u64;
             // The map keeps one receiver: with no other, no stream follows the run.
             while tx.receiver_count() > 1 {
-                tokio::time::sleep(WATCH).await;
-                let now = journal_sizes(&dir);
+                match inotify.as_mut() {
+                    Some(i) => {
+                        // A directory made since the last look is watched from now on; what was
+                        // written in it before shows in the look below.
+                        for d in &watched {
+                            i.watch(d);
+                        }
+                        tokio::select! {
+                            woke = i.changed() => if woke.is_err() { inotify = None },
+                            _ = tokio::time::sleep(WATCH_SAFETY) => {}
+                        }
+                    }
+                    None => tokio::time::sleep(WATCH).await,
+                }
+                let now = files_state(&dir);
                 if now != last {
                     last = now;
                     changes += 1;
@@ -103,9 +136,11 @@ pub fn shards(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Each shard of the run at `dir` and its length.
-fn journal_sizes(dir: &Path) -> Vec<(String, u64)> {
-    shards(dir).into_iter().map(|(n, p)| (n, std::fs::metadata(p).map_or(0, |m| m.len()))).collect()
+/// Each shard of the run at `dir` and its length, and each progress file and its stamp.
+fn files_state(dir: &Path) -> (Vec<(String, u64)>, Vec<(String, (i64, i64))>) {
+    let journals = shards(dir).into_iter().map(|(n, p)| (n, std::fs::metadata(p).map_or(0, |m| m.len()))).collect();
+    let progress = crate::run::live::list(dir).into_iter().map(|(key, stamp, _)| (key, stamp)).collect();
+    (journals, progress)
 }
 
 /// The journal event's name on the stream.
@@ -141,9 +176,15 @@ struct RunTail {
     /// Shards first met after the stream began are read from their start; at the start of a
     /// live-only stream, existing ones from their end.
     from_end: bool,
+    /// The stamp of each progress file already told of, by step key.
+    progress: BTreeMap<String, (i64, i64)>,
 }
 
 impl RunTail {
+    fn new(run: String, dir: PathBuf, from_end: bool) -> RunTail {
+        RunTail { run, dir, shards: BTreeMap::new(), from_end, progress: BTreeMap::new() }
+    }
+
     fn cursor(&self) -> String {
         let parts: Vec<String> = self.shards.iter().filter_map(|(n, t)| t.seen.map(|s| format!("{n}:{s}"))).collect();
         parts.join(",")
@@ -168,12 +209,32 @@ impl RunTail {
             behind |= more;
             self.deliver(name, records, next, out);
         }
+        self.poll_progress(out);
         if let Some((records, next)) = driver
             && !behind
         {
             self.deliver("journal", records, next, out);
         }
         self.from_end = false;
+    }
+
+    /// `step.progress`: a progress file is new or was rewritten since the stream last looked (at
+    /// most once a second per step: its writer's pace). Progress is not in the journals, so its
+    /// events carry no id and a reconnect does not replay them: the next snapshot follows within
+    /// a second.
+    fn poll_progress(&mut self, out: &mut VecDeque<Event>) {
+        let files = crate::run::live::list(&self.dir);
+        self.progress.retain(|key, _| files.iter().any(|(k, _, _)| k == key));
+        for (key, stamp, path) in files {
+            if self.progress.get(&key) == Some(&stamp) {
+                continue;
+            }
+            let Some(snapshot) = crate::run::live::read(&path) else { continue };
+            self.progress.insert(key, stamp);
+            let mut data = serde_json::to_value(&snapshot).unwrap_or_default();
+            data["run"] = serde_json::Value::String(self.run.clone());
+            out.push_back(Event::default().event("step.progress").data(data.to_string()));
+        }
     }
 
     fn tail(&mut self, name: &str, path: &Path) -> ShardTail {
@@ -277,7 +338,7 @@ impl Stream {
                     continue;
                 }
                 self.runs
-                    .insert(id.clone(), RunTail { run: id, dir: e.path(), shards: BTreeMap::new(), from_end: false });
+                    .insert(id.clone(), RunTail::new(id, e.path(), false));
             }
         }
         for tail in self.runs.values_mut() {
@@ -369,7 +430,7 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Q
                 Err(p) => return p.into_response(),
             };
             let mut tail =
-                RunTail { run: info.meta.id.clone(), dir: info.path, shards: BTreeMap::new(), from_end: false };
+                RunTail::new(info.meta.id.clone(), info.path, false);
             if let Some(last) = &last {
                 match parse_last_id(last) {
                     Some((run, seen)) if run == *id => {
@@ -394,7 +455,7 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Q
             }
             for info in crate::run::dir::list(&app.cfg.runs_root) {
                 let id = info.meta.id.clone();
-                runs.insert(id.clone(), RunTail { run: id, dir: info.path, shards: BTreeMap::new(), from_end: true });
+                runs.insert(id.clone(), RunTail::new(id, info.path, true));
             }
         }
     }

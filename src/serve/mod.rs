@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bundle;
 pub mod events;
+mod inotify;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -393,5 +394,6 @@ pub async fn serve(
     if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {} s; closing them", GRACE.as_secs());
     }
+    app.keyring.flush();
     Ok(())
 }

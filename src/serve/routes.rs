@@ -272,6 +272,16 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/api/v1/models",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "Models with results in the store and models the suites under --suites-dir name (local file: format, size).",
+        query: &[],
+        body: &[],
+        handler: || get(api::models),
+    },
+    Route {
+        method: Method::GET,
         path: "/api/v1/settings",
         scope: Some(Scope::Read),
         writes: false,

@@ -182,6 +182,30 @@ fn read_file(path: &Path) -> Result<TokenFile, TokenError> {
     serde_json::from_slice(&bytes).map_err(|e| TokenError::Parse(path.to_path_buf(), e))
 }
 
+/// Runs `f` holding an exclusive lock on the token file (a lock file beside it): a
+/// read-modify-write (create, revoke, a server recording last uses) never loses another's.
+fn locked<T>(path: &Path, f: impl FnOnce() -> Result<T, TokenError>) -> Result<T, TokenError> {
+    use std::os::fd::AsRawFd as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TokenError::Write(path.to_path_buf(), e))?;
+    let name = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(format!(".{name}.lock")))
+        .map_err(|e| TokenError::Write(path.to_path_buf(), e))?;
+    // SAFETY: flock on a descriptor we own; the lock goes when the file is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(TokenError::Write(path.to_path_buf(), std::io::Error::last_os_error()));
+    }
+    let out = f();
+    drop(lock);
+    out
+}
+
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
     let text = serde_json::to_vec_pretty(file).unwrap_or_default();
     write_private(path, &text).map_err(|e| TokenError::Write(path.to_path_buf(), e))
@@ -197,7 +221,6 @@ pub fn create(path: &Path, name: &str, scope: Scope) -> Result<(String, TokenEnt
     if !valid_name(name) {
         return Err(TokenError::BadName(name.to_string()));
     }
-    let mut file = read_file(path)?;
     let token = generate()?;
     let sha = hex(&digest(&token));
     let entry = TokenEntry {
@@ -209,8 +232,11 @@ pub fn create(path: &Path, name: &str, scope: Scope) -> Result<(String, TokenEnt
         last_used_unix_ns: None,
         revoked_unix_ns: None,
     };
-    file.tokens.push(entry.clone());
-    write_file(path, &file)?;
+    locked(path, || {
+        let mut file = read_file(path)?;
+        file.tokens.push(entry.clone());
+        write_file(path, &file)
+    })?;
     Ok((token, entry))
 }
 
@@ -221,6 +247,10 @@ pub fn list(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
 
 /// Revokes the tokens whose id or name is `which`; the entries revoked.
 pub fn revoke(path: &Path, which: &str) -> Result<Vec<TokenEntry>, TokenError> {
+    locked(path, || revoke_locked(path, which))
+}
+
+fn revoke_locked(path: &Path, which: &str) -> Result<Vec<TokenEntry>, TokenError> {
     let mut file = read_file(path)?;
     let now = now_ns();
     let mut done = Vec::new();
@@ -257,7 +287,14 @@ struct KeyringState {
     entries: Vec<(TokenEntry, [u8; 32])>,
     /// Last use of each token by this server, by id.
     used: HashMap<String, u64>,
+    /// Whether `used` holds uses the file does not have yet.
+    dirty: bool,
+    /// When `used` was last written to the file.
+    flushed: Option<std::time::Instant>,
 }
+
+/// How often a server writes its tokens' last uses to the token file (and when it stops).
+pub const USE_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Keyring {
     pub fn new(path: PathBuf, admin_token: &str) -> Result<Keyring, TokenError> {
@@ -313,8 +350,42 @@ impl Keyring {
         }
         if let Some(id) = used {
             state.used.insert(id, now_ns());
+            state.dirty = true;
+            if state.flushed.is_none_or(|t| t.elapsed() >= USE_FLUSH) {
+                self.flush_locked(&mut state);
+            }
         }
         found
+    }
+
+    /// Writes the last uses this server saw into the token file (each entry keeps the later of
+    /// its own and this server's), so `kitt serve token list` and other servers see them.
+    pub fn flush(&self) {
+        let mut state = self.lock();
+        if state.dirty {
+            self.flush_locked(&mut state);
+        }
+    }
+
+    fn flush_locked(&self, state: &mut KeyringState) {
+        state.flushed = Some(std::time::Instant::now());
+        let used = state.used.clone();
+        let written = locked(&self.path, || {
+            let mut file = read_file(&self.path)?;
+            let mut changed = false;
+            for t in &mut file.tokens {
+                if let Some(at) = used.get(&t.id).filter(|at| t.last_used_unix_ns.is_none_or(|had| had < **at)) {
+                    t.last_used_unix_ns = Some(*at);
+                    changed = true;
+                }
+            }
+            if changed { write_file(&self.path, &file) } else { Ok(()) }
+        });
+        match written {
+            Ok(()) => state.dirty = false,
+            // A token file this server may not write (a read-only mount): uses stay in memory.
+            Err(e) => tracing::debug!("last uses of tokens not recorded: {e}"),
+        }
     }
 
     /// Every token in the file, with this server's last use of each.
@@ -361,6 +432,7 @@ mod tests {
         assert_eq!(ring.check("kitt_admin").map(|c| c.scope), Some(Scope::Admin));
         assert_eq!(ring.check("kitt_wrong"), None);
         assert!(ring.entries().unwrap()[0].last_used_unix_ns.is_some());
+        assert!(list(&path).unwrap()[0].last_used_unix_ns.is_some(), "the first use is written at once");
         revoke(&path, &entry.id).unwrap();
         assert_eq!(ring.check(&token), None, "a revoked token is refused by a running server");
         assert!(matches!(revoke(&path, "nope"), Err(TokenError::Unknown(_))));

@@ -52,6 +52,14 @@ impl Row {
         }
     }
 
+    /// Text without a copy.
+    pub(crate) fn str(&self, i: usize) -> Result<&str, StoreError> {
+        match self.at(i)? {
+            Value::Text(s) => Ok(s),
+            _ => Err(StoreError::Column { column: i, expected: "text" }),
+        }
+    }
+
     pub(crate) fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
         match self.at(i)? {
             Value::Null => Ok(None),

@@ -309,10 +309,145 @@ fn run_values(run: &RunEntry) -> Vec<Value> {
 }
 
 /// The columns `record_from_row` reads, in its order.
+/// A model's results in the store (`Store::models`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelResults {
+    pub model: String,
+    pub results: u64,
+    /// The engine instances it has results on.
+    pub engines: Vec<String>,
+    /// When its latest result's cell finished.
+    pub last_unix_ns: u64,
+}
+
 const SELECT: &str = "SELECT r.id, r.run_id, r.cell_key, r.suite, r.model, r.engine, r.engine_template, r.benchmark,
     r.benchmark_template, r.params, r.swept, r.sampling, r.run_index, r.status, r.error, r.metrics, r.facts,
     r.fingerprint, r.fingerprint_hash, r.started_unix_ns, r.finished_unix_ns, r.run_dir
     FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
+
+/// The statement and values that select the records passing `filter`, in the order they were
+/// indexed.
+fn filtered(filter: &Filter) -> (String, Vec<Value>) {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(s) = &filter.suite {
+        clauses.push("r.suite = ?");
+        values.push(Value::text(s));
+    }
+    if let Some(e) = &filter.engine {
+        clauses.push("(r.engine = ? OR r.engine_template = ?)");
+        values.extend([Value::text(e), Value::text(e)]);
+    }
+    if let Some(m) = &filter.model {
+        clauses.push("r.model = ?");
+        values.push(Value::text(m));
+    }
+    if let Some(f) = &filter.fingerprint {
+        clauses.push("(r.fingerprint_hash LIKE ? ESCAPE '\\' OR r.fingerprint LIKE ? ESCAPE '\\')");
+        let escaped = f.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        values.extend([Value::Text(format!("{escaped}%")), Value::Text(format!("%{escaped}%"))]);
+    }
+    if let Some(since) = filter.since_unix_ns {
+        clauses.push("COALESCE(NULLIF(u.started_unix_ns, 0), r.started_unix_ns) >= ?");
+        values.push(Value::u64(since));
+    }
+    if let Some(run) = &filter.run_id {
+        clauses.push("r.run_id = ?");
+        values.push(Value::text(run));
+    }
+    if let Some(after) = filter.after_id {
+        clauses.push("r.id > ?");
+        values.push(Value::Int(after));
+    }
+    let mut sql = SELECT.to_string();
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(" ORDER BY r.id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(" LIMIT ?");
+        values.push(Value::Int(i64::from(limit)));
+    }
+    (sql, values)
+}
+
+
+/// One record row as JSON, exactly as `Record` serializes (`record_from_row`, then serde), with
+/// the stored JSON texts copied, not parsed into values; the record's id.
+fn write_record_json(row: &Row, out: &mut Vec<u8>) -> Result<i64, StoreError> {
+    use serde::de::IgnoredAny;
+    let id = row.int(0)?;
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt { id, what: format!("{what}: {e}") };
+    // Stored JSON: checked (without building it) and copied.
+    let raw = |out: &mut Vec<u8>, i: usize, what: &str, object: bool| -> Result<(), StoreError> {
+        let text = row.str(i)?.trim();
+        if object && !text.starts_with('{') {
+            return Err(corrupt(what, &"not an object"));
+        }
+        serde_json::from_str::<IgnoredAny>(text).map_err(|e| corrupt(what, &e))?;
+        out.extend_from_slice(text.as_bytes());
+        Ok(())
+    };
+    let text = |out: &mut Vec<u8>, v: &str| serde_json::to_writer(out, v).map_err(|e| corrupt("text", &e));
+    let opt_text = |out: &mut Vec<u8>, i: usize| -> Result<(), StoreError> {
+        match row.opt_text(i)? {
+            Some(v) => text(out, &v),
+            None => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+        }
+    };
+    let status = match row.str(13)? {
+        "ok" => "ok",
+        "failed" => "failed",
+        other => return Err(StoreError::Corrupt { id, what: format!("status `{other}`") }),
+    };
+    let run_index = row.int(12)?.clamp(0, i64::from(u32::MAX));
+    out.extend_from_slice(format!("{{\"id\":{id},\"run_id\":").as_bytes());
+    text(out, row.str(1)?)?;
+    out.extend_from_slice(b",\"suite\":");
+    text(out, row.str(3)?)?;
+    out.extend_from_slice(b",\"cell\":{\"model\":");
+    text(out, row.str(4)?)?;
+    out.extend_from_slice(b",\"engine\":");
+    text(out, row.str(5)?)?;
+    out.extend_from_slice(b",\"engine_template\":");
+    text(out, row.str(6)?)?;
+    out.extend_from_slice(b",\"benchmark\":");
+    text(out, row.str(7)?)?;
+    out.extend_from_slice(b",\"template\":");
+    text(out, row.str(8)?)?;
+    out.extend_from_slice(b",\"params\":");
+    raw(out, 9, "params", true)?;
+    out.extend_from_slice(b",\"swept\":");
+    raw(out, 10, "swept", true)?;
+    out.extend_from_slice(format!(",\"run_index\":{run_index},\"sampling\":").as_bytes());
+    raw(out, 11, "sampling", true)?;
+    out.extend_from_slice(b"},\"key\":");
+    text(out, row.str(2)?)?;
+    out.extend_from_slice(format!(",\"status\":\"{status}\"").as_bytes());
+    if let Some(error) = row.opt_text(14)? {
+        out.extend_from_slice(b",\"error\":");
+        text(out, &error)?;
+    }
+    out.extend_from_slice(b",\"metrics\":");
+    raw(out, 15, "metrics", false)?;
+    out.extend_from_slice(b",\"facts\":");
+    raw(out, 16, "facts", true)?;
+    out.extend_from_slice(b",\"fingerprint\":");
+    opt_text(out, 17)?;
+    out.extend_from_slice(b",\"fingerprint_hash\":");
+    opt_text(out, 18)?;
+    out.extend_from_slice(
+        format!(",\"started_unix_ns\":{},\"finished_unix_ns\":{},\"run_dir\":", row.u64(19)?, row.u64(20)?)
+            .as_bytes(),
+    );
+    text(out, row.str(21)?)?;
+    out.push(b'}');
+    Ok(id)
+}
 
 fn record_from_row(row: &Row) -> Result<Record, StoreError> {
     let id = row.int(0)?;
@@ -502,48 +637,28 @@ impl Store {
 
     /// The records that pass `filter`, in the order they were indexed.
     pub fn records(&self, filter: &Filter) -> Result<Vec<Record>, StoreError> {
-        let mut clauses: Vec<&str> = Vec::new();
-        let mut values: Vec<Value> = Vec::new();
-        if let Some(s) = &filter.suite {
-            clauses.push("r.suite = ?");
-            values.push(Value::text(s));
-        }
-        if let Some(e) = &filter.engine {
-            clauses.push("(r.engine = ? OR r.engine_template = ?)");
-            values.extend([Value::text(e), Value::text(e)]);
-        }
-        if let Some(m) = &filter.model {
-            clauses.push("r.model = ?");
-            values.push(Value::text(m));
-        }
-        if let Some(f) = &filter.fingerprint {
-            clauses.push("(r.fingerprint_hash LIKE ? ESCAPE '\\' OR r.fingerprint LIKE ? ESCAPE '\\')");
-            let escaped = f.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            values.extend([Value::Text(format!("{escaped}%")), Value::Text(format!("%{escaped}%"))]);
-        }
-        if let Some(since) = filter.since_unix_ns {
-            clauses.push("COALESCE(NULLIF(u.started_unix_ns, 0), r.started_unix_ns) >= ?");
-            values.push(Value::u64(since));
-        }
-        if let Some(run) = &filter.run_id {
-            clauses.push("r.run_id = ?");
-            values.push(Value::text(run));
-        }
-        if let Some(after) = filter.after_id {
-            clauses.push("r.id > ?");
-            values.push(Value::Int(after));
-        }
-        let mut sql = SELECT.to_string();
-        if !clauses.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&clauses.join(" AND "));
-        }
-        sql.push_str(" ORDER BY r.id");
-        if let Some(limit) = filter.limit {
-            sql.push_str(" LIMIT ?");
-            values.push(Value::Int(i64::from(limit)));
-        }
+        let (sql, values) = filtered(filter);
         self.query(&sql, &values)
+    }
+
+    /// The records that pass `filter` as the JSON array `records` would serialize to (the same
+    /// fields, in the same order), written straight from the stored JSON text instead of through
+    /// values (the API's hot route: a page is mostly metrics text). Each stored JSON text is
+    /// checked to be JSON of the right shape, so a damaged row is an error here too. Returns how
+    /// many records were written and the last one's id.
+    pub fn records_json(&self, filter: &Filter, out: &mut Vec<u8>) -> Result<(usize, Option<i64>), StoreError> {
+        let (sql, values) = filtered(filter);
+        let rows = self.select(&sql, &values)?;
+        out.push(b'[');
+        let mut last = None;
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            last = Some(write_record_json(row, out)?);
+        }
+        out.push(b']');
+        Ok((rows.len(), last))
     }
 
     fn query(&self, sql: &str, values: &[Value]) -> Result<Vec<Record>, StoreError> {
@@ -591,6 +706,28 @@ impl Store {
         self.select("SELECT COALESCE(MAX(id), 0) FROM settings_history", &[])?.first().map_or(Ok(0), |r| r.int(0))
     }
 
+    /// Each model with results: how many, on which engines, and when the latest finished, by
+    /// model name.
+    pub fn models(&self) -> Result<Vec<ModelResults>, StoreError> {
+        let mut out: Vec<ModelResults> = self
+            .select(
+                "SELECT model, COUNT(*), MAX(finished_unix_ns) FROM results GROUP BY model ORDER BY model",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ModelResults { model: r.text(0)?, results: r.u64(1)?, last_unix_ns: r.u64(2)?, engines: Vec::new() })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for r in self.select("SELECT DISTINCT model, engine FROM results ORDER BY model, engine", &[])? {
+            let (model, engine) = (r.text(0)?, r.text(1)?);
+            if let Ok(i) = out.binary_search_by(|m| m.model.as_str().cmp(&model)) {
+                out[i].engines.push(engine);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
@@ -600,6 +737,60 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_json_is_exactly_what_records_serialize_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("s.db")).unwrap();
+        let record = |key: &str, error: Option<&str>, fingerprint: Option<&str>| Record {
+            id: None,
+            run_id: "r1".into(),
+            suite: "su\"ite".into(),
+            cell: CellIdentity {
+                model: "m <b>".into(),
+                engine: "sim".into(),
+                engine_template: "sim".into(),
+                benchmark: "tput".into(),
+                template: "throughput".into(),
+                params: BTreeMap::from([("concurrency".into(), serde_json::json!(4))]),
+                swept: BTreeMap::new(),
+                run_index: 2,
+                sampling: BTreeMap::from([("temperature".into(), serde_json::json!(0.5))]),
+            },
+            key: key.into(),
+            status: if error.is_some() { CellStatus::Failed } else { CellStatus::Ok },
+            error: error.map(String::from),
+            metrics: serde_json::json!({"ttft_ms": {"p50": 1.25, "p99": 1e-7}, "requests": 3, "note": "a\u{e9}\n"}),
+            facts: BTreeMap::from([("engine.version".into(), "1 \"x\"".into())]),
+            fingerprint: fingerprint.map(String::from),
+            fingerprint_hash: fingerprint.map(|f| format!("{f}-hash")),
+            started_unix_ns: 1,
+            finished_unix_ns: u64::MAX / 4,
+            run_dir: PathBuf::from("/runs/r 1"),
+        };
+        let records = [record("k1", None, Some("box")), record("k2", Some("budget: 3 errors"), None)];
+        let run = RunEntry {
+            run_id: "r1".into(),
+            suite: "s".into(),
+            suite_file: "s.yaml".into(),
+            kitt_version: "0".into(),
+            fingerprint: None,
+            fingerprint_hash: None,
+            hardware: None,
+            facts: BTreeMap::new(),
+            started_unix_ns: 1,
+            run_dir: PathBuf::from("/runs/r 1"),
+        };
+        store.write(|tx| put_run(tx, &run, &records)).unwrap();
+        for filter in [Filter::default(), Filter { limit: Some(1), ..Filter::default() }] {
+            let mut out = Vec::new();
+            let (count, last) = store.records_json(&filter, &mut out).unwrap();
+            let expected = store.records(&filter).unwrap();
+            assert_eq!((count, last), (expected.len(), expected.last().and_then(|r| r.id)));
+            let written: Json = serde_json::from_slice(&out).unwrap();
+            assert_eq!(written, serde_json::to_value(&expected).unwrap());
+        }
+    }
 
     #[test]
     fn upsert_updates_every_column_but_the_unique_ones() {

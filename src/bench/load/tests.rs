@@ -47,6 +47,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         tokenize: tokenizer.then(engine_tokenizer),
         seed: 1,
         progress: Arc::new(AtomicU64::new(0)),
+        errors: Arc::new(AtomicU64::new(0)),
         cancel: Cancel::default(),
         expected_output_tokens: None,
         records: None,

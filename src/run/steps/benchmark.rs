@@ -77,7 +77,10 @@ impl RunExecutor {
             window_opens: Some(window_opens),
             cutoff: Some(step_cutoff(std::time::Instant::now(), self.plan.execution.step_timeout.0)),
         };
+        // `step.progress` for `kitt serve`, while the load runs (the file goes with the writer).
+        let live = crate::run::live::Writer::start(&self.run_dir, &s.key, cell.label(), self.progress.clone());
         let outcome = self.run_load(at, m, cancel).await;
+        drop(live);
         let (before, sampler) = {
             let mut w = window.lock().await;
             (w.before.take(), w.sampler.take())

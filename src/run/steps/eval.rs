@@ -75,10 +75,18 @@ impl RunExecutor {
                 }
             }
         };
-        let done = self.progress.requests.clone();
-        let outcome = crate::eval::run(&prepared, generate, &ropts, |p| done.store(p.done as u64, Ordering::Relaxed))
-            .await
-            .map_err(|e| err(format!("eval `{}`: {e}", cell.benchmark)))?;
+        self.progress.errors.store(0, Ordering::Relaxed);
+        let (done, errors) = (self.progress.requests.clone(), self.progress.errors.clone());
+        // `step.progress` for `kitt serve` while the eval runs (the file goes with the writer).
+        let live = crate::run::live::Writer::start(&self.run_dir, &s.key, cell.label(), self.progress.clone());
+        let outcome = crate::eval::run(&prepared, generate, &ropts, |p| {
+            done.store(p.done as u64, Ordering::Relaxed);
+            errors.store(p.errors as u64, Ordering::Relaxed);
+        })
+        .await
+        .map_err(|e| err(format!("eval `{}`: {e}", cell.benchmark)));
+        drop(live);
+        let outcome = outcome?;
         let (result, items) = match outcome {
             EvalOutcome::Finished { result, items, .. } => (result, items),
             EvalOutcome::Interrupted { .. } => return Err(StepError::cancelled()),

@@ -53,6 +53,7 @@ impl RunExecutor {
             t.bind(&[("model.served_name", json!(name))]);
         }
         self.progress.requests.store(0, Ordering::Relaxed);
+        self.progress.errors.store(0, Ordering::Relaxed);
         self.progress.requests_total.store(spec.requests.unwrap_or(0), Ordering::Relaxed);
         if let Ok(mut l) = self.progress.label.lock() {
             *l = label;
@@ -70,6 +71,7 @@ impl RunExecutor {
             tokenize,
             seed,
             progress: self.progress.requests.clone(),
+            errors: self.progress.errors.clone(),
             cancel: cancel.clone(),
             expected_output_tokens,
             records,

@@ -66,6 +66,8 @@ struct Engine {
 pub struct Progress {
     /// Requests completed in the running measuring step.
     pub requests: Arc<AtomicU64>,
+    /// Requests that failed in the running measuring step.
+    pub errors: Arc<AtomicU64>,
     /// Requests the running measuring step will send (0 when bounded by time).
     pub requests_total: AtomicU64,
     /// Label of the running measuring step.
