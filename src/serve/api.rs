@@ -109,7 +109,9 @@ pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<Results
             }
         };
         let next = if count == limit as usize { last } else { None };
-        body.extend_from_slice(format!(",\"next\":{}}}", next.map_or("null".to_string(), |n| n.to_string())).as_bytes());
+        body.extend_from_slice(
+            format!(",\"next\":{}}}", next.map_or("null".to_string(), |n| n.to_string())).as_bytes(),
+        );
         Ok(body)
     })
     .await?;
@@ -548,7 +550,8 @@ fn model_file(path: &Path) -> JsonValue {
         return json!({"exists": true, "format": format, "size_bytes": meta.len()});
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
-    let size: u64 = entries.iter().filter_map(|p| std::fs::metadata(p).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
+    let size: u64 =
+        entries.iter().filter_map(|p| std::fs::metadata(p).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
     let format = if entries.iter().any(|p| ext(p, "safetensors")) {
         "safetensors"
     } else if entries.iter().any(|p| ext(p, "gguf")) {

@@ -372,7 +372,6 @@ fn filtered(filter: &Filter) -> (String, Vec<Value>) {
     (sql, values)
 }
 
-
 /// One record row as JSON, exactly as `Record` serializes (`record_from_row`, then serde), with
 /// the stored JSON texts copied, not parsed into values; the record's id.
 fn write_record_json(row: &Row, out: &mut Vec<u8>) -> Result<i64, StoreError> {
@@ -441,8 +440,7 @@ fn write_record_json(row: &Row, out: &mut Vec<u8>) -> Result<i64, StoreError> {
     out.extend_from_slice(b",\"fingerprint_hash\":");
     opt_text(out, 18)?;
     out.extend_from_slice(
-        format!(",\"started_unix_ns\":{},\"finished_unix_ns\":{},\"run_dir\":", row.u64(19)?, row.u64(20)?)
-            .as_bytes(),
+        format!(",\"started_unix_ns\":{},\"finished_unix_ns\":{},\"run_dir\":", row.u64(19)?, row.u64(20)?).as_bytes(),
     );
     text(out, row.str(21)?)?;
     out.push(b'}');
@@ -710,10 +708,7 @@ impl Store {
     /// model name.
     pub fn models(&self) -> Result<Vec<ModelResults>, StoreError> {
         let mut out: Vec<ModelResults> = self
-            .select(
-                "SELECT model, COUNT(*), MAX(finished_unix_ns) FROM results GROUP BY model ORDER BY model",
-                &[],
-            )?
+            .select("SELECT model, COUNT(*), MAX(finished_unix_ns) FROM results GROUP BY model ORDER BY model", &[])?
             .iter()
             .map(|r| {
                 Ok(ModelResults { model: r.text(0)?, results: r.u64(1)?, last_unix_ns: r.u64(2)?, engines: Vec::new() })
