@@ -182,7 +182,16 @@ pub struct Filter {
     /// Runs that started at or after this instant.
     pub since_unix_ns: Option<u64>,
     pub run_id: Option<String>,
-    /// Only records with a larger id (keyset pagination: the last id of the previous page).
+    /// A benchmark instance name or a benchmark template.
+    pub benchmark: Option<String>,
+    /// Runs that started before this instant.
+    pub until_unix_ns: Option<u64>,
+    /// Failed results only.
+    pub failed_only: bool,
+    /// Newest first (the largest id first); `after_id` then means a smaller id.
+    pub newest_first: bool,
+    /// Only records past this id in the listing's order (keyset pagination: the last id of the
+    /// previous page).
     pub after_id: Option<i64>,
     /// At most this many records.
     pub limit: Option<u32>,
@@ -308,6 +317,15 @@ fn run_values(run: &RunEntry) -> Vec<Value> {
     ]
 }
 
+/// The values a listing's filters can take (`Store::facets`), each sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Facets {
+    pub suites: Vec<String>,
+    pub engines: Vec<String>,
+    pub models: Vec<String>,
+    pub benchmarks: Vec<String>,
+}
+
 /// The columns `record_from_row` reads, in its order.
 /// A model's results in the store (`Store::models`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -355,8 +373,19 @@ fn filtered(filter: &Filter) -> (String, Vec<Value>) {
         clauses.push("r.run_id = ?");
         values.push(Value::text(run));
     }
+    if let Some(b) = &filter.benchmark {
+        clauses.push("(r.benchmark = ? OR r.benchmark_template = ?)");
+        values.extend([Value::text(b), Value::text(b)]);
+    }
+    if let Some(until) = filter.until_unix_ns {
+        clauses.push("COALESCE(NULLIF(u.started_unix_ns, 0), r.started_unix_ns) < ?");
+        values.push(Value::u64(until));
+    }
+    if filter.failed_only {
+        clauses.push("r.status = 'failed'");
+    }
     if let Some(after) = filter.after_id {
-        clauses.push("r.id > ?");
+        clauses.push(if filter.newest_first { "r.id < ?" } else { "r.id > ?" });
         values.push(Value::Int(after));
     }
     let mut sql = SELECT.to_string();
@@ -364,14 +393,13 @@ fn filtered(filter: &Filter) -> (String, Vec<Value>) {
         sql.push_str(" WHERE ");
         sql.push_str(&clauses.join(" AND "));
     }
-    sql.push_str(" ORDER BY r.id");
+    sql.push_str(if filter.newest_first { " ORDER BY r.id DESC" } else { " ORDER BY r.id" });
     if let Some(limit) = filter.limit {
         sql.push_str(" LIMIT ?");
         values.push(Value::Int(i64::from(limit)));
     }
     (sql, values)
 }
-
 
 /// One record row as JSON, exactly as `Record` serializes (`record_from_row`, then serde), with
 /// the stored JSON texts copied, not parsed into values; the record's id.
@@ -441,8 +469,7 @@ fn write_record_json(row: &Row, out: &mut Vec<u8>) -> Result<i64, StoreError> {
     out.extend_from_slice(b",\"fingerprint_hash\":");
     opt_text(out, 18)?;
     out.extend_from_slice(
-        format!(",\"started_unix_ns\":{},\"finished_unix_ns\":{},\"run_dir\":", row.u64(19)?, row.u64(20)?)
-            .as_bytes(),
+        format!(",\"started_unix_ns\":{},\"finished_unix_ns\":{},\"run_dir\":", row.u64(19)?, row.u64(20)?).as_bytes(),
     );
     text(out, row.str(21)?)?;
     out.push(b'}');
@@ -710,10 +737,7 @@ impl Store {
     /// model name.
     pub fn models(&self) -> Result<Vec<ModelResults>, StoreError> {
         let mut out: Vec<ModelResults> = self
-            .select(
-                "SELECT model, COUNT(*), MAX(finished_unix_ns) FROM results GROUP BY model ORDER BY model",
-                &[],
-            )?
+            .select("SELECT model, COUNT(*), MAX(finished_unix_ns) FROM results GROUP BY model ORDER BY model", &[])?
             .iter()
             .map(|r| {
                 Ok(ModelResults { model: r.text(0)?, results: r.u64(1)?, last_unix_ns: r.u64(2)?, engines: Vec::new() })
@@ -731,6 +755,27 @@ impl Store {
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
+    }
+
+    /// How many results failed.
+    pub fn failed_count(&self) -> Result<u64, StoreError> {
+        self.select("SELECT COUNT(*) FROM results WHERE status = 'failed'", &[])?.first().map_or(Ok(0), |r| r.u64(0))
+    }
+
+    /// The values each filter of a listing can take: suites, engines, models, benchmarks.
+    pub fn facets(&self) -> Result<Facets, StoreError> {
+        let column = |c: &str| -> Result<Vec<String>, StoreError> {
+            self.select(&format!("SELECT DISTINCT {c} FROM results ORDER BY {c}"), &[])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
+        };
+        Ok(Facets {
+            suites: column("suite")?,
+            engines: column("engine")?,
+            models: column("model")?,
+            benchmarks: column("benchmark")?,
+        })
     }
 }
 
