@@ -232,6 +232,8 @@ fn fake_devon(key: &'static str) -> u16 {
                 let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let (status, kind, body) = match path.as_str() {
                     "/" => ("200 OK", "text/html", "<!doctype html><title>DEVON</title><h1>DEVON</h1>".to_string()),
+                    // For the detector's own test: a console error and a missing image.
+                    "/broken" => ("200 OK", "text/html", "<!doctype html><title>x</title><script>console.error('boom')</script><img src=/missing alt=x>".to_string()),
                     "/openapi.json" => ("200 OK", "application/json", json!({"openapi": "3.1.0", "info": {"title": "DEVON", "version": "0.4.2"}}).to_string()),
                     "/api/v1/models" if auth == format!("bearer {key}") => ("200 OK", "application/json", json!({
                         "count": 2,
@@ -298,6 +300,10 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
     let devon_url = format!("http://127.0.0.1:{devon}");
     let server = serve(&env, &["--devon-url", &devon_url], &[("DEVON_API_KEY", "devon-secret")]);
     let mut b = Browser::launch(&exe);
+    // The detector itself: a console error and a failed request are seen.
+    let broken = b.navigate(&format!("{devon_url}/broken"));
+    assert!(broken.problems.iter().any(|p| p.contains("boom")), "{broken:?}");
+    assert!(broken.failed.iter().any(|f| f.contains("404")), "{broken:?}");
     log_in(&mut b, &server);
     let pages: Vec<(String, String)> = vec![
         ("dashboard".into(), "/".into()),
@@ -382,8 +388,13 @@ fn serial_a_quick_test_from_the_form_runs_on_sim_and_its_page_counts_live_to_fin
     let yaml = b.eval("document.getElementById('suite-yaml').innerText").as_str().unwrap().to_string();
     assert!(yaml.contains("web-model") && yaml.contains("template: sim") && yaml.contains("poisson"), "{yaml}");
     let errors = b.eval("document.getElementById('errors').innerText").as_str().unwrap().to_string();
-    let runs_line = yaml.lines().position(|l| l.contains("runs: 0")).unwrap() + 1;
-    assert!(errors.contains(&format!("{runs_line}:")), "the error names the line of `runs: 0` ({runs_line}): {errors}");
+    // The bad line is marked in the YAML shown, and the error names its line and column.
+    let bad = b.eval("[...document.querySelectorAll('#suite-yaml .line.bad')].map(l => [l.querySelector('.n').textContent, l.textContent])");
+    let bad = bad.as_array().unwrap();
+    assert_eq!(bad.len(), 1, "one line is marked: {bad:?}");
+    let (n, line) = (bad[0][0].as_str().unwrap(), bad[0][1].as_str().unwrap());
+    assert!(line.contains("runs: 0"), "the marked line is {line:?}");
+    assert!(errors.contains(&format!("{n}:")) && errors.contains("runs"), "the error names line {n}: {errors}");
     // Launch with a valid form: the browser goes to the run's page, which follows it live.
     b.eval("document.querySelector('input[name=runs]').value = '1'; document.getElementById('launch').click()");
     let load = b.wait_loaded("launch");

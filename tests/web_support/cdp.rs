@@ -141,9 +141,12 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(50));
         };
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        // The handshake waits as long as it takes; reads after it wait a little at a time, so a
+        // test can wait for an event with a deadline.
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let (ws, _) =
             tungstenite::client(page_ws.as_str(), stream).unwrap_or_else(|e| panic!("DevTools websocket: {e}"));
+        ws.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut b = Browser { child, _profile: profile, ws, next_id: 0, pending: Vec::new() };
         for domain in ["Page.enable", "Runtime.enable", "Log.enable", "Network.enable"] {
             b.call(domain, json!({}));
