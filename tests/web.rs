@@ -539,3 +539,31 @@ fn serial_a_model_named_as_markup_renders_as_text() {
     }
     shoot(&mut b, "hostile-results");
 }
+
+/// The load event of pages in Chromium, for `scripts/bench-web.sh` (which starts the server over
+/// its generated store and names it in `KITT_BENCH_URL`, with a token in `KITT_BENCH_TOKEN` and
+/// the pages in `KITT_BENCH_PATHS`, space-separated): 3 loads to warm up, then 20 of each,
+/// every one clean.
+#[test]
+#[ignore = "a measurement: scripts/bench-web.sh runs it against its own server"]
+fn bench_load_event_times() {
+    let url = std::env::var("KITT_BENCH_URL").expect("KITT_BENCH_URL: the server to measure");
+    let token = std::env::var("KITT_BENCH_TOKEN").expect("KITT_BENCH_TOKEN: a read token");
+    let paths = std::env::var("KITT_BENCH_PATHS").unwrap_or_else(|_| "/ /results".into());
+    let exe = chromium().expect("chromium");
+    let mut b = Browser::launch(&exe);
+    clean(&b.navigate(&format!("{url}/login?token={token}")));
+    for path in paths.split_whitespace() {
+        let mut times: Vec<f64> = Vec::new();
+        for i in 0..23 {
+            let load = b.navigate(&format!("{url}{path}"));
+            clean(&load);
+            if i >= 3 {
+                times.push(load.load_ms);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        println!("load event {path}: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({} loads)", at(0.5), at(0.95), at(1.0), times.len());
+    }
+}
