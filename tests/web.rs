@@ -298,7 +298,15 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
     let ids = result_ids(&env);
     let devon = fake_devon("devon-secret");
     let devon_url = format!("http://127.0.0.1:{devon}");
-    let server = serve(&env, &["--devon-url", &devon_url], &[("DEVON_API_KEY", "devon-secret")]);
+    let model_dir = env.path().join("models");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("tiny-q4.gguf"), b"GGUF0000").unwrap();
+    let model_dirs = model_dir.display().to_string();
+    let server = serve(
+        &env,
+        &["--devon-url", &devon_url],
+        &[("DEVON_API_KEY", "devon-secret"), ("KITT_SETTING_MODEL_DIRS", &model_dirs)],
+    );
     let mut b = Browser::launch(&exe);
     // The detector itself: a console error and a failed request are seen.
     let broken = b.navigate(&format!("{devon_url}/broken"));
@@ -360,8 +368,13 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
     assert!(!header(&headers, "content-security-policy").unwrap().contains("frame-src"));
     b.navigate(&server.url("/devon"));
     assert_eq!(b.eval("document.querySelector('iframe.devon').src"), format!("{devon_url}/"));
-    // The Models page lists DEVON's models (asked with the Bearer key), each with a quick test.
+    // The Models page lists the models of the suites, the store and the model directories,
+    // and DEVON's (asked with the Bearer key), each with a quick test.
     b.navigate(&server.url("/models"));
+    let names = b.eval("[...document.querySelectorAll('main > table:first-of-type td.name')].map(t => t.textContent)");
+    assert_eq!(names, json!([HOSTILE, "seed-model", "slow-model", "tiny-q4"]));
+    let local = b.eval("[...document.querySelectorAll('main > table:first-of-type tr')].find(r => r.textContent.includes('tiny-q4')).textContent");
+    assert!(local.as_str().unwrap().contains("gguf, 8 B"), "{local}");
     let devon_rows = b.eval("[...document.querySelectorAll('#devon-models tr td.name')].map(t => t.textContent)");
     assert_eq!(devon_rows, json!(["Qwen/Qwen2.5-0.5B-Instruct", format!("evil/{HOSTILE}")]));
     let quick = b.eval("document.querySelector('#devon-models a').getAttribute('href')");
@@ -564,6 +577,12 @@ fn bench_load_event_times() {
         }
         times.sort_by(f64::total_cmp);
         let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
-        println!("load event {path}: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({} loads)", at(0.5), at(0.95), at(1.0), times.len());
+        println!(
+            "load event {path}: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({} loads)",
+            at(0.5),
+            at(0.95),
+            at(1.0),
+            times.len()
+        );
     }
 }

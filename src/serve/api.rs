@@ -502,13 +502,13 @@ pub(super) fn model_list(app: &App) -> Result<JsonValue, Problem> {
             (
                 name,
                 json!({"name": m.model, "results": m.results, "engines": m.engines,
-                "last_result_unix_ns": m.last_unix_ns, "suites": []}),
+                "last_result_unix_ns": m.last_unix_ns, "suites": [], "local": []}),
             )
         })
         .collect();
     for (suite_file, model) in suite_models(&app.cfg.suites_dirs) {
         let entry = models.entry(model.name.value.clone()).or_insert_with(|| {
-            json!({"name": model.name.value, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": []})
+            json!({"name": model.name.value, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": [], "local": []})
         });
         let dir = suite_file.parent().unwrap_or(Path::new("."));
         let local = model.path.as_ref().map(|p| model_file(&dir.join(&p.value)));
@@ -529,7 +529,49 @@ pub(super) fn model_list(app: &App) -> Result<JsonValue, Problem> {
             }));
         }
     }
+    let dirs: Vec<String> = settings_list(app)?
+        .into_iter()
+        .find(|r| r.key == "model_dirs")
+        .and_then(|r| serde_json::from_value(r.value).ok())
+        .unwrap_or_default();
+    for (name, path) in dir_models(&dirs) {
+        let entry = models.entry(name.clone()).or_insert_with(|| {
+            json!({"name": name, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": [], "local": []})
+        });
+        if let Some(list) = entry["local"].as_array_mut() {
+            list.push(json!({"path": path.display().to_string(), "file": model_file(&path)}));
+        }
+    }
     Ok(json!({"models": models.into_values().collect::<Vec<_>>()}))
+}
+
+/// The models in the `model_dirs` directories (the setting): each `.gguf` or `.safetensors`
+/// file by its stem, and each directory holding one by its name, at most `MAX_SUITE_FILES`.
+fn dir_models(dirs: &[String]) -> Vec<(String, PathBuf)> {
+    let is_model = |p: &Path| {
+        p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"))
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let name = if p.is_file() && is_model(&p) {
+                p.file_stem()
+            } else if p.is_dir() && std::fs::read_dir(&p).into_iter().flatten().flatten().any(|e| is_model(&e.path())) {
+                p.file_name()
+            } else {
+                None
+            };
+            if let Some(n) = name.map(|n| n.to_string_lossy().into_owned())
+                && out.len() < MAX_SUITE_FILES
+            {
+                out.push((n, p));
+            }
+        }
+    }
+    out
 }
 
 /// The suites a model listing reads at most (a suites directory is a place for suites, not a
