@@ -486,6 +486,14 @@ fn serial_compare_draws_one_series_per_result_with_verdicts() {
     let verdicts = b.eval("[...document.querySelectorAll('table.verdicts td.verdict')].map(t => t.textContent)");
     assert!(!verdicts.as_array().unwrap().is_empty(), "no verdicts: {verdicts}");
     shoot(&mut b, "compare-three");
+    // Download as one HTML file: styles inline, no script, the same plots.
+    let href = b.eval("document.getElementById('download').getAttribute('href')").as_str().unwrap().to_string();
+    let (status, headers, body) = http(server.port, &href, Some(&server.admin));
+    assert_eq!(status, 200, "{href}: {body}");
+    assert_eq!(header(&headers, "content-disposition"), Some("attachment; filename=\"kitt-compare.html\""));
+    assert!(body.contains("<style>") && !body.contains("<script") && !body.contains("/assets/"), "not one file");
+    let first_plot = body.split("<svg").nth(1).unwrap().split("</svg>").next().unwrap();
+    assert_eq!(first_plot.matches("<g class=\"series\">").count(), 3, "{first_plot}");
 }
 
 #[test]

@@ -93,7 +93,9 @@ fn versus(a: &Resolved, b: &Resolved) -> Json {
 }
 
 pub(super) async fn show(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, uri: Uri) -> Response {
-    let ids: Vec<String> = query_pairs(&uri)
+    let pairs = query_pairs(&uri);
+    let download = pairs.iter().any(|(k, _)| k == "download");
+    let ids: Vec<String> = pairs
         .into_iter()
         .filter(|(k, _)| k == "ids")
         .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>())
@@ -132,5 +134,15 @@ pub(super) async fn show(State(app): State<Arc<App>>, Extension(caller): Extensi
         })
         .await
     };
-    shown(&app, &caller, "compare", "Compare", data)
+    match data {
+        Ok(d) if download && d["empty"] == false => {
+            let mut res = super::standalone(&app, &caller, "compare", "Compare", d);
+            res.headers_mut().insert(
+                axum::http::header::CONTENT_DISPOSITION,
+                axum::http::HeaderValue::from_static("attachment; filename=\"kitt-compare.html\""),
+            );
+            res
+        }
+        other => shown(&app, &caller, "compare", "Compare", other),
+    }
 }

@@ -37,14 +37,17 @@ use super::problem::Problem;
 use super::tokens::{Caller, Scope};
 
 pub(crate) use devon::status_route as devon_status;
-pub(crate) use render::{error_page, page, see_other, shown};
+pub(crate) use render::{error_page, page, see_other, shown, standalone};
 
 /// The content policy of every answer but the Devon page's.
 pub const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
+/// The pages' stylesheet.
+const STYLESHEET: &str = include_str!("../../../web/assets/app.css");
+
 /// The files pages load, embedded: (path, content type, bytes).
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/assets/app.css", "text/css; charset=utf-8", include_str!("../../../web/assets/app.css")),
+    ("/assets/app.css", "text/css; charset=utf-8", STYLESHEET),
     ("/assets/app.js", "text/javascript; charset=utf-8", include_str!("../../../web/assets/app.js")),
     ("/assets/icon.svg", "image/svg+xml", include_str!("../../../web/assets/icon.svg")),
 ];

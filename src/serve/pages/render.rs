@@ -23,6 +23,7 @@ pub(super) fn registry() -> Result<Handlebars<'static>, String> {
     hb.register_helper("latency_plot", crate::report::html::plot_helper(crate::report::plots::latency_plot));
     hb.register_helper("load_plot", crate::report::html::plot_helper(crate::report::plots::load_plot));
     hb.register_helper("overlay", Box::new(overlay_helper));
+    hb.register_helper("standalone_style", Box::new(standalone_style));
     for (name, text) in TEMPLATES {
         hb.register_template_string(name, *text).map_err(|e| format!("template {name}: {e}"))?;
     }
@@ -103,6 +104,21 @@ fn overlay_helper(
     Ok(())
 }
 
+/// `standalone_style`: the pages' stylesheet as a `<style>` element, for a page saved as one file
+/// (the compare page's download), which no content policy covers. The text is the binary's own.
+fn standalone_style(
+    _: &handlebars::Helper,
+    _: &Handlebars,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    out.write("<style>\n")?;
+    out.write(super::STYLESHEET)?;
+    out.write("</style>")?;
+    Ok(())
+}
+
 /// `enc TEXT`: percent-encoded for a URL's query or path (then HTML-escaped like any value).
 fn enc_helper(
     h: &handlebars::Helper,
@@ -137,12 +153,22 @@ fn nav(app: &App, active: &str) -> Json {
 /// A page: `template` rendered inside the layout with `data` as `page`, and what every page
 /// shows (`site`: the navigation, who is looking, the `--insecure` banner, the version).
 pub(crate) fn page(app: &App, caller: Option<&Caller>, template: &str, title: &str, data: Json) -> Response {
+    render(app, caller, template, title, data, false)
+}
+
+/// A page as one file to keep (a download): its stylesheet inline, no script, no navigation.
+pub(crate) fn standalone(app: &App, caller: &Caller, template: &str, title: &str, data: Json) -> Response {
+    render(app, Some(caller), template, title, data, true)
+}
+
+fn render(app: &App, caller: Option<&Caller>, template: &str, title: &str, data: Json, standalone: bool) -> Response {
     let site = json!({
+        "standalone": standalone,
         "title": title,
         "version": env!("CARGO_PKG_VERSION"),
         "insecure": app.cfg.insecure,
         "read_only": app.cfg.read_only,
-        "nav": if caller.is_some() { nav(app, template) } else { json!([]) },
+        "nav": if caller.is_some() && !standalone { nav(app, template) } else { json!([]) },
         "who": super::who(app, caller),
     });
     let context = json!({"site": site, "page": data});
