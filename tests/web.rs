@@ -91,7 +91,11 @@ fn kitt(env: &KittEnv) -> std::process::Command {
 /// Starts `kitt serve` on a free port and waits until it listens.
 fn serve(env: &KittEnv, extra: &[&str], vars: &[(&str, &str)]) -> Server {
     let mut cmd = kitt(env);
-    cmd.args(["serve", "--bind", "127.0.0.1:0", "--suites-dir"]).arg(suites_dir(env)).args(extra);
+    cmd.arg("serve");
+    if !extra.contains(&"--bind") {
+        cmd.args(["--bind", "127.0.0.1:0"]);
+    }
+    cmd.arg("--suites-dir").arg(suites_dir(env)).args(extra);
     cmd.envs(vars.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -532,6 +536,24 @@ fn serial_without_a_login_every_page_goes_to_login_and_comes_back() {
     let load = b.wait_loaded("login");
     clean(&load);
     assert_eq!(b.eval("location.pathname"), "/settings");
+}
+
+#[test]
+fn serial_an_insecure_server_says_so_on_every_page_and_a_loopback_one_does_not() {
+    let env = KittEnv::new();
+    let server = serve(&env, &["--bind", "0.0.0.0:0", "--insecure"], &[]);
+    for path in ["/", "/runs", "/results", "/compare", "/engines", "/models", "/quicktest", "/settings", "/login"] {
+        let (status, _, body) = http(server.port, path, Some(&server.admin));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.contains("class=\"banner insecure\""), "{path}: no --insecure banner");
+    }
+    drop(server);
+    let server = serve(&env, &[], &[]);
+    let (_, _, body) = http(server.port, "/", Some(&server.admin));
+    assert!(body.contains("<h1>Dashboard</h1>") && !body.contains("banner insecure"), "{body}");
+    // An unknown page is an HTML page for a browser, problem JSON for an API client.
+    let (status, headers, _) = http(server.port, "/nowhere", Some(&server.admin));
+    assert_eq!((status, header(&headers, "content-type")), (404, Some("application/problem+json")));
 }
 
 #[test]
