@@ -116,6 +116,9 @@ pub struct App {
     pub streams: AtomicUsize,
     /// One journal watcher per run that some stream follows.
     pub watchers: events::Watchers,
+    /// The results page's filter values, and the store's (result count, last id) they were
+    /// read at: read again only when the store changed.
+    pub facets: Mutex<Option<((u64, i64), crate::store::Facets)>>,
 }
 
 impl App {
@@ -392,6 +395,7 @@ pub async fn serve(
         closing,
         streams: AtomicUsize::new(0),
         watchers: events::Watchers::default(),
+        facets: Mutex::new(None),
     });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));

@@ -71,7 +71,7 @@ pub(super) async fn list(State(app): State<Arc<App>>, Extension(caller): Extensi
             let (rows, facets) = match app.store()? {
                 Some(store) => (
                     store.records(&filter).map_err(Problem::internal)?.iter().map(row).collect::<Vec<_>>(),
-                    store.facets().map_err(Problem::internal)?,
+                    facets(&app, &store)?,
                 ),
                 None => (Vec::new(), Default::default()),
             };
@@ -94,6 +94,20 @@ pub(super) async fn list(State(app): State<Arc<App>>, Extension(caller): Extensi
         .await
     };
     shown(&app, &caller, "results", "Results", data)
+}
+
+/// The values the filters can take, read again only when the store's count or last id moved.
+fn facets(app: &App, store: &crate::store::Store) -> Result<crate::store::Facets, Problem> {
+    let seen = (store.count().map_err(Problem::internal)?, store.last_result_id().map_err(Problem::internal)?);
+    let lock = || app.facets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, f)) = lock().as_ref()
+        && *at == seen
+    {
+        return Ok(f.clone());
+    }
+    let f = store.facets().map_err(Problem::internal)?;
+    *lock() = Some((seen, f.clone()));
+    Ok(f)
 }
 
 /// The `page_size` setting in force (50 when it cannot be read).
