@@ -490,6 +490,16 @@ fn serial_compare_draws_one_series_per_result_with_verdicts() {
     let verdicts = b.eval("[...document.querySelectorAll('table.verdicts td.verdict')].map(t => t.textContent)");
     assert!(!verdicts.as_array().unwrap().is_empty(), "no verdicts: {verdicts}");
     shoot(&mut b, "compare-three");
+    // The y axes go log and back (the hover values drawn at their log positions).
+    let before = b.eval("document.querySelector('#overlays g.series circle').getAttribute('cy')");
+    b.eval("document.getElementById('scale-toggle').click()");
+    let log = b.eval("({scale: document.querySelector('#overlays svg.plot').dataset.scale, cy: document.querySelector('#overlays g.series circle').getAttribute('cy'), ticks: document.querySelectorAll('#overlays .log-tick').length, pressed: document.getElementById('scale-toggle').getAttribute('aria-pressed')})");
+    assert_eq!((log["scale"].as_str(), log["pressed"].as_str()), (Some("log"), Some("true")), "{log}");
+    assert!(log["cy"] != before && log["ticks"].as_u64().unwrap() >= 4, "{log} vs {before}");
+    shoot(&mut b, "compare-three-log");
+    b.eval("document.getElementById('scale-toggle').click()");
+    assert_eq!(b.eval("document.querySelector('#overlays g.series circle').getAttribute('cy')"), before);
+    assert_eq!(b.eval("document.querySelectorAll('#overlays .log-tick').length"), 0);
     // Download as one HTML file: styles inline, no script, the same plots.
     let href = b.eval("document.getElementById('download').getAttribute('href')").as_str().unwrap().to_string();
     let (status, headers, body) = http(server.port, &href, Some(&server.admin));

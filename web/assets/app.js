@@ -1,5 +1,6 @@
 // kitt serve's pages: the one script. Every page works without it; it adds the live run view
-// (the run's server-sent events), a compare button that waits for two ticks, and plot hover.
+// (the run's server-sent events), a compare button that waits for two ticks, plot hover, and a
+// log/linear toggle of the plots' y axes.
 // Hand-written, no dependencies; loaded from this server only (CSP: default-src 'self').
 (function () {
   'use strict';
@@ -157,7 +158,82 @@
     });
   }
 
+  // Plots: the y axis of every line chart on the page, linear (as drawn) or log. The values
+  // come from each point's hover text, the plot area from its axes; nothing is fetched.
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  function logScale(svg) {
+    const circles = Array.from(svg.querySelectorAll('g.series circle'));
+    const values = circles.map(function (c) {
+      const m = /: (-?[0-9.]+(?:e[-+]?[0-9]+)?) at /.exec(c.querySelector('title').textContent);
+      return m ? Number(m[1]) : NaN;
+    });
+    const axis = Array.from(svg.querySelectorAll('path[stroke="#888888"][fill="none"]'))
+      .find(function (p) { return (p.getAttribute('d').match(/L/g) || []).length === 2; });
+    const positive = values.filter(function (v) { return v > 0; });
+    if (!axis || positive.length < 2) { return null; }
+    const n = axis.getAttribute('d').match(/-?[0-9.]+/g).map(Number);
+    const left = n[0], top = n[1], bottom = n[3], right = n[4];
+    const lo = Math.pow(10, Math.floor(Math.log10(Math.min.apply(null, positive))));
+    let hi = Math.pow(10, Math.ceil(Math.log10(Math.max.apply(null, positive))));
+    if (hi <= lo) { hi = lo * 10; }
+    const at = function (v) {
+      return bottom - (Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo)) * (bottom - top);
+    };
+    const linearTicks = Array.from(svg.querySelectorAll('path[stroke="#e5e5e5"], text[text-anchor="end"][fill="#444444"]'));
+    const linearCy = circles.map(function (c) { return c.getAttribute('cy'); });
+    const paths = Array.from(svg.querySelectorAll('g.series > path'));
+    const linearD = paths.map(function (p) { return p.getAttribute('d'); });
+    const logTicks = [];
+    for (let v = lo; v <= hi * 1.0001; v *= 10) {
+      const y = at(v).toFixed(1);
+      const grid = document.createElementNS(SVG_NS, 'path');
+      grid.setAttribute('d', 'M' + left + ',' + y + ' L' + right + ',' + y);
+      grid.setAttribute('stroke', '#e5e5e5');
+      grid.setAttribute('class', 'log-tick');
+      const label = document.createElementNS(SVG_NS, 'text');
+      label.setAttribute('x', String(left - 6));
+      label.setAttribute('y', String(Number(y) + 4));
+      label.setAttribute('text-anchor', 'end');
+      label.setAttribute('fill', '#444444');
+      label.setAttribute('class', 'log-tick');
+      label.textContent = v >= 1 ? String(Math.round(v)) : String(Number(v.toPrecision(1)));
+      logTicks.push(grid, label);
+    }
+    return function (log) {
+      linearTicks.forEach(function (t) { t.style.display = log ? 'none' : ''; });
+      logTicks.forEach(function (t) { if (log) { axis.before(t); } else { t.remove(); } });
+      circles.forEach(function (c, i) {
+        const v = values[i];
+        c.style.display = log && !(v > 0) ? 'none' : '';
+        c.setAttribute('cy', log && v > 0 ? at(v).toFixed(1) : linearCy[i]);
+      });
+      paths.forEach(function (p, i) {
+        if (!log) { p.setAttribute('d', linearD[i]); return; }
+        const points = Array.from(p.parentNode.querySelectorAll('circle'))
+          .filter(function (c) { return c.style.display !== 'none'; })
+          .map(function (c, k) { return (k ? 'L' : 'M') + c.getAttribute('cx') + ',' + c.getAttribute('cy'); });
+        p.setAttribute('d', points.join(' '));
+      });
+      svg.dataset.scale = log ? 'log' : 'linear';
+    };
+  }
+
+  function scaleToggle(button) {
+    const plots = Array.from(document.querySelectorAll('svg.plot')).map(logScale).filter(Boolean);
+    if (plots.length === 0) { return; }
+    let log = false;
+    button.hidden = false;
+    button.addEventListener('click', function () {
+      log = !log;
+      plots.forEach(function (set) { set(log); });
+      button.textContent = log ? 'y axis: log (show linear)' : 'y axis: linear (show log)';
+      button.setAttribute('aria-pressed', String(log));
+    });
+  }
+
   document.addEventListener('DOMContentLoaded', function () {
+    const toggle = byId('scale-toggle');
+    if (toggle) { scaleToggle(toggle); }
     const run = byId('run');
     if (run && run.dataset.run) {
       const s = run.dataset.status;
