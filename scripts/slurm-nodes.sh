@@ -27,9 +27,13 @@ build_image() {
   }
   local root
   root=$(mktemp -d)
+  # mktemp makes the directory 0700, which would be the node's `/`: package scripts that run as
+  # another user (munge's postinst runs `su munge`) could not reach /bin/sh.
+  chmod 0755 "$root"
   debootstrap --variant=minbase --include=slurmd,munge,procps,iproute2 bookworm "$root" \
     http://deb.debian.org/debian >"$root.log" 2>&1 || {
-    tail -20 "$root.log" >&2
+    tail -20 "$root/debootstrap/debootstrap.log" "$root.log" >&2 2>/dev/null || tail -20 "$root.log" >&2
+    rm -rf "$root" "$root.log"
     exit 1
   }
   tar -C "$root" -c . | docker import - "$image" >/dev/null

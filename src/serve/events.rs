@@ -136,8 +136,12 @@ pub fn shards(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Each shard of the run at `dir` and its length, and each progress file and its stamp.
-fn files_state(dir: &Path) -> (Vec<(String, u64)>, Vec<(String, (i64, i64))>) {
+/// Each journal shard of a run and its length, and each progress file and its stamp: what a
+/// watcher compares to tell that a run's files changed.
+type FilesState = (Vec<(String, u64)>, Vec<(String, (i64, i64))>);
+
+/// The `FilesState` of the run at `dir`.
+fn files_state(dir: &Path) -> FilesState {
     let journals = shards(dir).into_iter().map(|(n, p)| (n, std::fs::metadata(p).map_or(0, |m| m.len()))).collect();
     let progress = crate::run::live::list(dir).into_iter().map(|(key, stamp, _)| (key, stamp)).collect();
     (journals, progress)
@@ -337,8 +341,7 @@ impl Stream {
                 if self.runs.contains_key(&id) || !super::api::valid_id(&id) || !e.path().join("run.json").is_file() {
                     continue;
                 }
-                self.runs
-                    .insert(id.clone(), RunTail::new(id, e.path(), false));
+                self.runs.insert(id.clone(), RunTail::new(id, e.path(), false));
             }
         }
         for tail in self.runs.values_mut() {
@@ -429,8 +432,7 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Q
                 Ok(i) => i,
                 Err(p) => return p.into_response(),
             };
-            let mut tail =
-                RunTail::new(info.meta.id.clone(), info.path, false);
+            let mut tail = RunTail::new(info.meta.id.clone(), info.path, false);
             if let Some(last) = &last {
                 match parse_last_id(last) {
                     Some((run, seen)) if run == *id => {

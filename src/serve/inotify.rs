@@ -32,7 +32,10 @@ impl Inotify {
         }
         // SAFETY: `raw` is a descriptor just returned to us and owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Inotify { fd: AsyncFd::new(fd)?, watched: HashSet::new() })
+        // SAFETY: an `OwnedFd` always returns the one descriptor it owns, open until it drops,
+        // which is when the `AsyncFd` drops.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+        Ok(Inotify { fd, watched: HashSet::new() })
     }
 
     /// Watches the directory at `dir` (its entries' changes) if it exists and is not watched
