@@ -342,6 +342,8 @@ const SELECT: &str = "SELECT r.id, r.run_id, r.cell_key, r.suite, r.model, r.eng
     r.benchmark_template, r.params, r.swept, r.sampling, r.run_index, r.status, r.error, r.metrics, r.facts,
     r.fingerprint, r.fingerprint_hash, r.started_unix_ns, r.finished_unix_ns, r.run_dir
     FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
+/// The ids of `SELECT`'s rows, for a filtered page (`filtered`).
+const SELECT_IDS: &str = "SELECT r.id FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
 
 /// The statement and values that select the records passing `filter`, in the order they were
 /// indexed.
@@ -388,14 +390,29 @@ fn filtered(filter: &Filter) -> (String, Vec<Value>) {
         clauses.push(if filter.newest_first { "r.id < ?" } else { "r.id > ?" });
         values.push(Value::Int(after));
     }
+    let order = if filter.newest_first { " ORDER BY r.id DESC" } else { " ORDER BY r.id" };
     let mut sql = SELECT.to_string();
-    if !clauses.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&clauses.join(" AND "));
+    match (clauses.is_empty(), filter.limit) {
+        (true, _) => sql.push_str(order),
+        // A page of filtered rows: its ids first, then the rows. Where an index serves the
+        // filter (the model's), sorting the matches whole rows at a time would sort their
+        // metrics too: 30 ms for a page of 2,500 matches in 10,000 rows, 4 ms by id.
+        (false, Some(_)) => {
+            sql.push_str(&format!(
+                " WHERE r.id IN ({SELECT_IDS} WHERE {}{order} LIMIT ?){order}",
+                clauses.join(" AND ")
+            ));
+        }
+        (false, None) => {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+            sql.push_str(order);
+        }
     }
-    sql.push_str(if filter.newest_first { " ORDER BY r.id DESC" } else { " ORDER BY r.id" });
     if let Some(limit) = filter.limit {
-        sql.push_str(" LIMIT ?");
+        if clauses.is_empty() {
+            sql.push_str(" LIMIT ?");
+        }
         values.push(Value::Int(i64::from(limit)));
     }
     (sql, values)
