@@ -324,8 +324,9 @@ struct Truth {
 }
 
 /// Fidelity against the simulator's known timings. The slack is wide (shared, noisy machines):
-/// TTFT may only be late, never early, and by less than `SLACK_MS`; mean ITL and TPOT within
-/// 25 % (or 2 ms) of the truth; token counts exact.
+/// TTFT may only be late, never early, and the median by less than `SLACK_MS` (one request
+/// descheduled on a loaded machine is late by what the machine did, not by what kitt measures);
+/// mean ITL and TPOT within 25 % (or 2 ms) of the truth; token counts exact.
 async fn fidelity(truth: Truth) {
     const SLACK_MS: f64 = 25.0;
     const N: u64 = 16;
@@ -352,18 +353,30 @@ async fn fidelity(truth: Truth) {
     let outcome = run(input(&url, call, load, true)).await.unwrap();
     // Content starts after the reasoning tokens, each costing one inter-token interval.
     let content_ttft = truth.ttft_ms + truth.reasoning as f64 * truth.itl_ms;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut ttfts, mut ttfrts) = (Vec::new(), Vec::new());
     for r in &outcome.records {
         assert!(r.ok(), "{r:?}");
         let ttft = (r.first_content_ns.unwrap() - r.sent_ns) as f64 / 1e6;
         assert!(ttft >= content_ttft, "TTFT {ttft} ms is below the truth {content_ttft} ms");
-        assert!(ttft < content_ttft + SLACK_MS, "TTFT {ttft} ms, truth {content_ttft} ms");
+        ttfts.push(ttft);
         if chat {
             let ttfrt = (r.first_reasoning_ns.unwrap() - r.sent_ns) as f64 / 1e6;
-            assert!(ttfrt >= truth.ttft_ms && ttfrt < truth.ttft_ms + SLACK_MS, "TTFRT {ttfrt}");
+            assert!(ttfrt >= truth.ttft_ms, "TTFRT {ttfrt} ms is below the truth {} ms", truth.ttft_ms);
+            ttfrts.push(ttfrt);
         }
         // Exact counts: usage and the tokenizer agree with what was asked.
         assert_eq!(r.usage_completion_tokens, Some(N));
         assert_eq!(r.counted_output_tokens, Some(N - truth.reasoning));
+    }
+    let ttft = median(ttfts.clone());
+    assert!(ttft < content_ttft + SLACK_MS, "median TTFT {ttft} ms, truth {content_ttft} ms: {ttfts:?}");
+    if chat {
+        let ttfrt = median(ttfrts.clone());
+        assert!(ttfrt < truth.ttft_ms + SLACK_MS, "median TTFRT {ttfrt} ms, truth {} ms: {ttfrts:?}", truth.ttft_ms);
     }
     let m = summarize(&outcome);
     let close = |got: f64, want: f64| (got - want).abs() <= (want * 0.25).max(2.0);
