@@ -50,19 +50,28 @@ pub struct Load {
     pub status: Option<u64>,
 }
 
+/// The browser's process, killed when dropped: a launch that fails half-way leaves none behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
     ws: WebSocket<TcpStream>,
     next_id: u64,
     pending: Vec<Json>,
+    // Fields drop in order: the websocket, then the browser, then its profile.
+    _child: Process,
+    _profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.ws.close(None);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -94,30 +103,32 @@ fn http_get(port: u16, path: &str) -> String {
 impl Browser {
     pub fn launch(exe: &Path) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(exe)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-default-apps",
-                "--disable-extensions",
-                "--disable-sync",
-                "--mute-audio",
-                "--password-store=basic",
-                "--window-size=1360,1000",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Process(
+            Command::new(exe)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-default-apps",
+                    "--disable-extensions",
+                    "--disable-sync",
+                    "--mute-audio",
+                    "--password-store=basic",
+                    "--window-size=1360,1000",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         // Chromium writes its port and browser path here once it listens.
         let active = profile.path().join("DevToolsActivePort");
         let started = Instant::now();
@@ -147,7 +158,7 @@ impl Browser {
         let (ws, _) =
             tungstenite::client(page_ws.as_str(), stream).unwrap_or_else(|e| panic!("DevTools websocket: {e}"));
         ws.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut b = Browser { child, _profile: profile, ws, next_id: 0, pending: Vec::new() };
+        let mut b = Browser { _child: child, _profile: profile, ws, next_id: 0, pending: Vec::new() };
         for domain in ["Page.enable", "Runtime.enable", "Log.enable", "Network.enable"] {
             b.call(domain, json!({}));
         }
