@@ -91,7 +91,7 @@ pub struct RunArgs {
 }
 
 /// The ready suites, embedded so `kitt run -s quick` works from any directory.
-const READY_SUITES: &[(&str, &str)] = &[
+pub(crate) const READY_SUITES: &[(&str, &str)] = &[
     ("quick", include_str!("../../suites/quick.yaml")),
     ("standard", include_str!("../../suites/standard.yaml")),
     ("performance", include_str!("../../suites/performance.yaml")),

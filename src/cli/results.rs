@@ -45,9 +45,7 @@ impl FilterArgs {
             model: self.model.clone(),
             fingerprint: self.fingerprint.clone(),
             since_unix_ns: self.since,
-            run_id: None,
-            after_id: None,
-            limit: None,
+            ..Filter::default()
         }
     }
 }

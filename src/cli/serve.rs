@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_USAGE, Output, print_json};
 use crate::serve::tokens::{self, Scope};
-use crate::serve::{Config, TlsSource};
+use crate::serve::{Config, Given, TlsSource};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address (tokens then cross the network in clear).
     #[arg(long)]
     pub insecure: bool,
+    /// DEVON, the model manager (its origin, `http://HOST:PORT`): a Devon page embeds its UI and
+    /// the Models page lists its models (default: $KITT_DEVON_URL).
+    #[arg(long, value_name = "URL")]
+    pub devon_url: Option<String>,
+    /// The environment variable holding DEVON's API key, sent as a Bearer token.
+    #[arg(long, value_name = "NAME", default_value = "DEVON_API_KEY")]
+    pub devon_token_env: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,6 +282,86 @@ pub fn serve(args: &ServeArgs) -> i32 {
         })
     });
     let tls_on = tls.is_some();
+    let insecure = args.insecure && !args.bind.ip().is_loopback() && !tls_on;
+    let devon_flag = args.devon_url.clone().map(|u| (u, "flag"));
+    let devon_url = devon_flag
+        .or_else(|| std::env::var("KITT_DEVON_URL").ok().filter(|u| !u.trim().is_empty()).map(|u| (u, "env")));
+    let devon = match &devon_url {
+        Some((url, _)) => match crate::serve::Devon::new(url, &args.devon_token_env) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    let flag_or = |given: bool, env: &str| {
+        if given {
+            "flag"
+        } else if std::env::var_os(env).is_some() {
+            "env"
+        } else {
+            "default"
+        }
+    };
+    let given = vec![
+        Given {
+            name: "bind",
+            value: args.bind.to_string(),
+            source: if args.bind.to_string() == "127.0.0.1:8080" { "default" } else { "flag" },
+        },
+        Given {
+            name: "runs dir",
+            value: runs_root.display().to_string(),
+            source: flag_or(args.runs_dir.is_some(), "KITT_RUNS_DIR"),
+        },
+        Given {
+            name: "store",
+            value: store.as_ref().map_or("off".to_string(), |s| s.to_string()),
+            source: flag_or(args.store.is_some(), "KITT_STORE"),
+        },
+        Given {
+            name: "tokens",
+            value: tokens_path.display().to_string(),
+            source: flag_or(args.tokens.is_some(), "KITT_TOKENS"),
+        },
+        Given {
+            name: "read only",
+            value: args.read_only.to_string(),
+            source: if args.read_only { "flag" } else { "default" },
+        },
+        Given {
+            name: "tls",
+            value: match &tls {
+                Some(TlsSource::Files { cert, .. }) => format!("certificate {}", cert.display()),
+                Some(TlsSource::SelfSigned { dir, .. }) => format!("self-signed, kept in {}", dir.display()),
+                None => "off (plain HTTP)".into(),
+            },
+            source: if tls_on { "flag" } else { "default" },
+        },
+        Given { name: "insecure", value: insecure.to_string(), source: if args.insecure { "flag" } else { "default" } },
+        Given {
+            name: "suites dirs",
+            value: suites_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+            source: if args.suites_dir.is_empty() { "default" } else { "flag" },
+        },
+        Given {
+            name: "allow suite upload",
+            value: args.allow_suite_upload.to_string(),
+            source: if args.allow_suite_upload { "flag" } else { "default" },
+        },
+        Given {
+            name: "devon url",
+            value: devon.as_ref().map_or("none".to_string(), |d| d.origin.clone()),
+            source: devon_url.as_ref().map_or("default", |(_, s)| s),
+        },
+        Given {
+            name: "devon token env",
+            value: args.devon_token_env.clone(),
+            source: if args.devon_token_env == "DEVON_API_KEY" { "default" } else { "flag" },
+        },
+    ];
     let cfg = Config {
         bind: args.bind,
         store,
@@ -285,6 +372,9 @@ pub fn serve(args: &ServeArgs) -> i32 {
         suites_dirs,
         allow_suite_upload: args.allow_suite_upload,
         exe,
+        insecure,
+        devon,
+        given,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -293,7 +383,6 @@ pub fn serve(args: &ServeArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let insecure = args.insecure && !args.bind.ip().is_loopback() && !tls_on;
     let result = rt.block_on(crate::serve::serve(cfg, tokens_path.clone(), &admin, |addr, fingerprint| {
         let scheme = if tls_on { "https" } else { "http" };
         let shown = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };

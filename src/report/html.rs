@@ -34,7 +34,7 @@ pub fn render_value(template: &str, report: Json) -> Result<String, String> {
 
 /// A helper `NAME CELLS ARGS…` that writes SVG markup; `CELLS` is a benchmark (its `cells`) or a
 /// list of cells. Its output is markup it escaped itself, written the same in `{{…}}` and `{{{…}}}`.
-fn plot_helper(f: fn(&[&Json], &[&str]) -> String) -> Box<dyn handlebars::HelperDef + Send + Sync> {
+pub(crate) fn plot_helper(f: fn(&[&Json], &[&str]) -> String) -> Box<dyn handlebars::HelperDef + Send + Sync> {
     Box::new(
         move |h: &handlebars::Helper,
               _: &handlebars::Handlebars,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 pub mod html;
-mod plots;
+pub(crate) mod plots;
 mod svg;
 
 use schemars::JsonSchema;
@@ -476,7 +476,7 @@ fn join(h: &handlebars::Helper) -> String {
 }
 
 /// A registry with the report helpers; `escape` is the escaping of `{{value}}` output.
-fn report_registry(escape: fn(&str) -> String) -> handlebars::Handlebars<'static> {
+pub(crate) fn report_registry(escape: fn(&str) -> String) -> handlebars::Handlebars<'static> {
     let mut hb = handlebars::Handlebars::new();
     hb.register_escape_fn(escape);
     hb.register_helper("fixed", text_helper(fixed));

@@ -299,6 +299,131 @@ pub(crate) fn load_plot(cells: &[&Json], args: &[&str]) -> String {
     .render()
 }
 
+/// One side of an overlaid plot (the compare page's): its label and its cells (JSON with
+/// `cell` and `metrics`, as results serialize).
+pub(crate) struct Overlay<'a> {
+    pub label: String,
+    pub cells: Vec<&'a Json>,
+}
+
+/// The label of each cell of each side: the side's, and what tells the cell apart when the
+/// side has several.
+fn overlay_labels(sides: &[Overlay]) -> Vec<Vec<String>> {
+    sides
+        .iter()
+        .map(|side| {
+            if side.cells.len() == 1 {
+                vec![side.label.clone()]
+            } else {
+                cell_labels(&side.cells).into_iter().map(|l| format!("{} · {l}", side.label)).collect()
+            }
+        })
+        .collect()
+}
+
+/// A latency distribution by percentile, overlaid: a line per side (per cell of a side that
+/// has several), each its own colour.
+pub(crate) fn overlay_latency(sides: &[Overlay], metric: &str) -> String {
+    let mut series = Vec::new();
+    for (side, labels) in sides.iter().zip(overlay_labels(sides)) {
+        for (c, label) in side.cells.iter().zip(labels) {
+            let points = percentile_points(&c["metrics"][metric]);
+            if !points.is_empty() {
+                series.push(Series { label, points, color: series.len(), dashed: false });
+            }
+        }
+    }
+    LineChart {
+        title: format!("{} by percentile", metric_name(metric)),
+        caption: "A line per result, drawn through the percentiles each recorded (successful requests only); x is \
+                  log-scaled in 1/(1 − q)."
+            .into(),
+        x_label: "percentile".into(),
+        y_label: metric_unit(metric).into(),
+        x_axis: XAxis::Labeled(PERCENTILES.iter().map(|(_, label, q)| (quantile_x(*q), label.to_string())).collect()),
+        series,
+    }
+    .render()
+}
+
+/// `metric` against load, overlaid: a line per side through its cells, at the swept param
+/// its cells spread over (concurrency, rate…), runs averaged. Nothing when no side spreads
+/// over one.
+pub(crate) fn overlay_load(sides: &[Overlay], metric: &str) -> String {
+    let all: Vec<&Json> = sides.iter().flat_map(|s| s.cells.iter().copied()).collect();
+    let Some(param) = load_param(&all) else { return String::new() };
+    let mut series = Vec::new();
+    for side in sides {
+        let mut by_x: Vec<(f64, Vec<f64>)> = Vec::new();
+        for c in &side.cells {
+            let (Some(x), Some(y)) = (c["cell"]["swept"][param.as_str()].as_f64(), value(&c["metrics"], metric)) else {
+                continue;
+            };
+            match by_x.iter_mut().find(|(v, _)| *v == x) {
+                Some((_, ys)) => ys.push(y),
+                None => by_x.push((x, vec![y])),
+            }
+        }
+        let mut points: Vec<(f64, f64)> =
+            by_x.into_iter().map(|(x, ys)| (x, ys.iter().sum::<f64>() / ys.len() as f64)).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(Series { label: side.label.clone(), points, color: series.len(), dashed: false });
+    }
+    LineChart {
+        title: format!("{} vs {param}", metric_name(metric)),
+        caption: format!("A line per side, a point per value of `{param}` (the mean of its runs)."),
+        x_label: param,
+        y_label: metric_unit(metric).into(),
+        x_axis: XAxis::Linear,
+        series,
+    }
+    .render()
+}
+
+/// TTFT p50 against output token throughput, overlaid: a point per cell, a line per side.
+pub(crate) fn overlay_ttft_throughput(sides: &[Overlay]) -> String {
+    let mut series = Vec::new();
+    for side in sides {
+        let mut points: Vec<(f64, f64)> = side
+            .cells
+            .iter()
+            .filter_map(|c| {
+                Some((value(&c["metrics"], "output_token_throughput")?, value(&c["metrics"], "ttft_ms/p50")?))
+            })
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(Series { label: side.label.clone(), points, color: series.len(), dashed: false });
+    }
+    LineChart {
+        title: "TTFT p50 vs output tokens/s".into(),
+        caption: "A point per cell: what a token stream costs in time to first token as throughput grows.".into(),
+        x_label: "output tokens/s".into(),
+        y_label: "ms".into(),
+        x_axis: XAxis::Linear,
+        series,
+    }
+    .render()
+}
+
+/// Accuracy per subject, a bar per side (`eval_plot` over the sides' cells, labelled by side).
+pub(crate) fn overlay_eval(sides: &[Overlay]) -> String {
+    let labelled: Vec<Json> = sides
+        .iter()
+        .flat_map(|s| {
+            s.cells.iter().map(|c| {
+                let mut c = (*c).clone();
+                if !c["eval"].is_object() && c["metrics"]["eval"].is_object() {
+                    c["eval"] = c["metrics"]["eval"].clone();
+                }
+                c["cell"]["engine"] = Json::String(s.label.clone());
+                c
+            })
+        })
+        .collect();
+    let refs: Vec<&Json> = labelled.iter().collect();
+    eval_plot(&refs, &[])
+}
+
 /// `resource_plot BENCHMARK QUANTITY`: peak and mean of one sampled resource per cell:
 /// `engine_mem_mib`, `engine_cpu_pct`, `host_mem_used_mib`, `host_cpu_pct`, or per GPU
 /// `gpu_memory_used_mib`, `gpu_utilization_pct`, `gpu_power_w`, `gpu_temperature_c`,
@@ -443,6 +568,18 @@ mod tests {
 
     fn cell(engine: &str, swept: Json, metrics: Json) -> Json {
         json!({"cell": {"engine": engine, "model": "m", "swept": swept, "run_index": 0}, "metrics": metrics})
+    }
+
+    #[test]
+    fn an_overlay_draws_a_line_per_side_labelled_by_side() {
+        let a = cell("sim", json!({}), json!({"ttft_ms": {"p50": 10.0, "p99": 20.0}}));
+        let b = cell("sim", json!({}), json!({"ttft_ms": {"p50": 12.0, "p99": 30.0}}));
+        let sides =
+            [Overlay { label: "#1 <a>".into(), cells: vec![&a] }, Overlay { label: "#2".into(), cells: vec![&b] }];
+        let svg = overlay_latency(&sides, "ttft_ms");
+        assert_eq!(svg.matches("<g class=\"series\">").count(), 2, "{svg}");
+        assert!(svg.contains("#1 &lt;a&gt;") && !svg.contains("<a>"), "{svg}");
+        assert_eq!(overlay_load(&sides, "request_throughput"), "", "no swept param: nothing to draw");
     }
 
     #[test]

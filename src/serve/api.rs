@@ -30,7 +30,9 @@ fn ok(value: JsonValue) -> Answer {
 }
 
 /// Runs blocking work (the store, run directories) off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Send + 'static) -> Result<T, Problem> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f).await.map_err(Problem::internal)?
 }
 
@@ -58,9 +60,23 @@ pub(super) struct ResultsQuery {
     model: Option<String>,
     fingerprint: Option<String>,
     since: Option<String>,
+    until: Option<String>,
+    benchmark: Option<String>,
     run: Option<String>,
     after: Option<i64>,
     limit: Option<u32>,
+}
+
+/// A `since` or `until` of a listing: a date, a UTC time or a duration ago.
+pub(super) fn instant(name: &str, text: &str) -> Result<u64, Problem> {
+    static FORM: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(super::routes::SINCE_PATTERN).ok());
+    if !FORM.as_ref().is_some_and(|re| re.is_match(text)) {
+        return Err(Problem::bad_request(format!(
+            "{name}: expected a date (2026-11-01), a UTC time (2026-11-01T12:00:00Z) or a duration ago (7d, 12h)"
+        )));
+    }
+    crate::cli::results::parse_since(text).map_err(|e| Problem::bad_request(format!("{name}: {e}")))
 }
 
 pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<ResultsQuery>) -> Answer {
@@ -68,19 +84,8 @@ pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<Results
     if limit == 0 || limit > MAX_PAGE {
         return Err(Problem::bad_request(format!("limit: {limit} is not between 1 and {MAX_PAGE}")));
     }
-    let since = match &q.since {
-        Some(s) => {
-            static FORM: std::sync::LazyLock<Option<regex::Regex>> =
-                std::sync::LazyLock::new(|| regex::Regex::new(super::routes::SINCE_PATTERN).ok());
-            if !FORM.as_ref().is_some_and(|re| re.is_match(s)) {
-                return Err(Problem::bad_request(
-                    "since: expected a date (2026-11-01), a UTC time (2026-11-01T12:00:00Z) or a duration ago (7d, 12h)",
-                ));
-            }
-            Some(crate::cli::results::parse_since(s).map_err(|e| Problem::bad_request(format!("since: {e}")))?)
-        }
-        None => None,
-    };
+    let since = q.since.as_deref().map(|s| instant("since", s)).transpose()?;
+    let until = q.until.as_deref().map(|s| instant("until", s)).transpose()?;
     if let Some(run) = q.run.as_deref().filter(|r| !valid_id(r)) {
         return Err(Problem::bad_request(format!("run: `{}` is not a run id", clip(run))));
     }
@@ -93,9 +98,12 @@ pub(super) async fn results(State(app): State<Arc<App>>, Query(q): Query<Results
         model: q.model,
         fingerprint: q.fingerprint,
         since_unix_ns: since,
+        until_unix_ns: until,
+        benchmark: q.benchmark,
         run_id: q.run,
         after_id: q.after,
         limit: Some(limit),
+        ..crate::store::Filter::default()
     };
     // Written straight from the stored JSON (`Store::records_json`): the hot route.
     let body = blocking(move || {
@@ -273,7 +281,7 @@ async fn kitt(app: &App, args: &[&std::ffi::OsStr]) -> Result<(bool, String, Str
 }
 
 /// The suite `rel` inside one of the server's suite directories.
-fn allowed_suite(app: &App, rel: &str) -> Result<PathBuf, Problem> {
+pub(super) fn allowed_suite(app: &App, rel: &str) -> Result<PathBuf, Problem> {
     if app.cfg.suites_dirs.is_empty() {
         return Err(Problem::forbidden(
             "this server starts no runs from suite files: it was started without --suites-dir",
@@ -297,14 +305,20 @@ fn allowed_suite(app: &App, rel: &str) -> Result<PathBuf, Problem> {
     Err(Problem::not_found(format!("suite: no `{}` in the server's suite directories", clip(rel))))
 }
 
-/// What a started or resumed run's `kitt apply --detach` said, or why it refused.
-fn started(ok: bool, stdout: &str, stderr: &str, caller: &Caller) -> Answer {
+/// What a started or resumed run's `kitt apply --detach` said (its JSON, with `started_by`), or
+/// why it refused.
+fn started(ok: bool, stdout: &str, stderr: &str, caller: &Caller) -> Result<JsonValue, Problem> {
     if !ok {
         return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, stderr.trim_end().to_string()));
     }
     let mut value: JsonValue = serde_json::from_str(stdout).map_err(Problem::internal)?;
     value["started_by"] = caller.name.clone().into();
     tracing::info!("run {} started by token `{}`", value["run_id"].as_str().unwrap_or_default(), caller.name);
+    Ok(value)
+}
+
+/// 201 with a started run's JSON.
+pub(super) fn created(value: JsonValue) -> Answer {
     Ok((StatusCode::CREATED, axum::Json(value)).into_response())
 }
 
@@ -322,7 +336,7 @@ pub(super) async fn start_run(
     Json(body): Json<StartBody>,
 ) -> Answer {
     let suite = allowed_suite(&app, &body.suite)?;
-    apply_detached(&app, &suite, body.fresh, None, &caller).await
+    created(apply_detached(&app, &suite, body.fresh, None, &caller).await?)
 }
 
 /// `kitt apply SUITE --executor processes --detach` (resuming `resume`): a run that outlives
@@ -333,7 +347,7 @@ pub(super) async fn apply_detached(
     fresh: bool,
     resume: Option<&str>,
     caller: &Caller,
-) -> Answer {
+) -> Result<JsonValue, Problem> {
     let mut args: Vec<&std::ffi::OsStr> = vec!["apply".as_ref(), suite.as_os_str()];
     args.extend(["--executor", "processes", "--detach", "--output", "json", "-q"].map(std::ffi::OsStr::new));
     if fresh {
@@ -351,6 +365,12 @@ pub(super) async fn resume(
     axum::Extension(caller): axum::Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Answer {
+    created(resume_run(&app, id, &caller).await?)
+}
+
+/// Resumes the unfinished run `id` (`kitt apply SUITE --resume RUN --detach`) when its suite is
+/// one this server may start: under a suites directory, an uploaded bundle, or a quick test.
+pub(super) async fn resume_run(app: &Arc<App>, id: String, caller: &Caller) -> Result<JsonValue, Problem> {
     let info = {
         let app = app.clone();
         blocking(move || run_dir(&app, &id)).await?
@@ -365,15 +385,16 @@ pub(super) async fn resume(
         dir::RunStatus::Unfinished => {}
     }
     let suite = info.meta.file.canonicalize().unwrap_or_else(|_| info.meta.file.clone());
-    let uploaded = app.cfg.allow_suite_upload
-        && super::bundle::bundles_dir(&app).canonicalize().is_ok_and(|b| suite.starts_with(b));
-    if !uploaded && !app.cfg.suites_dirs.iter().any(|d| suite.starts_with(d)) {
+    let under = |d: PathBuf| d.canonicalize().is_ok_and(|d| suite.starts_with(d));
+    let uploaded = app.cfg.allow_suite_upload && under(super::bundle::bundles_dir(app));
+    let quick = under(super::pages::quicktest::dir(app));
+    if !uploaded && !quick && !app.cfg.suites_dirs.iter().any(|d| suite.starts_with(d)) {
         return Err(Problem::forbidden(format!(
             "run `{}`'s suite is not inside the server's suite directories",
             info.meta.id
         )));
     }
-    apply_detached(&app, &suite, false, Some(&info.meta.id), &caller).await
+    apply_detached(app, &suite, false, Some(&info.meta.id), caller).await
 }
 
 pub(super) async fn cancel(
@@ -381,6 +402,11 @@ pub(super) async fn cancel(
     axum::Extension(caller): axum::Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Answer {
+    ok(cancel_run(&app, id, &caller).await?)
+}
+
+/// Stops the run `id` and its units (`kitt runs cancel RUN`).
+pub(super) async fn cancel_run(app: &Arc<App>, id: String, caller: &Caller) -> Result<JsonValue, Problem> {
     let info = {
         let app = app.clone();
         blocking(move || run_dir(&app, &id)).await?
@@ -388,16 +414,15 @@ pub(super) async fn cancel(
     tracing::info!("run {} cancelled by token `{}`", info.meta.id, caller.name);
     let args: Vec<&std::ffi::OsStr> =
         ["runs", "cancel", &info.meta.id, "--wait", "60s", "--output", "json"].map(std::ffi::OsStr::new).to_vec();
-    let (done, out, err) = kitt(&app, &args).await?;
+    let (done, out, err) = kitt(app, &args).await?;
     if !done {
         return Err(Problem::new(StatusCode::CONFLICT, err.trim_end().to_string()));
     }
-    let value: JsonValue = if out.trim().is_empty() {
-        json!({"run_id": info.meta.id, "detail": err.trim_end()})
+    if out.trim().is_empty() {
+        Ok(json!({"run_id": info.meta.id, "detail": err.trim_end()}))
     } else {
-        serde_json::from_str(&out).map_err(Problem::internal)?
-    };
-    ok(value)
+        serde_json::from_str(&out).map_err(Problem::internal)
+    }
 }
 
 #[derive(Deserialize)]
@@ -461,46 +486,92 @@ pub(super) async fn engines() -> Answer {
 /// The models this server knows: those with results in the store, and those the suites under
 /// its suite directories name (with the model's local file: its format and size).
 pub(super) async fn models(State(app): State<Arc<App>>) -> Answer {
-    let value = blocking(move || {
-        let stored = match app.store()? {
-            Some(s) => s.models().map_err(Problem::internal)?,
-            None => Vec::new(),
-        };
-        let mut models: std::collections::BTreeMap<String, JsonValue> = stored
-            .into_iter()
-            .map(|m| {
-                let name = m.model.clone();
-                (name, json!({"name": m.model, "results": m.results, "engines": m.engines,
-                    "last_result_unix_ns": m.last_unix_ns, "suites": []}))
-            })
-            .collect();
-        for (suite_file, model) in suite_models(&app.cfg.suites_dirs) {
-            let entry = models.entry(model.name.value.clone()).or_insert_with(|| {
-                json!({"name": model.name.value, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": []})
-            });
-            let dir = suite_file.parent().unwrap_or(Path::new("."));
-            let local = model.path.as_ref().map(|p| model_file(&dir.join(&p.value)));
-            let rel = app
-                .cfg
-                .suites_dirs
-                .iter()
-                .find_map(|root| suite_file.strip_prefix(root).ok())
-                .unwrap_or(&suite_file)
-                .to_string_lossy()
-                .into_owned();
-            if let Some(list) = entry["suites"].as_array_mut() {
-                list.push(json!({
-                    "suite": rel,
-                    "path": model.path.as_ref().map(|p| p.value.clone()),
-                    "served_name": model.served_name.as_ref().map(|p| p.value.clone()),
-                    "file": local,
-                }));
+    ok(blocking(move || model_list(&app)).await?)
+}
+
+/// Every model the server knows (`models` below), as `/api/v1/models` answers.
+pub(super) fn model_list(app: &App) -> Result<JsonValue, Problem> {
+    let stored = match app.store()? {
+        Some(s) => s.models().map_err(Problem::internal)?,
+        None => Vec::new(),
+    };
+    let mut models: std::collections::BTreeMap<String, JsonValue> = stored
+        .into_iter()
+        .map(|m| {
+            let name = m.model.clone();
+            (
+                name,
+                json!({"name": m.model, "results": m.results, "engines": m.engines,
+                "last_result_unix_ns": m.last_unix_ns, "suites": [], "local": []}),
+            )
+        })
+        .collect();
+    for (suite_file, model) in suite_models(&app.cfg.suites_dirs) {
+        let entry = models.entry(model.name.value.clone()).or_insert_with(|| {
+            json!({"name": model.name.value, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": [], "local": []})
+        });
+        let dir = suite_file.parent().unwrap_or(Path::new("."));
+        let local = model.path.as_ref().map(|p| model_file(&dir.join(&p.value)));
+        let rel = app
+            .cfg
+            .suites_dirs
+            .iter()
+            .find_map(|root| suite_file.strip_prefix(root).ok())
+            .unwrap_or(&suite_file)
+            .to_string_lossy()
+            .into_owned();
+        if let Some(list) = entry["suites"].as_array_mut() {
+            list.push(json!({
+                "suite": rel,
+                "path": model.path.as_ref().map(|p| p.value.clone()),
+                "served_name": model.served_name.as_ref().map(|p| p.value.clone()),
+                "file": local,
+            }));
+        }
+    }
+    let dirs: Vec<String> = settings_list(app)?
+        .into_iter()
+        .find(|r| r.key == "model_dirs")
+        .and_then(|r| serde_json::from_value(r.value).ok())
+        .unwrap_or_default();
+    for (name, path) in dir_models(&dirs) {
+        let entry = models.entry(name.clone()).or_insert_with(|| {
+            json!({"name": name, "results": 0, "engines": [], "last_result_unix_ns": null, "suites": [], "local": []})
+        });
+        if let Some(list) = entry["local"].as_array_mut() {
+            list.push(json!({"path": path.display().to_string(), "file": model_file(&path)}));
+        }
+    }
+    Ok(json!({"models": models.into_values().collect::<Vec<_>>()}))
+}
+
+/// The models in the `model_dirs` directories (the setting): each `.gguf` or `.safetensors`
+/// file by its stem, and each directory holding one by its name, at most `MAX_SUITE_FILES`.
+fn dir_models(dirs: &[String]) -> Vec<(String, PathBuf)> {
+    let is_model = |p: &Path| {
+        p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"))
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let name = if p.is_file() && is_model(&p) {
+                p.file_stem()
+            } else if p.is_dir() && std::fs::read_dir(&p).into_iter().flatten().flatten().any(|e| is_model(&e.path())) {
+                p.file_name()
+            } else {
+                None
+            };
+            if let Some(n) = name.map(|n| n.to_string_lossy().into_owned())
+                && out.len() < MAX_SUITE_FILES
+            {
+                out.push((n, p));
             }
         }
-        Ok(json!({"models": models.into_values().collect::<Vec<_>>()}))
-    })
-    .await?;
-    ok(value)
+    }
+    out
 }
 
 /// The suites a model listing reads at most (a suites directory is a place for suites, not a
@@ -563,17 +634,17 @@ fn model_file(path: &Path) -> JsonValue {
 }
 
 pub(super) async fn settings(State(app): State<Arc<App>>) -> Answer {
-    let value = blocking(move || {
-        let stored = match app.store()? {
-            Some(s) => s.settings().map_err(Problem::internal)?,
-            None => Default::default(),
-        };
-        let resolved = crate::settings::resolve(&Default::default(), &|v| std::env::var(v).ok(), &stored)
-            .map_err(Problem::internal)?;
-        Ok(json!({"settings": resolved}))
-    })
-    .await?;
-    ok(value)
+    let resolved = blocking(move || settings_list(&app)).await?;
+    ok(json!({"settings": resolved}))
+}
+
+/// Every setting in force and where it comes from.
+pub(super) fn settings_list(app: &App) -> Result<Vec<crate::settings::Resolved>, Problem> {
+    let stored = match app.store()? {
+        Some(s) => s.settings().map_err(Problem::internal)?,
+        None => Default::default(),
+    };
+    crate::settings::resolve(&Default::default(), &|v| std::env::var(v).ok(), &stored).map_err(Problem::internal)
 }
 
 pub(super) async fn fingerprint() -> Answer {

@@ -128,5 +128,5 @@ pub async fn upload(
             .map_err(Problem::internal)??
     };
     tracing::info!("bundle {computed} uploaded by token `{}`", caller.name);
-    super::api::apply_detached(&app, &suite.0, suite.1, None, &caller).await
+    super::api::created(super::api::apply_detached(&app, &suite.0, suite.1, None, &caller).await?)
 }

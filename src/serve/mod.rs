@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod events;
 mod inotify;
 pub mod openapi;
+pub mod pages;
 pub mod problem;
 pub mod routes;
 mod tls;
@@ -61,6 +62,45 @@ pub struct Config {
     pub allow_suite_upload: bool,
     /// The kitt binary that runs `apply` and `runs cancel`.
     pub exe: PathBuf,
+    /// Plain HTTP on a network address (`--insecure`): every page says so.
+    pub insecure: bool,
+    /// DEVON, the model manager, when one is configured (`--devon-url`).
+    pub devon: Option<Devon>,
+    /// The server's own settings as given, each with where it came from (the Settings page).
+    pub given: Vec<Given>,
+}
+
+/// DEVON (the model manager): the origin its UI and API answer on, and the environment variable
+/// that holds its API key (sent as `Authorization: Bearer`; DEVON asks for one only when it has
+/// `DEVON_API_KEY` set).
+#[derive(Debug, Clone)]
+pub struct Devon {
+    /// `scheme://host[:port]`, nothing after it: the page's CSP allows exactly this origin.
+    pub origin: String,
+    pub token_env: String,
+}
+
+impl Devon {
+    /// Checks `url` is an http(s) origin (a path is refused: the CSP names origins only).
+    pub fn new(url: &str, token_env: &str) -> Result<Devon, String> {
+        let url = url.trim().trim_end_matches('/');
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let valid =
+            rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)));
+        if !valid {
+            return Err(format!("--devon-url `{url}`: expected an origin, http(s)://HOST[:PORT], without a path"));
+        }
+        Ok(Devon { origin: url.to_string(), token_env: token_env.to_string() })
+    }
+}
+
+/// One of the server's settings as given: its name, value and source (`flag`, `env`,
+/// `default`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Given {
+    pub name: &'static str,
+    pub value: String,
+    pub source: &'static str,
 }
 
 /// The state every handler shares.
@@ -76,6 +116,9 @@ pub struct App {
     pub streams: AtomicUsize,
     /// One journal watcher per run that some stream follows.
     pub watchers: events::Watchers,
+    /// The results page's filter values, and the store's (result count, last id) they were
+    /// read at: read again only when the store changed.
+    pub facets: Mutex<Option<((u64, i64), crate::store::Facets)>>,
 }
 
 impl App {
@@ -109,7 +152,7 @@ struct Guard {
 }
 
 /// The token a request presents, and whether it came in the cookie.
-fn presented(req: &Request) -> Result<Option<(String, bool)>, Problem> {
+pub(crate) fn presented(req: &Request) -> Result<Option<(String, bool)>, Problem> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let text = v.to_str().unwrap_or_default();
         // The scheme is case-insensitive (RFC 9110).
@@ -134,7 +177,7 @@ fn presented(req: &Request) -> Result<Option<(String, bool)>, Problem> {
 
 /// Whether a cookie-authenticated write comes from a page of this server: its `Origin` must be
 /// this server's own (scheme, host and port).
-fn same_origin(req: &Request, tls: bool) -> bool {
+pub(crate) fn same_origin(req: &Request, tls: bool) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
     let Some(host) = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
     origin == format!("{}://{host}", if tls { "https" } else { "http" })
@@ -178,14 +221,19 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-/// Headers on every answer: no sniffing, a strict content policy, no caching of API data, and
-/// HSTS under TLS.
+/// Headers on every answer: no sniffing, a strict content policy (a page that embeds DEVON sets
+/// its own, as strict but for that one frame origin), no caching, and HSTS under TLS. The
+/// referrer policy is `same-origin`: nothing leaves for another origin, and a form posted by a
+/// page carries this server's `Origin` (under `no-referrer` a browser sends `Origin: null`, and
+/// the cookie guard would refuse every form).
 async fn secure_headers(State(tls): State<bool>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert("content-security-policy", HeaderValue::from_static("default-src 'self'"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static(pages::CSP));
+    }
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if tls {
         h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
@@ -197,31 +245,43 @@ async fn secure_headers(State(tls): State<bool>, req: Request, next: Next) -> Re
 #[serde(deny_unknown_fields)]
 struct LoginQuery {
     token: Option<String>,
+    next: Option<String>,
 }
 
-/// `/login?token=T` (the URL `kitt serve` prints) or a form POST of `token=T`: trades a token for
-/// an HttpOnly, SameSite=Strict cookie, for browsers (an EventSource sends no headers).
+/// Where a login goes back to: a path of this server (`/runs/x?y`), never another origin.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.contains("://") => n,
+        _ => "/",
+    }
+}
+
+/// `/login?token=T` (the URL `kitt serve` prints) or the login page's form POST of `token=T`:
+/// trades a token for an HttpOnly, SameSite=Strict cookie, for browsers (an EventSource sends no
+/// headers), and goes to `next` (a page that sent the browser here) or the dashboard.
 async fn login(State(app): State<Arc<App>>, method: Method, uri: axum::http::Uri, body: axum::body::Bytes) -> Response {
-    let token = if method == Method::POST {
-        std::str::from_utf8(&body).ok().and_then(|b| b.trim().strip_prefix("token=")).map(String::from)
-    } else {
-        match axum::extract::Query::<LoginQuery>::try_from_uri(&uri) {
-            Ok(q) => q.0.token,
-            Err(e) => return Problem::bad_request(e.body_text()).into_response(),
-        }
+    let query = match axum::extract::Query::<LoginQuery>::try_from_uri(&uri) {
+        Ok(q) => q.0,
+        Err(e) => return Problem::bad_request(e.body_text()).into_response(),
     };
-    let Some(token) = token else {
-        let page = "<!doctype html><meta charset=utf-8><title>kitt: log in</title>\
-            <form method=post action=/login><label>Token <input name=token type=password autocomplete=off></label>\
-            <button>Log in</button></form>";
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    let token = if method == Method::POST {
+        std::str::from_utf8(&body)
+            .ok()
+            .and_then(|b| b.trim().split('&').find_map(|kv| kv.strip_prefix("token=")))
+            .map(String::from)
+    } else {
+        query.token.clone()
+    };
+    let next = local_path(query.next.as_deref()).to_string();
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return pages::login_page(&app, &next, None);
     };
     if !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || app.keyring.check(&token).is_none() {
-        return Problem::new(StatusCode::UNAUTHORIZED, "the token is not known, or it was revoked").into_response();
+        return pages::login_page(&app, &next, Some("the token is not known, or it was revoked"));
     }
     let secure = if app.cfg.tls.is_some() { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
-    let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/api/v1/runs")]).into_response();
+    let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -269,6 +329,7 @@ pub fn router(app: Arc<App>) -> Router {
     let tls = app.cfg.tls.is_some();
     router
         .route("/login", axum::routing::get(login).post(login))
+        .merge(pages::router(app.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(contain_panics))
@@ -334,6 +395,7 @@ pub async fn serve(
         closing,
         streams: AtomicUsize::new(0),
         watchers: events::Watchers::default(),
+        facets: Mutex::new(None),
     });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));

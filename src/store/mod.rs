@@ -182,7 +182,16 @@ pub struct Filter {
     /// Runs that started at or after this instant.
     pub since_unix_ns: Option<u64>,
     pub run_id: Option<String>,
-    /// Only records with a larger id (keyset pagination: the last id of the previous page).
+    /// A benchmark instance name or a benchmark template.
+    pub benchmark: Option<String>,
+    /// Runs that started before this instant.
+    pub until_unix_ns: Option<u64>,
+    /// Failed results only.
+    pub failed_only: bool,
+    /// Newest first (the largest id first); `after_id` then means a smaller id.
+    pub newest_first: bool,
+    /// Only records past this id in the listing's order (keyset pagination: the last id of the
+    /// previous page).
     pub after_id: Option<i64>,
     /// At most this many records.
     pub limit: Option<u32>,
@@ -308,6 +317,15 @@ fn run_values(run: &RunEntry) -> Vec<Value> {
     ]
 }
 
+/// The values a listing's filters can take (`Store::facets`), each sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Facets {
+    pub suites: Vec<String>,
+    pub engines: Vec<String>,
+    pub models: Vec<String>,
+    pub benchmarks: Vec<String>,
+}
+
 /// The columns `record_from_row` reads, in its order.
 /// A model's results in the store (`Store::models`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -324,6 +342,8 @@ const SELECT: &str = "SELECT r.id, r.run_id, r.cell_key, r.suite, r.model, r.eng
     r.benchmark_template, r.params, r.swept, r.sampling, r.run_index, r.status, r.error, r.metrics, r.facts,
     r.fingerprint, r.fingerprint_hash, r.started_unix_ns, r.finished_unix_ns, r.run_dir
     FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
+/// The ids of `SELECT`'s rows, for a filtered page (`filtered`).
+const SELECT_IDS: &str = "SELECT r.id FROM results r LEFT JOIN runs u ON u.run_id = r.run_id";
 
 /// The statement and values that select the records passing `filter`, in the order they were
 /// indexed.
@@ -355,18 +375,44 @@ fn filtered(filter: &Filter) -> (String, Vec<Value>) {
         clauses.push("r.run_id = ?");
         values.push(Value::text(run));
     }
+    if let Some(b) = &filter.benchmark {
+        clauses.push("(r.benchmark = ? OR r.benchmark_template = ?)");
+        values.extend([Value::text(b), Value::text(b)]);
+    }
+    if let Some(until) = filter.until_unix_ns {
+        clauses.push("COALESCE(NULLIF(u.started_unix_ns, 0), r.started_unix_ns) < ?");
+        values.push(Value::u64(until));
+    }
+    if filter.failed_only {
+        clauses.push("r.status = 'failed'");
+    }
     if let Some(after) = filter.after_id {
-        clauses.push("r.id > ?");
+        clauses.push(if filter.newest_first { "r.id < ?" } else { "r.id > ?" });
         values.push(Value::Int(after));
     }
+    let order = if filter.newest_first { " ORDER BY r.id DESC" } else { " ORDER BY r.id" };
     let mut sql = SELECT.to_string();
-    if !clauses.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&clauses.join(" AND "));
+    match (clauses.is_empty(), filter.limit) {
+        (true, _) => sql.push_str(order),
+        // A page of filtered rows: its ids first, then the rows. Where an index serves the
+        // filter (the model's), sorting the matches whole rows at a time would sort their
+        // metrics too: 30 ms for a page of 2,500 matches in 10,000 rows, 4 ms by id.
+        (false, Some(_)) => {
+            sql.push_str(&format!(
+                " WHERE r.id IN ({SELECT_IDS} WHERE {}{order} LIMIT ?){order}",
+                clauses.join(" AND ")
+            ));
+        }
+        (false, None) => {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+            sql.push_str(order);
+        }
     }
-    sql.push_str(" ORDER BY r.id");
     if let Some(limit) = filter.limit {
-        sql.push_str(" LIMIT ?");
+        if clauses.is_empty() {
+            sql.push_str(" LIMIT ?");
+        }
         values.push(Value::Int(i64::from(limit)));
     }
     (sql, values)
@@ -726,6 +772,27 @@ impl Store {
     /// How many results the store holds.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.select("SELECT COUNT(*) FROM results", &[])?.first().map_or(Ok(0), |r| r.u64(0))
+    }
+
+    /// How many results failed.
+    pub fn failed_count(&self) -> Result<u64, StoreError> {
+        self.select("SELECT COUNT(*) FROM results WHERE status = 'failed'", &[])?.first().map_or(Ok(0), |r| r.u64(0))
+    }
+
+    /// The values each filter of a listing can take: suites, engines, models, benchmarks.
+    pub fn facets(&self) -> Result<Facets, StoreError> {
+        let column = |c: &str| -> Result<Vec<String>, StoreError> {
+            self.select(&format!("SELECT DISTINCT {c} FROM results ORDER BY {c}"), &[])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
+        };
+        Ok(Facets {
+            suites: column("suite")?,
+            engines: column("engine")?,
+            models: column("model")?,
+            benchmarks: column("benchmark")?,
+        })
     }
 }
 
