@@ -138,6 +138,7 @@ fn open_loop(
             index_offset: 0,
             window_opens: None,
             cutoff: None,
+            clients: None,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();
