@@ -195,6 +195,22 @@ fn a_skewed_client_clock_is_measured_and_its_start_instant_corrected() {
 }
 
 #[test]
+fn under_the_processes_executor_the_unit_worker_coordinates_the_shards() {
+    let env = KittEnv::new();
+    let file = suite(&env, 100, 60, "clients: 2");
+    let out = env.cmd().arg("apply").arg(&file).args(["--executor", "processes", "--workers", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let r = report(&run);
+    let cell = &r["cells"][0];
+    let clients = &cell["metrics"]["clients"];
+    assert_eq!(clients["completed"], 2, "{cell}");
+    assert_eq!(cell["metrics"]["requests"], 60);
+    let indices: Vec<u64> = records(&run, cell).iter().map(|r| r.index).collect();
+    assert_eq!(indices, (0..60).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_killed_shard_fails_its_cell_and_is_named() {
     let env = KittEnv::new();
     let file = suite(&env, 100, 200, "clients: 4");
