@@ -210,6 +210,60 @@ fn under_the_processes_executor_the_unit_worker_coordinates_the_shards() {
     assert_eq!(indices, (0..60).collect::<Vec<_>>());
 }
 
+/// Live `kitt client-shard` processes started under `runs` (their environment names it).
+fn shards_alive(runs: &Path) -> Vec<u32> {
+    let marker = format!("KITT_RUNS_DIR={}", runs.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+            let environ = String::from_utf8_lossy(&std::fs::read(e.path().join("environ")).ok()?).into_owned();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            (cmdline.contains("client-shard") && environ.split('\0').any(|v| v == marker) && !stat.contains(") Z "))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_coordinator_takes_its_shards_with_it_and_the_cell_reruns_whole() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let env = KittEnv::new();
+    // A 5 s window: shards that went on to its end would outlive the deadline below.
+    let file = suite(&env, 100, 500, "clients: 4");
+    // The coordinator kills itself once its shards have finished 40 requests in all.
+    let out = env.cmd().env("KITT_TEST_KILL_IN_BENCHMARK", "40").arg("apply").arg(&file).output().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    // Their pipes closed, the shards stop at once, not at the end of their window.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !shards_alive(&env.runs()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards outlived their coordinator: {:?}",
+            shards_alive(&env.runs())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The resume runs the cell again from zero, from four shards, and leaves no spool behind.
+    let out = env.cmd().arg("apply").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.only_run();
+    let r = report(&run);
+    let cell = &r["cells"][0];
+    assert_eq!(cell["metrics"]["requests"], 500);
+    assert_eq!(cell["metrics"]["clients"]["completed"], 4);
+    let step = run.join("steps").join(cell["provenance"]["key"].as_str().unwrap());
+    let spools: Vec<_> = std::fs::read_dir(&step)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("spool"))
+        .collect();
+    assert!(spools.is_empty(), "{spools:?}");
+}
+
 #[test]
 fn a_killed_shard_fails_its_cell_and_is_named() {
     let env = KittEnv::new();

@@ -34,6 +34,7 @@ pub(crate) mod wire;
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -300,14 +301,24 @@ pub(super) async fn run(
     tracing::debug!(clients = n, "client shards started");
 
     // Wait for every shard's end; the first death fails the cell unless `clients_min` allows it.
+    // Meanwhile their progress adds up in the cell's counter (the progress display).
     let mut outcomes: Vec<Option<Result<Done, String>>> = (0..n).map(|_| None).collect();
+    let done_by_shard: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    let (done_by_shard, progress) = (&done_by_shard, &input.progress);
     let mut waiting: FuturesUnordered<_> = shards
         .iter_mut()
         .map(|s| async move {
-            let result = match s.receive().await {
-                Ok(FromShard::Done(done)) => Ok(done),
-                Ok(other) => Err(format!("expected `done`, got {other:?}")),
-                Err(e) => Err(e),
+            let result = loop {
+                match s.receive().await {
+                    Ok(FromShard::Progress { done }) => {
+                        done_by_shard[s.index as usize].store(done, Ordering::Relaxed);
+                        progress
+                            .store(done_by_shard.iter().map(|d| d.load(Ordering::Relaxed)).sum(), Ordering::Relaxed);
+                    }
+                    Ok(FromShard::Done(done)) => break Ok(done),
+                    Ok(other) => break Err(format!("expected `done`, got {other:?}")),
+                    Err(e) => break Err(e),
+                }
             };
             (s.index, result)
         })

@@ -24,6 +24,9 @@ use super::clock::Clock;
 use super::wire::{self, Done, FromShard, Job, JobSending, ToShard};
 use crate::engine::client::{Deadlines, EngineClient};
 
+/// How often a shard tells its coordinator how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+
 /// The test hook that kills one shard mid-window: `SHARD:N` sends SIGKILL to shard `SHARD`
 /// once it has finished `N` requests.
 pub(crate) const KILL_ENV: &str = "KITT_TEST_SHARD_KILL_AFTER";
@@ -99,10 +102,25 @@ async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &m
     let origin = origin.min(Instant::now());
     let progress = Arc::new(AtomicU64::new(0));
     let kill = kill_hook(shard, Arc::clone(&progress));
+    let report = {
+        let progress = Arc::clone(&progress);
+        let out = &mut *out;
+        async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tick.tick().await;
+                let done = progress.load(Ordering::Relaxed);
+                if wire::send(out, &FromShard::Progress { done }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
     let (sent, truncated) = tokio::select! {
         biased;
         // The coordinator is gone (or gave up on the cell): nothing of this window counts.
         _ = lines.next_line() => return Err("the coordinator closed the pipe during the window".into()),
+        () = report => return Err("the coordinator closed the pipe during the window".into()),
         sent = window(*job, client, Arc::clone(&spool), origin, cutoff_ns, progress) => sent?,
     };
     if let Some(k) = kill {

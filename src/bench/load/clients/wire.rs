@@ -35,6 +35,9 @@ pub(crate) enum FromShard {
     Ready { pid: u32, host: String },
     /// `t1` when the ping came, `t2` when the pong left, on the shard's clock.
     Pong { t0: i64, t1: i64, t2: i64 },
+    /// Requests finished so far in its window (every 50 ms while it runs), for the progress
+    /// display.
+    Progress { done: u64 },
     /// The shard's window is over and its spool written.
     Done(Done),
     /// The shard could not do its job (its records are not to be used).
