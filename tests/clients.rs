@@ -88,7 +88,8 @@ fn exact_percentile(v: &[f64], q: f64) -> f64 {
 fn four_clients_send_the_one_client_schedule_and_merge_to_its_exact_metrics() {
     let env = KittEnv::new();
     let file = suite(&env, 200, 400, "clients: [1, 4]");
-    let out = env.cmd().arg("apply").arg(&file).output().unwrap();
+    let sim_log = env.path().join("sim-requests.jsonl");
+    let out = env.cmd().env("KITT_SIM_REQUEST_LOG", &sim_log).arg("apply").arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let run = env.only_run();
     let r = report(&run);
@@ -109,6 +110,22 @@ fn four_clients_send_the_one_client_schedule_and_merge_to_its_exact_metrics() {
     };
     assert_eq!(schedule(&a), schedule(&b));
     assert_eq!(b.iter().map(|r| r.index).collect::<Vec<_>>(), (0..400).collect::<Vec<_>>());
+    // The engine received the same 400 prompts from the four shards as from the one client
+    // (the cells run one after the other: the one-client cell first), each once.
+    let prompts: Vec<String> = std::fs::read_to_string(&sim_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .filter(|l| l["path"] == "/v1/completions")
+        .map(|l| l["body"]["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.len(), 800);
+    let (mut first, mut second) = (prompts[..400].to_vec(), prompts[400..].to_vec());
+    first.sort();
+    second.sort();
+    assert_eq!(first, second, "the shards sent other prompts than the one client");
+    second.dedup();
+    assert_eq!(second.len(), 400, "a prompt was sent twice");
     // 200 req/s: every 5 ms, exactly.
     assert!(b.iter().all(|r| r.scheduled_ns == r.index * 5_000_000), "not the constant schedule");
     // Each shard sent its round-robin share.
@@ -398,4 +415,27 @@ fn the_plan_shows_each_cells_client_shards() {
     let out = env.cmd().args(["plan", "--output", "json"]).arg(&file).output().unwrap();
     let plan: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["cells"][0]["clients"], serde_json::json!({"count": 4, "min": 3}));
+}
+
+#[test]
+fn clients_change_only_their_cells_keys_and_one_client_changes_nothing() {
+    let env = KittEnv::new();
+    let keys = |extra: &str| -> Vec<(String, String)> {
+        let file = suite(&env, 100, 40, extra);
+        let out = env.cmd().args(["plan", "--output", "json"]).arg(&file).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let plan: Json = serde_json::from_slice(&out.stdout).unwrap();
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["kind"].as_str().unwrap().to_string(), s["key"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (none, one, two) = (keys("params: {}"), keys("clients: 1"), keys("clients: 2"));
+    assert_eq!(none, one, "`clients: 1` is the default and must not change a key");
+    for ((kind, a), (_, b)) in none.iter().zip(&two) {
+        // Where the load comes from is the cell's identity; the engine's lifecycle is untouched.
+        assert_eq!(a != b, kind == "benchmark" || kind == "collect", "{kind}: {a} vs {b}");
+    }
 }
