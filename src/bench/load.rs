@@ -140,7 +140,7 @@ impl LoadOutcome {
 }
 
 /// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
-const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
+pub(crate) const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -328,7 +328,7 @@ impl CellClients {
         match load.map(|l| (&l.profile, l.max_concurrency)) {
             Some((Profile::Concurrency(c), _)) => format!("{indices}; {} of {c} workers", split(*c)),
             Some((Profile::Constant(_) | Profile::Poisson { .. }, max)) => {
-                let max = max.unwrap_or(1024);
+                let max = max.unwrap_or(crate::bench::load::DEFAULT_MAX_CONCURRENCY);
                 format!("{indices} at their scheduled times; up to {} of {max} in flight", split(max))
             }
             _ => indices,

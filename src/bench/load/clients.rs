@@ -19,9 +19,11 @@
 //! relative to the start instant, which each shard reads on its corrected clock: the union's
 //! window is on the coordinator's clock, within the offsets' error.
 //!
-//! A shard that dies fails the cell and is named; with `clients_min` the cell completes when at
-//! least that many shards finished, and says which did not. A dead shard's records are never
-//! used: a partial window is never reported as a whole one.
+//! A shard that dies in the window fails the cell and is named; with `clients_min` the cell
+//! completes when at least that many shards finished, and says which did not. A dead shard's
+//! records are never used: a partial window is never reported as a whole one. A shard that fails
+//! before the start fails the cell whatever `clients_min` says: nothing was sent yet, and a retry
+//! (`execution.retries`) starts every shard again.
 //!
 //! Placement: here, shards are processes of this host (the `local` and `processes` executors
 //! run the cell's step in one process, which becomes the coordinator). The messages (`wire`)
