@@ -304,8 +304,7 @@ async fn run_uncancelled(mut input: LoadInput) -> Result<LoadOutcome, LoadError>
         cold_requests: input.load.cold_requests,
     };
     let settle = Settle {
-        client: &input.client,
-        tokenize: input.tokenize.as_ref(),
+        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
         out: input.records.as_deref(),
         index_offset: input.index_offset,
     };
@@ -590,9 +589,8 @@ async fn open_loop_run(
 /// After the window: every spooled record, its answer counted with the tokenizer, tallied and
 /// appended to the records file.
 struct Settle<'a> {
-    /// Where answers are counted (the engine's client, for a tokenizer that calls it).
-    client: &'a EngineClient,
-    tokenize: Option<&'a Tokenizer>,
+    /// The tokenizer answers are counted with, and the engine's client it may call.
+    tokenize: Option<(&'a Tokenizer, &'a EngineClient)>,
     out: Option<&'a Path>,
     index_offset: u64,
 }
@@ -630,7 +628,7 @@ impl Settle<'_> {
             Ok(())
         };
         let baseline = match self.tokenize {
-            Some(t) => t.count(self.client, "").await.unwrap_or(0),
+            Some((t, client)) => t.count(client, "").await.unwrap_or(0),
             None => 0,
         };
         let mut in_flight = FuturesUnordered::new();
@@ -646,7 +644,9 @@ impl Settle<'_> {
                     continue;
                 };
                 match self.tokenize {
-                    Some(t) if r.ok() && !r.text.is_empty() => in_flight.push(count_one(self.client, t, source, r)),
+                    Some((t, client)) if r.ok() && !r.text.is_empty() => {
+                        in_flight.push(count_one(client, t, source, r))
+                    }
                     Some(_) if r.ok() => {
                         r.counted_output_tokens = Some(0);
                         keep(source, r)?;

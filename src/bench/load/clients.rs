@@ -362,8 +362,7 @@ pub(super) async fn run(
         cold_requests: input.load.cold_requests,
     };
     let settle = Settle {
-        client: &input.client,
-        tokenize: input.tokenize.as_ref(),
+        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
         out: input.records.as_deref(),
         index_offset: input.index_offset,
     };
@@ -425,6 +424,38 @@ pub(super) async fn run(
     })
 }
 
+/// The coordinator's merge alone, for `cargo bench --bench kitt`: spools `records` as `shards`
+/// shard spools in `dir` (dealt round-robin by index), then tallies their union as a
+/// coordinator does (appending it to `out` when given); the tally and the merge's own time.
+pub async fn merge_for_bench(
+    dir: &std::path::Path,
+    shards: u64,
+    records: impl Iterator<Item = crate::engine::client::RequestRecord>,
+    out: Option<&std::path::Path>,
+) -> Result<(crate::bench::metrics::Tally, Duration), LoadError> {
+    let paths: Vec<PathBuf> = (0..shards.max(1)).map(|k| dir.join(format!("{SPOOL_PREFIX}client-{k}"))).collect();
+    let spools = SpoolFiles(paths.clone());
+    {
+        let writers: Vec<super::spool::Spool> =
+            paths.iter().map(|p| super::spool::Spool::create_kept(p.clone())).collect::<Result<_, _>>()?;
+        for r in records {
+            writers[(r.index % shards.max(1)) as usize].push(&r);
+        }
+        for w in &writers {
+            w.finish().map_err(|e| LoadError::Records(e.to_string()))?;
+        }
+    }
+    let sources = paths
+        .iter()
+        .map(|p| SpoolReader::open(p).map_err(|e| LoadError::Records(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = std::time::Instant::now();
+    let (tally, _) = Settle { tokenize: None, out, index_offset: 0 }.run(sources, TallyConfig::default()).await?;
+    let took = started.elapsed();
+    drop(spools);
+    Ok((tally, took))
+}
+
 /// The shards' spool files, removed when dropped.
 struct SpoolFiles(Vec<PathBuf>);
 
@@ -443,81 +474,8 @@ fn share(total: u64, k: u64, of: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
     use crate::bench::load::Deal;
-    use crate::bench::load::spool::Spool;
-    use crate::engine::client::{EngineClient, RequestRecord};
-
-    /// The merge's cost at scale (a documented command, README's performance table):
-    /// `cargo test --release --lib merge_of_ten_million -- --ignored --nocapture`
-    /// spools 10 million typical records (16 content events each) as 4 shards, then merges them
-    /// as a coordinator does, with and without writing `requests.jsonl`.
-    #[test]
-    #[ignore]
-    fn merge_of_ten_million_records() {
-        const SHARDS: u64 = 4;
-        let total: u64 = std::env::var("KITT_MERGE_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
-        let dir = tempfile::tempdir_in(std::env::var_os("KITT_MERGE_DIR").unwrap_or_else(|| ".".into())).unwrap();
-        let paths: Vec<PathBuf> = (0..SHARDS).map(|k| dir.path().join(format!("shard-{k}"))).collect();
-        let t = Instant::now();
-        for (k, path) in paths.iter().enumerate() {
-            let spool = Spool::create_kept(path.clone()).unwrap();
-            for j in 0..total / SHARDS {
-                let index = k as u64 + j * SHARDS;
-                let sent = index * 50_000 + 1_000;
-                let first = sent + 2_000_000 + (index % 977) * 1_000;
-                spool.push(&RequestRecord {
-                    index,
-                    scheduled_ns: index * 50_000,
-                    dispatched_ns: Some(index * 50_000 + 300),
-                    sent_ns: sent,
-                    headers_ns: Some(first - 100_000),
-                    first_byte_ns: Some(first - 50_000),
-                    first_event_ns: Some(first),
-                    first_content_ns: Some(first),
-                    last_event_ns: Some(first + 15 * 20_000),
-                    end_ns: first + 15 * 20_000 + 5_000,
-                    content_event_ns: (0..16).map(|e| first + e * (20_000 + index % 7)).collect(),
-                    content_events: 16,
-                    usage_prompt_tokens: Some(128),
-                    usage_completion_tokens: Some(16),
-                    input_tokens: 128,
-                    status: Some(200),
-                    ..RequestRecord::default()
-                });
-            }
-            spool.finish().unwrap();
-        }
-        eprintln!("spooled {total} records in {:.1} s", t.elapsed().as_secs_f64());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = EngineClient::new("http://127.0.0.1:9", vec![], 1).unwrap();
-        let records = dir.path().join("requests.jsonl");
-        for out in [None, Some(records.as_path())] {
-            let settle = Settle { client: &client, tokenize: None, out, index_offset: 0 };
-            let sources = paths.iter().map(|p| SpoolReader::open(p).unwrap()).collect();
-            let t = Instant::now();
-            let (tally, lags) = rt.block_on(settle.run(sources, TallyConfig::default())).unwrap();
-            let secs = t.elapsed().as_secs_f64();
-            assert_eq!(tally.requests(), (total, total));
-            assert_eq!(lags.len(), SHARDS as usize);
-            eprintln!(
-                "merged {total} records from {SHARDS} shards{} in {secs:.2} s; peak RSS {} MB",
-                if out.is_some() { " writing requests.jsonl" } else { "" },
-                peak_rss_mb()
-            );
-        }
-    }
-
-    /// This process's peak resident memory, in MB.
-    fn peak_rss_mb() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-            .map_or(0, |kib| kib / 1024)
-    }
 
     #[test]
     fn dealing_round_robin_covers_every_item_once() {
