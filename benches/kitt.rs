@@ -139,6 +139,7 @@ fn open_loop(
             index_offset: 0,
             window_opens: None,
             cutoff: None,
+            clients: None,
         };
         let outcome = kitt::bench::load::run(input).await.unwrap();
         server.abort();
@@ -150,6 +151,11 @@ fn main() {
     // `cargo bench --bench kitt -- events`: only the event reader.
     if std::env::args().skip(1).any(|a| a == "events") {
         events();
+        return;
+    }
+    // `cargo bench --bench kitt -- merge`: only the merge of client shards' records.
+    if std::env::args().skip(1).any(|a| a == "merge") {
+        merge();
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -363,6 +369,69 @@ fn events() {
         "{:<58} {:>11.2} M/s {:>11}",
         "events: SSE events framed and scanned, one core",
         events / t.as_secs_f64() / 1e6,
+        "-"
+    );
+}
+
+/// One cell's records from 4 client shards merged as the coordinator merges them: 10 million
+/// typical streamed requests (16 content events each; `KITT_MERGE_RECORDS` changes the count),
+/// the tally alone and with `requests.jsonl` written, and the peak memory.
+fn merge() {
+    use kitt::engine::client::RequestRecord;
+    let total: u64 = std::env::var("KITT_MERGE_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let record = |index: u64| {
+        let sent = index * 50_000 + 1_000;
+        let first = sent + 2_000_000 + (index % 977) * 1_000;
+        RequestRecord {
+            index,
+            scheduled_ns: index * 50_000,
+            dispatched_ns: Some(index * 50_000 + 300),
+            sent_ns: sent,
+            headers_ns: Some(first - 100_000),
+            first_byte_ns: Some(first - 50_000),
+            first_event_ns: Some(first),
+            first_content_ns: Some(first),
+            last_event_ns: Some(first + 15 * 20_000),
+            end_ns: first + 15 * 20_000 + 5_000,
+            content_event_ns: (0..16).map(|e| first + e * (20_000 + index % 7)).collect(),
+            content_events: 16,
+            usage_prompt_tokens: Some(128),
+            usage_completion_tokens: Some(16),
+            input_tokens: 128,
+            status: Some(200),
+            ..RequestRecord::default()
+        }
+    };
+    let dir = tempfile::tempdir_in(std::env::var_os("KITT_MERGE_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    println!("{:<58} {:>14} {:>12}", "benchmark", "measured", "target");
+    let rss0 = peak_rss_kib();
+    let (tally, took) =
+        rt.block_on(kitt::bench::load::clients::merge_for_bench(dir.path(), 4, (0..total).map(record), None)).unwrap();
+    assert_eq!(tally.requests(), (total, total));
+    println!(
+        "{:<58} {:>12.2} s {:>12}",
+        format!("merge: {total} records from 4 client shards, tally"),
+        took.as_secs_f64(),
+        "< 10 s"
+    );
+    println!(
+        "{:<58} {:>11} MB {:>12}",
+        "merge: peak memory growth",
+        peak_rss_kib().saturating_sub(rss0) / 1024,
+        "< 500 MB"
+    );
+    let out = dir.path().join("requests.jsonl");
+    let (_, took) = rt
+        .block_on(kitt::bench::load::clients::merge_for_bench(dir.path(), 4, (0..total).map(record), Some(&out)))
+        .unwrap();
+    println!(
+        "{:<58} {:>12.2} s {:>12}",
+        format!(
+            "merge: the same, writing requests.jsonl ({} MB)",
+            std::fs::metadata(&out).map_or(0, |m| m.len()) >> 20
+        ),
+        took.as_secs_f64(),
         "-"
     );
 }

@@ -5,6 +5,9 @@
 #
 #   scripts/bench-loopback.sh            # oha's and kitt's req/s, kitt's TTFT/ITL at c=64, and the
 #                                        # CPU time each client and the handler spent per request
+#   scripts/bench-loopback.sh clients    # oha's req/s, then one cell's req/s from 1 and from 2 kitt
+#                                        # client processes (64 streams in all), and the shards'
+#                                        # start errors
 # Req/s drifts with whatever else the machine runs; CPU time per request is the steadier figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,21 @@ requests="$(j "d['summary']['successRate'] and round(d['summary']['requestsPerSe
 echo "oha  c=64, 5 s: $(j "round(d['summary']['requestsPerSec'])" <"$times.json") req/s;" \
   "CPU per request: oha $(awk -v r="$requests" '{printf "%.1f", ($1 + $2) * 1e6 / r}' "$times") µs," \
   "nginx $(awk -v a="$n0" -v b="$n1" -v r="$requests" 'BEGIN {printf "%.1f", (b - a) * 1e6 / r}') µs"
+
+if [ "${1:-}" = clients ]; then
+  runs="$(mktemp -d)"
+  KITT_RUNS_DIR="$runs" KITT_HOST_LOCK="$runs/lock" KITT_STORE=off "$kitt" --quiet apply scripts/loopback/clients.yaml >/dev/null
+  result="$(ls -d "$runs"/*/)report/result.json"
+  j "'\n'.join('kitt c=64 from %s client(s), %d requests: %.0f req/s (%.2fx oha), TTFT p99 %.3f ms%s' % (
+    c['cell']['swept']['clients'], c['metrics']['requests'], c['metrics']['request_throughput'],
+    c['metrics']['request_throughput'] / $(j "d['summary']['requestsPerSec']" <"$times.json"), c['metrics']['ttft_ms']['p99'],
+    ('; start errors %s ms, clock offsets %s ms' % (
+      [round(s['start_error_ms'], 3) for s in c['metrics']['clients']['shards']],
+      [round(s['clock_offset_ms'], 4) for s in c['metrics']['clients']['shards']])) if 'clients' in c['metrics'] else '')
+    for c in d['cells'])" <"$result"
+  rm -rf "$runs" "$times" "$times.json"
+  exit 0
+fi
 
 runs="$(mktemp -d)"
 n0="$(cpu_of "$worker")"

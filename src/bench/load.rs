@@ -24,6 +24,7 @@
 //! one. That is the exact fallback where `usage` is missing, and a cross-check where it is not.
 
 mod arrivals;
+pub mod clients;
 mod prompts;
 mod spool;
 #[cfg(test)]
@@ -42,14 +43,14 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::metrics::{Tally, TallyConfig};
+use super::metrics::{Stat, Tally, TallyConfig};
 use super::tokenizer::Tokenizer;
 use crate::cancel::Cancel;
 use crate::engine::client::{Deadlines, EngineClient, RequestRecord};
 use crate::manifest::load::{ApiKind, LoadSpec, Profile};
 use crate::plan::RequestTemplate;
 pub use spool::SPOOL_PREFIX;
-use spool::{SPOOL_BLOCK, Spool};
+use spool::{SPOOL_BLOCK, Spool, SpoolReader};
 
 /// Prompts built for a run bounded only by `duration`, per worker (at least `DURATION_POOL_MIN`);
 /// beyond it, prompts are reused (with a warning).
@@ -91,6 +92,9 @@ pub struct LoadInput {
     /// request starts after it, and one still in flight is cut there (`cancelled`); the outcome
     /// is then `truncated`.
     pub cutoff: Option<Instant>,
+    /// Send the window from several client processes (`benchmarks[].clients`); `None`: from
+    /// this one.
+    pub clients: Option<clients::Clients>,
 }
 
 /// See [`LoadInput::window_opens`].
@@ -117,6 +121,8 @@ pub struct LoadOutcome {
     pub origin: Instant,
     /// The run reached its step's cutoff before its own end: its records are partial.
     pub truncated: bool,
+    /// How the client shards of a cell sent it (`None`: one client, this process).
+    pub clients: Option<clients::ClientsReport>,
 }
 
 impl LoadOutcome {
@@ -136,7 +142,7 @@ impl LoadOutcome {
 }
 
 /// In-flight limit of open-loop profiles when the benchmark sets no `max_concurrency`.
-const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
+pub(crate) const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -148,6 +154,9 @@ pub enum LoadError {
     Unsupported(String),
     #[error("cannot keep the request records: {0}")]
     Records(String),
+    /// A cell's client shards could not send it (names the shard).
+    #[error("{0}")]
+    Clients(String),
 }
 
 /// Runs the load described by `input`; on cancellation every request in flight is dropped.
@@ -170,7 +179,23 @@ pub fn body_for(call: &RequestTemplate, api: ApiKind, prompt: &str) -> Bytes {
     Bytes::from(crate::template::bind_late(&call.body, &[var]).to_string())
 }
 
-async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
+/// What is fixed before the window opens: the arrivals (open loop), the workers, and the prompt
+/// pool with every body serialized. Built once per cell, whichever number of clients sends it.
+pub(super) struct Prepared {
+    /// Open loop: every arrival's offset from the origin, in request order.
+    arrivals: Option<Vec<u64>>,
+    /// Closed loop: the workers; open loop: the most requests in flight.
+    workers: usize,
+    /// Serialized bodies, one per prompt slot; request `i` sends `bodies[i % len]`.
+    bodies: Vec<Bytes>,
+    /// Each prompt's length as built.
+    lengths: Vec<u64>,
+    prompts_exact: bool,
+    input_tokens: u32,
+}
+
+/// Arrivals, workers and the prompt pool of `input`: one tokenizer pass, before any window.
+async fn prepare(input: &LoadInput) -> Result<Prepared, LoadError> {
     let duration = input.load.duration.as_ref().map(|d| d.0);
     let max_open = input.load.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY).max(1) as usize;
     // Open loop: every arrival time is known before the window opens.
@@ -207,7 +232,6 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
             return Err(LoadError::Unsupported("a load needs `requests` or `duration` to stop".into()));
         }
     };
-
     let (prompts, input_tokens) =
         prompts::for_spec(&input.client, input.tokenize.as_ref(), input.seed, pool, &input.load.prompt)
             .await
@@ -217,11 +241,22 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
     let lengths: Vec<u64> = prompts.iter().map(|p| p.tokens).collect();
     drop(prompts);
     tracing::debug!(prompts = bodies.len(), exact = prompts_exact, "prompts built");
+    Ok(Prepared { arrivals, workers, bodies, lengths, prompts_exact, input_tokens })
+}
 
+async fn run_uncancelled(mut input: LoadInput) -> Result<LoadOutcome, LoadError> {
+    let prepared = prepare(&input).await?;
+    let workers = prepared.workers;
     let warmup_requests = match &input.load.warmup {
         Some(w) => warm_up(&input, w, workers.min(64)).await?,
         None => 0,
     };
+    if let Some(clients) = input.clients.take() {
+        return clients::run(input, prepared, clients, warmup_requests).await;
+    }
+    let duration = input.load.duration.as_ref().map(|d| d.0);
+    let Prepared { arrivals, bodies, lengths, prompts_exact, input_tokens, .. } = prepared;
+    let pool = bodies.len() as u64;
     let mut deadlines: Deadlines = input.load.request_timeout.unwrap_or_default().into();
     deadlines.step_cutoff = input.cutoff;
     input.client.size_for(workers);
@@ -236,7 +271,11 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         call: input.call,
         bodies,
         lengths,
-        schedule: Schedule::closed(input.load.requests, earliest_instant(duration.map(|d| origin + d), input.cutoff)),
+        schedule: Schedule::closed(
+            input.load.requests,
+            earliest_instant(duration.map(|d| origin + d), input.cutoff),
+            Deal::ALL,
+        ),
         origin,
         progress: input.progress,
         errors: input.errors,
@@ -246,14 +285,87 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
         deadlines,
     });
     let open_loop = arrivals.is_some();
-    let sent = match arrivals {
-        Some(arrivals) => open_loop_run(Arc::clone(&shared), arrivals, workers, input.cutoff).await?,
-        None => {
+    let sending = match arrivals {
+        Some(offsets) => Sending::Open { offsets, deal: Deal::ALL, max_in_flight: workers },
+        None => Sending::Closed {
+            workers: (0..workers as u64).collect(),
+            of: workers as u64,
+            ramp: input.load.ramp.map(|r| r.0).unwrap_or_default(),
+        },
+    };
+    let sent = send(Arc::clone(&shared), sending, input.cutoff).await?;
+    drop(shared);
+    if sent > pool {
+        tracing::warn!(
+            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
+        );
+    }
+
+    let config = TallyConfig {
+        slo: input.load.slo.clone(),
+        expected_output_tokens: input.expected_output_tokens,
+        cold_requests: input.load.cold_requests,
+    };
+    let settle = Settle {
+        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
+        out: input.records.as_deref(),
+        index_offset: input.index_offset,
+    };
+    let truncated = input.cutoff.is_some_and(|c| Instant::now() >= c);
+    spool.finish().map_err(|e| LoadError::Records(format!("{}: {e}", spool.path.display())))?;
+    let reader = spool.records().map_err(|e| LoadError::Records(e.to_string()))?;
+    let (tally, _) = settle.run(vec![reader], config).await?;
+    Ok(LoadOutcome {
+        truncated,
+        window_ns: tally.window_ns(),
+        tally,
+        prompts_exact,
+        input_tokens,
+        open_loop,
+        warmup_requests,
+        records: input.records,
+        origin,
+        clients: None,
+    })
+}
+
+/// How one client sends its share of a cell (all of it, with one client).
+pub(super) enum Sending {
+    /// Open loop: this client's arrivals (offsets from the origin, in order), the request
+    /// indices they carry, and its in-flight limit.
+    Open { offsets: Vec<u64>, deal: Deal, max_in_flight: usize },
+    /// Closed loop: this client's workers by their cell-wide number (`of` in all), for the ramp;
+    /// they take indices from the schedule.
+    Closed { workers: Vec<u64>, of: u64, ramp: Duration },
+}
+
+/// Which request indices one client sends: `first`, `first + stride`, … (round-robin dealing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Deal {
+    pub(super) first: u64,
+    pub(super) stride: u64,
+}
+
+impl Deal {
+    /// Every index: one client.
+    const ALL: Deal = Deal { first: 0, stride: 1 };
+
+    fn index(self, j: u64) -> u64 {
+        self.first + j * self.stride
+    }
+}
+
+/// Sends `sending` from `shared`; returns how many requests went out.
+async fn send(shared: Arc<Shared>, sending: Sending, cutoff: Option<Instant>) -> Result<u64, LoadError> {
+    match sending {
+        Sending::Open { offsets, deal, max_in_flight } => {
+            open_loop_run(shared, offsets, deal, max_in_flight, cutoff).await
+        }
+        Sending::Closed { workers, of, ramp } => {
             let mut set = JoinSet::new();
-            let ramp = input.load.ramp.map(|r| r.0).unwrap_or_default();
-            for w in 0..workers {
-                // A ramp starts worker `w` at `w/workers` of it (absolute times, like arrivals).
-                let start = origin + ramp.mul_f64(w as f64 / workers as f64);
+            for w in workers {
+                // A ramp starts worker `w` at `w/of` of it (absolute times, like arrivals).
+                let start = shared.origin + ramp.mul_f64(w as f64 / of.max(1) as f64);
                 let shared = Arc::clone(&shared);
                 set.spawn(async move {
                     if start > Instant::now() {
@@ -270,40 +382,9 @@ async fn run_uncancelled(input: LoadInput) -> Result<LoadOutcome, LoadError> {
                     Err(_) => return Err(LoadError::Cancelled),
                 }
             }
-            sent
+            Ok(sent)
         }
-    };
-    drop(shared);
-    if sent > pool {
-        tracing::warn!(
-            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
-        );
     }
-
-    let config = TallyConfig {
-        slo: input.load.slo.clone(),
-        expected_output_tokens: input.expected_output_tokens,
-        cold_requests: input.load.cold_requests,
-    };
-    let settle = Settle {
-        client: &input.client,
-        tokenize: input.tokenize.as_ref(),
-        out: input.records.as_deref(),
-        index_offset: input.index_offset,
-    };
-    let truncated = input.cutoff.is_some_and(|c| Instant::now() >= c);
-    let tally = settle.run(&spool, config).await?;
-    Ok(LoadOutcome {
-        truncated,
-        window_ns: tally.window_ns(),
-        tally,
-        prompts_exact,
-        input_tokens,
-        open_loop,
-        warmup_requests,
-        records: input.records,
-        origin,
-    })
 }
 
 /// What every worker reads.
@@ -359,6 +440,8 @@ struct Schedule {
     next: AtomicU64,
     limit: Option<u64>,
     deadline: Option<Instant>,
+    /// Which indices this client takes (with several clients, every `stride`-th).
+    deal: Deal,
 }
 
 /// One request to send: its index and when it was meant to go (ns since the origin).
@@ -368,15 +451,15 @@ struct Ticket {
 }
 
 impl Schedule {
-    fn closed(limit: Option<u64>, deadline: Option<Instant>) -> Self {
-        Schedule { next: AtomicU64::new(0), limit, deadline }
+    fn closed(limit: Option<u64>, deadline: Option<Instant>, deal: Deal) -> Self {
+        Schedule { next: AtomicU64::new(0), limit, deadline, deal }
     }
 
     fn next(&self, origin: Instant) -> Option<Ticket> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return None;
         }
-        let index = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = self.deal.index(self.next.fetch_add(1, Ordering::Relaxed));
         if self.limit.is_some_and(|n| index >= n) {
             return None;
         }
@@ -418,7 +501,7 @@ async fn warm_up(input: &LoadInput, w: &crate::manifest::load::LoadWarmup, worke
         call: input.call.clone(),
         bodies: prompts.iter().map(|p| body_for(&input.call, input.api, &p.text)).collect(),
         lengths: prompts.iter().map(|p| p.tokens).collect(),
-        schedule: Schedule::closed(w.requests, w.duration.map(|d| origin + d.0)),
+        schedule: Schedule::closed(w.requests, w.duration.map(|d| origin + d.0), Deal::ALL),
         origin,
         progress: Arc::new(AtomicU64::new(0)),
         errors: Arc::new(AtomicU64::new(0)),
@@ -462,13 +545,15 @@ async fn wait_until(target: Instant) {
 async fn open_loop_run(
     shared: Arc<Shared>,
     arrivals: Vec<u64>,
+    deal: Deal,
     max_in_flight: usize,
     cutoff: Option<Instant>,
 ) -> Result<u64, LoadError> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let mut set = JoinSet::new();
     let mut sent = 0;
-    for (index, offset) in arrivals.into_iter().enumerate() {
+    for (j, offset) in arrivals.into_iter().enumerate() {
+        let index = deal.index(j as u64);
         let due = shared.origin + Duration::from_nanos(offset);
         if cutoff.is_some_and(|c| due >= c) {
             break;
@@ -481,9 +566,9 @@ async fn open_loop_run(
         set.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
             let permit = slots.acquire_owned().await.ok();
-            let slot = index % shared.bodies.len();
+            let slot = (index % shared.bodies.len() as u64) as usize;
             let mut record = RequestRecord {
-                index: index as u64,
+                index,
                 scheduled_ns: offset,
                 dispatched_ns: Some(dispatched),
                 input_tokens: shared.lengths[slot],
@@ -512,17 +597,18 @@ async fn open_loop_run(
 /// After the window: every spooled record, its answer counted with the tokenizer, tallied and
 /// appended to the records file.
 struct Settle<'a> {
-    client: &'a EngineClient,
-    tokenize: Option<&'a Tokenizer>,
+    /// The tokenizer answers are counted with, and the engine's client it may call.
+    tokenize: Option<(&'a Tokenizer, &'a EngineClient)>,
     out: Option<&'a Path>,
     index_offset: u64,
 }
 
 impl Settle<'_> {
-    async fn run(&self, spool: &Spool, config: TallyConfig) -> Result<Tally, LoadError> {
+    /// Reads every source to its end, one after another (a cell's client shards in shard order),
+    /// counting, tallying and writing each record; returns the tally of their union and, per
+    /// source, the schedule lag of its open-loop requests (dispatch − scheduled time).
+    async fn run(&self, sources: Vec<SpoolReader>, config: TallyConfig) -> Result<(Tally, Vec<Stat>), LoadError> {
         let io = |e: std::io::Error| LoadError::Records(e.to_string());
-        spool.finish().map_err(|e| LoadError::Records(format!("{}: {e}", spool.path.display())))?;
-        let mut reader = spool.records().map_err(io)?;
         let mut out = match self.out {
             Some(path) => Some(BufWriter::with_capacity(
                 SPOOL_BLOCK,
@@ -535,10 +621,14 @@ impl Settle<'_> {
             None => None,
         };
         let mut tally = Tally::new(config);
-        let mut keep = |mut r: RequestRecord| -> Result<(), LoadError> {
+        let mut lags: Vec<Stat> = sources.iter().map(|_| Stat::default()).collect();
+        let mut keep = |source: usize, mut r: RequestRecord| -> Result<(), LoadError> {
             r.index += self.index_offset;
             r.text = String::new();
             tally.add(&r);
+            if let Some(d) = r.dispatched_ns {
+                lags[source].add(d.saturating_sub(r.scheduled_ns) as f64);
+            }
             if let Some(w) = out.as_mut() {
                 serde_json::to_writer(&mut *w, &r).map_err(|e| LoadError::Records(e.to_string()))?;
                 w.write_all(b"\n").map_err(io)?;
@@ -546,29 +636,33 @@ impl Settle<'_> {
             Ok(())
         };
         let baseline = match self.tokenize {
-            Some(t) => t.count(self.client, "").await.unwrap_or(0),
+            Some((t, client)) => t.count(client, "").await.unwrap_or(0),
             None => 0,
         };
         let mut in_flight = FuturesUnordered::new();
         let mut failed = 0usize;
         let mut example = None;
-        let mut more = true;
-        while more || !in_flight.is_empty() {
-            while more && in_flight.len() < COUNT_PARALLEL {
+        let mut sources = sources.into_iter().enumerate().peekable();
+        while sources.peek().is_some() || !in_flight.is_empty() {
+            while in_flight.len() < COUNT_PARALLEL {
+                let Some((source, reader)) = sources.peek_mut() else { break };
+                let source = *source;
                 let Some(mut r) = reader.next_record().map_err(|e| LoadError::Records(format!("spool: {e}")))? else {
-                    more = false;
-                    break;
+                    sources.next();
+                    continue;
                 };
                 match self.tokenize {
-                    Some(t) if r.ok() && !r.text.is_empty() => in_flight.push(count_one(self.client, t, r)),
+                    Some((t, client)) if r.ok() && !r.text.is_empty() => {
+                        in_flight.push(count_one(client, t, source, r))
+                    }
                     Some(_) if r.ok() => {
                         r.counted_output_tokens = Some(0);
-                        keep(r)?;
+                        keep(source, r)?;
                     }
-                    _ => keep(r)?,
+                    _ => keep(source, r)?,
                 }
             }
-            if let Some((mut r, count)) = in_flight.next().await {
+            if let Some((source, mut r, count)) = in_flight.next().await {
                 match count {
                     Ok(n) => r.counted_output_tokens = Some(n.saturating_sub(baseline)),
                     Err(e) => {
@@ -576,7 +670,7 @@ impl Settle<'_> {
                         example.get_or_insert(e);
                     }
                 }
-                keep(r)?;
+                keep(source, r)?;
             }
         }
         if let Some(mut w) = out {
@@ -586,7 +680,7 @@ impl Settle<'_> {
         if let Some(e) = example {
             tracing::warn!("could not count the output of {failed} requests with the engine's tokenizer: {e}");
         }
-        Ok(tally)
+        Ok((tally, lags))
     }
 }
 
@@ -595,10 +689,11 @@ impl Settle<'_> {
 async fn count_one(
     client: &EngineClient,
     t: &Tokenizer,
+    source: usize,
     record: RequestRecord,
-) -> (RequestRecord, Result<u64, String>) {
+) -> (usize, RequestRecord, Result<u64, String>) {
     let count = t.count(client, &record.text).await;
-    (record, count)
+    (source, record, count)
 }
 
 /// Room for the content events of one answer: its expected output tokens, within bounds.

@@ -861,6 +861,7 @@ mod tests {
             records: None,
             origin: std::time::Instant::now(),
             truncated: false,
+            clients: None,
         }
     }
 

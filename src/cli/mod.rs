@@ -163,6 +163,17 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Run kitt's OpenAI-compatible engine simulator.
     Sim(crate::engine::sim::SimArgs),
+    /// One client shard of a cell sent from several clients (`benchmarks[].clients`): started
+    /// by the cell's coordinator over a pipe, never by hand.
+    #[command(hide = true)]
+    ClientShard {
+        /// This shard's number, from 0.
+        #[arg(long)]
+        shard: u32,
+        /// How many shards the cell has.
+        #[arg(long)]
+        of: u32,
+    },
     /// The machine (GPUs, CPU, memory, storage, OS): its identity string; -v for every field.
     Fingerprint(fingerprint::FingerprintArgs),
     /// The results store: every finished run's cell results (list, show, export, import).
@@ -298,6 +309,7 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Gc(args) => gc::gc(&args),
         Command::Sim(args) => sim(args),
+        Command::ClientShard { shard, of } => crate::bench::load::clients::shard::main(shard, of),
         Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
         Command::Results { command } => results::run(command),
         Command::Compare(args) => compare::compare(&args),

@@ -132,7 +132,14 @@ pub(crate) fn shown(info: dir::RunInfo) -> Result<Shown, journal::JournalError> 
                 .map(|s| {
                     let key = s["key"].as_str().unwrap_or_default();
                     let (state, detail) = last.get(key).cloned().unwrap_or(("pending".into(), None));
-                    json!({"id": s["id"], "kind": s["kind"], "key": key, "label": step_label(&plan, s), "state": state, "detail": detail})
+                    let mut step = json!({"id": s["id"], "kind": s["kind"], "key": key, "label": step_label(&plan, s), "state": state, "detail": detail});
+                    // A cell sent by several clients: how each shard did.
+                    if s["kind"] == "benchmark"
+                        && let Some(clients) = client_shards(&info.path, key)
+                    {
+                        step["clients"] = clients;
+                    }
+                    step
                 })
                 .collect()
         })
@@ -215,10 +222,53 @@ pub fn show(runs_dir: Option<&Path>, id: &str, output: Output) -> i32 {
                     &key[..12.min(key.len())],
                     s["label"].as_str().unwrap_or("")
                 );
+                if let Some(c) = s.get("clients") {
+                    print_client_shards(c);
+                }
             }
         }
     }
     0
+}
+
+/// The `clients` block of a benchmark step's result, when several clients sent it.
+fn client_shards(run: &Path, key: &str) -> Option<Json> {
+    if key.is_empty() || key.contains(['/', '.']) {
+        return None;
+    }
+    let raw = std::fs::read(run.join("steps").join(key).join("benchmark.json")).ok()?;
+    let v: Json = serde_json::from_slice(&raw).ok()?;
+    v["metrics"].get("clients").cloned()
+}
+
+/// Each client shard of a step: host, clock offset, start error, send lag, requests.
+fn print_client_shards(c: &Json) {
+    let ms = |v: &Json| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3} ms"));
+    println!(
+        "            {} of {} client shards finished{}; largest start error {}",
+        c["completed"],
+        c["count"],
+        if c["complete"] == false { " (the metrics cover only those)" } else { "" },
+        ms(&c["start_error_max_ms"])
+    );
+    for sh in c["shards"].as_array().into_iter().flatten() {
+        let lag = match (&sh["send_lag_ms"]["p50"], &sh["send_lag_ms"]["p99"]) {
+            (Json::Null, _) | (_, Json::Null) => String::new(),
+            (p50, p99) => format!(", send lag p50 {} p99 {}", ms(p50), ms(p99)),
+        };
+        let error = sh["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+        println!(
+            "            shard {} on {} (pid {}): {}{error}; clock offset {} (rtt {}), start error {}{lag}, {} requests",
+            sh["shard"],
+            sh["host"].as_str().unwrap_or("-"),
+            sh["pid"],
+            sh["status"].as_str().unwrap_or("-"),
+            ms(&sh["clock_offset_ms"]),
+            ms(&sh["clock_rtt_ms"]),
+            ms(&sh["start_error_ms"]),
+            sh["requests"]
+        );
+    }
 }
 
 /// Each unit's Slurm job as squeue sees it now (one squeue for the whole run). A unit whose job

@@ -73,6 +73,31 @@ struct Inner {
     base: String,
     /// How the first template's answers are read, compiled once (a benchmark sends one template).
     reader: std::sync::OnceLock<Reader>,
+    /// What it was made from, so another process can open the same connection.
+    dial: Dial,
+}
+
+/// What a client to one engine is made from: another process (a cell's client shard) builds
+/// an identical client from it. Header values may be secrets: it travels only over a pipe to a
+/// child process, is never written to a file, and its `Debug` shows no value.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Dial {
+    pub base_url: String,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Dial")
+            .field("base_url", &self.base_url)
+            .field("headers", &names)
+            .field("ca_file", &self.ca_file)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +136,12 @@ impl EngineClient {
         max_connections: usize,
         tls: &TlsOptions,
     ) -> Result<Self, ClientError> {
+        let dial = Dial {
+            base_url: base_url.to_string(),
+            headers: headers.clone(),
+            ca_file: tls.ca_file.clone(),
+            insecure: tls.insecure,
+        };
         let base = base_url.trim_end_matches('/').to_string();
         let bad_url = |reason: String| ClientError::Url { url: base_url.to_string(), reason };
         let url = reqwest::Url::parse(&base).map_err(|e| bad_url(e.to_string()))?;
@@ -139,11 +170,22 @@ impl EngineClient {
         let http = tls::configure(builder, https, tls, &roots)?.build().map_err(|e| ClientError::Build(chain(&e)))?;
         let tls = if https { Some(tls::client_config(tls, roots)?) } else { None };
         let transport = Transport::new(&url, map, tls, max_connections)?;
-        Ok(EngineClient { inner: Arc::new(Inner { http, transport, base, reader: Default::default() }) })
+        Ok(EngineClient { inner: Arc::new(Inner { http, transport, base, reader: Default::default(), dial }) })
     }
 
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// What this client was made from (see [`Dial`]).
+    pub fn dial(&self) -> &Dial {
+        &self.inner.dial
+    }
+
+    /// A new client (its own pool) from `dial`, keeping up to `max_connections` connections.
+    pub fn from_dial(dial: &Dial, max_connections: usize) -> Result<Self, ClientError> {
+        let tls = TlsOptions { ca_file: dial.ca_file.clone(), insecure: dial.insecure };
+        Self::with_tls(&dial.base_url, dial.headers.clone(), max_connections, &tls)
     }
 
     fn url(&self, path: &str) -> String {

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::decode::{Cx, Decode, Dur, Fields, Spanned};
+use super::diag::Diagnostic;
 use super::secret::SecretOr;
 use super::yaml::Node;
 use crate::string_enum;
@@ -322,6 +323,88 @@ pub struct BenchmarkInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub params: Option<Node>,
+    /// Client processes that send each cell's load together (default 1): the arrival schedule is
+    /// dealt to them round-robin, they start on one clock-corrected instant, and the cell's
+    /// metrics come from the union of their request records. A list makes it a matrix axis.
+    /// Load benchmarks with a `concurrency`, `constant` or `poisson` profile only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Spanned<ClientCounts>>,
+    /// The fewest clients that must finish for a cell to complete (default: all of them). A cell
+    /// that completes with fewer says so in its result (`clients.complete: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub clients_min: Option<Spanned<u32>>,
+}
+
+/// The most client processes one cell may have.
+pub const MAX_CLIENTS: u32 = 256;
+
+/// `clients`: one count, or a list (a matrix axis).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ClientCounts {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl ClientCounts {
+    /// Every count, in the order written.
+    pub fn values(&self) -> Vec<u32> {
+        match self {
+            ClientCounts::One(n) => vec![*n],
+            ClientCounts::Many(v) => v.clone(),
+        }
+    }
+}
+
+impl JsonSchema for ClientCounts {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ClientCounts".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A number of client processes (1 to 256), or a list of them (a matrix axis).",
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_CLIENTS},
+                {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_CLIENTS}, "minItems": 1}
+            ]
+        })
+    }
+}
+
+impl Decode for ClientCounts {
+    fn decode(node: &Node, cx: &mut Cx, what: &str) -> Option<Self> {
+        let one = |n: &Node, cx: &mut Cx| -> Option<u32> {
+            match n.value {
+                super::yaml::Value::Int(i) if (1..=i64::from(MAX_CLIENTS)).contains(&i) => Some(i as u32),
+                super::yaml::Value::Int(i) => {
+                    cx.error(
+                        Diagnostic::new(n.pos, format!("{what}: {i} is not a number of clients (1 to {MAX_CLIENTS})"))
+                            .help("write how many client processes send the load, e.g. `clients: 4`"),
+                    );
+                    None
+                }
+                _ => {
+                    cx.mismatch(n, "a whole number of clients or a list of them", what);
+                    None
+                }
+            }
+        };
+        match &node.value {
+            super::yaml::Value::Seq(items) if items.is_empty() => {
+                cx.error(
+                    Diagnostic::new(node.pos, format!("{what}: an empty list"))
+                        .help("give at least one number of clients, e.g. `clients: [1, 4]`"),
+                );
+                None
+            }
+            super::yaml::Value::Seq(items) => {
+                let values: Vec<Option<u32>> = items.iter().map(|i| one(i, cx)).collect();
+                values.into_iter().collect::<Option<Vec<u32>>>().map(ClientCounts::Many)
+            }
+            _ => one(node, cx).map(ClientCounts::One),
+        }
+    }
 }
 
 impl Decode for BenchmarkInstance {
@@ -339,8 +422,31 @@ impl Decode for BenchmarkInstance {
         {
             cx.mismatch(p, "a mapping", &format!("`params` in {}", f.what()));
         }
+        let what = f.what().to_string();
+        let clients: Option<Spanned<ClientCounts>> =
+            f.node("clients").and_then(|n| Spanned::decode(n, cx, &format!("`clients` of {what}")));
+        let clients_min: Option<Spanned<u32>> = f.opt(cx, "clients_min");
         f.finish(cx);
-        Some(BenchmarkInstance { name: name?, template: template?, params })
+        if let Some(min) = &clients_min {
+            // The count it must not exceed: the smallest `clients` of 2 or more (a cell of one
+            // client has nothing to complete without).
+            let fewest = clients.as_ref().and_then(|c| c.value.values().into_iter().filter(|n| *n >= 2).min());
+            match fewest {
+                None => cx.error(
+                    Diagnostic::new(min.pos, format!("`clients_min` of {what} needs `clients` of 2 or more"))
+                        .help("set `clients: N` (client processes) first, or remove `clients_min`"),
+                ),
+                Some(fewest) if min.value == 0 || min.value > fewest => cx.error(
+                    Diagnostic::new(
+                        min.pos,
+                        format!("`clients_min` of {what}: {} is not between 1 and `clients` ({fewest})", min.value),
+                    )
+                    .help("the fewest clients that must finish; at most as many as are started"),
+                ),
+                Some(_) => {}
+            }
+        }
+        Some(BenchmarkInstance { name: name?, template: template?, params, clients, clients_min })
     }
 }
 

@@ -670,7 +670,7 @@ impl Decode for ApiSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamFormat {
     /// text/event-stream, `data:` lines.
@@ -745,7 +745,7 @@ impl Decode for ApiCall {
     }
 }
 
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsagePointers {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,7 @@ use crate::manifest::decode::{Cx, Decode, Spanned};
 use crate::manifest::diag::{Diagnostic, Pos, unknown_help};
 use crate::manifest::load::{ApiKind, LoadSpec, RequestTimeout};
 use crate::manifest::secret::{SecretOr, check_inline};
-use crate::manifest::suite::{BenchmarkInstance, EngineInstance, Model, Network, SAMPLING_KEYS};
+use crate::manifest::suite::{BenchmarkInstance, ClientCounts, EngineInstance, Model, Network, SAMPLING_KEYS};
 use crate::manifest::template_kind::{ApiCall, Arg, EngineSpec, Mechanism, ParamDecl, ParamType, truthy};
 use crate::manifest::yaml::{Node, Value};
 use crate::manifest::{self, Kind, Suite, SuiteSpec};
@@ -103,6 +103,8 @@ struct BenchVariant<'a> {
     sampling: BTreeMap<String, Json>,
     /// Sampling keys the instance's params set, where.
     explicit: BTreeMap<String, Pos>,
+    /// Client processes of its cells (1: this process).
+    clients: u32,
 }
 
 /// Compiles a decoded suite against a catalog.
@@ -581,7 +583,25 @@ impl<'a> Compiler<'a> {
                         sampling.insert((*k).to_string(), v.clone());
                     }
                 }
-                out.push(BenchVariant { instance: inst, entry, params, swept, sampling, explicit: explicit.clone() });
+                // `clients` as a list is one more axis: its value tells sibling cells apart as a
+                // swept param's does (in labels, results and compare).
+                let axis = matches!(inst.clients.as_ref().map(|c| &c.value), Some(ClientCounts::Many(_)));
+                let counts = inst.clients.as_ref().map_or(vec![1], |c| c.value.values());
+                for clients in counts {
+                    let mut swept = swept.clone();
+                    if axis {
+                        swept.insert("clients".into(), json!(clients));
+                    }
+                    out.push(BenchVariant {
+                        instance: inst,
+                        entry,
+                        params: params.clone(),
+                        swept,
+                        sampling: sampling.clone(),
+                        explicit: explicit.clone(),
+                        clients,
+                    });
+                }
             }
         }
         out
@@ -968,6 +988,8 @@ impl<'a> Compiler<'a> {
             load: None,
             request: None,
             eval: None,
+            clients: (bv.clients > 1)
+                .then(|| CellClients { count: bv.clients, min: bv.instance.clients_min.as_ref().map(|m| m.value) }),
         };
         let (params, sampling, origins) = self.cell_sampling(ev, bv);
         cell.params = params;
@@ -980,6 +1002,20 @@ impl<'a> Compiler<'a> {
             "run": {"index": run_index},
         });
         if spec.mechanism == Mechanism::Eval {
+            if let (Some(c), Some(at)) = (&cell.clients, &bv.instance.clients) {
+                let d = Diagnostic::new(
+                    at.pos,
+                    format!(
+                        "`clients: {}` of benchmark `{}`: an eval benchmark sends its items from one client",
+                        c.count, bv.instance.name.value
+                    ),
+                )
+                .help("remove `clients` (it applies to load benchmarks)");
+                if !self.errors.contains(&d) {
+                    self.err(d);
+                }
+                return None;
+            }
             return self.eval_cell(cell, &ctx, ectx, ev, model, bv);
         }
         let load_node = spec.load.as_ref()?;
@@ -1005,6 +1041,21 @@ impl<'a> Compiler<'a> {
             return None;
         }
         let load = load?;
+        if let (Some(c), Some(at)) = (&cell.clients, &bv.instance.clients)
+            && let Err(why) = shardable(&load, c.count)
+        {
+            let d = Diagnostic::new(
+                at.pos,
+                format!("`clients: {}` of benchmark `{}`: {why}", c.count, bv.instance.name.value),
+            )
+            .help(
+                "remove `clients`, or use a `concurrency`, `constant` or `poisson` profile with room for every client",
+            );
+            if !self.errors.contains(&d) {
+                self.err(d);
+            }
+            return None;
+        }
         let espec = &ev.template.manifest.spec;
         if espec.needs_tokenizer
             && espec.tokenize.is_none()
@@ -1180,6 +1231,33 @@ fn unreachable_api() -> ! {
 }
 
 /// Every combination of the swept values, in declaration order (the first param varies slowest).
+/// Whether `load` can be dealt to `clients` client processes; why not, if it cannot.
+///
+/// `stages` and `sweep` choose each stage from the merged result of the one before (a sweep's
+/// rates come from its measured throughputs), so they would need a merge between stages: they
+/// run from one client. A synchronous loop is one request at a time; a closed loop needs a
+/// worker per client, and an open loop an in-flight slot per client.
+fn shardable(load: &crate::manifest::load::LoadSpec, clients: u32) -> Result<(), String> {
+    use crate::manifest::load::Profile;
+    match &load.profile {
+        Profile::Stages(_) | Profile::Sweep { .. } => Err(
+            "`stages` and `sweep` choose each stage from the merged result of the one before; they run from one client"
+                .into(),
+        ),
+        Profile::Synchronous => Err("a synchronous profile sends one request at a time, from one client".into()),
+        Profile::Concurrency(c) if *c < clients => {
+            Err(format!("concurrency {c} cannot be split over {clients} clients (each needs a worker)"))
+        }
+        Profile::Constant(_) | Profile::Poisson { .. } if load.max_concurrency.is_some_and(|m| m < clients) => {
+            Err(format!(
+                "`max_concurrency` {} cannot be split over {clients} clients (each needs a slot)",
+                load.max_concurrency.unwrap_or_default()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn combinations(set: &[(String, Vec<Json>, bool)]) -> Vec<Vec<(String, Json, bool)>> {
     let mut out: Vec<Vec<(String, Json, bool)>> = vec![Vec::new()];
     for (name, values, swept) in set {

@@ -38,6 +38,10 @@ struct BenchmarkKey<'a> {
     /// leaves unchanged).
     #[serde(skip_serializing_if = "Option::is_none")]
     granularity: Option<Granularity>,
+    /// Client processes, when more than one (absent for one client, whose keys it leaves
+    /// unchanged): where the load comes from changes what is measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: Option<crate::plan::CellClients>,
 }
 
 /// Lays out the step DAG: per group pull → start → setup → warmup → benchmark → collect → stop,
@@ -160,8 +164,16 @@ fn benchmark_key(keys: bool, g: &EngineGroup, cell: &Cell, by_cell: bool) -> Ste
             request: &cell.request,
             eval: &cell.eval,
             granularity: by_cell.then_some(Granularity::Cell),
+            clients: cell.clients,
         },
     )
+}
+
+/// The key a benchmark step would have with one client: its prompts and schedule come from it,
+/// so a cell sent by several clients sends exactly what the one-client cell sends.
+pub(crate) fn one_client_key(g: &EngineGroup, cell: &Cell, by_cell: bool) -> StepKey {
+    let one = Cell { clients: None, ..cell.clone() };
+    benchmark_key(true, g, &one, by_cell)
 }
 
 /// A step's key, or nothing when the plan is only checked (`kitt validate` needs the steps, not

@@ -253,7 +253,7 @@ pub struct HttpRequest {
 
 /// A rendered engine call: the body still holds the per-request placeholders
 /// `{{prompt}}` / `{{messages}}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RequestTemplate {
     pub method: String,
     pub path: String,
@@ -303,6 +303,37 @@ pub struct Cell {
     /// The eval of an `eval` benchmark, rendered for this cell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<crate::eval::EvalSpec>,
+    /// Client processes that send the load together (absent: one, this process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients: Option<CellClients>,
+}
+
+/// A cell's load from several client processes (`benchmarks[].clients` of 2 or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CellClients {
+    pub count: u32,
+    /// `clients_min`: the fewest that must finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+}
+
+impl CellClients {
+    /// Shard `k`'s share as text: which request indices it sends and, for a closed loop, how
+    /// many of the workers it runs.
+    pub fn share(&self, k: u32, load: Option<&crate::manifest::load::LoadSpec>) -> String {
+        use crate::manifest::load::Profile;
+        let n = self.count;
+        let indices = format!("requests {k}, {}, {}, …", k + n, k + 2 * n);
+        let split = |total: u32| if k >= total { 0 } else { (total - k).div_ceil(n) };
+        match load.map(|l| (&l.profile, l.max_concurrency)) {
+            Some((Profile::Concurrency(c), _)) => format!("{indices}; {} of {c} workers", split(*c)),
+            Some((Profile::Constant(_) | Profile::Poisson { .. }, max)) => {
+                let max = max.unwrap_or(crate::bench::load::DEFAULT_MAX_CONCURRENCY);
+                format!("{indices} at their scheduled times; up to {} of {max} in flight", split(max))
+            }
+            _ => indices,
+        }
+    }
 }
 
 impl Cell {
@@ -311,6 +342,10 @@ impl Cell {
         let mut s = self.benchmark.clone();
         for (k, v) in &self.swept {
             s.push_str(&format!(" {k}={}", crate::template::scalar_text(v)));
+        }
+        // A single `clients` count is no axis, but where the load came from is worth reading.
+        if let Some(c) = self.clients.filter(|_| !self.swept.contains_key("clients")) {
+            s.push_str(&format!(" clients={}", c.count));
         }
         s.push_str(&format!(" run={}", self.run_index));
         s

@@ -98,6 +98,22 @@ pub fn text(plan: &Plan, states: &BTreeMap<StepKey, StepState>) -> String {
             }
             let flags = if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) };
             let _ = writeln!(out, "  {:<9} {}  {}{}", s.kind.name(), &s.key[..12], detail, flags);
+            // A cell sent by several clients: each shard's share.
+            if let (StepKind::Benchmark, Some(cell)) = (s.kind, s.cell.map(|c| &plan.cells[c]))
+                && let Some(clients) = &cell.clients
+            {
+                let min = clients.min.map(|m| format!(", completes with {m} or more")).unwrap_or_default();
+                let _ =
+                    writeln!(out, "            {} client processes on the host running the cell{min}:", clients.count);
+                for k in 0..clients.count {
+                    let _ = writeln!(
+                        out,
+                        "            client shard {k} of {}: {}",
+                        clients.count,
+                        clients.share(k, cell.load.as_ref())
+                    );
+                }
+            }
         }
     }
     if let Some(r) = plan.steps.iter().find(|s| s.kind == StepKind::Report) {

@@ -29,6 +29,8 @@ pub(super) const SPOOL_BLOCK: usize = 256 << 10;
 pub(super) struct Spool {
     pub(super) path: PathBuf,
     inner: Mutex<SpoolInner>,
+    /// A client shard's spool outlives its process: the coordinator reads it and removes it.
+    keep: bool,
 }
 
 struct SpoolInner {
@@ -47,6 +49,16 @@ impl Spool {
             Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
             _ => std::env::temp_dir().join(name),
         };
+        Spool::open_new(path, false)
+    }
+
+    /// A spool at `path` that stays when it is dropped (a client shard's, read by its
+    /// coordinator after the shard has exited).
+    pub(super) fn create_kept(path: PathBuf) -> Result<Spool, LoadError> {
+        Spool::open_new(path, true)
+    }
+
+    fn open_new(path: PathBuf, keep: bool) -> Result<Spool, LoadError> {
         let file = File::options()
             .read(true)
             .write(true)
@@ -56,6 +68,7 @@ impl Spool {
         Ok(Spool {
             path,
             inner: Mutex::new(SpoolInner { buf: Vec::with_capacity(SPOOL_BLOCK + 4096), file, error: None }),
+            keep,
         })
     }
 
@@ -80,7 +93,7 @@ impl Spool {
 
     /// Reads the records back, in the order they were pushed (after [`Spool::finish`]).
     pub(super) fn records(&self) -> std::io::Result<SpoolReader> {
-        Ok(SpoolReader { file: BufReader::with_capacity(SPOOL_BLOCK, File::open(&self.path)?), frame: Vec::new() })
+        SpoolReader::open(&self.path)
     }
 }
 
@@ -97,7 +110,9 @@ impl SpoolInner {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -108,6 +123,11 @@ pub(super) struct SpoolReader {
 }
 
 impl SpoolReader {
+    /// Reads the spool file at `path` from its start.
+    pub(super) fn open(path: &Path) -> std::io::Result<SpoolReader> {
+        Ok(SpoolReader { file: BufReader::with_capacity(SPOOL_BLOCK, File::open(path)?), frame: Vec::new() })
+    }
+
     /// The next record; `None` at the end of the file.
     pub(super) fn next_record(&mut self) -> std::io::Result<Option<RequestRecord>> {
         let mut len = [0u8; 4];

@@ -54,6 +54,7 @@ fn input(url: &str, call: RequestTemplate, load: LoadSpec, tokenizer: bool) -> L
         index_offset: 0,
         window_opens: None,
         cutoff: None,
+        clients: None,
     }
 }
 

@@ -65,17 +65,37 @@ impl RunExecutor {
             })
         };
         // Each cell's prompts come from its own key: two cells never send the same prompts, so an
-        // engine's prefix cache cannot make a later cell look faster.
+        // engine's prefix cache cannot make a later cell look faster. A cell sent by several
+        // clients takes the key it would have with one: the union of what its clients send is
+        // exactly what one client sends.
+        let seed_key = match &cell.clients {
+            Some(_) => crate::plan::layout::one_client_key(
+                &self.plan.groups[cell.group],
+                cell,
+                self.plan.execution.granularity == crate::manifest::suite::Granularity::Cell,
+            ),
+            None => s.key.clone(),
+        };
+        let clients = match cell.clients {
+            Some(c) => Some(load::clients::Clients {
+                count: c.count,
+                min: c.min,
+                exe: std::env::current_exe().map_err(|e| err(format!("cannot find kitt's own binary: {e}")))?,
+                dir: dir.clone(),
+            }),
+            None => None,
+        };
         let m = Measurement {
             call,
             spec,
             label: cell.label(),
             expected_output_tokens: expected,
-            seed: prompt_seed(&s.key),
+            seed: prompt_seed(&seed_key),
             records: Some(partial.clone()),
             index_offset: 0,
             window_opens: Some(window_opens),
             cutoff: Some(step_cutoff(std::time::Instant::now(), self.plan.execution.step_timeout.0)),
+            clients,
         };
         // `step.progress` for `kitt serve`, while the load runs (the file goes with the writer).
         let live = crate::run::live::Writer::start(&self.run_dir, &s.key, cell.label(), self.progress.clone());
@@ -86,7 +106,20 @@ impl RunExecutor {
             (w.before.take(), w.sampler.take())
         };
         let (samples, gpu_note) = sampler.map(Sampler::finish).unwrap_or_default();
-        let (outcome, mut stages) = outcome?;
+        let (outcome, mut stages) = match outcome {
+            Ok(o) => o,
+            // A load that failed before it had a result (a client shard died, the prompts could
+            // not be built): the cell's result says why, and has no metrics.
+            Err(e) if !e.cancelled && !e.abort => {
+                let record = json!({
+                    "metrics": Json::Null, "attempt": attempt, "started_unix_ns": started,
+                    "finished_unix_ns": unix_ns(), "error": e.message, "status": "failed",
+                });
+                self.write(dir.join("benchmark.json"), &record)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let finished = unix_ns();
         let engine_metrics = match (&client, &metrics_path, &before) {
             (Some(c), Some(p), Some(b)) => scrape(c, p).await.map(|a| crate::collect::prom::delta(b, &a)),
@@ -121,6 +154,9 @@ impl RunExecutor {
             );
             let mut m_json = serde_json::to_value(&m).map_err(err)?;
             m_json["truncated"] = json!(true);
+            if let Some(c) = &outcome.clients {
+                m_json["clients"] = serde_json::to_value(c).map_err(err)?;
+            }
             if let Some(stages) = stages {
                 m_json["stages"] = Json::Array(stages);
             }
@@ -149,6 +185,10 @@ impl RunExecutor {
         let mut m_json = serde_json::to_value(&m).map_err(err)?;
         if let Some(stages) = stages {
             m_json["stages"] = Json::Array(stages);
+        }
+        // How the client shards sent it: offsets, start errors, send lags, who finished.
+        if let Some(c) = &outcome.clients {
+            m_json["clients"] = serde_json::to_value(c).map_err(err)?;
         }
         let record = json!({
             "metrics": m_json, "resources": resources, "engine_metrics": engine_metrics,
@@ -206,6 +246,8 @@ impl RunExecutor {
                 index_offset: merged.as_ref().map_or(0, |all| all.tally.requests().0),
                 window_opens: window_opens.clone(),
                 cutoff,
+                // The compiler refuses `clients` with staged profiles.
+                clients: None,
             };
             let outcome = self.measure(at, stage_m, cancel).await?;
             let truncated = outcome.truncated;

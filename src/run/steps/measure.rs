@@ -41,6 +41,7 @@ impl RunExecutor {
             index_offset,
             window_opens,
             cutoff,
+            clients,
         } = m;
         let g = &self.plan.groups[at.group];
         let (client, served) = self.engine_handle(at).await?;
@@ -78,6 +79,7 @@ impl RunExecutor {
             index_offset,
             window_opens,
             cutoff,
+            clients,
         };
         load::run(input).await.map_err(|e| match e {
             load::LoadError::Cancelled => StepError::cancelled(),
@@ -103,6 +105,8 @@ pub(super) struct Measurement<'a> {
     pub(super) window_opens: Option<load::WindowHook>,
     /// When the step must end by (its `step_timeout`, less a margin).
     pub(super) cutoff: Option<std::time::Instant>,
+    /// The client processes that send it, when more than this one.
+    pub(super) clients: Option<load::clients::Clients>,
 }
 
 /// A prompt seed from a key (hex): stable across runs and resumes, different between cells.

@@ -37,6 +37,7 @@ impl RunExecutor {
             index_offset: 0,
             window_opens: None,
             cutoff: None,
+            clients: None,
         };
         let outcome = self.measure(at, m, cancel).await?;
         let (requests, ok) = outcome.tally.requests();

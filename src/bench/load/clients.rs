@@ -1,0 +1,498 @@
+//! One cell's load from several client processes (`benchmarks[].clients`): the coordinator.
+//!
+//! Owns the shards' lifecycle and the merge; never the schedule or the formulas, which stay
+//! those of one client. The cell is prepared once here (arrivals from the seed, the prompt pool
+//! from one tokenizer pass, the benchmark's warmup) and dealt round-robin by request index:
+//! shard `k` of `n` sends requests `k, k+n, k+2n, …` with the prompts and arrival times one
+//! client would have given them, so the union of the shards' requests is the one-client
+//! schedule. A closed loop splits its workers the same way (worker `w` goes to shard `w mod n`,
+//! so shards differ by at most one worker: the uneven tail), and takes request indices in the
+//! same round-robin; an open loop's in-flight limit is split likewise.
+//!
+//! The start is coordinated as NTP would: each shard's clock offset is measured over several
+//! round trips on its pipe (the shortest one kept), and each shard is told the start instant in
+//! its own clock. Every shard spools its records to the step's directory; the merged result is
+//! the ordinary tally over the union of those records, read shard after shard, so its counts,
+//! extremes and percentiles are exactly those of one client that made the same requests (means,
+//! standard deviations and the prefill throughput too, up to the order their floating-point
+//! sums are taken in, which a single client's finish order makes arbitrary anyway). Stamps are
+//! relative to the start instant, which each shard reads on its corrected clock: the union's
+//! window is on the coordinator's clock, within the offsets' error.
+//!
+//! A shard that dies in the window fails the cell and is named; with `clients_min` the cell
+//! completes when at least that many shards finished, and says which did not. A dead shard's
+//! records are never used: a partial window is never reported as a whole one. A shard that fails
+//! before the start fails the cell whatever `clients_min` says: nothing was sent yet, and a retry
+//! (`execution.retries`) starts every shard again.
+//!
+//! Placement: here, shards are processes of this host (the `local` and `processes` executors
+//! run the cell's step in one process, which becomes the coordinator). The messages (`wire`)
+//! carry everything a shard needs, so a shard placed on another host by an executor speaks the
+//! same protocol over another channel.
+
+pub(crate) mod clock;
+pub mod shard;
+pub(crate) mod wire;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use super::spool::SpoolReader;
+use super::{LoadError, LoadInput, LoadOutcome, Prepared, SPOOL_PREFIX, Settle, expected_events};
+use crate::bench::metrics::{Distribution, Stat, TallyConfig};
+use clock::{Clock, RoundTrip};
+use wire::{Done, FromShard, Job, JobSending, ToShard};
+
+/// Clock round trips per shard; the shortest gives its offset.
+const CLOCK_SAMPLES: usize = 24;
+/// How long a shard may take to read its job and get ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a cell's load is spread over client processes.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// Client shards (at least 2).
+    pub count: u32,
+    /// The fewest shards that must finish for the cell to complete (default: all of them).
+    pub min: Option<u32>,
+    /// The binary each shard runs (`kitt client-shard`).
+    pub exe: PathBuf,
+    /// Where the shards spool their records (the step's directory).
+    pub dir: PathBuf,
+}
+
+/// How the shards of a cell sent it: the result's `clients`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientsReport {
+    /// Shards started.
+    pub count: u32,
+    /// `clients_min`, when the benchmark sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Shards whose records are in the metrics.
+    pub completed: u32,
+    /// Every shard finished: the metrics are the whole cell's. `false` (only with
+    /// `clients_min`): they cover the completed shards' requests alone.
+    pub complete: bool,
+    /// The start instant on the coordinator's clock (ns since the Unix epoch).
+    pub start_unix_ns: i64,
+    /// The largest start error of any shard (ms; with a handful of shards, their p99).
+    pub start_error_max_ms: f64,
+    pub shards: Vec<ShardReport>,
+}
+
+/// One shard's part.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardReport {
+    pub shard: u32,
+    pub host: String,
+    pub pid: u32,
+    /// `ok`, or `failed` (then `error` says why and its records are not in the metrics).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its clock minus the coordinator's (ms), and the round trip that measured it.
+    pub clock_offset_ms: f64,
+    pub clock_rtt_ms: f64,
+    /// The start instant it was told, on its own clock (ns since the Unix epoch): the
+    /// coordinator's start plus its offset.
+    pub announced_start_ns: i64,
+    /// How late its window opened after the announced instant, on its own clock (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_error_ms: Option<f64>,
+    /// Requests it sent.
+    pub requests: u64,
+    /// Open loop: how late its requests left after their scheduled times (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Distribution>,
+}
+
+/// A running shard: its process and both ends of its pipe.
+struct Shard {
+    index: u32,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    spool: PathBuf,
+    pid: u32,
+    host: String,
+    offset: i64,
+    rtt: i64,
+    announced: i64,
+}
+
+impl Shard {
+    fn name(&self, of: u32) -> String {
+        format!("client shard {} of {of} (pid {})", self.index, self.pid)
+    }
+
+    async fn send(&mut self, msg: &ToShard) -> Result<(), String> {
+        wire::send(&mut self.stdin, msg).await.map_err(|e| format!("cannot write to it: {e}"))
+    }
+
+    async fn receive(&mut self) -> Result<FromShard, String> {
+        match wire::receive(&mut self.lines).await {
+            Ok(Some(FromShard::Failed { error })) => Err(error),
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(self.death().await),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Why the shard's pipe closed: how its process ended.
+    async fn death(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt as _;
+                match (status.code(), status.signal()) {
+                    (_, Some(sig)) => format!("it died (signal {sig})"),
+                    (Some(code), _) => format!("it exited with status {code}"),
+                    _ => "it exited".into(),
+                }
+            }
+            _ => "its pipe closed".into(),
+        }
+    }
+}
+
+/// Runs the prepared cell from `clients.count` shards and merges their records.
+pub(super) async fn run(
+    input: LoadInput,
+    prepared: Prepared,
+    clients: Clients,
+    warmup_requests: u64,
+) -> Result<LoadOutcome, LoadError> {
+    let n = clients.count.max(1);
+    let need = clients.min.unwrap_or(n).clamp(1, n);
+    let fail = |what: String| LoadError::Clients(what);
+    let coordinator = Clock::new(0);
+    let Prepared { arrivals, workers, bodies, lengths, prompts_exact, input_tokens } = prepared;
+    let open_loop = arrivals.is_some();
+    let pool = bodies.len() as u64;
+    let bodies: Vec<String> = bodies.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let timeout = input.load.request_timeout.unwrap_or_default();
+
+    // Declared before the shards, so that on every path it is dropped after them (their
+    // processes killed first), removing what they spooled.
+    let spools = SpoolFiles((0..n).map(|k| clients.dir.join(format!("{SPOOL_PREFIX}client-{k}"))).collect());
+    // Start every shard first, so their runtimes come up together.
+    let mut shards = Vec::with_capacity(n as usize);
+    for k in 0..n {
+        let spool = spools.0[k as usize].clone();
+        let _ = std::fs::remove_file(&spool);
+        let mut child = tokio::process::Command::new(&clients.exe)
+            .args(["client-shard", "--shard", &k.to_string(), "--of", &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", clients.exe.display())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(fail(format!("client shard {k}: no pipe")));
+        };
+        let pid = child.id().unwrap_or(0);
+        let lines = BufReader::new(stdout).lines();
+        shards.push(Shard {
+            index: k,
+            child,
+            stdin,
+            lines,
+            spool,
+            pid,
+            host: String::new(),
+            offset: 0,
+            rtt: 0,
+            announced: 0,
+        });
+    }
+    // Jobs: the pool is shipped whole (request i uses slot i mod pool on whichever shard).
+    let max_in_flight = workers;
+    for s in &mut shards {
+        let k = u64::from(s.index);
+        let stride = u64::from(n);
+        let sending = match &arrivals {
+            Some(all) => JobSending::Open {
+                offsets: all.iter().skip(k as usize).step_by(n as usize).copied().collect(),
+                first: k,
+                stride,
+                max_in_flight: share(max_in_flight as u64, k, stride).max(1) as usize,
+            },
+            None => JobSending::Closed {
+                workers: (k..workers as u64).step_by(n as usize).collect(),
+                of: workers as u64,
+                ramp_ns: input.load.ramp.map(|r| r.0.as_nanos() as u64).unwrap_or(0),
+                first: k,
+                stride,
+            },
+        };
+        let job = Job {
+            shard: s.index,
+            of: n,
+            dial: input.client.dial().clone(),
+            call: input.call.clone(),
+            bodies: bodies.clone(),
+            lengths: lengths.clone(),
+            sending,
+            limit: if open_loop { None } else { input.load.requests },
+            duration_ns: if open_loop { None } else { input.load.duration.map(|d| d.0.as_nanos() as u64) },
+            deadlines_ns: [timeout.first_token.0, timeout.between_events.0, timeout.total.0]
+                .map(|d| d.as_nanos() as u64),
+            keep_text: input.tokenize.is_some(),
+            expected_events: expected_events(input.expected_output_tokens),
+            spool: s.spool.clone(),
+        };
+        let name = s.name(n);
+        s.send(&ToShard::Job(Box::new(job))).await.map_err(|e| fail(format!("{name}: {e}")))?;
+    }
+    drop(bodies);
+    for s in &mut shards {
+        let name = s.name(n);
+        match tokio::time::timeout(READY_TIMEOUT, s.receive()).await {
+            Ok(Ok(FromShard::Ready { pid, host })) => {
+                s.pid = pid;
+                s.host = host;
+            }
+            Ok(Ok(other)) => return Err(fail(format!("{name}: expected `ready`, got {other:?}"))),
+            Ok(Err(e)) => return Err(fail(format!("{name} failed before the window: {e}"))),
+            Err(_) => return Err(fail(format!("{name} was not ready within {READY_TIMEOUT:?}"))),
+        }
+    }
+    // Clock offsets, one shard at a time (the others are idle meanwhile).
+    for s in &mut shards {
+        let name = s.name(n);
+        let mut samples = Vec::with_capacity(CLOCK_SAMPLES);
+        for _ in 0..CLOCK_SAMPLES {
+            let t0 = coordinator.now();
+            s.send(&ToShard::Ping { t0 }).await.map_err(|e| fail(format!("{name}: {e}")))?;
+            match s.receive().await {
+                Ok(FromShard::Pong { t0: echo, t1, t2 }) if echo == t0 => {
+                    samples.push(RoundTrip { t0, t1, t2, t3: coordinator.now() });
+                }
+                Ok(other) => return Err(fail(format!("{name}: expected `pong`, got {other:?}"))),
+                Err(e) => return Err(fail(format!("{name} failed before the window: {e}"))),
+            }
+        }
+        // CLOCK_SAMPLES > 0, so there is a best sample.
+        let (offset, rtt) = clock::best(&samples).unwrap_or((0, 0));
+        s.offset = offset;
+        s.rtt = rtt;
+    }
+    if let Some(opens) = &input.window_opens {
+        opens().await;
+    }
+    // The start: far enough ahead for every announcement to arrive and every shard to wake.
+    let lead = Duration::from_millis(100 + 20 * u64::from(n));
+    let start = coordinator.now() + lead.as_nanos() as i64;
+    let origin = coordinator.instant(start);
+    // The step's cutoff, as time after the start.
+    let cutoff_ns = input.cutoff.map(|c| c.saturating_duration_since(origin).as_nanos() as u64);
+    for s in &mut shards {
+        s.announced = start + s.offset;
+        let (name, at) = (s.name(n), s.announced);
+        s.send(&ToShard::Start { at, cutoff_ns }).await.map_err(|e| fail(format!("{name}: {e}")))?;
+    }
+    tracing::debug!(clients = n, "client shards started");
+
+    // Wait for every shard's end; the first death fails the cell unless `clients_min` allows it.
+    // Meanwhile their progress adds up in the cell's counter (the progress display).
+    let mut outcomes: Vec<Option<Result<Done, String>>> = (0..n).map(|_| None).collect();
+    let done_by_shard: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    let (done_by_shard, progress) = (&done_by_shard, &input.progress);
+    let mut waiting: FuturesUnordered<_> = shards
+        .iter_mut()
+        .map(|s| async move {
+            let result = loop {
+                match s.receive().await {
+                    Ok(FromShard::Progress { done }) => {
+                        done_by_shard[s.index as usize].store(done, Ordering::Relaxed);
+                        progress
+                            .store(done_by_shard.iter().map(|d| d.load(Ordering::Relaxed)).sum(), Ordering::Relaxed);
+                    }
+                    Ok(FromShard::Done(done)) => break Ok(done),
+                    Ok(other) => break Err(format!("expected `done`, got {other:?}")),
+                    Err(e) => break Err(e),
+                }
+            };
+            (s.index, result)
+        })
+        .collect();
+    let mut failures = 0;
+    while let Some((k, result)) = waiting.next().await {
+        if let Err(e) = &result {
+            failures += 1;
+            if n - failures < need {
+                let name = format!("client shard {k} of {n}");
+                let what = match clients.min {
+                    Some(m) => {
+                        format!("{name} failed during the window ({e}): fewer than `clients_min: {m}` can finish")
+                    }
+                    None => format!("{name} failed during the window ({e}); set `clients_min` to complete with fewer"),
+                };
+                // Dropping the shards kills the rest.
+                return Err(fail(what));
+            }
+            tracing::warn!("client shard {k} of {n} failed during the window ({e}); the cell goes on without it");
+        }
+        outcomes[k as usize] = Some(result);
+    }
+    drop(waiting);
+    for s in &mut shards {
+        let _ = s.child.wait().await;
+    }
+
+    // The merge: the ordinary tally over the union of the finished shards' records.
+    let finished: Vec<usize> = (0..n as usize).filter(|k| matches!(outcomes[*k], Some(Ok(_)))).collect();
+    let mut sources = Vec::with_capacity(finished.len());
+    for k in &finished {
+        let path = &shards[*k].spool;
+        sources.push(SpoolReader::open(path).map_err(|e| LoadError::Records(format!("{}: {e}", path.display())))?);
+    }
+    let config = TallyConfig {
+        slo: input.load.slo.clone(),
+        expected_output_tokens: input.expected_output_tokens,
+        cold_requests: input.load.cold_requests,
+    };
+    let settle = Settle {
+        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
+        out: input.records.as_deref(),
+        index_offset: input.index_offset,
+    };
+    let (tally, lags) = settle.run(sources, config).await?;
+    drop(spools);
+    let sent: u64 = outcomes.iter().flatten().flatten().map(|d| d.sent).sum();
+    if sent > pool {
+        tracing::warn!(
+            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
+        );
+    }
+    let mut lags = lags.into_iter();
+    let reports: Vec<ShardReport> = shards
+        .iter()
+        .zip(&outcomes)
+        .map(|(s, outcome)| {
+            let (status, error, done) = match outcome {
+                Some(Ok(done)) => ("ok", None, Some(done)),
+                Some(Err(e)) => ("failed", Some(e.clone()), None),
+                None => ("failed", Some("no answer".into()), None),
+            };
+            let lag: Option<Stat> = done.and_then(|_| lags.next());
+            ShardReport {
+                shard: s.index,
+                host: s.host.clone(),
+                pid: s.pid,
+                status,
+                error,
+                clock_offset_ms: s.offset as f64 / 1e6,
+                clock_rtt_ms: s.rtt as f64 / 1e6,
+                announced_start_ns: s.announced,
+                start_error_ms: done.map(|d| (d.opened - d.announced) as f64 / 1e6),
+                requests: done.map_or(0, |d| d.sent),
+                send_lag_ms: lag.and_then(|l| l.summary()),
+            }
+        })
+        .collect();
+    let completed = finished.len() as u32;
+    let report = ClientsReport {
+        count: n,
+        min: clients.min,
+        completed,
+        complete: completed == n,
+        start_unix_ns: start,
+        start_error_max_ms: reports.iter().filter_map(|r| r.start_error_ms).fold(0.0, f64::max),
+        shards: reports,
+    };
+    Ok(LoadOutcome {
+        truncated: outcomes.iter().flatten().flatten().any(|d| d.truncated),
+        window_ns: tally.window_ns(),
+        tally,
+        prompts_exact,
+        input_tokens,
+        open_loop,
+        warmup_requests,
+        records: input.records,
+        origin,
+        clients: Some(report),
+    })
+}
+
+/// The coordinator's merge alone, for `cargo bench --bench kitt`: spools `records` as `shards`
+/// shard spools in `dir` (dealt round-robin by index), then tallies their union as a
+/// coordinator does (appending it to `out` when given); the tally and the merge's own time.
+pub async fn merge_for_bench(
+    dir: &std::path::Path,
+    shards: u64,
+    records: impl Iterator<Item = crate::engine::client::RequestRecord>,
+    out: Option<&std::path::Path>,
+) -> Result<(crate::bench::metrics::Tally, Duration), LoadError> {
+    let paths: Vec<PathBuf> = (0..shards.max(1)).map(|k| dir.join(format!("{SPOOL_PREFIX}client-{k}"))).collect();
+    let spools = SpoolFiles(paths.clone());
+    {
+        let writers: Vec<super::spool::Spool> =
+            paths.iter().map(|p| super::spool::Spool::create_kept(p.clone())).collect::<Result<_, _>>()?;
+        for r in records {
+            writers[(r.index % shards.max(1)) as usize].push(&r);
+        }
+        for w in &writers {
+            w.finish().map_err(|e| LoadError::Records(e.to_string()))?;
+        }
+    }
+    let sources = paths
+        .iter()
+        .map(|p| SpoolReader::open(p).map_err(|e| LoadError::Records(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = std::time::Instant::now();
+    let (tally, _) = Settle { tokenize: None, out, index_offset: 0 }.run(sources, TallyConfig::default()).await?;
+    let took = started.elapsed();
+    drop(spools);
+    Ok((tally, took))
+}
+
+/// The shards' spool files, removed when dropped.
+struct SpoolFiles(Vec<PathBuf>);
+
+impl Drop for SpoolFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// How many of `total` items dealt round-robin over `of` go to `k`.
+fn share(total: u64, k: u64, of: u64) -> u64 {
+    if k >= total { 0 } else { (total - k).div_ceil(of) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load::Deal;
+
+    #[test]
+    fn dealing_round_robin_covers_every_item_once() {
+        for (total, of) in [(10u64, 4u64), (3, 4), (8, 4), (1, 1), (0, 3)] {
+            let shares: Vec<u64> = (0..of).map(|k| share(total, k, of)).collect();
+            assert_eq!(shares.iter().sum::<u64>(), total, "{total} over {of}: {shares:?}");
+            // Shards differ by at most one item: the uneven tail goes to the first ones.
+            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{shares:?}");
+            let mut indices: Vec<u64> = (0..of as u32)
+                .flat_map(|k| {
+                    let d = Deal { first: u64::from(k), stride: of };
+                    (0..share(total, u64::from(k), of)).map(move |j| d.index(j))
+                })
+                .collect();
+            indices.sort_unstable();
+            assert_eq!(indices, (0..total).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! A client shard: one process sending its share of one cell (`kitt client-shard`, started by
+//! the cell's coordinator, never by a user).
+//!
+//! It reads its job from stdin, answers clock pings, waits for the start instant on its own
+//! clock, sends its share with the same machinery as a single client (`load::send`) and spools
+//! every record to the file the job names; the coordinator tallies the union. It writes nothing
+//! else and keeps no state: when its stdin closes (the coordinator died or gave up on the cell)
+//! it exits at once, dropping whatever is in flight.
+//!
+//! Runs a current-thread runtime: a shard is one core's worth of client (oha's model), and
+//! several shards are several cores.
+
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::net::unix::pipe;
+
+use super::super::{Deal, Schedule, Sending, Shared, Spool, earliest_instant, expected_events, send};
+use super::clock::Clock;
+use super::wire::{self, Done, FromShard, Job, JobSending, ToShard};
+use crate::engine::client::{Deadlines, EngineClient};
+
+/// How often a shard tells its coordinator how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+
+/// The test hook that kills one shard mid-window: `SHARD:N` sends SIGKILL to shard `SHARD`
+/// once it has finished `N` requests.
+pub(crate) const KILL_ENV: &str = "KITT_TEST_SHARD_KILL_AFTER";
+
+/// Runs shard `shard` of `of` over stdin/stdout; the process's exit code.
+pub fn main(shard: u32, of: u32) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: client shard {shard}: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let clock = Clock::for_shard(shard);
+    // stdin and stdout are the pipes the coordinator made: read and written as tokio pipes.
+    let pipes = rt.block_on(async {
+        let input = std::io::stdin().as_fd().try_clone_to_owned()?;
+        let output = std::io::stdout().as_fd().try_clone_to_owned()?;
+        Ok::<_, std::io::Error>((pipe::Receiver::from_owned_fd(input)?, pipe::Sender::from_owned_fd(output)?))
+    });
+    let (input, mut out) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: client shard {shard}: stdin and stdout must be pipes from its coordinator: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(shard, of, clock, input, &mut out)) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = rt.block_on(wire::send(&mut out, &FromShard::Failed { error: e.clone() }));
+            eprintln!("error: client shard {shard} of {of}: {e}");
+            1
+        }
+    }
+}
+
+async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &mut pipe::Sender) -> Result<(), String> {
+    let mut lines = tokio::io::BufReader::new(input).lines();
+    let io = |e: std::io::Error| format!("the coordinator's pipe: {e}");
+    let job = match wire::receive(&mut lines).await.map_err(io)? {
+        Some(ToShard::Job(job)) => job,
+        Some(other) => return Err(format!("expected the job first, got {other:?}")),
+        None => return Err("the coordinator closed the pipe before the job".into()),
+    };
+    if job.shard != shard || job.of != of {
+        return Err(format!("a job for shard {} of {} sent to shard {shard} of {of}", job.shard, job.of));
+    }
+    let in_flight = match &job.sending {
+        JobSending::Open { max_in_flight, .. } => *max_in_flight,
+        JobSending::Closed { workers, .. } => workers.len(),
+    };
+    let client = EngineClient::from_dial(&job.dial, in_flight.max(1)).map_err(|e| e.to_string())?;
+    client.size_for(in_flight.max(1));
+    let spool = Arc::new(Spool::create_kept(job.spool.clone()).map_err(|e| e.to_string())?);
+    wire::send(out, &FromShard::Ready { pid: std::process::id(), host: host_name() }).await.map_err(io)?;
+    let (announced, cutoff_ns) = loop {
+        match wire::receive(&mut lines).await.map_err(io)? {
+            Some(ToShard::Ping { t0 }) => {
+                let t1 = clock.now();
+                wire::send(out, &FromShard::Pong { t0, t1, t2: clock.now() }).await.map_err(io)?;
+            }
+            Some(ToShard::Start { at, cutoff_ns }) => break (at, cutoff_ns),
+            Some(ToShard::Job(_)) => return Err("a second job".into()),
+            None => return Err("the coordinator closed the pipe before the start".into()),
+        }
+    };
+    let origin = clock.instant(announced);
+    if origin > Instant::now() {
+        super::super::wait_until(origin).await;
+    }
+    let opened = clock.now();
+    let origin = origin.min(Instant::now());
+    let progress = Arc::new(AtomicU64::new(0));
+    let kill = kill_hook(shard, Arc::clone(&progress));
+    let report = {
+        let progress = Arc::clone(&progress);
+        let out = &mut *out;
+        async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tick.tick().await;
+                let done = progress.load(Ordering::Relaxed);
+                if wire::send(out, &FromShard::Progress { done }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (sent, truncated) = tokio::select! {
+        biased;
+        // The coordinator is gone (or gave up on the cell): nothing of this window counts.
+        _ = lines.next_line() => return Err("the coordinator closed the pipe during the window".into()),
+        () = report => return Err("the coordinator closed the pipe during the window".into()),
+        sent = window(*job, client, Arc::clone(&spool), origin, cutoff_ns, progress) => sent?,
+    };
+    if let Some(k) = kill {
+        k.abort();
+    }
+    spool.finish().map_err(|e| format!("{}: {e}", spool.path.display()))?;
+    // The spool file stays (a kept spool): the coordinator reads it.
+    drop(spool);
+    wire::send(out, &FromShard::Done(Done { sent, truncated, announced, opened })).await.map_err(io)
+}
+
+/// Sends the job's share from `origin`; (requests sent, cut at the step's cutoff).
+async fn window(
+    job: Job,
+    client: EngineClient,
+    spool: Arc<Spool>,
+    origin: Instant,
+    cutoff_ns: Option<u64>,
+    progress: Arc<AtomicU64>,
+) -> Result<(u64, bool), String> {
+    let cutoff = cutoff_ns.map(|ns| origin + Duration::from_nanos(ns));
+    let [first_token, between_events, total] = job.deadlines_ns.map(Duration::from_nanos);
+    let deadlines = Deadlines { first_token, between_events, total, step_cutoff: cutoff };
+    let (sending, deal) = match job.sending {
+        JobSending::Open { offsets, first, stride, max_in_flight } => {
+            let deal = Deal { first, stride };
+            (Sending::Open { offsets, deal, max_in_flight }, deal)
+        }
+        JobSending::Closed { workers, of, ramp_ns, first, stride } => {
+            (Sending::Closed { workers, of, ramp: Duration::from_nanos(ramp_ns) }, Deal { first, stride })
+        }
+    };
+    let deadline = earliest_instant(job.duration_ns.map(|d| origin + Duration::from_nanos(d)), cutoff);
+    let shared = Arc::new(Shared {
+        client,
+        call: job.call,
+        bodies: job.bodies.into_iter().map(Bytes::from).collect(),
+        lengths: job.lengths,
+        schedule: Schedule::closed(job.limit, deadline, deal),
+        origin,
+        progress,
+        spool: Some(spool),
+        keep_text: job.keep_text,
+        expected_events: expected_events(Some(job.expected_events as u64)),
+        deadlines,
+    });
+    let sent = send(shared, sending, cutoff).await.map_err(|e| e.to_string())?;
+    Ok((sent, cutoff.is_some_and(|c| Instant::now() >= c)))
+}
+
+/// The kill hook's watcher for this shard, if the hook names it.
+fn kill_hook(shard: u32, progress: Arc<AtomicU64>) -> Option<tokio::task::JoinHandle<()>> {
+    let hook = std::env::var(KILL_ENV).ok()?;
+    let (which, after) = hook.split_once(':')?;
+    let (which, after) = (which.trim().parse::<u32>().ok()?, after.trim().parse::<u64>().ok()?);
+    (which == shard).then(|| {
+        tokio::spawn(async move {
+            while progress.load(Ordering::Relaxed) < after {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // SAFETY: kill(2) on our own pid has no memory effects; it ends the process as an
+            // external SIGKILL would, which is what the hook stands for.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        })
+    })
+}
+
+/// This machine's name, as the shard reports it.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
