@@ -162,6 +162,8 @@ async fn window(
         schedule: Schedule::closed(job.limit, deadline, deal),
         origin,
         progress,
+        // Failures are counted by the coordinator's merge; a shard reports finished requests only.
+        errors: Arc::new(AtomicU64::new(0)),
         spool: Some(spool),
         keep_text: job.keep_text,
         expected_events: expected_events(Some(job.expected_events as u64)),
