@@ -268,7 +268,7 @@ async fn run_uncancelled(mut input: LoadInput) -> Result<LoadOutcome, LoadError>
     let spool = Arc::new(Spool::create(input.records.as_deref())?);
     let shared = Arc::new(Shared {
         client: input.client.clone(),
-        call: input.call,
+        call: input.call.clone(),
         bodies,
         lengths,
         schedule: Schedule::closed(
@@ -277,8 +277,8 @@ async fn run_uncancelled(mut input: LoadInput) -> Result<LoadOutcome, LoadError>
             Deal::ALL,
         ),
         origin,
-        progress: input.progress,
-        errors: input.errors,
+        progress: Arc::clone(&input.progress),
+        errors: Arc::clone(&input.errors),
         spool: Some(Arc::clone(&spool)),
         keep_text,
         expected_events: expected_events(input.expected_output_tokens),
@@ -295,22 +295,9 @@ async fn run_uncancelled(mut input: LoadInput) -> Result<LoadOutcome, LoadError>
     };
     let sent = send(Arc::clone(&shared), sending, input.cutoff).await?;
     drop(shared);
-    if sent > pool {
-        tracing::warn!(
-            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
-        );
-    }
+    warn_reused(sent, pool);
 
-    let config = TallyConfig {
-        slo: input.load.slo.clone(),
-        expected_output_tokens: input.expected_output_tokens,
-        cold_requests: input.load.cold_requests,
-    };
-    let settle = Settle {
-        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
-        out: input.records.as_deref(),
-        index_offset: input.index_offset,
-    };
+    let (settle, config) = Settle::of(&input);
     let truncated = input.cutoff.is_some_and(|c| Instant::now() >= c);
     spool.finish().map_err(|e| LoadError::Records(format!("{}: {e}", spool.path.display())))?;
     let reader = spool.records().map_err(|e| LoadError::Records(e.to_string()))?;
@@ -594,6 +581,15 @@ async fn open_loop_run(
     Ok(sent)
 }
 
+/// Says when a load sent more requests than it had prompts.
+fn warn_reused(sent: u64, pool: u64) {
+    if sent > pool {
+        tracing::warn!(
+            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
+        );
+    }
+}
+
 /// After the window: every spooled record, its answer counted with the tokenizer, tallied and
 /// appended to the records file.
 struct Settle<'a> {
@@ -603,7 +599,22 @@ struct Settle<'a> {
     index_offset: u64,
 }
 
-impl Settle<'_> {
+impl<'a> Settle<'a> {
+    /// How `input`'s load settles, and the tally's configuration.
+    fn of(input: &'a LoadInput) -> (Settle<'a>, TallyConfig) {
+        let config = TallyConfig {
+            slo: input.load.slo.clone(),
+            expected_output_tokens: input.expected_output_tokens,
+            cold_requests: input.load.cold_requests,
+        };
+        let settle = Settle {
+            tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
+            out: input.records.as_deref(),
+            index_offset: input.index_offset,
+        };
+        (settle, config)
+    }
+
     /// Reads every source to its end, one after another (a cell's client shards in shard order),
     /// counting, tallying and writing each record; returns the tally of their union and, per
     /// source, the schedule lag of its open-loop requests (dispatch − scheduled time).

@@ -46,7 +46,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::spool::SpoolReader;
-use super::{LoadError, LoadInput, LoadOutcome, Prepared, SPOOL_PREFIX, Settle, expected_events};
+use super::{LoadError, LoadInput, LoadOutcome, Prepared, SPOOL_PREFIX, Settle, expected_events, warn_reused};
 use crate::bench::metrics::{Distribution, Stat, TallyConfig};
 use clock::{Clock, RoundTrip};
 use wire::{Done, FromShard, Job, JobSending, ToShard};
@@ -356,24 +356,11 @@ pub(super) async fn run(
         let path = &shards[*k].spool;
         sources.push(SpoolReader::open(path).map_err(|e| LoadError::Records(format!("{}: {e}", path.display())))?);
     }
-    let config = TallyConfig {
-        slo: input.load.slo.clone(),
-        expected_output_tokens: input.expected_output_tokens,
-        cold_requests: input.load.cold_requests,
-    };
-    let settle = Settle {
-        tokenize: input.tokenize.as_ref().map(|t| (t, &input.client)),
-        out: input.records.as_deref(),
-        index_offset: input.index_offset,
-    };
+    let (settle, config) = Settle::of(&input);
     let (tally, lags) = settle.run(sources, config).await?;
     drop(spools);
     let sent: u64 = outcomes.iter().flatten().flatten().map(|d| d.sent).sum();
-    if sent > pool {
-        tracing::warn!(
-            "{sent} requests reused {pool} prompts: an engine with a prefix cache may answer repeats faster"
-        );
-    }
+    warn_reused(sent, pool);
     let mut lags = lags.into_iter();
     let reports: Vec<ShardReport> = shards
         .iter()
