@@ -5,6 +5,7 @@
 //! keys) → `run` (scheduler, journal) → `engine` (HTTP, simulator) → `report` →
 //! `store` (the results database) and `compare` (repetitions, deltas, verdicts).
 
+pub mod agent;
 pub mod bench;
 pub mod cancel;
 pub mod catalog;

@@ -4,12 +4,13 @@
 //! 0 success, 1 failed run or invalid input, 2 usage error, 3 a `kitt compare --fail-if` threshold
 //! failed, 130 interrupted.
 
+mod agent;
 pub mod apply;
 pub(crate) mod compare;
 mod engines;
 pub mod fingerprint;
 mod gc;
-mod remote;
+pub(crate) mod remote;
 pub(crate) mod results;
 pub(crate) mod runs;
 pub mod serve;
@@ -134,6 +135,10 @@ pub enum Command {
         /// this attempt takes the unit.
         #[arg(long)]
         take_over_silent: bool,
+        /// Take the run's plan.json as written, without its suite (a `kitt agent`'s copy of a
+        /// run has no suite: the server checked the plan).
+        #[arg(long, hide = true)]
+        plan_as_given: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -188,6 +193,10 @@ pub enum Command {
     /// The REST API (/api/v1, OpenAPI, live events) over the runs and the store; `serve token`
     /// manages who may call it.
     Serve(serve::ServeArgs),
+    /// This host as a remote agent of a `kitt serve`: it pulls units and runs them.
+    Agent(agent::AgentArgs),
+    /// The agents of a `kitt serve`: list, drain, remove.
+    Agents(agent::AgentsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,9 +289,9 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Apply { suite, flags, placement, .. } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
-        Command::Work { run_dir, unit, unit_file, take_over_silent, output } => {
+        Command::Work { run_dir, unit, unit_file, take_over_silent, plan_as_given, output } => {
             match work::unit_id(unit, unit_file.as_deref()) {
-                Ok(unit) => work::work(&run_dir, &unit, take_over_silent, output, cli.quiet),
+                Ok(unit) => work::work(&run_dir, &unit, take_over_silent, plan_as_given, output, cli.quiet),
                 Err(e) => {
                     eprintln!("error: {e}");
                     EXIT_FAILED
@@ -315,6 +324,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Compare(args) => compare::compare(&args),
         Command::Settings(args) => settings::run(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Agent(args) => agent::agent(&args, cli.quiet),
+        Command::Agents(args) => agent::agents(&args),
     }
 }
 

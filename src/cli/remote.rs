@@ -14,7 +14,7 @@ use super::{EXIT_FAILED, Output, print_json, report};
 
 /// The bundle's files: the suite under its file name, and each suite-local template under its
 /// path relative to the suite (which must stay inside the suite's directory).
-fn bundle_files(suite: &Path) -> Result<(String, BTreeMap<String, String>), String> {
+pub(crate) fn bundle_files(suite: &Path) -> Result<(String, BTreeMap<String, String>), String> {
     let raw = crate::manifest::read_raw(suite).map_err(|d| {
         report(&d);
         "the suite does not validate".to_string()

@@ -467,6 +467,23 @@ pub fn cancel(runs_dir: Option<&Path>, id: &str, wait: Duration, output: Output)
             crate::exec::ExecutorKind::Processes | crate::exec::ExecutorKind::Local => {
                 Box::new(crate::exec::processes::Processes::new(program, info.path.clone()))
             }
+            crate::exec::ExecutorKind::Agents => {
+                let agents =
+                    run::work::open_run_as_given(&info.path).map_err(|e| e.to_string()).and_then(|(_, plan)| {
+                        crate::exec::agents::Agents::for_run(
+                            &info.meta.id,
+                            &info.path,
+                            crate::exec::agents::Wanted::of(&plan),
+                        )
+                    });
+                match agents {
+                    Ok(a) => Box::new(a),
+                    Err(e) => {
+                        eprintln!("error: cannot stop the run's agent units: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
+            }
             crate::exec::ExecutorKind::Slurm => {
                 // The job that would drive the rest after the units must not.
                 crate::exec::slurm::cancel_report_job(&info.meta.id);

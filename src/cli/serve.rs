@@ -89,6 +89,9 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_enum, default_value = "read")]
         scope: Scope,
+        /// An agent token's labels, `key=value,…` (what `execution.agents.select` matches).
+        #[arg(long, value_parser = parse_labels, default_value = "")]
+        labels: std::collections::BTreeMap<String, String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -113,7 +116,7 @@ fn time_text(ns: Option<u64>) -> String {
 
 fn token(path: &Path, command: &TokenCommand) -> i32 {
     match command {
-        TokenCommand::Create { name, scope, output } => match tokens::create(path, name, *scope) {
+        TokenCommand::Create { name, scope, labels, output } => match create_token(path, name, *scope, labels) {
             Ok((token, entry)) => {
                 match output {
                     Output::Json => print_json(&json!({"token": token, "entry": entry})),
@@ -413,4 +416,32 @@ pub fn serve(args: &ServeArgs) -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// `--labels key=value,…`: keys and values are `[a-z0-9._-]`, at most 63 characters each.
+pub fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let ok = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("`{part}` is not `key=value`"));
+        };
+        if !ok(k) || !ok(v) {
+            return Err(format!("`{part}`: keys and values are 1 to 63 of a-z, 0-9, `.`, `_`, `-`"));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
+fn create_token(
+    path: &std::path::Path,
+    name: &str,
+    scope: Scope,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(String, tokens::TokenEntry), tokens::TokenError> {
+    tokens::create_labelled(path, name, scope, labels.clone())
 }

@@ -14,6 +14,7 @@
 //! stopped or hung) is placed again as a new attempt, up to `max_attempts`: the new attempt runs
 //! only what no earlier one committed.
 
+pub mod agents;
 pub mod leases;
 pub mod processes;
 pub mod slurm;
@@ -48,6 +49,9 @@ pub enum ExecutorKind {
     /// Each unit is a task of a Slurm array job (`execution.slurm`), on whatever node Slurm
     /// gives it; the run lives under `execution.slurm.shared_dir`.
     Slurm,
+    /// Each unit is pulled by a `kitt agent` host from the `kitt serve` over the runs directory
+    /// (`execution.agents` says which agents may take it).
+    Agents,
 }
 
 /// The state of a submitted unit, as its executor sees it.

@@ -5,6 +5,7 @@
 //! `spec` is decoded into typed values (`decode`), collecting every error with its position.
 //! Semantic checks that need the catalog (unknown templates, params) live in `validate`.
 
+pub mod agents;
 pub mod decode;
 pub mod diag;
 pub mod emit;

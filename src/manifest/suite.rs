@@ -616,6 +616,7 @@ string_enum!(crate::exec::ExecutorKind {
     "local" => crate::exec::ExecutorKind::Local,
     "processes" => crate::exec::ExecutorKind::Processes,
     "slurm" => crate::exec::ExecutorKind::Slurm,
+    "agents" => crate::exec::ExecutorKind::Agents,
 });
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -666,6 +667,10 @@ pub struct Execution {
     /// connects to on localhost instead of starting it (engine mode `sidecar`, keys of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<super::kubernetes::Kubernetes>,
+    /// Which `kitt agent` hosts take the run's units under `executor: agents` (labels,
+    /// fingerprint, GPUs, lease); placement only, it never enters a step's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<super::agents::AgentsBlock>,
 }
 
 fn default_sample_interval() -> Dur {
@@ -699,6 +704,7 @@ impl Default for Execution {
             executor: None,
             slurm: None,
             kubernetes: None,
+            agents: None,
         }
     }
 }
@@ -722,6 +728,7 @@ impl Decode for Execution {
             executor: f.opt(cx, "executor"),
             slurm: f.opt(cx, "slurm"),
             kubernetes: f.opt(cx, "kubernetes"),
+            agents: f.opt(cx, "agents"),
         };
         let both = f.key_pos("slurm").and(f.key_pos("kubernetes"));
         f.finish(cx);

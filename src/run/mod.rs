@@ -449,7 +449,17 @@ pub async fn apply(
                 independent: false,
             };
             let (mut units, mut leases): (Box<dyn crate::exec::UnitExecutor>, Box<dyn crate::exec::Leases>) =
-                if kind == crate::exec::ExecutorKind::Slurm {
+                if kind == crate::exec::ExecutorKind::Agents {
+                    // Agents take what they can; each runs its units apart from any other agent's.
+                    let wanted = crate::exec::agents::Wanted::of(&plan);
+                    place.workers = usize::MAX;
+                    place.independent = true;
+                    place.max_attempts = plan.execution.agents.as_ref().map_or(opts.max_attempts, |a| a.max_attempts);
+                    let lease = wanted.lease;
+                    let agents =
+                        crate::exec::agents::Agents::for_run(&run.id, &run.path, wanted).map_err(ApplyError::Io)?;
+                    (Box::new(agents), Box::new(crate::exec::agents::AgentLeases::new(&run.path, lease)))
+                } else if kind == crate::exec::ExecutorKind::Slurm {
                     // Slurm throttles (`%max_jobs`) and judges liveness; each unit has a node's
                     // share (or, under `isolation: host`, a node) of its own.
                     place.workers = usize::MAX;

@@ -249,6 +249,45 @@ fn run_build(run_dir: &Path) -> Result<Option<String>, WorkError> {
     }))
 }
 
+/// The run at `run_dir` on a `kitt agent`: its suite (a copy beside the run, so its paths are
+/// this host's) compiled here must give the units and keys of the run's plan.json (the server's),
+/// unit for unit; the plan itself may differ in where the suite lies.
+pub fn open_run_as_given(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
+    let meta: dir::RunMeta = std::fs::read(run_dir.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| WorkError::NotARun(run_dir.to_path_buf()))?;
+    let theirs = crate::exec::agents::PlanLite::read(run_dir).map_err(WorkError::Io)?;
+    let plan = crate::plan::compile::compile_file(&meta.file).map_err(|diags| {
+        let first = diags.first().map(|d| d.message.clone()).unwrap_or_default();
+        WorkError::Io(format!("the run's suite {} does not compile here: {first}", meta.file.display()))
+    })?;
+    let keys = |units: Vec<(&str, Vec<&str>)>| {
+        units.into_iter().map(|(u, k)| format!("{u}:{}", k.join(","))).collect::<Vec<_>>()
+    };
+    let ours = keys(
+        plan.units
+            .iter()
+            .map(|u| (u.id.as_str(), u.steps.iter().map(|s| plan.steps[*s].key.as_str()).collect()))
+            .collect(),
+    );
+    let server = keys(
+        theirs
+            .units
+            .iter()
+            .map(|u| {
+                (u.id.as_str(), u.steps.iter().filter_map(|s| theirs.steps.get(*s)).map(|s| s.key.as_str()).collect())
+            })
+            .collect(),
+    );
+    if ours != server {
+        return Err(WorkError::Io(
+            "the suite compiled on this host gives other step keys than the run's plan on the server: a model or template resolves differently here (model paths are this host's: give absolute paths that exist on every agent), or this kitt differs from the server's (`kitt agent update`)"
+        .to_string()));
+    }
+    Ok((meta, plan))
+}
+
 /// Checks the run at `run_dir` against this kitt and returns its plan: the suite it was created
 /// from must compile to its plan.json exactly, and this kitt must be the build that started it.
 pub fn open_run(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
@@ -324,7 +363,19 @@ pub async fn work_with(
     cancel: &Cancel,
     progress: Arc<Progress>,
 ) -> Result<WorkOutcome, WorkError> {
-    let (meta, plan) = open_run(run_dir)?;
+    work_opts(run_dir, unit, take_over, false, cancel, progress).await
+}
+
+/// [`work_with`]; `as_given`: the run's plan.json is taken as written ([`open_run_as_given`]).
+pub async fn work_opts(
+    run_dir: &Path,
+    unit: &str,
+    take_over: bool,
+    as_given: bool,
+    cancel: &Cancel,
+    progress: Arc<Progress>,
+) -> Result<WorkOutcome, WorkError> {
+    let (meta, plan) = if as_given { open_run_as_given(run_dir)? } else { open_run(run_dir)? };
     let Some(ui) = plan.units.iter().position(|u| u.id == unit) else {
         let known = plan.units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>().join(", ");
         return Err(WorkError::NoSuchUnit { run: meta.id, unit: unit.into(), known });

@@ -339,6 +339,13 @@ pub(super) async fn start_run(
     created(apply_detached(&app, &suite, body.fresh, None, &caller).await?)
 }
 
+/// The executor a suite names (`execution.executor`), when it reads.
+fn suite_executor(suite: &Path) -> Option<crate::exec::ExecutorKind> {
+    let raw = crate::manifest::read_raw(suite).ok()?;
+    let spec = raw.decode::<crate::manifest::SuiteSpec>().ok()?;
+    spec.spec.execution.executor.map(|x| x.value)
+}
+
 /// `kitt apply SUITE --executor processes --detach` (resuming `resume`): a run that outlives
 /// the server.
 pub(super) async fn apply_detached(
@@ -349,7 +356,10 @@ pub(super) async fn apply_detached(
     caller: &Caller,
 ) -> Result<JsonValue, Problem> {
     let mut args: Vec<&std::ffi::OsStr> = vec!["apply".as_ref(), suite.as_os_str()];
-    args.extend(["--executor", "processes", "--detach", "--output", "json", "-q"].map(std::ffi::OsStr::new));
+    // A suite placed on agents stays there; every other runs as processes here.
+    let executor =
+        if suite_executor(suite) == Some(crate::exec::ExecutorKind::Agents) { "agents" } else { "processes" };
+    args.extend(["--executor", executor, "--detach", "--output", "json", "-q"].map(std::ffi::OsStr::new));
     if fresh {
         args.push("--fresh".as_ref());
     }
@@ -671,7 +681,9 @@ pub(super) async fn token_create(
 ) -> Answer {
     let (token, entry) = blocking(move || {
         super::tokens::create(app.keyring.path(), &body.name, body.scope).map_err(|e| match e {
-            super::tokens::TokenError::BadName(_) => Problem::bad_request(format!("name: {e}")),
+            super::tokens::TokenError::BadName(_) | super::tokens::TokenError::BadAgentName(_) => {
+                Problem::bad_request(format!("name: {e}"))
+            }
             e => Problem::internal(e),
         })
     })

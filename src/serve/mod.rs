@@ -9,6 +9,7 @@
 //! document (`routes`, `openapi`); the connection loop is our own (hyper + tokio-rustls) so plain
 //! HTTP and TLS share it and SIGTERM ends streams and connections within a bound.
 
+pub mod agents;
 pub mod api;
 pub mod bundle;
 pub mod events;
@@ -119,6 +120,8 @@ pub struct App {
     /// The results page's filter values, and the store's (result count, last id) they were
     /// read at: read again only when the store changed.
     pub facets: Mutex<Option<((u64, i64), crate::store::Facets)>>,
+    /// The agents that pull units from this server.
+    pub agents: agents::Agents,
 }
 
 impl App {
@@ -387,6 +390,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(cfg.bind).await.map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let local = listener.local_addr().map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let (close_tx, closing) = tokio::sync::watch::channel(false);
+    let runs_root = cfg.runs_root.clone();
     let app = Arc::new(App {
         cfg,
         keyring,
@@ -396,6 +400,7 @@ pub async fn serve(
         streams: AtomicUsize::new(0),
         watchers: events::Watchers::default(),
         facets: Mutex::new(None),
+        agents: agents::Agents::open(&runs_root),
     });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));

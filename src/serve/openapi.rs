@@ -46,16 +46,31 @@ pub fn document() -> Value {
             json!({"name": p.name, "in": "query", "required": p.required, "description": p.doc, "schema": param_schema(p)})
         }));
         let mut responses = Map::new();
-        let ok_status =
-            if r.writes && r.method == axum::http::Method::POST && !r.path.ends_with("cancel") { "201" } else { "200" };
-        let ok_body = if r.path.ends_with("/events") {
+        let agent_route = r.path.starts_with("/api/v1/agent/");
+        let ok_status = if r.writes
+            && r.method == axum::http::Method::POST
+            && !r.path.ends_with("cancel")
+            && !r.path.ends_with("/drain")
+            && !agent_route
+        {
+            "201"
+        } else {
+            "200"
+        };
+        let ok_body = if r.path.ends_with("/events") && !agent_route {
             json!({"text/event-stream": {"schema": {"type": "string"}}})
-        } else if r.path.contains("/steps/") {
+        } else if r.path.contains("/steps/") && !agent_route {
             json!({"text/plain": {"schema": {"type": "string"}}})
         } else {
             json!({"application/json": {"schema": {"type": "object"}}})
         };
         responses.insert(ok_status.into(), json!({"description": "Success.", "content": ok_body}));
+        if r.path == "/api/v1/agent/claim" {
+            responses.insert("204".into(), json!({"description": "No unit for this agent within the wait."}));
+        }
+        if r.path.starts_with("/api/v1/agent/steps/") {
+            responses.insert("201".into(), json!({"description": "Committed.", "content": ok_body}));
+        }
         responses.insert(
             "4XX".into(),
             json!({"description": "A bad request, a missing or weak token, or an unknown id.", "content": problem}),

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::App;
-use super::api;
 use super::tokens::Scope;
+use super::{agents, api};
 
 /// A query parameter or a JSON body's field, for the OpenAPI document.
 pub struct Param {
@@ -351,5 +351,132 @@ pub static ROUTES: &[Route] = &[
         query: &[p("run", ID, "Only this run's events (replayable with Last-Event-ID).")],
         body: &[],
         handler: || get(super::events::stream),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/agents",
+        scope: Some(Scope::Read),
+        writes: false,
+        summary: "The agents: labels, fingerprint, GPUs, version, last heartbeat, units held, state.",
+        query: &[],
+        body: &[],
+        handler: || get(agents::list),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agents/{id}/drain",
+        scope: Some(Scope::Admin),
+        writes: true,
+        summary: "Drain an agent: it takes no new unit; what it runs finishes.",
+        query: &[],
+        body: &[],
+        handler: || post(agents::drain),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/api/v1/agents/{id}",
+        scope: Some(Scope::Admin),
+        writes: true,
+        summary: "Remove an agent: the units it holds are placed again.",
+        query: &[],
+        body: &[],
+        handler: || delete(agents::remove),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/register",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "An agent registers (agent tokens only): versions, fingerprint, GPUs; answers its intervals.",
+        query: &[],
+        body: &[
+            r(
+                "protocol",
+                r#"{"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 4294967295}, "minItems": 2, "maxItems": 2}"#,
+                "Agent protocol [major, minor].",
+            ),
+            r("kitt_version", "string", "The agent's kitt version."),
+            r("build", "string", "The agent's kitt build."),
+            r("target", "string", "The agent's target triple."),
+            r("hostname", "string", "The agent's host name."),
+            r("fingerprint", "string", "The host's fingerprint hash."),
+            r("fingerprint_identity", "string", "The host's fingerprint identity."),
+            p("gpus", r#"{"type": "array"}"#, "GPUs by UUID."),
+            r("slots", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "Units it runs at once."),
+            r("docker", "boolean", "Whether Docker answers there."),
+        ],
+        handler: || post(agents::register),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/heartbeat",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "An agent's heartbeat: renews the leases of the units it holds; answers stops and drain.",
+        query: &[],
+        body: &[
+            r("units", r#"{"type": "array"}"#, "The attempts it holds: run, unit, attempt."),
+            p("gpus", r#"{"type": "array"}"#, "GPUs: memory and holder."),
+            p("disk_free_bytes", r#"{"type": "integer", "minimum": 0}"#, "Free disk."),
+        ],
+        handler: || post(agents::heartbeat),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/claim",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "An agent with a free slot waits up to 25 s for a unit it matches: the unit, or 204.",
+        query: &[],
+        body: &[
+            r("wait_ms", r#"{"type": "integer", "minimum": 0}"#, "How long to wait, at most 25000."),
+            r("gpus_free", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "Free GPUs."),
+        ],
+        handler: || post(agents::claim),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/events",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "Journal records and log lines of held attempts (NDJSON, numbered; resends are dropped).",
+        query: &[],
+        body: &[],
+        handler: || post(agents::events),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/api/v1/agent/steps/{key}",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "A finished step (tar.zst): 201 committed, 200 an identical re-upload, 409 a stale attempt or another's commit.",
+        query: &[
+            r("run", ID, "The run."),
+            r("unit", ID, "The unit."),
+            r("attempt", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "The attempt."),
+            r("sha256", r#"{"type": "string", "pattern": "^[0-9a-f]{64}$"}"#, "SHA-256 of the body."),
+        ],
+        body: &[],
+        handler: || put(agents::step).layer(axum::extract::DefaultBodyLimit::disable()),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/finish",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "How a held attempt ended.",
+        query: &[],
+        body: &[
+            r("run", ID, "The run."),
+            r("unit", ID, "The unit."),
+            r("attempt", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "The attempt."),
+            r(
+                "outcome",
+                r#"{"type": "string", "enum": ["succeeded", "failed", "cancelled", "lost"]}"#,
+                "How it ended.",
+            ),
+            p("reason", "string", "Why, in words."),
+        ],
+        handler: || post(agents::finish),
     },
 ];

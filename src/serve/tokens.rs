@@ -21,8 +21,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-/// What a token may do; each scope includes the ones before it, except `agent`, which only
-/// the remote GPU agents' routes accept.
+/// What a token may do; each scope includes the ones before it, except `agent`: the remote GPU
+/// agents' routes accept only agent tokens, and agent tokens reach nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -49,8 +49,9 @@ impl Scope {
     /// Whether a token of this scope may call a route that needs `needed`.
     pub fn allows(self, needed: Scope) -> bool {
         match (self, needed) {
+            // The agent routes act as one agent, on its units: an agent's own token only.
             (Scope::Agent, Scope::Agent) => true,
-            (Scope::Agent, _) | (_, Scope::Agent) => self == Scope::Admin && needed == Scope::Agent,
+            (Scope::Agent, _) | (_, Scope::Agent) => false,
             (have, need) => have >= need,
         }
     }
@@ -71,6 +72,10 @@ pub struct TokenEntry {
     pub last_used_unix_ns: Option<u64>,
     #[serde(default)]
     pub revoked_unix_ns: Option<u64>,
+    /// An `agent` token's labels (`--labels gpu=h100,rack=r1`): what `execution.agents.select`
+    /// matches. The agent cannot change them; only whoever makes its token can.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -95,6 +100,8 @@ pub enum TokenError {
     Unknown(String),
     #[error("a token name is 1 to 64 letters, digits, `-`, `_` or `.`; got `{0}`")]
     BadName(String),
+    #[error("an agent token's name is its agent's: 1 to 63 of a-z, 0-9 and `-`; got `{0}`")]
+    BadAgentName(String),
     #[error("no random source: {0}")]
     Random(std::io::Error),
 }
@@ -218,8 +225,21 @@ fn valid_name(name: &str) -> bool {
 /// Makes a token, keeps its hash in the file at `path`, and returns it with its entry: the only
 /// time the token itself exists outside the caller.
 pub fn create(path: &Path, name: &str, scope: Scope) -> Result<(String, TokenEntry), TokenError> {
+    create_labelled(path, name, scope, Default::default())
+}
+
+/// [`create`], with labels (an agent token's).
+pub fn create_labelled(
+    path: &Path,
+    name: &str,
+    scope: Scope,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<(String, TokenEntry), TokenError> {
     if !valid_name(name) {
         return Err(TokenError::BadName(name.to_string()));
+    }
+    if scope == Scope::Agent && !crate::agent::proto::valid_agent_name(name) {
+        return Err(TokenError::BadAgentName(name.to_string()));
     }
     let token = generate()?;
     let sha = hex(&digest(&token));
@@ -231,6 +251,7 @@ pub fn create(path: &Path, name: &str, scope: Scope) -> Result<(String, TokenEnt
         created_unix_ns: now_ns(),
         last_used_unix_ns: None,
         revoked_unix_ns: None,
+        labels,
     };
     locked(path, || {
         let mut file = read_file(path)?;
@@ -270,6 +291,8 @@ fn revoke_locked(path: &Path, which: &str) -> Result<Vec<TokenEntry>, TokenError
 pub struct Caller {
     pub name: String,
     pub scope: Scope,
+    /// The token's labels (an agent's).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The tokens a server accepts: the file's (re-read when it changes) and the server's own admin
@@ -341,12 +364,16 @@ impl Keyring {
         let admin = same(&presented, &self.admin);
         for (entry, hash) in &state.entries {
             if same(&presented, hash) && entry.revoked_unix_ns.is_none() && found.is_none() {
-                found = Some(Caller { name: entry.name.clone(), scope: entry.scope });
+                found = Some(Caller { name: entry.name.clone(), scope: entry.scope, labels: entry.labels.clone() });
                 used = Some(entry.id.clone());
             }
         }
         if admin {
-            return Some(Caller { name: "admin (server token)".into(), scope: Scope::Admin });
+            return Some(Caller {
+                name: "admin (server token)".into(),
+                scope: Scope::Admin,
+                labels: Default::default(),
+            });
         }
         if let Some(id) = used {
             state.used.insert(id, now_ns());
@@ -415,7 +442,7 @@ mod tests {
         assert!(Scope::Admin.allows(Scope::Run) && Scope::Run.allows(Scope::Read));
         assert!(!Scope::Read.allows(Scope::Run) && !Scope::Run.allows(Scope::Admin));
         assert!(!Scope::Agent.allows(Scope::Read) && Scope::Agent.allows(Scope::Agent));
-        assert!(!Scope::Run.allows(Scope::Agent) && Scope::Admin.allows(Scope::Agent));
+        assert!(!Scope::Run.allows(Scope::Agent) && !Scope::Admin.allows(Scope::Agent));
     }
 
     #[test]
@@ -428,7 +455,10 @@ mod tests {
         assert!(!text.contains(&token[5..]), "the token itself is never kept");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let ring = Keyring::new(path.clone(), "kitt_admin").unwrap();
-        assert_eq!(ring.check(&token), Some(Caller { name: "ci".into(), scope: Scope::Run }));
+        assert_eq!(
+            ring.check(&token),
+            Some(Caller { name: "ci".into(), scope: Scope::Run, labels: Default::default() })
+        );
         assert_eq!(ring.check("kitt_admin").map(|c| c.scope), Some(Scope::Admin));
         assert_eq!(ring.check("kitt_wrong"), None);
         assert!(ring.entries().unwrap()[0].last_used_unix_ns.is_some());

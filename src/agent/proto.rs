@@ -1,0 +1,189 @@
+//! The agent protocol: the JSON bodies of `/api/v1/agent/*`, shared by `kitt serve` and `kitt
+//! agent`. Agents only ever connect out (pull): they register, heartbeat, long-poll for a unit,
+//! stream its journal and logs, upload each committed step, and say how the unit ended.
+//!
+//! The protocol has a major and a minor number: a server refuses an agent of another major
+//! ("run `kitt agent update`"); a minor adds optional fields only.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_MAJOR: u32 = 1;
+pub const PROTOCOL_MINOR: u32 = 0;
+
+/// The longest a claim waits for a unit before answering 204.
+pub const CLAIM_WAIT_MAX_MS: u64 = 25_000;
+
+/// `POST /api/v1/agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub protocol: [u32; 2],
+    pub kitt_version: String,
+    /// The agent's build ([`crate::run::facts::build_id`]).
+    pub build: String,
+    /// `x86_64-linux-gnu`, `aarch64-linux-gnu`, …
+    pub target: String,
+    pub hostname: String,
+    /// The host's fingerprint hash and identity string.
+    pub fingerprint: String,
+    pub fingerprint_identity: String,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    /// How many units it runs at once.
+    pub slots: u32,
+    pub docker: bool,
+}
+
+/// One GPU as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpu {
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_mib: u64,
+    #[serde(default)]
+    pub memory_used_mib: u64,
+    /// The unit (`run/unit`) holding it, when kitt holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registered {
+    /// The agent's name (its token's).
+    pub agent: String,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_ms: u64,
+    pub claim_wait_ms: u64,
+    /// Units the server still counts as this agent's (after a restart of either side).
+    pub held: Vec<Held>,
+}
+
+/// A unit's attempt, as the agent holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    pub run: String,
+    pub unit: String,
+    pub attempt: u32,
+}
+
+/// `POST /api/v1/agent/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub units: Vec<Held>,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    #[serde(default)]
+    pub disk_free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beat {
+    /// Units whose leases this beat renewed.
+    pub renewed: Vec<Held>,
+    /// Units to stop now, and why (cancelled, expired, removed, superseded).
+    pub stop: Vec<(Held, String)>,
+    /// The agent is drained: it takes no new unit.
+    pub drain: bool,
+}
+
+/// `POST /api/v1/agent/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// How long to wait for a unit, at most [`CLAIM_WAIT_MAX_MS`].
+    pub wait_ms: u64,
+    /// GPUs the agent has free for a new unit.
+    pub gpus_free: u32,
+}
+
+/// A claimed unit: what `kitt work` needs to run it on the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claimed {
+    pub run: String,
+    pub unit: String,
+    pub attempt: u32,
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    /// The run's `run.json` and `plan.json`, as the server has them.
+    pub run_json: String,
+    pub plan_json: String,
+    /// Measured keys of the unit already committed on the server: the attempt skips them.
+    pub committed: Vec<String>,
+    /// GPUs the unit takes (`execution.agents.gpus`).
+    pub gpus: u32,
+    /// The suite's file name, and the suite and its suite-local templates by relative path:
+    /// the agent compiles the suite itself and checks its plan's keys against the server's.
+    pub suite: String,
+    pub files: BTreeMap<String, String>,
+}
+
+/// One line of `POST /api/v1/agent/events` (NDJSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLine {
+    pub run: String,
+    pub unit: String,
+    pub attempt: u32,
+    /// `journal` (a record of the attempt's shard) or `log` (a line of its output).
+    pub kind: EventKind,
+    /// The line's number in its stream, from 0: a resent line is dropped.
+    pub seq: u64,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Journal,
+    Log,
+}
+
+/// The answer to an events batch: per stream, the next sequence number the server expects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsAccepted {
+    pub accepted: u64,
+    pub dropped: u64,
+    pub next: Vec<(Held, EventKind, u64)>,
+}
+
+/// `POST /api/v1/agent/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finish {
+    pub run: String,
+    pub unit: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// How an attempt on an agent ended (the executor's unit states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+/// A name the agent protocol takes for agents: `[a-z0-9-]{1,63}`.
+pub fn valid_agent_name(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A step key or a sha256: lowercase hex only, of a length in `len`.
+pub fn valid_hex(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,612 @@
+//! Remote GPU agents end to end: a real `kitt serve` on loopback, real `kitt agent` processes
+//! (each with its own config, token and spool), real `kitt work` children running real `kitt
+//! sim` engines, a real kill -9 and a cut network (the test hook), over the agent API.
+//!
+//! Leases and heartbeats are seconds here (`KITT_AGENT_HEARTBEAT_MS`, `execution.agents.lease`),
+//! so a lost agent is noticed within a test's patience.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{KittEnv, comparable, report, sims_alive, text};
+use serde_json::{Value as Json, json};
+
+/// The heartbeat the server asks of its agents in these tests.
+const HEARTBEAT_MS: u64 = 300;
+
+fn suite(model: &str, cells: &str, requests: u32, select: &str, lease: &str) -> String {
+    format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: agents-{model}}}
+spec:
+  models: [{{name: {model}}}]
+  engines: [{{name: sim, template: sim, params: {{ttft_ms: 2, itl_ms: 1, tokens_per_chunk: 2}}}}]
+  benchmarks:
+    - name: tput
+      template: throughput
+      params: {{concurrency: [{cells}], requests: {requests}, input_tokens: 16, max_tokens: 16}}
+  sampling: {{temperature: 0, seed: 5}}
+  warmup: {{requests: 1}}
+  execution:
+    executor: agents
+    granularity: cell
+    isolation: engine
+    agents: {{select: {{{select}}}, lease: {lease}}}
+"#
+    )
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first: an agent stops its units' engines.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Place {
+    env: KittEnv,
+    server: Option<Proc>,
+    port: u16,
+    admin: String,
+}
+
+impl Place {
+    fn kitt(&self) -> Command {
+        let mut c = self.env.cmd();
+        c.env("KITT_TOKENS", self.env.path().join("tokens.json"))
+            .env("KITT_AGENT_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
+            .env("HOME", self.env.path().join("home"))
+            .env_remove("KITT_TEST_AGENT_PARTITION")
+            .env_remove("KITT_AGENT_CONFIG");
+        c
+    }
+
+    fn new() -> Place {
+        let env = KittEnv::new();
+        std::fs::create_dir_all(env.path().join("suites")).unwrap();
+        std::fs::create_dir_all(env.path().join("home")).unwrap();
+        let mut p = Place { env, server: None, port: 0, admin: String::new() };
+        let mut cmd = p.kitt();
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--suites-dir"]).arg(p.env.path().join("suites"));
+        cmd.args(["--token-file"]).arg(p.env.path().join("admin.tok"));
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("listening on ").nth(1).and_then(|u| u.rsplit(':').next()) {
+                    let _ = tx.send(port.trim().parse::<u16>().unwrap_or(0));
+                }
+            }
+        });
+        p.port = rx.recv_timeout(Duration::from_secs(20)).expect("kitt serve did not start");
+        p.server = Some(Proc(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.admin.is_empty() && Instant::now() < deadline {
+            p.admin = std::fs::read_to_string(p.env.path().join("admin.tok")).unwrap_or_default().trim().to_string();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A token made with `kitt serve token create`.
+    fn token(&self, name: &str, scope: &str, labels: &str) -> String {
+        let out = self
+            .kitt()
+            .args([
+                "serve", "token", "create", "--name", name, "--scope", scope, "--labels", labels, "--output", "json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Json>(&out.stdout).unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    fn config(&self, name: &str) -> PathBuf {
+        self.env.path().join(format!("{name}.json"))
+    }
+
+    fn state(&self, name: &str) -> PathBuf {
+        self.env.path().join(format!("state-{name}"))
+    }
+
+    /// `kitt agent init` for agent `name` (its token on stdin).
+    fn init_agent(&self, name: &str, labels: &str) -> String {
+        let token = self.token(name, "agent", labels);
+        let mut c = self.kitt();
+        c.args(["agent", "--config"]).arg(self.config(name)).args(["init", "--server", &self.url()]);
+        c.args(["--token-file", "-", "--allow-native", "--state-dir"]).arg(self.state(name));
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(format!("{token}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        token
+    }
+
+    fn start_agent(&self, name: &str, partition: Option<&Path>) -> Proc {
+        let mut c = self.kitt();
+        c.args(["agent", "--config"]).arg(self.config(name)).arg("start");
+        if let Some(p) = partition {
+            c.env("KITT_TEST_AGENT_PARTITION", p);
+        }
+        c.stdout(Stdio::null()).stderr(std::fs::File::create(self.env.path().join(format!("{name}.log"))).unwrap());
+        Proc(c.spawn().unwrap())
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.env.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts `yaml` over the API (it is placed on agents); the run's directory.
+    fn start_run(&self, yaml: &str) -> PathBuf {
+        std::fs::write(self.env.path().join("suites").join("s.yaml"), yaml).unwrap();
+        let a = request(
+            self.port,
+            "POST",
+            "/api/v1/runs",
+            Some(&self.admin),
+            &json!({"suite": "s.yaml"}).to_string().into_bytes(),
+        );
+        assert_eq!(a.0, 201, "{}", String::from_utf8_lossy(&a.1));
+        PathBuf::from(serde_json::from_slice::<Json>(&a.1).unwrap()["run_dir"].as_str().unwrap())
+    }
+
+    fn agents(&self) -> Json {
+        let out = self
+            .kitt()
+            .args(["agents", "list", "--output", "json", "--server", &self.url()])
+            .env("KITT_SERVER_TOKEN", &self.admin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close): status and body.
+fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+            rest = &rest[nl + 2 + n + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+/// Waits for `f` to hold, up to `secs`.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn finished(run: &Path) -> bool {
+    run.join("report").join("result.json").exists()
+        && std::fs::read_to_string(run.join("journal.jsonl")).unwrap_or_default().contains("\"run_finished\"")
+}
+
+/// Each attempt record of the run: (unit, attempt) → record.
+fn records(run: &Path) -> BTreeMap<(String, u32), Json> {
+    std::fs::read_dir(run.join("agents"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let stem = name.strip_suffix(".json")?;
+            let (unit, attempt) = stem.rsplit_once('.')?;
+            let v: Json = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            Some(((unit.to_string(), attempt.parse().ok()?), v))
+        })
+        .collect()
+}
+
+/// Every committed step of the run: key → the marker the server wrote.
+fn commits(run: &Path) -> BTreeMap<String, Json> {
+    std::fs::read_dir(run.join("steps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = std::fs::read(e.path().join(".committed")).ok()?;
+            Some((e.file_name().to_string_lossy().to_string(), serde_json::from_slice(&m).unwrap_or(Json::Null)))
+        })
+        .collect()
+}
+
+/// Files under `dir` holding `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn serial_agents_run_a_suite_cell_for_cell_as_a_local_run_does() {
+    let place = Place::new();
+    let tok_a = place.init_agent("gpu-a", "gpu=h100,rack=r1");
+    let tok_b = place.init_agent("gpu-b", "gpu=h100");
+    let tok_c = place.init_agent("gpu-c", "gpu=a100");
+    let _a = place.start_agent("gpu-a", None);
+    let _b = place.start_agent("gpu-b", None);
+    let _c = place.start_agent("gpu-c", None);
+    let yaml = suite("agents-e2e", "1, 2, 3", 12, "gpu: h100", "5s");
+    let run = place.start_run(&yaml);
+    wait_for(120, "the run to finish", || finished(&run));
+    let placed = report(&run);
+    assert!(placed["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{placed}");
+
+    // The same suite run locally: the same cells, statuses, counts.
+    let local = KittEnv::new();
+    let path = local.suite(&yaml);
+    let out = local.cmd().args(["apply"]).arg(&path).args(["--executor", "local", "-q"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(comparable(&placed, false), comparable(&report(&local.only_run()), false));
+
+    // Each measured key committed once, by an agent whose labels match; none by gpu-c.
+    let commits = commits(&run);
+    assert_eq!(commits.len(), 6, "3 benchmarks and 3 collects: {commits:?}");
+    for (key, marker) in &commits {
+        let agent = marker["agent"].as_str().unwrap_or_default();
+        assert!(agent == "gpu-a" || agent == "gpu-b", "step {key} committed by {marker}");
+    }
+    let recs = records(&run);
+    assert_eq!(recs.len(), 3, "one attempt per unit: {recs:?}");
+    assert!(recs.values().all(|r| r["outcome"] == "succeeded" && r["agent"] != "gpu-c"), "{recs:?}");
+    // Every attempt's journal shard reached the server.
+    for (unit, attempt) in recs.keys() {
+        let shard = run.join("journal").join(format!("{unit}.{attempt}.jsonl"));
+        let text = std::fs::read_to_string(&shard).unwrap();
+        assert!(text.contains("\"run_finished\""), "{}: {text}", shard.display());
+    }
+    // `kitt runs show` names the agent of each unit.
+    let out = place.kitt().args(["runs", "show"]).arg(&run).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("gpu-a@") || shown.contains("gpu-b@"), "{shown}");
+
+    let list = place.agents();
+    let names: BTreeSet<&str> =
+        list["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["gpu-a", "gpu-b", "gpu-c"]));
+    let a = list["agents"].as_array().unwrap().iter().find(|a| a["name"] == "gpu-a").unwrap();
+    assert_eq!(a["labels"], json!({"gpu": "h100", "rack": "r1"}));
+    assert_eq!(a["online"], true);
+
+    // The tokens are nowhere a user or another process could read them.
+    for tok in [&tok_a, &tok_b, &tok_c] {
+        assert!(files_holding(&place.env.runs(), tok).is_empty(), "a token in the runs directory");
+        for name in ["gpu-a", "gpu-b", "gpu-c"] {
+            assert!(files_holding(&place.state(name), tok).is_empty(), "a token in an agent's spool");
+            assert!(!place.log(name).contains(tok.as_str()), "a token in an agent's log");
+        }
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            assert!(!cmdline.windows(tok.len()).any(|w| w == tok.as_bytes()), "a token on a command line");
+        }
+    }
+    let kept = std::fs::read_to_string(place.env.path().join("tokens.json")).unwrap();
+    assert!(!kept.contains(tok_a.as_str()), "tokens are kept hashed");
+}
+
+#[test]
+fn serial_a_killed_agent_s_unit_resumes_on_another_within_lease_plus_a_heartbeat() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    place.init_agent("gpu-b", "gpu=h100");
+    let mut a = place.start_agent("gpu-a", None);
+    // One long cell: 600 requests of 16 tokens at 1 ms each, one at a time.
+    let run = place.start_run(&suite("agents-kill", "1", 600, "gpu: h100", "3s"));
+    wait_for(60, "gpu-a to be measuring", || {
+        records(&run).values().any(|r| r["agent"] == "gpu-a")
+            && common::shard_records(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+    });
+    let _b = place.start_agent("gpu-b", None);
+    wait_for(20, "gpu-b to register", || {
+        place.agents()["agents"].as_array().unwrap().iter().any(|x| x["name"] == "gpu-b")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    a.0.kill().unwrap();
+    let killed = Instant::now();
+    let _ = a.0.wait();
+    wait_for(30, "the unit to be placed on gpu-b", || records(&run).values().any(|r| r["agent"] == "gpu-b"));
+    let moved = killed.elapsed();
+    // Lease 3 s plus one heartbeat, with room for a loaded machine.
+    assert!(moved < Duration::from_millis(3000 + HEARTBEAT_MS + 4000), "placed again after {moved:?}");
+    wait_for(120, "the run to finish", || finished(&run));
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+    let recs = records(&run);
+    let first = recs.iter().find(|(_, r)| r["agent"] == "gpu-a").map(|(k, r)| (k.1, r.clone())).unwrap();
+    assert_eq!(first.0, 0);
+    let second = recs.iter().find(|(_, r)| r["agent"] == "gpu-b").map(|(k, r)| (k.1, r.clone())).unwrap();
+    assert_eq!(second.0, 1, "the next attempt: {recs:?}");
+    assert_eq!(second.1["outcome"], "succeeded");
+    // The lost attempt is journaled as expired; each key committed once, by the new attempt.
+    let unit = recs.keys().next().unwrap().0.clone();
+    assert!(run.join("attempts").join(&unit).join("0.expired").exists(), "attempt 0 marked expired");
+    let commits = commits(&run);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert!(commits.values().all(|m| m["attempt"] == 1 && m["agent"] == "gpu-b"), "{commits:?}");
+    wait_for(20, "no sim left", || sims_alive("agents-kill") == 0);
+}
+
+#[test]
+fn serial_a_cut_off_agent_fences_itself_before_its_unit_is_placed_again() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    place.init_agent("gpu-b", "gpu=h100");
+    let cut = place.env.path().join("cut");
+    let _a = place.start_agent("gpu-a", Some(&cut));
+    let run = place.start_run(&suite("agents-cut", "1", 600, "gpu: h100", "3s"));
+    wait_for(60, "gpu-a to be measuring", || {
+        common::shard_records(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+    });
+    let _b = place.start_agent("gpu-b", None);
+    std::fs::write(&cut, b"").unwrap();
+    let cut_at = Instant::now();
+    // gpu-a stops its engine before the server gives the unit to gpu-b.
+    let mut fenced_at = None;
+    wait_for(30, "the unit to be placed on gpu-b", || {
+        if fenced_at.is_none() && place.log("gpu-a").contains("fencing") {
+            fenced_at = Some(cut_at.elapsed());
+        }
+        records(&run).values().any(|r| r["agent"] == "gpu-b")
+    });
+    let placed_at = cut_at.elapsed();
+    let fenced_at = fenced_at.unwrap_or_else(|| panic!("gpu-a did not fence: {}", place.log("gpu-a")));
+    assert!(fenced_at < placed_at, "fenced at {fenced_at:?}, but placed again at {placed_at:?}");
+    // The network comes back after expiry: what gpu-a would still send is refused, and it sends nothing.
+    std::fs::remove_file(&cut).unwrap();
+    wait_for(120, "the run to finish", || finished(&run));
+    let commits = commits(&run);
+    assert_eq!(
+        commits.len(),
+        2,
+        "{commits:?}\n{:?}\ngpu-a: {}\ngpu-b: {}\ndriver: {}",
+        records(&run),
+        place.log("gpu-a"),
+        place.log("gpu-b"),
+        std::fs::read_to_string(run.join("driver.log")).unwrap_or_default()
+    );
+    assert!(commits.values().all(|m| m["agent"] == "gpu-b"), "nothing of the fenced attempt: {commits:?}");
+    let recs = records(&run);
+    assert!(
+        recs.values().any(|r| r["agent"] == "gpu-a" && r["outcome"] == "lost")
+            || recs.values().any(|r| r["agent"] == "gpu-a" && r["outcome"] == "running"),
+        "{recs:?}"
+    );
+    wait_for(20, "no sim left", || sims_alive("agents-cut") == 0);
+}
+
+#[test]
+fn serial_runs_cancel_stops_an_agent_s_unit_within_a_heartbeat() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    let _a = place.start_agent("gpu-a", None);
+    let run = place.start_run(&suite("agents-cancel", "1", 5000, "gpu: h100", "5s"));
+    wait_for(60, "gpu-a to be measuring", || {
+        common::shard_records(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+    });
+    let id = run.file_name().unwrap().to_string_lossy().to_string();
+    let began = Instant::now();
+    let a = request(place.port, "POST", &format!("/api/v1/runs/{id}/cancel"), Some(&place.admin), b"{}");
+    assert!(a.0 < 300, "{}", String::from_utf8_lossy(&a.1));
+    wait_for(30, "the attempt to end cancelled", || records(&run).values().any(|r| r["outcome"] == "cancelled"));
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(10), "cancelled after {took:?}");
+    wait_for(20, "no sim left", || sims_alive("agents-cancel") == 0);
+}
+
+#[test]
+fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
+    let place = Place::new();
+    let a = place.token("gpu-a", "agent", "gpu=h100");
+    let b = place.token("gpu-b", "agent", "gpu=h100");
+    let read = place.token("reader", "read", "");
+    let revoked = place.token("gone", "agent", "");
+    let out = place.kitt().args(["serve", "token", "revoke", "gone"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let reg = json!({
+        "protocol": [1, 0], "kitt_version": "0.1.0", "build": "x", "target": "x86_64-linux-gnu", "hostname": "h",
+        "fingerprint": "f", "fingerprint_identity": "i", "gpus": [], "slots": 1, "docker": false,
+    });
+    let routes: [(&str, &str); 6] = [
+        ("POST", "/api/v1/agent/register"),
+        ("POST", "/api/v1/agent/heartbeat"),
+        ("POST", "/api/v1/agent/claim"),
+        ("POST", "/api/v1/agent/events"),
+        ("POST", "/api/v1/agent/finish"),
+        ("PUT", "/api/v1/agent/steps/0123456789abcdef?run=r&unit=u&attempt=0&sha256=00"),
+    ];
+    for (method, path) in routes {
+        let body = reg.to_string().into_bytes();
+        assert_eq!(request(place.port, method, path, None, &body).0, 401, "{method} {path} without a token");
+        assert_eq!(request(place.port, method, path, Some("kitt_wrong"), &body).0, 401, "{method} {path} wrong token");
+        assert_eq!(request(place.port, method, path, Some(&revoked), &body).0, 401, "{method} {path} revoked");
+        assert_eq!(request(place.port, method, path, Some(&read), &body).0, 403, "{method} {path} read token");
+        let (s, body) = request(place.port, method, path, Some(&place.admin), &body);
+        assert_eq!(s, 403, "{method} {path} admin token: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("`agent` token"), "{}", String::from_utf8_lossy(&body));
+    }
+    // Another protocol major is refused with what to do; bad JSON is a 400.
+    let mut old = reg.clone();
+    old["protocol"] = json!([2, 0]);
+    let (s, body) = request(place.port, "POST", "/api/v1/agent/register", Some(&a), old.to_string().as_bytes());
+    assert_eq!(s, 409);
+    assert!(String::from_utf8_lossy(&body).contains("kitt agent update"));
+    assert_eq!(request(place.port, "POST", "/api/v1/agent/register", Some(&a), b"{\"protocol\": [1").0, 400);
+    // Registered agents claim a real unit; another agent cannot act for it.
+    for t in [&a, &b] {
+        assert_eq!(request(place.port, "POST", "/api/v1/agent/register", Some(t), reg.to_string().as_bytes()).0, 200);
+    }
+    let run = place.start_run(&suite("agents-routes", "1", 4, "gpu: h100", "30s"));
+    let (s, body) =
+        request(place.port, "POST", "/api/v1/agent/claim", Some(&a), br#"{"wait_ms": 20000, "gpus_free": 0}"#);
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let c: Json = serde_json::from_slice(&body).unwrap();
+    let (run_id, unit, attempt) =
+        (c["run"].as_str().unwrap(), c["unit"].as_str().unwrap(), c["attempt"].as_u64().unwrap());
+    assert_eq!(run.file_name().unwrap().to_string_lossy(), run_id);
+    assert!(c["files"].as_object().unwrap().contains_key("s.yaml"), "the suite travels with the unit");
+    let line = |seq: u64| {
+        json!({"run": run_id, "unit": unit, "attempt": attempt, "kind": "log", "seq": seq, "line": "hello"}).to_string()
+    };
+    let (s, body) = request(place.port, "POST", "/api/v1/agent/events", Some(&b), line(0).as_bytes());
+    assert_eq!(s, 409, "another agent's attempt: {}", String::from_utf8_lossy(&body));
+    let (s, body) = request(
+        place.port,
+        "POST",
+        "/api/v1/agent/events",
+        Some(&a),
+        format!("{}\n{}\n{}", line(0), line(1), line(0)).as_bytes(),
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["accepted"].as_u64(), v["dropped"].as_u64()), (Some(2), Some(1)), "a resent line is dropped: {v}");
+    let bad = json!({"run": "../x", "unit": unit, "attempt": attempt, "kind": "log", "seq": 2, "line": "x"});
+    assert_eq!(request(place.port, "POST", "/api/v1/agent/events", Some(&a), bad.to_string().as_bytes()).0, 400);
+    let q = |key: &str, sha: &str| {
+        format!("/api/v1/agent/steps/{key}?run={run_id}&unit={unit}&attempt={attempt}&sha256={sha}")
+    };
+    let zero = "0".repeat(64);
+    assert_eq!(request(place.port, "PUT", &q("..%2F..%2Fetc", &zero), Some(&a), b"x").0, 400, "a key is hex");
+    let (s, body) = request(place.port, "PUT", &q("0123456789abcdef", &zero), Some(&a), b"x");
+    assert_eq!(s, 400, "a wrong sha256: {}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("sha256 mismatch"));
+    let sha_x = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+    let (s, body) = request(place.port, "PUT", &q("0123456789abcdef", sha_x), Some(&b), b"x");
+    assert_eq!(s, 409, "another agent's upload: {}", String::from_utf8_lossy(&body));
+    let (s, body) = request(place.port, "PUT", &q("0123456789abcdef", sha_x), Some(&a), b"x");
+    assert_eq!(s, 400, "not a step of the unit: {}", String::from_utf8_lossy(&body));
+    let finish = json!({"run": run_id, "unit": unit, "attempt": attempt, "outcome": "failed", "reason": "a test"});
+    assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&b), finish.to_string().as_bytes()).0, 409);
+    assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&a), finish.to_string().as_bytes()).0, 200);
+    let (s, body) = request(place.port, "POST", "/api/v1/agent/events", Some(&a), line(2).as_bytes());
+    assert_eq!(s, 409, "an ended attempt sends nothing more: {}", String::from_utf8_lossy(&body));
+    wait_for(60, "the run to end", || {
+        std::fs::read_to_string(run.join("journal.jsonl")).unwrap_or_default().contains("\"run_finished\"")
+    });
+    // Drain and remove are admin's; the list is read's.
+    assert_eq!(request(place.port, "POST", "/api/v1/agents/gpu-b/drain", Some(&read), b"").0, 403);
+    assert_eq!(request(place.port, "POST", "/api/v1/agents/gpu-b/drain", Some(&place.admin), b"").0, 200);
+    let (s, _) = request(place.port, "POST", "/api/v1/agent/claim", Some(&b), br#"{"wait_ms": 100, "gpus_free": 0}"#);
+    assert_eq!(s, 204, "a drained agent gets no unit");
+    assert_eq!(request(place.port, "DELETE", "/api/v1/agents/gpu-b", Some(&place.admin), b"").0, 200);
+    assert_eq!(request(place.port, "DELETE", "/api/v1/agents/gpu-b", Some(&place.admin), b"").0, 404);
+    assert_eq!(request(place.port, "GET", "/api/v1/agents", Some(&read), b"").0, 200);
+}
+
+#[test]
+fn agent_init_refuses_plain_http_off_loopback_and_start_refuses_an_open_config() {
+    let place = Place::new();
+    let mut c = place.kitt();
+    c.args(["agent", "--config"]).arg(place.config("x")).args([
+        "init",
+        "--server",
+        "http://10.1.2.3:8080",
+        "--token-file",
+        "-",
+    ]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"kitt_x\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plain HTTP only on loopback"), "{}", text(&out));
+    assert!(!place.config("x").exists());
+    place.init_agent("gpu-a", "");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(place.config("gpu-a"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = place.kitt().args(["agent", "--config"]).arg(place.config("gpu-a")).arg("start").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", text(&out));
+}
+
+#[test]
+fn the_agent_service_unit_is_hardened_and_systemd_verifies_it() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "");
+    let out = place
+        .kitt()
+        .args(["agent", "--config"])
+        .arg(place.config("gpu-a"))
+        .args(["service", "install", "--print"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let unit = String::from_utf8(out.stdout).unwrap();
+    for line in ["Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "agent start --config"] {
+        assert!(unit.contains(line), "{line} in {unit}");
+    }
+    let path = place.env.path().join("kitt-agent.service");
+    std::fs::write(&path, &unit).unwrap();
+    let verify = Command::new("systemd-analyze").args(["verify"]).arg(&path).output();
+    match verify {
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            // Outside a booted systemd it may not reach the manager; what it says of the file counts.
+            let about_file: Vec<&str> = err.lines().filter(|l| l.contains("kitt-agent.service")).collect();
+            assert!(about_file.is_empty(), "systemd-analyze verify: {err}");
+        }
+        Err(e) => assert!(std::env::var("CI").is_err(), "systemd-analyze is missing in CI: {e}"),
+    }
+}
