@@ -290,7 +290,9 @@ fn serial_agents_run_a_suite_cell_for_cell_as_a_local_run_does() {
     let _a = place.start_agent("gpu-a", None);
     let _b = place.start_agent("gpu-b", None);
     let _c = place.start_agent("gpu-c", None);
-    let yaml = suite("agents-e2e", "1, 2, 3", 12, "gpu: h100", "5s");
+    // The shipped example: three cells on H100 agents.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(root.join("examples/agents.yaml")).unwrap();
     let run = place.start_run(&yaml);
     wait_for(120, "the run to finish", || finished(&run));
     let placed = report(&run);

@@ -262,6 +262,26 @@ fn fake_devon(key: &'static str) -> u16 {
 }
 
 /// Logs the browser in through the URL `kitt serve` prints.
+/// Registers agent `token` as `kitt agent` would (a raw POST).
+fn register_agent(port: u16, token: &str) {
+    use std::io::{Read as _, Write as _};
+    let body = serde_json::json!({
+        "protocol": [1, 0], "kitt_version": "0.1.0", "build": "test", "target": "x86_64-linux-gnu", "hostname": "gpu-host",
+        "fingerprint": "abc123", "fingerprint_identity": "h100_test", "gpus": [], "slots": 1, "docker": false,
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /api/v1/agent/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 fn log_in(b: &mut Browser, server: &Server) {
     let load = b.navigate(&server.url(&format!("/login?token={}", server.admin)));
     clean(&load);
@@ -311,6 +331,15 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
         &["--devon-url", &devon_url],
         &[("DEVON_API_KEY", "devon-secret"), ("KITT_SETTING_MODEL_DIRS", &model_dirs)],
     );
+    // An agent registered, so the Agents page has a row (and, for the admin, its buttons).
+    let out = kitt(&env)
+        .args(["serve", "token", "create", "--name", "gpu-a", "--scope", "agent", "--labels", "gpu=h100"])
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let agent_token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_string();
+    register_agent(server.port, &agent_token);
     let mut b = Browser::launch(&exe);
     // The detector itself: a console error and a failed request are seen.
     let broken = b.navigate(&format!("{devon_url}/broken"));
@@ -333,6 +362,7 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
         ("quicktest-show".into(), "/quicktest?model=tiny&engine=sim&suite=quick&show=1".into()),
         ("settings".into(), "/settings".into()),
         ("devon".into(), "/devon".into()),
+        ("agents".into(), "/agents".into()),
     ];
     let mut slowest = (0.0, String::new());
     for (name, path) in &pages {
@@ -347,6 +377,16 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
         shoot(&mut b, name);
     }
     eprintln!("slowest load event: {:.0} ms ({})", slowest.0, slowest.1);
+    // The Agents page: the registered agent with its labels, and the admin's drain button works.
+    b.navigate(&server.url("/agents"));
+    let main = b.eval("document.querySelector('main').innerText").as_str().unwrap_or_default().to_string();
+    assert!(main.contains("gpu-a") && main.contains("gpu=h100"), "{main}");
+    b.eval("document.querySelector('form[action=\"/agents/gpu-a/drain\"]').submit()");
+    let load = b.wait_loaded("drain");
+    clean(&load);
+    assert_eq!(b.eval("location.pathname"), "/agents");
+    let main = b.eval("document.querySelector('main').innerText").as_str().unwrap_or_default().to_string();
+    assert!(main.contains("draining"), "{main}");
 
     // The run page shows the step tree with every step done and its timings.
     b.navigate(&server.url(&format!("/runs/{}", runs[0])));
@@ -516,7 +556,9 @@ fn serial_without_a_login_every_page_goes_to_login_and_comes_back() {
     let env = KittEnv::new();
     let server = serve(&env, &[], &[]);
     // Without a browser: a 303 to /login naming the page.
-    for path in ["/", "/runs", "/results?model=a%20b", "/compare", "/engines", "/models", "/quicktest", "/settings"] {
+    for path in
+        ["/", "/runs", "/results?model=a%20b", "/compare", "/engines", "/models", "/quicktest", "/settings", "/agents"]
+    {
         let (status, headers, _) = http(server.port, path, None);
         assert_eq!(status, 303, "{path}");
         let to = header(&headers, "location").unwrap();

@@ -304,7 +304,8 @@ impl Agent {
                         let slot = Arc::new(Slot {
                             held: held.clone(),
                             pgid: AtomicI32::new(0),
-                            last_ack: Mutex::new(sent),
+                            // The lease began when the server took the unit, after its wait.
+                            last_ack: Mutex::new((sent + Duration::from_millis(c.waited_ms)).min(Instant::now())),
                             fence_after: fence,
                             stop: Mutex::new(None),
                             fenced: AtomicBool::new(false),

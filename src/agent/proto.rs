@@ -112,6 +112,10 @@ pub struct Claimed {
     pub attempt: u32,
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
+    /// How long the claim waited on the server before it took the unit: the lease starts then,
+    /// so the agent counts its fence from when it sent the claim plus this.
+    #[serde(default)]
+    pub waited_ms: u64,
     /// The run's `run.json` and `plan.json`, as the server has them.
     pub run_json: String,
     pub plan_json: String,

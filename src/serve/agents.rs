@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::App;
 use super::api::blocking;
-use super::problem::{Json, Problem};
+use super::problem::{Json, Problem, Query};
 use super::tokens::{Caller, Scope};
 use crate::agent::proto::{self, Beat, Claimed, EventKind, EventLine, EventsAccepted, Finish, Gpu, Held, Outcome};
 use crate::exec::agents::{self as files, AttemptRecord, QueueEntry};
@@ -540,6 +540,7 @@ fn start_attempt(root: &Path, agent: &AgentInfo, entry: &QueueEntry) -> Result<C
         attempt: entry.attempt,
         lease_ms: entry.lease_ms,
         heartbeat_ms: 0,
+        waited_ms: 0,
         run_json,
         plan_json,
         committed,
@@ -561,11 +562,15 @@ pub(super) async fn claim(
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms.min(proto::CLAIM_WAIT_MAX_MS));
     let mut closing = app.closing.clone();
+    let began = Instant::now();
     loop {
         let app2 = app.clone();
         let agent2 = agent.clone();
+        // Read before the attempt is made: the agent's fence never starts after its lease.
+        let waited = began.elapsed();
         if let Some(mut c) = blocking(move || try_claim(&app2, &agent2, body.gpus_free)).await? {
             c.heartbeat_ms = app.agents.heartbeat.as_millis() as u64;
+            c.waited_ms = waited.as_millis() as u64;
             return Ok(axum::Json(c).into_response());
         }
         if Instant::now() >= deadline || *closing.borrow() {
@@ -903,11 +908,11 @@ pub(super) async fn finish(
     Ok(axum::Json(json!({"ok": true})).into_response())
 }
 
-/// `GET /api/v1/agents`.
-pub(super) async fn list(State(app): State<Arc<App>>) -> Answer {
+/// Every agent as `GET /api/v1/agents` and the Agents page show it.
+pub(crate) fn listing(app: &App) -> Result<Vec<serde_json::Value>, Problem> {
     let heartbeat = app.agents.heartbeat;
     let now = now_ns();
-    let agents: Vec<serde_json::Value> = app
+    Ok(app
         .agents
         .list()
         .into_iter()
@@ -919,7 +924,12 @@ pub(super) async fn list(State(app): State<Arc<App>>) -> Answer {
             v["gpus_free"] = a.gpus.iter().filter(|g| g.holder.is_none()).count().into();
             v
         })
-        .collect();
+        .collect())
+}
+
+/// `GET /api/v1/agents`.
+pub(super) async fn list(State(app): State<Arc<App>>) -> Answer {
+    let agents = listing(&app)?;
     Ok(axum::Json(json!({"agents": agents})).into_response())
 }
 
@@ -931,23 +941,29 @@ fn known(app: &App, name: &str) -> Result<(), Problem> {
     }
 }
 
-/// `POST /api/v1/agents/{id}/drain`: the agent takes no new unit; what it runs finishes.
-pub(super) async fn drain(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
-    known(&app, &name)?;
+pub(crate) fn drain_agent(app: &App, name: &str) -> Result<(), Problem> {
+    known(app, name)?;
     let mut reg = app.agents.lock();
-    if let Some(a) = reg.agents.get_mut(&name) {
+    if let Some(a) = reg.agents.get_mut(name) {
         a.state = "draining".into();
     }
     reg.dirty = true;
     app.agents.save(&mut reg, true);
+    tracing::info!("agent `{name}` drained");
+    Ok(())
+}
+
+/// `POST /api/v1/agents/{id}/drain`: the agent takes no new unit; what it runs finishes.
+pub(super) async fn drain(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
+    drain_agent(&app, &name)?;
     Ok(axum::Json(json!({"agent": name, "state": "draining"})).into_response())
 }
 
-/// `DELETE /api/v1/agents/{id}`: forgets the agent; the attempts it held are lost now (their
-/// units are placed again) and it is told to stop them on its next heartbeat.
-pub(super) async fn remove(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
-    known(&app, &name)?;
-    let held = app.agents.lock().agents.get(&name).map(|a| a.held.clone()).unwrap_or_default();
+/// Forgets an agent; the attempts it held are lost now (their units are placed again) and it is
+/// told to stop them on its next heartbeat. How many it held.
+pub(crate) async fn remove_agent(app: &Arc<App>, name: &str) -> Result<usize, Problem> {
+    known(app, name)?;
+    let held = app.agents.lock().agents.get(name).map(|a| a.held.clone()).unwrap_or_default();
     let root = app.cfg.runs_root.clone();
     let n = held.len();
     blocking(move || {
@@ -968,8 +984,15 @@ pub(super) async fn remove(State(app): State<Arc<App>>, UrlPath(name): UrlPath<S
     })
     .await?;
     let mut reg = app.agents.lock();
-    reg.agents.remove(&name);
+    reg.agents.remove(name);
     reg.dirty = true;
     app.agents.save(&mut reg, true);
+    tracing::info!("agent `{name}` removed; {n} unit(s) it held are placed again");
+    Ok(n)
+}
+
+/// `DELETE /api/v1/agents/{id}`.
+pub(super) async fn remove(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
+    let n = remove_agent(&app, &name).await?;
     Ok(axum::Json(json!({"agent": name, "removed": true, "requeued": n})).into_response())
 }

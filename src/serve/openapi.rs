@@ -102,9 +102,15 @@ pub fn document() -> Value {
                 })
                 .collect();
             let required: Vec<&str> = r.body.iter().filter(|p| p.required).map(|p| p.name).collect();
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+            let mut schema = json!({
                 "type": "object", "properties": props, "required": required, "additionalProperties": false,
-            }}}});
+            });
+            if r.path == "/api/v1/tokens" {
+                // An agent token's name is its agent's.
+                schema["if"] = json!({"properties": {"scope": {"const": "agent"}}, "required": ["scope"]});
+                schema["then"] = json!({"properties": {"name": {"pattern": "^[a-z0-9-]{1,63}$"}}});
+            }
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[method] = op;

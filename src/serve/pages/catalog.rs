@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use super::super::App;
 use super::super::api::{blocking, model_list, settings_list};
 use super::super::problem::Problem;
-use super::super::tokens::Caller;
+use super::super::tokens::{Caller, Scope};
 use super::results::row;
 use super::shown;
 use crate::run::dir::{self, RunStatus};
@@ -169,4 +169,33 @@ pub(super) async fn settings(State(app): State<Arc<App>>, Extension(caller): Ext
         .await
     };
     shown(&app, &caller, "settings", "Settings", data)
+}
+
+/// The agents, with drain and remove for an admin.
+pub(super) async fn agents(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
+    let data = crate::serve::agents::listing(&app)
+        .map(|agents| json!({"agents": agents, "can_admin": caller.scope.allows(Scope::Admin) && !app.cfg.read_only}));
+    shown(&app, &caller, "agents", "Agents", data)
+}
+
+pub(super) async fn agent_drain(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match crate::serve::agents::drain_agent(&app, &name) {
+        Ok(()) => super::render::see_other("/agents"),
+        Err(p) => super::render::error_page(&app, Some(&caller), &p),
+    }
+}
+
+pub(super) async fn agent_remove(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match crate::serve::agents::remove_agent(&app, &name).await {
+        Ok(_) => super::render::see_other("/agents"),
+        Err(p) => super::render::error_page(&app, Some(&caller), &p),
+    }
 }

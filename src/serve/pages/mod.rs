@@ -69,6 +69,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("quicktest", include_str!("../../../web/templates/quicktest.hbs")),
     ("settings", include_str!("../../../web/templates/settings.hbs")),
     ("devon", include_str!("../../../web/templates/devon.hbs")),
+    ("agents", include_str!("../../../web/templates/agents.hbs")),
 ];
 
 /// How a page is guarded: who may see it (`read`) or use it (`run`, for forms that change
@@ -165,6 +166,7 @@ pub(crate) fn login_page(app: &App, next: &str, error: Option<&str>) -> Response
 pub fn router(app: Arc<App>) -> Router<Arc<App>> {
     let read = Guard { app: app.clone(), scope: Scope::Read };
     let run = Guard { app: app.clone(), scope: Scope::Run };
+    let admin = Guard { app: app.clone(), scope: Scope::Admin };
     let guarded = |r: axum::routing::MethodRouter<Arc<App>>, g: &Guard| {
         r.route_layer(axum::middleware::from_fn_with_state(g.clone(), guard))
     };
@@ -184,6 +186,9 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/quicktest", guarded(get(quicktest::form), &read).merge(guarded(post(quicktest::launch), &run)))
         .route("/settings", guarded(get(catalog::settings), &read))
         .route("/devon", guarded(get(devon::page), &read))
+        .route("/agents", guarded(get(catalog::agents), &read))
+        .route("/agents/{name}/drain", guarded(post(catalog::agent_drain), &admin))
+        .route("/agents/{name}/remove", guarded(post(catalog::agent_remove), &admin))
         .route("/favicon.ico", get(asset));
     for (path, _, _) in ASSETS {
         router = router.route(path, get(asset));

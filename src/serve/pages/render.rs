@@ -146,6 +146,7 @@ fn nav(app: &App, active: &str) -> Json {
     if app.cfg.devon.is_some() {
         items.push(("devon", "/devon", "Devon"));
     }
+    items.push(("agents", "/agents", "Agents"));
     items.push(("settings", "/settings", "Settings"));
     items.into_iter().map(|(id, href, label)| json!({"href": href, "label": label, "active": id == active})).collect()
 }
