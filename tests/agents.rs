@@ -85,9 +85,15 @@ impl Place {
         std::fs::create_dir_all(env.path().join("suites")).unwrap();
         std::fs::create_dir_all(env.path().join("home")).unwrap();
         let mut p = Place { env, server: None, port: 0, admin: String::new() };
-        let mut cmd = p.kitt();
-        cmd.args(["serve", "--bind", "127.0.0.1:0", "--suites-dir"]).arg(p.env.path().join("suites"));
-        cmd.args(["--token-file"]).arg(p.env.path().join("admin.tok"));
+        p.start_server(0);
+        p
+    }
+
+    /// Starts `kitt serve` on `port` (0: a free one).
+    fn start_server(&mut self, port: u16) {
+        let mut cmd = self.kitt();
+        cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--suites-dir"]).arg(self.env.path().join("suites"));
+        cmd.args(["--token-file"]).arg(self.env.path().join("admin.tok"));
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -99,14 +105,14 @@ impl Place {
                 }
             }
         });
-        p.port = rx.recv_timeout(Duration::from_secs(20)).expect("kitt serve did not start");
-        p.server = Some(Proc(child));
+        self.port = rx.recv_timeout(Duration::from_secs(20)).expect("kitt serve did not start");
+        self.server = Some(Proc(child));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while p.admin.is_empty() && Instant::now() < deadline {
-            p.admin = std::fs::read_to_string(p.env.path().join("admin.tok")).unwrap_or_default().trim().to_string();
+        while self.admin.is_empty() && Instant::now() < deadline {
+            self.admin =
+                std::fs::read_to_string(self.env.path().join("admin.tok")).unwrap_or_default().trim().to_string();
             std::thread::sleep(Duration::from_millis(20));
         }
-        p
     }
 
     fn url(&self) -> String {
@@ -539,6 +545,48 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
     assert_eq!(s, 409, "another agent's upload: {}", String::from_utf8_lossy(&body));
     let (s, body) = request(place.port, "PUT", &q("0123456789abcdef", sha_x), Some(&a), b"x");
     assert_eq!(s, 400, "not a step of the unit: {}", String::from_utf8_lossy(&body));
+    // A real step of the unit: cut mid-body it leaves nothing; whole it commits once.
+    let plan: Json = serde_json::from_str(c["plan_json"].as_str().unwrap()).unwrap();
+    let u = plan["units"].as_array().unwrap().iter().find(|u| u["id"] == unit).unwrap();
+    let key = u["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &plan["steps"][i.as_u64().unwrap() as usize])
+        .find(|s| s["kind"] == "collect")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let step = place.env.path().join("step");
+    std::fs::create_dir_all(&step).unwrap();
+    std::fs::write(step.join("samples.json"), b"[]").unwrap();
+    let archive = place.env.path().join("step.tar.zst");
+    let sha = kitt::serve::agents::pack(&step, &archive).unwrap();
+    let bytes = std::fs::read(&archive).unwrap();
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", place.port)).unwrap();
+        write!(
+            s,
+            "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a}\r\nContent-Length: {}\r\n\r\n",
+            q(&key, &sha),
+            bytes.len() + 1000
+        )
+        .unwrap();
+        s.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!run.join("steps").join(&key).exists(), "a cut upload commits nothing");
+    let upload_dir = run.join("attempts").join(unit).join(format!("{attempt}.agent"));
+    let left: Vec<_> = std::fs::read_dir(&upload_dir).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a cut upload leaves nothing: {left:?}");
+    let (s, body) = request(place.port, "PUT", &q(&key, &sha), Some(&a), &bytes);
+    assert_eq!(s, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(request(place.port, "PUT", &q(&key, &sha), Some(&a), &bytes).0, 200, "an identical re-upload");
+    assert_eq!(std::fs::read(run.join("steps").join(&key).join("samples.json")).unwrap(), b"[]");
     let finish = json!({"run": run_id, "unit": unit, "attempt": attempt, "outcome": "failed", "reason": "a test"});
     assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&b), finish.to_string().as_bytes()).0, 409);
     assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&a), finish.to_string().as_bytes()).0, 200);
@@ -611,4 +659,174 @@ fn the_agent_service_unit_is_hardened_and_systemd_verifies_it() {
         }
         Err(e) => assert!(std::env::var("CI").is_err(), "systemd-analyze is missing in CI: {e}"),
     }
+}
+
+#[test]
+fn serial_a_server_killed_mid_cell_and_started_again_loses_nothing() {
+    let mut place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    place.init_agent("gpu-b", "gpu=h100");
+    let _a = place.start_agent("gpu-a", None);
+    let _b = place.start_agent("gpu-b", None);
+    let run = place.start_run(&suite("agents-server-kill", "1, 2", 400, "gpu: h100", "8s"));
+    wait_for(60, "a cell measuring", || {
+        common::shard_records(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+    });
+    let mut server = place.server.take().unwrap();
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    std::mem::forget(server);
+    std::thread::sleep(Duration::from_millis(1000));
+    let port = place.port;
+    place.start_server(port);
+    wait_for(120, "the run to finish", || finished(&run));
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{}", report(&run));
+    // The agents held on (a restart shorter than their fence): one attempt per unit, each key once.
+    let recs = records(&run);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(recs.values().all(|r| r["outcome"] == "succeeded"), "{recs:?}");
+    assert_eq!(commits(&run).len(), 4);
+    for (unit, attempt) in recs.keys() {
+        let shard = std::fs::read_to_string(run.join("journal").join(format!("{unit}.{attempt}.jsonl"))).unwrap();
+        let seqs: Vec<u64> =
+            shard.lines().map(|l| serde_json::from_str::<Json>(l).unwrap()["seq"].as_u64().unwrap()).collect();
+        let first = seqs[0];
+        assert_eq!(
+            seqs,
+            (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+            "the shard has every record once, in order"
+        );
+    }
+}
+
+#[test]
+fn serial_an_agent_killed_holding_unuploaded_steps_uploads_them_when_it_starts_again() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    let cut = place.env.path().join("cut");
+    // A lease longer than the agent is away: its attempt still holds the unit when it returns.
+    let run = place.start_run(&suite("agents-restart", "1", 40, "gpu: h100", "60s"));
+    let mut a = place.start_agent("gpu-a", Some(&cut));
+    wait_for(60, "gpu-a to be measuring", || {
+        common::shard_records(&run).iter().any(|r| r["event"] == "step_started" && r["kind"] == "benchmark")
+    });
+    std::fs::write(&cut, b"").unwrap();
+    // The cell ends and commits in the agent's copy; nothing reaches the server.
+    let committed_here = |state: &Path| {
+        files_holding(state, "\"kind\":\"benchmark\"").iter().any(|p| p.to_string_lossy().contains("/journal/"))
+            && std::fs::read_dir(state.join("runs")).into_iter().flatten().flatten().any(|r| {
+                std::fs::read_dir(r.path().join("steps"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|s| {
+                        std::fs::read(s.path().join(".committed"))
+                            .is_ok_and(|m| !m.starts_with(b"committed on the server"))
+                    })
+                    .count()
+                    >= 1
+            })
+    };
+    wait_for(60, "a step committed in gpu-a's copy", || committed_here(&place.state("gpu-a")));
+    assert!(commits(&run).is_empty(), "nothing reached the server while cut off");
+    a.0.kill().unwrap();
+    let _ = a.0.wait();
+    std::mem::forget(a);
+    std::fs::remove_file(&cut).unwrap();
+    let _a = place.start_agent("gpu-a", None);
+    wait_for(120, "the run to finish", || finished(&run));
+    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{}", report(&run));
+    let c = commits(&run);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(c.values().any(|m| m["attempt"] == 0), "the restarted agent uploaded attempt 0's commit: {c:?}");
+    let recs = records(&run);
+    assert!(recs.iter().any(|((_, n), r)| *n == 0 && r["outcome"] == "lost"), "{recs:?}");
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn serial_agent_update_swaps_in_the_servers_build_and_install_sh_installs_one() {
+    let place = Place::new();
+    let token = place.init_agent("gpu-a", "");
+    // An agent's older kitt: this one with a byte more (it still runs).
+    let bin = place.env.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let old = bin.join("kitt");
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_kitt")).unwrap();
+    bytes.push(0);
+    std::fs::write(&old, &bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let update = |extra: &[&str]| {
+        let mut c = Command::new(&old);
+        c.args(["agent", "--config"]).arg(place.config("gpu-a")).arg("update").args(extra);
+        c.env("HOME", place.env.path().join("home")).output().unwrap()
+    };
+    let out = update(&["--check"]);
+    assert_eq!(out.status.code(), Some(3), "an update is there: {}", text(&out));
+    let out = update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&old), sha256(Path::new(env!("CARGO_BIN_EXE_kitt"))), "swapped in the server's build");
+    let out = update(&[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("up to date"), "{}", text(&out));
+    // A host the server's build cannot run on is refused with what to do, never sent a binary.
+    let (s, body) = request(place.port, "GET", "/api/v1/agent/build?target=aarch64-linux-gnu", Some(&token), b"");
+    assert_eq!(s, 409);
+    assert!(
+        String::from_utf8_lossy(&body).contains("aarch64-linux-gnu host cannot run it"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (s, body) =
+        request(place.port, "GET", "/api/v1/agent/build?target=x86_64-linux-gnu&glibc=2.17", Some(&token), b"");
+    assert_eq!(s, 409);
+    assert!(String::from_utf8_lossy(&body).contains("needs glibc"), "{}", String::from_utf8_lossy(&body));
+    // The one-line installer: served without a token, holding none; it asks for one.
+    let (s, script) = request(place.port, "GET", "/api/v1/agent/install.sh", None, b"");
+    assert_eq!(s, 200);
+    let script = String::from_utf8(script).unwrap();
+    assert!(!script.contains(&place.admin) && !script.contains(&token), "no secret in the installer");
+    let inst = place.env.path().join("inst");
+    std::fs::write(place.env.path().join("install.sh"), &script).unwrap();
+    let agent2 = place.token("gpu-b", "agent", "");
+    std::fs::write(place.env.path().join("tok-b"), &agent2).unwrap();
+    let out = Command::new("sh")
+        .arg(place.env.path().join("install.sh"))
+        .env("HOME", place.env.path().join("home"))
+        .env("KITT_INSTALL_DIR", &inst)
+        .env("KITT_AGENT_TOKEN_FILE", place.env.path().join("tok-b"))
+        .env("KITT_AGENT_CONFIG", place.config("gpu-b"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&inst.join("kitt")), sha256(Path::new(env!("CARGO_BIN_EXE_kitt"))));
+    let mode = std::fs::metadata(place.config("gpu-b")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let cfg: Json = serde_json::from_slice(&std::fs::read(place.config("gpu-b")).unwrap()).unwrap();
+    assert_eq!(cfg["server"], place.url());
+    // `token create --install-script`: a 0600 script that feeds the token to that installer.
+    let out = place
+        .kitt()
+        .args([
+            "serve",
+            "token",
+            "create",
+            "--name",
+            "gpu-c",
+            "--scope",
+            "agent",
+            "--server",
+            &place.url(),
+            "--install-script",
+        ])
+        .arg(place.env.path().join("gpu-c.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mode = std::fs::metadata(place.env.path().join("gpu-c.sh")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }

@@ -54,6 +54,13 @@ enum AgentCommand {
     },
     /// Stops a running agent (its units stop their engines and are placed elsewhere).
     Stop,
+    /// Replaces this kitt with the server's build for this host (SHA-256 checked over the pinned
+    /// channel, swapped atomically); a host the build cannot run on is refused.
+    Update {
+        /// Only say whether an update is there.
+        #[arg(long)]
+        check: bool,
+    },
     /// A systemd unit for the agent.
     Service {
         #[command(subcommand)]
@@ -264,6 +271,22 @@ pub fn agent(args: &AgentArgs, quiet: bool) -> i32 {
             }
             0
         }
+        AgentCommand::Update { check } => {
+            let cfg = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_FAILED;
+                }
+            };
+            match update(&cfg, *check, quiet) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
         AgentCommand::Service { command } => {
             let state =
                 Config::load(&path).map(|c| c.state_dir()).unwrap_or_else(|_| PathBuf::from("/var/lib/kitt-agent"));
@@ -405,4 +428,85 @@ pub fn agents(args: &AgentsArgs) -> i32 {
         _ => print_json(&v),
     }
     0
+}
+
+/// `kitt agent update`: 0 updated or up to date; with `--check`, 3 when an update is there.
+fn update(cfg: &Config, check: bool, quiet: bool) -> Result<i32, String> {
+    use sha2::Digest as _;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this kitt binary: {e}"))?;
+    let ours: String =
+        sha2::Sha256::digest(std::fs::read(&exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let client = config::client(cfg.ca_sha256.as_deref())?;
+    let glibc = crate::serve::agents::glibc().map(|(a, b)| format!("{a}.{b}"));
+    let url = format!("{}/api/v1/agent/build", cfg.server.trim_end_matches('/'));
+    let mut query = vec![("target", crate::agent::target())];
+    if let Some(g) = glibc {
+        query.push(("glibc", g));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (sha, bytes) = rt.block_on(async {
+        let res = client
+            .get(&url)
+            .query(&query)
+            .bearer_auth(&cfg.token)
+            .timeout(std::time::Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = res.status();
+        let sha = res.headers().get("x-kitt-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let bytes = res.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Json>(&bytes)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(format!("the server has no build for this host ({status}): {detail}"));
+        }
+        Ok((sha, bytes))
+    })?;
+    let got: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if sha.is_empty() || got != sha {
+        return Err(format!("the download's SHA-256 is {got}, the server said `{sha}`: nothing was changed"));
+    }
+    if got == ours {
+        if !quiet {
+            eprintln!("kitt is up to date ({})", crate::run::facts::build_id());
+        }
+        return Ok(0);
+    }
+    if check {
+        println!("an update is there: SHA-256 {got}");
+        return Ok(3);
+    }
+    // Beside the binary (one filesystem, so the rename is atomic), checked to run before the swap.
+    let new = exe.with_file_name(format!(".{}.update", exe.file_name().and_then(|n| n.to_str()).unwrap_or("kitt")));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o755)
+            .open(&new)
+            .map_err(|e| format!("cannot write {}: {e}", new.display()))?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| format!("cannot write {}: {e}", new.display()))?;
+    }
+    let runs = std::process::Command::new(&new).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !runs {
+        let _ = std::fs::remove_file(&new);
+        return Err("the downloaded kitt does not run on this host: nothing was changed".into());
+    }
+    std::fs::rename(&new, &exe).map_err(|e| format!("cannot replace {}: {e}", exe.display()))?;
+    if !quiet {
+        eprintln!(
+            "kitt updated in {} (SHA-256 {got}); restart a running agent: `kitt agent stop && kitt agent start` (a service restarts itself on failure: `systemctl restart kitt-agent`)",
+            exe.display()
+        );
+    }
+    Ok(0)
 }

@@ -92,6 +92,13 @@ pub enum TokenCommand {
         /// An agent token's labels, `key=value,…` (what `execution.agents.select` matches).
         #[arg(long, value_parser = parse_labels, default_value = "")]
         labels: std::collections::BTreeMap<String, String>,
+        /// With `--scope agent`: also write FILE (0600), a script that installs kitt from
+        /// `--server` on the agent's host and feeds it this token on standard input.
+        #[arg(long, value_name = "FILE", requires = "server")]
+        install_script: Option<std::path::PathBuf>,
+        /// The server's URL as agents reach it, for `--install-script`.
+        #[arg(long)]
+        server: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -116,28 +123,44 @@ fn time_text(ns: Option<u64>) -> String {
 
 fn token(path: &Path, command: &TokenCommand) -> i32 {
     match command {
-        TokenCommand::Create { name, scope, labels, output } => match create_token(path, name, *scope, labels) {
-            Ok((token, entry)) => {
-                match output {
-                    Output::Json => print_json(&json!({"token": token, "entry": entry})),
-                    Output::Text => {
-                        println!("{token}");
+        TokenCommand::Create { name, scope, labels, install_script, server, output } => {
+            match create_token(path, name, *scope, labels) {
+                Ok((token, entry)) => {
+                    if let (Some(file), Some(server)) = (install_script, server) {
+                        let server = server.trim_end_matches('/');
+                        let text = format!(
+                            "#!/bin/sh\n# Installs kitt from {server} as agent `{name}` (this file holds its token: keep it 0600, delete it after).\nset -eu\ntok=\"$(mktemp)\"\ntrap 'rm -f \"$tok\"' EXIT\nchmod 600 \"$tok\"\nprintf '%s\\n' '{token}' > \"$tok\"\ncurl -fsS ${{KITT_CURL_TLS:-}} \"{server}/api/v1/agent/install.sh\" > \"$tok.sh\"\nKITT_AGENT_TOKEN_FILE=\"$tok\" sh \"$tok.sh\"\nrm -f \"$tok.sh\"\n"
+                        );
+                        if let Err(e) = tokens::write_private(file, text.as_bytes()) {
+                            eprintln!("error: cannot write {}: {e}", file.display());
+                            return super::EXIT_FAILED;
+                        }
                         eprintln!(
-                            "token `{}` ({}, id {}) kept hashed in {}; it is not shown again",
-                            entry.name,
-                            entry.scope.name(),
-                            entry.id,
-                            path.display()
+                            "install script for `{name}` written to {} (0600; it holds the token)",
+                            file.display()
                         );
                     }
+                    match output {
+                        Output::Json => print_json(&json!({"token": token, "entry": entry})),
+                        Output::Text => {
+                            println!("{token}");
+                            eprintln!(
+                                "token `{}` ({}, id {}) kept hashed in {}; it is not shown again",
+                                entry.name,
+                                entry.scope.name(),
+                                entry.id,
+                                path.display()
+                            );
+                        }
+                    }
+                    0
                 }
-                0
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILED
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                EXIT_FAILED
-            }
-        },
+        }
         TokenCommand::List { output } => match tokens::list(path) {
             Ok(list) => {
                 match output {

@@ -731,14 +731,26 @@ pub(super) async fn step(
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut: {e}")))?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing of a cut upload stays: the agent sends it whole again.
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Problem::bad_request(format!("the upload was cut: {e}")));
+            }
+        };
         size += chunk.len() as u64;
         if size > MAX_STEP_BYTES {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "a step upload is at most 4 GiB"));
         }
         hasher.update(&chunk);
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(Problem::internal)?;
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Problem::internal(e));
+        }
     }
     tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(Problem::internal)?;
     drop(file);
@@ -995,4 +1007,159 @@ pub(crate) async fn remove_agent(app: &Arc<App>, name: &str) -> Result<usize, Pr
 pub(super) async fn remove(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
     let n = remove_agent(&app, &name).await?;
     Ok(axum::Json(json!({"agent": name, "removed": true, "requeued": n})).into_response())
+}
+
+/// The glibc this process runs on, `major.minor` (`None` off glibc).
+pub fn glibc() -> Option<(u32, u32)> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: gnu_get_libc_version returns a static NUL-terminated string.
+        let v = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned();
+        let mut parts = v.split('.').filter_map(|p| p.parse::<u32>().ok());
+        Some((parts.next()?, parts.next().unwrap_or(0)))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
+#[cfg(target_env = "gnu")]
+unsafe extern "C" {
+    fn gnu_get_libc_version() -> *const libc::c_char;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BuildQuery {
+    target: String,
+    #[serde(default)]
+    glibc: Option<String>,
+}
+
+/// Why this server's own build cannot run on `target` with `glibc` (`None`: it can).
+pub fn build_refusal(target: &str, host_glibc: Option<&str>) -> Option<String> {
+    let ours = crate::agent::target();
+    if target != ours {
+        return Some(format!(
+            "this server has a kitt build for {ours} only, and a {target} host cannot run it: build kitt there (`cargo install --path .`) and run `kitt agent init` with it"
+        ));
+    }
+    let (Some((maj, min)), Some(theirs)) = (glibc(), host_glibc) else { return None };
+    let mut p = theirs.split('.').filter_map(|x| x.parse::<u32>().ok());
+    let theirs = (p.next().unwrap_or(0), p.next().unwrap_or(0));
+    (theirs < (maj, min)).then(|| {
+        format!(
+            "this server's kitt build needs glibc {maj}.{min} or newer, and the host has {}.{}: build kitt there, or update its system",
+            theirs.0, theirs.1
+        )
+    })
+}
+
+/// `GET /api/v1/agent/build`: this server's own kitt for the agent's target and libc, with its
+/// SHA-256 in `x-kitt-sha256` (the agent checks it over the channel it pinned).
+pub(super) async fn build(axum::Extension(caller): axum::Extension<Caller>, Query(q): Query<BuildQuery>) -> Answer {
+    agent_of(&caller)?;
+    if let Some(why) = build_refusal(&q.target, q.glibc.as_deref()) {
+        return Err(Problem::new(StatusCode::CONFLICT, why));
+    }
+    let (bytes, sha) = blocking(|| {
+        let exe = std::env::current_exe().map_err(Problem::internal)?;
+        let bytes =
+            std::fs::read(&exe).map_err(|e| Problem::internal(format!("cannot read {}: {e}", exe.display())))?;
+        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok((bytes, sha))
+    })
+    .await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::HeaderName::from_static("x-kitt-sha256"), sha),
+            (axum::http::HeaderName::from_static("x-kitt-build"), crate::run::facts::build_id()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/agent/install.sh` (no token: it holds no secret). It asks for the agent token
+/// (from `KITT_AGENT_TOKEN_FILE`, else the terminal), downloads this server's kitt for the host's
+/// target with it, checks the SHA-256, installs it and runs `kitt agent init`, trusting only this
+/// server's CA (embedded: public).
+pub(super) async fn install_script(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Answer {
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+        return Err(Problem::bad_request("the Host header is not a host name"));
+    }
+    let tls = app.cfg.tls.is_some();
+    let (ca_pem, pin) = match &app.cfg.tls {
+        Some(source) => {
+            let (pem, pin) = blocking({
+                let source = source.clone();
+                move || super::tls::trust_anchor(&source).map_err(Problem::internal)
+            })
+            .await?;
+            (pem, pin)
+        }
+        None => (String::new(), String::new()),
+    };
+    let script = install_text(&format!("{}://{host}", if tls { "https" } else { "http" }), &ca_pem, &pin);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script).into_response())
+}
+
+/// The install script for a server at `url` whose CA is `ca_pem` (empty: plain HTTP on loopback).
+pub fn install_text(url: &str, ca_pem: &str, pin: &str) -> String {
+    let ca = if ca_pem.is_empty() {
+        String::new()
+    } else {
+        format!("ca=\"$dir/kitt-ca.pem\"\ncat > \"$ca\" <<'KITT_CA'\n{}KITT_CA\ncurl_tls=\"--cacert $ca\"\n", ca_pem)
+    };
+    let pin_flag = if pin.is_empty() { String::new() } else { format!(" --ca-sha256 {pin}") };
+    format!(
+        r#"#!/bin/sh
+# Installs kitt from {url} and makes this host one of its agents. The script holds no secret:
+# the agent token is read from KITT_AGENT_TOKEN_FILE, else from the terminal.
+set -eu
+server="{url}"
+dest="${{KITT_INSTALL_DIR:-$HOME/.local/bin}}"
+dir="$(mktemp -d)"
+trap 'rm -rf "$dir"' EXIT
+curl_tls=""
+{ca}case "$(uname -m)" in
+  x86_64|amd64) arch=x86_64 ;;
+  aarch64|arm64) arch=aarch64 ;;
+  *) arch="$(uname -m)" ;;
+esac
+glibc="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{{print $2}}')"
+if [ -n "$glibc" ]; then target="$arch-linux-gnu"; else target="$arch-linux-musl"; fi
+if [ -n "${{KITT_AGENT_TOKEN_FILE:-}}" ]; then
+  token="$(cat "$KITT_AGENT_TOKEN_FILE")"
+else
+  printf 'agent token (kitt serve token create --scope agent): ' >/dev/tty
+  stty -echo </dev/tty 2>/dev/null || true
+  read -r token </dev/tty
+  stty echo </dev/tty 2>/dev/null || true
+  printf '\n' >/dev/tty
+fi
+printf 'Authorization: Bearer %s\n' "$token" > "$dir/auth"
+code="$(curl -sS $curl_tls -H @"$dir/auth" -D "$dir/headers" -o "$dir/kitt" -w '%{{http_code}}' \
+  "$server/api/v1/agent/build?target=$target&glibc=$glibc")"
+rm -f "$dir/auth"
+if [ "$code" != 200 ]; then
+  echo "kitt install: the server refused ($code): $(cat "$dir/kitt")" >&2
+  exit 1
+fi
+want="$(awk 'tolower($1) == "x-kitt-sha256:" {{print $2}}' "$dir/headers" | tr -d '\r')"
+got="$(sha256sum "$dir/kitt" | awk '{{print $1}}')"
+if [ -z "$want" ] || [ "$want" != "$got" ]; then
+  echo "kitt install: SHA-256 mismatch (expected $want, got $got)" >&2
+  exit 1
+fi
+mkdir -p "$dest"
+chmod 755 "$dir/kitt"
+mv "$dir/kitt" "$dest/kitt"
+printf '%s\n' "$token" | "$dest/kitt" agent init --server "$server"{pin_flag} --token-file -
+echo "kitt installed in $dest/kitt; start the agent with: $dest/kitt agent start (or kitt agent service install)"
+"#
+    )
 }

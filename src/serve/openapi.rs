@@ -57,7 +57,11 @@ pub fn document() -> Value {
         } else {
             "200"
         };
-        let ok_body = if r.path.ends_with("/events") && !agent_route {
+        let ok_body = if r.path.ends_with("/install.sh") {
+            json!({"text/x-shellscript": {"schema": {"type": "string"}}})
+        } else if r.path.ends_with("/agent/build") {
+            json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+        } else if r.path.ends_with("/events") && !agent_route {
             json!({"text/event-stream": {"schema": {"type": "string"}}})
         } else if r.path.contains("/steps/") && !agent_route {
             json!({"text/plain": {"schema": {"type": "string"}}})

@@ -383,6 +383,37 @@ pub static ROUTES: &[Route] = &[
         handler: || delete(agents::remove),
     },
     Route {
+        method: Method::GET,
+        path: "/api/v1/agent/install.sh",
+        scope: None,
+        writes: false,
+        summary: "A shell script that installs kitt from this server and makes the host an agent; it holds no secret (the token is asked for).",
+        query: &[],
+        body: &[],
+        handler: || get(agents::install_script),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/agent/build",
+        scope: Some(Scope::Agent),
+        writes: false,
+        summary: "This server's kitt for the agent's target and glibc, its SHA-256 in x-kitt-sha256 (kitt agent update); a host it cannot run on is refused.",
+        query: &[
+            r(
+                "target",
+                r#"{"type": "string", "pattern": "^[a-z0-9_]+-[a-z]+-[a-z]+$"}"#,
+                "The host's target: x86_64-linux-gnu, aarch64-linux-gnu, …",
+            ),
+            p(
+                "glibc",
+                r#"{"type": "string", "pattern": "^[0-9]{1,3}\\.[0-9]{1,3}$"}"#,
+                "The host's glibc, major.minor.",
+            ),
+        ],
+        body: &[],
+        handler: || get(agents::build),
+    },
+    Route {
         method: Method::POST,
         path: "/api/v1/agent/register",
         scope: Some(Scope::Agent),

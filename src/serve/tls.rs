@@ -96,3 +96,16 @@ pub fn acceptor(source: &TlsSource) -> Result<Acceptor, TlsError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Acceptor { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), fingerprint: fingerprint(&trusted[0]) })
 }
+
+/// What an agent trusts of this server: the CA's PEM (the certificate file's own with
+/// `--tls-cert`) and its SHA-256, as the server prints it.
+pub fn trust_anchor(source: &TlsSource) -> Result<(String, String), TlsError> {
+    let trust = match source {
+        TlsSource::Files { cert, .. } => cert.clone(),
+        TlsSource::SelfSigned { dir, hosts } => self_signed(dir, hosts)?.0,
+    };
+    let pem = std::fs::read_to_string(&trust).map_err(|e| TlsError::Read(trust.clone(), e.to_string()))?;
+    let first =
+        certs(&trust)?.into_iter().next().ok_or_else(|| TlsError::Read(trust.clone(), "no certificate".into()))?;
+    Ok((pem, fingerprint(&first)))
+}
