@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Agent numbers for the README: `scripts/bench-agents.py KITT [AGENTS] [SECONDS]`.
 
-1. A 12-cell sim run on 2 real agents (heartbeat 10 s): unit queued -> claimed (p50, max) from the
-   queue entries' and attempt records' times, and the run's wall time vs the same suite with
-   `--executor processes` (extra seconds per unit).
+1. A 12-cell sim run on one real agent (heartbeat 10 s): its wall time vs the same suite with
+   `--executor processes` (one worker), per unit; the handover on the agent (one unit's end to
+   the next one's claim). Then 10 one-cell runs with the agent idle: unit queued -> claimed.
 2. One idle agent for SECONDS (default 30): its CPU share and RSS.
 3. AGENTS (default 500) registered agents beating once a second for SECONDS: heartbeat latency
    p50/p99 at the client, and the server's CPU share.
@@ -64,7 +64,7 @@ def main():
         return json.loads(out.stdout)["token"]
 
     agents = []
-    for name in ["bench-a", "bench-b"]:
+    for name in ["bench-a"]:
         t = token(name)
         subprocess.run([KITT, "agent", "--config", f"{d}/{name}.json", "init", "--server", f"http://127.0.0.1:{port}",
                         "--token-file", "-", "--allow-native", "--state-dir", f"{d}/state-{name}"],
@@ -80,44 +80,43 @@ def main():
         r = c.getresponse()
         return r.status, json.loads(r.read() or b"null")
 
-    # 1. Queued -> claimed, and the wall time against processes.
+    # 1. The wall time against processes, and the handover between units on the agent.
+    def run_suite(yaml):
+        open(f"{d}/suites/s.yaml", "w").write(yaml)
+        status, v = post("/api/v1/runs", {"suite": "s.yaml"}, admin)
+        assert status == 201, v
+        run = v["run_dir"]
+        while not os.path.exists(f"{run}/report/result.json"):
+            time.sleep(0.01)
+        return run
+
     t0 = time.time()
-    status, v = post("/api/v1/runs", {"suite": "s.yaml"}, admin)
-    assert status == 201, v
-    run = v["run_dir"]
-    while not os.path.exists(f"{run}/report/result.json"):
-        time.sleep(0.05)
+    run = run_suite(SUITE)
     agents_wall = time.time() - t0
-    queued = {}
-    for e in os.listdir(f"{d}/runs/.agents/claimed") if os.path.isdir(f"{d}/runs/.agents/claimed") else []:
-        pass
-    waits = []
-    recs = {}
-    for f in os.listdir(f"{run}/agents"):
-        if f.endswith(".json") and f != "fingerprint":
-            recs[f] = json.load(open(f"{run}/agents/{f}"))
-    # The queue entries are gone once claimed; the driver's log has no times, so the executor's
-    # submission time is read from executor.json.
-    ex = json.load(open(f"{run}/executor.json"))
-    for unit, sub in ex["units"].items():
-        r = recs.get(f"{unit}.{sub['attempt']}.json")
-        if r:
-            waits.append((r["claimed_unix_ns"] - sub["submitted_unix_ns"]) / 1e6)
-    waits.sort()
+    recs = sorted((json.load(open(f"{run}/agents/{f}")) for f in os.listdir(f"{run}/agents")
+                   if f.endswith(".json")), key=lambda r: r["claimed_unix_ns"])
+    gaps = sorted((b["claimed_unix_ns"] - a["ended_unix_ns"]) / 1e6 for a, b in zip(recs, recs[1:]))
+    units = len(recs)
     t0 = time.time()
     subprocess.run([KITT, "apply", f"{d}/suites/s.yaml", "--executor", "processes", "-q", "--runs-dir", f"{d}/runs2"],
                    env=env, check=True, capture_output=True)
     local_wall = time.time() - t0
-    units = len(waits)
-    print(f"queued -> claimed over {units} units on 2 agents: p50 {statistics.median(waits):.1f} ms, "
-          f"max {max(waits):.1f} ms (units are queued together; an agent runs one at a time)")
-    print(f"wall: agents {agents_wall:.2f} s vs processes {local_wall:.2f} s "
-          f"(2 agents run 2 units at once; processes 1): {(agents_wall - local_wall) / units * 1000:+.0f} ms per unit")
+    print(f"12 units on one agent: {agents_wall:.2f} s vs --executor processes {local_wall:.2f} s: "
+          f"{(agents_wall - local_wall) / units * 1000:+.0f} ms per unit; handover (a unit's finish to the next claim) "
+          f"p50 {statistics.median(gaps):.1f} ms, max {max(gaps):.1f} ms")
+    waits = []
+    one = SUITE.replace("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]", "[1]")
+    for _ in range(10):
+        run = run_suite(one)
+        ex = json.load(open(f"{run}/executor.json"))
+        for unit, sub in ex["units"].items():
+            r = json.load(open(f"{run}/agents/{unit}.{sub['attempt']}.json"))
+            waits.append((r["claimed_unix_ns"] - sub["submitted_unix_ns"]) / 1e6)
+    waits.sort()
+    print(f"unit queued -> claimed by an idle agent, 10 runs: p50 {statistics.median(waits):.1f} ms, "
+          f"max {max(waits):.1f} ms")
 
     # 2. An idle agent.
-    for a in agents[1:]:
-        a.terminate()
-        a.wait()
     a = agents[0].pid
     c0, t0 = cpu(a), time.time()
     time.sleep(SECONDS)
