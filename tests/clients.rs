@@ -223,6 +223,11 @@ fn under_the_processes_executor_the_unit_worker_coordinates_the_shards() {
     let clients = &cell["metrics"]["clients"];
     assert_eq!(clients["completed"], 2, "{cell}");
     assert_eq!(cell["metrics"]["requests"], 60);
+    // On a host with a core per shard, each shard ran on one of its own.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let cores: Vec<&Json> = clients["shards"].as_array().unwrap().iter().map(|s| &s["core"]).collect();
+        assert!(cores.iter().all(|c| c.is_u64()) && cores[0] != cores[1], "pinned to distinct cores: {cores:?}");
+    }
     let indices: Vec<u64> = records(&run, cell).iter().map(|r| r.index).collect();
     assert_eq!(indices, (0..60).collect::<Vec<_>>());
 }

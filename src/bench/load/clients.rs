@@ -95,6 +95,9 @@ pub struct ShardReport {
     pub shard: u32,
     pub host: String,
     pub pid: u32,
+    /// The core it was pinned to (this host had a core per shard), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<u32>,
     /// `ok`, or `failed` (then `error` says why and its records are not in the metrics).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +121,8 @@ pub struct ShardReport {
 /// A running shard: its process and both ends of its pipe.
 struct Shard {
     index: u32,
+    /// The core it is pinned to.
+    core: Option<u32>,
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -183,19 +188,35 @@ pub(super) async fn run(
     // Declared before the shards, so that on every path it is dropped after them (their
     // processes killed first), removing what they spooled.
     let spools = SpoolFiles((0..n).map(|k| clients.dir.join(format!("{SPOOL_PREFIX}client-{k}"))).collect());
-    // Start every shard first, so their runtimes come up together.
+    // Start every shard first, so their runtimes come up together. Where this process may run
+    // on at least as many cores as there are shards, each shard gets one of its own.
+    let cpus = allowed_cpus();
+    let pinned = cpus.len() >= n as usize;
     let mut shards = Vec::with_capacity(n as usize);
     for k in 0..n {
         let spool = spools.0[k as usize].clone();
         let _ = std::fs::remove_file(&spool);
-        let mut child = tokio::process::Command::new(&clients.exe)
-            .args(["client-shard", "--shard", &k.to_string(), "--of", &n.to_string()])
+        let mut cmd = tokio::process::Command::new(&clients.exe);
+        cmd.args(["client-shard", "--shard", &k.to_string(), "--of", &n.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", clients.exe.display())))?;
+            .kill_on_drop(true);
+        let core = pinned.then(|| cpus[k as usize]);
+        if let Some(cpu) = core {
+            // SAFETY: sched_setaffinity(2) on the child itself, between fork and exec: every
+            // thread it starts later inherits the one core.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    Ok(())
+                });
+            }
+        }
+        let mut child =
+            cmd.spawn().map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", clients.exe.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(fail(format!("client shard {k}: no pipe")));
         };
@@ -203,6 +224,7 @@ pub(super) async fn run(
         let lines = BufReader::new(stdout).lines();
         shards.push(Shard {
             index: k,
+            core: core.map(|c| c as u32),
             child,
             stdin,
             lines,
@@ -376,6 +398,7 @@ pub(super) async fn run(
                 shard: s.index,
                 host: s.host.clone(),
                 pid: s.pid,
+                core: s.core,
                 status,
                 error,
                 clock_offset_ms: s.offset as f64 / 1e6,
@@ -481,5 +504,17 @@ mod tests {
             indices.sort_unstable();
             assert_eq!(indices, (0..total).collect::<Vec<_>>());
         }
+    }
+}
+
+/// The cores this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity(2) fills a zeroed cpu_set_t of its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
     }
 }
