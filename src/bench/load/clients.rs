@@ -482,6 +482,18 @@ fn share(total: u64, k: u64, of: u64) -> u64 {
     if k >= total { 0 } else { (total - k).div_ceil(of) }
 }
 
+/// The cores this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity(2) fills a zeroed cpu_set_t of its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,17 +516,5 @@ mod tests {
             indices.sort_unstable();
             assert_eq!(indices, (0..total).collect::<Vec<_>>());
         }
-    }
-}
-
-/// The cores this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity(2) fills a zeroed cpu_set_t of its own size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
     }
 }
