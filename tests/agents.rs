@@ -830,3 +830,20 @@ fn serial_agent_update_swaps_in_the_servers_build_and_install_sh_installs_one() 
     let mode = std::fs::metadata(place.env.path().join("gpu-c.sh")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn serial_an_address_that_tries_many_tokens_is_refused_before_any_is_checked() {
+    let place = Place::new();
+    let good = place.token("gpu-a", "agent", "");
+    let mut statuses = Vec::new();
+    for i in 0..105 {
+        let wrong = format!("kitt_{i:064x}");
+        statuses.push(request(place.port, "POST", "/api/v1/agent/heartbeat", Some(&wrong), b"{}").0);
+    }
+    assert!(statuses[..100].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[100..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Not even a good token is checked from there now (its answer would tell it is good).
+    let (s, body) = request(place.port, "POST", "/api/v1/agent/heartbeat", Some(&good), b"{\"units\": []}");
+    assert_eq!(s, 429, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("wait a minute"));
+}

@@ -1163,3 +1163,121 @@ echo "kitt installed in $dest/kitt; start the agent with: $dest/kitt agent start
 "#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64, so a failing case replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+        let mut b = base.to_vec();
+        for _ in 0..1 + rng.next() % 8 {
+            let i = (rng.next() as usize) % (b.len() + 1);
+            match rng.next() % 4 {
+                0 if i < b.len() => b[i] = rng.next() as u8,
+                1 if i < b.len() => {
+                    b.remove(i);
+                }
+                2 => b.insert(i, rng.next() as u8),
+                _ => b.truncate(i),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn the_agent_decoders_refuse_mangled_input_and_never_panic() {
+        let register = serde_json::to_vec(&serde_json::json!({
+            "protocol": [1, 0], "kitt_version": "0.1.0", "build": "b", "target": "x86_64-linux-gnu", "hostname": "h",
+            "fingerprint": "f", "fingerprint_identity": "i", "gpus": [], "slots": 1, "docker": false,
+        }))
+        .unwrap();
+        let line = br#"{"run":"r","unit":"u","attempt":0,"kind":"journal","seq":3,"line":"{\"seq\":0,\"unix_ns\":1,\"event\":\"run_started\"}"}"#;
+        let finish = br#"{"run":"r","unit":"u","attempt":1,"outcome":"lost","reason":"x"}"#;
+        let claimed = serde_json::to_vec(&serde_json::json!({
+            "run": "r", "unit": "u", "attempt": 0, "lease_ms": 1, "heartbeat_ms": 1, "waited_ms": 0, "run_json": "{}",
+            "plan_json": "{}", "committed": [], "gpus": 0, "suite": "s.yaml", "files": {},
+        }))
+        .unwrap();
+        assert!(serde_json::from_slice::<proto::Register>(&register).is_ok());
+        assert!(serde_json::from_slice::<EventLine>(line).is_ok());
+        assert!(serde_json::from_slice::<Finish>(finish).is_ok());
+        assert!(serde_json::from_slice::<Claimed>(&claimed).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("step");
+        std::fs::create_dir_all(step.join("sub")).unwrap();
+        std::fs::write(step.join("result.json"), b"{}").unwrap();
+        std::fs::write(step.join("sub/requests.jsonl"), b"{}\n{}\n").unwrap();
+        let archive = dir.path().join("a.tar.zst");
+        pack(&step, &archive).unwrap();
+        let good = std::fs::read(&archive).unwrap();
+        unpack(&archive, &dir.path().join("out")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out/sub/requests.jsonl")).unwrap(), b"{}\n{}\n");
+        let mut rng = Rng(7);
+        for i in 0..3000 {
+            let _ = serde_json::from_slice::<proto::Register>(&mutate(&mut rng, &register));
+            let _ = serde_json::from_slice::<EventLine>(&mutate(&mut rng, line));
+            let _ = serde_json::from_slice::<Finish>(&mutate(&mut rng, finish));
+            let _ = serde_json::from_slice::<Claimed>(&mutate(&mut rng, &claimed));
+            let _ = serde_json::from_slice::<proto::Heartbeat>(&mutate(
+                &mut rng,
+                br#"{"units":[{"run":"r","unit":"u","attempt":2}]}"#,
+            ));
+            if i % 10 == 0 {
+                let bad = dir.path().join("bad.tar.zst");
+                std::fs::write(&bad, mutate(&mut rng, &good)).unwrap();
+                let out = dir.path().join(format!("bad-{i}"));
+                let _ = unpack(&bad, &out);
+                // Whatever it unpacked stays inside its directory.
+                for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    assert!(
+                        ["step", "out", "a.tar.zst", "bad.tar.zst"].contains(&name.as_str())
+                            || name.starts_with("bad-"),
+                        "{name} escaped"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_archive_with_a_link_or_a_path_out_of_the_step_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, link) in [("../evil", false), ("ok/link", true)] {
+            let path = dir.path().join("x.tar.zst");
+            let f = std::fs::File::create(&path).unwrap();
+            let enc = zstd::stream::write::Encoder::new(f, 1).unwrap();
+            let mut b = tar::Builder::new(enc);
+            let mut h = tar::Header::new_gnu();
+            if link {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, "/etc/passwd").unwrap();
+            } else {
+                h.set_size(1);
+                h.set_mode(0o644);
+                // `append_data` refuses `..`; write the name into the header as a hostile archive would.
+                h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            }
+            b.into_inner().unwrap().finish().unwrap();
+            let e = unpack(&path, &dir.path().join("out")).unwrap_err();
+            assert!(e.to_string().contains("leaves the step") || e.to_string().contains("not a file"), "{e}");
+            assert!(!dir.path().join("evil").exists());
+        }
+    }
+}

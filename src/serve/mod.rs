@@ -122,6 +122,91 @@ pub struct App {
     pub facets: Mutex<Option<((u64, i64), crate::store::Facets)>>,
     /// The agents that pull units from this server.
     pub agents: agents::Agents,
+    /// Failed token checks per address.
+    pub auth_limit: AuthLimit,
+}
+
+/// Failed token checks per client address: after [`AuthLimit::MAX`] in a minute, no token from
+/// that address is checked until the minute is over (429), so tokens cannot be tried in bulk.
+#[derive(Default)]
+pub struct AuthLimit {
+    failures: Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl AuthLimit {
+    pub const MAX: u32 = 100;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `ip` may not have a token checked now.
+    pub fn limited(&self, ip: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = ip else { return false };
+        let mut m = self.lock();
+        match m.get(&ip) {
+            Some((n, since)) if since.elapsed() < Self::WINDOW => *n >= Self::MAX,
+            Some(_) => {
+                m.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A token from `ip` failed its check.
+    pub fn failed(&self, ip: Option<std::net::IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut m = self.lock();
+        if m.len() > 100_000 {
+            m.retain(|_, (_, since)| since.elapsed() < Self::WINDOW);
+        }
+        let e = m.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= Self::WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+        if e.0 == Self::MAX {
+            tracing::warn!(
+                "{ip}: {} failed tokens in a minute; its tokens are not checked until the minute is over",
+                Self::MAX
+            );
+        }
+    }
+
+    pub fn refusal() -> Problem {
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, "too many unknown tokens from this address; wait a minute")
+    }
+}
+
+/// The client's address, as the connection loop recorded it.
+pub(crate) fn peer(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// The router, with each request told its connection's peer address.
+#[derive(Clone)]
+struct WithPeer {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl tower_service::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
+        self.router.call(req)
+    }
 }
 
 impl App {
@@ -199,7 +284,12 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
         }
         Err(p) => return p.into_response(),
     };
+    let ip = peer(&req);
+    if g.app.auth_limit.limited(ip) {
+        return AuthLimit::refusal().into_response();
+    }
     let Some(caller) = g.app.keyring.check(&token) else {
+        g.app.auth_limit.failed(ip);
         return Problem::new(StatusCode::UNAUTHORIZED, "the token is not known, or it was revoked").into_response();
     };
     if !caller.scope.allows(needed) {
@@ -262,7 +352,17 @@ fn local_path(next: Option<&str>) -> &str {
 /// `/login?token=T` (the URL `kitt serve` prints) or the login page's form POST of `token=T`:
 /// trades a token for an HttpOnly, SameSite=Strict cookie, for browsers (an EventSource sends no
 /// headers), and goes to `next` (a page that sent the browser here) or the dashboard.
-async fn login(State(app): State<Arc<App>>, method: Method, uri: axum::http::Uri, body: axum::body::Bytes) -> Response {
+async fn login(
+    State(app): State<Arc<App>>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    method: Method,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    let ip = connect.map(|c| c.0.0.ip());
+    if app.auth_limit.limited(ip) {
+        return AuthLimit::refusal().into_response();
+    }
     let query = match axum::extract::Query::<LoginQuery>::try_from_uri(&uri) {
         Ok(q) => q.0,
         Err(e) => return Problem::bad_request(e.body_text()).into_response(),
@@ -280,6 +380,7 @@ async fn login(State(app): State<Arc<App>>, method: Method, uri: axum::http::Uri
         return pages::login_page(&app, &next, None);
     };
     if !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || app.keyring.check(&token).is_none() {
+        app.auth_limit.failed(ip);
         return pages::login_page(&app, &next, Some("the token is not known, or it was revoked"));
     }
     let secure = if app.cfg.tls.is_some() { "; Secure" } else { "" };
@@ -401,6 +502,7 @@ pub async fn serve(
         watchers: events::Watchers::default(),
         facets: Mutex::new(None),
         agents: agents::Agents::open(&runs_root),
+        auth_limit: AuthLimit::default(),
     });
     let router = router(app.clone());
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));
@@ -423,7 +525,7 @@ pub async fn serve(
             }
             _ = &mut stop => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = hyper_util::service::TowerToHyperService::new(WithPeer { router: router.clone(), peer });
         let builder = hyper::server::conn::http1::Builder::new();
         match &acceptor {
             None => {

@@ -93,7 +93,14 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
         Ok(Some(t)) => t,
         Ok(None) | Err(_) => return to_login(),
     };
-    let Some(caller) = g.app.keyring.check(&token) else { return to_login() };
+    let ip = super::peer(&req);
+    if g.app.auth_limit.limited(ip) {
+        return render::error_page(&g.app, None, &super::AuthLimit::refusal());
+    }
+    let Some(caller) = g.app.keyring.check(&token) else {
+        g.app.auth_limit.failed(ip);
+        return to_login();
+    };
     let post = !matches!(*req.method(), Method::GET | Method::HEAD);
     let refuse =
         |status: StatusCode, detail: String| render::error_page(&g.app, Some(&caller), &Problem::new(status, detail));
