@@ -140,6 +140,11 @@ impl Fleet {
     }
 
     fn add_agent(&mut self, name: &str) {
+        let pin = self.fingerprint.clone();
+        self.add_agent_pinned(name, &pin);
+    }
+
+    fn add_agent_pinned(&mut self, name: &str, pin: &str) {
         let out = self
             .host_kitt()
             .args([
@@ -158,7 +163,7 @@ impl Fleet {
             .host_kitt()
             .args(["agent", "--config"])
             .arg(cfg.join("agent.json"))
-            .args(["init", "--server", "https://central:8443", "--ca-sha256", &self.fingerprint, "--token-file"])
+            .args(["init", "--server", "https://central:8443", "--ca-sha256", pin, "--token-file"])
             .arg(cfg.join("tok"))
             .args(["--allow-native", "--state-dir", "/state"])
             .output()
@@ -277,7 +282,11 @@ fn serial_docker_three_agents_on_their_own_hosts_run_a_suite_and_survive_a_kill_
     if docker_missing() {
         return;
     }
-    let fleet = Fleet::start(3);
+    let mut fleet = Fleet::start(3);
+    // An agent pinned to another CA never talks to this server.
+    let first = if fleet.fingerprint.starts_with('0') { "1" } else { "0" };
+    let wrong = format!("{first}{}", &fleet.fingerprint[1..]);
+    fleet.add_agent_pinned("gpu-wrong", &wrong);
 
     // 1. Three cells on three agents, over TLS pinned to the server's CA: as a local run.
     let yaml = suite("hosts-e2e", "1, 2, 3", 16);
@@ -290,6 +299,9 @@ fn serial_docker_three_agents_on_their_own_hosts_run_a_suite_and_survive_a_kill_
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(common::comparable(&placed, false), common::comparable(&common::report(&local.only_run()), false));
     assert_eq!(commits(&run).len(), 6);
+    let wrong = logs(&fleet.container_of("gpu-wrong"));
+    assert!(wrong.contains("pinned SHA-256"), "the wrong pin is why: {wrong}");
+    assert!(records(&run).values().all(|r| r["agent"] != "gpu-wrong"));
     let hosts: std::collections::BTreeSet<String> =
         records(&run).values().map(|r| r["hostname"].as_str().unwrap().to_string()).collect();
     assert!(hosts.iter().all(|h| h.starts_with("gpu-")), "each attempt names its agent's host: {hosts:?}");

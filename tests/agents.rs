@@ -142,9 +142,13 @@ impl Place {
 
     /// `kitt agent init` for agent `name` (its token on stdin).
     fn init_agent(&self, name: &str, labels: &str) -> String {
+        self.init_agent_with(name, labels, &[])
+    }
+
+    fn init_agent_with(&self, name: &str, labels: &str, extra: &[&str]) -> String {
         let token = self.token(name, "agent", labels);
         let mut c = self.kitt();
-        c.args(["agent", "--config"]).arg(self.config(name)).args(["init", "--server", &self.url()]);
+        c.args(["agent", "--config"]).arg(self.config(name)).args(["init", "--server", &self.url()]).args(extra);
         c.args(["--token-file", "-", "--allow-native", "--state-dir"]).arg(self.state(name));
         c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
@@ -155,7 +159,12 @@ impl Place {
     }
 
     fn start_agent(&self, name: &str, partition: Option<&Path>) -> Proc {
+        self.start_agent_with(name, partition, &[])
+    }
+
+    fn start_agent_with(&self, name: &str, partition: Option<&Path>, vars: &[(&str, &str)]) -> Proc {
         let mut c = self.kitt();
+        c.envs(vars.iter().copied());
         c.args(["agent", "--config"]).arg(self.config(name)).arg("start");
         if let Some(p) = partition {
             c.env("KITT_TEST_AGENT_PARTITION", p);
@@ -530,6 +539,12 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
     let v: Json = serde_json::from_slice(&body).unwrap();
     assert_eq!((v["accepted"].as_u64(), v["dropped"].as_u64()), (Some(2), Some(1)), "a resent line is dropped: {v}");
+    let big = format!("{}\n", line(2)).repeat((2 << 20) / line(2).len());
+    assert_eq!(
+        request(place.port, "POST", "/api/v1/agent/events", Some(&a), big.as_bytes()).0,
+        413,
+        "a batch over 1 MiB"
+    );
     let bad = json!({"run": "../x", "unit": unit, "attempt": attempt, "kind": "log", "seq": 2, "line": "x"});
     assert_eq!(request(place.port, "POST", "/api/v1/agent/events", Some(&a), bad.to_string().as_bytes()).0, 400);
     let q = |key: &str, sha: &str| {
@@ -846,4 +861,71 @@ fn serial_an_address_that_tries_many_tokens_is_refused_before_any_is_checked() {
     let (s, body) = request(place.port, "POST", "/api/v1/agent/heartbeat", Some(&good), b"{\"units\": []}");
     assert_eq!(s, 429, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("wait a minute"));
+}
+
+#[test]
+fn serial_agents_exec_runs_a_command_on_the_agent_with_its_next_heartbeat() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "");
+    let _a = place.start_agent("gpu-a", None);
+    wait_for(20, "gpu-a to register", || !place.agents()["agents"].as_array().unwrap().is_empty());
+    let exec = |args: &[&str]| {
+        place
+            .kitt()
+            .args(["agents", "exec"])
+            .args(args)
+            .args(["--server", &place.url()])
+            .env("KITT_SERVER_TOKEN", &place.admin)
+            .output()
+            .unwrap()
+    };
+    let out = exec(&["gpu-a", "cleanup-storage"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 run"), "{}", text(&out));
+    let out = exec(&["gpu-a", "check-docker"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("Docker"), "{}", text(&out));
+    let out = exec(&["gpu-a", "engines-status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("llama_cpp:"), "{}", text(&out));
+    let out = exec(&["nobody", "check-docker"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no agent"), "{}", text(&out));
+    let out = exec(&["gpu-a", "engines-setup"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs the engine"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn serial_units_on_one_agent_get_disjoint_gpus_and_host_isolation_takes_the_whole_agent() {
+    let place = Place::new();
+    place.init_agent_with("gpu-a", "gpu=h100", &["--slots", "2"]);
+    let _a = place.start_agent_with("gpu-a", None, &[("KITT_TEST_AGENT_GPUS", "2")]);
+    // Two cells of one GPU each, engines apart: both at once, each on a GPU of its own.
+    let yaml = suite("agents-gpus", "1, 2", 400, "gpu: h100", "10s").replace("lease: 10s", "lease: 10s, gpus: 1");
+    let run = place.start_run(&yaml);
+    let mut seen = BTreeSet::new();
+    wait_for(60, "two units holding a GPU each", || {
+        let list = place.agents();
+        let gpus = list["agents"][0]["gpus"].as_array().cloned().unwrap_or_default();
+        let holders: Vec<&str> = gpus.iter().filter_map(|g| g["holder"].as_str()).collect();
+        if holders.len() == 2 {
+            seen.extend(holders.iter().map(|h| h.to_string()));
+        }
+        holders.len() == 2 && holders[0] != holders[1]
+    });
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    wait_for(120, "the run to finish", || finished(&run));
+    // Under `isolation: host`, one unit at a time on the agent, though it has two slots.
+    let yaml = suite("agents-host", "1, 2", 100, "gpu: h100", "10s").replace("isolation: engine", "isolation: host");
+    let run = place.start_run(&yaml);
+    wait_for(120, "the run to finish", || finished(&run));
+    let mut spans: Vec<(u64, u64)> = records(&run)
+        .values()
+        .map(|r| (r["claimed_unix_ns"].as_u64().unwrap(), r["ended_unix_ns"].as_u64().unwrap()))
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 2);
+    assert!(spans[0].1 <= spans[1].0, "the second unit was claimed while the first ran: {spans:?}");
 }

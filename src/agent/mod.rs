@@ -40,6 +40,9 @@ struct Slot {
     stop: Mutex<Option<String>>,
     /// It fenced itself, or the server said it no longer holds the unit: it sends nothing more.
     fenced: AtomicBool,
+    /// The GPUs it was given (UUIDs), and whether it takes the whole host.
+    gpus: Vec<String>,
+    exclusive: bool,
 }
 
 pub struct Agent {
@@ -69,6 +72,21 @@ pub fn target() -> String {
         "unknown"
     };
     format!("{}-{}-{env}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// An error and its causes, as one line (a TLS refusal is in the causes of a request's error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn signal_group(pgid: i32, signal: i32) {
@@ -143,7 +161,7 @@ impl Agent {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| format!("{}: {e}", self.url(path)))?;
+            .map_err(|e| format!("{}: {}", self.url(path), chain(&e)))?;
         let status = res.status().as_u16();
         let bytes = res.bytes().await.map_err(|e| format!("{}: {e}", self.url(path)))?;
         Ok((status, bytes.to_vec()))
@@ -191,7 +209,17 @@ impl Agent {
     /// One heartbeat: renewals acknowledged move each unit's fence; stops are relayed.
     async fn beat(&self) -> Result<(), String> {
         let sent = Instant::now();
-        let body = proto::Heartbeat { units: self.held(), gpus: gpus(), disk_free_bytes: disk_free(&self.state) };
+        let mut gpus = gpus();
+        {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            for g in &mut gpus {
+                g.holder = slots
+                    .values()
+                    .find(|s| s.gpus.contains(&g.uuid))
+                    .map(|s| format!("{}/{}", s.held.run, s.held.unit));
+            }
+        }
+        let body = proto::Heartbeat { units: self.held(), gpus, disk_free_bytes: disk_free(&self.state) };
         // A slow answer still counts from when it was sent; the fence bounds how long it may take.
         let (status, bytes) = self.post("heartbeat", &body, Duration::from_secs(10)).await?;
         if status == 409 {
@@ -228,9 +256,24 @@ impl Agent {
                 signal_group(s.pgid.load(Ordering::Relaxed), libc::SIGTERM);
             }
         }
+        for e in beat.exec {
+            let me = self.clone_handle();
+            tokio::spawn(async move { me.run_exec(e).await });
+        }
         *self.last_beat_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(now_ns());
         self.write_status();
         Ok(())
+    }
+
+    /// What `run_exec` needs, apart from the agent's units.
+    fn clone_handle(&self) -> ExecHandle {
+        ExecHandle {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: self.cfg.token.clone(),
+            state: self.state.clone(),
+            held: self.held().into_iter().map(|h| h.run).collect(),
+        }
     }
 
     fn write_status(&self) {
@@ -280,15 +323,36 @@ impl Agent {
             if self.stopping.is_cancelled() {
                 return;
             }
-            let busy = self.slots.lock().unwrap_or_else(|e| e.into_inner()).len();
-            if busy >= self.cfg.slots.max(1) as usize || self.drain.load(Ordering::Relaxed) {
+            let (busy, exclusive) = {
+                let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                (slots.len(), slots.values().any(|s| s.exclusive))
+            };
+            // A unit under `isolation: host` takes the whole agent: nothing more is claimed.
+            if busy >= self.cfg.slots.max(1) as usize || exclusive || self.drain.load(Ordering::Relaxed) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                     _ = self.stopping.cancelled() => return,
                 }
                 continue;
             }
-            let req = proto::ClaimRequest { wait_ms: proto::CLAIM_WAIT_MAX_MS, gpus_free: gpus().len() as u32 };
+            let (free, running, exclusive) = {
+                let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let held: HashSet<&String> = slots.values().flat_map(|s| s.gpus.iter()).collect();
+                let free: Vec<String> = gpus()
+                    .into_iter()
+                    // Memory in use that kitt did not put there: another tenant's.
+                    .filter(|g| !held.contains(&g.uuid) && g.memory_used_mib < TENANT_MIB)
+                    .map(|g| g.uuid)
+                    .collect();
+                (free, slots.len() as u32, slots.values().any(|s| s.exclusive))
+            };
+            let req = proto::ClaimRequest {
+                // While units run, what this agent can take changes as they end: ask again soon.
+                wait_ms: if running > 0 { 1000 } else { proto::CLAIM_WAIT_MAX_MS },
+                gpus_free: free.len() as u32,
+                running,
+                exclusive,
+            };
             let sent = Instant::now();
             let res = tokio::select! {
                 r = self.post("claim", &req, Duration::from_millis(proto::CLAIM_WAIT_MAX_MS + 10_000)) => r,
@@ -309,6 +373,8 @@ impl Agent {
                             fence_after: fence,
                             stop: Mutex::new(None),
                             fenced: AtomicBool::new(false),
+                            gpus: free.iter().take(c.gpus as usize).cloned().collect(),
+                            exclusive: c.host_isolation,
                         });
                         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(held, slot.clone());
                         tokio::spawn(async move { me.run_unit(c, slot).await });
@@ -464,6 +530,12 @@ impl Agent {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(["work", "--plan-as-given", "--unit", &h.unit, "--run-dir"]).arg(dir);
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+        if !slot.gpus.is_empty() {
+            // Its engine sees only its GPUs: a container gets `--gpus device=…`, a native
+            // command CUDA_VISIBLE_DEVICES.
+            let list = slot.gpus.join(",");
+            cmd.env(GPUS_ENV, &list).env("CUDA_VISIBLE_DEVICES", &list).env("NVIDIA_VISIBLE_DEVICES", &list);
+        }
         cmd.process_group(0);
         // SAFETY: prctl(2) only, between fork and exec: the child gets SIGTERM (and stops its
         // engine) if this agent dies, so no unit outlives its agent.
@@ -479,7 +551,7 @@ impl Agent {
         };
         let pgid = child.id().map_or(0, |p| p as i32);
         slot.pgid.store(pgid, Ordering::Relaxed);
-        let mut stream = Streams::new(dir, h, preset, log_path);
+        let mut stream = Streams::new(dir, h, preset, log_path.clone());
         let mut signalled: Option<Instant> = None;
         let mut cancelled = false;
         let status = loop {
@@ -546,7 +618,18 @@ impl Agent {
             Some(0) => (Outcome::Succeeded, String::new()),
             Some(130) => (Outcome::Cancelled, "cancelled".into()),
             _ if cancelled => (Outcome::Cancelled, "cancelled".into()),
-            Some(c) => (Outcome::Failed, format!("kitt work exited with {c}; its journal shard says why")),
+            Some(c) => {
+                // What it said last, so the run names the cause (a model path missing here…).
+                let said = std::fs::read_to_string(&log_path)
+                    .ok()
+                    .and_then(|t| t.lines().rev().find(|l| l.starts_with("error:")).map(str::to_string));
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let reason = match said {
+                    Some(e) => format!("kitt work exited with {c} on {}: {e}", host.trim()),
+                    None => format!("kitt work exited with {c} on {}; its journal shard says why", host.trim()),
+                };
+                (Outcome::Failed, reason)
+            }
             None => (Outcome::Lost, format!("kitt work was killed by signal {}", status.signal().unwrap_or(0))),
         }
     }
@@ -664,6 +747,106 @@ impl Agent {
             let _ = std::fs::remove_dir_all(run.path());
         }
     }
+}
+
+/// Runs the commands `kitt agents exec` sends.
+struct ExecHandle {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+    state: PathBuf,
+    held: HashSet<String>,
+}
+
+impl ExecHandle {
+    async fn run_exec(self, e: proto::Exec) {
+        let (ok, output) = match e.command {
+            proto::ExecCommand::CheckDocker => match tokio::task::spawn_blocking(crate::docker::server_version).await {
+                Ok(Ok(v)) => (true, format!("Docker {v} answers")),
+                Ok(Err(err)) => (false, format!("Docker does not answer: {err}")),
+                Err(err) => (false, err.to_string()),
+            },
+            proto::ExecCommand::EnginesStatus => {
+                let exe = std::env::current_exe().unwrap_or_else(|_| "kitt".into());
+                let names =
+                    tokio::process::Command::new(&exe).args(["engines", "list", "--output", "json"]).output().await;
+                let names: Vec<String> = names
+                    .ok()
+                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_string))
+                    .collect();
+                let mut out = Vec::new();
+                let mut all = true;
+                for n in &names {
+                    let o = tokio::process::Command::new(&exe).args(["engines", "check", n]).output().await;
+                    let (good, text) = match o {
+                        Ok(o) => (
+                            o.status.success(),
+                            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+                        ),
+                        Err(err) => (false, err.to_string()),
+                    };
+                    all &= good;
+                    out.push(format!("{n}: {}", text.trim()));
+                }
+                (all && !names.is_empty(), out.join("\n"))
+            }
+            proto::ExecCommand::EnginesSetup => {
+                let exe = std::env::current_exe().unwrap_or_else(|_| "kitt".into());
+                let engine = e.arg.clone().unwrap_or_default();
+                match tokio::process::Command::new(&exe).args(["engines", "setup", &engine]).output().await {
+                    Ok(o) => (
+                        o.status.success(),
+                        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+                    ),
+                    Err(err) => (false, err.to_string()),
+                }
+            }
+            proto::ExecCommand::CleanupStorage => {
+                let runs = self.state.join("runs");
+                let (mut freed, mut removed) = (0u64, 0usize);
+                for r in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
+                    let name = r.file_name().to_string_lossy().to_string();
+                    if self.held.contains(&name) {
+                        continue;
+                    }
+                    freed += dir_size(&r.path());
+                    if std::fs::remove_dir_all(r.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+                (true, format!("removed {removed} run cop(ies) no unit holds, {freed} bytes"))
+            }
+        };
+        let url = format!("{}/api/v1/agent/exec/{}", self.base, e.id);
+        let body = serde_json::to_vec(&proto::ExecResult { ok, output }).unwrap_or_default();
+        for _ in 0..5 {
+            let sent = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| dir_size(&e.path())).sum()
 }
 
 /// What of one attempt's journal and output the server has.
@@ -808,6 +991,13 @@ impl Streams {
         Sent::Ok
     }
 }
+
+/// The GPUs (UUIDs, comma-separated) an agent gives the `kitt work` of a unit: its container
+/// engines get `--gpus device=…` with them.
+pub const GPUS_ENV: &str = "KITT_AGENT_GPUS";
+/// A GPU with more memory in use than this, that no unit of this agent holds, is another
+/// tenant's: it is not offered.
+const TENANT_MIB: u64 = 1024;
 
 /// Test hook: while the file `KITT_TEST_AGENT_PARTITION` names exists, every request of this
 /// agent fails as if its network were cut (a partition, without root or a second host). Never

@@ -91,6 +91,41 @@ pub struct Beat {
     pub stop: Vec<(Held, String)>,
     /// The agent is drained: it takes no new unit.
     pub drain: bool,
+    /// Commands for the agent to run and answer (`kitt agents exec`).
+    #[serde(default)]
+    pub exec: Vec<Exec>,
+}
+
+/// What `kitt agents exec` asks an agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    pub id: String,
+    pub command: ExecCommand,
+    /// `engines-setup`'s engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecCommand {
+    /// Whether Docker answers there, and its version.
+    CheckDocker,
+    /// `kitt engines check` of every engine template there.
+    EnginesStatus,
+    /// `kitt engines setup ENGINE` there.
+    EnginesSetup,
+    /// Removes what its spool holds of units it no longer runs.
+    CleanupStorage,
+}
+
+/// `POST /api/v1/agent/exec/{id}`: how a command went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    pub ok: bool,
+    pub output: String,
 }
 
 /// `POST /api/v1/agent/claim`.
@@ -101,6 +136,12 @@ pub struct ClaimRequest {
     pub wait_ms: u64,
     /// GPUs the agent has free for a new unit.
     pub gpus_free: u32,
+    /// Units it runs now.
+    #[serde(default)]
+    pub running: u32,
+    /// It runs a unit under `isolation: host`, which takes the whole host.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// A claimed unit: what `kitt work` needs to run it on the agent.
@@ -123,6 +164,9 @@ pub struct Claimed {
     pub committed: Vec<String>,
     /// GPUs the unit takes (`execution.agents.gpus`).
     pub gpus: u32,
+    /// The run's `isolation: host`: the unit takes the whole agent.
+    #[serde(default)]
+    pub host_isolation: bool,
     /// The suite's file name, and the suite and its suite-local templates by relative path:
     /// the agent compiles the suite itself and checks its plan's keys against the server's.
     pub suite: String,

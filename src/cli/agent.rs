@@ -108,6 +108,14 @@ enum AgentsCommand {
     Drain { name: String },
     /// Forgets the agent; the units it holds are placed again.
     Remove { name: String },
+    /// Runs a command on the agent (sent with its next heartbeat) and prints its answer.
+    Exec {
+        name: String,
+        #[arg(value_enum)]
+        command: crate::agent::proto::ExecCommand,
+        /// `engines-setup`'s engine.
+        arg: Option<String>,
+    },
 }
 
 fn read_token(file: &Path) -> Result<String, String> {
@@ -377,9 +385,18 @@ pub fn agents(args: &AgentsArgs) -> i32 {
         AgentsCommand::List { .. } => (reqwest::Method::GET, format!("{base}/api/v1/agents")),
         AgentsCommand::Drain { name } => (reqwest::Method::POST, format!("{base}/api/v1/agents/{name}/drain")),
         AgentsCommand::Remove { name } => (reqwest::Method::DELETE, format!("{base}/api/v1/agents/{name}")),
+        AgentsCommand::Exec { name, .. } => (reqwest::Method::POST, format!("{base}/api/v1/agents/{name}/exec")),
+    };
+    let body = match &args.command {
+        AgentsCommand::Exec { command, arg, .. } => json!({"command": command, "arg": arg}).to_string(),
+        _ => String::new(),
     };
     let answer = rt.block_on(async {
-        let res = client.request(method, &url).bearer_auth(&token).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let mut req = client.request(method, &url).bearer_auth(&token).timeout(std::time::Duration::from_secs(180));
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body.clone());
+        }
+        let res = req.send().await.map_err(|e| format!("{url}: {e}"))?;
         let status = res.status();
         let v: Json = res.json().await.map_err(|e| format!("{url}: {status}: {e}"))?;
         if !status.is_success() {
@@ -423,6 +440,12 @@ pub fn agents(args: &AgentsArgs) -> i32 {
                     a["held"].as_array().map_or(0, Vec::len),
                     labels.join(",")
                 );
+            }
+        }
+        AgentsCommand::Exec { .. } => {
+            println!("{}", v["output"].as_str().unwrap_or_default());
+            if v["ok"] != true {
+                return EXIT_FAILED;
             }
         }
         _ => print_json(&v),

@@ -114,6 +114,9 @@ pub struct QueueEntry {
     /// GPUs the unit takes.
     #[serde(default)]
     pub gpus: u32,
+    /// The run's `isolation: host`: one measuring unit per agent.
+    #[serde(default)]
+    pub host_isolation: bool,
     pub lease_ms: u64,
     pub queued_unix_ns: u64,
 }
@@ -175,6 +178,7 @@ pub struct Wanted {
     pub same_fingerprint: bool,
     pub gpus: u32,
     pub lease: std::time::Duration,
+    pub host_isolation: bool,
 }
 
 pub struct Agents {
@@ -198,6 +202,7 @@ impl Wanted {
             same_fingerprint: b.same_fingerprint,
             gpus: b.gpus,
             lease: b.lease.0,
+            host_isolation: plan.execution.isolation == crate::manifest::suite::Isolation::Host,
         }
     }
 }
@@ -235,6 +240,7 @@ impl Agents {
             fingerprint: self.wanted.fingerprint.clone(),
             same_fingerprint: self.wanted.same_fingerprint,
             gpus: self.wanted.gpus,
+            host_isolation: self.wanted.host_isolation,
             lease_ms: self.wanted.lease.as_millis() as u64,
             queued_unix_ns: now,
         };

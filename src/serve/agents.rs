@@ -71,6 +71,9 @@ struct Registry {
     next_seq: HashMap<(Held, EventKind), u64>,
     /// When each run last had a unit claimed (runs are served round-robin).
     last_served: HashMap<String, Instant>,
+    /// Commands waiting for each agent's next heartbeat, and the answers they got.
+    exec_pending: HashMap<String, Vec<proto::Exec>>,
+    exec_done: HashMap<String, proto::ExecResult>,
     /// When the snapshot was last written.
     saved_at: Option<Instant>,
     dirty: bool,
@@ -361,14 +364,15 @@ pub(super) async fn heartbeat(
         a.disk_free_bytes = body.disk_free_bytes;
         beat.drain = a.state == "draining";
     }
+    beat.exec = reg.exec_pending.remove(&name).unwrap_or_default();
     reg.dirty = true;
     app.agents.save(&mut reg, false);
     Ok(axum::Json(beat).into_response())
 }
 
-/// Whether `agent` may take `entry` with `gpus_free` GPUs free.
-fn matches(root: &Path, agent: &AgentInfo, entry: &QueueEntry, gpus_free: u32) -> bool {
-    if entry.gpus > gpus_free {
+/// Whether `agent`, asking with `req`, may take `entry`.
+fn matches(root: &Path, agent: &AgentInfo, entry: &QueueEntry, req: &proto::ClaimRequest) -> bool {
+    if entry.gpus > req.gpus_free || req.exclusive || (entry.host_isolation && req.running > 0) {
         return false;
     }
     if !entry.select.iter().all(|(k, v)| agent.labels.get(k) == Some(v)) {
@@ -390,7 +394,7 @@ fn matches(root: &Path, agent: &AgentInfo, entry: &QueueEntry, gpus_free: u32) -
 }
 
 /// Takes the first queued unit `agent` matches, runs round-robin and FIFO within a run.
-fn try_claim(app: &App, agent: &AgentInfo, gpus_free: u32) -> Result<Option<Claimed>, Problem> {
+fn try_claim(app: &App, agent: &AgentInfo, req: &proto::ClaimRequest) -> Result<Option<Claimed>, Problem> {
     let root = &app.cfg.runs_root;
     let queue = files::queue_dir(root);
     let mut names: Vec<PathBuf> = std::fs::read_dir(&queue)
@@ -419,7 +423,7 @@ fn try_claim(app: &App, agent: &AgentInfo, gpus_free: u32) -> Result<Option<Clai
         entries.sort_by_key(|(_, e)| served(&e.run));
     }
     for (path, entry) in entries {
-        if !matches(root, agent, &entry, gpus_free) {
+        if !matches(root, agent, &entry, req) {
             continue;
         }
         let taken = files::claimed_dir(root).join(path.file_name().unwrap_or_default());
@@ -545,6 +549,7 @@ fn start_attempt(root: &Path, agent: &AgentInfo, entry: &QueueEntry) -> Result<C
         plan_json,
         committed,
         gpus: entry.gpus,
+        host_isolation: entry.host_isolation,
         suite,
         files: suite_files,
     })
@@ -568,7 +573,8 @@ pub(super) async fn claim(
         let agent2 = agent.clone();
         // Read before the attempt is made: the agent's fence never starts after its lease.
         let waited = began.elapsed();
-        if let Some(mut c) = blocking(move || try_claim(&app2, &agent2, body.gpus_free)).await? {
+        let req = body.clone();
+        if let Some(mut c) = blocking(move || try_claim(&app2, &agent2, &req)).await? {
             c.heartbeat_ms = app.agents.heartbeat.as_millis() as u64;
             c.waited_ms = waited.as_millis() as u64;
             return Ok(axum::Json(c).into_response());
@@ -1007,6 +1013,74 @@ pub(crate) async fn remove_agent(app: &Arc<App>, name: &str) -> Result<usize, Pr
 pub(super) async fn remove(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Answer {
     let n = remove_agent(&app, &name).await?;
     Ok(axum::Json(json!({"agent": name, "removed": true, "requeued": n})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExecBody {
+    command: proto::ExecCommand,
+    #[serde(default)]
+    arg: Option<String>,
+}
+
+/// `POST /api/v1/agents/{id}/exec`: the command goes out with the agent's next heartbeat; the
+/// answer comes back when the agent has run it (waited for up to two minutes).
+pub(super) async fn exec(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<ExecBody>,
+) -> Answer {
+    known(&app, &name)?;
+    if body.command == proto::ExecCommand::EnginesSetup && !body.arg.as_deref().is_some_and(super::api::valid_id) {
+        return Err(Problem::bad_request("arg: `engines-setup` needs the engine to set up (`llama_cpp`, `vllm`, …)"));
+    }
+    let id: String = {
+        let mut b = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    };
+    app.agents.lock().exec_pending.entry(name.clone()).or_default().push(proto::Exec {
+        id: id.clone(),
+        command: body.command,
+        arg: body.arg,
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(r) = app.agents.lock().exec_done.remove(&id) {
+            return Ok(axum::Json(json!({"agent": name, "ok": r.ok, "output": r.output})).into_response());
+        }
+        if Instant::now() >= deadline || *app.closing.borrow() {
+            let mut reg = app.agents.lock();
+            if let Some(p) = reg.exec_pending.get_mut(&name) {
+                p.retain(|e| e.id != id);
+            }
+            return Err(Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("agent `{name}` did not answer within 2 minutes (is it running? kitt agents list)"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `POST /api/v1/agent/exec/{id}`: an agent's answer to a command.
+pub(super) async fn exec_done(
+    State(app): State<Arc<App>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+    Json(body): Json<proto::ExecResult>,
+) -> Answer {
+    agent_of(&caller)?;
+    if !proto::valid_hex(&id, 16..=16) {
+        return Err(Problem::bad_request("the command id is 16 hex digits"));
+    }
+    let mut reg = app.agents.lock();
+    if reg.exec_done.len() > 1000 {
+        reg.exec_done.clear();
+    }
+    let output: String = body.output.chars().take(256 << 10).collect();
+    reg.exec_done.insert(id, proto::ExecResult { ok: body.ok, output });
+    Ok(axum::Json(json!({"ok": true})).into_response())
 }
 
 /// The glibc this process runs on, `major.minor` (`None` off glibc).

@@ -51,6 +51,7 @@ pub fn document() -> Value {
             && r.method == axum::http::Method::POST
             && !r.path.ends_with("cancel")
             && !r.path.ends_with("/drain")
+            && !r.path.ends_with("/exec")
             && !agent_route
         {
             "201"

@@ -383,6 +383,33 @@ pub static ROUTES: &[Route] = &[
         handler: || delete(agents::remove),
     },
     Route {
+        method: Method::POST,
+        path: "/api/v1/agents/{id}/exec",
+        scope: Some(Scope::Admin),
+        writes: true,
+        summary: "Run a command on an agent (check-docker, engines-status, engines-setup, cleanup-storage): it goes out with the agent's next heartbeat; the answer is its output.",
+        query: &[],
+        body: &[
+            r(
+                "command",
+                r#"{"type": "string", "enum": ["check-docker", "engines-status", "engines-setup", "cleanup-storage"]}"#,
+                "The command.",
+            ),
+            p("arg", ID, "engines-setup's engine."),
+        ],
+        handler: || post(agents::exec),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/exec/{id}",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "An agent's answer to a command it was sent.",
+        query: &[],
+        body: &[r("ok", "boolean", "Whether it went well."), r("output", "string", "What it printed.")],
+        handler: || post(agents::exec_done),
+    },
+    Route {
         method: Method::GET,
         path: "/api/v1/agent/install.sh",
         scope: None,
@@ -462,6 +489,8 @@ pub static ROUTES: &[Route] = &[
         body: &[
             r("wait_ms", r#"{"type": "integer", "minimum": 0}"#, "How long to wait, at most 25000."),
             r("gpus_free", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "Free GPUs."),
+            p("running", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "Units it runs now."),
+            p("exclusive", "boolean", "It runs a unit under `isolation: host`."),
         ],
         handler: || post(agents::claim),
     },

@@ -132,6 +132,11 @@ impl RunExecutor {
             }
             _ => gpus,
         };
+        // On an agent, the unit's own GPUs only (placement: never part of a key).
+        let gpus = match std::env::var(crate::agent::GPUS_ENV) {
+            Ok(list) if !list.trim().is_empty() && gpus.is_some() => Some(format!("\"device={}\"", list.trim())),
+            _ => gpus,
+        };
         let n = self.containers_started.fetch_add(1, Ordering::Relaxed);
         let spec = RunSpec {
             name: format!("kitt-{}-{gi}-{n}", self.run_id),
