@@ -5,41 +5,17 @@
 //! `docker network disconnect`; each run completes with every key committed once. Nothing of a
 //! test is left after it: containers and network are removed.
 
+mod agents_support;
 mod common;
 mod docker_support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agents_support::{HEARTBEAT_MS, commits, finished, records, suite, wait_for};
 use docker_support::{docker, docker_missing, root};
 use serde_json::Value as Json;
-
-const HEARTBEAT_MS: u64 = 300;
-
-fn suite(model: &str, cells: &str, requests: u32) -> String {
-    format!(
-        r#"apiVersion: kitt/v1
-kind: Suite
-metadata: {{name: hosts-{model}}}
-spec:
-  models: [{{name: {model}}}]
-  engines: [{{name: sim, template: sim, params: {{ttft_ms: 2, itl_ms: 1, tokens_per_chunk: 2}}}}]
-  benchmarks:
-    - name: tput
-      template: throughput
-      params: {{concurrency: [{cells}], requests: {requests}, input_tokens: 16, max_tokens: 16}}
-  sampling: {{temperature: 0, seed: 5}}
-  warmup: {{requests: 1}}
-  execution:
-    executor: agents
-    granularity: cell
-    isolation: engine
-    agents: {{select: {{gpu: h100}}, lease: 3s}}
-"#
-    )
-}
 
 /// The containers and network of one test, removed when it ends.
 struct Fleet {
@@ -224,45 +200,6 @@ fn logs(container: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn finished(run: &Path) -> bool {
-    run.join("report/result.json").exists()
-        && std::fs::read_to_string(run.join("journal.jsonl")).unwrap_or_default().contains("\"run_finished\"")
-}
-
-fn records(run: &Path) -> BTreeMap<(String, u32), Json> {
-    std::fs::read_dir(run.join("agents"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let (unit, attempt) = name.strip_suffix(".json")?.rsplit_once('.')?;
-            let v: Json = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-            Some(((unit.to_string(), attempt.parse().ok()?), v))
-        })
-        .collect()
-}
-
-fn commits(run: &Path) -> BTreeMap<String, Json> {
-    std::fs::read_dir(run.join("steps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let m = std::fs::read(e.path().join(".committed")).ok()?;
-            Some((e.file_name().to_string_lossy().to_string(), serde_json::from_slice(&m).unwrap_or(Json::Null)))
-        })
-        .collect()
-}
-
 /// The agent holding the run's unit now, once one does.
 fn holder(run: &Path) -> String {
     let mut who = String::new();
@@ -289,7 +226,7 @@ fn serial_docker_three_agents_on_their_own_hosts_run_a_suite_and_survive_a_kill_
     fleet.add_agent_pinned("gpu-wrong", &wrong);
 
     // 1. Three cells on three agents, over TLS pinned to the server's CA: as a local run.
-    let yaml = suite("hosts-e2e", "1, 2, 3", 16);
+    let yaml = suite("hosts-e2e", "1, 2, 3", 16, "gpu: h100", "3s");
     let run = fleet.start_run(&yaml);
     wait_for(120, "the run to finish", || finished(&run));
     let placed = common::report(&run);
@@ -307,7 +244,7 @@ fn serial_docker_three_agents_on_their_own_hosts_run_a_suite_and_survive_a_kill_
     assert!(hosts.iter().all(|h| h.starts_with("gpu-")), "each attempt names its agent's host: {hosts:?}");
 
     // 2. `docker kill` of the agent measuring: the unit resumes on another within lease + a heartbeat.
-    let run = fleet.start_run(&suite("hosts-kill", "1", 600));
+    let run = fleet.start_run(&suite("hosts-kill", "1", 600, "gpu: h100", "3s"));
     let victim = holder(&run);
     docker(&["kill", &fleet.container_of(&victim)]);
     let killed = Instant::now();
@@ -324,7 +261,7 @@ fn serial_docker_three_agents_on_their_own_hosts_run_a_suite_and_survive_a_kill_
 
     // 3. `docker network disconnect` of the agent measuring: it fences (its engine stops) before
     //    the unit is placed again; reconnected after, nothing of it is committed.
-    let run = fleet.start_run(&suite("hosts-cut", "1", 600));
+    let run = fleet.start_run(&suite("hosts-cut", "1", 600, "gpu: h100", "3s"));
     let cut = holder(&run);
     let container = fleet.container_of(&cut);
     docker(&["network", "disconnect", &fleet.net, &container]);

@@ -5,43 +5,19 @@
 //! Leases and heartbeats are seconds here (`KITT_AGENT_HEARTBEAT_MS`, `execution.agents.lease`),
 //! so a lost agent is noticed within a test's patience.
 
+mod agents_support;
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agents_support::{HEARTBEAT_MS, commits, finished, records, suite, wait_for};
 use common::{KittEnv, comparable, report, sims_alive, text};
 use serde_json::{Value as Json, json};
-
-/// The heartbeat the server asks of its agents in these tests.
-const HEARTBEAT_MS: u64 = 300;
-
-fn suite(model: &str, cells: &str, requests: u32, select: &str, lease: &str) -> String {
-    format!(
-        r#"apiVersion: kitt/v1
-kind: Suite
-metadata: {{name: agents-{model}}}
-spec:
-  models: [{{name: {model}}}]
-  engines: [{{name: sim, template: sim, params: {{ttft_ms: 2, itl_ms: 1, tokens_per_chunk: 2}}}}]
-  benchmarks:
-    - name: tput
-      template: throughput
-      params: {{concurrency: [{cells}], requests: {requests}, input_tokens: 16, max_tokens: 16}}
-  sampling: {{temperature: 0, seed: 5}}
-  warmup: {{requests: 1}}
-  execution:
-    executor: agents
-    granularity: cell
-    isolation: engine
-    agents: {{select: {{{select}}}, lease: {lease}}}
-"#
-    )
-}
 
 struct Proc(Child);
 
@@ -234,49 +210,6 @@ fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]
         body = out;
     }
     (status, body)
-}
-
-/// Waits for `f` to hold, up to `secs`.
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn finished(run: &Path) -> bool {
-    run.join("report").join("result.json").exists()
-        && std::fs::read_to_string(run.join("journal.jsonl")).unwrap_or_default().contains("\"run_finished\"")
-}
-
-/// Each attempt record of the run: (unit, attempt) → record.
-fn records(run: &Path) -> BTreeMap<(String, u32), Json> {
-    std::fs::read_dir(run.join("agents"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let stem = name.strip_suffix(".json")?;
-            let (unit, attempt) = stem.rsplit_once('.')?;
-            let v: Json = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-            Some(((unit.to_string(), attempt.parse().ok()?), v))
-        })
-        .collect()
-}
-
-/// Every committed step of the run: key → the marker the server wrote.
-fn commits(run: &Path) -> BTreeMap<String, Json> {
-    std::fs::read_dir(run.join("steps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let m = std::fs::read(e.path().join(".committed")).ok()?;
-            Some((e.file_name().to_string_lossy().to_string(), serde_json::from_slice(&m).unwrap_or(Json::Null)))
-        })
-        .collect()
 }
 
 /// Files under `dir` holding `needle`.

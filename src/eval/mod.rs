@@ -66,7 +66,7 @@
 mod dataset;
 mod error;
 mod extract;
-mod items;
+pub(crate) mod items;
 mod prepare;
 mod prompt;
 mod run;

@@ -1242,18 +1242,7 @@ echo "kitt installed in $dest/kitt; start the agent with: $dest/kitt agent start
 mod tests {
     use super::*;
 
-    /// splitmix64, so a failing case replays.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-    }
+    use crate::eval::items::Rng;
 
     fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
         let mut b = base.to_vec();
@@ -1299,7 +1288,7 @@ mod tests {
         let good = std::fs::read(&archive).unwrap();
         unpack(&archive, &dir.path().join("out")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("out/sub/requests.jsonl")).unwrap(), b"{}\n{}\n");
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for i in 0..3000 {
             let _ = serde_json::from_slice::<proto::Register>(&mutate(&mut rng, &register));
             let _ = serde_json::from_slice::<EventLine>(&mutate(&mut rng, line));
