@@ -195,9 +195,29 @@ def main():
         x.join()
     share = (cpu(serve.pid) - c0) / (time.time() - w0) * 100
     lat.sort()
+    # The same agents idle, each holding a claim that waits for a unit (the queue is empty).
+    def idle_claim(t):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = json.dumps({"wait_ms": 25000, "gpus_free": 0})
+        while time.time() < stop2:
+            c.request("POST", "/api/v1/agent/claim", body=body,
+                      headers={"Authorization": f"Bearer {t}", "Content-Type": "application/json"})
+            c.getresponse().read()
+
+    stop2 = time.time() + SECONDS
+    th = [threading.Thread(target=idle_claim, args=(t,)) for t in toks]
+    for x in th:
+        x.start()
+    time.sleep(3)
+    c1, w1 = cpu(serve.pid), time.time()
+    time.sleep(SECONDS - 6)
+    idle_share = (cpu(serve.pid) - c1) / (time.time() - w1) * 100
+    for x in th:
+        x.join()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
     print(f"{N_AGENTS} agents beating 1/s for {SECONDS} s: {len(lat)} heartbeats, p50 {p(0.5):.1f} ms, "
           f"p99 {p(0.99):.1f} ms, max {lat[-1]:.1f} ms; server {share:.0f} % of a core, RSS {rss_mb(serve.pid):.1f} MB")
+    print(f"{N_AGENTS} agents each holding a waiting claim (empty queue): server {idle_share:.1f} % of a core")
     serve.terminate()
     serve.wait()
 

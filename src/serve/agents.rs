@@ -84,6 +84,9 @@ pub struct Agents {
     root: PathBuf,
     pub heartbeat: Duration,
     reg: Mutex<Registry>,
+    /// Bumped when the queue directory changes: waiting claims look again only then (and once a
+    /// second), so a thousand idle agents cost one look at the queue per tick, not a thousand.
+    queue_changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn now_ns() -> u64 {
@@ -110,7 +113,12 @@ impl Agents {
         {
             reg.agents = agents;
         }
-        let agents = Agents { root: root.to_path_buf(), heartbeat, reg: Mutex::new(reg) };
+        let agents = Agents {
+            root: root.to_path_buf(),
+            heartbeat,
+            reg: Mutex::new(reg),
+            queue_changed: tokio::sync::watch::channel(0).0,
+        };
         agents.recover_claims();
         agents
     }
@@ -161,6 +169,24 @@ impl Agents {
         }
         reg.saved_at = Some(Instant::now());
         reg.dirty = false;
+    }
+
+    /// Watches the queue directory (its modification time, every 25 ms) for the claims that
+    /// wait, until `closing`.
+    pub async fn watch_queue(&self, mut closing: tokio::sync::watch::Receiver<bool>) {
+        let queue = files::queue_dir(&self.root);
+        let mut seen = None;
+        loop {
+            let now = std::fs::metadata(&queue).and_then(|m| m.modified()).ok();
+            if now != seen {
+                seen = now;
+                self.queue_changed.send_modify(|n| *n += 1);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+                _ = closing.changed() => return,
+            }
+        }
     }
 
     /// Every known agent.
@@ -567,8 +593,10 @@ pub(super) async fn claim(
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms.min(proto::CLAIM_WAIT_MAX_MS));
     let mut closing = app.closing.clone();
+    let mut changed = app.agents.queue_changed.subscribe();
     let began = Instant::now();
     loop {
+        changed.borrow_and_update();
         let app2 = app.clone();
         let agent2 = agent.clone();
         // Read before the attempt is made: the agent's fence never starts after its lease.
@@ -582,8 +610,10 @@ pub(super) async fn claim(
         if Instant::now() >= deadline || *closing.borrow() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
+        let left = deadline.saturating_duration_since(Instant::now());
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
             _ = closing.changed() => {}
         }
     }

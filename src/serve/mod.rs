@@ -505,6 +505,11 @@ pub async fn serve(
         auth_limit: AuthLimit::default(),
     });
     let router = router(app.clone());
+    {
+        let app = app.clone();
+        let closing = app.closing.clone();
+        tokio::spawn(async move { app.agents.watch_queue(closing).await });
+    }
     ready(local, acceptor.as_ref().map(|a| a.fingerprint.as_str()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stop = terminated();
