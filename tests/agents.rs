@@ -69,7 +69,7 @@ impl Place {
     fn start_server(&mut self, port: u16) {
         let mut cmd = self.kitt();
         cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--suites-dir"]).arg(self.env.path().join("suites"));
-        cmd.args(["--token-file"]).arg(self.env.path().join("admin.tok"));
+        cmd.args(["--token-file"]).arg(self.env.path().join("admin.tok")).arg("--allow-suite-upload");
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -861,4 +861,48 @@ fn serial_units_on_one_agent_get_disjoint_gpus_and_host_isolation_takes_the_whol
     spans.sort();
     assert_eq!(spans.len(), 2);
     assert!(spans[0].1 <= spans[1].0, "the second unit was claimed while the first ran: {spans:?}");
+}
+
+#[test]
+fn serial_apply_with_server_follows_the_run_on_the_agents_and_ctrl_c_cancels_it() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    let _a = place.start_agent("gpu-a", None);
+    let apply = |yaml: &str| {
+        let dir = place.env.path().join(format!("client-{}", yaml.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s.yaml"), yaml).unwrap();
+        let mut c = place.kitt();
+        c.args(["apply"]).arg(dir.join("s.yaml")).args(["--server", &place.url()]);
+        c.env("KITT_SERVER_TOKEN", &place.admin).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    // Followed to the end: each step as it ends, the exit code the run's.
+    let out = apply(&suite("agents-follow", "1", 8, "gpu: h100", "10s")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("following it") && said.contains("benchmark done"), "{said}");
+    // Ctrl-C cancels the run on the server, and its unit on the agent.
+    let mut child = apply(&suite("agents-interrupt", "1", 20000, "gpu: h100", "10s")).spawn().unwrap();
+    let runs = place.env.runs();
+    wait_for(60, "the cell measuring", || {
+        std::fs::read_dir(&runs).into_iter().flatten().flatten().any(|r| {
+            std::fs::read_to_string(r.path().join("run.json")).is_ok_and(|m| m.contains("agents-interrupt"))
+                && common::shard_records(&r.path())
+                    .iter()
+                    .any(|x| x["event"] == "step_started" && x["kind"] == "benchmark")
+        })
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let began = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "apply --server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    wait_for(20, "no sim left", || sims_alive("agents-interrupt") == 0);
 }

@@ -387,6 +387,17 @@ fn serial_every_page_loads_in_chromium_with_no_console_error_no_failed_request_a
     assert_eq!(b.eval("location.pathname"), "/agents");
     let main = b.eval("document.querySelector('main').innerText").as_str().unwrap_or_default().to_string();
     assert!(main.contains("draining"), "{main}");
+    // Settings: an admin sets a key in the store from the page; a pinned key has no form.
+    b.navigate(&server.url("/settings"));
+    assert_eq!(b.eval("document.querySelectorAll('form[action=\"/settings/model_dirs\"]').length"), 0, "pinned");
+    b.eval("document.querySelector('form[action=\"/settings/page_size\"] input[name=value]').value = '25'; document.querySelector('form[action=\"/settings/page_size\"]').submit()");
+    let load = b.wait_loaded("setting");
+    clean(&load);
+    assert_eq!(b.eval("location.pathname"), "/settings");
+    let row = b.eval("[...document.querySelectorAll('tr')].find(r => r.innerText.startsWith('page_size')).innerText");
+    let row = row.as_str().unwrap_or_default();
+    assert!(row.contains("store") && row.contains("by admin"), "{row}");
+    assert_eq!(b.eval("document.querySelector('form[action=\"/settings/page_size\"] input[name=value]').value"), "25");
 
     // The run page shows the step tree with every step done and its timings.
     b.navigate(&server.url(&format!("/runs/{}", runs[0])));

@@ -284,8 +284,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Validate { files, output } => validate(&files, output),
         Command::Plan { suite, output, runs_dir, units } => plan_cmd(&suite, output, runs_dir.as_deref(), units),
         Command::Apply { suite, flags, placement, server: Some(server), server_ca } => {
-            let _ = placement;
-            remote::apply(&suite, &server, server_ca.as_deref(), flags.fresh, flags.output)
+            remote::apply(&suite, &server, server_ca.as_deref(), flags.fresh, placement.detach, flags.output)
         }
         Command::Apply { suite, flags, placement, .. } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),

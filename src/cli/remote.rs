@@ -96,7 +96,7 @@ async fn upload(server: &str, token: &str, ca: Option<&Path>, body: &Json) -> Re
     Ok(answer)
 }
 
-pub fn apply(suite: &Path, server: &str, ca: Option<&Path>, fresh: bool, output: Output) -> i32 {
+pub fn apply(suite: &Path, server: &str, ca: Option<&Path>, fresh: bool, detach: bool, output: Output) -> i32 {
     let Some(token) = std::env::var("KITT_SERVER_TOKEN").ok().filter(|t| !t.is_empty()) else {
         eprintln!(
             "error: --server needs a `run` token in KITT_SERVER_TOKEN (`kitt serve token create --scope run` on the server)"
@@ -120,6 +120,26 @@ pub fn apply(suite: &Path, server: &str, ca: Option<&Path>, fresh: bool, output:
         }
     };
     match rt.block_on(upload(server, &token, ca, &body)) {
+        Ok(answer) if !detach => {
+            let run = answer["run_id"].as_str().unwrap_or_default().to_string();
+            if output == Output::Text {
+                eprintln!("run {run} started on {server} (bundle {}); following it (Ctrl-C cancels it)", &digest[..12]);
+            }
+            match rt.block_on(follow(server, &token, ca, &run, output)) {
+                Ok((status, code)) => {
+                    if output == Output::Json {
+                        let mut a = answer;
+                        a["status"] = status.into();
+                        print_json(&a);
+                    }
+                    code
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
         Ok(answer) => {
             match output {
                 Output::Json => print_json(&answer),
@@ -138,6 +158,78 @@ pub fn apply(suite: &Path, server: &str, ca: Option<&Path>, fresh: bool, output:
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_FAILED
+        }
+    }
+}
+
+/// Follows a run on the server until it ends: each step as it ends (text), the run's status at
+/// the end and the exit code (0 succeeded, 1 failed, 130 cancelled here). Ctrl-C asks the server
+/// to cancel the run and waits for it to stop.
+async fn follow(
+    server: &str,
+    token: &str,
+    ca: Option<&Path>,
+    run: &str,
+    output: Output,
+) -> Result<(String, i32), String> {
+    let base = server.trim_end_matches('/');
+    let http = client(ca)?;
+    let url = format!("{base}/api/v1/runs/{run}");
+    let mut shown = std::collections::HashSet::new();
+    let mut cancelled = false;
+    let mut unfinished_since: Option<std::time::Instant> = None;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot watch Ctrl-C: {e}"))?;
+    loop {
+        let v: Json = match http.get(&url).bearer_auth(token).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.map_err(|e| format!("{url}: {e}"))?,
+            Ok(r) => return Err(format!("{url}: {}", r.status())),
+            Err(e) => {
+                eprintln!("warning: {url}: {e}; trying again");
+                Json::Null
+            }
+        };
+        if output == Output::Text {
+            for step in v["steps"].as_array().into_iter().flatten() {
+                let state = step["state"].as_str().unwrap_or_default();
+                let key = step["key"].as_str().unwrap_or_default().to_string();
+                if matches!(state, "done" | "failed" | "skipped") && shown.insert(key) {
+                    eprintln!(
+                        "  {:<9} {:<8} {}",
+                        step["kind"].as_str().unwrap_or_default(),
+                        state,
+                        step["label"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let status = v["run"]["status"].as_str().unwrap_or_default().to_string();
+        match status.as_str() {
+            "succeeded" => return Ok((status, 0)),
+            "failed" => return Ok((status, EXIT_FAILED)),
+            "unfinished" => {
+                let since = *unfinished_since.get_or_insert_with(std::time::Instant::now);
+                // Nothing drives it: stopped (cancelled, or its driver died).
+                if since.elapsed() > std::time::Duration::from_secs(if cancelled { 2 } else { 10 }) {
+                    let code = if cancelled { super::EXIT_INTERRUPTED } else { EXIT_FAILED };
+                    if output == Output::Text {
+                        eprintln!("run {run} stopped; `kitt apply SUITE --server {base}` again resumes it");
+                    }
+                    return Ok((status, code));
+                }
+            }
+            _ => unfinished_since = None,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = interrupt.recv(), if !cancelled => {
+                cancelled = true;
+                eprintln!("cancelling run {run} on the server…");
+                let cancel = format!("{url}/cancel");
+                if let Err(e) = http.post(&cancel).bearer_auth(token).send().await {
+                    eprintln!("warning: {cancel}: {e}");
+                }
+            }
         }
     }
 }

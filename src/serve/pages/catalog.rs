@@ -155,16 +155,19 @@ pub(super) async fn models(State(app): State<Arc<App>>, Extension(caller): Exten
 pub(super) async fn settings(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
     let data = {
         let app = app.clone();
+        let caller = caller.clone();
         blocking(move || {
             let keys: Vec<Json> = settings_list(&app)?
                 .into_iter()
                 .map(|r| {
                     json!({"key": r.key, "type": r.kind, "value": crate::template::scalar_text(&r.value),
                         "source": r.source.as_str(), "env": r.env, "doc": r.doc, "actor": r.actor,
-                        "changed_unix_ns": r.changed_unix_ns})
+                        "changed_unix_ns": r.changed_unix_ns, "pinned": r.source.pinned(),
+                        "stored": r.stored.is_some()})
                 })
                 .collect();
-            Ok(json!({"keys": keys, "server": app.cfg.given}))
+            let can_edit = caller.scope.allows(Scope::Admin) && !app.cfg.read_only && app.cfg.store.is_some();
+            Ok(json!({"keys": keys, "server": app.cfg.given, "can_edit": can_edit}))
         })
         .await
     };
@@ -196,6 +199,56 @@ pub(super) async fn agent_remove(
 ) -> Response {
     match crate::serve::agents::remove_agent(&app, &name).await {
         Ok(_) => super::render::see_other("/agents"),
+        Err(p) => super::render::error_page(&app, Some(&caller), &p),
+    }
+}
+
+/// `POST /settings/{key}` (admin): the form's `value` into the store, as `kitt settings set`
+/// does (`unset=1`: the store's value removed); a pinned key is refused.
+pub(super) async fn setting_change(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(key): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let done = {
+        let app = app.clone();
+        let actor = caller.name.clone();
+        blocking(move || {
+            let k = crate::settings::key(&key).map_err(|e| Problem::bad_request(e.to_string()))?;
+            let unset = form.get("unset").is_some_and(|v| v == "1");
+            let parsed = match (unset, form.get("value")) {
+                (true, _) => None,
+                (false, Some(v)) => Some(
+                    crate::settings::parse(k, v, "given on the Settings page")
+                        .map_err(|e| Problem::bad_request(e.to_string()))?,
+                ),
+                (false, None) => return Err(Problem::bad_request("value: the form sent none")),
+            };
+            if let Some(r) = settings_list(&app)?.into_iter().find(|r| r.key == k.name).filter(|r| r.source.pinned()) {
+                return Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    format!("`{}` is pinned here ({}): the store's value would not be the one in force", k.name, r.env),
+                ));
+            }
+            let Some(location) = &app.cfg.store else {
+                return Err(Problem::new(axum::http::StatusCode::CONFLICT, "the results store is turned off"));
+            };
+            let mut store = crate::store::Store::open(location).map_err(Problem::internal)?;
+            let json = parsed.as_ref().map(Json::to_string);
+            store.change_setting(k.name, json.as_deref(), &actor).map_err(Problem::internal)?;
+            tracing::info!(
+                "setting `{}` {} by `{actor}` on the Settings page",
+                k.name,
+                json.as_deref().unwrap_or("unset")
+            );
+            Ok(())
+        })
+        .await
+    };
+    match done {
+        Ok(()) => super::render::see_other("/settings"),
         Err(p) => super::render::error_page(&app, Some(&caller), &p),
     }
 }

@@ -192,6 +192,7 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/models", guarded(get(catalog::models), &read))
         .route("/quicktest", guarded(get(quicktest::form), &read).merge(guarded(post(quicktest::launch), &run)))
         .route("/settings", guarded(get(catalog::settings), &read))
+        .route("/settings/{key}", guarded(post(catalog::setting_change), &admin))
         .route("/devon", guarded(get(devon::page), &read))
         .route("/agents", guarded(get(catalog::agents), &read))
         .route("/agents/{name}/drain", guarded(post(catalog::agent_drain), &admin))
