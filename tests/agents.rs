@@ -906,3 +906,14 @@ fn serial_apply_with_server_follows_the_run_on_the_agents_and_ctrl_c_cancels_it(
     assert_eq!(status.code(), Some(130));
     wait_for(20, "no sim left", || sims_alive("agents-interrupt") == 0);
 }
+
+#[test]
+fn the_agents_executor_without_a_server_over_the_runs_directory_says_how_to_start_one() {
+    let env = KittEnv::new();
+    let path = env.suite(&suite("agents-no-server", "1", 4, "gpu: h100", "5s"));
+    let out = env.cmd().args(["apply"]).arg(&path).args(["-q"]).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("through a `kitt serve` over this runs directory") && err.contains("--server URL"), "{err}");
+    assert_eq!(sims_alive("agents-no-server"), 0);
+}

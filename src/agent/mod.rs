@@ -2,7 +2,7 @@
 //! work`, in a copy of the run under its spool.
 //!
 //! It only connects out. Every unit it holds is an ordinary attempt on the server (created there
-//! at the claim); here it is a child `kitt work --plan-as-given` over a local copy of the run
+//! at the claim); here it is a child `kitt work --agent-copy` over a local copy of the run
 //! that knows which of the unit's keys are committed already. The agent streams the child's
 //! journal shard and output to the server in order, and uploads each committed step before the
 //! journal record that says it finished, so the server never has a record of a step it does not
@@ -528,7 +528,7 @@ impl Agent {
             Err(e) => return (Outcome::Failed, format!("cannot write {}: {e}", log_path.display())),
         };
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(["work", "--plan-as-given", "--unit", &h.unit, "--run-dir"]).arg(dir);
+        cmd.args(["work", "--agent-copy", "--unit", &h.unit, "--run-dir"]).arg(dir);
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
         if !slot.gpus.is_empty() {
             // Its engine sees only its GPUs: a container gets `--gpus device=…`, a native
@@ -944,19 +944,17 @@ impl Streams {
             }
         }
         if all && let Ok(plan) = crate::exec::agents::PlanLite::read(&self.dir) {
-            {
-                let keys: Vec<String> = plan
-                    .committed(&self.dir, &self.held.unit)
-                    .into_iter()
-                    .filter(|k| !self.uploaded.contains(k) && !self.preset.contains(k))
-                    .collect();
-                for key in keys {
-                    match agent.upload(&self.dir, &self.held, &key).await {
-                        Sent::Ok => {
-                            self.uploaded.insert(key);
-                        }
-                        other => return other,
+            let keys: Vec<String> = plan
+                .committed(&self.dir, &self.held.unit)
+                .into_iter()
+                .filter(|k| !self.uploaded.contains(k) && !self.preset.contains(k))
+                .collect();
+            for key in keys {
+                match agent.upload(&self.dir, &self.held, &key).await {
+                    Sent::Ok => {
+                        self.uploaded.insert(key);
                     }
+                    other => return other,
                 }
             }
         }

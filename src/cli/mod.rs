@@ -135,10 +135,11 @@ pub enum Command {
         /// this attempt takes the unit.
         #[arg(long)]
         take_over_silent: bool,
-        /// Take the run's plan.json as written, without its suite (a `kitt agent`'s copy of a
-        /// run has no suite: the server checked the plan).
+        /// The run directory is a `kitt agent`'s copy of a run on a server: its suite (a copy
+        /// beside it) must give the server's plan.json unit for unit and key for key, though
+        /// the plan names other paths.
         #[arg(long, hide = true)]
-        plan_as_given: bool,
+        agent_copy: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -288,9 +289,9 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Apply { suite, flags, placement, .. } => apply::apply(&suite, &flags, &placement, cli.quiet),
         Command::Run(args) => apply::run_from_flags(&args, cli.quiet),
-        Command::Work { run_dir, unit, unit_file, take_over_silent, plan_as_given, output } => {
+        Command::Work { run_dir, unit, unit_file, take_over_silent, agent_copy, output } => {
             match work::unit_id(unit, unit_file.as_deref()) {
-                Ok(unit) => work::work(&run_dir, &unit, take_over_silent, plan_as_given, output, cli.quiet),
+                Ok(unit) => work::work(&run_dir, &unit, take_over_silent, agent_copy, output, cli.quiet),
                 Err(e) => {
                     eprintln!("error: {e}");
                     EXIT_FAILED

@@ -468,14 +468,13 @@ pub fn cancel(runs_dir: Option<&Path>, id: &str, wait: Duration, output: Output)
                 Box::new(crate::exec::processes::Processes::new(program, info.path.clone()))
             }
             crate::exec::ExecutorKind::Agents => {
-                let agents =
-                    run::work::open_run_as_given(&info.path).map_err(|e| e.to_string()).and_then(|(_, plan)| {
-                        crate::exec::agents::Agents::for_run(
-                            &info.meta.id,
-                            &info.path,
-                            crate::exec::agents::Wanted::of(&plan),
-                        )
-                    });
+                let agents = run::work::open_agent_copy(&info.path).map_err(|e| e.to_string()).and_then(|(_, plan)| {
+                    crate::exec::agents::Agents::for_run(
+                        &info.meta.id,
+                        &info.path,
+                        crate::exec::agents::Wanted::of(&plan),
+                    )
+                });
                 match agents {
                     Ok(a) => Box::new(a),
                     Err(e) => {

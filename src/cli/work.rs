@@ -25,14 +25,14 @@ pub fn unit_id(unit: Option<String>, file: Option<&Path>) -> Result<String, Stri
     }
 }
 
-pub fn work(run_dir: &Path, unit: &str, take_over: bool, as_given: bool, output: Output, quiet: bool) -> i32 {
+pub fn work(run_dir: &Path, unit: &str, take_over: bool, agent_copy: bool, output: Output, quiet: bool) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
     rt.block_on(async move {
         let cancel = Cancel::default();
         watch_signals(cancel.clone());
-        let o = match crate::run::work::work_opts(run_dir, unit, take_over, as_given, &cancel, Arc::new(Progress::default())).await {
+        let o = match crate::run::work::work_opts(run_dir, unit, take_over, agent_copy, &cancel, Arc::new(Progress::default())).await {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -252,7 +252,7 @@ fn run_build(run_dir: &Path) -> Result<Option<String>, WorkError> {
 /// The run at `run_dir` on a `kitt agent`: its suite (a copy beside the run, so its paths are
 /// this host's) compiled here must give the units and keys of the run's plan.json (the server's),
 /// unit for unit; the plan itself may differ in where the suite lies.
-pub fn open_run_as_given(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
+pub fn open_agent_copy(run_dir: &Path) -> Result<(dir::RunMeta, Plan), WorkError> {
     let meta: dir::RunMeta = std::fs::read(run_dir.join("run.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -366,16 +366,16 @@ pub async fn work_with(
     work_opts(run_dir, unit, take_over, false, cancel, progress).await
 }
 
-/// [`work_with`]; `as_given`: the run's plan.json is taken as written ([`open_run_as_given`]).
+/// [`work_with`]; `agent_copy`: the run is an agent's copy, checked by its keys ([`open_agent_copy`]).
 pub async fn work_opts(
     run_dir: &Path,
     unit: &str,
     take_over: bool,
-    as_given: bool,
+    agent_copy: bool,
     cancel: &Cancel,
     progress: Arc<Progress>,
 ) -> Result<WorkOutcome, WorkError> {
-    let (meta, plan) = if as_given { open_run_as_given(run_dir)? } else { open_run(run_dir)? };
+    let (meta, plan) = if agent_copy { open_agent_copy(run_dir)? } else { open_run(run_dir)? };
     let Some(ui) = plan.units.iter().position(|u| u.id == unit) else {
         let known = plan.units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>().join(", ");
         return Err(WorkError::NoSuchUnit { run: meta.id, unit: unit.into(), known });

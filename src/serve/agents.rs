@@ -1346,6 +1346,63 @@ mod tests {
         }
     }
 
+    fn agent(labels: &[(&str, &str)], fingerprint: &str) -> AgentInfo {
+        AgentInfo {
+            name: "a".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hostname: "h".into(),
+            kitt_version: String::new(),
+            build: String::new(),
+            target: String::new(),
+            fingerprint: fingerprint.into(),
+            fingerprint_identity: format!("{fingerprint}_identity_h100"),
+            gpus: Vec::new(),
+            slots: 1,
+            docker: false,
+            registered_unix_ns: 0,
+            last_seen_unix_ns: 0,
+            state: "active".into(),
+            held: Vec::new(),
+            disk_free_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_unit_goes_only_to_an_agent_with_its_labels_fingerprint_gpus_and_room() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("r1/agents")).unwrap();
+        let entry = QueueEntry {
+            run: "r1".into(),
+            unit: "u".into(),
+            attempt: 0,
+            select: [("gpu".to_string(), "h100".to_string())].into(),
+            fingerprint: Some("*_h100".into()),
+            same_fingerprint: true,
+            gpus: 1,
+            host_isolation: false,
+            lease_ms: 3000,
+            queued_unix_ns: 0,
+        };
+        let req = |gpus_free, running, exclusive| proto::ClaimRequest { wait_ms: 0, gpus_free, running, exclusive };
+        let good = agent(&[("gpu", "h100"), ("rack", "r1")], "fp1");
+        assert!(matches(root.path(), &good, &entry, &req(1, 0, false)));
+        assert!(!matches(root.path(), &agent(&[("gpu", "a100")], "fp1"), &entry, &req(1, 0, false)), "labels");
+        assert!(!matches(root.path(), &good, &entry, &req(0, 0, false)), "no GPU free");
+        assert!(!matches(root.path(), &good, &entry, &req(1, 1, true)), "a host-isolated unit runs there");
+        let mut no_glob = good.clone();
+        no_glob.fingerprint_identity = "fp1_identity_a100".into();
+        assert!(!matches(root.path(), &no_glob, &entry, &req(1, 0, false)), "fingerprint glob");
+        let host = QueueEntry { host_isolation: true, ..entry.clone() };
+        assert!(!matches(root.path(), &good, &host, &req(1, 1, false)), "host isolation needs an idle agent");
+        // `same_fingerprint`: the run's first claim pins it; another fingerprint no longer matches.
+        std::fs::write(files::pin_path(&root.path().join("r1")), "fp1").unwrap();
+        assert!(matches(root.path(), &good, &entry, &req(1, 0, false)));
+        let other = agent(&[("gpu", "h100")], "fp2");
+        assert!(!matches(root.path(), &other, &entry, &req(1, 0, false)), "pinned to fp1");
+        let free = QueueEntry { same_fingerprint: false, ..entry };
+        assert!(matches(root.path(), &other, &free, &req(1, 0, false)));
+    }
+
     #[test]
     fn an_archive_with_a_link_or_a_path_out_of_the_step_is_refused() {
         let dir = tempfile::tempdir().unwrap();
