@@ -182,11 +182,14 @@ struct RunTail {
     from_end: bool,
     /// The stamp of each progress file already told of, by step key.
     progress: BTreeMap<String, (i64, i64)>,
+    /// When each step's progress was last told of (kept after its file goes: a step whose
+    /// writer starts anew must still wait out the second).
+    told: BTreeMap<String, std::time::Instant>,
 }
 
 impl RunTail {
     fn new(run: String, dir: PathBuf, from_end: bool) -> RunTail {
-        RunTail { run, dir, shards: BTreeMap::new(), from_end, progress: BTreeMap::new() }
+        RunTail { run, dir, shards: BTreeMap::new(), from_end, progress: BTreeMap::new(), told: BTreeMap::new() }
     }
 
     fn cursor(&self) -> String {
@@ -233,7 +236,13 @@ impl RunTail {
             if self.progress.get(&key) == Some(&stamp) {
                 continue;
             }
+            // At most one a second per step, even where a step's writer was started anew (a new
+            // phase writes at once): a newer snapshot waits for a later look.
+            if self.told.get(&key).is_some_and(|t| t.elapsed() < crate::run::live::INTERVAL) {
+                continue;
+            }
             let Some(snapshot) = crate::run::live::read(&path) else { continue };
+            self.told.insert(key.clone(), std::time::Instant::now());
             self.progress.insert(key, stamp);
             let mut data = serde_json::to_value(&snapshot).unwrap_or_default();
             data["run"] = serde_json::Value::String(self.run.clone());
