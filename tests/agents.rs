@@ -836,7 +836,7 @@ fn serial_units_on_one_agent_get_disjoint_gpus_and_host_isolation_takes_the_whol
     place.init_agent_with("gpu-a", "gpu=h100", &["--slots", "2"]);
     let _a = place.start_agent_with("gpu-a", None, &[("KITT_TEST_AGENT_GPUS", "2")]);
     // Two cells of one GPU each, engines apart: both at once, each on a GPU of its own.
-    let yaml = suite("agents-gpus", "1, 2", 400, "gpu: h100", "10s").replace("lease: 10s", "lease: 10s, gpus: 1");
+    let yaml = suite("agents-gpus", "1, 2", 1500, "gpu: h100", "10s").replace("lease: 10s", "lease: 10s, gpus: 1");
     let run = place.start_run(&yaml);
     let mut seen = BTreeSet::new();
     wait_for(60, "two units holding a GPU each", || {
