@@ -31,8 +31,9 @@ spec:
   runs: 2
 "#;
 
-/// A sim suite whose one cell measures for about three seconds (60 requests at 20 per second):
-/// long enough to watch its counters move.
+/// A sim suite whose one cell measures for about eight seconds (160 requests at 20 per second):
+/// the live page is told of progress at most once a second per step, so it sees several counts
+/// before the cell ends.
 const SLOW: &str = r#"apiVersion: kitt/v1
 kind: Suite
 metadata: {name: slow}
@@ -42,7 +43,7 @@ spec:
   benchmarks:
     - name: poisson
       template: rate
-      params: {rate: 20, requests: 60, max_tokens: 8, input_tokens: 16}
+      params: {rate: 20, requests: 160, max_tokens: 8, input_tokens: 16}
   warmup: {requests: 0}
 "#;
 
