@@ -16,7 +16,8 @@ set -euo pipefail
 # shellcheck source=scripts/slurm-common.sh
 . "$(dirname "$0")/slurm-common.sh"
 
-image=kitt-local/slurm-node:bookworm-22.05
+# The tag names what the image holds: bump it when the package list changes.
+image=kitt-local/slurm-node:bookworm-22.05-srun
 cmd=${1:?usage: slurm-nodes.sh start|stop DIR [NODES] | image}
 
 build_image() {
@@ -30,7 +31,7 @@ build_image() {
   # mktemp makes the directory 0700, which would be the node's `/`: package scripts that run as
   # another user (munge's postinst runs `su munge`) could not reach /bin/sh.
   chmod 0755 "$root"
-  debootstrap --variant=minbase --include=slurmd,munge,procps,iproute2 bookworm "$root" \
+  debootstrap --variant=minbase --include=slurmd,slurm-client,munge,procps,iproute2 bookworm "$root" \
     http://deb.debian.org/debian >"$root.log" 2>&1 || {
     tail -20 "$root/debootstrap/debootstrap.log" "$root.log" >&2 2>/dev/null || tail -20 "$root.log" >&2
     rm -rf "$root" "$root.log"

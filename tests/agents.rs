@@ -683,9 +683,23 @@ fn serial_an_agent_killed_holding_unuploaded_steps_uploads_them_when_it_starts_a
     std::fs::remove_file(&cut).unwrap();
     let _a = place.start_agent("gpu-a", None);
     wait_for(120, "the run to finish", || finished(&run));
-    assert!(report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{}", report(&run));
+    // What the run's journals and attempt records say, should it not be whole.
+    let story = || {
+        let steps: Vec<String> = common::shard_records(&run)
+            .iter()
+            .filter(|r| r["event"].as_str().is_some_and(|e| e.starts_with("step_") || e.starts_with("unit_")))
+            .map(|r| format!("{} {} {}", r["event"], r["kind"], r["error"]))
+            .collect();
+        format!("attempts {:?}\ncommits {:?}\nsteps {steps:#?}", records(&run), commits(&run))
+    };
+    assert!(
+        report(&run)["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"),
+        "{}\n{}",
+        report(&run),
+        story()
+    );
     let c = commits(&run);
-    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c.len(), 2, "{}", story());
     assert!(c.values().any(|m| m["attempt"] == 0), "the restarted agent uploaded attempt 0's commit: {c:?}");
     let recs = records(&run);
     assert!(recs.iter().any(|((_, n), r)| *n == 0 && r["outcome"] == "lost"), "{recs:?}");

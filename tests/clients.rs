@@ -232,6 +232,38 @@ fn under_the_processes_executor_the_unit_worker_coordinates_the_shards() {
     assert_eq!(indices, (0..60).collect::<Vec<_>>());
 }
 
+#[test]
+fn the_shards_errors_count_live_in_the_cells_progress() {
+    let env = KittEnv::new();
+    let file = suite(&env, 50, 200, "clients: 2");
+    let yaml = std::fs::read_to_string(&file).unwrap().replace("itl_ms: 1}", "itl_ms: 1, error_rate: 0.3}");
+    std::fs::write(&file, yaml).unwrap();
+    let mut apply = env.cmd().arg("apply").arg(&file).stdout(std::process::Stdio::null()).spawn().unwrap();
+    // The progress file (once a second while the cell's load runs) counts the shards' failures
+    // as they happen, not only in the merged result.
+    let mut live = (0u64, 0u64);
+    while apply.try_wait().unwrap().is_none() {
+        let progress = std::fs::read_dir(env.runs())
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|r| std::fs::read_dir(r.path().join("progress")).ok());
+        for file in progress.flatten().flatten() {
+            if let Ok(v) = serde_json::from_slice::<Json>(&std::fs::read(file.path()).unwrap_or_default())
+                && v["errors"].as_u64().unwrap_or(0) > live.1
+            {
+                live = (v["requests"].as_u64().unwrap(), v["errors"].as_u64().unwrap());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(live.1 > 0 && live.1 < live.0, "no failure counted live: {live:?}");
+    let r = report(&env.only_run());
+    let errors = r["cells"][0]["metrics"]["errors"].as_u64().unwrap_or(0);
+    assert!(errors >= live.1, "{live:?} live, {errors} in the result");
+}
+
 /// Live `kitt client-shard` processes started under `runs` (their environment names it).
 fn shards_alive(runs: &Path) -> Vec<u32> {
     let marker = format!("KITT_RUNS_DIR={}", runs.display());

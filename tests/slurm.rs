@@ -630,3 +630,172 @@ fn serial_slurm_nodes_units_share_a_node_under_engine_isolation_and_never_under_
     // `--exclusive`: a node is the boundary.
     assert_eq!(nodes_of(true).len(), 2, "each unit on a node of its own");
 }
+
+/// Every path of `v`'s object keys (array items under `[]`), less those ending in `skip`.
+fn key_paths(prefix: &str, v: &Json, skip: &[&str], out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Json::Object(o) => {
+            for (k, x) in o {
+                if skip.contains(&k.as_str()) {
+                    continue;
+                }
+                let p = format!("{prefix}.{k}");
+                out.insert(p.clone());
+                key_paths(&p, x, skip, out);
+            }
+        }
+        Json::Array(a) => a.iter().for_each(|x| key_paths(&format!("{prefix}[]"), x, skip, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn serial_slurm_a_two_client_cell_runs_its_shards_as_steps_of_its_job_with_the_local_result_shape() {
+    let Some(cluster) = Cluster::start() else { return };
+    let (local, env) = (KittEnv::new(), KittEnv::new());
+    let yaml = |k: &KittEnv| {
+        k.suite(&format!(
+            "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: slurmclients}}\nspec:\n  models: [{{name: sc-model}}]\n  \
+             engines: [{{name: sim, template: sim, params: {{ttft_ms: 4, itl_ms: 1}}}}]\n  \
+             benchmarks: [{{name: steady, template: rate, params: {{rate: 100, requests: 200, max_tokens: 6, input_tokens: 16}}, clients: [1, 2]}}]\n  \
+             warmup: {{requests: 0}}\n  \
+             execution:\n    executor: slurm\n    isolation: engine\n    slurm: {{partition: gpu, time: 10m, shared_dir: {}}}\n",
+            k.path().join("shared").display()
+        ))
+    };
+    // The plan asks Slurm for one task per shard, on the engine's node.
+    let suite = yaml(&env);
+    let out = env.cmd().arg("plan").arg(&suite).args(["--output", "sbatch"]).output().unwrap();
+    let plan = text(&out);
+    assert!(out.status.success(), "{plan}");
+    assert!(plan.contains("--ntasks=2") && plan.contains("--nodes=1"), "{plan}");
+    assert!(plan.contains("export KITT_SLURM_CLIENT_TASKS=2"), "{plan}");
+
+    let out = local.cmd().arg("apply").arg(yaml(&local)).args(["--executor", "local"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cluster.kitt(&env).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = shared_run(&env).unwrap();
+    let (a, b) = (report(&local.only_run()), report(&run));
+    let cell = |r: &Json, n: u64| -> Json {
+        r["cells"].as_array().unwrap().iter().find(|c| c["cell"]["swept"]["clients"] == n).unwrap().clone()
+    };
+    // The shards were steps of the unit's one job, on this node, each reporting its step.
+    let clients = &cell(&b, 2)["metrics"]["clients"];
+    assert_eq!((clients["count"].clone(), clients["complete"].clone()), (2.into(), true.into()), "{clients}");
+    let steps: Vec<(String, String)> = clients["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["status"], "ok", "{s}");
+            assert_eq!(s["host"], node(), "{s}");
+            assert!(s.get("core").is_none(), "Slurm, not kitt, binds a step: {s}");
+            let step = s["slurm_step"].as_str().unwrap_or_else(|| panic!("not a Slurm step: {s}"));
+            let (job, step) = step.split_once('.').unwrap();
+            (job.to_string(), step.to_string())
+        })
+        .collect();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].0, steps[1].0, "both shards are steps of one job: {steps:?}");
+    assert_ne!(steps[0].1, steps[1].1, "each shard is a step of its own: {steps:?}");
+    eprintln!("shards through srun: {}", clients["shards"]);
+    let shown = cluster.kitt(&env).args(["runs", "show"]).arg(&run).output().unwrap();
+    let shown = text(&shown);
+    assert!(shown.contains(&format!("Slurm step {}.{}", steps[0].0, steps[0].1)), "{shown}");
+    // The same result as a local run's: the same cells, counts and metric names, and the same
+    // metric tree for the two-client cell down to every shard's fields (but where it ran).
+    assert_eq!(common::comparable(&a, false), common::comparable(&b, false));
+    let paths = |r: &Json| {
+        let mut out = std::collections::BTreeSet::new();
+        key_paths("", &cell(r, 2)["metrics"], &["core", "slurm_step"], &mut out);
+        out
+    };
+    assert_eq!(paths(&a), paths(&b));
+    // And the union of its shards' requests is the one-client schedule.
+    let schedule = |run: &Path, c: &Json| -> Vec<(u64, u64, u64)> {
+        let key = c["provenance"]["key"].as_str().unwrap();
+        let text = std::fs::read_to_string(run.join("steps").join(key).join("requests.jsonl")).unwrap();
+        let mut v: Vec<(u64, u64, u64)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap())
+            .map(|r| {
+                (r["index"].as_u64().unwrap(), r["scheduled_ns"].as_u64().unwrap(), r["input_tokens"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(schedule(&run, &cell(&b, 1)), schedule(&run, &cell(&b, 2)));
+    assert_eq!(schedule(&run, &cell(&b, 2)).len(), 200);
+}
+
+#[derive(clap::Parser)]
+struct SimCli {
+    #[command(flatten)]
+    sim: kitt::engine::sim::SimArgs,
+}
+
+/// Starts the simulator in this process on every interface (the node containers reach it at
+/// their network's gateway); its port.
+fn start_sim_for_nodes() -> u16 {
+    use clap::Parser as _;
+    let args = SimCli::parse_from(["sim", "--host", "0.0.0.0", "--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]).sim;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = kitt::engine::sim::bind(&args).await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            kitt::engine::sim::serve_on(listener, args, std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn serial_slurm_nodes_a_two_client_cell_sends_to_an_endpoint_from_two_nodes() {
+    let env = KittEnv::new();
+    let Some(cluster) = Cluster::nodes(2, &[env.path()]) else { return };
+    // The nodes reach this machine at their network's gateway: slurmctld's address.
+    let conf = std::fs::read_to_string(cluster.conf()).unwrap();
+    let gateway = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("SlurmctldHost=")?.split_once('(')?.1.strip_suffix(')').map(String::from))
+        .unwrap_or_else(|| panic!("no SlurmctldHost address in {conf}"));
+    let port = start_sim_for_nodes();
+    let suite = env.suite(&format!(
+        "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: slurmspread}}\nspec:\n  \
+         models: [{{name: spread-model, served_name: auto}}]\n  \
+         engines: [{{name: gateway, template: vllm, endpoint: {{url: 'http://{gateway}:{port}'}}}}]\n  \
+         benchmarks: [{{name: steady, template: rate, params: {{rate: 100, requests: 200, max_tokens: 6, input_tokens: 16}}, clients: 2}}]\n  \
+         warmup: {{requests: 0}}\n  \
+         execution:\n    executor: slurm\n    isolation: engine\n    \
+         slurm: {{partition: gpu, time: 10m, shared_dir: {}, host_lock: /var/lock/kitt-host.lock, extra: ['--ntasks-per-node=1']}}\n",
+        env.path().join("shared").display()
+    ));
+    let out = cluster.kitt(&env).arg("apply").arg(&suite).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = shared_run(&env).unwrap();
+    let script = std::fs::read_to_string(run.join("slurm/job-0.sh")).unwrap();
+    assert!(script.contains("export KITT_SLURM_CLIENT_TASKS=2"), "{script}");
+    let r = report(&run);
+    let cell = &r["cells"].as_array().unwrap()[0];
+    assert_eq!(cell["status"], "ok", "{cell}");
+    assert_eq!(cell["metrics"]["requests"], 200, "{}", cell["metrics"]);
+    let shards = cell["metrics"]["clients"]["shards"].as_array().unwrap().clone();
+    // One task per node: the shards sent from two hosts, as steps of one job, each measured
+    // against the coordinator's clock across srun's relay (the nodes share this kernel's clock).
+    eprintln!("shards on two nodes: {shards:?}");
+    let hosts: HashSet<&str> = shards.iter().map(|s| s["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, HashSet::from(["n1", "n2"]), "{shards:?}");
+    let jobs: HashSet<&str> =
+        shards.iter().map(|s| s["slurm_step"].as_str().unwrap().split('.').next().unwrap()).collect();
+    assert_eq!(jobs.len(), 1, "{shards:?}");
+    for s in &shards {
+        assert_eq!(s["status"], "ok", "{s}");
+        assert_eq!(s["requests"], 100, "{s}");
+        let offset = s["clock_offset_ms"].as_f64().unwrap();
+        assert!(offset.abs() < 5.0, "one kernel's clock, measured {offset} ms apart: {s}");
+    }
+}

@@ -7,9 +7,10 @@
 //!
 //! The job script holds no suite text and no secret (Slurm keeps scripts in its state
 //! directory): it reads its unit id from the units list by `$SLURM_ARRAY_TASK_ID` and execs
-//! `kitt work`. Until engines can ask for resources of their own, every unit has the one shape
-//! of `execution.slurm`, so a plan has one array job (the Slurm executor submits the units it
-//! places together as one, and lost ones again as another).
+//! `kitt work`. Units of one resource shape (`execution.slurm`, an engine's `slurm` in its
+//! place, and one task per client shard where a cell sends from several clients) share one array
+//! job (the Slurm executor submits the units it places together as one, and lost ones again as
+//! another).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -130,11 +131,13 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         common.push("--exclusive".into());
     }
     common.extend(["--partition".into(), slurm.partition.value.clone()]);
-    // Shapes in the order the units first use them; each unit's engine may replace values.
-    let mut shapes: Vec<Option<&crate::manifest::slurm::SlurmShape>> = Vec::new();
+    // Shapes in the order the units first use them; each unit's engine may replace values, and
+    // a unit whose cells send from several clients has a task for each.
+    type Key<'a> = (Option<&'a crate::manifest::slurm::SlurmShape>, u32, bool);
+    let mut shapes: Vec<Key> = Vec::new();
     let mut members: Vec<Vec<String>> = Vec::new();
     for u in &plan.units {
-        let shape = plan.groups[u.group].slurm.as_ref();
+        let shape = (plan.groups[u.group].slurm.as_ref(), client_tasks(plan, u), plan.groups[u.group].mode.connects());
         let i = shapes.iter().position(|s| *s == shape).unwrap_or_else(|| {
             shapes.push(shape);
             members.push(Vec::new());
@@ -147,8 +150,16 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         .into_iter()
         .zip(members)
         .enumerate()
-        .map(|(i, (shape, units))| {
+        .map(|(i, ((shape, tasks, connects), units))| {
             let mut options = common.clone();
+            if tasks > 1 {
+                // One task per client shard (each a job step of its own); on the engine's node,
+                // unless the engine is reached over the network (an endpoint).
+                options.push(format!("--ntasks={tasks}"));
+                if !connects {
+                    options.push("--nodes=1".into());
+                }
+            }
             let gres = shape.and_then(|s| s.gres.clone()).or_else(|| slurm.gres.as_ref().map(|g| g.value.clone()));
             if let Some(g) = gres {
                 options.extend(["--gres".into(), g]);
@@ -167,7 +178,7 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
             let units_path = slurm_dir.join(format!("units-{i}.txt"));
             Shape {
                 script_path: slurm_dir.join(format!("job-{i}.sh")),
-                script: script(kitt, &dir, &units_path, &env),
+                script: script(kitt, &dir, &units_path, &env, tasks),
                 units_path,
                 units,
                 options,
@@ -297,10 +308,23 @@ fn node_env(slurm: &Slurm) -> Vec<(&'static str, &Path)> {
     env
 }
 
+/// The most client shards any cell of unit `u` sends from (1: it sends from this process).
+fn client_tasks(plan: &Plan, u: &super::Unit) -> u32 {
+    u.steps
+        .iter()
+        .filter_map(|s| plan.steps[*s].cell)
+        .filter_map(|c| plan.cells[c].clients.map(|c| c.count))
+        .max()
+        .unwrap_or(1)
+}
+
 /// The fixed job script: array index → unit id → `exec kitt work`.
-fn script(kitt: &Path, run_dir: &Path, units: &Path, env: &[(&str, &Path)]) -> String {
+fn script(kitt: &Path, run_dir: &Path, units: &Path, env: &[(&str, &Path)], client_tasks: u32) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
-    let lock: String = env.iter().map(|(name, path)| format!("export {name}={}\n", q(path))).collect();
+    let mut lock: String = env.iter().map(|(name, path)| format!("export {name}={}\n", q(path))).collect();
+    if client_tasks > 1 {
+        lock.push_str(&format!("export {}={client_tasks}\n", crate::bench::load::clients::SLURM_TASKS_ENV));
+    }
     format!(
         "#!/bin/sh\n\
          # Written by kitt: runs one unit of a run; it holds no suite text and no secret.\n\

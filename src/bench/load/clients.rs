@@ -25,10 +25,14 @@
 //! before the start fails the cell whatever `clients_min` says: nothing was sent yet, and a retry
 //! (`execution.retries`) starts every shard again.
 //!
-//! Placement: here, shards are processes of this host (the `local` and `processes` executors
-//! run the cell's step in one process, which becomes the coordinator). The messages (`wire`)
-//! carry everything a shard needs, so a shard placed on another host by an executor speaks the
-//! same protocol over another channel.
+//! Placement: the process running the cell's step is the coordinator (under every executor:
+//! `local`, `processes`, `agents`, `slurm`, it is that unit's `kitt work`). Its shards are
+//! processes of the same host, each pinned to a core of its own where the host has enough; in a
+//! Slurm job that the `slurm` executor submitted with one task per shard (`--ntasks`, which it
+//! exports as [`SLURM_TASKS_ENV`]), each shard is a job step of its own (`srun --ntasks=1
+//! --exact`), placed by Slurm on the job's CPUs and nodes, and its pipe is `srun`'s relay of
+//! the step's stdin and stdout. The messages (`wire`) carry everything a shard needs, so the
+//! protocol is the same whichever channel carries it.
 
 pub(crate) mod clock;
 pub mod shard;
@@ -50,6 +54,13 @@ use super::{LoadError, LoadInput, LoadOutcome, Prepared, SPOOL_PREFIX, Settle, e
 use crate::bench::metrics::{Distribution, Stat, TallyConfig};
 use clock::{Clock, RoundTrip};
 use wire::{Done, FromShard, Job, JobSending, ToShard};
+
+/// Set in a Slurm job submitted for client shards: how many tasks the job has for them. With at
+/// least as many as a cell's `clients`, the coordinator starts its shards as job steps.
+pub const SLURM_TASKS_ENV: &str = "KITT_SLURM_CLIENT_TASKS";
+/// The `srun` a coordinator in a Slurm job runs (default: `srun` on `PATH`, else Slurm's
+/// usual install paths: a job submitted with `--export=NONE` may have no `PATH` of its own).
+pub const SRUN_ENV: &str = "KITT_SRUN";
 
 /// Clock round trips per shard; the shortest gives its offset.
 const CLOCK_SAMPLES: usize = 24;
@@ -98,6 +109,9 @@ pub struct ShardReport {
     /// The core it was pinned to (this host had a core per shard), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub core: Option<u32>,
+    /// `JOB.STEP`, where it ran as a step of the cell's Slurm job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_step: Option<String>,
     /// `ok`, or `failed` (then `error` says why and its records are not in the metrics).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +143,7 @@ struct Shard {
     spool: PathBuf,
     pid: u32,
     host: String,
+    slurm_step: Option<String>,
     offset: i64,
     rtt: i64,
     announced: i64,
@@ -168,6 +183,102 @@ impl Shard {
     }
 }
 
+impl Drop for Shard {
+    /// An `srun` is asked to stop its step (it forwards the signal to the shard) rather than
+    /// killed, which would leave the step to Slurm; a local shard is killed with its handle.
+    fn drop(&mut self) {
+        if self.slurm_step.is_some()
+            && matches!(self.child.try_wait(), Ok(None))
+            && let Some(pid) = self.child.id()
+        {
+            // SAFETY: kill(2) on our own child, which try_wait just saw running (not reaped, so
+            // the pid is still its own).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Where a cell's shards run.
+#[derive(Debug)]
+enum Launch {
+    /// Processes of this host; pinned to these cores, one each, where there are enough.
+    Local { cpus: Vec<usize> },
+    /// Steps of the Slurm job this coordinator runs in, started by this `srun`.
+    Srun(PathBuf),
+}
+
+impl Launch {
+    fn for_cell(n: u32) -> Launch {
+        let tasks = std::env::var(SLURM_TASKS_ENV).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
+        match tasks {
+            Some(t) if in_job && t >= n => match srun() {
+                Some(srun) => return Launch::Srun(srun),
+                None => tracing::warn!(
+                    "this Slurm job has {t} tasks for client shards, but no `srun` was found (set {SRUN_ENV}); \
+                     its {n} shards run as processes of this node"
+                ),
+            },
+            Some(t) if in_job => tracing::warn!(
+                "this Slurm job has {t} tasks for client shards, fewer than the cell's {n}; \
+                 its shards run as processes of this node"
+            ),
+            _ => {}
+        }
+        Launch::Local { cpus: allowed_cpus() }
+    }
+
+    fn command(&self, exe: &std::path::Path, k: u32, n: u32) -> (tokio::process::Command, Option<u32>) {
+        let shard_args = ["client-shard".to_string(), "--shard".into(), k.to_string(), "--of".into(), n.to_string()];
+        match self {
+            Launch::Srun(srun) => {
+                let mut cmd = tokio::process::Command::new(srun);
+                // One task on one node with one CPU of the job's own (`--exact`), no GPU (the
+                // engine's stay with it), the coordinator's environment (the job's may be
+                // `--export=NONE`), and an end of the step when the shard fails.
+                cmd.args(["--ntasks=1", "--nodes=1", "--exact", "--gres=none", "--export=ALL", "--quiet"])
+                    .args(["--kill-on-bad-exit=1", "--job-name", &format!("kitt-client-{k}")])
+                    .arg(exe)
+                    .args(&shard_args);
+                (cmd, None)
+            }
+            Launch::Local { cpus } => {
+                let mut cmd = tokio::process::Command::new(exe);
+                cmd.args(&shard_args);
+                let core = (cpus.len() >= n as usize).then(|| cpus[k as usize]);
+                if let Some(cpu) = core {
+                    // SAFETY: sched_setaffinity(2) on the child itself, between fork and exec:
+                    // every thread it starts later inherits the one core.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            let mut set: libc::cpu_set_t = std::mem::zeroed();
+                            libc::CPU_SET(cpu, &mut set);
+                            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                            Ok(())
+                        });
+                    }
+                }
+                (cmd, core.map(|c| c as u32))
+            }
+        }
+    }
+}
+
+/// The `srun` to start shards with: [`SRUN_ENV`], else the first on `PATH` or in Slurm's usual
+/// install directories.
+fn srun() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(SRUN_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin", "/opt/slurm/bin"].map(PathBuf::from))
+        .map(|d| d.join("srun"))
+        .find(|p| p.is_file())
+}
+
 /// Runs the prepared cell from `clients.count` shards and merges their records.
 pub(super) async fn run(
     input: LoadInput,
@@ -188,35 +299,23 @@ pub(super) async fn run(
     // Declared before the shards, so that on every path it is dropped after them (their
     // processes killed first), removing what they spooled.
     let spools = SpoolFiles((0..n).map(|k| clients.dir.join(format!("{SPOOL_PREFIX}client-{k}"))).collect());
-    // Start every shard first, so their runtimes come up together. Where this process may run
-    // on at least as many cores as there are shards, each shard gets one of its own.
-    let cpus = allowed_cpus();
-    let pinned = cpus.len() >= n as usize;
+    // Start every shard first, so their runtimes come up together: processes of this host (each
+    // on a core of its own where this process may run on enough), or steps of its Slurm job.
+    let launch = Launch::for_cell(n);
     let mut shards = Vec::with_capacity(n as usize);
     for k in 0..n {
         let spool = spools.0[k as usize].clone();
         let _ = std::fs::remove_file(&spool);
-        let mut cmd = tokio::process::Command::new(&clients.exe);
-        cmd.args(["client-shard", "--shard", &k.to_string(), "--of", &n.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let core = pinned.then(|| cpus[k as usize]);
-        if let Some(cpu) = core {
-            // SAFETY: sched_setaffinity(2) on the child itself, between fork and exec: every
-            // thread it starts later inherits the one core.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                    Ok(())
-                });
-            }
-        }
+        let (mut cmd, core) = launch.command(&clients.exe, k, n);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // An srun is stopped by `Shard`'s drop (SIGTERM, which it forwards), a process killed.
+        cmd.kill_on_drop(!matches!(launch, Launch::Srun(_)));
+        let program = match &launch {
+            Launch::Srun(srun) => srun,
+            Launch::Local { .. } => &clients.exe,
+        };
         let mut child =
-            cmd.spawn().map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", clients.exe.display())))?;
+            cmd.spawn().map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", program.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(fail(format!("client shard {k}: no pipe")));
         };
@@ -224,13 +323,15 @@ pub(super) async fn run(
         let lines = BufReader::new(stdout).lines();
         shards.push(Shard {
             index: k,
-            core: core.map(|c| c as u32),
+            core,
             child,
             stdin,
             lines,
             spool,
             pid,
             host: String::new(),
+            // Known from the start for an srun (so a drop before `ready` stops it gently).
+            slurm_step: matches!(launch, Launch::Srun(_)).then(String::new),
             offset: 0,
             rtt: 0,
             announced: 0,
@@ -279,9 +380,12 @@ pub(super) async fn run(
     for s in &mut shards {
         let name = s.name(n);
         match tokio::time::timeout(READY_TIMEOUT, s.receive()).await {
-            Ok(Ok(FromShard::Ready { pid, host })) => {
+            Ok(Ok(FromShard::Ready { pid, host, slurm_step })) => {
                 s.pid = pid;
                 s.host = host;
+                if s.slurm_step.is_some() {
+                    s.slurm_step = Some(slurm_step.unwrap_or_default());
+                }
             }
             Ok(Ok(other)) => return Err(fail(format!("{name}: expected `ready`, got {other:?}"))),
             Ok(Err(e)) => return Err(fail(format!("{name} failed before the window: {e}"))),
@@ -328,16 +432,20 @@ pub(super) async fn run(
     // Meanwhile their progress adds up in the cell's counter (the progress display).
     let mut outcomes: Vec<Option<Result<Done, String>>> = (0..n).map(|_| None).collect();
     let done_by_shard: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-    let (done_by_shard, progress) = (&done_by_shard, &input.progress);
+    let errors_by_shard: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    let (done_by_shard, errors_by_shard) = (&done_by_shard, &errors_by_shard);
+    let (progress, errors) = (&input.progress, &input.errors);
+    let sum = |counts: &[AtomicU64]| counts.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>();
     let mut waiting: FuturesUnordered<_> = shards
         .iter_mut()
         .map(|s| async move {
             let result = loop {
                 match s.receive().await {
-                    Ok(FromShard::Progress { done }) => {
+                    Ok(FromShard::Progress { done, errors: failed }) => {
                         done_by_shard[s.index as usize].store(done, Ordering::Relaxed);
-                        progress
-                            .store(done_by_shard.iter().map(|d| d.load(Ordering::Relaxed)).sum(), Ordering::Relaxed);
+                        errors_by_shard[s.index as usize].store(failed, Ordering::Relaxed);
+                        progress.store(sum(done_by_shard), Ordering::Relaxed);
+                        errors.store(sum(errors_by_shard), Ordering::Relaxed);
                     }
                     Ok(FromShard::Done(done)) => break Ok(done),
                     Ok(other) => break Err(format!("expected `done`, got {other:?}")),
@@ -399,6 +507,7 @@ pub(super) async fn run(
                 host: s.host.clone(),
                 pid: s.pid,
                 core: s.core,
+                slurm_step: s.slurm_step.clone().filter(|step| !step.is_empty()),
                 status,
                 error,
                 clock_offset_ms: s.offset as f64 / 1e6,

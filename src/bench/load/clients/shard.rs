@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::AsyncBufReadExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 
 use super::super::{Deal, Schedule, Sending, Shared, Spool, earliest_instant, expected_events, send};
@@ -41,16 +41,17 @@ pub fn main(shard: u32, of: u32) -> i32 {
         }
     };
     let clock = Clock::for_shard(shard);
-    // stdin and stdout are the pipes the coordinator made: read and written as tokio pipes.
-    let pipes = rt.block_on(async {
-        let input = std::io::stdin().as_fd().try_clone_to_owned()?;
-        let output = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Ok::<_, std::io::Error>((pipe::Receiver::from_owned_fd(input)?, pipe::Sender::from_owned_fd(output)?))
+    // stdin and stdout are the pipes the coordinator made, or, under `srun`, what Slurm's step
+    // relays them over (pipes or sockets, by Slurm's version).
+    let stdio = rt.block_on(async {
+        Ok::<_, std::io::Error>((reader(std::io::stdin().as_fd())?, writer(std::io::stdout().as_fd())?))
     });
-    let (input, mut out) = match pipes {
+    let (input, mut out) = match stdio {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: client shard {shard}: stdin and stdout must be pipes from its coordinator: {e}");
+            eprintln!(
+                "error: client shard {shard}: stdin and stdout must be pipes or sockets from its coordinator: {e}"
+            );
             return 1;
         }
     };
@@ -64,7 +65,42 @@ pub fn main(shard: u32, of: u32) -> i32 {
     }
 }
 
-async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &mut pipe::Sender) -> Result<(), String> {
+/// The shard's input, as a tokio pipe or socket (the fd is duplicated).
+fn reader(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncRead + Unpin>> {
+    let fd = fd.try_clone_to_owned()?;
+    if is_socket(&fd) {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        return Ok(Box::new(tokio::net::UnixStream::from_std(s)?));
+    }
+    Ok(Box::new(pipe::Receiver::from_owned_fd(fd)?))
+}
+
+/// The shard's output, as a tokio pipe or socket (the fd is duplicated).
+fn writer(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncWrite + Unpin>> {
+    let fd = fd.try_clone_to_owned()?;
+    if is_socket(&fd) {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        return Ok(Box::new(tokio::net::UnixStream::from_std(s)?));
+    }
+    Ok(Box::new(pipe::Sender::from_owned_fd(fd)?))
+}
+
+fn is_socket(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fstat(2) fills a zeroed stat of its own size for an fd we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    }
+}
+
+async fn serve<R, W>(shard: u32, of: u32, clock: Clock, input: R, out: &mut W) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut lines = tokio::io::BufReader::new(input).lines();
     let io = |e: std::io::Error| format!("the coordinator's pipe: {e}");
     let job = match wire::receive(&mut lines).await.map_err(io)? {
@@ -82,7 +118,8 @@ async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &m
     let client = EngineClient::from_dial(&job.dial, in_flight.max(1)).map_err(|e| e.to_string())?;
     client.size_for(in_flight.max(1));
     let spool = Arc::new(Spool::create_kept(job.spool.clone()).map_err(|e| e.to_string())?);
-    wire::send(out, &FromShard::Ready { pid: std::process::id(), host: host_name() }).await.map_err(io)?;
+    let ready = FromShard::Ready { pid: std::process::id(), host: host_name(), slurm_step: slurm_step() };
+    wire::send(out, &ready).await.map_err(io)?;
     let (announced, cutoff_ns) = loop {
         match wire::receive(&mut lines).await.map_err(io)? {
             Some(ToShard::Ping { t0 }) => {
@@ -101,16 +138,17 @@ async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &m
     let opened = clock.now();
     let origin = origin.min(Instant::now());
     let progress = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
     let kill = kill_hook(shard, Arc::clone(&progress));
     let report = {
-        let progress = Arc::clone(&progress);
+        let (progress, errors) = (Arc::clone(&progress), Arc::clone(&errors));
         let out = &mut *out;
         async move {
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             loop {
                 tick.tick().await;
-                let done = progress.load(Ordering::Relaxed);
-                if wire::send(out, &FromShard::Progress { done }).await.is_err() {
+                let (done, errors) = (progress.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+                if wire::send(out, &FromShard::Progress { done, errors }).await.is_err() {
                     return;
                 }
             }
@@ -121,7 +159,7 @@ async fn serve(shard: u32, of: u32, clock: Clock, input: pipe::Receiver, out: &m
         // The coordinator is gone (or gave up on the cell): nothing of this window counts.
         _ = lines.next_line() => return Err("the coordinator closed the pipe during the window".into()),
         () = report => return Err("the coordinator closed the pipe during the window".into()),
-        sent = window(*job, client, Arc::clone(&spool), origin, cutoff_ns, progress) => sent?,
+        sent = window(*job, client, Arc::clone(&spool), origin, cutoff_ns, progress, errors) => sent?,
     };
     if let Some(k) = kill {
         k.abort();
@@ -140,6 +178,7 @@ async fn window(
     origin: Instant,
     cutoff_ns: Option<u64>,
     progress: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
 ) -> Result<(u64, bool), String> {
     let cutoff = cutoff_ns.map(|ns| origin + Duration::from_nanos(ns));
     let [first_token, between_events, total] = job.deadlines_ns.map(Duration::from_nanos);
@@ -162,8 +201,8 @@ async fn window(
         schedule: Schedule::closed(job.limit, deadline, deal),
         origin,
         progress,
-        // Failures are counted by the coordinator's merge; a shard reports finished requests only.
-        errors: Arc::new(AtomicU64::new(0)),
+        // Live counts for the progress display; the result's counts come from the merge.
+        errors,
         spool: Some(spool),
         keep_text: job.keep_text,
         expected_events: expected_events(Some(job.expected_events as u64)),
@@ -190,6 +229,13 @@ fn kill_hook(shard: u32, progress: Arc<AtomicU64>) -> Option<tokio::task::JoinHa
             }
         })
     })
+}
+
+/// `JOB.STEP` where Slurm started this shard as a step of the cell's job.
+fn slurm_step() -> Option<String> {
+    let job = std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty())?;
+    let step = std::env::var("SLURM_STEP_ID").ok().filter(|s| !s.is_empty())?;
+    Some(format!("{job}.{step}"))
 }
 
 /// This machine's name, as the shard reports it.

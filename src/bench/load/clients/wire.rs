@@ -32,12 +32,22 @@ pub(crate) enum ToShard {
 #[serde(rename_all = "snake_case", tag = "msg")]
 pub(crate) enum FromShard {
     /// The job is read, the client built and the spool open: ready for clock samples.
-    Ready { pid: u32, host: String },
+    /// `slurm_step` is `JOB.STEP` where Slurm started the shard as a job step.
+    Ready {
+        pid: u32,
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slurm_step: Option<String>,
+    },
     /// `t1` when the ping came, `t2` when the pong left, on the shard's clock.
     Pong { t0: i64, t1: i64, t2: i64 },
-    /// Requests finished so far in its window (every 50 ms while it runs), for the progress
-    /// display.
-    Progress { done: u64 },
+    /// Requests finished so far in its window, and how many of them failed (every 50 ms while
+    /// it runs), for the progress display.
+    Progress {
+        done: u64,
+        #[serde(default)]
+        errors: u64,
+    },
     /// The shard's window is over and its spool written.
     Done(Done),
     /// The shard could not do its job (its records are not to be used).
