@@ -8,10 +8,12 @@
 //! diff. Without `kubernetes-validate` (`pip install kubernetes-validate==1.37.0`) the schema
 //! check is skipped with a note, except under `CI=true`, where it fails.
 
+#[allow(dead_code)]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use clap::Parser;
 use serde_json::Value as Json;
 
 /// Kubernetes versions the objects are validated against: the first with native sidecars on by
@@ -293,25 +295,9 @@ fn sidecar_keys_differ_from_a_container_engines() {
     assert_eq!(command, &["/usr/local/bin/kitt"]);
 }
 
-#[derive(Parser)]
-struct SimCli {
-    #[command(flatten)]
-    sim: kitt::engine::sim::SimArgs,
-}
-
 /// Starts the simulator in this process on a free port, as a pod's sidecar would be; its port.
 fn start_sim() -> u16 {
-    let args = SimCli::parse_from(["sim", "--port", "0", "--model", "tiny"]).sim;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = kitt::engine::sim::bind(&args).await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            kitt::engine::sim::serve_on(listener, args, std::future::pending()).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    common::start_sim(&["--port", "0", "--model", "tiny"])
 }
 
 #[test]

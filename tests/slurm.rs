@@ -730,29 +730,6 @@ fn serial_slurm_a_two_client_cell_runs_its_shards_as_steps_of_its_job_with_the_l
     assert_eq!(schedule(&run, &cell(&b, 2)).len(), 200);
 }
 
-#[derive(clap::Parser)]
-struct SimCli {
-    #[command(flatten)]
-    sim: kitt::engine::sim::SimArgs,
-}
-
-/// Starts the simulator in this process on every interface (the node containers reach it at
-/// their network's gateway); its port.
-fn start_sim_for_nodes() -> u16 {
-    use clap::Parser as _;
-    let args = SimCli::parse_from(["sim", "--host", "0.0.0.0", "--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]).sim;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = kitt::engine::sim::bind(&args).await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            kitt::engine::sim::serve_on(listener, args, std::future::pending()).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
-}
-
 #[test]
 fn serial_slurm_nodes_a_two_client_cell_sends_to_an_endpoint_from_two_nodes() {
     let env = KittEnv::new();
@@ -763,7 +740,8 @@ fn serial_slurm_nodes_a_two_client_cell_sends_to_an_endpoint_from_two_nodes() {
         .lines()
         .find_map(|l| l.strip_prefix("SlurmctldHost=")?.split_once('(')?.1.strip_suffix(')').map(String::from))
         .unwrap_or_else(|| panic!("no SlurmctldHost address in {conf}"));
-    let port = start_sim_for_nodes();
+    // On every interface: the node containers reach it at their network's gateway.
+    let port = common::start_sim(&["--host", "0.0.0.0", "--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
     let suite = env.suite(&format!(
         "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: slurmspread}}\nspec:\n  \
          models: [{{name: spread-model, served_name: auto}}]\n  \

@@ -172,3 +172,27 @@ pub fn shard_records(run: &Path) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(&l).ok())
         .collect()
 }
+
+#[derive(clap::Parser)]
+struct SimCli {
+    #[command(flatten)]
+    sim: kitt::engine::sim::SimArgs,
+}
+
+/// Starts kitt's simulator in this process with `flags` (as `kitt sim` takes them, `--port 0`
+/// among them for a free port) on a runtime of its own; its port.
+#[allow(dead_code)]
+pub fn start_sim(flags: &[&str]) -> u16 {
+    use clap::Parser as _;
+    let args = SimCli::parse_from(std::iter::once(&"sim").chain(flags)).sim;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = kitt::engine::sim::bind(&args).await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            kitt::engine::sim::serve_on(listener, args, std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
