@@ -68,23 +68,29 @@ pub fn main(shard: u32, of: u32) -> i32 {
 /// The shard's input, as a tokio pipe or socket (the fd is duplicated).
 fn reader(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncRead + Unpin>> {
     let fd = fd.try_clone_to_owned()?;
-    if is_socket(&fd) {
-        let s = std::os::unix::net::UnixStream::from(fd);
-        s.set_nonblocking(true)?;
-        return Ok(Box::new(tokio::net::UnixStream::from_std(s)?));
-    }
-    Ok(Box::new(pipe::Receiver::from_owned_fd(fd)?))
+    Ok(match socket(&fd)? {
+        Some(s) => Box::new(s),
+        None => Box::new(pipe::Receiver::from_owned_fd(fd)?),
+    })
 }
 
 /// The shard's output, as a tokio pipe or socket (the fd is duplicated).
 fn writer(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncWrite + Unpin>> {
     let fd = fd.try_clone_to_owned()?;
-    if is_socket(&fd) {
-        let s = std::os::unix::net::UnixStream::from(fd);
-        s.set_nonblocking(true)?;
-        return Ok(Box::new(tokio::net::UnixStream::from_std(s)?));
+    Ok(match socket(&fd)? {
+        Some(s) => Box::new(s),
+        None => Box::new(pipe::Sender::from_owned_fd(fd)?),
+    })
+}
+
+/// `fd` as a tokio socket (on a duplicate of it), if it is a socket.
+fn socket(fd: &std::os::fd::OwnedFd) -> std::io::Result<Option<tokio::net::UnixStream>> {
+    if !is_socket(fd) {
+        return Ok(None);
     }
-    Ok(Box::new(pipe::Sender::from_owned_fd(fd)?))
+    let s = std::os::unix::net::UnixStream::from(fd.try_clone()?);
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s).map(Some)
 }
 
 fn is_socket(fd: &std::os::fd::OwnedFd) -> bool {
