@@ -705,6 +705,27 @@ fn serial_an_agent_killed_holding_unuploaded_steps_uploads_them_when_it_starts_a
     assert!(recs.iter().any(|((_, n), r)| *n == 0 && r["outcome"] == "lost"), "{recs:?}");
 }
 
+#[test]
+fn serial_a_unit_lost_between_its_benchmark_and_collect_commits_collects_on_its_next_attempt() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    let run = place.start_run(&suite("agents-between", "1", 20, "gpu: h100", "30s"));
+    // Attempt 0's `kitt work` dies like kill -9 right after its benchmark commits, before the
+    // collect: the next attempt, on the agent's fresh copy, collects from the server's result.
+    let _a = place.start_agent_with("gpu-a", None, &[("KITT_TEST_WORK_KILL_AT_COMMIT", "after")]);
+    wait_for(120, "the run to finish", || finished(&run));
+    let r = report(&run);
+    assert!(r["cells"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{r}");
+    let attempts: Vec<u64> = commits(&run).values().map(|m| m["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(attempts.len(), 2, "{:?}", commits(&run));
+    assert!(
+        attempts.contains(&0) && attempts.contains(&1),
+        "the benchmark by attempt 0, the collect by 1: {attempts:?}"
+    );
+    let recs = records(&run);
+    assert!(recs.iter().any(|((_, n), r)| *n == 0 && r["outcome"] == "lost"), "{recs:?}");
+}
+
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()

@@ -461,8 +461,17 @@ impl Agent {
         }
         let mut preset = HashSet::new();
         for key in &c.committed {
+            if key.is_empty() || !key.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                return Err(format!("the server named a committed step `{key}`, which is no step key"));
+            }
             let d = dir.join("steps").join(key);
             std::fs::create_dir_all(&d).map_err(|e| io("create", &d, e))?;
+            // Keys come from the server's plan (hex, checked against this agent's own plan by
+            // `kitt work`); the file name is fixed.
+            if let Some(text) = c.committed_results.get(key) {
+                let f = d.join(crate::serve::agents::BENCHMARK_RESULT);
+                std::fs::write(&f, text).map_err(|e| io("write", &f, e))?;
+            }
             std::fs::write(d.join(crate::run::commit::COMMITTED), b"committed on the server")
                 .map_err(|e| io("write", &d, e))?;
             preset.insert(key.clone());

@@ -162,6 +162,11 @@ pub struct Claimed {
     pub plan_json: String,
     /// Measured keys of the unit already committed on the server: the attempt skips them.
     pub committed: Vec<String>,
+    /// The results of those of them that a step still to run reads (a committed benchmark's
+    /// `benchmark.json`, which its collect reads when an earlier attempt was lost between the
+    /// two commits), by key.
+    #[serde(default)]
+    pub committed_results: BTreeMap<String, String>,
     /// GPUs the unit takes (`execution.agents.gpus`).
     pub gpus: u32,
     /// The run's `isolation: host`: the unit takes the whole agent.

@@ -89,6 +89,9 @@ pub struct Agents {
     queue_changed: tokio::sync::watch::Sender<u64>,
 }
 
+/// The file of a benchmark step that its collect step reads.
+pub const BENCHMARK_RESULT: &str = "benchmark.json";
+
 fn now_ns() -> u64 {
     crate::run::journal::unix_ns()
 }
@@ -505,6 +508,15 @@ fn start_attempt(root: &Path, agent: &AgentInfo, entry: &QueueEntry) -> Result<C
         return Err("the plan has no such unit".into());
     }
     let committed = plan.committed(&run_dir, &entry.unit);
+    // A committed benchmark's result travels with the claim (a few kilobytes): its collect, if
+    // still to run, reads it. The rest of a step's files stay on the server.
+    let committed_results = committed
+        .iter()
+        .filter_map(|k| {
+            let text = std::fs::read_to_string(run_dir.join("steps").join(k).join(BENCHMARK_RESULT)).ok()?;
+            Some((k.clone(), text))
+        })
+        .collect();
     let meta: crate::run::dir::RunMeta = serde_json::from_str(&run_json).map_err(|e| format!("run.json: {e}"))?;
     // The agent compiles the suite itself (its model paths are its own): it gets the suite and
     // its suite-local templates, and checks its plan's keys against the server's.
@@ -574,6 +586,7 @@ fn start_attempt(root: &Path, agent: &AgentInfo, entry: &QueueEntry) -> Result<C
         run_json,
         plan_json,
         committed,
+        committed_results,
         gpus: entry.gpus,
         host_isolation: entry.host_isolation,
         suite,
