@@ -137,7 +137,11 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
     let mut shapes: Vec<Key> = Vec::new();
     let mut members: Vec<Vec<String>> = Vec::new();
     for u in &plan.units {
-        let shape = (plan.groups[u.group].slurm.as_ref(), client_tasks(plan, u), plan.groups[u.group].mode.connects());
+        let tasks = client_tasks(plan, u);
+        // Whether its tasks may spread over nodes: only shards of an engine reached over the
+        // network may (units without shards share a shape whatever their engine mode).
+        let spread = tasks > 1 && plan.groups[u.group].mode.connects();
+        let shape = (plan.groups[u.group].slurm.as_ref(), tasks, spread);
         let i = shapes.iter().position(|s| *s == shape).unwrap_or_else(|| {
             shapes.push(shape);
             members.push(Vec::new());
@@ -150,13 +154,13 @@ pub fn submission(plan: &Plan, run: &str, kitt: &Path) -> Option<Submission> {
         .into_iter()
         .zip(members)
         .enumerate()
-        .map(|(i, ((shape, tasks, connects), units))| {
+        .map(|(i, ((shape, tasks, spread), units))| {
             let mut options = common.clone();
             if tasks > 1 {
                 // One task per client shard (each a job step of its own); on the engine's node,
                 // unless the engine is reached over the network (an endpoint).
                 options.push(format!("--ntasks={tasks}"));
-                if !connects {
+                if !spread {
                     options.push("--nodes=1".into());
                 }
             }
