@@ -952,3 +952,105 @@ fn the_agents_executor_without_a_server_over_the_runs_directory_says_how_to_star
     assert!(err.contains("through a `kitt serve` over this runs directory") && err.contains("--server URL"), "{err}");
     assert_eq!(sims_alive("agents-no-server"), 0);
 }
+
+/// The llama.cpp build `scripts/llama-cpp.sh --link .kitt/llama.cpp` made (CI makes it): its
+/// `llama-server` and tiny model, if built (under CI a missing build is a failure).
+fn llama_cpp() -> Option<(PathBuf, PathBuf)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".kitt/llama.cpp");
+    let (server, model) = (dir.join("bin/llama-server"), dir.join("models/tiny.gguf"));
+    if server.exists() && model.exists() {
+        return Some((server, model));
+    }
+    let msg = "llama-server is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`";
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{msg}");
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// A real engine on an agent: `llama-server` started natively by the agent's `kitt work`, one
+/// cell from one client and one from two client shards (processes of the agent's host). Both
+/// cells are measured against the real server, the sharded one has the result shape a local run
+/// gives it, and no `llama-server` outlives the run.
+#[test]
+fn serial_an_agent_runs_real_llama_cpp_with_a_cell_from_two_client_shards() {
+    let Some((server, model)) = llama_cpp() else { return };
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    let _a = place.start_agent("gpu-a", None);
+    let alias = format!("agent-llama-{}", std::process::id());
+    let yaml = format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: agents-llama}}
+spec:
+  models: [{{name: {alias}, path: {model}}}]
+  engines:
+    - name: llama
+      template: llama_cpp
+      params: {{binary: {server}, ctx_size: 2048, parallel: 4}}
+      native: {{}}
+  benchmarks:
+    - name: tput
+      template: throughput
+      params: {{concurrency: 4, requests: 16, input_tokens: 32, max_tokens: 8}}
+      clients: [1, 2]
+  sampling: {{temperature: 0, seed: 1}}
+  warmup: {{requests: 1}}
+  execution:
+    executor: agents
+    granularity: group
+    agents: {{select: {{gpu: h100}}, lease: 20s}}
+"#,
+        model = model.display(),
+        server = server.display()
+    );
+    let run = place.start_run(&yaml);
+    wait_for(240, "the run to finish", || finished(&run));
+    let r = report(&run);
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2, "{r}");
+    for c in cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        let m = &c["metrics"];
+        assert_eq!(m["requests"], 16, "{m}");
+        assert_eq!(m["errors"], 0, "{m}");
+        // Measured against llama.cpp itself: its own prompt times came back with every answer.
+        assert_eq!(m["ttft_minus_server_prompt_ms"]["count"], 16, "{m}");
+        assert!(m["ttft_minus_server_prompt_ms"]["min"].as_f64().unwrap() >= 0.0, "{m}");
+        assert!(!c["provenance"]["facts"]["engine.version"].as_str().unwrap_or("").is_empty(), "{c}");
+    }
+    let sharded = cells.iter().find(|c| c["cell"]["swept"]["clients"] == 2).expect("the two-client cell");
+    let clients = &sharded["metrics"]["clients"];
+    assert_eq!(clients["count"], 2, "{clients}");
+    assert_eq!(clients["completed"], 2, "{clients}");
+    assert_eq!(clients["complete"], true, "{clients}");
+    let shards = clients["shards"].as_array().unwrap();
+    assert_eq!(shards.iter().map(|s| s["requests"].as_u64().unwrap()).sum::<u64>(), 16, "{clients}");
+    for s in shards {
+        assert_eq!(s["status"], "ok", "{s}");
+        // Processes of the agent's host, on one clock: offsets far below a millisecond.
+        assert!(s["clock_offset_ms"].as_f64().unwrap().abs() < 1.0, "{s}");
+    }
+    let one = cells.iter().find(|c| c["cell"]["swept"]["clients"] == 1).unwrap();
+    assert!(one["metrics"].get("clients").is_none(), "{one}");
+    // One unit, one attempt, on gpu-a; its steps committed by it.
+    let recs = records(&run);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert!(recs.values().all(|r| r["outcome"] == "succeeded" && r["agent"] == "gpu-a"), "{recs:?}");
+    assert!(commits(&run).values().all(|m| m["agent"] == "gpu-a"));
+    // The engine stopped with its unit.
+    wait_for(20, "llama-server to stop", || llama_servers(&alias) == 0);
+}
+
+fn llama_servers(alias: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmd.contains("llama-server") && cmd.contains(alias) && !stat.contains(") Z ")
+        })
+        .count()
+}
