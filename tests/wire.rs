@@ -49,7 +49,7 @@ fn compile(template: &str, served_name: &str) -> Compiled {
         let cell = plan.cells.iter().find(|c| c.benchmark == benchmark).unwrap();
         let expected = if benchmark == "chat" { ApiKind::Chat } else { ApiKind::Completion };
         assert_eq!(cell.load.as_ref().unwrap().api, expected);
-        cell.request.clone().unwrap()
+        kitt::plan::RequestTemplate::clone(cell.request.as_ref().unwrap())
     };
     Compiled { completion: call("completion"), chat: call("chat"), group: plan.groups[0].clone() }
 }

@@ -4,7 +4,7 @@
 //! Every semantic error is collected (not just the first), each with the file and position of
 //! the text that caused it; `kitt validate` is this function with the plan thrown away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
@@ -82,6 +82,9 @@ struct Compiler<'a> {
     errors: Vec<Diagnostic>,
     /// Derive step keys (off for `kitt validate`).
     keys: bool,
+    /// The engine group's request templates rendered so far, by (chat API, `ignore_eos`, the
+    /// cell's sampling as JSON): cells that differ only in load params share one rendering.
+    requests: HashMap<(bool, bool, String), std::sync::Arc<RequestTemplate>>,
 }
 
 /// One engine instance after its sweeps are expanded.
@@ -113,7 +116,8 @@ pub fn compile(suite: &Suite, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>
 }
 
 fn compile_inner(suite: &Suite, catalog: &Catalog, keys: bool) -> Result<Plan, Vec<Diagnostic>> {
-    let mut c = Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new(), keys };
+    let mut c =
+        Compiler { suite, catalog, renderer: Renderer::default(), errors: Vec::new(), keys, requests: HashMap::new() };
     let plan = c.run();
     let mut errors = c.errors;
     for e in &mut errors {
@@ -164,6 +168,7 @@ impl<'a> Compiler<'a> {
                 };
                 let gi = groups.len();
                 let ectx = self.engine_context(ev, model);
+                self.requests.clear();
                 for bv in &benches {
                     for run_index in 0..spec.runs {
                         let excluded = self.excluded(model, ev, bv, &mut exclude_hits);
@@ -1098,8 +1103,19 @@ impl<'a> Compiler<'a> {
         if !self.check_slots(&cell.sampling, &origins, call, load.api, ev) {
             return None;
         }
+        let memo =
+            (load.api == ApiKind::Chat, load.ignore_eos, serde_json::to_string(&cell.sampling).unwrap_or_default());
+        if let Some(req) = self.requests.get(&memo) {
+            cell.request = Some(req.clone());
+            cell.load = Some(load);
+            return Some(cell);
+        }
         match self.request(ectx, &cell.sampling, load.ignore_eos, call) {
-            Ok(req) => cell.request = Some(req),
+            Ok(req) => {
+                let req = std::sync::Arc::new(req);
+                self.requests.insert(memo, req.clone());
+                cell.request = Some(req);
+            }
             Err(d) => {
                 let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
                 if !self.errors.contains(&d) {
@@ -1179,7 +1195,7 @@ impl<'a> Compiler<'a> {
             return None;
         }
         match self.request(ectx, &sampling, false, call) {
-            Ok(req) => cell.request = Some(req),
+            Ok(req) => cell.request = Some(std::sync::Arc::new(req)),
             Err(d) => {
                 let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
                 if !self.errors.contains(&d) {

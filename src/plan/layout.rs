@@ -30,7 +30,7 @@ struct BenchmarkKey<'a> {
     run_index: u32,
     sampling: &'a BTreeMap<String, Json>,
     load: &'a Option<LoadSpec>,
-    request: &'a Option<RequestTemplate>,
+    request: &'a Option<std::sync::Arc<RequestTemplate>>,
     /// An eval cell's rendered eval (absent for load cells, whose keys it leaves unchanged).
     #[serde(skip_serializing_if = "Option::is_none")]
     eval: &'a Option<crate::eval::EvalSpec>,

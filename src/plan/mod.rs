@@ -299,7 +299,7 @@ pub struct Cell {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request: Option<RequestTemplate>,
+    pub request: Option<std::sync::Arc<RequestTemplate>>,
     /// The eval of an `eval` benchmark, rendered for this cell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<crate::eval::EvalSpec>,

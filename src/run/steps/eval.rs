@@ -22,7 +22,7 @@ impl RunExecutor {
         };
         let started = unix_ns();
         let (client, served) = self.engine_handle(self.at(step)?).await?;
-        let mut call = call.clone();
+        let mut call = (**call).clone();
         if let Some(name) = &served {
             call.body = bind_late(&call.body, &[("model.served_name", json!(name))]);
         }
