@@ -953,27 +953,13 @@ fn the_agents_executor_without_a_server_over_the_runs_directory_says_how_to_star
     assert_eq!(sims_alive("agents-no-server"), 0);
 }
 
-/// The llama.cpp build `scripts/llama-cpp.sh --link .kitt/llama.cpp` made (CI makes it): its
-/// `llama-server` and tiny model, if built (under CI a missing build is a failure).
-fn llama_cpp() -> Option<(PathBuf, PathBuf)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".kitt/llama.cpp");
-    let (server, model) = (dir.join("bin/llama-server"), dir.join("models/tiny.gguf"));
-    if server.exists() && model.exists() {
-        return Some((server, model));
-    }
-    let msg = "llama-server is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`";
-    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{msg}");
-    eprintln!("skipping: {msg}");
-    None
-}
-
 /// A real engine on an agent: `llama-server` started natively by the agent's `kitt work`, one
 /// cell from one client and one from two client shards (processes of the agent's host). Both
 /// cells are measured against the real server, the sharded one has the result shape a local run
 /// gives it, and no `llama-server` outlives the run.
 #[test]
 fn serial_an_agent_runs_real_llama_cpp_with_a_cell_from_two_client_shards() {
-    let Some((server, model)) = llama_cpp() else { return };
+    let Some((server, model)) = common::llama_cpp_build() else { return };
     let place = Place::new();
     place.init_agent("gpu-a", "gpu=h100");
     let _a = place.start_agent("gpu-a", None);
@@ -1039,18 +1025,5 @@ spec:
     assert!(recs.values().all(|r| r["outcome"] == "succeeded" && r["agent"] == "gpu-a"), "{recs:?}");
     assert!(commits(&run).values().all(|m| m["agent"] == "gpu-a"));
     // The engine stopped with its unit.
-    wait_for(20, "llama-server to stop", || llama_servers(&alias) == 0);
-}
-
-fn llama_servers(alias: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
-                .replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            cmd.contains("llama-server") && cmd.contains(alias) && !stat.contains(") Z ")
-        })
-        .count()
+    wait_for(20, "llama-server to stop", || common::llama_servers(&alias) == 0);
 }

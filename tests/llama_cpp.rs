@@ -17,22 +17,6 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// (llama-server, tiny model) from the repository's links, if built.
-fn build() -> Option<(PathBuf, PathBuf)> {
-    let dir = root().join(".kitt/llama.cpp");
-    let server = dir.join("bin/llama-server");
-    let model = dir.join("models/tiny.gguf");
-    if server.exists() && model.exists() {
-        return Some((server, model));
-    }
-    let msg = "llama-server is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
-
 fn kitt(runs: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kitt"));
     c.env("KITT_RUNS_DIR", runs)
@@ -78,7 +62,7 @@ fn check_each_request_against_server_timings(runs: &Path) {
 
 #[test]
 fn serial_the_llama_cpp_example_runs_on_a_real_server() {
-    let Some(_) = build() else { return };
+    let Some(_) = common::llama_cpp_build() else { return };
     let runs = tempfile::tempdir().unwrap();
     let out = kitt(runs.path()).arg("apply").arg(root().join("examples/llama-cpp-native.yaml")).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -118,22 +102,9 @@ fn serial_the_llama_cpp_example_runs_on_a_real_server() {
     }
 }
 
-fn llama_servers(alias: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
-                .replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            cmd.contains("llama-server") && cmd.contains(alias) && !stat.contains(") Z ")
-        })
-        .count()
-}
-
 #[test]
 fn serial_kill_9_mid_benchmark_leaves_no_llama_server_and_the_rerun_finishes() {
-    let Some((server, model)) = build() else { return };
+    let Some((server, model)) = common::llama_cpp_build() else { return };
     let d = tempfile::tempdir().unwrap();
     let alias = format!("killed-{}", std::process::id());
     let suite = d.path().join("s.yaml");
@@ -159,14 +130,14 @@ spec:
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while llama_servers(&alias) > 0 && Instant::now() < deadline {
+    while common::llama_servers(&alias) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(llama_servers(&alias), 0, "llama-server outlived kill -9 of kitt");
+    assert_eq!(common::llama_servers(&alias), 0, "llama-server outlived kill -9 of kitt");
     let out = kitt(&runs).arg("apply").arg(&suite).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report(&runs)["cells"][0]["metrics"]["requests"], 40);
-    assert_eq!(llama_servers(&alias), 0);
+    assert_eq!(common::llama_servers(&alias), 0);
     // The killed attempt's scratch files are gone and the rerun's records are whole.
     let run = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
     let mut records = 0;
@@ -186,7 +157,7 @@ spec:
 /// real), killed in the middle and resumed from its checkpoint to the uninterrupted score.
 #[test]
 fn serial_an_mmlu_eval_on_llama_cpp_resumes_mid_eval_to_the_same_score() {
-    let Some((server, model)) = build() else { return };
+    let Some((server, model)) = common::llama_cpp_build() else { return };
     let Some(data) = test_data() else { return };
     let d = tempfile::tempdir().unwrap();
     let suite = d.path().join("s.yaml");
@@ -292,7 +263,7 @@ fn logged_threads(runs: &Path) -> Vec<u64> {
 
 #[test]
 fn serial_threads_1_reaches_llama_server_and_unset_lets_it_choose() {
-    let Some((server, model)) = build() else { return };
+    let Some((server, model)) = common::llama_cpp_build() else { return };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for threads in [Some(1), None] {
         let d = tempfile::tempdir().unwrap();

@@ -196,3 +196,34 @@ pub fn start_sim(flags: &[&str]) -> u16 {
     });
     rx.recv().unwrap()
 }
+
+/// (llama-server, tiny model) from the build `scripts/llama-cpp.sh --link .kitt/llama.cpp` made
+/// (CI makes it), if there is one. Under CI (`CI=true`) a missing build is a failure; elsewhere
+/// the test says what is missing and passes without running.
+#[allow(dead_code)]
+pub fn llama_cpp_build() -> Option<(PathBuf, PathBuf)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".kitt/llama.cpp");
+    let (server, model) = (dir.join("bin/llama-server"), dir.join("models/tiny.gguf"));
+    if server.exists() && model.exists() {
+        return Some((server, model));
+    }
+    let msg = "llama-server is not built: run `scripts/llama-cpp.sh --link .kitt/llama.cpp`";
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{msg}");
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// Live `llama-server` processes serving `alias`.
+#[allow(dead_code)]
+pub fn llama_servers(alias: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmd.contains("llama-server") && cmd.contains(alias) && !stat.contains(") Z ")
+        })
+        .count()
+}
