@@ -200,3 +200,37 @@ fn an_engine_with_a_shape_of_its_own_is_an_array_job_of_its_own() {
     std::fs::write(&p, text).unwrap();
     assert_eq!(keys(&p), with);
 }
+
+#[test]
+fn units_without_shards_share_a_job_whatever_their_engine_and_only_an_endpoints_shards_may_spread() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("suite.yaml");
+    let write = |clients: &str| {
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: kitt/v1\nkind: Suite\nmetadata: {{name: s}}\nspec:\n  models: [{{name: m, served_name: m}}]\n  \
+                 engines:\n    - {{name: local, template: sim}}\n    - {{name: remote, template: vllm, endpoint: {{url: 'http://10.0.0.5:8000'}}}}\n  \
+                 benchmarks: [{{name: t, template: throughput, params: {{concurrency: 2, requests: 8}}{clients}}}]\n  \
+                 execution:\n    slurm: {{partition: gpu, time: 1h, shared_dir: /s}}\n"
+            ),
+        )
+        .unwrap();
+    };
+    // One client per cell: the started engine and the endpoint are one shape, one array job.
+    write("");
+    let v = sbatch_json(&p);
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{v:#}");
+    assert_eq!(jobs[0]["units"].as_array().unwrap().len(), 2, "{v:#}");
+    assert!(!argv(&jobs[0]).iter().any(|a| a.starts_with("--ntasks") || a.starts_with("--nodes")), "{v:#}");
+    // Two client shards per cell: a task per shard; on the started engine's node, anywhere for
+    // the endpoint.
+    write(", clients: 2");
+    let v = sbatch_json(&p);
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{v:#}");
+    let (local, remote) = (argv(&jobs[0]), argv(&jobs[1]));
+    assert!(local.contains(&"--ntasks=2".to_string()) && local.contains(&"--nodes=1".to_string()), "{local:?}");
+    assert!(remote.contains(&"--ntasks=2".to_string()) && !remote.contains(&"--nodes=1".to_string()), "{remote:?}");
+}
