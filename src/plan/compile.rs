@@ -1105,25 +1105,20 @@ impl<'a> Compiler<'a> {
         }
         let memo =
             (load.api == ApiKind::Chat, load.ignore_eos, serde_json::to_string(&cell.sampling).unwrap_or_default());
-        if let Some(req) = self.requests.get(&memo) {
-            cell.request = Some(req.clone());
-            cell.load = Some(load);
-            return Some(cell);
-        }
-        match self.request(ectx, &cell.sampling, load.ignore_eos, call) {
-            Ok(req) => {
-                let req = std::sync::Arc::new(req);
-                self.requests.insert(memo, req.clone());
-                cell.request = Some(req);
-            }
-            Err(d) => {
-                let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
-                if !self.errors.contains(&d) {
-                    self.err(d);
+        let req = match self.requests.get(&memo) {
+            Some(req) => req.clone(),
+            None => match self.request(ectx, &cell.sampling, load.ignore_eos, call) {
+                Ok(req) => self.requests.entry(memo).or_insert(std::sync::Arc::new(req)).clone(),
+                Err(d) => {
+                    let d = self.render_error(d, &ev.template.manifest.file, model, &ev.instance.template.value);
+                    if !self.errors.contains(&d) {
+                        self.err(d);
+                    }
+                    return None;
                 }
-                return None;
-            }
-        }
+            },
+        };
+        cell.request = Some(req);
         cell.load = Some(load);
         Some(cell)
     }
