@@ -419,7 +419,12 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
         "protocol": [1, 0], "kitt_version": "0.1.0", "build": "x", "target": "x86_64-linux-gnu", "hostname": "h",
         "fingerprint": "f", "fingerprint_identity": "i", "gpus": [], "slots": 1, "docker": false,
     });
-    let routes: [(&str, &str); 6] = [
+    let routes: [(&str, &str); 11] = [
+        ("POST", "/api/v1/agent/relays"),
+        ("POST", "/api/v1/agent/relays/0123abcd/send"),
+        ("POST", "/api/v1/agent/relays/0123abcd/recv"),
+        ("PUT", "/api/v1/agent/relays/0123abcd/spool?sha256=00"),
+        ("GET", "/api/v1/agent/relays/0123abcd/spool"),
         ("POST", "/api/v1/agent/register"),
         ("POST", "/api/v1/agent/heartbeat"),
         ("POST", "/api/v1/agent/claim"),
@@ -535,6 +540,58 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
     assert_eq!(s, 201, "{}", String::from_utf8_lossy(&body));
     assert_eq!(request(place.port, "PUT", &q(&key, &sha), Some(&a), &bytes).0, 200, "an identical re-upload");
     assert_eq!(std::fs::read(run.join("steps").join(&key).join("samples.json")).unwrap(), b"[]");
+    // A relay for a client shard: only the attempt's agent opens one, and each side is one
+    // agent's: its coordinator's (sends to the shard, reads what comes back, fetches the spool)
+    // and its taker's (the other way round).
+    let open = |shard: u32| {
+        json!({"run": run_id, "unit": unit, "attempt": attempt, "gang": "0123abcd", "shard": shard, "of": 2})
+            .to_string()
+    };
+    let relays = "/api/v1/agent/relays";
+    assert_eq!(request(place.port, "POST", relays, Some(&b), open(1).as_bytes()).0, 409, "another's attempt");
+    assert_eq!(request(place.port, "POST", relays, Some(&a), open(2).as_bytes()).0, 400, "shard 2 of 2");
+    let (s, body) = request(place.port, "POST", relays, Some(&a), open(1).as_bytes());
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<Json>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let relay = |agent: &str, what: &str, body: Json| {
+        let (s, b) =
+            request(place.port, "POST", &format!("{relays}/{id}/{what}"), Some(agent), body.to_string().as_bytes());
+        (s, serde_json::from_slice::<Json>(&b).unwrap_or(Json::Null))
+    };
+    assert_eq!(relay(&b, "send", json!({"to": "shard", "lines": ["x"]})).0, 403, "b is not its coordinator");
+    assert_eq!(relay(&b, "recv", json!({"to": "shard", "from": 0, "wait_ms": 0})).0, 403, "b has not taken it");
+    assert_eq!(relay(&a, "send", json!({"to": "shard", "lines": [r#"{"msg":"ping","t0":1}"#]})).0, 200);
+    let (s, body) = request(
+        place.port,
+        "POST",
+        "/api/v1/agent/claim",
+        Some(&b),
+        br#"{"wait_ms": 20000, "gpus_free": 0, "relays": true}"#,
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let task: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (task["relay"]["id"].as_str(), task["relay"]["shard"].as_u64(), task["relay"]["coordinator"].as_str()),
+        (Some(id.as_str()), Some(1), Some("gpu-a")),
+        "{task}"
+    );
+    let (s, got) = relay(&b, "recv", json!({"to": "shard", "from": 0, "wait_ms": 1000}));
+    assert_eq!((s, got["lines"].clone(), got["next"].as_u64()), (200, json!([r#"{"msg":"ping","t0":1}"#]), Some(1)));
+    assert_eq!(relay(&a, "recv", json!({"to": "shard", "from": 1, "wait_ms": 0})).0, 403, "a is not its shard");
+    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "lines": ["a\nb"]})).0, 400, "one line is one line");
+    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "lines": ["pong"], "close": ""})).0, 200);
+    let (s, got) = relay(&a, "recv", json!({"to": "coordinator", "from": 0, "wait_ms": 1000}));
+    assert_eq!((s, got["lines"].clone()), (200, json!(["pong"])), "{got}");
+    let (s, got) = relay(&a, "recv", json!({"to": "coordinator", "from": 1, "wait_ms": 1000}));
+    assert_eq!((s, got["closed"].as_str()), (200, Some("")), "the shard's side ended: {got}");
+    let spool = format!("{relays}/{id}/spool");
+    assert_eq!(request(place.port, "GET", &spool, Some(&b), b"").0, 403, "the spool is the coordinator's to fetch");
+    assert_eq!(request(place.port, "GET", &spool, Some(&a), b"").0, 404, "none was uploaded");
+    let put = format!("{spool}?sha256={sha_x}");
+    assert_eq!(request(place.port, "PUT", &put, Some(&a), b"x").0, 403, "the spool is the taker's to upload");
+    let unknown = format!("{relays}/{}/recv", "f".repeat(32));
+    let recv = json!({"to": "coordinator", "from": 0, "wait_ms": 0}).to_string();
+    assert_eq!(request(place.port, "POST", &unknown, Some(&a), recv.as_bytes()).0, 404, "an unknown relay");
     let finish = json!({"run": run_id, "unit": unit, "attempt": attempt, "outcome": "failed", "reason": "a test"});
     assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&b), finish.to_string().as_bytes()).0, 409);
     assert_eq!(request(place.port, "POST", "/api/v1/agent/finish", Some(&a), finish.to_string().as_bytes()).0, 200);
@@ -1026,4 +1083,113 @@ spec:
     assert!(commits(&run).values().all(|m| m["agent"] == "gpu-a"));
     // The engine stopped with its unit.
     wait_for(20, "llama-server to stop", || common::llama_servers(&alias) == 0);
+}
+
+/// A suite whose one cell sends to the `kitt sim` on `port` (an endpoint: kitt starts nothing)
+/// from two clients, its unit placed on a `gpu=h100` agent.
+fn endpoint_suite(port: u16, name: &str) -> String {
+    format!(
+        r#"apiVersion: kitt/v1
+kind: Suite
+metadata: {{name: {name}}}
+spec:
+  models: [{{name: relayed, served_name: auto}}]
+  engines: [{{name: gateway, template: vllm, endpoint: {{url: "http://127.0.0.1:{port}"}}}}]
+  benchmarks:
+    - name: steady
+      template: rate
+      params: {{rate: 100, requests: 200, max_tokens: 6, input_tokens: 16}}
+      clients: 2
+  warmup: {{requests: 0}}
+  execution:
+    executor: agents
+    agents: {{select: {{gpu: h100}}, lease: 20s}}
+"#
+    )
+}
+
+/// The agents' and the server's relay files (spools) still on disk.
+fn relay_files(place: &Place) -> Vec<PathBuf> {
+    let mut dirs = vec![place.env.runs().join(".agents").join("relays")];
+    dirs.extend(["gpu-a", "load-b", "load-c"].map(|a| place.state(a).join("relays")));
+    dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path()).collect()
+}
+
+#[test]
+fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    place.init_agent("load-b", "role=load");
+    place.init_agent("load-c", "role=load");
+    let _a = place.start_agent("gpu-a", None);
+    // Shard 1's clock runs 5 s ahead, wherever it runs (the test hook, read by `kitt
+    // client-shard`): the coordinator measures that across the relay and corrects its start.
+    let skew = [("KITT_TEST_CLOCK_SKEW_MS", "1:5000")];
+    let _b = place.start_agent_with("load-b", None, &skew);
+    let _c = place.start_agent_with("load-c", None, &skew);
+    let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
+    let run = place.start_run(&endpoint_suite(port, "relayed"));
+    wait_for(120, "the run to finish", || finished(&run));
+    let r = report(&run);
+    let cell = &r["cells"].as_array().unwrap()[0];
+    assert_eq!(cell["status"], "ok", "{cell}");
+    let m = &cell["metrics"];
+    assert_eq!(m["requests"], 200, "{m}");
+    assert_eq!(m["errors"], 0, "{m}");
+    let clients = &m["clients"];
+    assert_eq!((clients["count"].as_u64(), clients["complete"].as_bool()), (Some(2), Some(true)), "{clients}");
+    let shards = clients["shards"].as_array().unwrap();
+    eprintln!("shards on two agents: {shards:?}");
+    // One shard on each load agent, none on the unit's own (its one slot runs the unit).
+    let agents: BTreeSet<&str> =
+        shards.iter().map(|s| s["agent"].as_str().unwrap().split('@').next().unwrap()).collect();
+    assert_eq!(agents, BTreeSet::from(["load-b", "load-c"]), "{shards:?}");
+    let start = clients["start_unix_ns"].as_i64().unwrap();
+    for s in shards {
+        assert_eq!(s["status"], "ok", "{s}");
+        assert_eq!(s["requests"], 100, "{s}");
+        // Measured end to end over the relay: the error is at most half the round trip.
+        let (offset, rtt) = (s["clock_offset_ms"].as_f64().unwrap(), s["clock_rtt_ms"].as_f64().unwrap());
+        let want = if s["shard"] == 1 { 5000.0 } else { 0.0 };
+        assert!((offset - want).abs() <= (rtt / 2.0).max(1.0), "offset {offset} ms, rtt {rtt} ms: {s}");
+        // The start announced to it is the coordinator's, on its own clock.
+        let announced = s["announced_start_ns"].as_i64().unwrap();
+        assert_eq!(announced - start, (offset * 1e6).round() as i64, "{s}");
+    }
+    // `kitt runs show` says where each shard ran.
+    let out = place.kitt().args(["runs", "show"]).arg(&run).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(", agent load-b@") && shown.contains(", agent load-c@"), "{shown}");
+    // The unit ran on gpu-a, once.
+    let recs = records(&run);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert!(recs.values().all(|r| r["outcome"] == "succeeded" && r["agent"] == "gpu-a"), "{recs:?}");
+    // The shards' spools, moved through the server, are gone from every host.
+    wait_for(30, "the relays' spools to go", || relay_files(&place).is_empty());
+}
+
+#[test]
+fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
+    let place = Place::new();
+    place.init_agent("gpu-a", "gpu=h100");
+    place.init_agent("load-b", "role=load");
+    place.init_agent("load-c", "role=load");
+    let _a = place.start_agent("gpu-a", None);
+    // Shard 1 is killed (SIGKILL) once it has 20 answers, on whichever agent runs it.
+    let kill = [("KITT_TEST_SHARD_KILL_AFTER", "1:20")];
+    let _b = place.start_agent_with("load-b", None, &kill);
+    let _c = place.start_agent_with("load-c", None, &kill);
+    let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
+    let run = place.start_run(&endpoint_suite(port, "relaykill"));
+    wait_for(120, "the run to finish", || finished(&run));
+    let r = report(&run);
+    let cell = &r["cells"].as_array().unwrap()[0];
+    assert_eq!(cell["status"], "failed", "{cell}");
+    // The run says why: its unit's attempt failed with the coordinator's words.
+    let out = place.kitt().args(["runs", "show"]).arg(&run).output().unwrap();
+    let why = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{why}");
+    assert!(why.contains("client shard 1 of 2 failed during the window"), "{why}");
+    assert!(why.contains("signal 9") && why.contains("on load-"), "{why}");
+    wait_for(30, "the relays' spools to go", || relay_files(&place).is_empty());
 }

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod proto;
+pub mod relay;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,15 @@ pub struct Agent {
     drain: AtomicBool,
     last_beat_ok: Mutex<Option<u64>>,
     stopping: Cancel,
+    /// Where its config is: the coordinator side of a relay reads its token there.
+    config_path: Option<PathBuf>,
+    /// Client shards of other agents' cells it runs now (relay ids); each takes a slot.
+    relays: Mutex<HashSet<String>>,
+}
+
+/// This host's name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 fn now_ns() -> u64 {
@@ -113,6 +123,14 @@ fn spool_path(state: &Path, h: &Held) -> PathBuf {
     mirror(state, &h.run).join(format!("agent-{}.{}.json", h.unit, h.attempt))
 }
 
+/// Whether the claimed unit's engine is one kitt connects to (an endpoint): its cells' client
+/// shards may then run on other agents, which reach it as this one does. A started engine
+/// listens on this host's loopback, so its shards stay here.
+fn spreads(c: &Claimed) -> bool {
+    let Ok(plan) = serde_json::from_str::<crate::exec::agents::PlanLite>(&c.plan_json) else { return false };
+    plan.unit(&c.unit).and_then(|u| plan.groups.get(u.group)).is_some_and(|g| g["mode"].get("endpoint").is_some())
+}
+
 #[derive(Debug)]
 enum Sent {
     Ok,
@@ -138,7 +156,17 @@ impl Agent {
             drain: AtomicBool::new(false),
             last_beat_ok: Mutex::new(None),
             stopping: Cancel::default(),
+            config_path: None,
+            relays: Mutex::new(HashSet::new()),
         })
+    }
+
+    fn agent_name(&self) -> String {
+        self.name.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn relays_running(&self) -> usize {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn url(&self, path: &str) -> String {
@@ -325,7 +353,7 @@ impl Agent {
             }
             let (busy, exclusive) = {
                 let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-                (slots.len(), slots.values().any(|s| s.exclusive))
+                (slots.len() + self.relays_running(), slots.values().any(|s| s.exclusive))
             };
             // A unit under `isolation: host` takes the whole agent: nothing more is claimed.
             if busy >= self.cfg.slots.max(1) as usize || exclusive || self.drain.load(Ordering::Relaxed) {
@@ -344,7 +372,7 @@ impl Agent {
                     .filter(|g| !held.contains(&g.uuid) && g.memory_used_mib < TENANT_MIB)
                     .map(|g| g.uuid)
                     .collect();
-                (free, slots.len() as u32, slots.values().any(|s| s.exclusive))
+                (free, (slots.len() + self.relays_running()) as u32, slots.values().any(|s| s.exclusive))
             };
             let req = proto::ClaimRequest {
                 // While units run, what this agent can take changes as they end: ask again soon.
@@ -352,12 +380,26 @@ impl Agent {
                 gpus_free: free.len() as u32,
                 running,
                 exclusive,
+                relays: true,
             };
             let sent = Instant::now();
             let res = tokio::select! {
                 r = self.post("claim", &req, Duration::from_millis(proto::CLAIM_WAIT_MAX_MS + 10_000)) => r,
                 _ = self.stopping.cancelled() => return,
             };
+            if let Ok((200, bytes)) = &res
+                && let Ok(r) = serde_json::from_slice::<proto::RelayClaim>(bytes)
+            {
+                // A client shard of another agent's cell: it holds a slot while it runs.
+                let id = r.relay.id.clone();
+                self.relays.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.clone().run_relay(r.relay).await;
+                    me.relays.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                });
+                continue;
+            }
             match res {
                 Ok((200, bytes)) => match serde_json::from_slice::<Claimed>(&bytes) {
                     Ok(c) => {
@@ -509,7 +551,7 @@ impl Agent {
             Some(why) => (Outcome::Failed, why),
             None => match self.prepare(&c) {
                 Err(e) => (Outcome::Failed, e),
-                Ok((dir, preset)) => self.supervise(&dir, &slot, preset).await,
+                Ok((dir, preset)) => self.supervise(&dir, &slot, preset, spreads(&c)).await,
             },
         };
         if !slot.fenced.load(Ordering::Relaxed) {
@@ -524,7 +566,7 @@ impl Agent {
     }
 
     /// Runs `kitt work` for the unit and streams it to the server until it ends or is fenced.
-    async fn supervise(&self, dir: &Path, slot: &Slot, preset: HashSet<String>) -> (Outcome, String) {
+    async fn supervise(&self, dir: &Path, slot: &Slot, preset: HashSet<String>, spread: bool) -> (Outcome, String) {
         let h = &slot.held;
         let program = match std::env::current_exe() {
             Ok(p) => p,
@@ -544,6 +586,18 @@ impl Agent {
             // command CUDA_VISIBLE_DEVICES.
             let list = slot.gpus.join(",");
             cmd.env(GPUS_ENV, &list).env("CUDA_VISIBLE_DEVICES", &list).env("NVIDIA_VISIBLE_DEVICES", &list);
+        }
+        if spread && let Some(config) = &self.config_path {
+            // Its cells' client shards run on other agents, relayed through the server.
+            let env = relay::RelayEnv {
+                config: config.clone(),
+                run: h.run.clone(),
+                unit: h.unit.clone(),
+                attempt: h.attempt,
+            };
+            cmd.env(relay::RELAY_ENV, serde_json::to_string(&env).unwrap_or_default());
+        } else {
+            cmd.env_remove(relay::RELAY_ENV);
         }
         cmd.process_group(0);
         // SAFETY: prctl(2) only, between fork and exec: the child gets SIGTERM (and stops its
@@ -1071,7 +1125,7 @@ pub fn pid_path(state: &Path) -> PathBuf {
 }
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT (then its units stop and report).
-pub async fn start(cfg: Config, stop: Cancel) -> Result<(), String> {
+pub async fn start(cfg: Config, config_path: PathBuf, stop: Cancel) -> Result<(), String> {
     let state = cfg.state_dir();
     std::fs::create_dir_all(state.join("runs")).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
     let pid = pid_path(&state);
@@ -1097,7 +1151,9 @@ pub async fn start(cfg: Config, stop: Cancel) -> Result<(), String> {
             tracing::warn!("removed container {} ({})", c.name, c.reason);
         }
     }
-    let agent = Arc::new(Agent::new(cfg)?);
+    let mut agent = Agent::new(cfg)?;
+    agent.config_path = Some(std::path::absolute(&config_path).unwrap_or(config_path));
+    let agent = Arc::new(agent);
     let agent_stop = agent.stopping.clone();
     let mut delay = Duration::from_millis(200);
     let registered = loop {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_MAJOR: u32 = 1;
-pub const PROTOCOL_MINOR: u32 = 0;
+pub const PROTOCOL_MINOR: u32 = 1;
 
 /// The longest a claim waits for a unit before answering 204.
 pub const CLAIM_WAIT_MAX_MS: u64 = 25_000;
@@ -142,6 +142,10 @@ pub struct ClaimRequest {
     /// It runs a unit under `isolation: host`, which takes the whole host.
     #[serde(default)]
     pub exclusive: bool,
+    /// It takes client shards of other agents' cells too (protocol 1.1): the answer may be a
+    /// [`RelayClaim`] instead of a unit.
+    #[serde(default)]
+    pub relays: bool,
 }
 
 /// A claimed unit: what `kitt work` needs to run it on the agent.
@@ -177,6 +181,96 @@ pub struct Claimed {
     pub suite: String,
     pub files: BTreeMap<String, String>,
 }
+
+/// A claim's answer when it gives the agent a client shard instead of a unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayClaim {
+    pub relay: RelayTask,
+}
+
+/// One client shard of a cell whose coordinator runs on another agent: the agent runs `kitt
+/// client-shard` and relays its pipe through the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTask {
+    pub id: String,
+    pub run: String,
+    pub unit: String,
+    pub shard: u32,
+    pub of: u32,
+    /// The agent whose unit the cell is.
+    pub coordinator: String,
+}
+
+/// `POST /api/v1/agent/relays`: a coordinator's agent asks for one of its cell's shards to be
+/// placed on another agent. Shards of one `gang` (one cell's try) go to distinct agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayOpen {
+    pub run: String,
+    pub unit: String,
+    pub attempt: u32,
+    pub gang: String,
+    pub shard: u32,
+    pub of: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayOpened {
+    pub id: String,
+}
+
+/// Which way a relay's lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Coordinator → shard.
+    Shard,
+    /// Shard → coordinator.
+    Coordinator,
+}
+
+/// `POST /api/v1/agent/relays/{id}/send`: lines for the other side, and, with `close`, the end
+/// of this side's stream (empty: a clean end; otherwise why it ended).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySend {
+    pub to: Side,
+    #[serde(default)]
+    pub lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<String>,
+}
+
+/// `POST /api/v1/agent/relays/{id}/recv`: the lines for this side from number `from` on,
+/// waiting up to `wait_ms` for one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRecv {
+    pub to: Side,
+    pub from: u64,
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayLines {
+    pub lines: Vec<String>,
+    /// The number of the line after the last one given.
+    pub next: u64,
+    /// Every line was given and the other side ended its stream: empty when it ended cleanly,
+    /// else why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
+    /// The agent that took the shard, and its host, once one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taker: Option<String>,
+}
+
+/// The longest a relay's `recv` waits.
+pub const RELAY_WAIT_MAX_MS: u64 = 5_000;
 
 /// One line of `POST /api/v1/agent/events` (NDJSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]

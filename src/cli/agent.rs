@@ -201,7 +201,7 @@ pub fn agent(args: &AgentArgs, quiet: bool) -> i32 {
             rt.block_on(async move {
                 let stop = crate::cancel::Cancel::default();
                 super::apply::watch_signals(stop.clone());
-                match crate::agent::start(cfg, stop).await {
+                match crate::agent::start(cfg, path.clone(), stop).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("error: {e}");

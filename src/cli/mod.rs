@@ -179,6 +179,25 @@ pub enum Command {
         /// How many shards the cell has.
         #[arg(long)]
         of: u32,
+        /// Where to spool its records instead of the path its job names (a shard on another
+        /// host than its coordinator's).
+        #[arg(long)]
+        spool: Option<std::path::PathBuf>,
+    },
+    /// One client shard of a cell, run by another agent and relayed through the server: started
+    /// by the cell's coordinator on an agent, never by hand.
+    #[command(hide = true)]
+    ClientRelay {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        of: u32,
+        /// One try of one cell (its shards go to distinct agents).
+        #[arg(long)]
+        gang: String,
+        /// Where the shard's records go on this host.
+        #[arg(long)]
+        spool: std::path::PathBuf,
     },
     /// The machine (GPUs, CPU, memory, storage, OS): its identity string; -v for every field.
     Fingerprint(fingerprint::FingerprintArgs),
@@ -318,7 +337,8 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Gc(args) => gc::gc(&args),
         Command::Sim(args) => sim(args),
-        Command::ClientShard { shard, of } => crate::bench::load::clients::shard::main(shard, of),
+        Command::ClientShard { shard, of, spool } => crate::bench::load::clients::shard::main(shard, of, spool),
+        Command::ClientRelay { shard, of, gang, spool } => crate::agent::relay::relay_main(shard, of, &gang, spool),
         Command::Fingerprint(args) => fingerprint::fingerprint(&args, cli.verbose > 0),
         Command::Results { command } => results::run(command),
         Command::Compare(args) => compare::compare(&args),

@@ -257,10 +257,11 @@ fn print_client_shards(c: &Json) {
             (p50, p99) => format!(", send lag p50 {} p99 {}", ms(p50), ms(p99)),
         };
         let error = sh["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
-        // Where it ran: a Slurm step, or the core it was pinned to.
-        let placed = match (sh["slurm_step"].as_str(), sh["core"].as_u64()) {
-            (Some(step), _) => format!(", Slurm step {step}"),
-            (None, Some(core)) => format!(", core {core}"),
+        // Where it ran: another agent, a Slurm step, or the core it was pinned to.
+        let placed = match (sh["agent"].as_str(), sh["slurm_step"].as_str(), sh["core"].as_u64()) {
+            (Some(agent), _, _) => format!(", agent {agent}"),
+            (None, Some(step), _) => format!(", Slurm step {step}"),
+            (None, None, Some(core)) => format!(", core {core}"),
             _ => String::new(),
         };
         println!(

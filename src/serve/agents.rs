@@ -193,6 +193,11 @@ impl Agents {
     }
 
     /// Every known agent.
+    /// Wakes the waiting claims: something to take appeared.
+    pub(super) fn poke(&self) {
+        self.queue_changed.send_modify(|n| *n += 1);
+    }
+
     pub fn list(&self) -> Vec<AgentInfo> {
         self.lock().agents.values().cloned().collect()
     }
@@ -200,7 +205,7 @@ impl Agents {
 
 /// The caller, who must be an agent (an `agent` token; an admin's is refused here: it is not an
 /// agent and holds no units).
-fn agent_of(caller: &Caller) -> Result<String, Problem> {
+pub(super) fn agent_of(caller: &Caller) -> Result<String, Problem> {
     if caller.scope != Scope::Agent {
         return Err(Problem::forbidden(format!(
             "the agent routes take only agent tokens (`kitt serve token create --scope agent`); `{}` is a `{}` token",
@@ -217,7 +222,7 @@ fn agent_of(caller: &Caller) -> Result<String, Problem> {
     Ok(caller.name.clone())
 }
 
-fn registered(app: &App, name: &str) -> Result<AgentInfo, Problem> {
+pub(super) fn registered(app: &App, name: &str) -> Result<AgentInfo, Problem> {
     app.agents.lock().agents.get(name).cloned().ok_or_else(|| {
         Problem::new(
             StatusCode::CONFLICT,
@@ -226,7 +231,7 @@ fn registered(app: &App, name: &str) -> Result<AgentInfo, Problem> {
     })
 }
 
-fn valid_held(run: &str, unit: &str) -> Result<(), Problem> {
+pub(super) fn valid_held(run: &str, unit: &str) -> Result<(), Problem> {
     if !super::api::valid_id(run) || !super::api::valid_id(unit) {
         return Err(Problem::bad_request(format!("`{run}`/`{unit}` is not a run id and a unit id")));
     }
@@ -249,7 +254,7 @@ fn end_record(root: &Path, agent: &str, h: &Held, why: &str) {
 }
 
 /// Why `agent` may not act for the attempt now (`None`: it holds it).
-fn not_holding(root: &Path, agent: &str, h: &Held) -> Option<String> {
+pub(super) fn not_holding(root: &Path, agent: &str, h: &Held) -> Option<String> {
     let run_dir = root.join(&h.run);
     let Some(r) = files::read_record(&run_dir, &h.unit, h.attempt) else {
         return Some("the server gave no such attempt".into());
@@ -270,7 +275,7 @@ fn not_holding(root: &Path, agent: &str, h: &Held) -> Option<String> {
     None
 }
 
-fn stale(why: String) -> Problem {
+pub(super) fn stale(why: String) -> Problem {
     Problem::new(StatusCode::CONFLICT, format!("stale attempt: {why}; commit nothing more"))
 }
 
@@ -614,6 +619,12 @@ pub(super) async fn claim(
         let agent2 = agent.clone();
         // Read before the attempt is made: the agent's fence never starts after its lease.
         let waited = began.elapsed();
+        // A client shard of a cell that is about to start comes before any unit.
+        if body.relays
+            && let Some(task) = app.relays.take(&agent.name, &agent.hostname)
+        {
+            return Ok(axum::Json(proto::RelayClaim { relay: task }).into_response());
+        }
         let req = body.clone();
         if let Some(mut c) = blocking(move || try_claim(&app2, &agent2, &req)).await? {
             c.heartbeat_ms = app.agents.heartbeat.as_millis() as u64;
@@ -1396,7 +1407,13 @@ mod tests {
             lease_ms: 3000,
             queued_unix_ns: 0,
         };
-        let req = |gpus_free, running, exclusive| proto::ClaimRequest { wait_ms: 0, gpus_free, running, exclusive };
+        let req = |gpus_free, running, exclusive| proto::ClaimRequest {
+            wait_ms: 0,
+            gpus_free,
+            running,
+            exclusive,
+            relays: false,
+        };
         let good = agent(&[("gpu", "h100"), ("rack", "r1")], "fp1");
         assert!(matches(root.path(), &good, &entry, &req(1, 0, false)));
         assert!(!matches(root.path(), &agent(&[("gpu", "a100")], "fp1"), &entry, &req(1, 0, false)), "labels");

@@ -17,6 +17,7 @@ mod inotify;
 pub mod openapi;
 pub mod pages;
 pub mod problem;
+pub mod relays;
 pub mod routes;
 mod tls;
 pub mod tokens;
@@ -122,6 +123,8 @@ pub struct App {
     pub facets: Mutex<Option<((u64, i64), crate::store::Facets)>>,
     /// The agents that pull units from this server.
     pub agents: agents::Agents,
+    /// Client shards relayed between agents.
+    pub relays: relays::Relays,
     /// Failed token checks per address.
     pub auth_limit: AuthLimit,
 }
@@ -502,6 +505,7 @@ pub async fn serve(
         watchers: events::Watchers::default(),
         facets: Mutex::new(None),
         agents: agents::Agents::open(&runs_root),
+        relays: relays::Relays::default(),
         auth_limit: AuthLimit::default(),
     });
     let router = router(app.clone());

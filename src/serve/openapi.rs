@@ -60,7 +60,9 @@ pub fn document() -> Value {
         };
         let ok_body = if r.path.ends_with("/install.sh") {
             json!({"text/x-shellscript": {"schema": {"type": "string"}}})
-        } else if r.path.ends_with("/agent/build") {
+        } else if r.path.ends_with("/agent/build")
+            || (r.path.ends_with("/spool") && r.method == axum::http::Method::GET)
+        {
             json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
         } else if r.path.ends_with("/events") && !agent_route {
             json!({"text/event-stream": {"schema": {"type": "string"}}})

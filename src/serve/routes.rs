@@ -9,7 +9,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::App;
 use super::tokens::Scope;
-use super::{agents, api};
+use super::{agents, api, relays};
 
 /// A query parameter or a JSON body's field, for the OpenAPI document.
 pub struct Param {
@@ -518,6 +518,79 @@ pub static ROUTES: &[Route] = &[
         ],
         body: &[],
         handler: || put(agents::step).layer(axum::extract::DefaultBodyLimit::disable()),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/relays",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "The agent of a held attempt asks for one of its cell's client shards to run on another agent: the relay's id.",
+        query: &[],
+        body: &[
+            r("run", ID, "The run."),
+            r("unit", ID, "The unit."),
+            r("attempt", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "The attempt."),
+            r(
+                "gang",
+                r#"{"type": "string", "pattern": "^[0-9a-f]{8,64}$"}"#,
+                "One try of one cell: its shards go to distinct agents.",
+            ),
+            r("shard", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "The shard, from 0."),
+            r("of", r#"{"type": "integer", "minimum": 2, "maximum": 4294967295}"#, "The cell's shards."),
+        ],
+        handler: || post(relays::open),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/relays/{id}/send",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "Protocol lines for the other side of a relay (to: shard from its coordinator's agent, to: coordinator from the shard's), and the end of this side's stream.",
+        query: &[],
+        body: &[
+            r("to", r#"{"type": "string", "enum": ["shard", "coordinator"]}"#, "Which side the lines are for."),
+            p("lines", r#"{"type": "array", "items": {"type": "string"}}"#, "Lines, in order."),
+            p("close", "string", "This side's stream ends (empty: cleanly; else why)."),
+        ],
+        handler: || post(relays::send).layer(axum::extract::DefaultBodyLimit::max(relays::MAX_SEND_BYTES)),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/agent/relays/{id}/recv",
+        scope: Some(Scope::Agent),
+        writes: false,
+        summary: "A relay's lines for this side from number `from` on (those before it are dropped), waiting up to 5 s for one; `closed` once the other side ended.",
+        query: &[],
+        body: &[
+            r("to", r#"{"type": "string", "enum": ["shard", "coordinator"]}"#, "This side."),
+            r("from", SEQ, "The first line wanted."),
+            r(
+                "wait_ms",
+                r#"{"type": "integer", "minimum": 0, "maximum": 9223372036854775807}"#,
+                "How long to wait for a line (at most 5000).",
+            ),
+        ],
+        handler: || post(relays::recv),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/api/v1/agent/relays/{id}/spool",
+        scope: Some(Scope::Agent),
+        writes: true,
+        summary: "A finished shard's records (its spool), uploaded by the agent that ran it before its `done` line.",
+        query: &[r("sha256", r#"{"type": "string", "pattern": "^[0-9a-f]{64}$"}"#, "SHA-256 of the body.")],
+        body: &[],
+        handler: || put(relays::put_spool).layer(axum::extract::DefaultBodyLimit::disable()),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/agent/relays/{id}/spool",
+        scope: Some(Scope::Agent),
+        writes: false,
+        summary: "A finished shard's spool, for its coordinator's agent (its SHA-256 in x-kitt-sha256).",
+        query: &[],
+        body: &[],
+        handler: || get(relays::get_spool),
     },
     Route {
         method: Method::POST,

@@ -31,8 +31,10 @@
 //! Slurm job that the `slurm` executor submitted with one task per shard (`--ntasks`, which it
 //! exports as [`SLURM_TASKS_ENV`]), each shard is a job step of its own (`srun --ntasks=1
 //! --exact`), placed by Slurm on the job's CPUs and nodes, and its pipe is `srun`'s relay of
-//! the step's stdin and stdout. The messages (`wire`) carry everything a shard needs, so the
-//! protocol is the same whichever channel carries it.
+//! the step's stdin and stdout. Where the coordinator is the unit of an agent and its engine an
+//! endpoint, each shard runs on another agent, and its pipe is a `kitt client-relay` of this
+//! host that carries the lines through the server (`agent::relay`). The messages (`wire`) carry
+//! everything a shard needs, so the protocol is the same whichever channel carries it.
 
 pub(crate) mod clock;
 pub mod shard;
@@ -112,6 +114,10 @@ pub struct ShardReport {
     /// `JOB.STEP`, where it ran as a step of the cell's Slurm job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slurm_step: Option<String>,
+    /// `agent@host`, where another agent than the coordinator's ran it (relayed through the
+    /// server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// `ok`, or `failed` (then `error` says why and its records are not in the metrics).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,6 +150,10 @@ struct Shard {
     pid: u32,
     host: String,
     slurm_step: Option<String>,
+    agent: Option<String>,
+    /// Its process is a relay (`srun`, `kitt client-relay`): asked to stop with SIGTERM, which
+    /// it passes on, rather than killed.
+    gentle: bool,
     offset: i64,
     rtt: i64,
     announced: i64,
@@ -185,9 +195,10 @@ impl Shard {
 
 impl Drop for Shard {
     /// An `srun` is asked to stop its step (it forwards the signal to the shard) rather than
-    /// killed, which would leave the step to Slurm; a local shard is killed with its handle.
+    /// killed, which would leave the step to Slurm, and a `kitt client-relay` to end its relay;
+    /// a local shard is killed with its handle.
     fn drop(&mut self) {
-        if self.slurm_step.is_some()
+        if self.gentle
             && matches!(self.child.try_wait(), Ok(None))
             && let Some(pid) = self.child.id()
         {
@@ -207,10 +218,18 @@ enum Launch {
     Local { cpus: Vec<usize> },
     /// Steps of the Slurm job this coordinator runs in, started by this `srun`.
     Srun(PathBuf),
+    /// On other agents, each through a `kitt client-relay` of this host (this coordinator is
+    /// an agent's unit whose engine is an endpoint). `gang` names this try of the cell.
+    Relay { gang: String },
 }
 
 impl Launch {
     fn for_cell(n: u32) -> Launch {
+        if std::env::var_os(crate::agent::relay::RELAY_ENV).is_some_and(|v| !v.is_empty()) {
+            let mut b = [0u8; 8];
+            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+            return Launch::Relay { gang: b.iter().map(|x| format!("{x:02x}")).collect() };
+        }
         let tasks = std::env::var(SLURM_TASKS_ENV).ok().and_then(|t| t.trim().parse::<u32>().ok());
         let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
         match tasks {
@@ -230,9 +249,21 @@ impl Launch {
         Launch::Local { cpus: allowed_cpus() }
     }
 
-    fn command(&self, exe: &std::path::Path, k: u32, n: u32) -> (tokio::process::Command, Option<u32>) {
+    fn command(
+        &self,
+        exe: &std::path::Path,
+        k: u32,
+        n: u32,
+        spool: &std::path::Path,
+    ) -> (tokio::process::Command, Option<u32>) {
         let shard_args = ["client-shard".to_string(), "--shard".into(), k.to_string(), "--of".into(), n.to_string()];
         match self {
+            Launch::Relay { gang } => {
+                let mut cmd = tokio::process::Command::new(exe);
+                cmd.args(["client-relay", "--shard", &k.to_string(), "--of", &n.to_string(), "--gang", gang]);
+                cmd.arg("--spool").arg(spool);
+                (cmd, None)
+            }
             Launch::Srun(srun) => {
                 let mut cmd = tokio::process::Command::new(srun);
                 // One task on one node with one CPU of the job's own (`--exact`), no GPU (the
@@ -306,13 +337,15 @@ pub(super) async fn run(
     for k in 0..n {
         let spool = spools.0[k as usize].clone();
         let _ = std::fs::remove_file(&spool);
-        let (mut cmd, core) = launch.command(&clients.exe, k, n);
+        let (mut cmd, core) = launch.command(&clients.exe, k, n, &spool);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        // An srun is stopped by `Shard`'s drop (SIGTERM, which it forwards), a process killed.
-        cmd.kill_on_drop(!matches!(launch, Launch::Srun(_)));
+        // An srun or a relay is stopped by `Shard`'s drop (SIGTERM, which it passes on), a
+        // process killed.
+        let gentle = !matches!(launch, Launch::Local { .. });
+        cmd.kill_on_drop(!gentle);
         let program = match &launch {
             Launch::Srun(srun) => srun,
-            Launch::Local { .. } => &clients.exe,
+            Launch::Local { .. } | Launch::Relay { .. } => &clients.exe,
         };
         let mut child =
             cmd.spawn().map_err(|e| fail(format!("cannot start client shard {k} ({}): {e}", program.display())))?;
@@ -330,8 +363,10 @@ pub(super) async fn run(
             spool,
             pid,
             host: String::new(),
-            // Known from the start for an srun (so a drop before `ready` stops it gently).
+            // Known from the start for an srun.
             slurm_step: matches!(launch, Launch::Srun(_)).then(String::new),
+            agent: None,
+            gentle,
             offset: 0,
             rtt: 0,
             announced: 0,
@@ -380,15 +415,22 @@ pub(super) async fn run(
     for s in &mut shards {
         let name = s.name(n);
         match tokio::time::timeout(READY_TIMEOUT, s.receive()).await {
-            Ok(Ok(FromShard::Ready { pid, host, slurm_step })) => {
+            Ok(Ok(FromShard::Ready { pid, host, slurm_step, agent })) => {
                 s.pid = pid;
                 s.host = host;
+                s.agent = agent;
                 if s.slurm_step.is_some() {
                     s.slurm_step = Some(slurm_step.unwrap_or_default());
                 }
             }
             Ok(Ok(other)) => return Err(fail(format!("{name}: expected `ready`, got {other:?}"))),
             Ok(Err(e)) => return Err(fail(format!("{name} failed before the window: {e}"))),
+            Err(_) if matches!(launch, Launch::Relay { .. }) => {
+                return Err(fail(format!(
+                    "{name} was not ready within {READY_TIMEOUT:?}: no agent took it (each shard takes a free slot \
+                     on an agent of its own: {n} shards need {n} agents with a free slot)"
+                )));
+            }
             Err(_) => return Err(fail(format!("{name} was not ready within {READY_TIMEOUT:?}"))),
         }
     }
@@ -508,6 +550,7 @@ pub(super) async fn run(
                 pid: s.pid,
                 core: s.core,
                 slurm_step: s.slurm_step.clone().filter(|step| !step.is_empty()),
+                agent: s.agent.clone(),
                 status,
                 error,
                 clock_offset_ms: s.offset as f64 / 1e6,

@@ -32,7 +32,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 pub(crate) const KILL_ENV: &str = "KITT_TEST_SHARD_KILL_AFTER";
 
 /// Runs shard `shard` of `of` over stdin/stdout; the process's exit code.
-pub fn main(shard: u32, of: u32) -> i32 {
+pub fn main(shard: u32, of: u32, spool: Option<std::path::PathBuf>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -55,7 +55,7 @@ pub fn main(shard: u32, of: u32) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(serve(shard, of, clock, input, &mut out)) {
+    match rt.block_on(serve(shard, of, spool, clock, input, &mut out)) {
         Ok(()) => 0,
         Err(e) => {
             let _ = rt.block_on(wire::send(&mut out, &FromShard::Failed { error: e.clone() }));
@@ -66,7 +66,7 @@ pub fn main(shard: u32, of: u32) -> i32 {
 }
 
 /// The shard's input, as a tokio pipe or socket (the fd is duplicated).
-fn reader(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncRead + Unpin>> {
+pub(crate) fn reader(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncRead + Unpin>> {
     let fd = fd.try_clone_to_owned()?;
     Ok(match socket(&fd)? {
         Some(s) => Box::new(s),
@@ -75,7 +75,7 @@ fn reader(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncRead 
 }
 
 /// The shard's output, as a tokio pipe or socket (the fd is duplicated).
-fn writer(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncWrite + Unpin>> {
+pub(crate) fn writer(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Box<dyn AsyncWrite + Unpin>> {
     let fd = fd.try_clone_to_owned()?;
     Ok(match socket(&fd)? {
         Some(s) => Box::new(s),
@@ -102,20 +102,30 @@ fn is_socket(fd: &std::os::fd::OwnedFd) -> bool {
     }
 }
 
-async fn serve<R, W>(shard: u32, of: u32, clock: Clock, input: R, out: &mut W) -> Result<(), String>
+async fn serve<R, W>(
+    shard: u32,
+    of: u32,
+    spool_at: Option<std::path::PathBuf>,
+    clock: Clock,
+    input: R,
+    out: &mut W,
+) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut lines = tokio::io::BufReader::new(input).lines();
     let io = |e: std::io::Error| format!("the coordinator's pipe: {e}");
-    let job = match wire::receive(&mut lines).await.map_err(io)? {
+    let mut job = match wire::receive(&mut lines).await.map_err(io)? {
         Some(ToShard::Job(job)) => job,
         Some(other) => return Err(format!("expected the job first, got {other:?}")),
         None => return Err("the coordinator closed the pipe before the job".into()),
     };
     if job.shard != shard || job.of != of {
         return Err(format!("a job for shard {} of {} sent to shard {shard} of {of}", job.shard, job.of));
+    }
+    if let Some(path) = spool_at {
+        job.spool = path;
     }
     let in_flight = match &job.sending {
         JobSending::Open { max_in_flight, .. } => *max_in_flight,
@@ -124,7 +134,7 @@ where
     let client = EngineClient::from_dial(&job.dial, in_flight.max(1)).map_err(|e| e.to_string())?;
     client.size_for(in_flight.max(1));
     let spool = Arc::new(Spool::create_kept(job.spool.clone()).map_err(|e| e.to_string())?);
-    let ready = FromShard::Ready { pid: std::process::id(), host: host_name(), slurm_step: slurm_step() };
+    let ready = FromShard::Ready { pid: std::process::id(), host: host_name(), slurm_step: slurm_step(), agent: None };
     wire::send(out, &ready).await.map_err(io)?;
     let (announced, cutoff_ns) = loop {
         match wire::receive(&mut lines).await.map_err(io)? {

@@ -38,6 +38,10 @@ pub(crate) enum FromShard {
         host: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         slurm_step: Option<String>,
+        /// `agent@host` of the agent that runs it, where it runs on another agent than its
+        /// coordinator (that agent adds it as the line passes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
     },
     /// `t1` when the ping came, `t2` when the pong left, on the shard's clock.
     Pong { t0: i64, t1: i64, t2: i64 },
