@@ -103,15 +103,6 @@ impl Relays {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Relays open now (for tests and the agents list).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Gives `agent` (on `host`) an untaken shard of a gang it has none of yet, oldest first.
     pub(super) fn take(&self, agent: &str, host: &str) -> Option<RelayTask> {
         let mut all = self.lock();
