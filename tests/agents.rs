@@ -558,9 +558,9 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
             request(place.port, "POST", &format!("{relays}/{id}/{what}"), Some(agent), body.to_string().as_bytes());
         (s, serde_json::from_slice::<Json>(&b).unwrap_or(Json::Null))
     };
-    assert_eq!(relay(&b, "send", json!({"to": "shard", "lines": ["x"]})).0, 403, "b is not its coordinator");
+    assert_eq!(relay(&b, "send", json!({"to": "shard", "seq": 0, "lines": ["x"]})).0, 403, "b is not its coordinator");
     assert_eq!(relay(&b, "recv", json!({"to": "shard", "from": 0, "wait_ms": 0})).0, 403, "b has not taken it");
-    assert_eq!(relay(&a, "send", json!({"to": "shard", "lines": [r#"{"msg":"ping","t0":1}"#]})).0, 200);
+    assert_eq!(relay(&a, "send", json!({"to": "shard", "seq": 0, "lines": [r#"{"msg":"ping","t0":1}"#]})).0, 200);
     let (s, body) = request(
         place.port,
         "POST",
@@ -578,8 +578,15 @@ fn serial_the_agent_routes_refuse_whom_and_what_they_must() {
     let (s, got) = relay(&b, "recv", json!({"to": "shard", "from": 0, "wait_ms": 1000}));
     assert_eq!((s, got["lines"].clone(), got["next"].as_u64()), (200, json!([r#"{"msg":"ping","t0":1}"#]), Some(1)));
     assert_eq!(relay(&a, "recv", json!({"to": "shard", "from": 1, "wait_ms": 0})).0, 403, "a is not its shard");
-    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "lines": ["a\nb"]})).0, 400, "one line is one line");
-    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "lines": ["pong"], "close": ""})).0, 200);
+    assert_eq!(
+        relay(&b, "send", json!({"to": "coordinator", "seq": 0, "lines": ["a\nb"]})).0,
+        400,
+        "one line is one line"
+    );
+    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "seq": 0, "lines": ["pong"], "close": ""})).0, 200);
+    // A batch sent again (its answer lost) adds nothing; a gap is refused.
+    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "seq": 0, "lines": ["pong"]})).0, 200);
+    assert_eq!(relay(&b, "send", json!({"to": "coordinator", "seq": 5, "lines": ["late"]})).0, 409);
     let (s, got) = relay(&a, "recv", json!({"to": "coordinator", "from": 0, "wait_ms": 1000}));
     assert_eq!((s, got["lines"].clone()), (200, json!(["pong"])), "{got}");
     let (s, got) = relay(&a, "recv", json!({"to": "coordinator", "from": 1, "wait_ms": 1000}));
@@ -1115,21 +1122,29 @@ fn relay_files(place: &Place) -> Vec<PathBuf> {
     dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path()).collect()
 }
 
-#[test]
-fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() {
+/// The endpoint suite run on a `gpu=h100` agent with two `role=load` agents beside it, whose
+/// shards see the test hook `hook`; the finished run's directory, and the agents.
+fn relayed_run(name: &str, hook: (&str, &str)) -> (Place, PathBuf, [Proc; 3]) {
     let place = Place::new();
     place.init_agent("gpu-a", "gpu=h100");
     place.init_agent("load-b", "role=load");
     place.init_agent("load-c", "role=load");
-    let _a = place.start_agent("gpu-a", None);
+    let agents = [
+        place.start_agent("gpu-a", None),
+        place.start_agent_with("load-b", None, &[hook]),
+        place.start_agent_with("load-c", None, &[hook]),
+    ];
+    let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
+    let run = place.start_run(&endpoint_suite(port, name));
+    wait_for(120, "the run to finish", || finished(&run));
+    (place, run, agents)
+}
+
+#[test]
+fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() {
     // Shard 1's clock runs 5 s ahead, wherever it runs (the test hook, read by `kitt
     // client-shard`): the coordinator measures that across the relay and corrects its start.
-    let skew = [("KITT_TEST_CLOCK_SKEW_MS", "1:5000")];
-    let _b = place.start_agent_with("load-b", None, &skew);
-    let _c = place.start_agent_with("load-c", None, &skew);
-    let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
-    let run = place.start_run(&endpoint_suite(port, "relayed"));
-    wait_for(120, "the run to finish", || finished(&run));
+    let (place, run, _agents) = relayed_run("relayed", ("KITT_TEST_CLOCK_SKEW_MS", "1:5000"));
     let r = report(&run);
     let cell = &r["cells"].as_array().unwrap()[0];
     assert_eq!(cell["status"], "ok", "{cell}");
@@ -1170,18 +1185,8 @@ fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() 
 
 #[test]
 fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
-    let place = Place::new();
-    place.init_agent("gpu-a", "gpu=h100");
-    place.init_agent("load-b", "role=load");
-    place.init_agent("load-c", "role=load");
-    let _a = place.start_agent("gpu-a", None);
     // Shard 1 is killed (SIGKILL) once it has 20 answers, on whichever agent runs it.
-    let kill = [("KITT_TEST_SHARD_KILL_AFTER", "1:20")];
-    let _b = place.start_agent_with("load-b", None, &kill);
-    let _c = place.start_agent_with("load-c", None, &kill);
-    let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
-    let run = place.start_run(&endpoint_suite(port, "relaykill"));
-    wait_for(120, "the run to finish", || finished(&run));
+    let (place, run, _agents) = relayed_run("relaykill", ("KITT_TEST_SHARD_KILL_AFTER", "1:20"));
     let r = report(&run);
     let cell = &r["cells"].as_array().unwrap()[0];
     assert_eq!(cell["status"], "failed", "{cell}");

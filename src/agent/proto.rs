@@ -238,6 +238,9 @@ pub enum Side {
 #[serde(deny_unknown_fields)]
 pub struct RelaySend {
     pub to: Side,
+    /// The number of the first of `lines` in this side's stream: a batch sent again after a
+    /// lost answer adds only the lines the server does not have.
+    pub seq: u64,
     #[serde(default)]
     pub lines: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

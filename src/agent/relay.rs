@@ -42,11 +42,12 @@ pub struct RelayEnv {
 const UNREACHABLE: Duration = crate::serve::relays::STALE;
 
 /// The agent routes of one relay, as one agent.
-#[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Lines this side has sent (each side of a relay sends one way).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 enum Failure {
@@ -70,6 +71,7 @@ impl Client {
             http: super::config::client(cfg.ca_sha256.as_deref())?,
             base: cfg.server.trim_end_matches('/').to_string(),
             token: cfg.token.clone(),
+            sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -115,8 +117,13 @@ impl Client {
         }
     }
 
+    /// Sends `lines` (numbered on from what this side sent before) and, with `close`, its end.
     async fn send(&self, id: &str, to: Side, lines: Vec<String>, close: Option<String>) -> Result<(), Failure> {
-        let _: serde_json::Value = self.call(&format!("relays/{id}/send"), &RelaySend { to, lines, close }).await?;
+        use std::sync::atomic::Ordering;
+        let (seq, n) = (self.sent.load(Ordering::Relaxed), lines.len() as u64);
+        let _: serde_json::Value =
+            self.call(&format!("relays/{id}/send"), &RelaySend { to, seq, lines, close }).await?;
+        self.sent.store(seq + n, Ordering::Relaxed);
         Ok(())
     }
 

@@ -242,14 +242,23 @@ pub(super) async fn send(
     may(r, &name, coordinator_side)?;
     r.seen[usize::from(!coordinator_side)] = Instant::now();
     let p = r.pipe(body.to);
-    if p.closed.is_some() {
-        return Err(Problem::new(StatusCode::CONFLICT, "this side's stream has ended"));
-    }
-    let n = body.lines.len();
     if body.lines.iter().any(|l| l.contains('\n')) {
         return Err(Problem::bad_request("a line holds a newline"));
     }
-    p.lines.extend(body.lines);
+    // Lines this side sent before (a resend after a lost answer) are not added twice.
+    let have = p.base + p.lines.len() as u64;
+    if body.seq > have {
+        return Err(Problem::new(StatusCode::CONFLICT, format!("line {} is next here, not {}", have, body.seq)));
+    }
+    let fresh: Vec<String> = body.lines.into_iter().skip((have - body.seq) as usize).collect();
+    let n = fresh.len();
+    if p.closed.is_some() {
+        if n == 0 {
+            return Ok(axum::Json(serde_json::json!({"accepted": 0})).into_response());
+        }
+        return Err(Problem::new(StatusCode::CONFLICT, "this side's stream has ended"));
+    }
+    p.lines.extend(fresh);
     if let Some(why) = body.close {
         p.closed = Some(why);
     }

@@ -549,6 +549,7 @@ pub static ROUTES: &[Route] = &[
         query: &[],
         body: &[
             r("to", r#"{"type": "string", "enum": ["shard", "coordinator"]}"#, "Which side the lines are for."),
+            r("seq", SEQ, "The number of the first line in this side's stream (a resent line is not added twice)."),
             p("lines", r#"{"type": "array", "items": {"type": "string"}}"#, "Lines, in order."),
             p("close", "string", "This side's stream ends (empty: cleanly; else why)."),
         ],
