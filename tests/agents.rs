@@ -1092,9 +1092,10 @@ spec:
     wait_for(20, "llama-server to stop", || common::llama_servers(&alias) == 0);
 }
 
-/// A suite whose one cell sends to the `kitt sim` on `port` (an endpoint: kitt starts nothing)
-/// from two clients, its unit placed on a `gpu=h100` agent.
-fn endpoint_suite(port: u16, name: &str) -> String {
+/// A suite whose one cell sends `requests` to the `kitt sim` on `port` (an endpoint: kitt
+/// starts nothing) at 100/s from two clients on `role=load` agents, its unit placed on a
+/// `gpu=h100` agent.
+fn endpoint_suite(port: u16, name: &str, requests: u32) -> String {
     format!(
         r#"apiVersion: kitt/v1
 kind: Suite
@@ -1105,46 +1106,44 @@ spec:
   benchmarks:
     - name: steady
       template: rate
-      params: {{rate: 100, requests: 200, max_tokens: 6, input_tokens: 16}}
+      params: {{rate: 100, requests: {requests}, max_tokens: 6, input_tokens: 16}}
       clients: 2
   warmup: {{requests: 0}}
   execution:
     executor: agents
-    agents: {{select: {{gpu: h100}}, lease: 20s}}
+    agents: {{select: {{gpu: h100}}, clients_select: {{role: load}}, lease: 20s}}
 "#
     )
 }
 
+const RELAY_AGENTS: [&str; 4] = ["gpu-a", "load-b", "load-c", "spare-d"];
+
 /// The agents' and the server's relay files (spools) still on disk.
 fn relay_files(place: &Place) -> Vec<PathBuf> {
     let mut dirs = vec![place.env.runs().join(".agents").join("relays")];
-    dirs.extend(["gpu-a", "load-b", "load-c"].map(|a| place.state(a).join("relays")));
+    dirs.extend(RELAY_AGENTS.map(|a| place.state(a).join("relays")));
     dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path()).collect()
 }
 
-/// The endpoint suite run on a `gpu=h100` agent with two `role=load` agents beside it, whose
-/// shards see the test hook `hook`; the finished run's directory, and the agents.
-fn relayed_run(name: &str, hook: (&str, &str)) -> (Place, PathBuf, [Proc; 3]) {
+/// A server, a `gpu=h100` agent, two `role=load` agents whose shards see the test hook `hook`,
+/// and a `role=spare` one (no shard of the suite above may go there); a `kitt sim` endpoint.
+fn relay_place(hook: (&str, &str)) -> (Place, [Proc; 4], u16) {
     let place = Place::new();
-    place.init_agent("gpu-a", "gpu=h100");
-    place.init_agent("load-b", "role=load");
-    place.init_agent("load-c", "role=load");
-    let agents = [
-        place.start_agent("gpu-a", None),
-        place.start_agent_with("load-b", None, &[hook]),
-        place.start_agent_with("load-c", None, &[hook]),
-    ];
+    for (name, labels) in RELAY_AGENTS.iter().zip(["gpu=h100", "role=load", "role=load", "role=spare"]) {
+        place.init_agent(name, labels);
+    }
+    let agents = RELAY_AGENTS.map(|a| place.start_agent_with(a, None, &[hook]));
     let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
-    let run = place.start_run(&endpoint_suite(port, name));
-    wait_for(120, "the run to finish", || finished(&run));
-    (place, run, agents)
+    (place, agents, port)
 }
 
 #[test]
 fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() {
     // Shard 1's clock runs 5 s ahead, wherever it runs (the test hook, read by `kitt
     // client-shard`): the coordinator measures that across the relay and corrects its start.
-    let (place, run, _agents) = relayed_run("relayed", ("KITT_TEST_CLOCK_SKEW_MS", "1:5000"));
+    let (place, _agents, port) = relay_place(("KITT_TEST_CLOCK_SKEW_MS", "1:5000"));
+    let run = place.start_run(&endpoint_suite(port, "relayed", 200));
+    wait_for(120, "the run to finish", || finished(&run));
     let r = report(&run);
     let cell = &r["cells"].as_array().unwrap()[0];
     assert_eq!(cell["status"], "ok", "{cell}");
@@ -1155,7 +1154,8 @@ fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() 
     assert_eq!((clients["count"].as_u64(), clients["complete"].as_bool()), (Some(2), Some(true)), "{clients}");
     let shards = clients["shards"].as_array().unwrap();
     eprintln!("shards on two agents: {shards:?}");
-    // One shard on each load agent, none on the unit's own (its one slot runs the unit).
+    // One shard on each load agent (`clients_select`), none on the spare one, none on the
+    // unit's own (its one slot runs the unit).
     let agents: BTreeSet<&str> =
         shards.iter().map(|s| s["agent"].as_str().unwrap().split('@').next().unwrap()).collect();
     assert_eq!(agents, BTreeSet::from(["load-b", "load-c"]), "{shards:?}");
@@ -1186,7 +1186,9 @@ fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() 
 #[test]
 fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
     // Shard 1 is killed (SIGKILL) once it has 20 answers, on whichever agent runs it.
-    let (place, run, _agents) = relayed_run("relaykill", ("KITT_TEST_SHARD_KILL_AFTER", "1:20"));
+    let (place, _agents, port) = relay_place(("KITT_TEST_SHARD_KILL_AFTER", "1:20"));
+    let run = place.start_run(&endpoint_suite(port, "relaykill", 200));
+    wait_for(120, "the run to finish", || finished(&run));
     let r = report(&run);
     let cell = &r["cells"].as_array().unwrap()[0];
     assert_eq!(cell["status"], "failed", "{cell}");
@@ -1197,4 +1199,45 @@ fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
     assert!(why.contains("client shard 1 of 2 failed during the window"), "{why}");
     assert!(why.contains("signal 9") && why.contains("on load-"), "{why}");
     wait_for(30, "the relays' spools to go", || relay_files(&place).is_empty());
+}
+
+#[test]
+fn serial_an_agent_killed_while_its_shard_sends_fails_the_cell_within_seconds_and_names_it() {
+    let (place, mut agents, port) = relay_place(("KITT_TEST_NOTHING", ""));
+    // Six seconds of sending: time to kill an agent mid-window.
+    let run = place.start_run(&endpoint_suite(port, "relaydeath", 600));
+    let mut victim = None;
+    wait_for(60, "a shard to spool on a load agent", || {
+        victim = (1..=2).find(|&i| {
+            std::fs::read_dir(place.state(RELAY_AGENTS[i]).join("relays"))
+                .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".spool")))
+        });
+        victim.is_some()
+    });
+    let i = victim.unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    agents[i].0.kill().unwrap();
+    let _ = agents[i].0.wait();
+    wait_for(60, "the run to finish", || finished(&run));
+    // The server ends the shard's stream once its agent has been silent for 1.5 heartbeats
+    // (at least 5 s): the cell fails long before its 6 s window and the unit's lease would say.
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let r = report(&run);
+    let cell = &r["cells"].as_array().unwrap()[0];
+    assert_eq!(cell["status"], "failed", "{cell}");
+    let out = place.kitt().args(["runs", "show"]).arg(&run).output().unwrap();
+    let why = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = RELAY_AGENTS[i];
+    assert!(why.contains("failed during the window") && why.contains(&format!("agent {name}@")), "{why}");
+    assert!(why.contains("stopped answering"), "{why}");
+    // No shard outlives its agent.
+    wait_for(20, "the killed agent's shard to go", || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("client-shard") && cmd.contains(&place.state(name).to_string_lossy().into_owned())
+        })
+    });
 }

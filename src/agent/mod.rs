@@ -126,9 +126,13 @@ fn spool_path(state: &Path, h: &Held) -> PathBuf {
 /// Whether the claimed unit's engine is one kitt connects to (an endpoint): its cells' client
 /// shards may then run on other agents, which reach it as this one does. A started engine
 /// listens on this host's loopback, so its shards stay here.
-fn spreads(c: &Claimed) -> bool {
-    let Ok(plan) = serde_json::from_str::<crate::exec::agents::PlanLite>(&c.plan_json) else { return false };
-    plan.unit(&c.unit).and_then(|u| plan.groups.get(u.group)).is_some_and(|g| g["mode"].get("endpoint").is_some())
+/// Its shards then go to agents with the labels of `execution.agents.clients_select` (returned).
+fn spreads(c: &Claimed) -> Option<std::collections::BTreeMap<String, String>> {
+    let plan = serde_json::from_str::<crate::exec::agents::PlanLite>(&c.plan_json).ok()?;
+    let g = plan.unit(&c.unit).and_then(|u| plan.groups.get(u.group))?;
+    g["mode"].get("endpoint")?;
+    let full: serde_json::Value = serde_json::from_str(&c.plan_json).ok()?;
+    Some(serde_json::from_value(full["execution"]["agents"]["clients_select"].clone()).unwrap_or_default())
 }
 
 #[derive(Debug)]
@@ -566,7 +570,13 @@ impl Agent {
     }
 
     /// Runs `kitt work` for the unit and streams it to the server until it ends or is fenced.
-    async fn supervise(&self, dir: &Path, slot: &Slot, preset: HashSet<String>, spread: bool) -> (Outcome, String) {
+    async fn supervise(
+        &self,
+        dir: &Path,
+        slot: &Slot,
+        preset: HashSet<String>,
+        spread: Option<std::collections::BTreeMap<String, String>>,
+    ) -> (Outcome, String) {
         let h = &slot.held;
         let program = match std::env::current_exe() {
             Ok(p) => p,
@@ -587,13 +597,14 @@ impl Agent {
             let list = slot.gpus.join(",");
             cmd.env(GPUS_ENV, &list).env("CUDA_VISIBLE_DEVICES", &list).env("NVIDIA_VISIBLE_DEVICES", &list);
         }
-        if spread && let Some(config) = &self.config_path {
+        if let (Some(select), Some(config)) = (spread, &self.config_path) {
             // Its cells' client shards run on other agents, relayed through the server.
             let env = relay::RelayEnv {
                 config: config.clone(),
                 run: h.run.clone(),
                 unit: h.unit.clone(),
                 attempt: h.attempt,
+                select,
             };
             cmd.env(relay::RELAY_ENV, serde_json::to_string(&env).unwrap_or_default());
         } else {

@@ -214,6 +214,9 @@ pub struct RelayOpen {
     pub gang: String,
     pub shard: u32,
     pub of: u32,
+    /// Labels the agent that takes it must have.
+    #[serde(default)]
+    pub select: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -35,11 +35,14 @@ pub struct RelayEnv {
     pub run: String,
     pub unit: String,
     pub attempt: u32,
+    /// Labels the agents that take its shards must have (`execution.agents.clients_select`).
+    #[serde(default)]
+    pub select: std::collections::BTreeMap<String, String>,
 }
 
 /// How long a side keeps trying a server it cannot reach before it gives the shard up (the
-/// server gives up on a silent side after as long).
-const UNREACHABLE: Duration = crate::serve::relays::STALE;
+/// server gives up on a silent side after 1.5 heartbeats, 15 s by default).
+const UNREACHABLE: Duration = Duration::from_secs(15);
 
 /// The agent routes of one relay, as one agent.
 struct Client {
@@ -350,7 +353,15 @@ pub fn relay_main(shard: u32, of: u32, gang: &str, spool: PathBuf) -> i32 {
 }
 
 async fn relay(client: Client, env: RelayEnv, shard: u32, of: u32, gang: &str, spool: PathBuf) -> Result<(), String> {
-    let open = RelayOpen { run: env.run, unit: env.unit, attempt: env.attempt, gang: gang.to_string(), shard, of };
+    let open = RelayOpen {
+        run: env.run,
+        unit: env.unit,
+        attempt: env.attempt,
+        gang: gang.to_string(),
+        shard,
+        of,
+        select: env.select,
+    };
     // stdin and stdout are the coordinator's pipes.
     let (input, mut out) = {
         use crate::bench::load::clients::shard::{reader, writer};

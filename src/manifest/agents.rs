@@ -18,6 +18,12 @@ pub struct AgentsBlock {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(with = "BTreeMap<String, String>")]
     pub select: BTreeMap<String, Spanned<String>>,
+    /// Labels an agent must have, all of them, to take a cell's client shards (a cell with
+    /// `clients: N` against an `endpoint` runs its shards on other agents; default: any agent
+    /// with a free slot).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub clients_select: BTreeMap<String, Spanned<String>>,
     /// A glob (`*`) the agent's hardware fingerprint, hash or identity, must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -56,6 +62,7 @@ impl Default for AgentsBlock {
     fn default() -> Self {
         AgentsBlock {
             select: BTreeMap::new(),
+            clients_select: BTreeMap::new(),
             fingerprint: None,
             same_fingerprint: true,
             gpus: 0,
@@ -75,10 +82,12 @@ impl Decode for AgentsBlock {
         let d = AgentsBlock::default();
         let mut f = Fields::open(node, cx, "`execution.agents`")?;
         let select: Option<BTreeMap<String, Spanned<String>>> = f.opt(cx, "select");
+        let clients_select: Option<BTreeMap<String, Spanned<String>>> = f.opt(cx, "clients_select");
         let lease: Option<Spanned<Dur>> = f.opt(cx, "lease");
         let max_attempts: Option<Spanned<u32>> = f.opt(cx, "max_attempts");
         let b = AgentsBlock {
             select: select.unwrap_or_default(),
+            clients_select: clients_select.unwrap_or_default(),
             fingerprint: f.opt(cx, "fingerprint"),
             same_fingerprint: f.opt(cx, "same_fingerprint").unwrap_or(d.same_fingerprint),
             gpus: f.opt(cx, "gpus").unwrap_or(d.gpus),
@@ -87,11 +96,16 @@ impl Decode for AgentsBlock {
         };
         f.finish(cx);
         let mut ok = true;
-        for (k, v) in &b.select {
+        for (field, k, v) in b
+            .select
+            .iter()
+            .map(|(k, v)| ("select", k, v))
+            .chain(b.clients_select.iter().map(|(k, v)| ("clients_select", k, v)))
+        {
             if !label_ok(k) || !label_ok(&v.value) {
                 ok = false;
                 cx.error(
-                    Diagnostic::new(v.pos, format!("`select` in `execution.agents`: `{k}: {}` is not a label", v.value))
+                    Diagnostic::new(v.pos, format!("`{field}` in `execution.agents`: `{k}: {}` is not a label", v.value))
                         .help("labels are 1 to 63 of a-z, 0-9, `.`, `_`, `-`, as `kitt serve token create --labels` takes them"),
                 );
             }

@@ -621,7 +621,7 @@ pub(super) async fn claim(
         let waited = began.elapsed();
         // A client shard of a cell that is about to start comes before any unit.
         if body.relays
-            && let Some(task) = app.relays.take(&agent.name, &agent.hostname)
+            && let Some(task) = app.relays.take(&agent)
         {
             return Ok(axum::Json(proto::RelayClaim { relay: task }).into_response());
         }

@@ -12,7 +12,7 @@
 //! side before it passes that line on.
 //!
 //! Shards of one gang (one try of one cell) go to distinct agents. A side that stops polling
-//! for [`STALE`] ends the other side's stream with the reason, so a dead agent fails its cell
+//! for 1.5 heartbeats ends the other side's stream with the reason, so a dead agent fails its cell
 //! within seconds rather than at its lease. Relays live in memory: a server restart ends them
 //! (both sides get 404), and the cell fails and is retried like any failed cell.
 
@@ -34,8 +34,18 @@ use crate::agent::proto::{self, Held, RelayLines, RelayOpen, RelayOpened, RelayR
 
 type Answer = Result<Response, Problem>;
 
-/// How long a side may go without polling before the other side is told it is gone.
-pub const STALE: Duration = Duration::from_secs(15);
+/// How long a side may go without polling before the other side is told it is gone: one and a
+/// half heartbeats (15 s by default; at least 5 s, whatever the test hook sets).
+fn stale() -> Duration {
+    static STALE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *STALE.get_or_init(|| {
+        let heartbeat = std::env::var(super::agents::HEARTBEAT_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis);
+        (heartbeat * 3 / 2).max(Duration::from_secs(5))
+    })
+}
 /// How long an opened relay waits for an agent to take it before it is dropped.
 const UNTAKEN: Duration = Duration::from_secs(180);
 /// The largest `send` body: a job carries the cell's whole prompt pool.
@@ -60,6 +70,8 @@ struct Relay {
     gang: String,
     shard: u32,
     of: u32,
+    /// Labels its taker must have.
+    select: std::collections::BTreeMap<String, String>,
     /// The agent that took it, and its host.
     taker: Option<(String, String)>,
     opened: Instant,
@@ -80,11 +92,11 @@ impl Relay {
     /// Ends a stream that the other side stopped feeding (its agent is gone).
     fn expire(&mut self, now: Instant) {
         let [by_coordinator, by_shard] = self.seen;
-        if now.duration_since(by_coordinator) > STALE && self.pipes[0].closed.is_none() {
+        if now.duration_since(by_coordinator) > stale() && self.pipes[0].closed.is_none() {
             self.pipes[0].closed = Some(format!("the coordinator's agent {} stopped answering", self.coordinator));
         }
         if let Some((agent, host)) = &self.taker
-            && now.duration_since(by_shard) > STALE
+            && now.duration_since(by_shard) > stale()
             && self.pipes[1].closed.is_none()
         {
             self.pipes[1].closed = Some(format!("agent {agent}@{host}, which ran it, stopped answering"));
@@ -103,8 +115,10 @@ impl Relays {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Gives `agent` (on `host`) an untaken shard of a gang it has none of yet, oldest first.
-    pub(super) fn take(&self, agent: &str, host: &str) -> Option<RelayTask> {
+    /// Gives `info` an untaken shard whose labels it has, of a gang it has none of yet, oldest
+    /// first.
+    pub(super) fn take(&self, info: &super::agents::AgentInfo) -> Option<RelayTask> {
+        let (agent, host) = (info.name.as_str(), info.hostname.as_str());
         let mut all = self.lock();
         sweep(&mut all);
         let busy: Vec<String> = all
@@ -115,6 +129,7 @@ impl Relays {
         let id = all
             .iter()
             .filter(|(_, r)| r.taker.is_none() && r.pipes[0].closed.is_none() && !busy.contains(&r.gang))
+            .filter(|(_, r)| r.select.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
             .min_by_key(|(_, r)| (r.opened, r.shard))?
             .0
             .clone();
@@ -149,7 +164,7 @@ fn sweep(all: &mut HashMap<String, Relay>) {
         let untaken = r.taker.is_none() && (now.duration_since(r.opened) > UNTAKEN || r.pipes[0].closed.is_some());
         // Both streams ended and the coordinator's side knows: nothing more can pass.
         let over = r.pipes.iter().all(|p| p.closed.is_some()) && r.pipes[1].told;
-        let forgotten = r.seen.iter().all(|s| now.duration_since(*s) > 4 * STALE);
+        let forgotten = r.seen.iter().all(|s| now.duration_since(*s) > 4 * stale());
         let keep = !(untaken || over || forgotten);
         if !keep && let Some((path, _)) = &r.spool {
             let _ = std::fs::remove_file(path);
@@ -216,6 +231,7 @@ pub(super) async fn open(
             gang: body.gang,
             shard: body.shard,
             of: body.of,
+            select: body.select,
             taker: None,
             opened: now,
             pipes: Default::default(),

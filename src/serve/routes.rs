@@ -537,6 +537,11 @@ pub static ROUTES: &[Route] = &[
             ),
             r("shard", r#"{"type": "integer", "minimum": 0, "maximum": 4294967295}"#, "The shard, from 0."),
             r("of", r#"{"type": "integer", "minimum": 2, "maximum": 4294967295}"#, "The cell's shards."),
+            p(
+                "select",
+                r#"{"type": "object", "additionalProperties": {"type": "string"}}"#,
+                "Labels the agent that takes it must have (execution.agents.clients_select).",
+            ),
         ],
         handler: || post(relays::open),
     },
