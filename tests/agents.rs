@@ -1215,6 +1215,15 @@ fn serial_an_agent_killed_while_its_shard_sends_fails_the_cell_within_seconds_an
         victim.is_some()
     });
     let i = victim.unwrap();
+    // The agents list says which agent runs which shard of whose cell.
+    let list = place.agents();
+    let shards_of = |name: &str| {
+        list["agents"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["client_shards"].clone()
+    };
+    let runs = shards_of(RELAY_AGENTS[i]);
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!((runs[0]["of"].as_u64(), runs[0]["coordinator"].as_str()), (Some(2), Some("gpu-a")), "{list}");
+    assert_eq!(shards_of("spare-d"), json!([]), "{list}");
     std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     agents[i].0.kill().unwrap();

@@ -135,17 +135,28 @@ impl Client {
         self.call(&format!("relays/{id}/recv"), &RelayRecv { to, from, wait_ms }).await
     }
 
-    /// Uploads the shard's spool `path`.
+    /// Uploads the shard's spool `path`, streamed (hashed in a first pass).
     async fn put_spool(&self, id: &str, path: &Path) -> Result<(), String> {
-        let bytes = tokio::fs::read(path).await.map_err(|e| format!("its spool {}: {e}", path.display()))?;
-        let sha = hex(&Sha256::digest(&bytes));
+        let io = |e: std::io::Error| format!("its spool {}: {e}", path.display());
+        let p = path.to_path_buf();
+        let sha = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&p)?;
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut f, &mut hasher)?;
+            Ok::<_, std::io::Error>(hex(&hasher.finalize()))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(io)?;
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let body = reqwest::Body::wrap_stream(crate::serve::relays::file_chunks(file));
         let res = self
             .http
             .put(self.url(&format!("relays/{id}/spool?sha256={sha}")))
             .bearer_auth(&self.token)
             .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .timeout(Duration::from_secs(600))
+            .body(body)
+            .timeout(Duration::from_secs(3600))
             .send()
             .await
             .map_err(|e| format!("uploading its spool: {}", super::chain(&e)))?;

@@ -415,8 +415,8 @@ pub fn agents(args: &AgentsArgs) -> i32 {
         AgentsCommand::List { output: Output::Json } => print_json(&v),
         AgentsCommand::List { output: Output::Text } => {
             println!(
-                "{:<20} {:<8} {:<24} {:<9} {:<10} {:<12} {:<6} LABELS",
-                "NAME", "STATE", "FINGERPRINT", "GPUS", "VERSION", "LAST SEEN", "UNITS"
+                "{:<20} {:<8} {:<24} {:<9} {:<10} {:<12} {:<6} {:<7} LABELS",
+                "NAME", "STATE", "FINGERPRINT", "GPUS", "VERSION", "LAST SEEN", "UNITS", "SHARDS"
             );
             let now = crate::run::journal::unix_ns();
             for a in v["agents"].as_array().into_iter().flatten() {
@@ -430,7 +430,7 @@ pub fn agents(args: &AgentsArgs) -> i32 {
                 let state =
                     if a["online"].as_bool() == Some(false) { "offline" } else { a["state"].as_str().unwrap_or("?") };
                 println!(
-                    "{:<20} {:<8} {:<24} {:<9} {:<10} {:<12} {:<6} {}",
+                    "{:<20} {:<8} {:<24} {:<9} {:<10} {:<12} {:<6} {:<7} {}",
                     a["name"].as_str().unwrap_or("?"),
                     state,
                     a["fingerprint"].as_str().unwrap_or("").chars().take(24).collect::<String>(),
@@ -438,6 +438,7 @@ pub fn agents(args: &AgentsArgs) -> i32 {
                     a["kitt_version"].as_str().unwrap_or(""),
                     format!("{seen}s ago"),
                     a["held"].as_array().map_or(0, Vec::len),
+                    a["client_shards"].as_array().map_or(0, Vec::len),
                     labels.join(",")
                 );
             }

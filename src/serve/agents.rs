@@ -994,6 +994,8 @@ pub(crate) fn listing(app: &App) -> Result<Vec<serde_json::Value>, Problem> {
             v["online"] = (silent < heartbeat * 3).into();
             v["gpus_total"] = a.gpus.len().into();
             v["gpus_free"] = a.gpus.iter().filter(|g| g.holder.is_none()).count().into();
+            // Client shards of other agents' cells it runs now (each takes a slot).
+            v["client_shards"] = app.relays.shards_of(&a.name).into();
             v
         })
         .collect())

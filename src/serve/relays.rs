@@ -115,6 +115,24 @@ impl Relays {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The client shards `agent` runs now: `run/unit shard k of n`.
+    pub(crate) fn shards_of(&self, agent: &str) -> Vec<serde_json::Value> {
+        let all = self.lock();
+        let mut v: Vec<(&Relay, serde_json::Value)> = all
+            .values()
+            .filter(|r| r.taker.as_ref().is_some_and(|(a, _)| a == agent) && r.pipes[1].closed.is_none())
+            .map(|r| {
+                let v = serde_json::json!({
+                    "run": r.held.run, "unit": r.held.unit, "attempt": r.held.attempt,
+                    "shard": r.shard, "of": r.of, "coordinator": r.coordinator,
+                });
+                (r, v)
+            })
+            .collect();
+        v.sort_by_key(|(r, _)| r.opened);
+        v.into_iter().map(|(_, v)| v).collect()
+    }
+
     /// Gives `info` an untaken shard whose labels it has, of a gang it has none of yet, oldest
     /// first.
     pub(super) fn take(&self, info: &super::agents::AgentInfo) -> Option<RelayTask> {
@@ -417,7 +435,7 @@ pub(super) async fn get_spool(
         r.spool.clone().ok_or_else(|| Problem::not_found("the shard has uploaded no spool"))?
     };
     let file = tokio::fs::File::open(&path).await.map_err(|e| Problem::not_found(format!("the spool: {e}")))?;
-    let body = axum::body::Body::from_stream(tokio_util_stream(file));
+    let body = axum::body::Body::from_stream(file_chunks(file));
     let mut res = (StatusCode::OK, body).into_response();
     let headers = res.headers_mut();
     headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
@@ -427,8 +445,8 @@ pub(super) async fn get_spool(
     Ok(res)
 }
 
-/// A file as a stream of chunks.
-fn tokio_util_stream(
+/// A file as a stream of chunks (64 KiB).
+pub(crate) fn file_chunks(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     futures_util::stream::unfold(file, |mut f| async move {
