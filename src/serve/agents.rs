@@ -764,7 +764,6 @@ pub(super) async fn step(
     Query(q): Query<StepQuery>,
     body: axum::body::Body,
 ) -> Answer {
-    use futures_util::StreamExt as _;
     let name = agent_of(&caller)?;
     registered(&app, &name)?;
     valid_held(&q.run, &q.unit)?;
@@ -786,41 +785,45 @@ pub(super) async fn step(
     let upload = attempts.join(format!("{}.agent", q.attempt));
     tokio::fs::create_dir_all(&upload).await.map_err(Problem::internal)?;
     let tmp = upload.join(format!("{key}.tar.zst.part"));
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(Problem::internal)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                // Nothing of a cut upload stays: the agent sends it whole again.
-                drop(file);
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Problem::bad_request(format!("the upload was cut: {e}")));
-            }
-        };
-        size += chunk.len() as u64;
-        if size > MAX_STEP_BYTES {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "a step upload is at most 4 GiB"));
-        }
-        hasher.update(&chunk);
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await {
-            drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Problem::internal(e));
-        }
-    }
-    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(Problem::internal)?;
-    drop(file);
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if got != q.sha256 {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(Problem::bad_request(format!("sha256 mismatch: the body's is {got}, the query says {}", q.sha256)));
-    }
+    receive_file(body, &tmp, MAX_STEP_BYTES, &q.sha256).await?;
     let (status, value) = blocking(move || commit_upload(&root, &name, &h, &key, &q.sha256, &tmp)).await?;
     Ok((status, axum::Json(value)).into_response())
+}
+
+/// Streams an upload's body into `tmp`, at most `max` bytes, and checks it against its
+/// SHA-256 `sha`; its size. Nothing of a cut, oversized or damaged upload stays: the agent sends
+/// it whole again.
+pub(super) async fn receive_file(body: axum::body::Body, tmp: &Path, max: u64, sha: &str) -> Result<u64, Problem> {
+    use futures_util::StreamExt as _;
+    let received = async {
+        let mut file = tokio::fs::File::create(tmp).await.map_err(Problem::internal)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut: {e}")))?;
+            size += chunk.len() as u64;
+            if size > max {
+                return Err(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("an upload here is at most {} GiB", max >> 30),
+                ));
+            }
+            hasher.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(Problem::internal)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(Problem::internal)?;
+        let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != sha {
+            return Err(Problem::bad_request(format!("sha256 mismatch: the body's is {got}, the query says {sha}")));
+        }
+        Ok(size)
+    };
+    let r = received.await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(tmp).await;
+    }
+    r
 }
 
 /// Unpacks an uploaded step and commits it, once, while the attempt still holds its unit.

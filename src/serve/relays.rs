@@ -25,7 +25,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::App;
 use super::problem::{Json, Problem, Query};
@@ -366,7 +365,6 @@ pub(super) async fn put_spool(
     Query(q): Query<SpoolQuery>,
     body: axum::body::Body,
 ) -> Answer {
-    use futures_util::StreamExt as _;
     let name = super::agents::agent_of(&caller)?;
     if !proto::valid_hex(&q.sha256, 64..=64) {
         return Err(Problem::bad_request("sha256: 64 lowercase hex digits"));
@@ -380,35 +378,7 @@ pub(super) async fn put_spool(
     tokio::fs::create_dir_all(&dir).await.map_err(Problem::internal)?;
     let path = dir.join(format!("{id}.spool"));
     let tmp = dir.join(format!("{id}.spool.part"));
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(Problem::internal)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    let failed = |tmp: PathBuf, p: Problem| async move {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        Err::<Response, Problem>(p)
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return failed(tmp, Problem::bad_request(format!("the upload was cut: {e}"))).await,
-        };
-        size += chunk.len() as u64;
-        if size > MAX_SPOOL_BYTES {
-            return failed(tmp, Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "a spool is at most 16 GiB")).await;
-        }
-        hasher.update(&chunk);
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await {
-            return failed(tmp, Problem::internal(e)).await;
-        }
-    }
-    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(Problem::internal)?;
-    drop(file);
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if got != q.sha256 {
-        let msg = format!("sha256 mismatch: the body's is {got}, the query says {}", q.sha256);
-        return failed(tmp, Problem::bad_request(msg)).await;
-    }
+    let size = super::agents::receive_file(body, &tmp, MAX_SPOOL_BYTES, &q.sha256).await?;
     tokio::fs::rename(&tmp, &path).await.map_err(Problem::internal)?;
     let mut all = app.relays.lock();
     let Some(r) = all.get_mut(&id) else {
@@ -416,7 +386,7 @@ pub(super) async fn put_spool(
         return Err(gone(&id));
     };
     r.seen[1] = Instant::now();
-    r.spool = Some((path, got));
+    r.spool = Some((path, q.sha256));
     Ok(axum::Json(serde_json::json!({"bytes": size})).into_response())
 }
 
