@@ -1125,14 +1125,14 @@ fn relay_files(place: &Place) -> Vec<PathBuf> {
     dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path()).collect()
 }
 
-/// A server, a `gpu=h100` agent, two `role=load` agents whose shards see the test hook `hook`,
-/// and a `role=spare` one (no shard of the suite above may go there); a `kitt sim` endpoint.
-fn relay_place(hook: (&str, &str)) -> (Place, [Proc; 4], u16) {
+/// A server, a `gpu=h100` agent, two `role=load` agents, and a `role=spare` one (no shard of the
+/// suite above may go there), all with the test hooks `hooks`; a `kitt sim` endpoint.
+fn relay_place(hooks: &[(&str, &str)]) -> (Place, [Proc; 4], u16) {
     let place = Place::new();
     for (name, labels) in RELAY_AGENTS.iter().zip(["gpu=h100", "role=load", "role=load", "role=spare"]) {
         place.init_agent(name, labels);
     }
-    let agents = RELAY_AGENTS.map(|a| place.start_agent_with(a, None, &[hook]));
+    let agents = RELAY_AGENTS.map(|a| place.start_agent_with(a, None, hooks));
     let port = common::start_sim(&["--port", "0", "--ttft-ms", "4", "--itl-ms", "1"]);
     (place, agents, port)
 }
@@ -1141,7 +1141,7 @@ fn relay_place(hook: (&str, &str)) -> (Place, [Proc; 4], u16) {
 fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() {
     // Shard 1's clock runs 5 s ahead, wherever it runs (the test hook, read by `kitt
     // client-shard`): the coordinator measures that across the relay and corrects its start.
-    let (place, _agents, port) = relay_place(("KITT_TEST_CLOCK_SKEW_MS", "1:5000"));
+    let (place, _agents, port) = relay_place(&[("KITT_TEST_CLOCK_SKEW_MS", "1:5000")]);
     let run = place.start_run(&endpoint_suite(port, "relayed", 200));
     wait_for(120, "the run to finish", || finished(&run));
     let r = report(&run);
@@ -1186,7 +1186,7 @@ fn serial_a_cell_against_an_endpoint_sends_from_client_shards_on_other_agents() 
 #[test]
 fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
     // Shard 1 is killed (SIGKILL) once it has 20 answers, on whichever agent runs it.
-    let (place, _agents, port) = relay_place(("KITT_TEST_SHARD_KILL_AFTER", "1:20"));
+    let (place, _agents, port) = relay_place(&[("KITT_TEST_SHARD_KILL_AFTER", "1:20")]);
     let run = place.start_run(&endpoint_suite(port, "relaykill", 200));
     wait_for(120, "the run to finish", || finished(&run));
     let r = report(&run);
@@ -1203,7 +1203,7 @@ fn serial_a_shard_killed_on_another_agent_fails_its_cell_and_names_it() {
 
 #[test]
 fn serial_an_agent_killed_while_its_shard_sends_fails_the_cell_within_seconds_and_names_it() {
-    let (place, mut agents, port) = relay_place(("KITT_TEST_NOTHING", ""));
+    let (place, mut agents, port) = relay_place(&[]);
     // Six seconds of sending: time to kill an agent mid-window.
     let run = place.start_run(&endpoint_suite(port, "relaydeath", 600));
     let mut victim = None;

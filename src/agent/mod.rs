@@ -63,11 +63,6 @@ pub struct Agent {
     relays: Mutex<HashSet<String>>,
 }
 
-/// This host's name.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
-}
-
 fn now_ns() -> u64 {
     crate::run::journal::unix_ns()
 }
@@ -124,14 +119,15 @@ fn spool_path(state: &Path, h: &Held) -> PathBuf {
 }
 
 /// Whether the claimed unit's engine is one kitt connects to (an endpoint): its cells' client
-/// shards may then run on other agents, which reach it as this one does. A started engine
-/// listens on this host's loopback, so its shards stay here.
-/// Its shards then go to agents with the labels of `execution.agents.clients_select` (returned).
+/// shards may then run on other agents, which reach it as this one does, and the labels those
+/// agents need (`execution.agents.clients_select`). A started engine listens on this host's
+/// loopback, so its shards stay here (`None`).
 fn spreads(c: &Claimed) -> Option<std::collections::BTreeMap<String, String>> {
-    let plan = serde_json::from_str::<crate::exec::agents::PlanLite>(&c.plan_json).ok()?;
+    use serde::Deserialize as _;
+    let full: serde_json::Value = serde_json::from_str(&c.plan_json).ok()?;
+    let plan = crate::exec::agents::PlanLite::deserialize(&full).ok()?;
     let g = plan.unit(&c.unit).and_then(|u| plan.groups.get(u.group))?;
     g["mode"].get("endpoint")?;
-    let full: serde_json::Value = serde_json::from_str(&c.plan_json).ok()?;
     Some(serde_json::from_value(full["execution"]["agents"]["clients_select"].clone()).unwrap_or_default())
 }
 

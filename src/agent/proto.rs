@@ -270,9 +270,6 @@ pub struct RelayLines {
     /// else why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<String>,
-    /// The agent that took the shard, and its host, once one has.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub taker: Option<String>,
 }
 
 /// The longest a relay's `recv` waits.

@@ -22,6 +22,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use super::Agent;
 use super::config::Config;
 use super::proto::{RelayLines, RelayOpen, RelayOpened, RelayRecv, RelaySend, RelayTask, Side};
+use crate::bench::load::clients::wire::FromShard;
+use crate::serve::tokens::hex;
 
 /// Set by an agent on the `kitt work` of a unit whose cells may send from shards on other
 /// agents: where the agent's config is and which attempt the unit is (JSON, [`RelayEnv`]).
@@ -202,17 +204,15 @@ impl Client {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A shard's `failed` line, as the coordinator reads it.
 fn failed_line(error: &str) -> String {
-    serde_json::json!({"msg": "failed", "error": error}).to_string()
+    serde_json::to_string(&FromShard::Failed { error: error.to_string() }).unwrap_or_default()
 }
 
-fn is_msg(line: &str, msg: &str) -> bool {
-    line.starts_with(&format!("{{\"msg\":\"{msg}\""))
+/// Whether a shard's line is its `done` (a line that does not read is passed on as it is: the
+/// coordinator says what is wrong with it).
+fn is_done(line: &str) -> bool {
+    matches!(serde_json::from_str::<FromShard>(line), Ok(FromShard::Done(_)))
 }
 
 impl Agent {
@@ -222,7 +222,7 @@ impl Agent {
 
     /// Runs a client shard of another agent's cell and carries its pipe through the relay.
     pub(super) async fn run_relay(self: Arc<Self>, t: RelayTask) {
-        let who = format!("{}@{}", self.agent_name(), super::hostname());
+        let who = format!("{}@{}", self.agent_name(), crate::bench::load::clients::shard::host_name());
         tracing::info!("client shard {} of {} of unit {} (run {}) taken", t.shard, t.of, t.unit, t.run);
         let client = match self.relay_client() {
             Ok(c) => c,
@@ -298,13 +298,11 @@ impl Agent {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             let mut done = false;
             while let Ok(Some(mut line)) = lines.next_line().await {
-                if is_msg(&line, "ready")
-                    && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line)
-                {
-                    v["agent"] = who.into();
-                    line = v.to_string();
+                if let Ok(FromShard::Ready { pid, host, slurm_step, .. }) = serde_json::from_str(&line) {
+                    let ready = FromShard::Ready { pid, host, slurm_step, agent: Some(who.to_string()) };
+                    line = serde_json::to_string(&ready).map_err(|e| e.to_string())?;
                 }
-                if is_msg(&line, "done") {
+                if is_done(&line) {
                     client.put_spool(&t.id, spool).await?;
                     done = true;
                 }
@@ -409,7 +407,7 @@ async fn relay(client: Client, env: RelayEnv, shard: u32, of: u32, gang: &str, s
             };
             from = got.next;
             for line in got.lines {
-                if is_msg(&line, "done") {
+                if is_done(&line) {
                     client.get_spool(&id, &spool).await?;
                 }
                 out.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;

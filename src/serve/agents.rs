@@ -813,7 +813,7 @@ pub(super) async fn receive_file(body: axum::body::Body, tmp: &Path, max: u64, s
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(Problem::internal)?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(Problem::internal)?;
-        let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let got = super::tokens::hex(&hasher.finalize());
         if got != sha {
             return Err(Problem::bad_request(format!("sha256 mismatch: the body's is {got}, the query says {sha}")));
         }
@@ -1093,11 +1093,7 @@ pub(super) async fn exec(
     if body.command == proto::ExecCommand::EnginesSetup && !body.arg.as_deref().is_some_and(super::api::valid_id) {
         return Err(Problem::bad_request("arg: `engines-setup` needs the engine to set up (`llama_cpp`, `vllm`, …)"));
     }
-    let id: String = {
-        let mut b = [0u8; 8];
-        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    };
+    let id = super::tokens::random_hex(8);
     app.agents.lock().exec_pending.entry(name.clone()).or_default().push(proto::Exec {
         id: id.clone(),
         command: body.command,

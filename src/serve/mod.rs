@@ -495,6 +495,8 @@ pub async fn serve(
     let local = listener.local_addr().map_err(|e| ServeError::Bind(cfg.bind, e))?;
     let (close_tx, closing) = tokio::sync::watch::channel(false);
     let runs_root = cfg.runs_root.clone();
+    let agents = agents::Agents::open(&runs_root);
+    let relays = relays::Relays::new(agents.heartbeat);
     let app = Arc::new(App {
         cfg,
         keyring,
@@ -504,8 +506,8 @@ pub async fn serve(
         streams: AtomicUsize::new(0),
         watchers: events::Watchers::default(),
         facets: Mutex::new(None),
-        agents: agents::Agents::open(&runs_root),
-        relays: relays::Relays::default(),
+        agents,
+        relays,
         auth_limit: AuthLimit::default(),
     });
     let router = router(app.clone());

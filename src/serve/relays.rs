@@ -33,18 +33,6 @@ use crate::agent::proto::{self, Held, RelayLines, RelayOpen, RelayOpened, RelayR
 
 type Answer = Result<Response, Problem>;
 
-/// How long a side may go without polling before the other side is told it is gone: one and a
-/// half heartbeats (15 s by default; at least 5 s, whatever the test hook sets).
-fn stale() -> Duration {
-    static STALE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *STALE.get_or_init(|| {
-        let heartbeat = std::env::var(super::agents::HEARTBEAT_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
-        (heartbeat * 3 / 2).max(Duration::from_secs(5))
-    })
-}
 /// How long an opened relay waits for an agent to take it before it is dropped.
 const UNTAKEN: Duration = Duration::from_secs(180);
 /// The largest `send` body: a job carries the cell's whole prompt pool.
@@ -88,14 +76,14 @@ impl Relay {
         &mut self.pipes[matches!(to, Side::Coordinator) as usize]
     }
 
-    /// Ends a stream that the other side stopped feeding (its agent is gone).
-    fn expire(&mut self, now: Instant) {
+    /// Ends a stream that the other side stopped feeding for `stale` (its agent is gone).
+    fn expire(&mut self, now: Instant, stale: Duration) {
         let [by_coordinator, by_shard] = self.seen;
-        if now.duration_since(by_coordinator) > stale() && self.pipes[0].closed.is_none() {
+        if now.duration_since(by_coordinator) > stale && self.pipes[0].closed.is_none() {
             self.pipes[0].closed = Some(format!("the coordinator's agent {} stopped answering", self.coordinator));
         }
         if let Some((agent, host)) = &self.taker
-            && now.duration_since(by_shard) > stale()
+            && now.duration_since(by_shard) > stale
             && self.pipes[1].closed.is_none()
         {
             self.pipes[1].closed = Some(format!("agent {agent}@{host}, which ran it, stopped answering"));
@@ -104,12 +92,18 @@ impl Relay {
 }
 
 /// The relays of one server.
-#[derive(Default)]
 pub struct Relays {
     inner: Mutex<HashMap<String, Relay>>,
+    /// How long a side may go without polling before the other side is told it is gone: one
+    /// and a half of the agents' heartbeats (15 s by default; at least 5 s).
+    stale: Duration,
 }
 
 impl Relays {
+    pub fn new(heartbeat: Duration) -> Relays {
+        Relays { inner: Mutex::new(HashMap::new()), stale: (heartbeat * 3 / 2).max(Duration::from_secs(5)) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Relay>> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -137,7 +131,7 @@ impl Relays {
     pub(super) fn take(&self, info: &super::agents::AgentInfo) -> Option<RelayTask> {
         let (agent, host) = (info.name.as_str(), info.hostname.as_str());
         let mut all = self.lock();
-        sweep(&mut all);
+        sweep(&mut all, self.stale);
         let busy: Vec<String> = all
             .values()
             .filter(|r| r.taker.as_ref().is_some_and(|(a, _)| a == agent))
@@ -173,28 +167,21 @@ impl Relays {
 }
 
 /// Drops relays nobody took in time or whose both ends are over and told.
-fn sweep(all: &mut HashMap<String, Relay>) {
+fn sweep(all: &mut HashMap<String, Relay>, stale: Duration) {
     let now = Instant::now();
     all.retain(|_, r| {
-        r.expire(now);
+        r.expire(now, stale);
         // Nobody took it in time, or its coordinator gave it up first.
         let untaken = r.taker.is_none() && (now.duration_since(r.opened) > UNTAKEN || r.pipes[0].closed.is_some());
         // Both streams ended and the coordinator's side knows: nothing more can pass.
         let over = r.pipes.iter().all(|p| p.closed.is_some()) && r.pipes[1].told;
-        let forgotten = r.seen.iter().all(|s| now.duration_since(*s) > 4 * stale());
+        let forgotten = r.seen.iter().all(|s| now.duration_since(*s) > 4 * stale);
         let keep = !(untaken || over || forgotten);
         if !keep && let Some((path, _)) = &r.spool {
             let _ = std::fs::remove_file(path);
         }
         keep
     });
-}
-
-/// A relay id: 32 hex digits.
-fn new_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn gone(id: &str) -> Problem {
@@ -236,10 +223,10 @@ pub(super) async fn open(
     if let Some(why) = super::api::blocking(move || Ok(super::agents::not_holding(&root, &n2, &h2))).await? {
         return Err(super::agents::stale(why));
     }
-    let id = new_id();
+    let id = super::tokens::random_hex(16);
     let now = Instant::now();
     let mut all = app.relays.lock();
-    sweep(&mut all);
+    sweep(&mut all, app.relays.stale);
     all.insert(
         id.clone(),
         Relay {
@@ -316,8 +303,7 @@ pub(super) async fn recv(
             may(r, &name, coordinator_side)?;
             let now = Instant::now();
             r.seen[usize::from(!coordinator_side)] = now;
-            r.expire(now);
-            let taker = r.taker.as_ref().map(|(a, h)| format!("{a}@{h}"));
+            r.expire(now, app.relays.stale);
             // Subscribed under the lock: a line sent after this look wakes the wait below.
             let changed = r.notify.subscribe();
             let p = r.pipe(body.to);
@@ -338,7 +324,7 @@ pub(super) async fn recv(
                 }
                 let lines = p.lines.clone();
                 let next = p.base + lines.len() as u64;
-                return Ok(axum::Json(RelayLines { lines, next, closed, taker }).into_response());
+                return Ok(axum::Json(RelayLines { lines, next, closed }).into_response());
             }
             changed
         };

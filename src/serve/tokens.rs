@@ -131,8 +131,17 @@ pub fn generate() -> Result<String, TokenError> {
     Ok(format!("kitt_{}", hex(&bytes)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` random bytes from the kernel as hex: ids that name nothing secret (relays, gangs, exec
+/// commands). A kernel that cannot give them gives zeros, which are still ids.
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    hex(&bytes)
 }
 
 /// SHA-256 of a token.

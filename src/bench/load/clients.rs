@@ -226,9 +226,7 @@ enum Launch {
 impl Launch {
     fn for_cell(n: u32) -> Launch {
         if std::env::var_os(crate::agent::relay::RELAY_ENV).is_some_and(|v| !v.is_empty()) {
-            let mut b = [0u8; 8];
-            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-            return Launch::Relay { gang: b.iter().map(|x| format!("{x:02x}")).collect() };
+            return Launch::Relay { gang: crate::serve::tokens::random_hex(8) };
         }
         let tasks = std::env::var(SLURM_TASKS_ENV).ok().and_then(|t| t.trim().parse::<u32>().ok());
         let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
